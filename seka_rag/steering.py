@@ -1,0 +1,173 @@
+"""The key edit: forward hooks installed once per model, reading a per-call edit from a context variable.
+
+For highlighted prompt tokens, in each selected layer and KV head::
+
+    k ← k + M k,    M = head_mask · (g+ · P+ + g- · P-) / 2
+
+applied to the output of the architecture's key module (``k_proj``, or ``k_norm`` where the
+family has one), i.e. before RoPE. Each layer does one batched ``einsum`` over all heads, tokens and
+rows; the highlight mask zeroes the edit elsewhere. The edit is active only inside
+:meth:`KeyEditor.apply`, whose state lives in a :class:`contextvars.ContextVar`: concurrent threads
+each see their own edit, and leaving the block (normally or by an exception) removes it.
+
+Decode steps with a KV cache are never edited: the prompt's cached keys already carry the edit, and
+each layer is edited once per call (the prefill), only when the key tensor spans the prompt.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from torch import nn
+
+from .architectures import ModelGeometry, decoder_layers, geometry, layer_module
+from .errors import SteeringConfigError
+from .projection import Projection
+
+#: ``heads=`` per call: None (the projection's head mask), "all", or {layer: [kv heads]}.
+HeadSelection = None | str | Mapping[int, Sequence[int]]
+
+
+@dataclass(frozen=True)
+class SteeringConfig:
+    """Per-call steering parameters; ``None`` means "the projection's stored default"."""
+
+    gain_pos: float | None = None
+    gain_neg: float | None = None
+    layers: Sequence[int] | None = None
+    heads: HeadSelection = None
+
+
+def edit_matrices(projection: Projection, config: SteeringConfig = SteeringConfig()) -> dict[int, torch.Tensor]:
+    """Combine P+ and P- into one (kv_heads, d, d) matrix per selected layer: M = mask·(g+P+ + g-P-)/2."""
+    meta = projection.meta
+    g_pos = meta.gain_pos if config.gain_pos is None else config.gain_pos
+    g_neg = meta.gain_neg if config.gain_neg is None else config.gain_neg
+    for name, g in (("gain_pos", g_pos), ("gain_neg", g_neg)):
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
+            raise SteeringConfigError(f"{name} must be a finite number, got {g!r}")
+    if config.layers is not None:
+        layers = list(config.layers)
+    elif meta.default_layers is not None:
+        layers = list(meta.default_layers)
+    else:
+        layers = list(meta.layers)
+    rows = [projection.row(int(layer)) for layer in layers]  # raises for layers not in it
+    heads = _head_mask(projection, config.heads)
+    out = {}
+    for layer, row in zip(layers, rows):
+        m = (g_pos * projection.pos[row] + g_neg * projection.neg[row]) / 2
+        out[int(layer)] = m * heads[row][:, None, None].to(m.dtype)
+    return out
+
+
+def _head_mask(projection: Projection, heads: HeadSelection) -> torch.Tensor:
+    if heads is None:
+        return projection.head_mask
+    n_kv = projection.meta.num_kv_heads
+    if isinstance(heads, str):
+        if heads != "all":
+            raise SteeringConfigError(f"heads must be None, 'all' or {{layer: [heads]}}, got {heads!r}")
+        return torch.ones_like(projection.head_mask)
+    if not isinstance(heads, Mapping):
+        raise SteeringConfigError(f"heads must be None, 'all' or {{layer: [heads]}}, got {type(heads).__name__}")
+    mask = torch.zeros_like(projection.head_mask)
+    for layer, hs in heads.items():
+        row = projection.row(int(layer))
+        for h in hs:
+            if not 0 <= int(h) < n_kv:
+                raise SteeringConfigError(f"head {h} of layer {layer} is out of range (0..{n_kv - 1})")
+            mask[row, int(h)] = True
+    return mask
+
+
+@dataclass
+class _ActiveEdit:
+    editor: "KeyEditor"
+    matrices: dict[int, torch.Tensor]
+    highlight: torch.Tensor  # (batch, tokens) bool
+    done: set[int] = field(default_factory=set)
+    _weights: dict[tuple, torch.Tensor] = field(default_factory=dict)
+
+    def weights(self, like: torch.Tensor, layout: str) -> torch.Tensor:
+        """The highlight mask as a float tensor broadcastable to the per-head key tensor."""
+        key = (layout, like.device, like.dtype, like.shape[0])
+        w = self._weights.get(key)
+        if w is None:
+            mask = self.highlight
+            if like.shape[0] != mask.shape[0]:  # generate() expanded rows (beams / num_return_sequences)
+                mask = mask.repeat_interleave(like.shape[0] // mask.shape[0], dim=0)
+            w = mask.to(device=like.device, dtype=like.dtype)
+            w = w[:, None, :, None] if layout == "bhtd" else w[:, :, None, None]
+            self._weights[key] = w
+        return w
+
+
+_ACTIVE_EDIT: ContextVar[_ActiveEdit | None] = ContextVar("seka_active_edit", default=None)
+
+
+def edit_keys(keys: torch.Tensor, matrices: torch.Tensor, weights: torch.Tensor, layout: str, head_dim: int) -> torch.Tensor:
+    """``keys + weights * (M k)`` for every head at once, in the module's own layout."""
+    if layout == "flat":
+        b, t, _ = keys.shape
+        kh = keys.view(b, t, -1, head_dim)
+        edited = kh + weights * torch.einsum("bthd,hed->bthe", kh, matrices)
+        return edited.view(b, t, -1)
+    if layout == "bthd":
+        return keys + weights * torch.einsum("bthd,hed->bthe", keys, matrices)
+    return keys + weights * torch.einsum("bhtd,hed->bhte", keys, matrices)
+
+
+class KeyEditor:
+    """Forward hooks on every decoder layer's key module; inert unless :meth:`apply` is active."""
+
+    def __init__(self, model: nn.Module):
+        self.geometry: ModelGeometry = geometry(model)
+        spec = self.geometry.spec
+        self._layout = spec.key_layout
+        self._token_dim = 2 if self._layout == "bhtd" else 1
+        self._handles = [
+            layer_module(layer, spec.key_module).register_forward_hook(partial(self._hook, index))
+            for index, layer in enumerate(decoder_layers(model))
+        ]
+
+    def _hook(self, layer_index: int, module: nn.Module, args, output):
+        edit = _ACTIVE_EDIT.get()
+        if edit is None or edit.editor is not self:
+            return None
+        matrices = edit.matrices.get(layer_index)
+        if matrices is None or layer_index in edit.done:
+            return None
+        if output.shape[self._token_dim] != edit.highlight.shape[1]:
+            return None  # a decode step: cached prompt keys already carry the edit
+        edit.done.add(layer_index)
+        matrices = matrices.to(device=output.device, dtype=output.dtype)
+        return edit_keys(output, matrices, edit.weights(output, self._layout), self._layout, self.geometry.head_dim)
+
+    @contextmanager
+    def apply(self, matrices: dict[int, torch.Tensor], highlight: torch.Tensor) -> Iterator[None]:
+        """Edit the highlighted keys (``highlight``: (batch, tokens) bool) during this block only."""
+        if highlight.dim() != 2:
+            raise ValueError("highlight mask must be (batch, tokens)")
+        token = _ACTIVE_EDIT.set(_ActiveEdit(self, matrices, highlight.bool()))
+        try:
+            yield
+        finally:
+            _ACTIVE_EDIT.reset(token)
+
+    def remove(self) -> None:
+        """Detach the hooks from the model."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def active_edit_present() -> bool:
+    """Whether an edit is active in the current context (for tests and diagnostics)."""
+    return _ACTIVE_EDIT.get() is not None
