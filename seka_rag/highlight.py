@@ -90,8 +90,8 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
                     f"unbalanced highlight marker {end!r} at character {pos} has no opening "
                     f"{start!r} (write {esc + end!r} for a literal marker, or pass markers=None)"
                 )
-            if length == open_at:
-                raise HighlightError(f"empty highlight {start}{end} at character {pos}")
+            if not "".join(out)[open_at:].strip():
+                raise HighlightError(f"empty highlight at character {pos}: the marked text has no content")
             spans.append((open_at, length))
             open_at = None
             pos += len(end)
@@ -129,6 +129,8 @@ def find_substring_spans(text: str, needle: str) -> list[Span]:
 
 
 def _check_span(span: Sequence[int], length: int, where: str) -> Span:
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in span):
+        raise HighlightError(f"highlight span {tuple(span)!r} must hold integer character offsets")
     s, e = int(span[0]), int(span[1])
     if not (0 <= s < e <= length):
         raise HighlightError(
@@ -231,6 +233,10 @@ def prepare_prompt(
             f"not {type(highlights).__name__}"
         )
     highlights = list(highlights or [])
+    if messages is None and len(highlights) == 2 and all(isinstance(h, int) for h in highlights):
+        raise HighlightError(
+            f"highlights={tuple(highlights)!r} looks like one (start, end) span: wrap it in a list, e.g. [{tuple(highlights)!r}]"
+        )
     if chat is None:
         chat = has_chat_template(tokenizer)
     if messages is not None and not chat:
@@ -316,16 +322,19 @@ def encode_prompt(
         prepared.text,
         add_special_tokens=prepared.add_special_tokens,
         return_offsets_mapping=True,
+        return_special_tokens_mask=True,
     )
     ids = list(enc["input_ids"])
     offsets = enc["offset_mapping"]
+    special = enc["special_tokens_mask"]
     mask = [False] * len(ids)
     if prepared.spans:
         for t, (a, b) in enumerate(offsets):
-            if b <= a:
+            if special[t]:
                 continue  # special tokens carry no text
             for s, e in prepared.spans:
-                if a < e and b > s:
+                # overlapping tokens; a zero-width token (trimmed whitespace) strictly inside a span
+                if (a < e and b > s) or (a == b and s < a < e):
                     mask[t] = True
                     break
         for s, e in prepared.spans:

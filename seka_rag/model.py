@@ -179,7 +179,7 @@ class SekaModel:
             prompt, self.tokenizer, highlights,
             markers=self.markers if markers is _UNSET else markers, chat=chat,
         )
-        return encode_prompt(prepared, self.tokenizer, max_length or self.context_window)
+        return encode_prompt(prepared, self.tokenizer, self.context_window if max_length is None else max_length)
 
     def highlighted_tokens(
         self,
@@ -231,10 +231,21 @@ class SekaModel:
             raise SteeringConfigError(f"steer must be True or False, got {steer!r}")
         if not steer:
             return nullcontext()
-        matrices = self._steering_matrices(gain_pos, gain_neg, layers, heads)
+        if self.projection is None and not bool(highlight_mask.any()):
+            return nullcontext()  # nothing to steer, nothing to complain about
+        matrices = self._steering_matrices(gain_pos, gain_neg, layers, heads)  # validates per-call settings
         if not bool(highlight_mask.any()):
             return nullcontext()
         return self._editor.apply(matrices, highlight_mask.to(self.device))
+
+    def _prompt_budget(self, reserved: int, what: str = "max_new_tokens") -> int:
+        """Tokens left for the prompt once ``reserved`` are kept for the output."""
+        if reserved >= self.context_window:
+            raise SekaError(
+                f"{what} ({reserved}) leaves no room for the prompt in the model's window of "
+                f"{self.context_window} tokens"
+            )
+        return self.context_window - reserved
 
     # ------------------------------------------------------------------ generation
     def _generation_kwargs(self, max_new_tokens, do_sample, temperature, top_p, stop) -> dict:
@@ -288,7 +299,7 @@ class SekaModel:
         if single:
             highlights = [highlights]
         gen = self._generation_kwargs(max_new_tokens, do_sample, temperature, top_p, stop)
-        encoded = self._encode_many(prompts, highlights, chat, markers, self.context_window - max_new_tokens)
+        encoded = self._encode_many(prompts, highlights, chat, markers, self._prompt_budget(max_new_tokens))
         steer_kw = dict(steer=steer, gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads)
         outputs: list[str] = []
         for start in range(0, len(encoded), max(1, int(batch_size))):
@@ -324,7 +335,7 @@ class SekaModel:
         from transformers import TextIteratorStreamer
 
         gen = self._generation_kwargs(max_new_tokens, do_sample, temperature, top_p, stop)
-        enc = self.encode(prompt, highlights, chat=chat, markers=markers, max_length=self.context_window - max_new_tokens)
+        enc = self.encode(prompt, highlights, chat=chat, markers=markers, max_length=self._prompt_budget(max_new_tokens))
         batch = pad_batch([enc], self.tokenizer.pad_token_id).to(self.device)
         steering = self.steering(
             batch.highlight_mask, steer=steer, gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads
@@ -344,22 +355,27 @@ class SekaModel:
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        text = ""
+        text, sent = "", 0  # all text so far, and how much of it was yielded
         try:
             for piece in streamer:
-                if stop:
-                    cut = _cut_at_stop(text + piece, stop)
-                    if len(cut) < len(text + piece):
-                        if len(cut) > len(text):
-                            yield cut[len(text) :]
-                        break
                 text += piece
-                if piece:
-                    yield piece
+                if stop:
+                    cut = _cut_at_stop(text, stop)
+                    if len(cut) < len(text):
+                        text = cut
+                        break
+                    safe = len(text) - _pending_stop_prefix(text, stop)  # may still start a stop string
+                else:
+                    safe = len(text)
+                if safe > sent:
+                    yield text[sent:safe]
+                    sent = safe
         finally:
             worker.join()
         if failure:
             raise failure[0]
+        if len(text) > sent:
+            yield text[sent:]
 
     # ------------------------------------------------------------------ scoring
     def score(
@@ -389,7 +405,7 @@ class SekaModel:
                 raise SekaError(f"each continuation must be a non-empty string, got {c!r}")
             cont_ids.append(self.tokenizer(c, add_special_tokens=False)["input_ids"])
         longest = max(len(c) for c in cont_ids)
-        enc = self.encode(prompt, highlights, chat=chat, markers=markers, max_length=self.context_window - longest)
+        enc = self.encode(prompt, highlights, chat=chat, markers=markers, max_length=self._prompt_budget(longest, "continuation tokens"))
         return self.score_encoded(
             [(enc, ids) for ids in cont_ids], steer=steer, gain_pos=gain_pos, gain_neg=gain_neg,
             layers=layers, heads=heads, batch_size=batch_size,
@@ -451,6 +467,17 @@ def _is_single_prompt(prompt: Any) -> bool:
     if isinstance(prompt, Sequence) and prompt and all(isinstance(m, dict) for m in prompt):
         return True  # one chat conversation
     return False
+
+
+def _pending_stop_prefix(text: str, stop: Sequence[str]) -> int:
+    """Length of the longest tail of ``text`` that is a proper prefix of a stop string."""
+    best = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
 
 
 def _cut_at_stop(text: str, stop: Sequence[str] | None) -> str:

@@ -22,7 +22,8 @@ from .architectures import ModelGeometry
 from .errors import ProjectionError, SteeringConfigError
 
 FORMAT_VERSION = 1
-_TENSORS = ("pos", "neg", "u_pos", "s_pos", "u_neg", "s_neg", "head_shift", "head_mask")
+_TENSORS = ("pos", "neg", "u_pos", "s_pos", "u_neg", "s_neg", "head_shift", "head_mask", "layer_scale")
+_OPTIONAL_TENSORS = ("layer_scale",)  # added within format 1; defaults to ones
 
 
 @dataclass
@@ -61,8 +62,11 @@ class Projection:
     s_neg: torch.Tensor
     head_shift: torch.Tensor  #: (n_layers, kv_heads) relative key shift between H+ and H-
     head_mask: torch.Tensor  #: (n_layers, kv_heads) bool, heads kept (shift >= delta)
+    layer_scale: torch.Tensor | None = None  #: (n_layers,) per-layer gain multiplier (calibration); ones if None
 
     def __post_init__(self) -> None:
+        if self.layer_scale is None:
+            self.layer_scale = torch.ones(len(self.meta.layers))
         self.validate()
 
     # ------------------------------------------------------------------ structure
@@ -85,6 +89,7 @@ class Projection:
         shapes = {
             "pos": (n, h, d, d), "neg": (n, h, d, d), "u_pos": (n, h, d, d), "u_neg": (n, h, d, d),
             "s_pos": (n, h, d), "s_neg": (n, h, d), "head_shift": (n, h), "head_mask": (n, h),
+            "layer_scale": (n,),
         }
         for name, shape in shapes.items():
             t = getattr(self, name)
@@ -152,19 +157,26 @@ class Projection:
             raise ProjectionError(f"{str(path)!r} has no seka metadata: not a projection file")
         try:
             meta_dict = json.loads(raw_meta)
-            if meta_dict.get("format_version", 0) > FORMAT_VERSION:
-                raise ProjectionError(
-                    f"{str(path)!r} uses projection format {meta_dict['format_version']}; "
-                    f"this seka-rag reads up to {FORMAT_VERSION}: upgrade seka-rag"
-                )
-            meta = ProjectionMeta(**meta_dict)
-        except (TypeError, ValueError) as exc:
+        except ValueError as exc:
             raise ProjectionError(f"{str(path)!r} has invalid projection metadata: {exc}") from None
-        missing = [k for k in _TENSORS if k not in tensors]
+        if not isinstance(meta_dict, dict):
+            raise ProjectionError(f"{str(path)!r} has invalid projection metadata: not a JSON object")
+        version = meta_dict.get("format_version", 0)
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise ProjectionError(
+                f"{str(path)!r} uses projection format {version}; "
+                f"this seka-rag reads up to {FORMAT_VERSION}: upgrade seka-rag"
+            )
+        missing = [k for k in _TENSORS if k not in tensors and k not in _OPTIONAL_TENSORS]
         if missing:
             raise ProjectionError(f"{str(path)!r} lacks tensors {missing}")
         tensors["head_mask"] = tensors["head_mask"].bool()
-        return cls(meta=meta, **{k: tensors[k] for k in _TENSORS})
+        try:
+            return cls(meta=ProjectionMeta(**meta_dict), **{k: tensors.get(k) for k in _TENSORS})
+        except ProjectionError:
+            raise
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ProjectionError(f"{str(path)!r} has invalid projection metadata: {exc}") from None
 
     # ------------------------------------------------------------------ derived
     def with_delta(self, delta: float) -> "Projection":
@@ -173,5 +185,5 @@ class Projection:
         return Projection(
             meta=meta, pos=self.pos, neg=self.neg, u_pos=self.u_pos, s_pos=self.s_pos,
             u_neg=self.u_neg, s_neg=self.s_neg, head_shift=self.head_shift,
-            head_mask=self.head_shift >= delta,
+            head_mask=self.head_shift >= delta, layer_scale=self.layer_scale,
         )

@@ -17,6 +17,7 @@ each layer is edited once per call (the prefill), only when the key tensor spans
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -50,7 +51,7 @@ def edit_matrices(projection: Projection, config: SteeringConfig = SteeringConfi
     g_pos = meta.gain_pos if config.gain_pos is None else config.gain_pos
     g_neg = meta.gain_neg if config.gain_neg is None else config.gain_neg
     for name, g in (("gain_pos", g_pos), ("gain_neg", g_neg)):
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
+        if isinstance(g, bool) or not isinstance(g, numbers.Real) or not math.isfinite(g):
             raise SteeringConfigError(f"{name} must be a finite number, got {g!r}")
     if config.layers is not None:
         layers = list(config.layers)
@@ -60,9 +61,10 @@ def edit_matrices(projection: Projection, config: SteeringConfig = SteeringConfi
         layers = list(meta.layers)
     rows = [projection.row(int(layer)) for layer in layers]  # raises for layers not in it
     heads = _head_mask(projection, config.heads)
+    g_pos, g_neg = float(g_pos), float(g_neg)
     out = {}
     for layer, row in zip(layers, rows):
-        m = (g_pos * projection.pos[row] + g_neg * projection.neg[row]) / 2
+        m = projection.layer_scale[row] * (g_pos * projection.pos[row] + g_neg * projection.neg[row]) / 2
         out[int(layer)] = m * heads[row][:, None, None].to(m.dtype)
     return out
 

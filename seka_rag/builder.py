@@ -1,0 +1,188 @@
+"""Projection builder: contrastive triplets → answer-token keys → cross-covariances → SVD → P+ / P-.
+
+For each triplet the answer tokens' pre-RoPE keys are collected under three prompts: the context
+alone (H), the context after the question it answers (H+), and after an unrelated question (H-).
+Per layer and KV head, Ω± = Hᵀ H± / n is decomposed with an SVD; P+ keeps the top left singular
+directions of Ω+ up to a cumulative share γ of its singular values, P- keeps the tail directions of
+Ω- beyond that share. Heads whose keys barely move between H+ and H- (relative shift below δ) are
+masked off. Forward passes are batched and stop at the last layer needed (no LM head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .architectures import decoder_layers, layer_module
+from .data.triplets import Triplet, triplet_prompts, triplets_hash
+from .errors import SekaError
+from .highlight import EncodedPrompt, Markers, pad_batch
+from .projection import Projection, ProjectionMeta
+
+#: Markers that cannot occur in natural text, used to place the answer span inside built prompts.
+_ANSWER_MARKERS = Markers("\x01", "\x02", escape="")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How to build a projection."""
+
+    gamma: float = 0.9  #: cumulative share of singular values kept in P+ (and cut from P-)
+    delta: float = 0.0  #: heads with relative key shift below this are left alone
+    layers: Sequence[int] | None = None  #: model layers to build for (None: all)
+    chat: bool | None = None  #: format prompts with the chat template (None: when the tokenizer has one)
+    batch_size: int = 8
+    gain_pos: float = 2.0  #: default g+ stored with the projection
+    gain_neg: float = 0.5  #: default g- stored with the projection
+    default_layers: Sequence[int] | None = None  #: layers edited by default (None: all built)
+
+    def validate(self, num_layers: int) -> list[int]:
+        if not 0.0 < self.gamma <= 1.0:
+            raise SekaError(f"gamma must be in (0, 1], got {self.gamma}")
+        if self.delta < 0:
+            raise SekaError(f"delta must be >= 0, got {self.delta}")
+        layers = list(range(num_layers)) if self.layers is None else sorted({int(i) for i in self.layers})
+        bad = [i for i in layers if not 0 <= i < num_layers]
+        if bad or not layers:
+            raise SekaError(f"layers {bad or layers} are not valid layer indices (0..{num_layers - 1})")
+        return layers
+
+
+class _StopForward(Exception):
+    """Raised by a hook after the last needed layer, so the forward pass goes no further."""
+
+
+def _mark_answer(context: str, answer: str) -> str:
+    at = context.find(answer)
+    if at < 0:
+        raise SekaError(f"triplet answer {answer!r} does not occur in its context")
+    m = _ANSWER_MARKERS
+    return context[:at] + m.start + answer + m.end + context[at + len(answer):]
+
+
+def collect_answer_keys(seka_model, prompts: Sequence[str], layers: Sequence[int], *, chat: bool | None, batch_size: int = 8,
+                        progress: bool = True, desc: str = "collecting keys") -> tuple[dict[int, torch.Tensor], list[int]]:
+    """Pre-RoPE keys of the marked answer tokens of each prompt.
+
+    ``prompts`` contain the answer between ``\\x01`` and ``\\x02``. Returns, per layer, a tensor
+    (total answer tokens, kv_heads, head_dim) in float32 on the CPU, and the token count of each
+    prompt (to align the three views of a triplet).
+    """
+    geom = seka_model.geometry
+    spec = geom.spec
+    model = seka_model.model
+    blocks = decoder_layers(model)
+    last = max(layers)
+    captured: dict[int, torch.Tensor] = {}
+    current_mask: list[torch.Tensor] = []
+
+    def capture(index, module, args, output):
+        keys = output
+        if spec.key_layout == "bhtd":
+            keys = keys.transpose(1, 2)
+        keys = keys.reshape(keys.shape[0], keys.shape[1], geom.num_kv_heads, geom.head_dim)
+        captured[index] = keys[current_mask[0]].float().cpu()
+        if index == last:
+            raise _StopForward  # nothing after the last needed key is computed
+
+    handles = [layer_module(blocks[i], spec.key_module).register_forward_hook(
+        lambda mod, a, out, i=i: capture(i, mod, a, out)) for i in layers]
+    out: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+    counts: list[int] = []
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
+            rows = [_up_to_answer(seka_model.encode(p, chat=chat, markers=_ANSWER_MARKERS))
+                    for p in prompts[start:start + batch_size]]
+            counts.extend(sum(r.highlight) for r in rows)
+            batch = pad_batch(rows, seka_model.tokenizer.pad_token_id, side="left").to(seka_model.device)
+            current_mask[:] = [batch.highlight_mask]
+            position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode():
+                try:
+                    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          position_ids=position_ids, use_cache=False)
+                except _StopForward:
+                    pass
+            for i in layers:
+                out[i].append(captured.pop(i))
+    finally:
+        for h in handles:
+            h.remove()
+    return {i: torch.cat(v) for i, v in out.items()}, counts
+
+
+def _up_to_answer(row: EncodedPrompt) -> EncodedPrompt:
+    """Drop the tokens after the answer: under causal attention they cannot change its keys."""
+    end = max((i for i, on in enumerate(row.highlight) if on), default=len(row.highlight) - 1) + 1
+    return EncodedPrompt(row.input_ids[:end], row.highlight[:end], row.text)
+
+
+def _split_rows(keys: torch.Tensor, counts: Sequence[int]) -> list[torch.Tensor]:
+    return list(torch.split(keys, list(counts)))
+
+
+def projections_from_keys(h: torch.Tensor, h_pos: torch.Tensor, h_neg: torch.Tensor, gamma: float) -> dict[str, torch.Tensor]:
+    """P+, P-, their SVD factors and the head shift from aligned key sets (layers, n, heads, dim)."""
+    n = h.shape[1]
+    omega_pos = torch.einsum("lnhd,lnhe->lhde", h, h_pos) / n
+    omega_neg = torch.einsum("lnhd,lnhe->lhde", h, h_neg) / n
+    u_pos, s_pos, _ = torch.linalg.svd(omega_pos)
+    u_neg, s_neg, _ = torch.linalg.svd(omega_neg)
+    d = h.shape[-1]
+    idx = torch.arange(d)
+
+    def cut(s: torch.Tensor) -> torch.Tensor:
+        share = s.cumsum(-1) / s.sum(-1, keepdim=True).clamp_min(1e-12)
+        return (share < gamma).sum(-1, keepdim=True) + 1  # smallest k reaching share γ
+
+    keep_pos = (idx < cut(s_pos)).to(h.dtype)  # top directions of Ω+
+    keep_neg = (idx >= cut(s_neg)).to(h.dtype)  # tail directions of Ω-
+    pos = torch.einsum("lhdk,lhk,lhek->lhde", u_pos, keep_pos, u_pos)
+    neg = torch.einsum("lhdk,lhk,lhek->lhde", u_neg, keep_neg, u_neg)
+    shift = (h_pos - h_neg).norm(dim=-1).mean(1) / h.norm(dim=-1).mean(1).clamp_min(1e-12)
+    return dict(pos=pos, neg=neg, u_pos=u_pos, s_pos=s_pos, u_neg=u_neg, s_neg=s_neg, head_shift=shift)
+
+
+def build_projection(seka_model, triplets: Sequence[Triplet], config: BuildConfig = BuildConfig(), *,
+                     progress: bool = True) -> Projection:
+    """Build a :class:`Projection` for ``seka_model`` from contrastive triplets."""
+    if not triplets:
+        raise SekaError("building a projection needs at least one triplet")
+    geom = seka_model.geometry
+    layers = config.validate(geom.num_layers)
+    chat = config.chat
+    if chat is None:
+        chat = bool(getattr(seka_model.tokenizer, "chat_template", None))
+    views = [[], [], []]
+    for t in triplets:
+        for view, text in zip(views, triplet_prompts(t)):
+            view.append(text.replace(t.context, _mark_answer(t.context, t.answer), 1))
+    collected = []
+    for name, view in zip(("H", "H+", "H-"), views):
+        keys, counts = collect_answer_keys(seka_model, view, layers, chat=chat, batch_size=config.batch_size,
+                                           progress=progress, desc=f"keys {name}")
+        collected.append((keys, counts))
+    # keep triplets whose answer has the same token count in all three prompts
+    counts = [c for _, c in collected]
+    keep = [i for i in range(len(triplets)) if counts[0][i] == counts[1][i] == counts[2][i] > 0]
+    if not keep:
+        raise SekaError("no triplet's answer tokenised identically in its three prompts")
+    stacked = []
+    for keys, cnt in collected:
+        per_layer = []
+        for layer in layers:
+            rows = _split_rows(keys[layer], cnt)
+            per_layer.append(torch.cat([rows[i] for i in keep]))
+        stacked.append(torch.stack(per_layer))  # (layers, n, heads, dim)
+    parts = projections_from_keys(*stacked, gamma=config.gamma)
+    default_layers = None if config.default_layers is None else [int(i) for i in config.default_layers]
+    meta = ProjectionMeta(
+        model_type=geom.model_type, model_id=seka_model.model_id, num_layers=geom.num_layers,
+        num_kv_heads=geom.num_kv_heads, head_dim=geom.head_dim, layers=layers, gamma=config.gamma,
+        delta=config.delta, gain_pos=config.gain_pos, gain_neg=config.gain_neg, default_layers=default_layers,
+        construction="seka", chat_format=chat, data_hash=triplets_hash(triplets), n_triplets=len(keep),
+    )
+    return Projection(meta=meta, head_mask=parts["head_shift"] >= config.delta, **parts)

@@ -1,0 +1,238 @@
+"""Per-model calibration: choose layers, per-layer construction and gains by their measured effect.
+
+The published recipe (one construction, a fixed block of late layers) works on some models and not
+on others; where in the network highlighting acts differs by model. Calibration measures it on a
+synthetic dev set of two-document conflicts (never the test split):
+
+1. **Scan**: for every layer (or group of layers) and every candidate construction — the SEKA
+   projection (``seka``: head-masked g+·P+ + g-·P-) and plain key scaling (``identity``: P = I) —
+   edit that unit alone and measure the highlighted answer's first-token margin.
+2. **Select** few layers: greedy forward selection over the best-scanning units, keeping a unit only
+   if it raises the dev share (mean margin breaks ties); contiguous late blocks of the SEKA
+   construction (the published recipe's shape) compete as candidates too.
+3. **Gains**: sweep a common multiplier of the selected layers' gains.
+
+The winner is written into a projection: chosen layers become its default layers, identity layers
+store P+ = I, P- = 0, and each layer's relative gain is its ``layer_scale``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from tqdm.auto import tqdm
+
+from .evaluation.conflict import ConflictCase, conflict_cases, conflict_split
+from .highlight import EncodedPrompt, pad_batch
+from .projection import Projection, ProjectionMeta
+
+CONSTRUCTIONS = ("seka", "identity")
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Budget and search space of a calibration run."""
+
+    scan_items: int = 16  #: dev conflict items for the per-layer scan (×4 cases each)
+    select_items: int = 40  #: dev items for selection and the gain sweep
+    group_size: int = 1  #: layers per scanned unit (2+ to fit a slower model in the time budget)
+    constructions: tuple[str, ...] = CONSTRUCTIONS
+    seka_gains: tuple[float, float] = (2.0, 0.5)  #: g+, g- of the seka construction in the scan
+    identity_gain: float = 1.0  #: g of the identity construction in the scan (k ← k·(1 + g/2))
+    candidates: int = 6  #: best units considered by the greedy selection
+    max_layers: int = 4  #: most units kept
+    late_blocks: tuple[int, ...] = (4, 8, 10)  #: contiguous last-k-layer seka blocks also tried
+    multipliers: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)  #: gain sweep
+    batch_size: int = 16
+    seed: int = 0
+
+
+@dataclass
+class Trial:
+    """One measured configuration."""
+
+    stage: str
+    units: list[tuple[str, list[int]]]  #: (construction, layers) edited
+    multiplier: float
+    share: float
+    mean_margin: float
+    n_cases: int
+
+    def label(self) -> str:
+        parts = [f"{c}:{_fmt_layers(ls)}" for c, ls in self.units]
+        return " + ".join(parts) + (f" ×{self.multiplier:g}" if self.multiplier != 1 else "")
+
+
+@dataclass
+class CalibrationResult:
+    projection: Projection
+    best: Trial
+    trials: list[Trial] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def table(self, stages: Sequence[str] = ("select", "blocks", "gains")) -> str:
+        lines = ["| stage | configuration | dev share | dev mean margin | n |", "|---|---|---:|---:|---:|"]
+        for t in self.trials:
+            if t.stage in stages:
+                lines.append(f"| {t.stage} | {t.label()} | {t.share:.3f} | {t.mean_margin:+.3f} | {t.n_cases} |")
+        return "\n".join(lines)
+
+
+def _fmt_layers(layers: Sequence[int]) -> str:
+    layers = sorted(layers)
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+class _FirstTokenScorer:
+    """First-answer-token margins of pre-encoded cases under arbitrary per-layer edit matrices."""
+
+    def __init__(self, model, cases: Sequence[ConflictCase], batch_size: int):
+        self.model = model
+        tok = model.tokenizer
+        rows = []
+        for c in cases:
+            enc = model.encode(c.prompt, [c.highlight])
+            t = tok(c.target, add_special_tokens=False)["input_ids"][0]
+            o = tok(c.other, add_special_tokens=False)["input_ids"][0]
+            rows.append((enc, t, o))
+        rows.sort(key=lambda r: -len(r[0].input_ids))
+        self.batches = []
+        for s in range(0, len(rows), batch_size):
+            chunk = rows[s : s + batch_size]
+            batch = pad_batch([r[0] for r in chunk], tok.pad_token_id, side="left").to(model.device)
+            self.batches.append((batch, torch.tensor([r[1] for r in chunk]), torch.tensor([r[2] for r in chunk])))
+        self.n = len(rows)
+
+    def margins(self, matrices: dict[int, torch.Tensor] | None) -> torch.Tensor:
+        out = []
+        for batch, t, o in self.batches:
+            ctx = self.model._editor.apply(matrices, batch.highlight_mask) if matrices else _null()
+            with torch.inference_mode(), ctx:
+                logits = self.model._forward_logits(batch, 1)[:, -1].float()
+            lp = torch.log_softmax(logits, -1)
+            out.append((lp.gather(-1, t[:, None].to(lp.device)) - lp.gather(-1, o[:, None].to(lp.device)))[:, 0].cpu())
+        return torch.cat(out)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def unit_matrices(projection: Projection, construction: str, layers: Sequence[int], gains: tuple[float, float],
+                  identity_gain: float, multiplier: float = 1.0) -> dict[int, torch.Tensor]:
+    """Edit matrices of one unit: SEKA's head-masked (g+P+ + g-P-)/2, or (g/2)·I for plain scaling."""
+    h, d = projection.meta.num_kv_heads, projection.meta.head_dim
+    out = {}
+    for layer in layers:
+        row = projection.row(layer)
+        if construction == "seka":
+            m = (gains[0] * projection.pos[row] + gains[1] * projection.neg[row]) / 2
+            m = m * projection.head_mask[row][:, None, None].to(m.dtype)
+        elif construction == "identity":
+            m = identity_gain / 2 * torch.eye(d).expand(h, d, d)
+        else:
+            raise ValueError(f"unknown construction {construction!r}; choose from {CONSTRUCTIONS}")
+        out[int(layer)] = multiplier * m
+    return out
+
+
+def calibrate(model, projection: Projection, config: CalibrationConfig = CalibrationConfig(), *,
+              progress: bool = True) -> CalibrationResult:
+    """Measure, select and store steering defaults for ``model`` (see the module docstring)."""
+    started = time.perf_counter()
+    items = conflict_split("dev", seed=config.seed)
+    scan_cases = [c for it in items[: config.scan_items] for c in conflict_cases(it)]
+    select_cases = [c for it in items[: config.select_items] for c in conflict_cases(it)]
+    scan = _FirstTokenScorer(model, scan_cases, config.batch_size)
+    select = _FirstTokenScorer(model, select_cases, config.batch_size) if config.select_items != config.scan_items else scan
+    layers = projection.layers
+    units = [layers[i : i + config.group_size] for i in range(0, len(layers), config.group_size)]
+    trials: list[Trial] = []
+
+    def measure(stage, chosen, multiplier, scorer) -> Trial:
+        mats: dict[int, torch.Tensor] = {}
+        for construction, ls in chosen:
+            for layer, m in unit_matrices(projection, construction, ls, config.seka_gains, config.identity_gain,
+                                          multiplier).items():
+                mats[layer] = mats.get(layer, 0) + m
+        margins = scorer.margins(mats)
+        t = Trial(stage, [(c, list(ls)) for c, ls in chosen], multiplier, float((margins > 0).float().mean()),
+                  float(margins.mean()), scorer.n)
+        trials.append(t)
+        return t
+
+    # 1. scan every unit alone
+    jobs = [(c, u) for c in config.constructions for u in units]
+    scanned = [measure("scan", [(c, u)], 1.0, scan)
+               for c, u in tqdm(jobs, desc="calibration scan", disable=not progress, leave=False)]
+    ranked = sorted(scanned, key=lambda t: (t.mean_margin, t.share), reverse=True)[: config.candidates]
+
+    # 2. greedy forward selection on the larger dev subset
+    key = lambda t: (t.share, t.mean_margin)  # noqa: E731
+    best = measure("select", ranked[0].units, 1.0, select)
+    for cand in tqdm(ranked[1:], desc="calibration select", disable=not progress, leave=False):
+        if len(best.units) >= config.max_layers:
+            break
+        used = {layer for _, ls in best.units for layer in ls}
+        if used & set(cand.units[0][1]):
+            continue
+        trial = measure("select", best.units + cand.units, 1.0, select)
+        if key(trial) > key(best):
+            best = trial
+    if "seka" in config.constructions:
+        for k in config.late_blocks:
+            if k <= len(layers):
+                block = measure("blocks", [("seka", layers[-k:])], 1.0, select)
+                if key(block) > key(best):
+                    best = block
+
+    # 3. gain sweep
+    chosen = best
+    for mult in tqdm(config.multipliers, desc="calibration gains", disable=not progress, leave=False):
+        if mult == 1.0:
+            continue
+        trial = measure("gains", chosen.units, mult, select)
+        if key(trial) > key(best):
+            best = trial
+    return CalibrationResult(apply_calibration(projection, best, config), best, trials, time.perf_counter() - started)
+
+
+def apply_calibration(projection: Projection, best: Trial, config: CalibrationConfig) -> Projection:
+    """A copy of ``projection`` whose defaults are the calibrated layers, constructions and gains."""
+    pos, neg = projection.pos.clone(), projection.neg.clone()
+    head_mask = projection.head_mask.clone()
+    scale = torch.ones(len(projection.layers))
+    g_pos, g_neg = config.seka_gains
+    chosen: list[int] = []
+    for construction, ls in best.units:
+        for layer in ls:
+            row = projection.row(layer)
+            chosen.append(layer)
+            scale[row] = best.multiplier
+            if construction == "identity":
+                d = projection.meta.head_dim
+                pos[row] = torch.eye(d).expand_as(pos[row])
+                neg[row] = torch.zeros_like(neg[row])
+                head_mask[row] = True
+                scale[row] = best.multiplier * config.identity_gain / g_pos  # (g+ · scale)/2 · I
+    notes = dict(projection.meta.notes)
+    notes["calibration"] = dict(
+        units=[[c, ls] for c, ls in best.units], multiplier=best.multiplier, dev_share=best.share,
+        dev_mean_margin=best.mean_margin, dev_cases=best.n_cases, config=asdict(config),
+    )
+    constructions = sorted({c for c, _ in best.units})
+    meta = replace(projection.meta, gain_pos=g_pos, gain_neg=g_neg, default_layers=sorted(chosen),
+                   construction="+".join(constructions) if len(constructions) > 1 else constructions[0],
+                   notes=notes)
+    return Projection(meta=ProjectionMeta(**asdict(meta)), pos=pos, neg=neg, u_pos=projection.u_pos,
+                      s_pos=projection.s_pos, u_neg=projection.u_neg, s_neg=projection.s_neg,
+                      head_shift=projection.head_shift, head_mask=head_mask, layer_scale=scale)

@@ -1,0 +1,468 @@
+"""Highlights → token masks: markers, substrings, spans, chat messages, batches, and every bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from seka_rag import DEFAULT_MARKERS, HighlightError, Markers
+from seka_rag.highlight import (
+    EncodedPrompt,
+    describe_highlight,
+    encode_prompt,
+    merge_spans,
+    pad_batch,
+    parse_markers,
+    prepare_prompt,
+)
+
+DOCS = "Doc 1: The tower is in Paris.\nDoc 2: The tower is in Rome.\nWhere is the tower?"
+
+
+def runs(enc: EncodedPrompt, tok) -> list[str]:
+    """Decoded text of each maximal run of highlighted tokens."""
+    out, cur = [], []
+    for tid, on in zip(enc.input_ids, enc.highlight):
+        if on:
+            cur.append(tid)
+        elif cur:
+            out.append(tok.decode(cur))
+            cur = []
+    if cur:
+        out.append(tok.decode(cur))
+    return out
+
+
+def stripped_runs(enc, tok) -> list[str]:
+    return [r.strip() for r in runs(enc, tok)]
+
+
+@pytest.fixture(scope="module")
+def seka(tiny_model):
+    return tiny_model("llama", context_window=128)
+
+
+@pytest.fixture(scope="module")
+def seka_plain(tiny_model):
+    return tiny_model("llama", chat=False)
+
+
+# ---------------------------------------------------------------------------------------- markers
+class TestMarkers:
+    def test_default_markers(self):
+        text, spans = parse_markers("a <<bc>> d <<e f>>")
+        assert text == "a bc d e f"
+        assert spans == [(2, 4), (7, 10)]
+        assert [text[s:e] for s, e in spans] == ["bc", "e f"]
+
+    def test_custom_markers(self):
+        m = Markers("[[", "]]")
+        text, spans = parse_markers("keep <<this>> but [[mark]] that", m)
+        assert text == "keep <<this>> but mark that"
+        assert [text[s:e] for s, e in spans] == ["mark"]
+
+    def test_custom_escape(self):
+        m = Markers("{", "}", escape="~")
+        text, spans = parse_markers("~{literal~} and {marked}", m)
+        assert text == "{literal} and marked"
+        assert [text[s:e] for s, e in spans] == ["marked"]
+
+    def test_escapes_are_literal(self):
+        text, spans = parse_markers(r"write \<<x\>> or <<y>>")
+        assert text == "write <<x>> or y"
+        assert [text[s:e] for s, e in spans] == ["y"]
+
+    def test_lone_escape_char_kept(self):
+        text, spans = parse_markers(r"a\nb \x <<c>>")
+        assert text == r"a\nb \x c"
+        assert [text[s:e] for s, e in spans] == ["c"]
+
+    def test_markdown_bold_untouched(self):
+        text, spans = parse_markers("some **bold** and __under__ text")
+        assert text == "some **bold** and __under__ text"
+        assert spans == []
+
+    def test_markdown_bold_inside_highlight(self):
+        text, spans = parse_markers("x <<**bold** y>> z")
+        assert text == "x **bold** y z"
+        assert [text[s:e] for s, e in spans] == ["**bold** y"]
+
+    def test_markers_none_disables_parsing(self):
+        text, spans = parse_markers("a <<b>> c", None)
+        assert text == "a <<b>> c" and spans == []
+
+    def test_single_angle_brackets_untouched(self):
+        text, spans = parse_markers("if a < b and c > d: x <<y>>")
+        assert text == "if a < b and c > d: x y"
+        assert [text[s:e] for s, e in spans] == ["y"]
+
+    @pytest.mark.parametrize(
+        "text, fragment",
+        [
+            ("a <<b", "never closed"),
+            ("a >> b", "no opening"),
+            ("a <<b>> c>>", "no opening"),
+            ("<<a <<b>> c>>", "nested"),
+            ("a <<>> b", "empty highlight"),
+        ],
+    )
+    def test_bad_markers(self, text, fragment):
+        with pytest.raises(HighlightError, match=fragment):
+            parse_markers(text)
+
+    def test_error_mentions_escape(self):
+        with pytest.raises(HighlightError) as info:
+            parse_markers("a <<b")
+        assert r"\<<" in str(info.value) and "markers=None" in str(info.value)
+
+    @pytest.mark.parametrize("args", [("", ">>"), ("<<", ""), ("##", "##")])
+    def test_bad_marker_definitions(self, args):
+        with pytest.raises(HighlightError):
+            Markers(*args)
+
+    def test_model_level_and_per_call_markers(self, tiny_model, tokenizer):
+        seka = tiny_model("llama", projection=False)
+        seka.markers = Markers("[[", "]]")
+        assert stripped_runs(seka.encode("a [[tower]] <<b>>", chat=False), tokenizer) == ["tower"]
+        enc = seka.encode("a [[tower]] <<Paris>>", chat=False, markers=DEFAULT_MARKERS)
+        assert stripped_runs(enc, tokenizer) == ["Paris"]
+        assert "[[tower]]" in enc.text
+        enc = seka.encode("a <<tower>>", chat=False, markers=None)
+        assert not any(enc.highlight) and "<<tower>>" in enc.text
+
+
+# ---------------------------------------------------------------------------------------- substrings and spans
+class TestSubstringsAndSpans:
+    def test_substring_every_occurrence(self, seka_plain, plain_tokenizer):
+        enc = seka_plain.encode(DOCS, ["The tower"])
+        assert stripped_runs(enc, plain_tokenizer) == ["The tower", "The tower"]
+        # "the tower" in the question differs in case: not highlighted
+        assert "the tower" not in " ".join(runs(enc, plain_tokenizer))
+
+    def test_substring_given_as_plain_string(self, seka_plain, plain_tokenizer):
+        enc = seka_plain.encode(DOCS, "Rome")
+        assert stripped_runs(enc, plain_tokenizer) == ["Rome"]
+
+    def test_markers_and_substrings_combine(self, seka_plain, plain_tokenizer):
+        enc = seka_plain.encode("Doc 1: <<The tower is in Paris.>>\nDoc 2: The tower is in Rome.", ["Rome"])
+        assert stripped_runs(enc, plain_tokenizer) == ["The tower is in Paris.", "Rome"]
+
+    def test_char_span(self, seka_plain, plain_tokenizer):
+        start = DOCS.index("The tower is in Rome.")
+        enc = seka_plain.encode(DOCS, [(start, start + len("The tower is in Rome."))])
+        assert stripped_runs(enc, plain_tokenizer) == ["The tower is in Rome."]
+
+    def test_char_span_as_list(self, seka_plain, plain_tokenizer):
+        start = DOCS.index("Paris")
+        enc = seka_plain.encode(DOCS, [[start, start + 5]])
+        assert stripped_runs(enc, plain_tokenizer) == ["Paris"]
+
+    def test_char_spans_are_after_marker_removal(self, seka_plain, plain_tokenizer):
+        prompt = "<<Doc>> 1: The tower is in Paris."
+        clean = "Doc 1: The tower is in Paris."
+        s = clean.index("Paris")
+        enc = seka_plain.encode(prompt, [(s, s + 5)])
+        assert stripped_runs(enc, plain_tokenizer) == ["Doc", "Paris"]
+
+    def test_overlapping_spans_merge(self, plain_tokenizer):
+        p = prepare_prompt(DOCS, plain_tokenizer, [(7, 16), (12, 20), (20, 22), (40, 45)], chat=False)
+        assert p.spans == [(7, 22), (40, 45)]
+        assert merge_spans([(5, 9), (0, 2), (1, 3), (9, 10)]) == [(0, 3), (5, 10)]
+
+    def test_substring_and_marker_overlap_merge(self, plain_tokenizer):
+        p = prepare_prompt("a <<tower is>> in Paris", plain_tokenizer, ["is in"], chat=False)
+        assert p.text == "a tower is in Paris"
+        assert p.spans == [(2, 13)]
+
+    def test_plain_prompt_adds_bos(self, seka_plain, plain_tokenizer):
+        enc = seka_plain.encode("The <<tower>>")
+        assert enc.input_ids[0] == plain_tokenizer.bos_token_id
+        assert enc.highlight[0] is False
+        assert enc.text == "The tower"
+
+    def test_describe_highlight(self, seka_plain, plain_tokenizer):
+        enc = seka_plain.encode("The <<tower>> is in Paris")
+        pairs = describe_highlight(enc, plain_tokenizer)
+        assert [p for p, _ in pairs] == [i for i, on in enumerate(enc.highlight) if on]
+        assert "".join(t for _, t in pairs).strip() == "tower"
+        assert seka_plain.highlighted_tokens("The <<tower>> is in Paris") == [t for _, t in pairs]
+
+    def test_no_highlight_gives_all_false_mask(self, seka_plain):
+        enc = seka_plain.encode("The tower is in Paris")
+        assert len(enc.highlight) == len(enc.input_ids) and not any(enc.highlight)
+
+
+# ---------------------------------------------------------------------------------------- chat template
+class TestChat:
+    MESSAGES = [
+        {"role": "system", "content": "Answer from the documents. The tower is in Rome."},
+        {"role": "user", "content": DOCS},
+    ]
+
+    def test_plain_prompt_goes_through_template(self, seka, tokenizer):
+        enc = seka.encode("Where is <<the tower>>?")
+        assert enc.text == "<|im_start|>user\nWhere is the tower?<|im_end|>\n<|im_start|>assistant\n"
+        assert enc.input_ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>")
+        assert stripped_runs(enc, tokenizer) == ["the tower"]
+
+    def test_chat_false_sends_raw(self, seka, tokenizer):
+        enc = seka.encode("Where is <<the tower>>?", chat=False)
+        assert enc.text == "Where is the tower?"
+        assert enc.input_ids[0] == tokenizer.bos_token_id
+        assert stripped_runs(enc, tokenizer) == ["the tower"]
+
+    def test_plain_prompt_span_mapped_into_template(self, seka, tokenizer):
+        s = DOCS.index("The tower is in Rome.")
+        enc = seka.encode(DOCS, [(s, s + len("The tower is in Rome."))])
+        assert enc.text.startswith("<|im_start|>user\n")
+        assert stripped_runs(enc, tokenizer) == ["The tower is in Rome."]
+
+    def test_message_spans_land_on_the_right_tokens(self, seka, tokenizer):
+        target = "The tower is in Rome."
+        s = DOCS.index(target)
+        enc = seka.encode(self.MESSAGES, [(1, s, s + len(target))])
+        # only the user message's copy: the system message has the same sentence
+        assert stripped_runs(enc, tokenizer) == [target]
+        first = enc.highlight.index(True)
+        before = tokenizer.decode(enc.input_ids[:first])
+        assert "<|im_start|>user\n" in before and before.count(target) == 1
+        assert enc.text.count(target) == 2
+
+    def test_span_in_first_message(self, seka, tokenizer):
+        content = self.MESSAGES[0]["content"]
+        s = content.index("documents")
+        enc = seka.encode(self.MESSAGES, [(0, s, s + len("documents"))])
+        assert stripped_runs(enc, tokenizer) == ["documents"]
+
+    def test_substring_highlights_every_message(self, seka, tokenizer):
+        enc = seka.encode(self.MESSAGES, ["Rome"])
+        assert stripped_runs(enc, tokenizer) == ["Rome", "Rome"]
+
+    def test_markers_in_several_messages(self, seka, tokenizer):
+        msgs = [
+            {"role": "system", "content": "Use the <<document>> only."},
+            {"role": "user", "content": "Doc 1: Paris.\nDoc 2: <<Rome.>>\nWhere?"},
+        ]
+        enc = seka.encode(msgs)
+        assert stripped_runs(enc, tokenizer) == ["document", "Rome."]
+        assert "<<" not in enc.text and ">>" not in enc.text
+
+    def test_generation_prompt_unless_assistant_last(self, seka):
+        msgs = [{"role": "user", "content": "Where?"}]
+        assert seka.encode(msgs).text.endswith("<|im_start|>assistant\n")
+        msgs2 = msgs + [{"role": "assistant", "content": "In <<Rome>>"}]
+        enc = seka.encode(msgs2)
+        assert not enc.text.endswith("<|im_start|>assistant\n")
+        assert enc.text.endswith("In Rome<|im_end|>\n")
+
+    def test_message_spans_with_a_trimming_tokenizer(self, helpers):
+        # GPT-2 style tokenizers trim spaces from offsets: spans must still land on the right tokens
+        trim = helpers.make_tokenizer(trim_offsets=True)
+        target = "The tower is in Rome."
+        s = DOCS.index(target)
+        p = prepare_prompt(self.MESSAGES, trim, [(1, s, s + len(target))])
+        enc = encode_prompt(p, trim)
+        assert stripped_runs(enc, trim) == [target]
+        assert runs(enc, trim) == [" " + target]
+
+    def test_whitespace_token_inside_highlight_is_highlighted(self, helpers):
+        # BUG: with a ByteLevel post-processor that trims offsets (GPT-2 style tokenizers), "Doc 2"
+        # tokenises as 'Doc', ' ', '2' and the lone-space token gets an empty offset (8, 8);
+        # encode_prompt skips every zero-width token as if it were a special token. It lies strictly
+        # inside the highlight, so it must be steered too: the highlighted tokens form one run.
+        trim = helpers.make_tokenizer(None, trim_offsets=True)
+        p = prepare_prompt("Use <<Doc 2>> only.", trim, chat=False)
+        enc = encode_prompt(p, trim)
+        assert [trim.decode([t]) for t in enc.input_ids[5:8]] == ["Doc", " ", "2"]
+        assert enc.highlight[5:8] == [True, True, True]
+        assert stripped_runs(enc, trim) == ["Doc 2"]
+
+    def test_special_tokens_never_highlighted(self, seka, tokenizer):
+        enc = seka.encode(self.MESSAGES, ["The tower is in Rome."])
+        specials = set(tokenizer.all_special_ids)
+        assert not any(on and t in specials for t, on in zip(enc.input_ids, enc.highlight))
+
+    def test_template_that_trims_contents(self, helpers, tokenizer):
+        # a template that transforms contents forces the search fallback; spans must still land right
+        trimming = helpers.make_tokenizer(
+            "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + (m['content'] | trim) + '<|im_end|>\n' }}"
+            "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+        )
+        content = "   Doc 2: The tower is in Rome.  "
+        s = content.index("Rome")
+        p = prepare_prompt([{"role": "user", "content": content}], trimming, [(0, s, s + 4)])
+        assert [p.text[a:b] for a, b in p.spans] == ["Rome"]
+        enc = encode_prompt(p, trimming)
+        assert stripped_runs(enc, trimming) == ["Rome"]
+
+
+# ---------------------------------------------------------------------------------------- batches
+class TestBatches:
+    def test_left_padded_batch_has_one_mask_row_per_prompt(self, seka, tokenizer):
+        prompts = ["Where is <<the tower>>?", DOCS, "Doc 2: <<Rome>>"]
+        rows = seka._encode_many(prompts, [None, ["Paris"], None], None, DEFAULT_MARKERS, None)
+        batch = pad_batch(rows, tokenizer.pad_token_id, side="left")
+        width = max(len(r.input_ids) for r in rows)
+        assert batch.highlight_mask.shape == (3, width) == batch.input_ids.shape == batch.attention_mask.shape
+        assert batch.highlight_mask.dtype == torch.bool
+        for i, r in enumerate(rows):
+            pad = width - len(r.input_ids)
+            assert batch.highlight_mask[i, :pad].sum() == 0
+            assert batch.highlight_mask[i, pad:].tolist() == r.highlight
+            assert batch.input_ids[i, pad:].tolist() == r.input_ids
+            assert batch.input_ids[i, :pad].eq(tokenizer.pad_token_id).all()
+            assert batch.attention_mask[i].tolist() == [0] * pad + [1] * len(r.input_ids)
+        assert [stripped_runs(r, tokenizer) for r in rows] == [["the tower"], ["Paris"], ["Rome"]]
+
+    def test_right_padding(self, seka, tokenizer):
+        rows = [seka.encode("a <<tower>>"), seka.encode(DOCS, ["Rome"])]
+        batch = pad_batch(rows, tokenizer.pad_token_id, side="right")
+        n = len(rows[0].input_ids)
+        assert batch.highlight_mask[0, :n].tolist() == rows[0].highlight
+        assert not batch.highlight_mask[0, n:].any()
+
+    def test_generate_list_with_wrong_highlights_length(self, seka):
+        with pytest.raises(HighlightError, match="one entry per prompt"):
+            seka.generate(["a", "b"], [["a"]], max_new_tokens=1)
+        with pytest.raises(HighlightError, match="one entry per prompt"):
+            seka.generate(["a", "b"], [["a"], None, None], max_new_tokens=1)
+
+    def test_generate_list_with_string_highlights(self, seka):
+        with pytest.raises(HighlightError, match="one entry per prompt"):
+            seka.generate(["ab", "ab"], "ab", max_new_tokens=1)
+
+
+# ---------------------------------------------------------------------------------------- truncation
+class TestTruncation:
+    def test_highlight_truncated_away(self, seka):
+        prompt = "<<Doc 1>>: " + "The tower is in Paris. " * 10
+        with pytest.raises(HighlightError, match="truncated away"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            seka.encode(prompt, chat=False, max_length=8)
+
+    def test_truncated_away_by_context_window(self, tiny_model):
+        small = tiny_model("llama", context_window=24)
+        prompt = "<<Doc 1>>: " + "The tower is in Paris. " * 10
+        with pytest.raises(HighlightError, match="truncated away"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            small.generate(prompt, max_new_tokens=4)
+
+    def test_truncation_keeps_the_end_and_warns(self, seka, tokenizer):
+        prompt = "The tower is in Paris. " * 10 + "<<Rome>>"
+        full = seka.encode(prompt, chat=False)
+        with pytest.warns(UserWarning, match="dropped"):
+            enc = seka.encode(prompt, chat=False, max_length=10)
+        assert enc.input_ids == full.input_ids[-10:]
+        assert enc.highlight == full.highlight[-10:]
+        assert enc.truncated == len(full.input_ids) - 10
+        assert stripped_runs(enc, tokenizer) == ["Rome"]
+
+    def test_no_truncation_no_warning(self, seka):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            enc = seka.encode("short <<one>>", chat=False, max_length=100)
+        assert enc.truncated == 0
+
+
+# ---------------------------------------------------------------------------------------- bad inputs
+class TestBadInputs:
+    @pytest.mark.parametrize(
+        "highlights, fragment",
+        [
+            (["Berlin"], "does not occur"),
+            (["tower", "Madrid"], "does not occur"),
+            ([""], "empty highlight"),
+            (["   "], "empty highlight"),
+            ([(-1, 3)], "out of range"),
+            ([(3, 3)], "out of range"),
+            ([(5, 2)], "out of range"),
+            ([(0, len(DOCS) + 1)], "out of range"),
+            ([(0, 1, 2)], "cannot use"),  # a message span on a plain prompt
+            ([(0, 1, 2, 3)], "cannot use"),
+            ([5], "cannot use"),
+            ([None], "cannot use"),
+            ([{"start": 0}], "cannot use"),
+            ({"Rome"}, "must be a list"),
+            (5, "must be a list"),
+        ],
+    )
+    def test_plain_prompt(self, seka_plain, highlights, fragment):
+        with pytest.raises(HighlightError, match=fragment):
+            seka_plain.encode(DOCS, highlights)
+
+    def test_bare_string_to_prepare_prompt(self, plain_tokenizer):
+        with pytest.raises(HighlightError, match="must be a list"):
+            prepare_prompt(DOCS, plain_tokenizer, "Rome", chat=False)
+
+    def test_single_span_not_wrapped_in_a_list(self, seka_plain):
+        # highlights=(3, 10) is a list of two ints, not a span: refused, with the expected form named
+        with pytest.raises(HighlightError, match=r"\(start, end\)"):
+            seka_plain.encode(DOCS, (3, 10))
+
+    @pytest.mark.parametrize("span", [("a", "b"), (None, 3), (0, "x")])
+    def test_span_with_non_integer_bounds(self, seka_plain, span):
+        # BUG: int() raises a plain ValueError / TypeError instead of HighlightError
+        with pytest.raises(HighlightError):
+            seka_plain.encode(DOCS, [span])
+
+    @pytest.mark.parametrize(
+        "highlights, fragment",
+        [
+            ([(2, 0, 3)], "names message 2"),
+            ([(-1, 0, 3)], "names message -1"),
+            ([(1, 0, len(DOCS) + 1)], "out of range for message 1"),
+            ([(1, 4, 4)], "out of range"),
+            ([(0, 3)], "cannot use"),  # a plain span on a message list
+            (["Berlin"], "does not occur"),
+        ],
+    )
+    def test_messages(self, seka, highlights, fragment):
+        msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": DOCS}]
+        with pytest.raises(HighlightError, match=fragment):
+            seka.encode(msgs, highlights)
+
+    @pytest.mark.parametrize(
+        "prompt",
+        [[], [{"role": "user"}], [{"content": "x"}], [{"role": "user", "content": 3}], 42, None],
+    )
+    def test_malformed_prompts(self, seka, prompt):
+        with pytest.raises(HighlightError):
+            seka.encode(prompt)
+
+    def test_whitespace_only_marked_highlight(self, seka_plain):
+        # BUG: "<<>>" and the substring "   " are refused as empty, but "<<   >>" is accepted and
+        # steers bare whitespace tokens (with offset-trimming tokenizers it fails later with
+        # "covers no token" instead). parse_markers should refuse whitespace-only marked text too.
+        with pytest.raises(HighlightError, match="empty highlight"):
+            seka_plain.encode("a <<   >> b")
+
+    def test_messages_need_a_chat_template(self, seka_plain):
+        with pytest.raises(HighlightError, match="chat template"):
+            seka_plain.encode([{"role": "user", "content": "hi"}])
+
+    def test_chat_true_needs_a_chat_template(self, seka_plain):
+        with pytest.raises(HighlightError, match="no chat template"):
+            seka_plain.encode("hi", chat=True)
+
+    def test_messages_with_chat_false(self, seka):
+        with pytest.raises(HighlightError, match="chat=True"):
+            seka.encode([{"role": "user", "content": "hi"}], chat=False)
+
+    def test_bad_markers_in_a_message(self, seka):
+        with pytest.raises(HighlightError, match="unbalanced"):
+            seka.encode([{"role": "user", "content": "a <<b"}])
+
+    def test_slow_tokenizer_refused(self, plain_tokenizer):
+        class Slow:
+            is_fast = False
+
+        p = prepare_prompt("a <<b>>", plain_tokenizer, chat=False)
+        with pytest.raises(HighlightError, match="fast tokenizer"):
+            encode_prompt(p, Slow())
+
+    def test_errors_are_value_errors(self, seka_plain):
+        # callers catching ValueError keep working
+        with pytest.raises(ValueError):
+            seka_plain.encode(DOCS, ["Berlin"])
