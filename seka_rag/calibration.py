@@ -6,11 +6,12 @@ synthetic dev set of two-document conflicts (never the test split):
 
 1. **Scan**: for every layer (or group of layers) and every candidate construction — the SEKA
    projection (``seka``: head-masked g+·P+ + g-·P-) and plain key scaling (``identity``: P = I) —
-   edit that unit alone and measure the highlighted answer's first-token margin.
-2. **Select** few layers: greedy forward selection over the best-scanning units, keeping a unit only
-   if it raises the dev share (mean margin breaks ties); contiguous late blocks of the SEKA
-   construction (the published recipe's shape) compete as candidates too.
-3. **Gains**: sweep a common multiplier of the selected layers' gains.
+   edit that unit alone and measure the highlighted answer's first-token margin (cases whose two
+   answers open with the same token carry no signal and are left out).
+2. **Select** few layers: the best-scanning units alone at a few gains, then greedy forward
+   selection, keeping a unit only if it raises the dev share (mean margin breaks ties); contiguous
+   late blocks of the SEKA construction (the published recipe's shape) compete as candidates too.
+3. **Gains**: a final sweep of a common factor on the winner's gains.
 
 The winner is written into a projection: chosen layers become its default layers, identity layers
 store P+ = I, P- = 0, and each layer's relative gain is its ``layer_scale``.
@@ -45,7 +46,8 @@ class CalibrationConfig:
     candidates: int = 6  #: best units considered by the greedy selection
     max_layers: int = 4  #: most units kept
     late_blocks: tuple[int, ...] = (4, 8, 10)  #: contiguous last-k-layer seka blocks also tried
-    multipliers: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)  #: gain sweep
+    multipliers: tuple[float, ...] = (1.0, 2.0, 4.0)  #: gains tried for each candidate
+    refine: tuple[float, ...] = (0.75, 1.5)  #: final sweep around the winner's gains
     batch_size: int = 16
     seed: int = 0
 
@@ -55,15 +57,16 @@ class Trial:
     """One measured configuration."""
 
     stage: str
-    units: list[tuple[str, list[int]]]  #: (construction, layers) edited
-    multiplier: float
+    units: list[tuple[str, list[int], float]]  #: (construction, layers, gain multiplier) edited
     share: float
     mean_margin: float
     n_cases: int
 
     def label(self) -> str:
-        parts = [f"{c}:{_fmt_layers(ls)}" for c, ls in self.units]
-        return " + ".join(parts) + (f" ×{self.multiplier:g}" if self.multiplier != 1 else "")
+        return " + ".join(f"{c}:{_fmt_layers(ls)}" + (f"×{m:g}" if m != 1 else "") for c, ls, m in self.units)
+
+    def scaled(self, factor: float) -> list[tuple[str, list[int], float]]:
+        return [(c, ls, m * factor) for c, ls, m in self.units]
 
 
 @dataclass
@@ -73,7 +76,7 @@ class CalibrationResult:
     trials: list[Trial] = field(default_factory=list)
     seconds: float = 0.0
 
-    def table(self, stages: Sequence[str] = ("select", "blocks", "gains")) -> str:
+    def table(self, stages: Sequence[str] = ("single", "select", "blocks", "gains")) -> str:
         lines = ["| stage | configuration | dev share | dev mean margin | n |", "|---|---|---:|---:|---:|"]
         for t in self.trials:
             if t.stage in stages:
@@ -96,10 +99,11 @@ class _FirstTokenScorer:
         tok = model.tokenizer
         rows = []
         for c in cases:
-            enc = model.encode(c.prompt, [c.highlight])
             t = tok(c.target, add_special_tokens=False)["input_ids"][0]
             o = tok(c.other, add_special_tokens=False)["input_ids"][0]
-            rows.append((enc, t, o))
+            if t == o:
+                continue  # both answers open with the same token: no first-token signal
+            rows.append((model.encode(c.prompt, [c.highlight]), t, o))
         rows.sort(key=lambda r: -len(r[0].input_ids))
         self.batches = []
         for s in range(0, len(rows), batch_size):
@@ -158,51 +162,58 @@ def calibrate(model, projection: Projection, config: CalibrationConfig = Calibra
     units = [layers[i : i + config.group_size] for i in range(0, len(layers), config.group_size)]
     trials: list[Trial] = []
 
-    def measure(stage, chosen, multiplier, scorer) -> Trial:
+    def measure(stage, units, scorer) -> Trial:
         mats: dict[int, torch.Tensor] = {}
-        for construction, ls in chosen:
+        for construction, ls, mult in units:
             for layer, m in unit_matrices(projection, construction, ls, config.seka_gains, config.identity_gain,
-                                          multiplier).items():
+                                          mult).items():
                 mats[layer] = mats.get(layer, 0) + m
         margins = scorer.margins(mats)
-        t = Trial(stage, [(c, list(ls)) for c, ls in chosen], multiplier, float((margins > 0).float().mean()),
+        t = Trial(stage, [(c, list(ls), float(m)) for c, ls, m in units], float((margins > 0).float().mean()),
                   float(margins.mean()), scorer.n)
         trials.append(t)
         return t
 
+    key = lambda t: (t.share, t.mean_margin)  # noqa: E731
+    bar = tqdm(total=len(config.constructions) * len(units), desc="calibration", disable=not progress, leave=False)
+
     # 1. scan every unit alone
-    jobs = [(c, u) for c in config.constructions for u in units]
-    scanned = [measure("scan", [(c, u)], 1.0, scan)
-               for c, u in tqdm(jobs, desc="calibration scan", disable=not progress, leave=False)]
+    scanned = []
+    for c in config.constructions:
+        for u in units:
+            scanned.append(measure("scan", [(c, u, 1.0)], scan))
+            bar.update()
     ranked = sorted(scanned, key=lambda t: (t.mean_margin, t.share), reverse=True)[: config.candidates]
 
-    # 2. greedy forward selection on the larger dev subset
-    key = lambda t: (t.share, t.mean_margin)  # noqa: E731
-    best = measure("select", ranked[0].units, 1.0, select)
-    for cand in tqdm(ranked[1:], desc="calibration select", disable=not progress, leave=False):
+    # 2a. the best single units, each at a few gains, on the larger dev subset
+    singles = [measure("single", cand.scaled(m), select) for cand in ranked for m in config.multipliers]
+    best = max(singles, key=key)
+    # 2b. greedy forward selection: add units (at the chosen gain) while the dev share rises
+    for cand in ranked:
         if len(best.units) >= config.max_layers:
             break
-        used = {layer for _, ls in best.units for layer in ls}
+        used = {layer for _, ls, _ in best.units for layer in ls}
         if used & set(cand.units[0][1]):
             continue
-        trial = measure("select", best.units + cand.units, 1.0, select)
+        trial = measure("select", best.units + cand.scaled(best.units[0][2]), select)
         if key(trial) > key(best):
             best = trial
+    # 2c. contiguous late blocks of the SEKA construction (the published recipe's shape)
     if "seka" in config.constructions:
         for k in config.late_blocks:
             if k <= len(layers):
-                block = measure("blocks", [("seka", layers[-k:])], 1.0, select)
-                if key(block) > key(best):
-                    best = block
+                for m in config.multipliers:
+                    block = measure("blocks", [("seka", layers[-k:], m)], select)
+                    if key(block) > key(best):
+                        best = block
 
-    # 3. gain sweep
+    # 3. fine gain sweep around the winner
     chosen = best
-    for mult in tqdm(config.multipliers, desc="calibration gains", disable=not progress, leave=False):
-        if mult == 1.0:
-            continue
-        trial = measure("gains", chosen.units, mult, select)
+    for factor in config.refine:
+        trial = measure("gains", chosen.scaled(factor), select)
         if key(trial) > key(best):
             best = trial
+    bar.close()
     return CalibrationResult(apply_calibration(projection, best, config), best, trials, time.perf_counter() - started)
 
 
@@ -213,23 +224,23 @@ def apply_calibration(projection: Projection, best: Trial, config: CalibrationCo
     scale = torch.ones(len(projection.layers))
     g_pos, g_neg = config.seka_gains
     chosen: list[int] = []
-    for construction, ls in best.units:
+    for construction, ls, mult in best.units:
         for layer in ls:
             row = projection.row(layer)
             chosen.append(layer)
-            scale[row] = best.multiplier
+            scale[row] = mult
             if construction == "identity":
                 d = projection.meta.head_dim
                 pos[row] = torch.eye(d).expand_as(pos[row])
                 neg[row] = torch.zeros_like(neg[row])
                 head_mask[row] = True
-                scale[row] = best.multiplier * config.identity_gain / g_pos  # (g+ · scale)/2 · I
+                scale[row] = mult * config.identity_gain / g_pos  # (g+ · scale)/2 · I = (g·mult/2) · I
     notes = dict(projection.meta.notes)
     notes["calibration"] = dict(
-        units=[[c, ls] for c, ls in best.units], multiplier=best.multiplier, dev_share=best.share,
+        units=[[c, ls, m] for c, ls, m in best.units], dev_share=best.share,
         dev_mean_margin=best.mean_margin, dev_cases=best.n_cases, config=asdict(config),
     )
-    constructions = sorted({c for c, _ in best.units})
+    constructions = sorted({c for c, _, _ in best.units})
     meta = replace(projection.meta, gain_pos=g_pos, gain_neg=g_neg, default_layers=sorted(chosen),
                    construction="+".join(constructions) if len(constructions) > 1 else constructions[0],
                    notes=notes)

@@ -47,9 +47,17 @@ def _default_device(device: str | torch.device | None) -> torch.device:
         raise SekaError(f"invalid device {device!r}: {exc}") from None
 
 
+def _cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bfloat16 matmuls natively (AVX512-BF16 / AMX): 2-4x faster than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if device.type == "cuda" or _cpu_has_fast_bf16() else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
     resolved = getattr(torch, str(dtype), None)
@@ -302,8 +310,9 @@ class SekaModel:
         encoded = self._encode_many(prompts, highlights, chat, markers, self._prompt_budget(max_new_tokens))
         steer_kw = dict(steer=steer, gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads)
         outputs: list[str] = []
-        for start in range(0, len(encoded), max(1, int(batch_size))):
-            rows = encoded[start : start + batch_size]
+        bs = _check_batch_size(batch_size)
+        for start in range(0, len(encoded), bs):
+            rows = encoded[start : start + bs]
             batch = pad_batch(rows, self.tokenizer.pad_token_id, side="left").to(self.device)
             with torch.inference_mode(), self.steering(batch.highlight_mask, **steer_kw):
                 out = self.model.generate(
@@ -424,8 +433,9 @@ class SekaModel:
     ) -> list[float]:
         """Score (encoded prompt, continuation token ids) pairs in left-padded batches."""
         scores: list[float] = []
-        for start in range(0, len(rows), max(1, int(batch_size))):
-            chunk = rows[start : start + batch_size]
+        bs = _check_batch_size(batch_size)
+        for start in range(0, len(rows), bs):
+            chunk = rows[start : start + bs]
             joined = [
                 EncodedPrompt(enc.input_ids + ids, enc.highlight + [False] * len(ids), enc.text)
                 for enc, ids in chunk
@@ -459,6 +469,12 @@ class SekaModel:
     def __repr__(self) -> str:
         proj = "none" if self.projection is None else f"{len(self.projection.layers)} layers"
         return f"SekaModel({self.model_id!r}, device={self.device}, projection={proj})"
+
+
+def _check_batch_size(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SekaError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return batch_size
 
 
 def _is_single_prompt(prompt: Any) -> bool:

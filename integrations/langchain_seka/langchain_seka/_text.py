@@ -1,0 +1,213 @@
+"""Framework-free text helpers shared by both integrations.
+
+* :func:`mark_up` wraps character spans of a text in the engine's inline markers so that the engine
+  recovers exactly the same text, whatever the text contains (marker strings are escaped, and the
+  span edges are nudged off characters that would fuse with a marker). With ``per_word=True`` every
+  whitespace-free run is wrapped on its own, so a splitter that cuts only at whitespace (LlamaIndex's
+  ``compact`` / ``refine`` / ``tree_summarize`` re-packing) can never separate an opening marker from
+  its closing one.
+* :func:`parse_lenient` is the receiving side for such text: the engine's marker parser, except that
+  a marker left unbalanced by a split is kept as literal text instead of failing, and highlights
+  separated only by whitespace are merged back into one span.
+* :func:`sentence_spans` is a small, dependency-free sentence splitter (character spans).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from seka_rag import HighlightError, Markers, SekaError
+from seka_rag.highlight import DEFAULT_MARKERS, merge_spans, parse_markers
+
+Span = tuple[int, int]
+
+__all__ = [
+    "Span",
+    "escape_markers",
+    "mark_up",
+    "merge_whitespace_gaps",
+    "parse_lenient",
+    "sentence_spans",
+]
+
+
+def escape_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> str:
+    """``text`` with every marker string escaped, so the engine reads it back literally."""
+    if markers is None or not text:
+        return text
+    needles = sorted({markers.start, markers.end}, key=len, reverse=True)
+    if not any(n in text for n in needles):
+        return text
+    if not markers.escape:
+        raise HighlightError(
+            f"the text contains a highlight marker ({markers.start!r} or {markers.end!r}) and these "
+            "markers have no escape string, so it cannot be carried literally"
+        )
+    pattern = re.compile("|".join(re.escape(n) for n in needles))
+    return pattern.sub(lambda m: markers.escape + m.group(0), text)
+
+
+def _word_spans(text: str, start: int, end: int) -> list[Span]:
+    return [(start + m.start(), start + m.end()) for m in re.finditer(r"\S+", text[start:end])]
+
+
+def _safe_regions(text: str, regions: Sequence[Span], markers: Markers) -> list[Span]:
+    """Nudge region edges so the markers placed around them parse back as intended.
+
+    An escape character right before a marker would turn it literal; a character of the closing
+    marker at a region's end would close it early, and one of the opening marker right before a
+    region would open it early. Such characters are moved out of (end) or into (start) the region.
+    """
+    tail = set(markers.escape) | set(markers.end)
+    lead = set(markers.escape) | set(markers.start)
+    out: list[Span] = []
+    prev_end = 0
+    for s, e in regions:
+        while s > prev_end and text[s - 1] in lead:
+            s -= 1
+        while e > s and text[e - 1] in tail:
+            e -= 1
+        if e > s and text[s:e].strip():
+            out.append((s, e))
+            prev_end = e
+    return out
+
+
+def mark_up(
+    text: str,
+    spans: Sequence[Span],
+    markers: Markers | None = DEFAULT_MARKERS,
+    *,
+    per_word: bool = False,
+) -> tuple[str, list[Span]]:
+    """Wrap ``spans`` of ``text`` in ``markers``; return the marked text and the exact spans it encodes.
+
+    The returned spans are what the engine will highlight after removing the markers (they can differ
+    from ``spans`` by a character at an edge, see :func:`_safe_regions`); the clean text is always
+    exactly ``text``.
+    """
+    if markers is None:
+        raise SekaError("mark_up needs markers (the model was loaded with markers=None)")
+    for s, e in spans:
+        if not 0 <= s <= e <= len(text):
+            raise HighlightError(f"span ({s}, {e}) is out of range for a text of {len(text)} characters")
+    regions = merge_spans([(s, e) for s, e in spans if e > s])
+    if per_word:
+        regions = [w for s, e in regions for w in _word_spans(text, s, e)]
+    regions = _safe_regions(text, regions, markers)
+    pieces: list[str] = []
+    pos = 0
+    for s, e in regions:
+        pieces += [escape_markers(text[pos:s], markers), markers.start, escape_markers(text[s:e], markers), markers.end]
+        pos = e
+    pieces.append(escape_markers(text[pos:], markers))
+    marked = "".join(pieces)
+    clean, found = parse_markers(marked, markers)
+    if clean != text:  # pragma: no cover - a bug, not a user error
+        raise SekaError("internal error: marked-up text does not parse back to the original")
+    return marked, found
+
+
+def _marker_tokens(text: str, markers: Markers) -> list[tuple[int, str]]:
+    """Positions of unescaped start / end markers, scanning exactly like the engine's parser."""
+    found: list[tuple[int, str]] = []
+    esc, start, end = markers.escape, markers.start, markers.end
+    pos = 0
+    while pos < len(text):
+        if esc and text.startswith(esc, pos):
+            rest = pos + len(esc)
+            if text.startswith(start, rest):
+                pos = rest + len(start)
+            elif text.startswith(end, rest):
+                pos = rest + len(end)
+            else:
+                pos = rest
+            continue
+        if text.startswith(start, pos):
+            found.append((pos, "start"))
+            pos += len(start)
+            continue
+        if text.startswith(end, pos):
+            found.append((pos, "end"))
+            pos += len(end)
+            continue
+        pos += 1
+    return found
+
+
+def merge_whitespace_gaps(text: str, spans: Sequence[Span]) -> list[Span]:
+    """Merge highlight spans separated only by whitespace (undoes per-word marking)."""
+    merged: list[list[int]] = []
+    for s, e in merge_spans(spans):
+        if merged and not text[merged[-1][1] : s].strip():
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return [(s, e) for s, e in merged]
+
+
+def parse_lenient(
+    text: str, markers: Markers | None = DEFAULT_MARKERS, *, merge_gaps: bool = True
+) -> tuple[str, list[Span]]:
+    """Like the engine's marker parser, but tolerant of text cut out of a larger marked text.
+
+    A marker without its partner (a chunk boundary fell inside a marked run) and an empty ``<<>>``
+    are kept as literal text rather than raising. With ``merge_gaps`` highlights separated only by
+    whitespace become one span.
+    """
+    if markers is None:
+        return text, []
+    try:
+        clean, spans = parse_markers(text, markers)
+    except HighlightError:
+        if not markers.escape:
+            raise
+        tokens = _marker_tokens(text, markers)
+        keep: set[int] = set()
+        open_at: int | None = None
+        for pos, kind in tokens:
+            if kind == "start":
+                open_at = pos  # an earlier unclosed start becomes literal
+            elif open_at is not None:
+                if pos > open_at + len(markers.start):  # not an empty <<>>
+                    keep.update((open_at, pos))
+                open_at = None
+        out, last = [], 0
+        for pos, kind in tokens:
+            if pos in keep:
+                continue
+            out.append(text[last:pos])
+            out.append(markers.escape)
+            last = pos
+        out.append(text[last:])
+        clean, spans = parse_markers("".join(out), markers)
+    if merge_gaps:
+        spans = merge_whitespace_gaps(clean, spans)
+    return clean, spans
+
+
+_SENTENCE_END = re.compile(r"[.!?。！？]+[\"'”’)\]]*(?=\s|$)|\n")
+
+
+def sentence_spans(text: str) -> list[Span]:
+    """Character spans of the sentences of ``text`` (ends at . ! ? followed by space, and at newlines).
+
+    A deliberately simple splitter: abbreviations such as "e.g. this" split too.
+    """
+    spans: list[Span] = []
+
+    def add(s: int, e: int) -> None:
+        while s < e and text[s].isspace():
+            s += 1
+        while e > s and text[e - 1].isspace():
+            e -= 1
+        if e > s:
+            spans.append((s, e))
+
+    start = 0
+    for m in _SENTENCE_END.finditer(text):
+        add(start, m.start() if m.group(0) == "\n" else m.end())
+        start = m.end()
+    add(start, len(text))
+    return spans

@@ -1,0 +1,355 @@
+"""``ChatSeka``: a LangChain chat model that runs a SEKA-steered model in process."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import get_config_list, run_in_executor
+from pydantic import ConfigDict, Field, SecretStr
+
+from seka_rag import HighlightError, SekaModel
+from seka_rag.highlight import has_chat_template, parse_markers
+
+from ._loading import model_label
+from ._messages import document_highlights, to_engine_messages
+from ._settings import SekaSettings, routing_kwargs, usage_counts
+
+__all__ = ["ChatSeka"]
+
+
+@dataclass
+class _Call:
+    """One prepared engine call: model, prompt, highlights and engine keyword arguments."""
+
+    model: SekaModel
+    model_name: str
+    prompt: Any
+    highlights: list | None
+    gen: dict[str, Any]
+    query_embedding: Any = None
+
+    def key(self) -> tuple[str, str]:
+        return repr(self.prompt), repr(self.highlights)
+
+
+@dataclass
+class _BatchPlan:
+    """The inputs of one ``ChatSeka.batch`` call, generated together in one batched engine call.
+
+    ``batch`` runs LangChain's own ``generate`` (callbacks, tracing, cache) over all inputs; the
+    first ``_generate`` it makes computes every input's answer at once, later ones pick theirs up.
+    """
+
+    owner: "ChatSeka"
+    message_lists: list[list[BaseMessage]]
+    stop: list[str] | None
+    kwargs: dict[str, Any]
+    results: list[list[Any]] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def text_for(self, call: _Call) -> str | None:
+        with self.lock:
+            if self.results is None:
+                calls = [self.owner._prepare(m, self.stop, self.kwargs) for m in self.message_lists]
+                texts = self.owner._run_many(calls)
+                self.results = [[c.key(), t, False] for c, t in zip(calls, texts)]
+            key = call.key()
+            for row in self.results:
+                if not row[2] and row[0] == key:
+                    row[2] = True
+                    return row[1]
+        return None
+
+
+_BATCH: ContextVar[_BatchPlan | None] = ContextVar("langchain_seka_batch", default=None)
+
+
+class ChatSeka(SekaSettings, BaseChatModel):
+    """Chat model over a SEKA-steered language model, running in this process.
+
+    Tell the model which part of its prompt matters, in any of three ways (they combine):
+
+    * inline markers in message contents: ``"Doc 2: <<The tower is in Rome.>>"`` (write ``\\<<`` for
+      a literal marker);
+    * ``highlights=``: substrings, or ``(message_index, start, end)`` character spans of a message's
+      marker-free content (``(start, end)`` when the input is a single message / string) — per call
+      (``invoke(..., highlights=[...])``) or bound (``chat.bind(highlights=[...])``);
+    * ``documents=``: LangChain ``Document`` objects (or strings) whose text appears in the prompt
+      — the retriever's evidence.
+
+    ``ChatSeka()`` uses the default embedded model; ``model=`` takes a ``SekaModel`` or a shared
+    model name (``ChatSeka(model="smollm2-135m")``). Construction is cheap: the model loads on first
+    use and is shared by every instance that names it.
+
+    Generation settings are fields (``max_new_tokens``, alias ``max_tokens``; ``do_sample``;
+    ``temperature``; ``top_p``; ``stop``; ``gain_pos`` / ``gain_neg``; ``layers``; ``heads``;
+    ``steer``; ``chat_template``; ``router``), each also accepted per call. Per call, ``model=`` switches to
+    another shared model and ``query_embedding=`` is passed to the engine's AdaSEKA router once the
+    engine has one (until then it raises ``NotImplementedError``).
+
+    ``batch`` runs one batched forward pass over its inputs (when they share one config).
+    ``stream`` yields text as tokens are produced. Usage metadata carries token counts; the response
+    metadata carries ``model_name`` and ``highlighted_tokens``.
+
+    Not supported yet: tool calling (``bind_tools``), structured output (``with_structured_output``),
+    JSON mode, and non-text content (images, audio, files).
+
+    Standard LangChain constructor arguments for hosted models are accepted and do nothing here:
+    ``timeout`` (generation is in process and not interruptible), ``max_retries`` (there is no
+    service to retry), ``api_key`` and ``base_url`` (there is no service).
+    """
+
+    model_config = ConfigDict(
+        populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid"
+    )
+
+    streaming: bool = Field(default=False, description="Generate through the streamer in invoke too.")
+    timeout: float | None = Field(default=None, description="Accepted for compatibility; no effect.")
+    max_retries: int | None = Field(default=None, description="Accepted for compatibility; no effect.")
+    api_key: SecretStr | None = Field(default=None, description="Accepted for compatibility; no effect.")
+    base_url: str | None = Field(default=None, description="Accepted for compatibility; no effect.")
+
+    # ------------------------------------------------------------------------------ LangChain hooks
+    @property
+    def _llm_type(self) -> str:
+        return "seka-chat"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": self.stop,
+            "gain_pos": self.gain_pos,
+            "gain_neg": self.gain_neg,
+            "layers": self.layers,
+            "heads": self.heads,
+            "steer": self.steer,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        override = kwargs.get("model")
+        params = LangSmithParams(
+            ls_provider="seka",
+            ls_model_name=model_label(override) if override is not None else self.model_name,
+            ls_model_type="chat",
+            ls_max_tokens=kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)),
+        )
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        stops = stop if stop is not None else self.stop
+        if stops:
+            params["ls_stop"] = list(stops)
+        return params
+
+    # ------------------------------------------------------------------------------ preparing calls
+    def _prepare(self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Call:
+        kwargs = dict(kwargs)
+        kwargs.pop("stream", None)  # LangChain's own routing flag
+        highlights = kwargs.pop("highlights", None)
+        documents = kwargs.pop("documents", None)
+        query_embedding = kwargs.pop("query_embedding", None)
+        override = kwargs.pop("model", None)
+        model = self.seka_model(override)
+        gen = self.generation_kwargs(kwargs, stop)
+        prompt: Any = to_engine_messages(messages)
+        if isinstance(highlights, str):
+            highlights = [highlights]
+        highlights = list(highlights) if highlights is not None else []
+        if len(prompt) == 1:  # a single message (e.g. invoke("text")): (start, end) spans refer to it
+            highlights = [(0, *h) if isinstance(h, (tuple, list)) and len(h) == 2 else h for h in highlights]
+        if documents:
+            highlights += document_highlights(documents, [m["content"] for m in prompt], model.markers)
+        chat = gen["chat"]
+        if chat is False or (chat is None and not has_chat_template(model.tokenizer)):
+            prompt, highlights = _plain_transcript(prompt, highlights, model.markers)
+            gen["chat"] = False
+        return _Call(
+            model=model,
+            model_name=model_label(override if override is not None else self.model),
+            prompt=prompt,
+            highlights=highlights or None,
+            gen=gen,
+            query_embedding=query_embedding,
+        )
+
+    def _run_many(self, calls: list[_Call]) -> list[str]:
+        """Generate for prepared calls sharing one model and settings, in batched forward passes."""
+        first = calls[0]
+        extras = routing_kwargs(first.model.generate, self.router, first.query_embedding)
+        return first.model.generate(
+            [c.prompt for c in calls], [c.highlights for c in calls],
+            batch_size=self.batch_size, **first.gen, **extras,
+        )
+
+    def _generation(self, call: _Call, text: str) -> ChatGeneration:
+        counts = usage_counts(
+            call.model, call.prompt, call.highlights, chat=call.gen["chat"],
+            max_new_tokens=call.gen["max_new_tokens"], text=text,
+        )
+        message = AIMessage(
+            content=text,
+            usage_metadata=UsageMetadata(
+                input_tokens=counts["input_tokens"],
+                output_tokens=counts["output_tokens"],
+                total_tokens=counts["total_tokens"],
+            ),
+            response_metadata={"model_name": call.model_name, "highlighted_tokens": counts["highlighted_tokens"]},
+        )
+        return ChatGeneration(message=message)
+
+    # ------------------------------------------------------------------------------ generation
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        call = self._prepare(messages, stop, kwargs)
+        plan = _BATCH.get()
+        text = plan.text_for(call) if plan is not None and plan.owner is self else None
+        if text is None:
+            extras = routing_kwargs(call.model.generate, self.router, call.query_embedding)
+            text = call.model.generate(call.prompt, call.highlights, **call.gen, **extras)
+        return ChatResult(generations=[self._generation(call, text)])
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        call = self._prepare(messages, stop, kwargs)
+        extras = routing_kwargs(call.model.stream, self.router, call.query_embedding)
+        pieces: list[str] = []
+        for piece in call.model.stream(call.prompt, call.highlights, **call.gen, **extras):
+            if not piece:
+                continue
+            pieces.append(piece)
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            if run_manager is not None:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+        final = self._generation(call, "".join(pieces)).message
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(
+                content="",
+                usage_metadata=final.usage_metadata,
+                response_metadata=final.response_metadata,
+                chunk_position="last",
+            )
+        )
+
+    # ------------------------------------------------------------------------------ batching
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """Answer every input in one batched engine call (one forward pass per ``batch_size`` rows).
+
+        Inputs with differing configs (callbacks, tags, metadata, run names) fall back to LangChain's
+        per-input batching, as does ``return_exceptions=True`` when the batched call fails.
+        Per-call keyword arguments (e.g. ``highlights``) apply to every input.
+        """
+        if not inputs:
+            return []
+        configs = get_config_list(config, len(inputs))
+        keys = ("callbacks", "tags", "metadata", "run_name")
+        shared = all(c.get(k) == configs[0].get(k) for c in configs for k in keys) and not any(
+            c.get("run_id") for c in configs
+        )
+        if len(inputs) == 1 or not shared:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        stop = kwargs.pop("stop", None)
+        messages = [self._convert_input(i).to_messages() for i in inputs]
+        token = _BATCH.set(_BatchPlan(self, messages, stop, dict(kwargs)))
+        try:
+            result = self.generate(
+                messages, stop=stop, callbacks=configs[0].get("callbacks"), tags=configs[0].get("tags"),
+                metadata=configs[0].get("metadata"), run_name=configs[0].get("run_name"), **kwargs,
+            )
+        except Exception:
+            if not return_exceptions:
+                raise
+            result = None
+        finally:
+            _BATCH.reset(token)
+        if result is None:  # find out which inputs fail, one by one
+            return super().batch(inputs, config, return_exceptions=True, stop=stop, **kwargs)
+        return [gens[0].message for gens in result.generations]
+
+    async def abatch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """:meth:`batch` in a worker thread (the model runs in process; the event loop stays free)."""
+        return await run_in_executor(None, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+
+def _plain_transcript(messages: list[dict], highlights: list, markers) -> tuple[str, list]:
+    """Messages → one plain-text prompt for a tokenizer without a chat template; move spans with them.
+
+    A single user message is sent as is. Otherwise each message becomes ``"Role: content"``, joined by
+    blank lines, ending with ``"Assistant:"``; ``(message_index, start, end)`` spans are shifted to the
+    transcript's marker-free text.
+    """
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        text = messages[0]["content"]
+        spans = [tuple(h[1:]) if isinstance(h, (tuple, list)) and len(h) == 3 else h for h in highlights]
+        return text, spans
+    raw, offsets, lengths, clean_len = [], [], [], 0
+    for i, m in enumerate(messages):
+        label = f"{m['role'].capitalize()}: "
+        if i:
+            raw.append("\n\n")
+            clean_len += 2
+        raw.append(label)
+        clean_len += len(label)
+        offsets.append(clean_len)
+        raw.append(m["content"])
+        try:
+            length = len(parse_markers(m["content"], markers)[0] if markers is not None else m["content"])
+        except HighlightError:
+            length = len(m["content"])  # the engine reports the marker problem
+        lengths.append(length)
+        clean_len += length
+    if messages[-1]["role"] != "assistant":
+        raw.append("\n\nAssistant:")
+    spans = []
+    for h in highlights:
+        if isinstance(h, (tuple, list)) and len(h) == 3:
+            i, s, e = (int(x) for x in h)
+            if not 0 <= i < len(messages):
+                raise HighlightError(f"highlight span names message {i}, but there are {len(messages)}")
+            if not 0 <= s < e <= lengths[i]:
+                raise HighlightError(
+                    f"highlight span ({s}, {e}) is out of range for message {i} of {lengths[i]} characters"
+                )
+            spans.append((offsets[i] + s, offsets[i] + e))
+        else:
+            spans.append(h)
+    return "".join(raw), spans

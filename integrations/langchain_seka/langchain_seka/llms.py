@@ -1,0 +1,141 @@
+"""``SekaLLM``: a LangChain text-completion LLM (string in, string out) over a SEKA-steered model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import LLM, LangSmithParams
+from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from pydantic import ConfigDict, Field, SecretStr
+
+from seka_rag import SekaModel
+
+from ._loading import model_label
+from ._messages import document_highlights
+from ._settings import SekaSettings, routing_kwargs, usage_counts
+
+__all__ = ["SekaLLM"]
+
+
+class SekaLLM(SekaSettings, LLM):
+    """Text-completion LLM over a SEKA-steered model (see :class:`~langchain_seka.ChatSeka`).
+
+    The prompt is a string; it goes through the model's chat template as one user turn unless
+    ``chat_template=False``. Highlights: inline ``<<`` ``>>`` markers, ``highlights=`` (substrings or
+    ``(start, end)`` spans of the marker-free prompt) and ``documents=``. ``batch`` / ``generate``
+    over several prompts run batched forward passes. Same fields as ``ChatSeka``; ``timeout``,
+    ``max_retries``, ``api_key`` and ``base_url`` are accepted and do nothing.
+    """
+
+    model_config = ConfigDict(
+        populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid"
+    )
+
+    streaming: bool = Field(default=False, description="Accepted for compatibility; use stream().")
+    timeout: float | None = Field(default=None, description="Accepted for compatibility; no effect.")
+    max_retries: int | None = Field(default=None, description="Accepted for compatibility; no effect.")
+    api_key: SecretStr | None = Field(default=None, description="Accepted for compatibility; no effect.")
+    base_url: str | None = Field(default=None, description="Accepted for compatibility; no effect.")
+
+    @property
+    def _llm_type(self) -> str:
+        return "seka"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "max_new_tokens": self.max_new_tokens, "steer": self.steer}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        override = kwargs.get("model")
+        params = LangSmithParams(
+            ls_provider="seka",
+            ls_model_name=model_label(override) if override is not None else self.model_name,
+            ls_model_type="llm",
+            ls_max_tokens=kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)),
+        )
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        stops = stop if stop is not None else self.stop
+        if stops:
+            params["ls_stop"] = list(stops)
+        return params
+
+    def _prepare(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]):
+        kwargs = dict(kwargs)
+        highlights = kwargs.pop("highlights", None)
+        documents = kwargs.pop("documents", None)
+        query_embedding = kwargs.pop("query_embedding", None)
+        override = kwargs.pop("model", None)
+        model = self.seka_model(override)
+        gen = self.generation_kwargs(kwargs, stop)
+        if isinstance(highlights, str):
+            highlights = [highlights]
+        highlights = list(highlights) if highlights is not None else []
+        if documents:
+            highlights += document_highlights(documents, [prompt], model.markers)
+        name = model_label(override if override is not None else self.model)
+        return model, name, highlights or None, gen, query_embedding
+
+    def _generation(self, model: SekaModel, name: str, prompt: str, highlights, gen, text: str) -> Generation:
+        counts = usage_counts(model, prompt, highlights, chat=gen["chat"], max_new_tokens=gen["max_new_tokens"], text=text)
+        return Generation(text=text, generation_info={"model_name": name, "usage": counts})
+
+    def _call(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> str:
+        model, _, highlights, gen, qe = self._prepare(prompt, stop, kwargs)
+        return model.generate(prompt, highlights, **gen, **routing_kwargs(model.generate, self.router, qe))
+
+    def _generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        """All prompts in one batched engine call (the kwargs apply to every prompt)."""
+        prepared = [self._prepare(p, stop, kwargs) for p in prompts]
+        model, name, _, gen, qe = prepared[0]
+        extras = routing_kwargs(model.generate, self.router, qe)
+        if len(prompts) == 1:
+            texts = [model.generate(prompts[0], prepared[0][2], **gen, **extras)]
+        else:
+            texts = model.generate(
+                list(prompts), [p[2] for p in prepared], batch_size=self.batch_size, **gen, **extras
+            )
+        generations = [
+            [self._generation(model, name, prompt, p[2], gen, text)]
+            for prompt, p, text in zip(prompts, prepared, texts)
+        ]
+        totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+        for (g,) in generations:
+            for k in totals:
+                totals[k] += g.generation_info["usage"][k]
+        return LLMResult(generations=generations, llm_output={"token_usage": totals, "model_name": name})
+
+    def _stream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
+        model, name, highlights, gen, qe = self._prepare(prompt, stop, kwargs)
+        pieces: list[str] = []
+        for piece in model.stream(prompt, highlights, **gen, **routing_kwargs(model.stream, self.router, qe)):
+            if not piece:
+                continue
+            pieces.append(piece)
+            chunk = GenerationChunk(text=piece)
+            if run_manager is not None:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+        final = self._generation(model, name, prompt, highlights, gen, "".join(pieces))
+        yield GenerationChunk(text="", generation_info=final.generation_info)

@@ -1,0 +1,5 @@
+"""Offline sentence-transformers embeddings for LlamaIndex: ``from llama_index.embeddings.seka import SentenceTransformerEmbedding``."""
+
+from llama_index.embeddings.seka.base import SentenceTransformerEmbedding
+
+__all__ = ["SentenceTransformerEmbedding"]

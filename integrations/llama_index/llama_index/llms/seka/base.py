@@ -1,0 +1,270 @@
+"""``Seka``: a LlamaIndex LLM that runs a SEKA-steered model in process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+)
+from llama_index.core.bridge.pydantic import ConfigDict, Field
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.custom import CustomLLM
+
+from langchain_seka._loading import model_label
+from langchain_seka._settings import SekaSettings, routing_kwargs, usage_counts
+from langchain_seka._text import parse_lenient
+from seka_rag import SekaModel
+from seka_rag.highlight import has_chat_template
+
+__all__ = ["Seka"]
+
+_ROLES = {
+    MessageRole.SYSTEM: "system",
+    MessageRole.DEVELOPER: "system",
+    MessageRole.USER: "user",
+    MessageRole.ASSISTANT: "assistant",
+    MessageRole.CHATBOT: "assistant",
+    MessageRole.MODEL: "assistant",
+    MessageRole.TOOL: "tool",
+    MessageRole.FUNCTION: "tool",
+}
+
+
+@dataclass
+class _Call:
+    model: SekaModel
+    name: str
+    prompt: Any  # marker-free text, or marker-free messages
+    highlights: list | None
+    gen: dict[str, Any]
+    query_embedding: Any
+
+
+class Seka(SekaSettings, CustomLLM):
+    """LlamaIndex LLM over a SEKA-steered language model, running in this process.
+
+    ``Seka()`` uses the default embedded model; ``model=`` takes a ``SekaModel`` or a shared model
+    name (``Seka(model="smollm2-135m")``), loaded on first use and shared with every wrapper
+    (LlamaIndex or LangChain) that names it. Generation settings are fields — ``max_new_tokens``
+    (alias ``max_tokens``), ``do_sample``, ``temperature``, ``top_p``, ``stop``, ``gain_pos``,
+    ``gain_neg``, ``layers``, ``heads``, ``steer``, ``chat_template``, ``router`` — and per-call keyword
+    arguments of ``complete`` / ``chat`` and their stream and async forms.
+
+    Highlights come from inline markers (``<<`` ``>>``) in the prompt or message contents — which is
+    how :class:`~llama_index.postprocessor.seka_highlight.SekaHighlightPostprocessor` marks
+    retrieved evidence — and from ``highlights=`` (substrings, or ``(start, end)`` /
+    ``(message_index, start, end)`` spans of the marker-free text). Markers are read leniently: a
+    marker whose partner was cut off by a response synthesizer's re-chunking is kept as literal
+    text, and highlights separated only by whitespace (per-word marking) are merged into one span.
+
+    ``query_embedding=`` (per call) and ``router`` are passed to the engine's AdaSEKA router once
+    the engine has one; until then they raise ``NotImplementedError``.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=())
+
+    context_window: int | None = Field(
+        default=None, description="Override the model's context window reported in metadata."
+    )
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "Seka_llm"
+
+    # ------------------------------------------------------------------------------ metadata
+    @property
+    def metadata(self) -> LLMMetadata:
+        """Context window, output size, model name, and whether it is a chat model (loads the model)."""
+        model = self.seka_model()
+        return LLMMetadata(
+            context_window=self.context_window or model.context_window,
+            num_output=self.max_new_tokens,
+            is_chat_model=self._use_chat(model, self.chat_template),
+            is_function_calling_model=False,
+            model_name=self.model_name,
+        )
+
+    @staticmethod
+    def _use_chat(model: SekaModel, chat: bool | None) -> bool:
+        return has_chat_template(model.tokenizer) if chat is None else bool(chat)
+
+    # ------------------------------------------------------------------------------ preparing calls
+    def _settings(self, kwargs: dict[str, Any]) -> tuple[SekaModel, str, dict, list, Any]:
+        kwargs = dict(kwargs)
+        highlights = kwargs.pop("highlights", None)
+        query_embedding = kwargs.pop("query_embedding", None)
+        override = kwargs.pop("model", None)
+        model = self.seka_model(override)
+        name = model_label(override if override is not None else self.model)
+        stop = kwargs.pop("stop", None)
+        gen = self.generation_kwargs(kwargs, stop)
+        if isinstance(highlights, str):
+            highlights = [highlights]
+        return model, name, gen, list(highlights) if highlights is not None else [], query_embedding
+
+    def _prepare_text(self, prompt: str, kwargs: dict[str, Any]) -> _Call:
+        model, name, gen, extra, qe = self._settings(kwargs)
+        clean, spans = parse_lenient(prompt, model.markers)
+        highlights = [*spans, *extra]
+        return _Call(model, name, clean, highlights or None, gen, qe)
+
+    def _prepare_messages(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> _Call:
+        model, name, gen, extra, qe = self._settings(kwargs)
+        prompt, highlights = [], []
+        for i, message in enumerate(messages):
+            role = _ROLES.get(message.role, str(getattr(message.role, "value", message.role)))
+            clean, spans = parse_lenient(message.content or "", model.markers)
+            prompt.append({"role": role, "content": clean})
+            highlights += [(i, s, e) for s, e in spans]
+        return _Call(model, name, prompt, [*highlights, *extra] or None, gen, qe)
+
+    def _run(self, call: _Call) -> str:
+        extras = routing_kwargs(call.model.generate, self.router, call.query_embedding)
+        return call.model.generate(call.prompt, call.highlights, markers=None, **call.gen, **extras)
+
+    def _run_stream(self, call: _Call) -> Iterator[str]:
+        extras = routing_kwargs(call.model.stream, self.router, call.query_embedding)
+        for piece in call.model.stream(call.prompt, call.highlights, markers=None, **call.gen, **extras):
+            if piece:
+                yield piece
+
+    def _usage(self, call: _Call, text: str) -> dict[str, Any]:
+        counts = usage_counts(
+            call.model, call.prompt, call.highlights, chat=call.gen["chat"],
+            max_new_tokens=call.gen["max_new_tokens"], text=text, markers=None,
+        )
+        return {
+            "prompt_tokens": counts["input_tokens"],
+            "completion_tokens": counts["output_tokens"],
+            "total_tokens": counts["total_tokens"],
+            "highlighted_tokens": counts["highlighted_tokens"],
+            "model_name": call.name,
+        }
+
+    def _completion_call(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> _Call:
+        if not formatted:
+            prompt = self.completion_to_prompt(prompt)
+        return self._prepare_text(prompt, kwargs)
+
+    def _needs_transcript(self, kwargs: dict[str, Any]) -> bool:
+        chat = kwargs.get("chat_template", self.chat_template)
+        return not self._use_chat(self.seka_model(kwargs.get("model")), chat)
+
+    # ------------------------------------------------------------------------------ completion
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        call = self._completion_call(prompt, formatted, kwargs)
+        text = self._run(call)
+        return CompletionResponse(text=text, additional_kwargs=self._usage(call, text))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        call = self._completion_call(prompt, formatted, kwargs)
+        return self._completion_stream(call)
+
+    def _completion_stream(self, call: _Call) -> CompletionResponseGen:
+        text = ""
+        for piece in self._run_stream(call):
+            text += piece
+            yield CompletionResponse(text=text, delta=piece)
+        yield CompletionResponse(text=text, delta="", additional_kwargs=self._usage(call, text))
+
+    # ------------------------------------------------------------------------------ chat
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        if self._needs_transcript(kwargs):
+            call = self._prepare_text(self.messages_to_prompt(messages), {**kwargs, "chat_template": False})
+        else:
+            call = self._prepare_messages(messages, kwargs)
+        text = self._run(call)
+        usage = self._usage(call, text)
+        return ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=text), additional_kwargs=usage
+        )
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        if self._needs_transcript(kwargs):
+            call = self._prepare_text(self.messages_to_prompt(messages), {**kwargs, "chat_template": False})
+        else:
+            call = self._prepare_messages(messages, kwargs)
+        return self._chat_stream(call)
+
+    def _chat_stream(self, call: _Call) -> ChatResponseGen:
+        text = ""
+        for piece in self._run_stream(call):
+            text += piece
+            yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=piece)
+        yield ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta="",
+            additional_kwargs=self._usage(call, text),
+        )
+
+    # ------------------------------------------------------------------------------ async
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return await _in_thread(self.complete, prompt, formatted=formatted, **kwargs)
+
+    @llm_completion_callback()
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        call = self._completion_call(prompt, formatted, kwargs)
+        return _athread_iter(lambda: self._completion_stream(call))
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await _in_thread(self.chat, messages, **kwargs)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        if self._needs_transcript(kwargs):
+            call = self._prepare_text(self.messages_to_prompt(messages), {**kwargs, "chat_template": False})
+        else:
+            call = self._prepare_messages(messages, kwargs)
+        return _athread_iter(lambda: self._chat_stream(call))
+
+
+async def _in_thread(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    ctx = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(None, lambda: ctx.run(fn, *args, **kwargs))
+
+
+async def _athread_iter(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+    """Drive a blocking iterator in a worker thread; yield its items without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+    ctx = contextvars.copy_context()
+
+    def pump() -> None:
+        try:
+            for item in make():
+                loop.call_soon_threadsafe(queue.put_nowait, (item, None))
+        except BaseException as exc:  # surfaced in the consumer
+            loop.call_soon_threadsafe(queue.put_nowait, (done, exc))
+        else:
+            loop.call_soon_threadsafe(queue.put_nowait, (done, None))
+
+    threading.Thread(target=ctx.run, args=(pump,), daemon=True, name="seka-astream").start()
+    while True:
+        item, error = await queue.get()
+        if item is done:
+            if error is not None:
+                raise error
+            return
+        yield item

@@ -1,0 +1,98 @@
+"""``SekaHighlightPostprocessor``: mark which retrieved nodes (or sentences in them) the Seka LLM highlights.
+
+How the highlight reaches the LLM: a response synthesizer never hands nodes to the LLM, only
+prompts built from node text — and the default ``compact`` mode joins the chunks and re-splits them
+to fill the context window, ``refine`` re-splits oversized chunks, ``tree_summarize`` re-packs them.
+So the postprocessor packs the highlight *into the text* in a split-proof way: each highlighted
+whitespace-free run (word) is wrapped in the engine's markers on its own (``<<The>> <<tower>> <<is>>
+<<in>> <<Rome.>>``). Every LlamaIndex splitter cuts at whitespace (characters only for a single
+over-long word), so no cut can separate a marker from its partner, and overlapping chunks simply
+repeat whole marked words. :class:`~llama_index.llms.seka.Seka` reads the markers back, merges
+runs separated only by whitespace into one span, and keeps any marker whose partner was cut off as
+literal text. Marker strings already in node text are escaped, so they are never mistaken for
+highlights.
+
+The node's metadata also records what was highlighted (``metadata["seka_highlights"]``, excluded
+from the text the LLM and the embedder see). Nodes are copied, never modified in place, so the
+docstore keeps the original text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from llama_index.core.bridge.pydantic import ConfigDict, Field, model_validator
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+
+from langchain_seka._select import check_policy, select
+from langchain_seka._text import escape_markers, mark_up, merge_whitespace_gaps
+from seka_rag import Markers
+from seka_rag.highlight import DEFAULT_MARKERS
+
+__all__ = ["SekaHighlightPostprocessor"]
+
+
+class SekaHighlightPostprocessor(BaseNodePostprocessor):
+    """Choose the evidence to highlight among retrieved nodes; mark it for the Seka LLM.
+
+    Policies: ``"top_k"`` (the ``k`` best nodes by retriever score, by rank without scores),
+    ``"threshold"`` (nodes whose score is ``>= threshold``, or ``<=`` with
+    ``higher_is_better=False``), ``"sentences"`` (the ``k`` sentences most similar to the query,
+    only those with cosine similarity ``>= threshold`` when it is set; ``encoder`` as in
+    ``langchain_seka.SekaHighlight``, default the offline all-MiniLM-L6-v2), ``"all"``, ``"none"``.
+    Node order and scores are left unchanged.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    policy: Literal["top_k", "threshold", "sentences", "all", "none"] = Field(default="top_k")
+    k: int = Field(default=1, ge=1, description="top_k: nodes; sentences: sentences.")
+    threshold: float | None = Field(default=None)
+    higher_is_better: bool = Field(default=True, description="False when scores are distances.")
+    encoder: Any = Field(default=None, exclude=True, description="Sentence encoder for the sentences policy.")
+    markers: Markers = Field(default=DEFAULT_MARKERS, exclude=True, description="The model's inline markers.")
+    metadata_key: str = Field(default="seka_highlights", description="Metadata key recording the highlighted texts.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SekaHighlightPostprocessor":
+        check_policy(self.policy, self.k, self.threshold)
+        return self
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SekaHighlightPostprocessor"
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        text_nodes = [i for i, n in enumerate(nodes) if isinstance(n.node, TextNode)]
+        texts = [nodes[i].node.get_content(metadata_mode=MetadataMode.NONE) for i in text_nodes]
+        scores = [nodes[i].score for i in text_nodes]
+        question = query_bundle.query_str if query_bundle is not None else None
+        selection = select(
+            self.policy, texts, scores, question=question, k=self.k, threshold=self.threshold,
+            higher_is_better=self.higher_is_better, encoder=self.encoder,
+        )
+        out = list(nodes)
+        for j, i in enumerate(text_nodes):
+            text, spans = texts[j], selection.spans.get(j)
+            if spans:
+                marked, exact = mark_up(text, spans, self.markers, per_word=True)
+                out[i] = self._copy(nodes[i], marked, [text[s:e] for s, e in merge_whitespace_gaps(text, exact)])
+            elif self.markers is not None and escape_markers(text, self.markers) != text:
+                out[i] = self._copy(nodes[i], escape_markers(text, self.markers), None)
+        return out
+
+    def _copy(self, item: NodeWithScore, text: str, highlights: list[str] | None) -> NodeWithScore:
+        node = item.node.model_copy()
+        node.set_content(text)
+        if highlights is not None:
+            node.metadata = {**node.metadata, self.metadata_key: highlights}
+            for attr in ("excluded_llm_metadata_keys", "excluded_embed_metadata_keys"):
+                keys = list(getattr(node, attr))
+                if self.metadata_key not in keys:
+                    keys.append(self.metadata_key)
+                setattr(node, attr, keys)
+        return NodeWithScore(node=node, score=item.score)
+

@@ -1,0 +1,229 @@
+"""ChatSeka / SekaLLM with a tiny random model: exact engine calls, streaming, batching, async, callbacks."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.documents import Document
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+from langchain_seka import ChatSeka, SekaLLM, _loading
+from seka_rag import HighlightError
+
+DOCS = "Doc 1: The tower is in Paris.\nDoc 2: <<The tower is in Rome.>>\nWhere is the tower?"
+PLAIN = DOCS.replace("<<", "").replace(">>", "")
+
+
+class Tokens(BaseCallbackHandler):
+    def __init__(self):
+        self.tokens: list[str] = []
+        self.ends = 0
+
+    def on_llm_new_token(self, token, **kwargs):
+        self.tokens.append(token)
+
+    def on_llm_end(self, response, **kwargs):
+        self.ends += 1
+
+
+# ------------------------------------------------------------------------------------- construction
+def test_construction_is_cheap_lazy_and_shared(tiny_seka, monkeypatch):
+    monkeypatch.setattr(_loading, "_models", {})
+    loads = []
+
+    def fake_default(name, **kwargs):
+        loads.append(name)
+        return tiny_seka
+
+    monkeypatch.setattr(_loading.SekaModel, "default", staticmethod(fake_default))
+    a, b = ChatSeka(max_tokens=3), ChatSeka(max_new_tokens=3)
+    c = ChatSeka(model="smollm2-135m", max_tokens=3)
+    assert loads == []  # nothing loads at construction
+    assert a.model_name == _loading.DEFAULT_MODEL and c.model_name == "smollm2-135m"
+    a.invoke("hi")
+    b.invoke("hi")
+    assert loads == [_loading.DEFAULT_MODEL]  # one load, shared
+    c.invoke("hi")
+    SekaLLM(model="smollm2-135m", max_tokens=2).invoke("hi")
+    assert loads == [_loading.DEFAULT_MODEL, "smollm2-135m"]
+
+
+def test_fields_aliases_and_standard_arguments(tiny_seka):
+    chat = ChatSeka(model=tiny_seka, max_tokens=7, temperature=0.5, timeout=30, max_retries=3,
+                    api_key="unused", base_url="http://unused", streaming=False, stop=["x"])
+    assert chat.max_new_tokens == 7 and chat.model_name == "tiny-llama"
+    gen = chat.generation_kwargs()
+    assert gen["do_sample"] is True and gen["temperature"] == 0.5 and gen["stop"] == ["x"]
+    assert ChatSeka(temperature=0).generation_kwargs()["do_sample"] is False
+    assert ChatSeka(temperature=0.7, do_sample=False).generation_kwargs()["do_sample"] is False
+    with pytest.raises(Exception, match="Extra inputs are not permitted"):
+        ChatSeka(max_tokenz=3)
+    with pytest.raises(Exception, match="model must be"):
+        ChatSeka(model=42)
+    ls = chat._get_ls_params(stop=["y"], model="other")
+    assert ls["ls_model_name"] == "other" and ls["ls_stop"] == ["y"] and ls["ls_max_tokens"] == 7
+
+
+# ------------------------------------------------------------------------------------- engine calls
+def test_markers_pass_through_to_the_engine(tiny_seka, spy):
+    chat = ChatSeka(model=tiny_seka, max_tokens=4, gain_pos=3.0, layers=[1])
+    chat.invoke(DOCS)
+    call = spy.last
+    assert call["method"] == "generate"
+    assert call["prompt"] == [{"role": "user", "content": DOCS}]
+    assert call["highlights"] is None
+    kw = call["kwargs"]
+    assert kw["max_new_tokens"] == 4 and kw["gain_pos"] == 3.0 and kw["layers"] == [1]
+    assert kw["steer"] is True and kw["do_sample"] is False and kw["stop"] is None and kw["chat"] is None
+    assert "".join(tiny_seka.highlighted_tokens(call["prompt"])).strip() == "The tower is in Rome."
+
+
+def test_highlights_from_kwargs_bind_and_documents(tiny_seka, spy):
+    chat = ChatSeka(model=tiny_seka, max_tokens=3)
+    messages = [SystemMessage("Answer briefly."), HumanMessage(PLAIN)]
+    chat.invoke(messages, highlights=[(1, 0, 5), "Rome"])
+    assert spy.last["prompt"] == [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": PLAIN}]
+    assert spy.last["highlights"] == [(1, 0, 5), "Rome"]
+
+    chat.invoke(PLAIN, highlights=[(7, 29)])  # one message: (start, end) refers to it
+    assert spy.last["highlights"] == [(0, 7, 29)]
+
+    chat.bind(highlights=["Paris"]).invoke(PLAIN)
+    assert spy.last["highlights"] == ["Paris"]
+
+    chat.invoke(messages, documents=[Document(page_content="The tower is in Rome."), "Doc 1"])
+    assert spy.last["highlights"] == ["The tower is in Rome.", "Doc 1"]
+    with pytest.raises(HighlightError, match="does not occur in the prompt"):
+        chat.invoke(messages, documents=[Document(page_content="The tower is in Oslo.")])
+
+
+def test_per_call_settings_stop_and_steer(tiny_seka, spy):
+    chat = ChatSeka(model=tiny_seka, max_tokens=3, stop=["a"])
+    chat.invoke(DOCS, stop=["b"], max_tokens=2, steer=False, gain_neg=0.0)
+    kw = spy.last["kwargs"]
+    assert kw["stop"] == ["b"] and kw["max_new_tokens"] == 2 and kw["steer"] is False and kw["gain_neg"] == 0.0
+    chat.invoke(DOCS)
+    assert spy.last["kwargs"]["stop"] == ["a"]
+    with pytest.raises(Exception, match="unknown argument"):
+        chat.invoke(DOCS, gain=2.0)
+
+
+def test_stop_sequences_cut_the_output(tiny_seka):
+    chat = ChatSeka(model=tiny_seka, max_tokens=8)
+    full = chat.invoke(PLAIN).content
+    assert len(full) > 3
+    stop = full[2:4]
+    cut = chat.invoke(PLAIN, stop=[stop]).content
+    assert stop not in cut and full.startswith(cut)
+    assert "".join(c.content for c in chat.stream(PLAIN, stop=[stop])) == cut
+
+
+def test_query_embedding_and_router_are_not_faked(tiny_seka):
+    chat = ChatSeka(model=tiny_seka, max_tokens=2)
+    with pytest.raises(NotImplementedError, match="AdaSEKA"):
+        chat.invoke("hi", query_embedding=[0.1, 0.2])
+    with pytest.raises(NotImplementedError, match="router"):
+        ChatSeka(model=tiny_seka, max_tokens=2, router=object()).invoke("hi")
+
+
+def test_plain_tokenizer_gets_a_transcript_with_shifted_spans(tiny_plain_seka, monkeypatch):
+    from conftest import EngineSpy
+
+    spy = EngineSpy(tiny_plain_seka).install(monkeypatch)
+    chat = ChatSeka(model=tiny_plain_seka, max_tokens=2)
+    chat.invoke([SystemMessage("Be brief."), HumanMessage("Where is <<the tower>>? In Rome.")],
+                highlights=[(1, 23, 28)])
+    prompt = spy.last["prompt"]
+    assert prompt == "System: Be brief.\n\nUser: Where is <<the tower>>? In Rome.\n\nAssistant:"
+    clean_start = len("System: Be brief.\n\nUser: ")
+    assert spy.last["highlights"] == [(clean_start + 23, clean_start + 28)]
+    assert spy.last["kwargs"]["chat"] is False
+    assert "".join(tiny_plain_seka.highlighted_tokens(prompt, spy.last["highlights"], chat=False)) == " the tower Rome."
+
+
+# ------------------------------------------------------------------------------------- outputs
+def test_invoke_reports_usage_and_metadata(tiny_seka):
+    chat = ChatSeka(model=tiny_seka, max_tokens=5)
+    msg = chat.invoke(DOCS)
+    assert isinstance(msg, AIMessage) and msg.content
+    enc = tiny_seka.encode([{"role": "user", "content": DOCS}])
+    usage = msg.usage_metadata
+    assert usage["input_tokens"] == len(enc.input_ids)
+    assert 0 < usage["output_tokens"] <= 5 and usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert msg.response_metadata["model_name"] == "tiny-llama"
+    assert msg.response_metadata["highlighted_tokens"] == sum(enc.highlight) > 0
+
+
+def test_stream_yields_the_invoke_text_and_fires_callbacks(tiny_seka):
+    chat = ChatSeka(model=tiny_seka, max_tokens=8)
+    expected = chat.invoke("Hello").content  # this seed's answer has spaces: the streamer emits pieces
+    handler = Tokens()
+    chunks = list(chat.stream("Hello", config={"callbacks": [handler]}))
+    assert len(chunks) > 2
+    assert "".join(c.content for c in chunks) == expected
+    assert chunks[-1].chunk_position == "last" and chunks[-1].usage_metadata["input_tokens"] > 0
+    assert "".join(handler.tokens) == expected and len([t for t in handler.tokens if t]) >= 2
+    assert handler.ends == 1
+
+
+def test_streaming_flag_routes_invoke_through_the_streamer(tiny_seka, spy):
+    chat = ChatSeka(model=tiny_seka, max_tokens=6, streaming=True)
+    handler = Tokens()
+    msg = chat.invoke(DOCS, config={"callbacks": [handler]})
+    assert spy.last["method"] == "stream"
+    assert "".join(handler.tokens) == msg.content
+    assert msg.content == ChatSeka(model=tiny_seka, max_tokens=6).invoke(DOCS).content
+
+
+def test_batch_is_one_batched_call_equal_to_one_by_one(tiny_seka, spy):
+    chat = ChatSeka(model=tiny_seka, max_tokens=5)
+    inputs = [DOCS, PLAIN, "Where is <<Paris>>?"]
+    single = [chat.invoke(x).content for x in inputs]
+    spy.calls.clear()
+    handler = Tokens()
+    batched = chat.batch(inputs, config={"callbacks": [handler]})
+    assert [m.content for m in batched] == single
+    assert len(spy.calls) == 1 and isinstance(spy.last["prompt"], list) and len(spy.last["prompt"]) == 3
+    assert spy.last["kwargs"]["batch_size"] == 8
+    assert handler.ends == 3  # one run per input
+    assert all(m.usage_metadata["input_tokens"] > 0 for m in batched)
+    # per-input configs that differ fall back to LangChain's per-input batching, same answers
+    spy.calls.clear()
+    mixed = chat.batch(inputs, config=[{"tags": ["a"]}, {"tags": ["b"]}, {}])
+    assert [m.content for m in mixed] == single and len(spy.calls) == 3
+
+
+def test_batch_return_exceptions_isolates_a_bad_input(tiny_seka):
+    chat = ChatSeka(model=tiny_seka, max_tokens=3)
+    out = chat.batch([PLAIN, "unbalanced << marker"], return_exceptions=True)
+    assert isinstance(out[0], AIMessage) and isinstance(out[1], HighlightError)
+
+
+async def test_async_forms_match_sync(tiny_seka):
+    chat = ChatSeka(model=tiny_seka, max_tokens=5)
+    expected = chat.invoke(DOCS).content
+    assert (await chat.ainvoke(DOCS)).content == expected
+    pieces = [c.content async for c in chat.astream(DOCS)]
+    assert "".join(pieces) == expected
+    batched = await chat.abatch([DOCS, PLAIN])
+    assert [m.content for m in batched] == [expected, chat.invoke(PLAIN).content]
+
+
+def test_model_override_per_call(tiny_seka, registered):
+    msg = ChatSeka(model=tiny_seka, max_tokens=2).invoke("hi", model=registered)
+    assert msg.response_metadata["model_name"] == registered
+
+
+# ------------------------------------------------------------------------------------- SekaLLM
+def test_seka_llm(tiny_seka, spy):
+    llm = SekaLLM(model=tiny_seka, max_tokens=5)
+    text = llm.invoke(DOCS)
+    assert spy.last["prompt"] == DOCS and spy.last["highlights"] is None
+    assert "".join(llm.stream(DOCS)) == text
+    spy.calls.clear()
+    assert llm.batch([DOCS, PLAIN]) == [text, llm.invoke(PLAIN)]
+    assert len([c for c in spy.calls if isinstance(c["prompt"], list)]) == 1
+    llm.invoke(PLAIN, highlights=[(7, 29)], documents=["The tower is in Rome."])
+    assert spy.last["highlights"] == [(7, 29), "The tower is in Rome."]
+    result = llm.generate([PLAIN])
+    assert result.llm_output["token_usage"]["input_tokens"] > 0

@@ -1,0 +1,112 @@
+"""LlamaIndex ``Seka`` LLM with a tiny random model: metadata, exact engine calls, streams, async."""
+
+from __future__ import annotations
+
+import pytest
+from llama_index.core.base.llms.types import ChatMessage, MessageRole
+
+from langchain_seka import _loading
+from llama_index.llms.seka import Seka
+
+MARKED = "Doc 1: The tower is in Paris.\nDoc 2: <<The>> <<tower>> <<is>> <<in>> <<Rome.>>\nWhere is the tower?"
+CLEAN = "Doc 1: The tower is in Paris.\nDoc 2: The tower is in Rome.\nWhere is the tower?"
+ROME = (CLEAN.index("The tower is in Rome."), CLEAN.index("The tower is in Rome.") + len("The tower is in Rome."))
+
+
+def test_construction_is_lazy_and_shared(tiny_seka, monkeypatch):
+    monkeypatch.setattr(_loading, "_models", {})
+    loads = []
+
+    def fake_default(name, **kwargs):
+        loads.append(name)
+        return tiny_seka
+
+    monkeypatch.setattr(_loading.SekaModel, "default", staticmethod(fake_default))
+    llm, other = Seka(max_new_tokens=12), Seka(max_tokens=3)
+    assert loads == [] and llm.max_new_tokens == 12 and other.max_new_tokens == 3
+    meta = llm.metadata
+    assert loads == [_loading.DEFAULT_MODEL]
+    assert meta.context_window == tiny_seka.context_window and meta.num_output == 12
+    assert meta.is_chat_model is True and meta.model_name == _loading.DEFAULT_MODEL
+    other.complete("hi")
+    assert loads == [_loading.DEFAULT_MODEL]  # shared
+
+
+def test_metadata(tiny_seka, tiny_plain_seka):
+    meta = Seka(model=tiny_seka, max_new_tokens=5, context_window=100).metadata
+    assert (meta.context_window, meta.num_output, meta.is_chat_model, meta.model_name) == (100, 5, True, "tiny-llama")
+    assert Seka(model=tiny_plain_seka).metadata.is_chat_model is False
+    assert Seka(model=tiny_seka, chat_template=False).metadata.is_chat_model is False
+
+
+def test_complete_sends_clean_text_and_merged_spans(tiny_seka, spy):
+    llm = Seka(model=tiny_seka, max_new_tokens=4, gain_pos=2.5)
+    response = llm.complete(MARKED)
+    call = spy.last
+    assert call["prompt"] == CLEAN and call["highlights"] == [ROME]
+    assert call["kwargs"]["markers"] is None and call["kwargs"]["gain_pos"] == 2.5
+    assert call["kwargs"]["max_new_tokens"] == 4 and call["kwargs"]["chat"] is None
+    assert response.text and response.additional_kwargs["prompt_tokens"] > 0
+    assert response.additional_kwargs["highlighted_tokens"] > 0
+    llm.complete(CLEAN, highlights=["Paris"])
+    assert spy.last["highlights"] == ["Paris"]
+    llm.complete("a lone >> marker and <<an open one")  # cut out of a marked text: kept literally
+    assert spy.last["prompt"] == "a lone >> marker and <<an open one" and spy.last["highlights"] is None
+
+
+def test_chat_sends_messages_and_message_spans(tiny_seka, spy):
+    llm = Seka(model=tiny_seka, max_new_tokens=4)
+    messages = [ChatMessage(role=MessageRole.SYSTEM, content="Answer briefly."),
+                ChatMessage(role=MessageRole.USER, content=MARKED)]
+    response = llm.chat(messages)
+    assert spy.last["prompt"] == [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": CLEAN}]
+    assert spy.last["highlights"] == [(1, *ROME)]
+    assert response.message.role == MessageRole.ASSISTANT and response.message.content
+
+
+def test_chat_without_a_template_uses_messages_to_prompt(tiny_plain_seka, monkeypatch):
+    from conftest import EngineSpy
+
+    spy = EngineSpy(tiny_plain_seka).install(monkeypatch)
+    Seka(model=tiny_plain_seka, max_new_tokens=2).chat([ChatMessage(role=MessageRole.USER, content=MARKED)])
+    assert isinstance(spy.last["prompt"], str) and CLEAN in spy.last["prompt"]
+    assert spy.last["kwargs"]["chat"] is False and len(spy.last["highlights"]) == 1
+
+
+def test_streams_match_the_plain_calls(tiny_seka):
+    llm = Seka(model=tiny_seka, max_new_tokens=8)
+    text = llm.complete("Hello").text
+    responses = list(llm.stream_complete("Hello"))
+    assert "".join(r.delta for r in responses) == text == responses[-1].text
+    assert len([r for r in responses if r.delta]) >= 2
+    assert responses[-1].additional_kwargs["completion_tokens"] > 0
+    messages = [ChatMessage(role=MessageRole.USER, content="Hello")]
+    chat_text = llm.chat(messages).message.content
+    chunks = list(llm.stream_chat(messages))
+    assert "".join(c.delta for c in chunks) == chat_text == chunks[-1].message.content
+
+
+async def test_async_forms_match_sync(tiny_seka):
+    llm = Seka(model=tiny_seka, max_new_tokens=6)
+    messages = [ChatMessage(role=MessageRole.USER, content=MARKED)]
+    assert (await llm.acomplete(MARKED)).text == llm.complete(MARKED).text
+    assert (await llm.achat(messages)).message.content == llm.chat(messages).message.content
+    gen = await llm.astream_complete(MARKED)
+    assert "".join([r.delta async for r in gen]) == llm.complete(MARKED).text
+    gen = await llm.astream_chat(messages)
+    assert "".join([r.delta async for r in gen]) == llm.chat(messages).message.content
+
+
+def test_predict_through_a_prompt_template(tiny_seka, spy):
+    from llama_index.core.prompts import PromptTemplate
+
+    llm = Seka(model=tiny_seka, max_new_tokens=3)
+    llm.predict(PromptTemplate("Context: {ctx}\nQ: {q}"), ctx="<<Rome>> Paris", q="where?")
+    call = spy.last
+    assert call["prompt"][-1]["content"] == "Context: Rome Paris\nQ: where?"
+    assert call["highlights"] == [(len(call["prompt"]) - 1, 9, 13)]
+
+
+def test_routing_hook_is_not_faked(tiny_seka):
+    with pytest.raises(NotImplementedError, match="AdaSEKA"):
+        Seka(model=tiny_seka, max_new_tokens=2).complete("hi", query_embedding=[0.1])
