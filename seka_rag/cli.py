@@ -154,7 +154,7 @@ def cmd_eval_conflicts(args) -> int:
     print(ConflictReport.header())
     reports = {}
     for label, steer in (("unsteered", False), ("steered", True)):
-        rep = evaluate_conflicts(model, items, steer=steer, greedy=args.greedy, **_steer_kwargs(args))
+        rep = evaluate_conflicts(model, items, steer=steer, greedy=args.greedy and steer, **_steer_kwargs(args))
         reports[label] = rep.to_dict()
         print(rep.format_row(label), flush=True)
     if args.out:
@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_steer_args(p)
     p.add_argument("--split", default="test", choices=["dev", "test"])
     p.add_argument("--items", type=int, help="first N items of the split (default: all)")
-    p.add_argument("--greedy", action="store_true", help="also check greedy answers")
+    p.add_argument("--greedy", action="store_true", help="also check the steered greedy answers")
     p.add_argument("--out", help="write the reports as JSON")
     p.set_defaults(func=cmd_eval_conflicts)
 

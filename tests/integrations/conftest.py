@@ -74,8 +74,14 @@ def tiny_plain_seka(helpers, plain_tokenizer):
 
 
 @pytest.fixture
-def spy(tiny_seka, monkeypatch) -> EngineSpy:
-    return EngineSpy(tiny_seka).install(monkeypatch)
+def spy_on(monkeypatch):
+    """``spy_on(model)`` → an :class:`EngineSpy` recording that model's engine calls during the test."""
+    return lambda model: EngineSpy(model).install(monkeypatch)
+
+
+@pytest.fixture
+def spy(tiny_seka, spy_on) -> EngineSpy:
+    return spy_on(tiny_seka)
 
 
 @pytest.fixture

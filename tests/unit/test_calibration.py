@@ -21,13 +21,11 @@ def test_calibration_stores_the_best_trial_as_defaults(tiny_model):
     assert {t.stage for t in result.trials} >= {"scan", "single", "gains"}
 
 
-def test_identity_units_become_plain_key_scaling():
+def test_identity_units_become_plain_key_scaling(helpers):
     from types import SimpleNamespace
 
-    from conftest import random_projection
-
     geom = SimpleNamespace(num_layers=2, num_kv_heads=2, head_dim=4, model_type="llama")
-    proj = random_projection(geom)
+    proj = helpers.random_projection(geom)
     trial = Trial("single", [("identity", [1], 2.0)], 0.9, 1.0, 4)
     config = CalibrationConfig(identity_gain=1.0, seka_gains=(2.0, 0.5))
     out = apply_calibration(proj, trial, config)

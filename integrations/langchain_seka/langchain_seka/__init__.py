@@ -38,7 +38,16 @@ _EXPORTS = {
     "unregister_model": "._loading",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = [
+    "ChatSeka",
+    "SekaHighlight",
+    "SekaLLM",
+    "SentenceTransformerEmbeddings",
+    "__version__",
+    "register_model",
+    "shared_model",
+    "unregister_model",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -174,7 +174,7 @@ def parse_lenient(
                     keep.update((open_at, pos))
                 open_at = None
         out, last = [], 0
-        for pos, kind in tokens:
+        for pos, _kind in tokens:
             if pos in keep:
                 continue
             out.append(text[last:pos])

@@ -50,10 +50,8 @@ def test_sentence_policy_with_the_offline_encoder(minilm):
     assert out["highlights"] == ["The Varnholt ferry runs twice a day in summer."]
 
 
-def test_langchain_rag_pipeline_steers_towards_the_retrieved_evidence(embedded_seka, embeddings, monkeypatch):
-    from conftest import EngineSpy
-
-    spy = EngineSpy(embedded_seka).install(monkeypatch)
+def test_langchain_rag_pipeline_steers_towards_the_retrieved_evidence(embedded_seka, embeddings, spy_on):
+    spy = spy_on(embedded_seka)
     store = InMemoryVectorStore(embeddings)
     store.add_documents([Document(page_content=t) for t in TEXTS])
     retriever = store.as_retriever(search_kwargs={"k": 2})
@@ -72,15 +70,14 @@ def test_langchain_rag_pipeline_steers_towards_the_retrieved_evidence(embedded_s
     assert answer.content and steered_margin > plain_margin + 0.5
 
 
-def test_llamaindex_rag_pipeline_steers_towards_the_retrieved_evidence(embedded_seka, minilm, monkeypatch):
-    from conftest import EngineSpy
+def test_llamaindex_rag_pipeline_steers_towards_the_retrieved_evidence(embedded_seka, minilm, spy_on):
     from llama_index.core import Document as LIDocument
     from llama_index.core import VectorStoreIndex
     from llama_index.embeddings.seka import SentenceTransformerEmbedding
     from llama_index.llms.seka import Seka
     from llama_index.postprocessor.seka_highlight import SekaHighlightPostprocessor
 
-    spy = EngineSpy(embedded_seka).install(monkeypatch)
+    spy = spy_on(embedded_seka)
     index = VectorStoreIndex.from_documents(
         [LIDocument(text=t) for t in TEXTS], embed_model=SentenceTransformerEmbedding(model=minilm)
     )

@@ -126,10 +126,8 @@ def test_query_embedding_and_router_are_not_faked(tiny_seka):
         ChatSeka(model=tiny_seka, max_tokens=2, router=object()).invoke("hi")
 
 
-def test_plain_tokenizer_gets_a_transcript_with_shifted_spans(tiny_plain_seka, monkeypatch):
-    from conftest import EngineSpy
-
-    spy = EngineSpy(tiny_plain_seka).install(monkeypatch)
+def test_plain_tokenizer_gets_a_transcript_with_shifted_spans(tiny_plain_seka, spy_on):
+    spy = spy_on(tiny_plain_seka)
     chat = ChatSeka(model=tiny_plain_seka, max_tokens=2)
     chat.invoke([SystemMessage("Be brief."), HumanMessage("Where is <<the tower>>? In Rome.")],
                 highlights=[(1, 23, 28)])
@@ -207,6 +205,9 @@ async def test_async_forms_match_sync(tiny_seka):
     assert "".join(pieces) == expected
     batched = await chat.abatch([DOCS, PLAIN])
     assert [m.content for m in batched] == [expected, chat.invoke(PLAIN).content]
+    llm = SekaLLM(model=tiny_seka, max_tokens=5)
+    assert await llm.ainvoke(DOCS) == llm.invoke(DOCS)
+    assert "".join([p async for p in llm.astream(DOCS)]) == llm.invoke(DOCS)
 
 
 def test_model_override_per_call(tiny_seka, registered):
@@ -219,7 +220,9 @@ def test_seka_llm(tiny_seka, spy):
     llm = SekaLLM(model=tiny_seka, max_tokens=5)
     text = llm.invoke(DOCS)
     assert spy.last["prompt"] == DOCS and spy.last["highlights"] is None
-    assert "".join(llm.stream(DOCS)) == text
+    handler = Tokens()
+    assert "".join(llm.stream(DOCS, config={"callbacks": [handler]})) == text
+    assert "".join(handler.tokens) == text and handler.ends == 1
     spy.calls.clear()
     assert llm.batch([DOCS, PLAIN]) == [text, llm.invoke(PLAIN)]
     assert len([c for c in spy.calls if isinstance(c["prompt"], list)]) == 1

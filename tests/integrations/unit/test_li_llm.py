@@ -64,10 +64,8 @@ def test_chat_sends_messages_and_message_spans(tiny_seka, spy):
     assert response.message.role == MessageRole.ASSISTANT and response.message.content
 
 
-def test_chat_without_a_template_uses_messages_to_prompt(tiny_plain_seka, monkeypatch):
-    from conftest import EngineSpy
-
-    spy = EngineSpy(tiny_plain_seka).install(monkeypatch)
+def test_chat_without_a_template_uses_messages_to_prompt(tiny_plain_seka, spy_on):
+    spy = spy_on(tiny_plain_seka)
     Seka(model=tiny_plain_seka, max_new_tokens=2).chat([ChatMessage(role=MessageRole.USER, content=MARKED)])
     assert isinstance(spy.last["prompt"], str) and CLEAN in spy.last["prompt"]
     assert spy.last["kwargs"]["chat"] is False and len(spy.last["highlights"]) == 1
@@ -110,3 +108,30 @@ def test_predict_through_a_prompt_template(tiny_seka, spy):
 def test_routing_hook_is_not_faked(tiny_seka):
     with pytest.raises(NotImplementedError, match="AdaSEKA"):
         Seka(model=tiny_seka, max_new_tokens=2).complete("hi", query_embedding=[0.1])
+
+
+def test_namespace_packages_leave_llama_index_core_alone():
+    from pathlib import Path
+
+    import llama_index
+    import llama_index.core
+    import llama_index.llms.seka
+    import llama_index.postprocessor.seka_highlight
+
+    ours = Path(llama_index.llms.seka.__file__).parents[2]  # .../llama_index (our namespace portion)
+    for sub in ("", "llms", "postprocessor", "embeddings"):
+        assert not (ours / sub / "__init__.py").exists(), sub  # llama-index-core owns these namespaces
+    assert Path(llama_index.core.__file__).parents[1] != ours
+    assert len(list(llama_index.__path__)) >= 2
+    from llama_index.core import VectorStoreIndex  # noqa: F401  (core still imports)
+
+
+def test_llamaindex_side_does_not_need_langchain():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import llama_index.llms.seka, llama_index.postprocessor.seka_highlight; "
+        "assert not any(m.startswith('langchain_core') for m in sys.modules), 'langchain_core imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

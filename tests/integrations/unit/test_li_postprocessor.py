@@ -120,10 +120,8 @@ MODES = [("compact", 700), ("refine", 700), ("tree_summarize", 250), ("simple_su
 
 
 @pytest.mark.parametrize("mode,window", MODES, ids=[m for m, _ in MODES])
-def test_highlights_survive_every_synthesizer(mode, window, tiny_long, monkeypatch):
-    from conftest import EngineSpy
-
-    spy = EngineSpy(tiny_long).install(monkeypatch)
+def test_highlights_survive_every_synthesizer(mode, window, tiny_long, spy_on):
+    spy = spy_on(tiny_long)
     nodes = SekaHighlightPostprocessor(policy="top_k", k=1).postprocess_nodes(_nodes(), query_str="When was it finished?")
     llm = Seka(model=tiny_long, max_new_tokens=4, context_window=window)
     synth = get_response_synthesizer(llm=llm, response_mode=mode)
@@ -135,10 +133,8 @@ def test_highlights_survive_every_synthesizer(mode, window, tiny_long, monkeypat
         assert len([n for n in seen if n]) >= 2, seen  # ... cut into pieces, each still highlighted
 
 
-async def test_async_synthesis_keeps_highlights(tiny_long, monkeypatch):
-    from conftest import EngineSpy
-
-    spy = EngineSpy(tiny_long).install(monkeypatch)
+async def test_async_synthesis_keeps_highlights(tiny_long, spy_on):
+    spy = spy_on(tiny_long)
     nodes = SekaHighlightPostprocessor(policy="top_k", k=1).postprocess_nodes(_nodes(), query_str="q")
     synth = get_response_synthesizer(llm=Seka(model=tiny_long, max_new_tokens=3), response_mode="compact")
     await synth.asynthesize(QueryBundle("When was the lighthouse finished?"), nodes)
