@@ -19,7 +19,7 @@ from .errors import (
     SteeringConfigError,
     UnsupportedModelError,
 )
-from .highlight import DEFAULT_MARKERS, Markers
+from .highlight import DEFAULT_MARKERS, Markers, escape_markers
 from .model import SekaModel
 from .projection import Projection, ProjectionMeta
 from .steering import SteeringConfig
@@ -42,5 +42,6 @@ __all__ = [
     "SteeringConfigError",
     "UnsupportedModelError",
     "supported_model_types",
+    "escape_markers",
     "__version__",
 ]

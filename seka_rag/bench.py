@@ -62,6 +62,7 @@ def _sync(device) -> None:
 def time_prefill_and_decode(seka, batch, steer: bool, decode_tokens: int) -> tuple[float, float]:
     """(prefill seconds, decode tokens per second) for one run."""
     device = seka.device
+    cache_arg = _cache_kwarg(seka.model)
     _sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode(), seka.steering(batch.highlight_mask, steer=steer):
@@ -74,7 +75,7 @@ def time_prefill_and_decode(seka, batch, steer: bool, decode_tokens: int) -> tup
         for _ in range(decode_tokens):
             attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
             out = seka.model(input_ids=token, attention_mask=attention, use_cache=True, logits_to_keep=1,
-                             **{_cache_kwarg(seka.model): cache})
+                             **{cache_arg: cache})
             cache = out.past_key_values
             token = out.logits[:, -1:].argmax(-1)
         _sync(device)

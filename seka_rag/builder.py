@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .architectures import decoder_layers, layer_module
 from .data.triplets import Triplet, triplet_prompts, triplets_hash
 from .errors import SekaError
-from .highlight import EncodedPrompt, Markers, pad_batch
+from .highlight import EncodedPrompt, Markers, has_chat_template, pad_batch
 from .projection import Projection, ProjectionMeta
 
 #: Markers that cannot occur in natural text, used to place the answer span inside built prompts.
@@ -44,6 +44,8 @@ class BuildConfig:
             raise SekaError(f"gamma must be in (0, 1], got {self.gamma}")
         if self.delta < 0:
             raise SekaError(f"delta must be >= 0, got {self.delta}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise SekaError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         layers = list(range(num_layers)) if self.layers is None else sorted({int(i) for i in self.layers})
         bad = [i for i in layers if not 0 <= i < num_layers]
         if bad or not layers:
@@ -155,7 +157,7 @@ def build_projection(seka_model, triplets: Sequence[Triplet], config: BuildConfi
     layers = config.validate(geom.num_layers)
     chat = config.chat
     if chat is None:
-        chat = bool(getattr(seka_model.tokenizer, "chat_template", None))
+        chat = has_chat_template(seka_model.tokenizer)
     views = [[], [], []]
     for t in triplets:
         for view, text in zip(views, triplet_prompts(t)):

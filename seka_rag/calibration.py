@@ -20,6 +20,7 @@ store P+ = I, P- = 0, and each layer's relative gain is its ``layer_scale``.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
@@ -115,20 +116,12 @@ class _FirstTokenScorer:
     def margins(self, matrices: dict[int, torch.Tensor] | None) -> torch.Tensor:
         out = []
         for batch, t, o in self.batches:
-            ctx = self.model._editor.apply(matrices, batch.highlight_mask) if matrices else _null()
+            ctx = self.model._editor.apply(matrices, batch.highlight_mask) if matrices else nullcontext()
             with torch.inference_mode(), ctx:
                 logits = self.model._forward_logits(batch, 1)[:, -1].float()
             lp = torch.log_softmax(logits, -1)
             out.append((lp.gather(-1, t[:, None].to(lp.device)) - lp.gather(-1, o[:, None].to(lp.device)))[:, 0].cpu())
         return torch.cat(out)
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def unit_matrices(projection: Projection, construction: str, layers: Sequence[int], gains: tuple[float, float],

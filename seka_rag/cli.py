@@ -48,7 +48,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gguf-file", help="GGUF file name inside --model's directory")
     p.add_argument("--projection", help="projection file (default: the one shipped for an embedded model)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", help="float32, bfloat16 ... (default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--dtype", help="float32, bfloat16 ... (default: bfloat16 on CUDA and on CPUs with native bf16, else float32)")
     p.add_argument("--cache-dir", help="converted-model cache (default: $SEKA_RAG_CACHE or ~/.cache/seka-rag)")
     p.add_argument("--attn-implementation", default="sdpa", help="sdpa (default), eager, flash_attention_2")
 

@@ -14,6 +14,7 @@ offsets of the rendered prompt, and the fast tokenizer's offset mapping turns th
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
     out: list[str] = []
     spans: list[Span] = []
     open_at: int | None = None
+    open_piece = 0
     pos = 0
     length = 0
     esc, start, end = markers.escape, markers.start, markers.end
@@ -81,7 +83,7 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
                     f"nested highlight marker {start!r} at character {pos}: highlights cannot be "
                     f"nested (write {esc + start!r} for a literal marker, or pass markers=None)"
                 )
-            open_at = length
+            open_at, open_piece = length, len(out)
             pos += len(start)
             continue
         if text.startswith(end, pos):
@@ -90,7 +92,7 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
                     f"unbalanced highlight marker {end!r} at character {pos} has no opening "
                     f"{start!r} (write {esc + end!r} for a literal marker, or pass markers=None)"
                 )
-            if not "".join(out)[open_at:].strip():
+            if not "".join(out[open_piece:]).strip():
                 raise HighlightError(f"empty highlight at character {pos}: the marked text has no content")
             spans.append((open_at, length))
             open_at = None
@@ -105,6 +107,27 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
             f"(write {esc + start!r} for a literal marker, or pass markers=None)"
         )
     return "".join(out), spans
+
+
+def escape_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> str:
+    """``text`` with every marker string escaped, so it is read back literally.
+
+    Use it on text you do not control (retrieved documents, code, tool output) before adding it to a
+    prompt that uses inline markers: ``f"<<{escape_markers(doc)}>>"``. Code often contains ``<<`` and
+    ``>>`` (bit shifts, C++ streams, heredocs); unescaped, they would be read as highlight markers.
+    """
+    if markers is None or not text:
+        return text
+    needles = sorted({markers.start, markers.end}, key=len, reverse=True)
+    if not any(n in text for n in needles):
+        return text
+    if not markers.escape:
+        raise HighlightError(
+            f"the text contains a highlight marker ({markers.start!r} or {markers.end!r}) and these "
+            "markers have no escape string, so it cannot be carried literally"
+        )
+    pattern = re.compile("|".join(re.escape(n) for n in needles))
+    return pattern.sub(lambda m: markers.escape + m.group(0), text)
 
 
 def merge_spans(spans: Sequence[Span]) -> list[Span]:
@@ -170,18 +193,21 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def _render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool) -> tuple[str, list[int]]:
-    """Render messages with the chat template; return the text and each content's start offset."""
-    rendered = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[str, list[int]]:
+    """Render messages with the chat template; return the text and each content's start offset.
+
+    With ``continue_last`` the final (assistant) message is left open for the model to continue;
+    otherwise the assistant turn is opened after the last message.
+    """
+    options = dict(tokenize=False, add_generation_prompt=not continue_last)
+    if continue_last:
+        options["continue_final_message"] = True
+    rendered = tokenizer.apply_chat_template(messages, **options)
     # Exact placement: render again with unique sentinels in place of each content.
     sentinels = [f"\x00SEKA{i}\x00" for i in range(len(messages))]
     probe = [dict(m, content=s) for m, s in zip(messages, sentinels)]
     try:
-        templated = tokenizer.apply_chat_template(
-            probe, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        templated = tokenizer.apply_chat_template(probe, **options)
     except Exception:  # a template that validates contents; fall back to searching
         templated = None
     if templated is not None and all(templated.count(s) == 1 for s in sentinels):
@@ -287,8 +313,8 @@ def prepare_prompt(
         messages = [{"role": "user", "content": clean[0]}]
     else:
         messages = [dict(m, content=c) for m, c in zip(messages, clean)]
-    add_gen = messages[-1]["role"] != "assistant"
-    rendered, starts = _render_chat(tokenizer, messages, add_generation_prompt=add_gen)
+    continue_last = messages[-1]["role"] == "assistant"  # continue a started answer, do not close it
+    rendered, starts = _render_chat(tokenizer, messages, continue_last)
     spans: list[Span] = []
     for i, (start, content_spans) in enumerate(zip(starts, spans_per_content)):
         if not content_spans:
@@ -315,51 +341,67 @@ class EncodedPrompt:
 def encode_prompt(
     prepared: PreparedPrompt, tokenizer, max_length: int | None = None
 ) -> EncodedPrompt:
-    """Tokenize a prepared prompt and mark the tokens overlapping a highlighted span."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise HighlightError("highlights need a fast tokenizer (one with an offset mapping)")
-    enc = tokenizer(
-        prepared.text,
-        add_special_tokens=prepared.add_special_tokens,
-        return_offsets_mapping=True,
-        return_special_tokens_mask=True,
-    )
-    ids = list(enc["input_ids"])
-    offsets = enc["offset_mapping"]
-    special = enc["special_tokens_mask"]
-    mask = [False] * len(ids)
-    if prepared.spans:
-        for t, (a, b) in enumerate(offsets):
-            if special[t]:
-                continue  # special tokens carry no text
-            for s, e in prepared.spans:
-                # overlapping tokens; a zero-width token (trimmed whitespace) strictly inside a span
-                if (a < e and b > s) or (a == b and s < a < e):
-                    mask[t] = True
-                    break
-        for s, e in prepared.spans:
-            if not any(
-                m and a < e and b > s for m, (a, b) in zip(mask, offsets)
-            ):
-                raise HighlightError(
-                    f"highlight {prepared.text[s:e]!r} covers no token of the prompt"
-                )
+    """Tokenize a prepared prompt and mark the tokens overlapping a highlighted span.
+
+    Prompts longer than ``max_length`` lose their first tokens (with a warning); a highlight whose
+    tokens are all dropped raises :class:`HighlightError`.
+    """
+    if not prepared.spans:
+        ids = tokenizer(prepared.text, add_special_tokens=prepared.add_special_tokens)["input_ids"]
+        covering: list[int] = [-1] * len(ids)
+    else:
+        if not getattr(tokenizer, "is_fast", False):
+            raise HighlightError("highlights need a fast tokenizer (one with an offset mapping)")
+        enc = tokenizer(
+            prepared.text,
+            add_special_tokens=prepared.add_special_tokens,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+        )
+        ids = list(enc["input_ids"])
+        covering = _covering_span(enc["offset_mapping"], enc["special_tokens_mask"], prepared.spans)
+        missing = set(range(len(prepared.spans))) - set(covering)
+        if missing:
+            s, e = prepared.spans[min(missing)]
+            raise HighlightError(f"highlight {prepared.text[s:e]!r} covers no token of the prompt")
     truncated = 0
     if max_length is not None and len(ids) > max_length:
         truncated = len(ids) - max_length
-        had = any(mask)
-        ids, mask = ids[truncated:], mask[truncated:]
+        lost = set(covering[:truncated]) - set(covering[truncated:]) - {-1}
+        if lost:
+            s, e = prepared.spans[min(lost)]
+            shown = prepared.text[s:e] if e - s <= 60 else prepared.text[s : s + 57] + "..."
+            raise HighlightError(
+                f"highlight {shown!r} was truncated away: the prompt ({len(ids)} tokens) is longer "
+                f"than the model's window ({max_length}); shorten the prompt or move the highlight later"
+            )
+        ids, covering = ids[truncated:], covering[truncated:]
         warnings.warn(
             f"prompt of {len(ids) + truncated} tokens is longer than the model's window "
             f"({max_length}); the first {truncated} tokens were dropped",
-            stacklevel=3,
+            stacklevel=4,
         )
-        if had and not any(mask):
-            raise HighlightError(
-                "every highlighted token was truncated away: the prompt is longer than the "
-                f"model's window ({max_length} tokens); shorten the prompt or move the highlight later"
-            )
-    return EncodedPrompt(ids, mask, prepared.text, truncated)
+    return EncodedPrompt(list(ids), [c >= 0 for c in covering], prepared.text, truncated)
+
+
+def _covering_span(offsets, special, spans: Sequence[Span]) -> list[int]:
+    """Index of the (sorted, disjoint) span each token overlaps, or -1; one pass over both lists."""
+    out = [-1] * len(offsets)
+    j = 0
+    for t, (a, b) in enumerate(offsets):
+        if special[t]:
+            continue  # special tokens carry no text
+        while j < len(spans) and spans[j][1] <= a and not (a == b and spans[j][0] < a < spans[j][1]):
+            j += 1
+        for k in range(j, len(spans)):
+            s, e = spans[k]
+            if s >= max(b, a + 1):
+                break
+            # overlapping tokens; a zero-width token (trimmed whitespace) strictly inside a span
+            if (a < e and b > s) or (a == b and s < a < e):
+                out[t] = k
+                break
+    return out
 
 
 @dataclass
@@ -396,12 +438,3 @@ def describe_highlight(encoded: EncodedPrompt, tokenizer) -> list[tuple[int, str
         for i, (tok, on) in enumerate(zip(encoded.input_ids, encoded.highlight))
         if on
     ]
-
-
-def as_highlight_list(value: Any) -> list[Highlight] | None:
-    """Normalise a user's ``highlights=`` value for a single prompt."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [value]
-    return list(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .architectures import geometry
+from .architectures import geometry, text_config
 from .errors import HighlightError, SekaError, SteeringConfigError
 from .highlight import (
     DEFAULT_MARKERS,
@@ -42,9 +43,12 @@ def _default_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise SekaError(f"invalid device {device!r}: {exc}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SekaError(f"device {device!r} was asked for, but this torch build sees no CUDA GPU")
+    return resolved
 
 
 def _cpu_has_fast_bf16() -> bool:
@@ -93,7 +97,7 @@ class SekaModel:
         self.geometry = geometry(model)
         self.model_id = model_id or getattr(model.config, "name_or_path", "") or type(model).__name__
         self.markers = markers
-        config = getattr(model.config, "text_config", None) or model.config
+        config = text_config(model.config)
         self.context_window = int(context_window or getattr(config, "max_position_embeddings", 0) or 2048)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -124,15 +128,23 @@ class SekaModel:
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from transformers import AutoConfig
+
+        from .architectures import spec_for
+
         device = _default_device(device)
         torch_dtype = _resolve_dtype(dtype, device)
         source = str(name_or_dir)
         if gguf_file is not None:
             source = str(_converted_gguf(Path(name_or_dir), gguf_file, cache_dir))
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, attn_implementation=attn_implementation, **model_kwargs
-        )
+        try:
+            spec_for(AutoConfig.from_pretrained(source).model_type)  # unsupported: fail before loading weights
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=torch_dtype, attn_implementation=attn_implementation, **model_kwargs
+            )
+        except OSError as exc:  # not found locally / offline hub
+            raise SekaError(f"could not load model {str(name_or_dir)!r}: {exc}") from None
         model.to(device)
         return cls(model, tokenizer, projection, model_id=model_id or str(name_or_dir))
 
@@ -239,10 +251,11 @@ class SekaModel:
             raise SteeringConfigError(f"steer must be True or False, got {steer!r}")
         if not steer:
             return nullcontext()
-        if self.projection is None and not bool(highlight_mask.any()):
+        anything = bool(highlight_mask.any())
+        if self.projection is None and not anything:
             return nullcontext()  # nothing to steer, nothing to complain about
         matrices = self._steering_matrices(gain_pos, gain_neg, layers, heads)  # validates per-call settings
-        if not bool(highlight_mask.any()):
+        if not anything:
             return nullcontext()
         return self._editor.apply(matrices, highlight_mask.to(self.device))
 
@@ -266,13 +279,17 @@ class SekaModel:
         )
         if do_sample:
             if temperature is not None:
+                if not isinstance(temperature, numbers.Real) or not temperature > 0:
+                    raise SekaError(f"temperature must be a positive number when sampling, got {temperature!r}")
                 kwargs["temperature"] = float(temperature)
             if top_p is not None:
+                if not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1:
+                    raise SekaError(f"top_p must be in (0, 1], got {top_p!r}")
                 kwargs["top_p"] = float(top_p)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if stop:
-            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+            kwargs.update(stop_strings=_stop_list(stop), tokenizer=self.tokenizer)
         return kwargs
 
     def generate(
@@ -349,14 +366,23 @@ class SekaModel:
         steering = self.steering(
             batch.highlight_mask, steer=steer, gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads
         )
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        stop = _stop_list(stop)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failure: list[BaseException] = []
+        abandoned = threading.Event()  # set when the consumer stops reading: generation ends early
+
+        class _Abandoned(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), abandoned.is_set(), dtype=torch.bool, device=input_ids.device)
 
         def run() -> None:
             try:
                 with torch.inference_mode(), steering:
                     self.model.generate(
-                        input_ids=batch.input_ids, attention_mask=batch.attention_mask, streamer=streamer, **gen
+                        input_ids=batch.input_ids, attention_mask=batch.attention_mask, streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_Abandoned()]), **gen
                     )
             except BaseException as exc:  # surfaced in the consuming thread
                 failure.append(exc)
@@ -380,6 +406,7 @@ class SekaModel:
                     yield text[sent:safe]
                     sent = safe
         finally:
+            abandoned.set()
             worker.join()
         if failure:
             raise failure[0]
@@ -467,7 +494,12 @@ class SekaModel:
         return out.logits[:, -keep:]
 
     def __repr__(self) -> str:
-        proj = "none" if self.projection is None else f"{len(self.projection.layers)} layers"
+        if self.projection is None:
+            proj = "none"
+        else:
+            meta = self.projection.meta
+            edited = meta.default_layers if meta.default_layers is not None else meta.layers
+            proj = f"{len(edited)} of {meta.num_layers} layers edited by default"
         return f"SekaModel({self.model_id!r}, device={self.device}, projection={proj})"
 
 
@@ -496,7 +528,18 @@ def _pending_stop_prefix(text: str, stop: Sequence[str]) -> int:
     return best
 
 
-def _cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
+def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
+    """``stop`` as a list of non-empty strings (a single string is one stop sequence)."""
+    if not stop:
+        return []
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    if not all(isinstance(s, str) and s for s in stops):
+        raise SekaError(f"stop must be a string or a list of non-empty strings, got {stop!r}")
+    return stops
+
+
+def _cut_at_stop(text: str, stop: str | Sequence[str] | None) -> str:
+    stop = _stop_list(stop)
     if not stop:
         return text
     cuts = [text.find(s) for s in stop if s and s in text]

@@ -46,7 +46,11 @@ class SteeringConfig:
 
 
 def edit_matrices(projection: Projection, config: SteeringConfig = SteeringConfig()) -> dict[int, torch.Tensor]:
-    """Combine P+ and P- into one (kv_heads, d, d) matrix per selected layer: M = mask·(g+P+ + g-P-)/2."""
+    """Combine P+ and P- into one (kv_heads, d, d) matrix per selected layer.
+
+    M = head_mask · layer_scale · (g+·P+ + g-·P-) / 2. ``layer_scale`` is the per-layer gain factor a
+    calibration stored (1 when none did), so the effective gain of a layer is ``layer_scale · g``.
+    """
     meta = projection.meta
     g_pos = meta.gain_pos if config.gain_pos is None else config.gain_pos
     g_neg = meta.gain_neg if config.gain_neg is None else config.gain_neg
@@ -54,13 +58,17 @@ def edit_matrices(projection: Projection, config: SteeringConfig = SteeringConfi
         if isinstance(g, bool) or not isinstance(g, numbers.Real) or not math.isfinite(g):
             raise SteeringConfigError(f"{name} must be a finite number, got {g!r}")
     if config.layers is not None:
+        if isinstance(config.layers, (str, bytes)) or not isinstance(config.layers, Sequence | set | range):
+            raise SteeringConfigError(f"layers must be a list of layer indices, got {config.layers!r}")
+        if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in config.layers):
+            raise SteeringConfigError(f"layers must be integers, got {list(config.layers)!r}")
         layers = list(config.layers)
     elif meta.default_layers is not None:
         layers = list(meta.default_layers)
     else:
         layers = list(meta.layers)
     rows = [projection.row(int(layer)) for layer in layers]  # raises for layers not in it
-    heads = _head_mask(projection, config.heads)
+    heads = _head_mask(projection, config.heads, layers)
     g_pos, g_neg = float(g_pos), float(g_neg)
     out = {}
     for layer, row in zip(layers, rows):
@@ -69,7 +77,7 @@ def edit_matrices(projection: Projection, config: SteeringConfig = SteeringConfi
     return out
 
 
-def _head_mask(projection: Projection, heads: HeadSelection) -> torch.Tensor:
+def _head_mask(projection: Projection, heads: HeadSelection, layers: Sequence[int]) -> torch.Tensor:
     if heads is None:
         return projection.head_mask
     n_kv = projection.meta.num_kv_heads
@@ -81,11 +89,17 @@ def _head_mask(projection: Projection, heads: HeadSelection) -> torch.Tensor:
         raise SteeringConfigError(f"heads must be None, 'all' or {{layer: [heads]}}, got {type(heads).__name__}")
     mask = torch.zeros_like(projection.head_mask)
     for layer, hs in heads.items():
-        row = projection.row(int(layer))
+        if layer not in layers:
+            raise SteeringConfigError(
+                f"heads names layer {layer!r}, which is not among the edited layers {list(layers)}; "
+                "layers left out of heads= are not edited"
+            )
+        if isinstance(hs, (str, bytes)) or not isinstance(hs, Sequence | set | range):
+            raise SteeringConfigError(f"heads[{layer}] must be a list of KV head indices, got {hs!r}")
         for h in hs:
-            if not 0 <= int(h) < n_kv:
-                raise SteeringConfigError(f"head {h} of layer {layer} is out of range (0..{n_kv - 1})")
-            mask[row, int(h)] = True
+            if not isinstance(h, numbers.Integral) or isinstance(h, bool) or not 0 <= h < n_kv:
+                raise SteeringConfigError(f"head {h!r} of layer {layer} is out of range (0..{n_kv - 1})")
+            mask[projection.row(int(layer)), int(h)] = True
     return mask
 
 
@@ -118,9 +132,9 @@ def edit_keys(keys: torch.Tensor, matrices: torch.Tensor, weights: torch.Tensor,
     """``keys + weights * (M k)`` for every head at once, in the module's own layout."""
     if layout == "flat":
         b, t, _ = keys.shape
-        kh = keys.view(b, t, -1, head_dim)
+        kh = keys.reshape(b, t, -1, head_dim)
         edited = kh + weights * torch.einsum("bthd,hed->bthe", kh, matrices)
-        return edited.view(b, t, -1)
+        return edited.reshape(b, t, -1)
     if layout == "bthd":
         return keys + weights * torch.einsum("bthd,hed->bthe", keys, matrices)
     return keys + weights * torch.einsum("bhtd,hed->bhte", keys, matrices)

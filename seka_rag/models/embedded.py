@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,7 +148,7 @@ def ensure_converted(
     work = Path(tempfile.mkdtemp(prefix=f".{model.name}-", dir=root))
     try:
         if progress:
-            print(f"seka-rag: converting embedded model {model.name} (once; 15-40 s)...", flush=True)
+            print(f"seka-rag: converting embedded model {model.name} (once; 15-40 s)...", file=sys.stderr, flush=True)
         gguf = assemble_gguf(model, work)
         tokenizer = AutoTokenizer.from_pretrained(str(work), gguf_file=gguf.name)
         hf_model = AutoModelForCausalLM.from_pretrained(str(work), gguf_file=gguf.name)

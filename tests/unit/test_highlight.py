@@ -255,7 +255,7 @@ class TestChat:
         msgs2 = msgs + [{"role": "assistant", "content": "In <<Rome>>"}]
         enc = seka.encode(msgs2)
         assert not enc.text.endswith("<|im_start|>assistant\n")
-        assert enc.text.endswith("In Rome<|im_end|>\n")
+        assert enc.text.endswith("In Rome")  # a final assistant message is continued, not closed
 
     def test_message_spans_with_a_trimming_tokenizer(self, helpers):
         # GPT-2 style tokenizers trim spaces from offsets: spans must still land on the right tokens

@@ -389,7 +389,9 @@ def test_heads_override(tiny_model, helpers):
     assert _edited_layers_and_heads(seka, helpers, heads="all")[0] == {0: [0, 1], 1: [0, 1]}
     assert _edited_layers_and_heads(seka, helpers, heads={0: [1]})[0] == {0: [1]}
     assert _edited_layers_and_heads(seka, helpers, heads={1: [0, 1]})[0] == {1: [0, 1]}
-    assert _edited_layers_and_heads(seka, helpers, heads={0: [1]}, layers=[1])[0] == {}
+    # a heads= entry for a layer that is not edited is a mistake, not a silent no-op
+    with pytest.raises(SteeringConfigError, match="not among the edited layers"):
+        _edited_layers_and_heads(seka, helpers, heads={0: [1]}, layers=[1])
 
 
 def test_gain_override(shared, helpers):

@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 
 from seka_rag import HighlightError, Markers, SekaError
-from seka_rag.highlight import DEFAULT_MARKERS, merge_spans, parse_markers
+from seka_rag.highlight import DEFAULT_MARKERS, escape_markers, merge_spans, parse_markers
 
 Span = tuple[int, int]
 
@@ -30,22 +30,6 @@ __all__ = [
     "parse_lenient",
     "sentence_spans",
 ]
-
-
-def escape_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> str:
-    """``text`` with every marker string escaped, so the engine reads it back literally."""
-    if markers is None or not text:
-        return text
-    needles = sorted({markers.start, markers.end}, key=len, reverse=True)
-    if not any(n in text for n in needles):
-        return text
-    if not markers.escape:
-        raise HighlightError(
-            f"the text contains a highlight marker ({markers.start!r} or {markers.end!r}) and these "
-            "markers have no escape string, so it cannot be carried literally"
-        )
-    pattern = re.compile("|".join(re.escape(n) for n in needles))
-    return pattern.sub(lambda m: markers.escape + m.group(0), text)
 
 
 def _word_spans(text: str, start: int, end: int) -> list[Span]:
