@@ -240,3 +240,23 @@ def apply_calibration(projection: Projection, best: Trial, config: CalibrationCo
     return Projection(meta=ProjectionMeta(**asdict(meta)), pos=pos, neg=neg, u_pos=projection.u_pos,
                       s_pos=projection.s_pos, u_neg=projection.u_neg, s_neg=projection.s_neg,
                       head_shift=projection.head_shift, head_mask=head_mask, layer_scale=scale)
+
+
+def evaluate_trials(model, projection: Projection, trials: Sequence[Trial], config: CalibrationConfig = CalibrationConfig(),
+                    *, split: str = "test", items: int | None = None, progress: bool = True) -> list[tuple[Trial, float, float, int]]:
+    """Re-measure calibration trials on another split with the same first-token proxy.
+
+    Returns (trial, share, mean margin, cases) per trial, so dev and test shares can be put side by side.
+    """
+    cases = [c for it in conflict_split(split, n=items, seed=config.seed) for c in conflict_cases(it)]
+    scorer = _FirstTokenScorer(model, cases, config.batch_size)
+    out = []
+    for trial in tqdm(trials, desc=f"{split} split", disable=not progress, leave=False):
+        mats: dict[int, torch.Tensor] = {}
+        for construction, ls, mult in trial.units:
+            for layer, m in unit_matrices(projection, construction, ls, config.seka_gains, config.identity_gain,
+                                          mult).items():
+                mats[layer] = mats.get(layer, 0) + m
+        margins = scorer.margins(mats) if mats else scorer.margins(None)
+        out.append((trial, float((margins > 0).float().mean()), float(margins.mean()), scorer.n))
+    return out

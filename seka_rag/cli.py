@@ -145,6 +145,31 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_eval_variants(args) -> int:
+    """Dev vs test share of the calibration trials recorded in a calibration log."""
+    import json
+
+    from .calibration import Trial, evaluate_trials
+    from .projection import Projection
+
+    log = json.loads(Path(args.calibration_log).read_text())
+    trials = [Trial(**{**t, "units": [tuple(u) for u in t["units"]]}) for t in log["trials"] if t["stage"] in args.stages]
+    trials.insert(0, Trial("none", [], 0.0, 0.0, 0))  # unsteered reference
+    model = load_model(**_model_spec(args, no_projection=True))
+    base = Projection.load(args.projection)
+    model.load_projection(base)
+    rows = evaluate_trials(model, base, trials, split=args.split, items=args.items)
+    lines = [f"| stage | configuration | dev share | {args.split} share | {args.split} mean margin | {args.split} cases |",
+             "|---|---|---:|---:|---:|---:|"]
+    for trial, share, margin, n in rows:
+        dev = "—" if trial.stage == "none" else f"{trial.share:.3f}"
+        lines.append(f"| {trial.stage} | {trial.label() or 'unsteered'} | {dev} | {share:.3f} | {margin:+.3f} | {n} |")
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+    return 0
+
+
 def cmd_eval_conflicts(args) -> int:
     from .evaluation.conflict import ConflictReport, conflict_split, evaluate_conflicts
 
@@ -253,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .safetensors file")
     _add_calibration_args(p)
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("eval-variants", help="dev vs test share (first-token proxy) of logged calibration trials")
+    _add_model_args(p)
+    p.add_argument("--calibration-log", required=True)
+    p.add_argument("--split", default="test", choices=["dev", "test"])
+    p.add_argument("--items", type=int)
+    p.add_argument("--stages", nargs="+", default=["single", "select", "blocks", "gains"])
+    p.add_argument("--out", help="write the table (Markdown)")
+    p.set_defaults(func=cmd_eval_variants)
 
     p = sub.add_parser("eval-conflicts", help="two-document conflict evaluation, unsteered vs steered")
     _add_model_args(p)
