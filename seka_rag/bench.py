@@ -1,7 +1,7 @@
 """Overhead benchmark: steered vs unsteered prefill latency, decode speed and peak memory.
 
-Latency: both configurations interleaved in one process, medians of ``runs`` repetitions per
-prompt length. Memory: each configuration in a fresh subprocess; on CPU the peak resident set
+Latency: steered, unsteered and an unsteered A/A control interleaved in one process, medians of
+``runs`` repetitions per prompt length (the control's ratio to unsteered shows the noise floor). Memory: each configuration in a fresh subprocess; on CPU the peak resident set
 size (VmHWM, reset after the model is loaded, and the whole-process peak), on CUDA
 ``torch.cuda.max_memory_allocated``. Prompts are synthetic text cut to an exact token count with
 a contiguous 10 % of it highlighted in the middle.
@@ -32,7 +32,7 @@ _FILLER = (
 @dataclass
 class BenchConfig:
     lengths: list[int] = field(default_factory=lambda: [256, 1024, 2048])
-    runs: int = 5
+    runs: int = 7
     decode_tokens: int = 16
     highlight_share: float = 0.10
     batch_size: int = 1
@@ -94,23 +94,33 @@ def latency_table(seka, config: BenchConfig, progress: bool = True) -> list[dict
     for n, batch in batches.items():  # warm-up
         time_prefill_and_decode(seka, batch, True, 2)
         time_prefill_and_decode(seka, batch, False, 2)
-    samples = {(n, s): [] for n in config.lengths for s in (False, True)}
+    # "control" repeats the unsteered configuration: its ratio to "unsteered" is the noise floor (A/A)
+    configs = {"unsteered": False, "steered": True, "control": False}
+    samples = {(n, c): [] for n in config.lengths for c in configs}
     for r in range(config.runs):
         for n, batch in batches.items():
-            order = (False, True) if r % 2 == 0 else (True, False)
-            for steer in order:
-                samples[(n, steer)].append(time_prefill_and_decode(seka, batch, steer, config.decode_tokens))
+            order = list(configs) if r % 2 == 0 else list(reversed(configs))
+            for name in order:
+                samples[(n, name)].append(time_prefill_and_decode(seka, batch, configs[name], config.decode_tokens))
         if progress:
             print(f"  run {r + 1}/{config.runs} done", file=sys.stderr, flush=True)
     for n in config.lengths:
-        base, steered = samples[(n, False)], samples[(n, True)]
+        base, steered, control = samples[(n, "unsteered")], samples[(n, "steered")], samples[(n, "control")]
         p0 = statistics.median(s[0] for s in base)
         p1 = statistics.median(s[0] for s in steered)
         d0 = statistics.median(s[1] for s in base)
         d1 = statistics.median(s[1] for s in steered)
+        # each run times both configurations back to back: the median of those paired ratios
+        # cancels slow drifts of a shared machine better than a ratio of medians
+        paired_prefill = statistics.median(s[0] / b[0] for s, b in zip(steered, base))
+        paired_decode = statistics.median(s[1] / b[1] for s, b in zip(steered, base))
+        control_prefill = statistics.median(c[0] / b[0] for c, b in zip(control, base))
+        control_decode = statistics.median(c[1] / b[1] for c, b in zip(control, base))
         rows.append(dict(tokens=n, batch=config.batch_size, prefill_unsteered_s=p0, prefill_steered_s=p1,
-                         prefill_ratio=p1 / p0, decode_unsteered_tps=d0, decode_steered_tps=d1,
-                         decode_ratio=d1 / d0, runs=config.runs))
+                         prefill_ratio=p1 / p0, prefill_ratio_paired=paired_prefill, decode_unsteered_tps=d0,
+                         decode_steered_tps=d1, decode_ratio=d1 / d0, decode_ratio_paired=paired_decode,
+                         control_prefill_ratio=control_prefill, control_decode_ratio=control_decode,
+                         runs=config.runs))
     return rows
 
 
@@ -204,12 +214,15 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
 
 
 def format_latency(rows: list[dict]) -> str:
-    lines = ["| tokens | prefill unsteered (s) | prefill steered (s) | ratio | decode unsteered (tok/s) | decode steered (tok/s) | ratio |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| tokens | prefill unsteered (s) | prefill steered (s) | ratio of medians | median paired ratio "
+             "| A/A control | decode unsteered (tok/s) | decode steered (tok/s) | ratio of medians "
+             "| median paired ratio | A/A control |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['tokens']} | {r['prefill_unsteered_s']:.3f} | {r['prefill_steered_s']:.3f} | "
-                     f"{r['prefill_ratio']:.3f} | {r['decode_unsteered_tps']:.2f} | {r['decode_steered_tps']:.2f} | "
-                     f"{r['decode_ratio']:.3f} |")
+                     f"{r['prefill_ratio']:.3f} | {r['prefill_ratio_paired']:.3f} | {r['control_prefill_ratio']:.3f} | "
+                     f"{r['decode_unsteered_tps']:.2f} | {r['decode_steered_tps']:.2f} | {r['decode_ratio']:.3f} | "
+                     f"{r['decode_ratio_paired']:.3f} | {r['control_decode_ratio']:.3f} |")
     return "\n".join(lines)
 
 

@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="overhead benchmark: latency, decode speed, peak memory")
     _add_model_args(p)
     p.add_argument("--lengths", type=_int_list, default=[256, 1024, 2048])
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--runs", type=int, default=7)
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-subprocess memory probes")

@@ -45,3 +45,29 @@ def test_user_mistakes_exit_2_with_a_message(model_dir, tmp_path, capsys):
     bad.write_bytes(b"not a projection")
     assert main(["generate", "--model", str(model_dir), "--projection", str(bad), "--dtype", "float32", "x"]) == 2
     assert "not a readable projection file" in capsys.readouterr().err
+
+
+def test_bench_runs_end_to_end(model_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    proj = tmp_path / "p.safetensors"
+    assert main(["build-projection", "--model", str(model_dir), "--out", str(proj), "--triplets", "4",
+                 "--dtype", "float32"]) == 0
+    assert main(["bench", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--lengths", "32,64", "--runs", "1",
+                 "--decode-tokens", "2", "--no-memory", "--out", str(out)]) == 0
+    import json
+
+    rows = json.loads(out.read_text())["latency"]
+    assert [r["tokens"] for r in rows] == [32, 64]
+    assert all(r["prefill_unsteered_s"] > 0 and r["control_prefill_ratio"] > 0 for r in rows)
+    assert "A/A control" in capsys.readouterr().out
+
+
+def test_eval_conflicts_prints_both_rows(model_dir, tmp_path, capsys):
+    proj = tmp_path / "p.safetensors"
+    assert main(["build-projection", "--model", str(model_dir), "--out", str(proj), "--triplets", "4",
+                 "--dtype", "float32"]) == 0
+    assert main(["eval-conflicts", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--split", "dev", "--items", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "unsteered" in printed and "steered" in printed and "8" in printed
