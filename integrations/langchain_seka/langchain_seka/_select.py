@@ -97,6 +97,21 @@ def default_encoder() -> Any:
         return _default_model
 
 
+def load_encoder(model: Any = None) -> Any:
+    """A sentence-transformers model: the offline default, one loaded from a directory, or ``model`` itself."""
+    if model is None:
+        return default_encoder()
+    if isinstance(model, str) or hasattr(model, "__fspath__"):
+        return _load_sentence_transformer(model)
+    return model
+
+
+def embed_texts(encoder: Any, texts: Sequence[str], batch_size: int, normalize: bool) -> list[list[float]]:
+    """Embeddings of ``texts`` as plain float lists (what both frameworks' embedding classes return)."""
+    vectors = encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=normalize, convert_to_numpy=True)
+    return [[float(x) for x in row] for row in vectors]
+
+
 def as_encoder(encoder: Any = None) -> Encoder:
     """Normalise an encoder setting to ``texts -> (n, d) float array``."""
     if encoder is None:

@@ -12,7 +12,7 @@ from typing import Any
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from ._select import _load_sentence_transformer, default_encoder
+from ._select import embed_texts, load_encoder
 
 __all__ = ["SentenceTransformerEmbeddings"]
 
@@ -29,19 +29,11 @@ class SentenceTransformerEmbeddings(BaseModel, Embeddings):
 
     def _encoder(self) -> Any:
         if self._loaded is None:
-            if self.model is None:
-                self._loaded = default_encoder()
-            elif isinstance(self.model, str) or hasattr(self.model, "__fspath__"):
-                self._loaded = _load_sentence_transformer(self.model)
-            else:
-                self._loaded = self.model
+            self._loaded = load_encoder(self.model)
         return self._loaded
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        vectors = self._encoder().encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=self.normalize, convert_to_numpy=True
-        )
-        return [[float(x) for x in row] for row in vectors]
+        return embed_texts(self._encoder(), texts, self.batch_size, self.normalize)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         return self._embed(texts)

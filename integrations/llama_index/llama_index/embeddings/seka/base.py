@@ -12,7 +12,7 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 
-from langchain_seka._select import _load_sentence_transformer, default_encoder
+from langchain_seka._select import embed_texts, load_encoder
 
 __all__ = ["SentenceTransformerEmbedding"]
 
@@ -33,19 +33,11 @@ class SentenceTransformerEmbedding(BaseEmbedding):
 
     def _encoder(self) -> Any:
         if self._loaded is None:
-            if self.model is None:
-                self._loaded = default_encoder()
-            elif isinstance(self.model, str) or hasattr(self.model, "__fspath__"):
-                self._loaded = _load_sentence_transformer(self.model)
-            else:
-                self._loaded = self.model
+            self._loaded = load_encoder(self.model)
         return self._loaded
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        vectors = self._encoder().encode(
-            list(texts), batch_size=self.embed_batch_size, normalize_embeddings=self.normalize, convert_to_numpy=True
-        )
-        return [[float(x) for x in row] for row in vectors]
+        return embed_texts(self._encoder(), texts, self.embed_batch_size, self.normalize)
 
     def _get_query_embedding(self, query: str) -> list[float]:
         return self._embed([query])[0]
