@@ -142,6 +142,16 @@ def unit_matrices(projection: Projection, construction: str, layers: Sequence[in
     return out
 
 
+def trial_matrices(projection: Projection, units, config: CalibrationConfig) -> dict[int, torch.Tensor]:
+    """Edit matrices of a whole configuration: the sum of its units' matrices per layer."""
+    mats: dict[int, torch.Tensor] = {}
+    for construction, ls, mult in units:
+        for layer, m in unit_matrices(projection, construction, ls, config.seka_gains, config.identity_gain,
+                                      mult).items():
+            mats[layer] = mats.get(layer, 0) + m
+    return mats
+
+
 def calibrate(model, projection: Projection, config: CalibrationConfig = CalibrationConfig(), *,
               progress: bool = True) -> CalibrationResult:
     """Measure, select and store steering defaults for ``model`` (see the module docstring)."""
@@ -156,12 +166,7 @@ def calibrate(model, projection: Projection, config: CalibrationConfig = Calibra
     trials: list[Trial] = []
 
     def measure(stage, units, scorer) -> Trial:
-        mats: dict[int, torch.Tensor] = {}
-        for construction, ls, mult in units:
-            for layer, m in unit_matrices(projection, construction, ls, config.seka_gains, config.identity_gain,
-                                          mult).items():
-                mats[layer] = mats.get(layer, 0) + m
-        margins = scorer.margins(mats)
+        margins = scorer.margins(trial_matrices(projection, units, config))
         t = Trial(stage, [(c, list(ls), float(m)) for c, ls, m in units], float((margins > 0).float().mean()),
                   float(margins.mean()), scorer.n)
         trials.append(t)
@@ -252,11 +257,6 @@ def evaluate_trials(model, projection: Projection, trials: Sequence[Trial], conf
     scorer = _FirstTokenScorer(model, cases, config.batch_size)
     out = []
     for trial in tqdm(trials, desc=f"{split} split", disable=not progress, leave=False):
-        mats: dict[int, torch.Tensor] = {}
-        for construction, ls, mult in trial.units:
-            for layer, m in unit_matrices(projection, construction, ls, config.seka_gains, config.identity_gain,
-                                          mult).items():
-                mats[layer] = mats.get(layer, 0) + m
-        margins = scorer.margins(mats) if mats else scorer.margins(None)
+        margins = scorer.margins(trial_matrices(projection, trial.units, config) or None)
         out.append((trial, float((margins > 0).float().mean()), float(margins.mean()), scorer.n))
     return out

@@ -159,3 +159,19 @@ def minilm():
     from langchain_seka._select import default_encoder
 
     return default_encoder()
+
+
+@pytest.fixture
+def counting_loader(tiny_seka, monkeypatch):
+    """An empty shared-model registry whose loads return ``tiny_seka``; the list records each load."""
+    from langchain_seka import _loading
+
+    monkeypatch.setattr(_loading, "_models", {})
+    loads: list[str] = []
+
+    def fake_default(name, **kwargs):
+        loads.append(name)
+        return tiny_seka
+
+    monkeypatch.setattr(_loading.SekaModel, "default", staticmethod(fake_default))
+    return loads

@@ -15,13 +15,14 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list, run_in_executor
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import Field
 
 from seka_rag import HighlightError, SekaModel
 from seka_rag.highlight import has_chat_template, parse_markers
 
 from ._loading import model_label
 from ._messages import document_highlights, to_engine_messages
+from ._compat import HostedModelArguments
 from ._settings import SekaSettings, routing_kwargs, usage_counts
 
 __all__ = ["ChatSeka"]
@@ -74,7 +75,7 @@ class _BatchPlan:
 _BATCH: ContextVar[_BatchPlan | None] = ContextVar("langchain_seka_batch", default=None)
 
 
-class ChatSeka(SekaSettings, BaseChatModel):
+class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
     """Chat model over a SEKA-steered language model, running in this process.
 
     Tell the model which part of its prompt matters, in any of three ways (they combine):
@@ -109,15 +110,9 @@ class ChatSeka(SekaSettings, BaseChatModel):
     service to retry), ``api_key`` and ``base_url`` (there is no service).
     """
 
-    model_config = ConfigDict(
-        populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid"
-    )
+    model_config = HostedModelArguments.model_config  # extra="forbid": unknown arguments are errors
 
     streaming: bool = Field(default=False, description="Generate through the streamer in invoke too.")
-    timeout: float | None = Field(default=None, description="Accepted for compatibility; no effect.")
-    max_retries: int | None = Field(default=None, description="Accepted for compatibility; no effect.")
-    api_key: SecretStr | None = Field(default=None, description="Accepted for compatibility; no effect.")
-    base_url: str | None = Field(default=None, description="Accepted for compatibility; no effect.")
 
     # ------------------------------------------------------------------------------ LangChain hooks
     @property

@@ -8,18 +8,19 @@ from typing import Any
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import LLM, LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import Field
 
 from seka_rag import SekaModel
 
 from ._loading import model_label
 from ._messages import document_highlights
+from ._compat import HostedModelArguments
 from ._settings import SekaSettings, routing_kwargs, usage_counts
 
 __all__ = ["SekaLLM"]
 
 
-class SekaLLM(SekaSettings, LLM):
+class SekaLLM(SekaSettings, HostedModelArguments, LLM):
     """Text-completion LLM over a SEKA-steered model (see :class:`~langchain_seka.ChatSeka`).
 
     The prompt is a string; it goes through the model's chat template as one user turn unless
@@ -29,15 +30,9 @@ class SekaLLM(SekaSettings, LLM):
     ``max_retries``, ``api_key`` and ``base_url`` are accepted and do nothing.
     """
 
-    model_config = ConfigDict(
-        populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid"
-    )
+    model_config = HostedModelArguments.model_config  # extra="forbid": unknown arguments are errors
 
     streaming: bool = Field(default=False, description="Accepted for compatibility; use stream().")
-    timeout: float | None = Field(default=None, description="Accepted for compatibility; no effect.")
-    max_retries: int | None = Field(default=None, description="Accepted for compatibility; no effect.")
-    api_key: SecretStr | None = Field(default=None, description="Accepted for compatibility; no effect.")
-    base_url: str | None = Field(default=None, description="Accepted for compatibility; no effect.")
 
     @property
     def _llm_type(self) -> str:

@@ -112,15 +112,8 @@ def test_policy_sentences_picks_the_most_similar(fake_encoder):
         select("sentences", DOCS, k=1, encoder=fake_encoder)
 
 
-def test_registry_is_lazy_and_shared(tiny_seka, monkeypatch):
-    monkeypatch.setattr(_loading, "_models", {})
-    loads = []
-
-    def fake_default(name, **kwargs):
-        loads.append(name)
-        return tiny_seka
-
-    monkeypatch.setattr(_loading.SekaModel, "default", staticmethod(fake_default))
+def test_registry_is_lazy_and_shared(counting_loader, tiny_seka, monkeypatch):
+    loads = counting_loader
     assert not _loading.is_loaded("smollm2-135m")
     a = _loading.shared_model("smollm2-135m")
     b = _loading.resolve_model("smollm2-135m")

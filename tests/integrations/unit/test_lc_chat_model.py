@@ -27,15 +27,8 @@ class Tokens(BaseCallbackHandler):
 
 
 # ------------------------------------------------------------------------------------- construction
-def test_construction_is_cheap_lazy_and_shared(tiny_seka, monkeypatch):
-    monkeypatch.setattr(_loading, "_models", {})
-    loads = []
-
-    def fake_default(name, **kwargs):
-        loads.append(name)
-        return tiny_seka
-
-    monkeypatch.setattr(_loading.SekaModel, "default", staticmethod(fake_default))
+def test_construction_is_cheap_lazy_and_shared(counting_loader, tiny_seka, monkeypatch):
+    loads = counting_loader
     a, b = ChatSeka(max_tokens=3), ChatSeka(max_new_tokens=3)
     c = ChatSeka(model="smollm2-135m", max_tokens=3)
     assert loads == []  # nothing loads at construction

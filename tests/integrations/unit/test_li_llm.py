@@ -13,15 +13,8 @@ CLEAN = "Doc 1: The tower is in Paris.\nDoc 2: The tower is in Rome.\nWhere is t
 ROME = (CLEAN.index("The tower is in Rome."), CLEAN.index("The tower is in Rome.") + len("The tower is in Rome."))
 
 
-def test_construction_is_lazy_and_shared(tiny_seka, monkeypatch):
-    monkeypatch.setattr(_loading, "_models", {})
-    loads = []
-
-    def fake_default(name, **kwargs):
-        loads.append(name)
-        return tiny_seka
-
-    monkeypatch.setattr(_loading.SekaModel, "default", staticmethod(fake_default))
+def test_construction_is_lazy_and_shared(counting_loader, tiny_seka, monkeypatch):
+    loads = counting_loader
     llm, other = Seka(max_new_tokens=12), Seka(max_tokens=3)
     assert loads == [] and llm.max_new_tokens == 12 and other.max_new_tokens == 3
     meta = llm.metadata
