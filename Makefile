@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.seka-installed
 
-.PHONY: install demo test test-unit examples bench build-projections eval-conflicts clean
+.PHONY: install demo test test-unit examples bench bench-integrations build-projections eval-conflicts clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,16 @@ test-unit: install
 examples: install
 	for ex in langchain_rag llamaindex_rag highlight_instruction agent_step; do $(PY) examples/$$ex.py || exit 1; done
 
+# SEKA and AdaSEKA (attention router, embedding router, published two-pass routing) vs unsteered.
 bench: install
-	$(VENV)/bin/seka-rag bench --out bench-results/overhead.json
+	$(VENV)/bin/seka-rag bench --methods seka,ada-attention,ada-embedding,two-pass --out bench-results/overhead.json
+
+# The integrations' benchmarks (issue #5): NQ-open RAG through the LangChain pipeline, steered vs
+# unsteered (reads the shared data file, never copied here), and the wrappers' overhead vs the engine.
+NQ_DATA ?= ../shared/data/nq-open-oracle.jsonl.gz
+bench-integrations: install
+	$(PY) integrations/benchmarks/nq_open_rag.py --data $(NQ_DATA) --out docs/integrations/nq-open-rag.json
+	$(PY) integrations/benchmarks/wrapper_overhead.py --out docs/integrations/wrapper-overhead.json
 
 # Rebuild and recalibrate the shipped projections (400 triplets; calibration on the dev split).
 build-projections: install
@@ -41,6 +49,16 @@ build-projections: install
 	$(VENV)/bin/seka-rag build-projection --model qwen2.5-coder-0.5b --calibrate --group-size 2 \
 		--out seka_rag/data/projections/qwen2.5-coder-0.5b.safetensors \
 		--calibration-log docs/calibration/qwen2.5-coder-0.5b.json
+
+# Rebuild the AdaSEKA expert set shipped for the default model (one expert per task family).
+build-experts: install
+	$(VENV)/bin/seka-rag build-experts --model qwen2.5-coder-0.5b --triplets 160 \
+		--out seka_rag/data/experts/qwen2.5-coder-0.5b
+
+# AdaSEKA quality: four task families x (unsteered, SEKA, each expert, both routers), test items.
+eval-families: install
+	$(VENV)/bin/seka-rag eval-families --model qwen2.5-coder-0.5b --items 152 \
+		--out docs/adaptive/qwen2.5-coder-0.5b-families.json
 
 # The two-document conflict evaluation on the test split, unsteered vs shipped defaults.
 eval-conflicts: install

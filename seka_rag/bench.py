@@ -1,7 +1,11 @@
 """Overhead benchmark: steered vs unsteered prefill latency, decode speed and peak memory.
 
-Latency: steered, unsteered and an unsteered A/A control interleaved in one process, medians of
-``runs`` repetitions per prompt length (the control's ratio to unsteered shows the noise floor). Memory: each configuration in a fresh subprocess; on CPU the peak resident set
+Methods (``--methods``): ``seka`` (the single projection), ``ada-attention`` (AdaSEKA, router
+inside the forward pass), ``ada-embedding`` (AdaSEKA, the query embedding computed inside the timed
+region), ``two-pass`` (AdaSEKA routed as published: an extra full forward pass computes the routing
+queries before the steered pass). Latency: every method, unsteered and an unsteered A/A control
+interleaved in one process, medians of ``runs`` repetitions per prompt length (the control's ratio
+to unsteered shows the noise floor). Memory: each configuration in a fresh subprocess; on CPU the peak resident set
 size (VmHWM, reset after the model is loaded, and the whole-process peak), on CUDA
 ``torch.cuda.max_memory_allocated``. Prompts are synthetic text cut to an exact token count with
 a contiguous 10 % of it highlighted in the middle.
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import SekaError
 from .highlight import EncodedPrompt, pad_batch
 
 _FILLER = (
@@ -29,6 +34,11 @@ _FILLER = (
 )
 
 
+#: Benchmark methods: name → how the prompt is steered.
+METHODS = ("seka", "ada-attention", "ada-embedding", "two-pass")
+_QUERY_TEXT = "What did the committee decide about the northern pier?"
+
+
 @dataclass
 class BenchConfig:
     lengths: list[int] = field(default_factory=lambda: [256, 1024, 2048])
@@ -36,6 +46,7 @@ class BenchConfig:
     decode_tokens: int = 16
     highlight_share: float = 0.10
     batch_size: int = 1
+    methods: list[str] = field(default_factory=lambda: ["seka"])
 
 
 def synthetic_prompt(tokenizer, length: int, share: float, batch_size: int = 1) -> list[EncodedPrompt]:
@@ -59,13 +70,34 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def time_prefill_and_decode(seka, batch, steer: bool, decode_tokens: int) -> tuple[float, float]:
-    """(prefill seconds, decode tokens per second) for one run."""
+def _steering_for(seka, batch, method: str | bool):
+    """The steering block of one method (``False`` / ``"unsteered"``: none); two-pass runs its first pass here."""
+    if method in (False, "unsteered", "control"):
+        return seka.steering(batch.highlight_mask, steer=False)
+    if method in (True, "seka"):
+        return seka.steering(batch.highlight_mask, router="projection" if seka.experts is not None else None)
+    if method == "ada-attention":
+        return seka.steering(batch.highlight_mask, router="attention")
+    if method == "ada-embedding":
+        return seka.steering(batch.highlight_mask, router="embedding", query=[_QUERY_TEXT] * batch.input_ids.shape[0])
+    if method == "two-pass":
+        # as published: route from a separate, unsteered full forward pass, then run the steered one
+        first = seka.steering(batch.highlight_mask, router="attention", routing={"gain": 0.0})
+        with first:
+            seka.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, logits_to_keep=1)
+        second = seka.steering(batch.highlight_mask, router="attention")
+        second.edit.record.update(first.edit.record)  # fixed weights: no routing inside this pass
+        return second
+    raise ValueError(f"unknown bench method {method!r}; known: unsteered, {', '.join(METHODS)}")
+
+
+def time_prefill_and_decode(seka, batch, method: str | bool, decode_tokens: int) -> tuple[float, float]:
+    """(prefill seconds, decode tokens per second) for one run; prefill includes any routing work."""
     device = seka.device
     cache_arg = _cache_kwarg(seka.model)
     _sync(device)
     t0 = time.perf_counter()
-    with torch.inference_mode(), seka.steering(batch.highlight_mask, steer=steer):
+    with torch.inference_mode(), _steering_for(seka, batch, method):
         out = seka.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=True, logits_to_keep=1)
         _sync(device)
         t1 = time.perf_counter()
@@ -91,36 +123,35 @@ def latency_table(seka, config: BenchConfig, progress: bool = True) -> list[dict
                      seka.tokenizer.pad_token_id).to(seka.device)
         for n in config.lengths
     }
-    for n, batch in batches.items():  # warm-up
-        time_prefill_and_decode(seka, batch, True, 2)
-        time_prefill_and_decode(seka, batch, False, 2)
     # "control" repeats the unsteered configuration: its ratio to "unsteered" is the noise floor (A/A)
-    configs = {"unsteered": False, "steered": True, "control": False}
+    configs = ["unsteered", *config.methods, "control"]
+    for n, batch in batches.items():  # warm-up
+        for name in configs[:-1]:
+            time_prefill_and_decode(seka, batch, name, 2)
     samples = {(n, c): [] for n in config.lengths for c in configs}
     for r in range(config.runs):
         for n, batch in batches.items():
-            order = list(configs) if r % 2 == 0 else list(reversed(configs))
+            order = configs if r % 2 == 0 else list(reversed(configs))
             for name in order:
-                samples[(n, name)].append(time_prefill_and_decode(seka, batch, configs[name], config.decode_tokens))
+                samples[(n, name)].append(time_prefill_and_decode(seka, batch, name, config.decode_tokens))
         if progress:
             print(f"  run {r + 1}/{config.runs} done", file=sys.stderr, flush=True)
     for n in config.lengths:
-        base, steered, control = samples[(n, "unsteered")], samples[(n, "steered")], samples[(n, "control")]
+        base = samples[(n, "unsteered")]
         p0 = statistics.median(s[0] for s in base)
-        p1 = statistics.median(s[0] for s in steered)
         d0 = statistics.median(s[1] for s in base)
-        d1 = statistics.median(s[1] for s in steered)
-        # each run times both configurations back to back: the median of those paired ratios
-        # cancels slow drifts of a shared machine better than a ratio of medians
-        paired_prefill = statistics.median(s[0] / b[0] for s, b in zip(steered, base))
-        paired_decode = statistics.median(s[1] / b[1] for s, b in zip(steered, base))
-        control_prefill = statistics.median(c[0] / b[0] for c, b in zip(control, base))
-        control_decode = statistics.median(c[1] / b[1] for c, b in zip(control, base))
-        rows.append(dict(tokens=n, batch=config.batch_size, prefill_unsteered_s=p0, prefill_steered_s=p1,
-                         prefill_ratio=p1 / p0, prefill_ratio_paired=paired_prefill, decode_unsteered_tps=d0,
-                         decode_steered_tps=d1, decode_ratio=d1 / d0, decode_ratio_paired=paired_decode,
-                         control_prefill_ratio=control_prefill, control_decode_ratio=control_decode,
-                         runs=config.runs))
+        for name in [*config.methods, "control"]:
+            steered = samples[(n, name)]
+            p1 = statistics.median(s[0] for s in steered)
+            d1 = statistics.median(s[1] for s in steered)
+            # each run times all configurations back to back: the median of the paired ratios
+            # cancels slow drifts of a shared machine better than a ratio of medians
+            rows.append(dict(tokens=n, batch=config.batch_size, method=name, prefill_unsteered_s=p0,
+                             prefill_steered_s=p1, prefill_ratio=p1 / p0,
+                             prefill_ratio_paired=statistics.median(s[0] / b[0] for s, b in zip(steered, base)),
+                             decode_unsteered_tps=d0, decode_steered_tps=d1, decode_ratio=d1 / d0,
+                             decode_ratio_paired=statistics.median(s[1] / b[1] for s, b in zip(steered, base)),
+                             runs=config.runs))
     return rows
 
 
@@ -144,11 +175,15 @@ def _rss_peak_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def memory_probe(model_spec: dict, length: int, steer: bool, config: BenchConfig) -> dict:
+def memory_probe(model_spec: dict, length: int, steer: str | bool, config: BenchConfig) -> dict:
     """Run in a fresh process: load the model, one prefill + decode, report the peak memory."""
     from .cli import load_model
 
     seka = load_model(**model_spec)
+    if steer == "ada-embedding":
+        from .embeddings import embed
+
+        embed(["warm-up"], seka.embedding_encoder)  # the encoder's weights count as loaded, like the model's
     batch = pad_batch(synthetic_prompt(seka.tokenizer, length, config.highlight_share, config.batch_size),
                       seka.tokenizer.pad_token_id).to(seka.device)
     import gc
@@ -172,7 +207,7 @@ def memory_table(model_spec: dict, config: BenchConfig, progress: bool = True) -
     rows = []
     for n in config.lengths:
         res = {}
-        for steer in (False, True):
+        for steer in ["unsteered", *config.methods]:
             cmd = [sys.executable, "-m", "seka_rag.bench", "--probe", json.dumps(
                 dict(model_spec=model_spec, length=n, steer=steer, config=asdict(config)))]
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
@@ -181,9 +216,11 @@ def memory_table(model_spec: dict, config: BenchConfig, progress: bool = True) -
             res[steer] = json.loads(proc.stdout.strip().splitlines()[-1])
             if progress:
                 print(f"  memory probe {n} tokens steer={steer} done", file=sys.stderr, flush=True)
-        key = "peak_bytes" if "peak_bytes" in res[False] else "peak_rss_kib"
-        rows.append(dict(tokens=n, metric=key, unsteered=res[False][key], steered=res[True][key],
-                         ratio=res[True][key] / res[False][key], details=res))
+        key = "peak_bytes" if "peak_bytes" in res["unsteered"] else "peak_rss_kib"
+        for method in config.methods:
+            rows.append(dict(tokens=n, method=method, metric=key, unsteered=res["unsteered"][key],
+                             steered=res[method][key], ratio=res[method][key] / res["unsteered"][key],
+                             details={"unsteered": res["unsteered"], method: res[method]}))
     return rows
 
 
@@ -194,6 +231,12 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
 
     started = time.perf_counter()
     seka = load_model(**model_spec)
+    if any(m != "seka" for m in config.methods) and seka.experts is None:
+        raise SekaError("the AdaSEKA bench methods need an expert set: pass --adaptive or --experts DIR")
+    if "ada-embedding" in config.methods:
+        from .embeddings import embed
+
+        embed(["warm-up"], seka.embedding_encoder)  # load the sentence encoder before timing
     info = dict(model=seka.model_id, device=str(seka.device), torch_threads=torch.get_num_threads(),
                 dtype=str(next(seka.model.parameters()).dtype), config=asdict(config))
     print(f"seka-rag bench: {seka.model_id} on {seka.device}, {torch.get_num_threads()} threads, "
@@ -214,22 +257,23 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
 
 
 def format_latency(rows: list[dict]) -> str:
-    lines = ["| tokens | prefill unsteered (s) | prefill steered (s) | ratio of medians | median paired ratio "
-             "| A/A control | decode unsteered (tok/s) | decode steered (tok/s) | ratio of medians "
-             "| median paired ratio | A/A control |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """Markdown: one row per prompt length and method (``control`` = unsteered timed again, A/A)."""
+    lines = ["| tokens | batch | method | prefill unsteered (s) | prefill method (s) | ratio of medians "
+             "| median paired ratio | decode unsteered (tok/s) | decode method (tok/s) | ratio of medians "
+             "| median paired ratio |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['tokens']} | {r['prefill_unsteered_s']:.3f} | {r['prefill_steered_s']:.3f} | "
-                     f"{r['prefill_ratio']:.3f} | {r['prefill_ratio_paired']:.3f} | {r['control_prefill_ratio']:.3f} | "
+        lines.append(f"| {r['tokens']} | {r['batch']} | {r['method']} | {r['prefill_unsteered_s']:.3f} | "
+                     f"{r['prefill_steered_s']:.3f} | {r['prefill_ratio']:.3f} | {r['prefill_ratio_paired']:.3f} | "
                      f"{r['decode_unsteered_tps']:.2f} | {r['decode_steered_tps']:.2f} | {r['decode_ratio']:.3f} | "
-                     f"{r['decode_ratio_paired']:.3f} | {r['control_decode_ratio']:.3f} |")
+                     f"{r['decode_ratio_paired']:.3f} |")
     return "\n".join(lines)
 
 
 def format_memory(rows: list[dict]) -> str:
-    lines = ["| tokens | metric | unsteered | steered | ratio |", "|---:|---|---:|---:|---:|"]
+    lines = ["| tokens | method | metric | unsteered | method | ratio |", "|---:|---|---|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['tokens']} | {r['metric']} | {r['unsteered']} | {r['steered']} | {r['ratio']:.4f} |")
+        lines.append(f"| {r['tokens']} | {r['method']} | {r['metric']} | {r['unsteered']} | {r['steered']} | {r['ratio']:.4f} |")
     return "\n".join(lines)
 
 

@@ -126,6 +126,16 @@ def _split_rows(keys: torch.Tensor, counts: Sequence[int]) -> list[torch.Tensor]
     return list(torch.split(keys, list(counts)))
 
 
+def _orient(u: torch.Tensor, mean_key: torch.Tensor) -> torch.Tensor:
+    """Fix the arbitrary sign of each singular vector: the mean key projects onto it non-negatively.
+
+    P = U Uᵀ does not depend on the signs, but AdaSEKA's routing coefficient Σ (q·u_k) σ_k does;
+    with this orientation a positive q·u_k means the query points the way the keys lie.
+    """
+    along = torch.einsum("lhdk,lhd->lhk", u, mean_key)
+    return u * torch.where(along < 0, -1.0, 1.0).to(u.dtype)[:, :, None, :]
+
+
 def projections_from_keys(h: torch.Tensor, h_pos: torch.Tensor, h_neg: torch.Tensor, gamma: float) -> dict[str, torch.Tensor]:
     """P+, P-, their SVD factors and the head shift from aligned key sets (layers, n, heads, dim)."""
     n = h.shape[1]
@@ -133,6 +143,8 @@ def projections_from_keys(h: torch.Tensor, h_pos: torch.Tensor, h_neg: torch.Ten
     omega_neg = torch.einsum("lnhd,lnhe->lhde", h, h_neg) / n
     u_pos, s_pos, _ = torch.linalg.svd(omega_pos)
     u_neg, s_neg, _ = torch.linalg.svd(omega_neg)
+    u_pos = _orient(u_pos, h_pos.mean(1))
+    u_neg = _orient(u_neg, h_neg.mean(1))
     d = h.shape[-1]
     idx = torch.arange(d)
 
@@ -188,3 +200,56 @@ def build_projection(seka_model, triplets: Sequence[Triplet], config: BuildConfi
         construction="seka", chat_format=chat, data_hash=triplets_hash(triplets), n_triplets=len(keep),
     )
     return Projection(meta=meta, head_mask=parts["head_shift"] >= config.delta, **parts)
+
+
+def settings_like(projection: Projection, template: Projection) -> Projection:
+    """``projection`` with the edited layers, gains and per-layer scales of a calibrated ``template``.
+
+    Layers of ``template`` missing from ``projection`` are dropped from its defaults; layers of
+    ``projection`` the template does not cover keep scale 1.
+    """
+    from dataclasses import asdict
+
+    t = template.meta
+    edited = t.default_layers if t.default_layers is not None else t.layers
+    default_layers = [layer for layer in edited if layer in projection.meta.layers]
+    scale = torch.ones(len(projection.meta.layers))
+    for i, layer in enumerate(projection.meta.layers):
+        if layer in t.layers:
+            scale[i] = template.layer_scale[template.row(layer)]
+    meta = ProjectionMeta(**{**asdict(projection.meta), "gain_pos": t.gain_pos, "gain_neg": t.gain_neg,
+                             "default_layers": default_layers,
+                             "notes": {**projection.meta.notes, "settings_from": t.model_id + " calibrated projection"}})
+    return Projection(meta=meta, pos=projection.pos, neg=projection.neg, u_pos=projection.u_pos, s_pos=projection.s_pos,
+                      u_neg=projection.u_neg, s_neg=projection.s_neg, head_shift=projection.head_shift,
+                      head_mask=projection.head_mask, layer_scale=scale)
+
+
+def build_expert_set(seka_model, families: dict[str, Sequence[Triplet]], config: BuildConfig = BuildConfig(), *,
+                     template: Projection | None = None, descriptions: dict[str, str] | None = None,
+                     encoder=None, prototypes: bool = True, name: str = "", progress: bool = True):
+    """An AdaSEKA :class:`~seka_rag.adaptive.ExpertSet`: one projection per family of triplets.
+
+    ``template`` (e.g. the model's calibrated projection) lends every expert its edited layers, gains
+    and per-layer scales. Each expert's prototype is the mean sentence embedding of its triplets'
+    question-then-context prompts (all-MiniLM-L6-v2 unless ``encoder`` is given).
+    """
+    from .adaptive import Expert, ExpertSet
+
+    if not families:
+        raise SekaError("an expert set needs at least one family of triplets")
+    experts = []
+    for family, triplets in families.items():
+        if progress:
+            print(f"building expert {family!r} from {len(triplets)} triplets", flush=True)
+        projection = build_projection(seka_model, triplets, config, progress=progress)
+        if template is not None:
+            projection = settings_like(projection, template)
+        proto = None
+        if prototypes:
+            from .embeddings import embed
+
+            proto = torch.nn.functional.normalize(embed([triplet_prompts(t)[1] for t in triplets], encoder).mean(0), dim=0)
+        experts.append(Expert(family, projection, description=(descriptions or {}).get(family, ""),
+                              prototype=proto, n_prompts=len(triplets)))
+    return ExpertSet(experts, name=name or seka_model.model_id)

@@ -13,17 +13,21 @@ from .models.embedded import DEFAULT_MODEL, EMBEDDED_MODELS
 
 def load_model(model: str = DEFAULT_MODEL, projection: str | None = None, gguf_file: str | None = None,
                device: str | None = None, dtype: str | None = None, cache_dir: str | None = None,
-               attn_implementation: str = "sdpa", no_projection: bool = False):
+               attn_implementation: str = "sdpa", no_projection: bool = False, adaptive: bool = False,
+               experts: str | None = None, router: str | None = None):
     """Load an embedded model by name, or any supported model by hub id / directory."""
     from .model import SekaModel, _UNSET
 
     proj = None if no_projection else (projection if projection is not None else _UNSET)
     if model in EMBEDDED_MODELS:
         return SekaModel.default(model, projection=proj, device=device, dtype=dtype, cache_dir=cache_dir,
-                                 attn_implementation=attn_implementation)
+                                 attn_implementation=attn_implementation, adaptive=adaptive, experts=experts,
+                                 router=router)
+    if adaptive and experts is None:
+        raise SekaError("--adaptive needs --experts DIR for a model other than the embedded ones")
     return SekaModel.from_pretrained(model, gguf_file=gguf_file, projection=None if proj is _UNSET else proj,
                                      device=device, dtype=dtype, cache_dir=cache_dir,
-                                     attn_implementation=attn_implementation)
+                                     attn_implementation=attn_implementation, experts=experts, router=router)
 
 
 def _int_list(text: str | None) -> list[int] | None:
@@ -51,12 +55,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="float32, bfloat16 ... (default: bfloat16 on CUDA and on CPUs with native bf16, else float32)")
     p.add_argument("--cache-dir", help="converted-model cache (default: $SEKA_RAG_CACHE or ~/.cache/seka-rag)")
     p.add_argument("--attn-implementation", default="sdpa", help="sdpa (default), eager, flash_attention_2")
+    p.add_argument("--adaptive", action="store_true", help="load the AdaSEKA expert set shipped for the model")
+    p.add_argument("--experts", help="AdaSEKA expert-set directory (implies --adaptive)")
+    p.add_argument("--router", choices=["attention", "embedding"], help="default AdaSEKA router (default: attention)")
 
 
 def _model_spec(args, no_projection: bool = False) -> dict:
     return dict(model=args.model, projection=args.projection, gguf_file=args.gguf_file, device=args.device,
                 dtype=args.dtype, cache_dir=args.cache_dir, attn_implementation=args.attn_implementation,
-                no_projection=no_projection)
+                no_projection=no_projection, adaptive=bool(args.adaptive or args.experts), experts=args.experts,
+                router=args.router)
 
 
 def _add_steer_args(p: argparse.ArgumentParser) -> None:
@@ -221,9 +229,143 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import BenchConfig, run_benchmark
 
+    from .bench import METHODS
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise SekaError(f"unknown bench methods {unknown}; choose from {', '.join(METHODS)}")
+    if any(m != "seka" for m in methods):
+        args.adaptive = True
     config = BenchConfig(lengths=args.lengths, runs=args.runs, decode_tokens=args.decode_tokens,
-                         batch_size=args.batch_size)
+                         batch_size=args.batch_size, methods=methods)
     run_benchmark(_model_spec(args), config, args.out, memory=not args.no_memory)
+    return 0
+
+
+def cmd_build_experts(args) -> int:
+    from .adaptive import RoutingConfig
+    from .builder import BuildConfig, build_expert_set
+    from .data.tasks import FAMILIES, FAMILY_DESCRIPTIONS, family_triplets
+
+    families = args.families or list(FAMILIES)
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise SekaError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)}")
+    spec = _model_spec(args)
+    spec.update(adaptive=False, experts=None, router=None)
+    model = load_model(**spec)
+    template = model.projection
+    if template is None and args.build_layers is None:
+        raise SekaError("no calibrated projection to copy layers and gains from: pass --projection or --build-layers")
+    layers = args.build_layers
+    if layers is None:
+        meta = template.meta
+        layers = meta.default_layers if meta.default_layers is not None else meta.layers
+    started = time.perf_counter()
+    triplets = {f: family_triplets(f, args.triplets, seed=args.seed) for f in families}
+    config = BuildConfig(gamma=args.gamma, delta=args.delta, layers=layers, batch_size=args.batch_size)
+    experts = build_expert_set(model, triplets, config, template=template, descriptions=FAMILY_DESCRIPTIONS,
+                               name=args.name or model.model_id)
+    experts.routing = RoutingConfig(gain=args.gain).validate()
+    seconds = time.perf_counter() - started
+    experts.notes.update(families=families, triplets_per_family=args.triplets, seed=args.seed, gamma=args.gamma,
+                         build_seconds=round(seconds, 1), command="seka-rag build-experts " + " ".join(sys.argv[2:]))
+    out = experts.save(args.out)
+    print(f"built {len(experts)} experts ({', '.join(experts.names)}) for layers {layers} in {seconds:.0f} s -> {out}")
+    return 0
+
+
+FAMILY_METHODS = ("unsteered", "seka", "experts", "ada-attention", "ada-embedding")
+
+
+def _family_method_kwargs(model, method: str) -> dict:
+    if method == "unsteered":
+        return dict(steer=False)
+    if method == "seka":
+        return dict(router="projection") if model.experts is not None else {}
+    if method.startswith("expert:"):
+        return dict(router={method.split(":", 1)[1]: 1.0})
+    if method == "ada-attention":
+        return dict(router="attention")
+    if method == "ada-embedding":
+        return dict(router="embedding")
+    raise SekaError(f"unknown method {method!r}; choose from {', '.join(FAMILY_METHODS)}")
+
+
+def cmd_eval_families(args) -> int:
+    import json
+
+    from .data.tasks import FAMILIES
+    from .evaluation.families import evaluate_family, family_items, format_family_table
+
+    families = args.families or list(FAMILIES)
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise SekaError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)}")
+    if args.merge:
+        return _merge_family_reports(args.merge, args.out)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in FAMILY_METHODS and not m.startswith("expert:")]
+    if bad:
+        raise SekaError(f"unknown methods {bad}; choose from {', '.join(FAMILY_METHODS)} or expert:NAME")
+    if any(m in ("experts", "ada-attention", "ada-embedding") or m.startswith("expert:") for m in methods):
+        args.adaptive = True
+    model = load_model(**_model_spec(args))
+    expanded = []
+    for m in methods:
+        expanded.extend([f"expert:{n}" for n in model.experts.names] if m == "experts" else [m])
+    missing = [m for m in expanded if m.startswith("expert:") and m.split(":", 1)[1] not in model.experts.names]
+    if missing:
+        raise SekaError(f"no such experts {missing}; the set has {model.experts.names}")
+    routing = {k: v for k, v in (("gain", args.gain), ("temperature", args.temperature), ("top_k", args.top_k),
+                                 ("embedding_temperature", args.embedding_temperature)) if v is not None}
+    started = time.perf_counter()
+    items = {f: family_items(f, args.items, seed=args.seed) for f in families}
+    table: dict = {}
+    for m in expanded:
+        kw = _family_method_kwargs(model, m)
+        if routing and m.startswith("ada-"):
+            kw["routing"] = routing
+        table[m] = {}
+        for f in families:
+            table[m][f] = evaluate_family(model, items[f], batch_size=args.batch_size, **kw)
+            print(f"  {m} / {f}: {table[m][f].cell()}", file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - started
+    print(f"Task families on {model.model_id} ({', '.join(f'{f}: n={len(items[f])}' for f in families)}; "
+          f"share where the highlighted target wins, bootstrap 95 % intervals; {seconds:.0f} s)")
+    print(format_family_table(table))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        payload = dict(model=model.model_id, items=args.items, seed=args.seed, routing=routing, seconds=seconds,
+                       command="seka-rag eval-families " + " ".join(sys.argv[2:]),
+                       reports={m: {f: r.to_dict() for f, r in rs.items()} for m, rs in table.items()})
+        Path(args.out).write_text(json.dumps(payload, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _merge_family_reports(paths: list[str], out: str | None) -> int:
+    """Print one table from several ``eval-families --out`` files (e.g. methods run in parallel)."""
+    import json
+
+    from .evaluation.families import FamilyReport, format_family_table
+
+    table: dict = {}
+    merged: dict = {}
+    for path in paths:
+        try:
+            payload = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise SekaError(f"cannot read {path!r}: {exc}") from None
+        merged.setdefault("runs", []).append({k: v for k, v in payload.items() if k != "reports"})
+        for method, reports in payload["reports"].items():
+            merged.setdefault("reports", {})[method] = reports
+            table[method] = {f: FamilyReport(**{k: v for k, v in r.items()}) for f, r in reports.items()}
+    print(format_family_table(table))
+    if out:
+        Path(out).write_text(json.dumps(merged, indent=1))
+        print(f"wrote {out}")
     return 0
 
 
@@ -273,6 +415,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibration_args(p)
     p.set_defaults(func=cmd_build_projection)
 
+    p = sub.add_parser("build-experts", help="build an AdaSEKA expert set: one projection per task family")
+    _add_model_args(p)
+    p.add_argument("--out", required=True, help="output directory (experts.json + one .safetensors per expert)")
+    p.add_argument("--families", nargs="+", help="task families (default: all four)")
+    p.add_argument("--triplets", type=int, default=160, help="triplets per family")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gamma", type=float, default=0.9)
+    p.add_argument("--delta", type=float, default=0.0)
+    p.add_argument("--gain", type=float, default=1.0, help="default routing gain stored with the set")
+    p.add_argument("--build-layers", type=_int_list,
+                   help="layers to build (default: the calibrated projection's edited layers)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--name", help="name stored in experts.json (default: the model id)")
+    p.set_defaults(func=cmd_build_experts)
+
     p = sub.add_parser("calibrate", help="choose layers, construction and gains of a projection on dev data")
     _add_model_args(p)
     p.add_argument("--out", required=True, help="output .safetensors file")
@@ -297,6 +454,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the reports as JSON")
     p.set_defaults(func=cmd_eval_conflicts)
 
+    p = sub.add_parser("eval-families", help="AdaSEKA task families: methods x families table with intervals")
+    _add_model_args(p)
+    p.add_argument("--families", nargs="+", help="task families (default: all four)")
+    p.add_argument("--items", type=int, default=152, help="items per family (default 152)")
+    p.add_argument("--seed", type=int, default=0, help="item seed (0: the test items; others: dev items)")
+    p.add_argument("--methods", default="unsteered,seka,experts,ada-attention,ada-embedding",
+                   help=f"comma-separated: {', '.join(FAMILY_METHODS)} ('experts': each expert alone)")
+    p.add_argument("--gain", type=float, help="AdaSEKA routing gain (default: the expert set's)")
+    p.add_argument("--temperature", type=float, help="attention router softmax temperature (default: c/max|c|)")
+    p.add_argument("--top-k", type=int, help="singular directions per head in the attention router")
+    p.add_argument("--embedding-temperature", type=float, help="embedding router softmax temperature")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", help="write every report as JSON")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from earlier --out files, run nothing")
+    p.set_defaults(func=cmd_eval_families)
+
     p = sub.add_parser("demo", help="steered vs unsteered answers on a few conflicts")
     _add_model_args(p)
     _add_steer_args(p)
@@ -310,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-subprocess memory probes")
+    p.add_argument("--methods", default="seka",
+                   help="comma-separated: seka, ada-attention, ada-embedding, two-pass (default: seka)")
     p.add_argument("--out", default="bench-results/overhead.json")
     p.set_defaults(func=cmd_bench)
     return parser

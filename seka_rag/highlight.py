@@ -171,6 +171,7 @@ class PreparedPrompt:
     spans: list[Span] = field(default_factory=list)
     add_special_tokens: bool = True
     chat: bool = False
+    routing_text: str = ""  #: the prompt's own text outside the highlights (no chat template)
 
 
 def _as_messages(prompt: Prompt) -> list[dict] | None:
@@ -306,8 +307,11 @@ def prepare_prompt(
             form = "(start, end)" if messages is None else "(message_index, start, end)"
             raise HighlightError(f"cannot use {h!r} as a highlight: give a substring or a {form} span")
 
+    outside = "\n".join(
+        t for t in (_outside_spans(text, spans) for text, spans in zip(clean, spans_per_content)) if t
+    )
     if not chat:
-        return PreparedPrompt(clean[0], merge_spans(spans_per_content[0]), True, False)
+        return PreparedPrompt(clean[0], merge_spans(spans_per_content[0]), True, False, outside)
 
     if messages is None:
         messages = [{"role": "user", "content": clean[0]}]
@@ -325,7 +329,17 @@ def prepare_prompt(
                 "highlights cannot be placed; pass chat=False and format the prompt yourself"
             )
         spans.extend((start + s, start + e) for s, e in content_spans)
-    return PreparedPrompt(rendered, merge_spans(spans), add_special_tokens=False, chat=True)
+    return PreparedPrompt(rendered, merge_spans(spans), add_special_tokens=False, chat=True, routing_text=outside)
+
+
+def _outside_spans(text: str, spans: Sequence[Span]) -> str:
+    """``text`` with the highlighted spans cut out (whitespace tidied)."""
+    parts, at = [], 0
+    for s, e in merge_spans(spans):
+        parts.append(text[at:s])
+        at = e
+    parts.append(text[at:])
+    return " ".join(" ".join(parts).split())
 
 
 @dataclass
@@ -336,6 +350,7 @@ class EncodedPrompt:
     highlight: list[bool]
     text: str
     truncated: int = 0  #: tokens dropped from the left
+    routing_text: str = ""  #: the prompt's text outside the highlights (the embedding router's default query)
 
 
 def encode_prompt(
@@ -381,7 +396,7 @@ def encode_prompt(
             f"({max_length}); the first {truncated} tokens were dropped",
             stacklevel=4,
         )
-    return EncodedPrompt(list(ids), [c >= 0 for c in covering], prepared.text, truncated)
+    return EncodedPrompt(list(ids), [c >= 0 for c in covering], prepared.text, truncated, prepared.routing_text)
 
 
 def _covering_span(offsets, special, spans: Sequence[Span]) -> list[int]:

@@ -6,7 +6,7 @@ import hashlib
 import numbers
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,28 @@ from .highlight import (
     pad_batch,
     prepare_prompt,
 )
+from .adaptive import (
+    ROUTERS,
+    AdaptiveEdit,
+    ExpertSet,
+    RoutingConfig,
+    RoutingResult,
+    as_query_embeddings,
+    embedding_weights,
+    fixed_weights,
+)
 from .models.embedded import DEFAULT_MODEL, cache_root, embedded_model, ensure_converted, save_converted
 from .projection import Projection
-from .steering import HeadSelection, KeyEditor, SteeringConfig, edit_matrices
+from .steering import ActiveEdit, HeadSelection, KeyEditor, SteeringConfig, edit_matrices
 
 _UNSET: Any = object()
 SHIPPED_PROJECTIONS = Path(__file__).parent / "data" / "projections"
+SHIPPED_EXPERTS = Path(__file__).parent / "data" / "experts"
+
+
+def shipped_experts_path(name: str) -> Path:
+    """Directory of the AdaSEKA expert set shipped for embedded model ``name``."""
+    return SHIPPED_EXPERTS / name
 
 
 def shipped_projection_path(name: str) -> Path:
@@ -80,6 +96,13 @@ class SekaModel:
     ``(message_index, start, end)`` for chat messages) in addition to inline markers (``<<`` … ``>>``
     by default), ``steer=False`` to run with no edit at all, and per-call ``gain_pos``,
     ``gain_neg``, ``layers`` and ``heads`` overriding the projection's stored defaults.
+
+    With an :class:`~seka_rag.adaptive.ExpertSet` (``experts=``, or ``default(adaptive=True)``) the
+    edit is AdaSEKA's per-prompt mixture of experts: ``router="attention"`` (the model's own
+    last-token query, inside the same forward pass) or ``"embedding"`` (a sentence embedding of
+    ``query=`` / ``query_embedding=`` / the prompt outside its highlights), per call or as the
+    model's default; ``router="projection"`` uses the single projection. After each call
+    :attr:`last_routing` tells which experts fired; :meth:`route` computes it without generating.
     """
 
     def __init__(
@@ -91,6 +114,8 @@ class SekaModel:
         model_id: str | None = None,
         markers: Markers | None = DEFAULT_MARKERS,
         context_window: int | None = None,
+        experts: ExpertSet | str | os.PathLike | None = None,
+        router: str | None = None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -103,8 +128,19 @@ class SekaModel:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._editor = KeyEditor(model)
         self.projection: Projection | None = None
+        self.experts: ExpertSet | None = None
+        #: the default router of calls that do not pass ``router=`` (None: the single projection)
+        self.router: str | None = None
+        #: which experts the last steered call used (None when it used no expert set)
+        self.last_routing: RoutingResult | None = None
+        #: sentence encoder of the embedding router (None: the offline all-MiniLM-L6-v2)
+        self.embedding_encoder: Any = None
         if projection is not None:
             self.load_projection(projection)
+        if experts is not None:
+            self.load_experts(experts, router=router)
+        elif router is not None:
+            raise SekaError("router= needs an expert set: pass experts= as well")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -119,6 +155,8 @@ class SekaModel:
         attn_implementation: str = "sdpa",
         cache_dir: str | os.PathLike | None = None,
         model_id: str | None = None,
+        experts: ExpertSet | str | os.PathLike | None = None,
+        router: str | None = None,
         **model_kwargs: Any,
     ) -> "SekaModel":
         """Load a supported Hugging Face model (hub id, local directory, or GGUF file in a directory).
@@ -146,7 +184,7 @@ class SekaModel:
         except OSError as exc:  # not found locally / offline hub
             raise SekaError(f"could not load model {str(name_or_dir)!r}: {exc}") from None
         model.to(device)
-        return cls(model, tokenizer, projection, model_id=model_id or str(name_or_dir))
+        return cls(model, tokenizer, projection, model_id=model_id or str(name_or_dir), experts=experts, router=router)
 
     @classmethod
     def default(
@@ -158,16 +196,32 @@ class SekaModel:
         dtype: str | torch.dtype | None = None,
         attn_implementation: str = "sdpa",
         cache_dir: str | os.PathLike | None = None,
+        adaptive: bool = False,
+        experts: ExpertSet | str | os.PathLike | None = None,
+        router: str | None = None,
     ) -> "SekaModel":
-        """An embedded offline model (``"qwen2.5-coder-0.5b"`` or ``"smollm2-135m"``) with its shipped projection."""
+        """An embedded offline model (``"qwen2.5-coder-0.5b"`` or ``"smollm2-135m"``) with its shipped projection.
+
+        ``adaptive=True`` also loads the model's shipped AdaSEKA expert set (router ``"attention"``
+        unless ``router=`` says otherwise); ``experts=`` loads another one.
+        """
+        if not isinstance(adaptive, bool):
+            raise SekaError(f"adaptive must be True or False, got {adaptive!r}")
         spec = embedded_model(name)
+        if adaptive and experts is None:
+            experts = shipped_experts_path(name)
+            if not (experts / "experts.json").is_file():
+                raise SekaError(
+                    f"no expert set is shipped for {name!r}; build one with "
+                    f"`seka-rag build-experts --model {name} --out DIR` and pass experts=DIR"
+                )
         directory = ensure_converted(spec, cache_dir)
         if projection is _UNSET:
             shipped = shipped_projection_path(name)
             projection = shipped if shipped.is_file() else None
         return cls.from_pretrained(
             directory, projection=projection, device=device, dtype=dtype,
-            attn_implementation=attn_implementation, model_id=spec.model_id,
+            attn_implementation=attn_implementation, model_id=spec.model_id, experts=experts, router=router,
         )
 
     def load_projection(self, projection: Projection | str | os.PathLike) -> Projection:
@@ -177,6 +231,20 @@ class SekaModel:
         projection.check_fits(self.geometry, self.model_id)
         self.projection = projection
         return projection
+
+    def load_experts(self, experts: ExpertSet | str | os.PathLike, *, router: str | None = None) -> ExpertSet:
+        """Attach an AdaSEKA expert set (object or directory) and make ``router`` the default router."""
+        if not isinstance(experts, ExpertSet):
+            experts = ExpertSet.load(experts)
+        experts.check_fits(self.geometry, self.model_id)
+        router = "attention" if router is None else router
+        if router not in ("attention", "embedding"):
+            raise SteeringConfigError(f"the default router must be 'attention' or 'embedding', got {router!r}")
+        if router == "embedding":
+            experts.prototypes()  # raises when the set has none
+        self.experts = experts
+        self.router = router
+        return experts
 
     @property
     def device(self) -> torch.device:
@@ -242,22 +310,147 @@ class SekaModel:
         gain_neg: float | None = None,
         layers: Sequence[int] | None = None,
         heads: HeadSelection = None,
-    ):
+        router: str | Mapping[str, float] | None = None,
+        query: str | Sequence[str] | None = None,
+        query_embedding: Any = None,
+        routing: RoutingConfig | Mapping[str, Any] | None = None,
+        query_index: torch.Tensor | None = None,
+        rows: Sequence[EncodedPrompt] | None = None,
+    ) -> "SteeringBlock":
         """Context manager: edit the keys at ``highlight_mask`` (batch, tokens) during the block.
 
-        Does nothing when ``steer`` is False or no token is highlighted.
+        Does nothing when ``steer`` is False or no token is highlighted. With an expert set, ``router``
+        picks AdaSEKA's router (default: the model's); ``query_index`` (batch,) is each row's last
+        prompt token (default: the last position, as in a left-padded prompt batch) and ``rows`` the
+        encoded prompts (the embedding router's default query is their text outside the highlights).
+        After the block, ``.result`` (and :attr:`last_routing`) holds the routing weights.
         """
         if not isinstance(steer, bool):
             raise SteeringConfigError(f"steer must be True or False, got {steer!r}")
+        router = self._resolve_router(router, query, query_embedding, routing)
         if not steer:
-            return nullcontext()
+            return SteeringBlock(self)
         anything = bool(highlight_mask.any())
-        if self.projection is None and not anything:
-            return nullcontext()  # nothing to steer, nothing to complain about
-        matrices = self._steering_matrices(gain_pos, gain_neg, layers, heads)  # validates per-call settings
+        if router is None:
+            if self.projection is None and not anything:
+                return SteeringBlock(self)  # nothing to steer, nothing to complain about
+            matrices = self._steering_matrices(gain_pos, gain_neg, layers, heads)  # validates per-call settings
+            if not anything:
+                return SteeringBlock(self)
+            edit = ActiveEdit(self._editor, matrices, highlight_mask.to(self.device).bool())
+            return SteeringBlock(self, edit)
+        config = SteeringConfig(gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads)
+        settings = self._routing_settings(routing)
+        stacked = self.experts.stacked(config, settings, want_route=router == "attention")  # validates
         if not anything:
-            return nullcontext()
-        return self._editor.apply(matrices, highlight_mask.to(self.device))
+            return SteeringBlock(self)
+        mask = highlight_mask.to(self.device).bool()
+        n = mask.shape[0]
+        weights = None
+        if isinstance(router, Mapping):
+            weights = fixed_weights(router, self.experts.names, n)
+        elif router == "embedding":
+            weights = embedding_weights(self._query_embeddings(n, query, query_embedding, rows),
+                                        self.experts.prototypes(), settings)
+        if query_index is None:
+            query_index = torch.full((n,), mask.shape[1] - 1, dtype=torch.long)
+        edit = AdaptiveEdit(
+            self._editor, {}, mask, stacked=stacked, routing=settings,
+            router=router if isinstance(router, str) else "fixed", fixed_weights=weights,
+            query_index=query_index.to(self.device), num_query_heads=self.geometry.num_query_heads,
+            head_dim=self.geometry.head_dim,
+        )
+        return SteeringBlock(self, edit)
+
+    def _resolve_router(self, router, query, query_embedding, routing):
+        """The effective router of a call: None (single projection), a router name, or fixed weights."""
+        if router is None:
+            router = self.router
+        if isinstance(router, Mapping):
+            if self.experts is None:
+                raise SekaError("router={expert: weight} needs an expert set: load one with experts=")
+        elif router is not None:
+            if not isinstance(router, str) or router not in ROUTERS:
+                raise SteeringConfigError(
+                    f"router must be one of {', '.join(map(repr, ROUTERS))} or a {{expert: weight}} mapping, got {router!r}"
+                )
+            if router == "projection":
+                router = None
+            elif self.experts is None:
+                raise SekaError(
+                    f"router={router!r} needs an AdaSEKA expert set: load the model with "
+                    "SekaModel.default(adaptive=True) or experts=..."
+                )
+        if (query is not None or query_embedding is not None) and router != "embedding":
+            raise SteeringConfigError(
+                "query= and query_embedding= choose experts for the embedding router; "
+                f"this call uses {'the single projection' if router is None else repr(router)}: pass router='embedding'"
+            )
+        if routing is not None and router is None:
+            raise SteeringConfigError("routing= sets AdaSEKA router parameters; this call uses the single projection")
+        return router
+
+    def _routing_settings(self, routing) -> RoutingConfig:
+        base = self.experts.routing
+        if routing is None:
+            return base
+        if isinstance(routing, RoutingConfig):
+            return routing.validate()
+        if isinstance(routing, Mapping):
+            return base.replace(**routing)
+        raise SteeringConfigError(f"routing must be a RoutingConfig or a dict of its fields, got {type(routing).__name__}")
+
+    def _query_embeddings(self, n: int, query, query_embedding, rows) -> torch.Tensor:
+        """(n, dim) unit-norm embeddings routing each row: given, embedded from ``query``, or from the prompt."""
+        if query_embedding is not None:
+            if query is not None:
+                raise SteeringConfigError("pass query= or query_embedding=, not both")
+            return as_query_embeddings(query_embedding, n)
+        if query is not None:
+            texts = [query] * n if isinstance(query, str) else list(query)
+            if len(texts) != n or not all(isinstance(t, str) and t.strip() for t in texts):
+                raise SteeringConfigError(f"query must be a non-empty string, or one per prompt ({n})")
+        elif rows is not None:
+            texts = [r.routing_text or r.text for r in rows]
+        else:
+            raise SteeringConfigError("the embedding router needs query= or query_embedding= here")
+        from .embeddings import embed
+
+        unique = list(dict.fromkeys(texts))
+        vectors = embed(unique, self.embedding_encoder)
+        at = {t: i for i, t in enumerate(unique)}
+        return vectors[[at[t] for t in texts]]
+
+    def route(
+        self,
+        prompt: Prompt,
+        highlights: Any = None,
+        *,
+        router: str | Mapping[str, float] | None = None,
+        query: str | None = None,
+        query_embedding: Any = None,
+        routing: RoutingConfig | Mapping[str, Any] | None = None,
+        chat: bool | None = None,
+        markers: Markers | None = _UNSET,
+        gain_pos: float | None = None,
+        gain_neg: float | None = None,
+        layers: Sequence[int] | None = None,
+        heads: HeadSelection = None,
+    ) -> RoutingResult:
+        """The expert weights AdaSEKA gives ``prompt`` (one steered prefill, no generation)."""
+        enc = self.encode(prompt, highlights, chat=chat, markers=markers)
+        if not any(enc.highlight):
+            raise HighlightError("nothing to route: the prompt has no highlighted tokens")
+        batch = pad_batch([enc], self.tokenizer.pad_token_id).to(self.device)
+        block = self.steering(
+            batch.highlight_mask, router=router, query=query, query_embedding=query_embedding, routing=routing,
+            gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads, rows=[enc],
+        )
+        if block.edit is None or not isinstance(block.edit, AdaptiveEdit):
+            raise SekaError("this call uses the single projection, not an expert set: there is nothing to route")
+        with torch.inference_mode(), block:
+            self._forward_logits(batch, 1)
+        return block.result
 
     def _prompt_budget(self, reserved: int, what: str = "max_new_tokens") -> int:
         """Tokens left for the prompt once ``reserved`` are kept for the output."""
@@ -309,13 +502,19 @@ class SekaModel:
         gain_neg: float | None = None,
         layers: Sequence[int] | None = None,
         heads: HeadSelection = None,
+        router: str | Mapping[str, float] | None = None,
+        query: str | Sequence[str] | None = None,
+        query_embedding: Any = None,
+        routing: RoutingConfig | Mapping[str, Any] | None = None,
         batch_size: int = 8,
     ) -> str | list[str]:
         """Generate a continuation of ``prompt`` (or of each prompt in a list, batched).
 
         A plain-text prompt goes through the chat template when the tokenizer has one
         (``chat=False`` sends it raw). Returns the new text only, cut at the first ``stop`` string.
-        For a list of prompts, ``highlights`` is a list with one entry per prompt.
+        For a list of prompts, ``highlights`` is a list with one entry per prompt (and so is
+        ``query`` / ``query_embedding`` when each prompt has its own). ``router``, ``query``,
+        ``query_embedding`` and ``routing`` steer with the model's AdaSEKA expert set.
         """
         single = _is_single_prompt(prompt)
         prompts = [prompt] if single else list(prompt)
@@ -325,18 +524,27 @@ class SekaModel:
             highlights = [highlights]
         gen = self._generation_kwargs(max_new_tokens, do_sample, temperature, top_p, stop)
         encoded = self._encode_many(prompts, highlights, chat, markers, self._prompt_budget(max_new_tokens))
-        steer_kw = dict(steer=steer, gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads)
+        steer_kw = dict(steer=steer, gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads,
+                        router=router, routing=routing)
         outputs: list[str] = []
+        routed: list[RoutingResult | None] = []
         bs = _check_batch_size(batch_size)
-        for start in range(0, len(encoded), bs):
+        n = len(encoded)
+        for start in range(0, n, bs):
             rows = encoded[start : start + bs]
             batch = pad_batch(rows, self.tokenizer.pad_token_id, side="left").to(self.device)
-            with torch.inference_mode(), self.steering(batch.highlight_mask, **steer_kw):
+            block = self.steering(
+                batch.highlight_mask, rows=rows, query=_chunk(query, start, start + bs, n),
+                query_embedding=_chunk(query_embedding, start, start + bs, n), **steer_kw,
+            )
+            with torch.inference_mode(), block:
                 out = self.model.generate(
                     input_ids=batch.input_ids, attention_mask=batch.attention_mask, **gen
                 )
+            routed.append(block.result)
             new = out[:, batch.input_ids.shape[1] :]
             outputs.extend(_cut_at_stop(t, stop) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True))
+        self.last_routing = RoutingResult.concat(routed) if len(routed) > 1 else routed[0]
         return outputs[0] if single else outputs
 
     def stream(
@@ -356,6 +564,10 @@ class SekaModel:
         gain_neg: float | None = None,
         layers: Sequence[int] | None = None,
         heads: HeadSelection = None,
+        router: str | Mapping[str, float] | None = None,
+        query: str | Sequence[str] | None = None,
+        query_embedding: Any = None,
+        routing: RoutingConfig | Mapping[str, Any] | None = None,
     ) -> Iterator[str]:
         """Like :meth:`generate` for one prompt, yielding text pieces as tokens are produced."""
         from transformers import TextIteratorStreamer
@@ -364,7 +576,8 @@ class SekaModel:
         enc = self.encode(prompt, highlights, chat=chat, markers=markers, max_length=self._prompt_budget(max_new_tokens))
         batch = pad_batch([enc], self.tokenizer.pad_token_id).to(self.device)
         steering = self.steering(
-            batch.highlight_mask, steer=steer, gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads
+            batch.highlight_mask, steer=steer, gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads,
+            router=router, query=query, query_embedding=query_embedding, routing=routing, rows=[enc],
         )
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -427,6 +640,10 @@ class SekaModel:
         gain_neg: float | None = None,
         layers: Sequence[int] | None = None,
         heads: HeadSelection = None,
+        router: str | Mapping[str, float] | None = None,
+        query: str | Sequence[str] | None = None,
+        query_embedding: Any = None,
+        routing: RoutingConfig | Mapping[str, Any] | None = None,
         batch_size: int = 8,
     ) -> list[float]:
         """Log-probability of each continuation right after the prompt (summed over its tokens).
@@ -444,7 +661,8 @@ class SekaModel:
         enc = self.encode(prompt, highlights, chat=chat, markers=markers, max_length=self._prompt_budget(longest, "continuation tokens"))
         return self.score_encoded(
             [(enc, ids) for ids in cont_ids], steer=steer, gain_pos=gain_pos, gain_neg=gain_neg,
-            layers=layers, heads=heads, batch_size=batch_size,
+            layers=layers, heads=heads, router=router, query=query, query_embedding=query_embedding,
+            routing=routing, batch_size=batch_size,
         )
 
     def score_encoded(
@@ -456,29 +674,46 @@ class SekaModel:
         gain_neg: float | None = None,
         layers: Sequence[int] | None = None,
         heads: HeadSelection = None,
+        router: str | Mapping[str, float] | None = None,
+        query: str | Sequence[str] | None = None,
+        query_embedding: Any = None,
+        routing: RoutingConfig | Mapping[str, Any] | None = None,
         batch_size: int = 8,
     ) -> list[float]:
-        """Score (encoded prompt, continuation token ids) pairs in left-padded batches."""
+        """Score (encoded prompt, continuation token ids) pairs in left-padded batches.
+
+        AdaSEKA's attention router reads each row's last *prompt* token, not the continuation's.
+        """
         scores: list[float] = []
+        routed: list[RoutingResult | None] = []
         bs = _check_batch_size(batch_size)
-        for start in range(0, len(rows), bs):
+        n = len(rows)
+        for start in range(0, n, bs):
             chunk = rows[start : start + bs]
             joined = [
-                EncodedPrompt(enc.input_ids + ids, enc.highlight + [False] * len(ids), enc.text)
+                EncodedPrompt(enc.input_ids + ids, enc.highlight + [False] * len(ids), enc.text, enc.truncated,
+                              enc.routing_text)
                 for enc, ids in chunk
             ]
             batch = pad_batch(joined, self.tokenizer.pad_token_id, side="left").to(self.device)
             keep = max(len(ids) for _, ids in chunk) + 1
-            with torch.inference_mode(), self.steering(
-                batch.highlight_mask, steer=steer, gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads
-            ):
+            width = batch.input_ids.shape[1]
+            last_prompt = torch.tensor([width - 1 - len(ids) for _, ids in chunk], dtype=torch.long)
+            block = self.steering(
+                batch.highlight_mask, steer=steer, gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads,
+                router=router, routing=routing, query=_chunk(query, start, start + bs, n),
+                query_embedding=_chunk(query_embedding, start, start + bs, n), query_index=last_prompt, rows=joined,
+            )
+            with torch.inference_mode(), block:
                 logits = self._forward_logits(batch, keep)
+            routed.append(block.result)
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             for i, (_, ids) in enumerate(chunk):
                 n = len(ids)
                 target = torch.tensor(ids, device=logprobs.device)
                 picked = logprobs[i, keep - 1 - n : keep - 1].gather(-1, target[:, None])
                 scores.append(float(picked.sum()))
+        self.last_routing = RoutingResult.concat(routed) if len(routed) > 1 else (routed[0] if routed else None)
         return scores
 
     def _forward_logits(self, batch: Batch, keep: int) -> torch.Tensor:
@@ -501,6 +736,42 @@ class SekaModel:
             edited = meta.default_layers if meta.default_layers is not None else meta.layers
             proj = f"{len(edited)} of {meta.num_layers} layers edited by default"
         return f"SekaModel({self.model_id!r}, device={self.device}, projection={proj})"
+
+
+class SteeringBlock:
+    """The context manager :meth:`SekaModel.steering` returns; ``result`` holds the routing after it."""
+
+    def __init__(self, owner: "SekaModel", edit: ActiveEdit | None = None):
+        self.owner = owner
+        self.edit = edit
+        self.result: RoutingResult | None = None
+        self._cm = None
+
+    def __enter__(self) -> "SteeringBlock":
+        if self.edit is not None:
+            self._cm = self.owner._editor.activate(self.edit)
+            self._cm.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        if self._cm is not None:
+            self._cm.__exit__(*exc)
+            self._cm = None
+        if isinstance(self.edit, AdaptiveEdit) and self.owner.experts is not None:
+            self.result = self.edit.result(self.owner.experts.names, self.edit.highlight.shape[0])
+        self.owner.last_routing = self.result
+        return False
+
+
+def _chunk(value: Any, start: int, stop: int, n: int) -> Any:
+    """The slice of a per-prompt argument (a list with one entry per prompt) for one batch."""
+    if value is None or isinstance(value, str) or isinstance(value, Mapping):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value[start:stop] if value.dim() == 2 and value.shape[0] == n else value
+    if isinstance(value, Sequence) and len(value) == n and n > 0 and not isinstance(value[0], numbers.Real):
+        return list(value[start:stop])
+    return value
 
 
 def _check_batch_size(batch_size: Any) -> int:

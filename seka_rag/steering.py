@@ -104,66 +104,112 @@ def _head_mask(projection: Projection, heads: HeadSelection, layers: Sequence[in
 
 
 @dataclass
-class _ActiveEdit:
+class ActiveEdit:
+    """One call's edit: fixed per-layer matrices (SEKA) applied to the highlighted keys.
+
+    Subclasses (AdaSEKA) compute the matrices per row during the forward pass: they see each
+    layer's query output first (:meth:`observe_query`), then return the matrices for its keys.
+    """
+
     editor: "KeyEditor"
     matrices: dict[int, torch.Tensor]
     highlight: torch.Tensor  # (batch, tokens) bool
     done: set[int] = field(default_factory=set)
     _weights: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
+    @property
+    def layers(self) -> set[int]:
+        return set(self.matrices)
+
+    def wants_query(self, layer: int) -> bool:
+        """Whether :meth:`observe_query` must see this layer's query output."""
+        return False
+
+    def observe_query(self, layer: int, query: torch.Tensor, layout: str) -> None:
+        """Called with the layer's query-module output (prefill only) before its keys are edited."""
+
+    def matrices_for(self, layer: int, keys: torch.Tensor) -> torch.Tensor:
+        """(kv_heads, d, d), or (batch, kv_heads, d, d) for per-row edits, in the keys' dtype."""
+        return self.matrices[layer].to(device=keys.device, dtype=keys.dtype)
+
     def weights(self, like: torch.Tensor, layout: str) -> torch.Tensor:
         """The highlight mask as a float tensor broadcastable to the per-head key tensor."""
         key = (layout, like.device, like.dtype, like.shape[0])
         w = self._weights.get(key)
         if w is None:
-            mask = self.highlight
-            if like.shape[0] != mask.shape[0]:  # generate() expanded rows (beams / num_return_sequences)
-                mask = mask.repeat_interleave(like.shape[0] // mask.shape[0], dim=0)
+            mask = expand_rows(self.highlight, like.shape[0])
             w = mask.to(device=like.device, dtype=like.dtype)
             w = w[:, None, :, None] if layout == "bhtd" else w[:, :, None, None]
             self._weights[key] = w
         return w
 
 
-_ACTIVE_EDIT: ContextVar[_ActiveEdit | None] = ContextVar("seka_active_edit", default=None)
+def expand_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """``t`` with each row repeated when generate() expanded the batch (beams / num_return_sequences)."""
+    if t.shape[0] == rows:
+        return t
+    return t.repeat_interleave(rows // t.shape[0], dim=0)
+
+
+_ACTIVE_EDIT: ContextVar[ActiveEdit | None] = ContextVar("seka_active_edit", default=None)
 
 
 def edit_keys(keys: torch.Tensor, matrices: torch.Tensor, weights: torch.Tensor, layout: str, head_dim: int) -> torch.Tensor:
-    """``keys + weights * (M k)`` for every head at once, in the module's own layout."""
+    """``keys + weights * (M k)`` for every head at once, in the module's own layout.
+
+    ``matrices`` is (heads, d, d), shared by every row, or (batch, heads, d, d), one per row.
+    """
+    per_row = matrices.dim() == 4  # (batch, heads, d, d): AdaSEKA's per-row mixtures
     if layout == "flat":
         b, t, _ = keys.shape
         kh = keys.reshape(b, t, -1, head_dim)
-        edited = kh + weights * torch.einsum("bthd,hed->bthe", kh, matrices)
+        edited = kh + weights * torch.einsum("bthd,bhed->bthe" if per_row else "bthd,hed->bthe", kh, matrices)
         return edited.reshape(b, t, -1)
     if layout == "bthd":
-        return keys + weights * torch.einsum("bthd,hed->bthe", keys, matrices)
-    return keys + weights * torch.einsum("bhtd,hed->bhte", keys, matrices)
+        return keys + weights * torch.einsum("bthd,bhed->bthe" if per_row else "bthd,hed->bthe", keys, matrices)
+    return keys + weights * torch.einsum("bhtd,bhed->bhte" if per_row else "bhtd,hed->bhte", keys, matrices)
 
 
 class KeyEditor:
-    """Forward hooks on every decoder layer's key module; inert unless :meth:`apply` is active."""
+    """Forward hooks on every decoder layer's key and query modules; inert unless an edit is active."""
 
     def __init__(self, model: nn.Module):
         self.geometry: ModelGeometry = geometry(model)
         spec = self.geometry.spec
         self._layout = spec.key_layout
+        self._query_layout = spec.query_layout
         self._token_dim = 2 if self._layout == "bhtd" else 1
-        self._handles = [
-            layer_module(layer, spec.key_module).register_forward_hook(partial(self._hook, index))
-            for index, layer in enumerate(decoder_layers(model))
-        ]
+        self._query_token_dim = 2 if self._query_layout == "bhtd" else 1
+        self._handles = []
+        for index, layer in enumerate(decoder_layers(model)):
+            self._handles.append(
+                layer_module(layer, spec.query_module).register_forward_hook(partial(self._query_hook, index))
+            )
+            self._handles.append(layer_module(layer, spec.key_module).register_forward_hook(partial(self._hook, index)))
+
+    def _current(self, layer_index: int) -> ActiveEdit | None:
+        edit = _ACTIVE_EDIT.get()
+        if edit is None or edit.editor is not self or layer_index in edit.done:
+            return None
+        return edit
+
+    def _query_hook(self, layer_index: int, module: nn.Module, args, output):
+        edit = self._current(layer_index)
+        if edit is None or not edit.wants_query(layer_index):
+            return None
+        if output.shape[self._query_token_dim] != edit.highlight.shape[1]:
+            return None  # a decode step
+        edit.observe_query(layer_index, output, self._query_layout)
+        return None
 
     def _hook(self, layer_index: int, module: nn.Module, args, output):
-        edit = _ACTIVE_EDIT.get()
-        if edit is None or edit.editor is not self:
-            return None
-        matrices = edit.matrices.get(layer_index)
-        if matrices is None or layer_index in edit.done:
+        edit = self._current(layer_index)
+        if edit is None or layer_index not in edit.layers:
             return None
         if output.shape[self._token_dim] != edit.highlight.shape[1]:
             return None  # a decode step: cached prompt keys already carry the edit
         edit.done.add(layer_index)
-        matrices = matrices.to(device=output.device, dtype=output.dtype)
+        matrices = edit.matrices_for(layer_index, output)
         return edit_keys(output, matrices, edit.weights(output, self._layout), self._layout, self.geometry.head_dim)
 
     @contextmanager
@@ -171,9 +217,15 @@ class KeyEditor:
         """Edit the highlighted keys (``highlight``: (batch, tokens) bool) during this block only."""
         if highlight.dim() != 2:
             raise ValueError("highlight mask must be (batch, tokens)")
-        token = _ACTIVE_EDIT.set(_ActiveEdit(self, matrices, highlight.bool()))
-        try:
+        with self.activate(ActiveEdit(self, matrices, highlight.bool())):
             yield
+
+    @contextmanager
+    def activate(self, edit: ActiveEdit) -> Iterator[ActiveEdit]:
+        """Make ``edit`` (built for this editor) the current context's edit during the block."""
+        token = _ACTIVE_EDIT.set(edit)
+        try:
+            yield edit
         finally:
             _ACTIVE_EDIT.reset(token)
 

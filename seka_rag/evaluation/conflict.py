@@ -816,7 +816,7 @@ def _score_pairs(model, encs, pairs, steer: bool, steer_kwargs: dict) -> list[tu
     prompt_pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     conts = [c for pair in pairs for c in pair]  # row 2k: target of prompt k, row 2k+1: other
     with torch.inference_mode():
-        with model.steering(batch.highlight_mask, steer=steer, **steer_kwargs):
+        with model.steering(batch.highlight_mask, steer=steer, rows=encs, **steer_kwargs):
             out = model.model(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=prompt_pos,
                 use_cache=True, logits_to_keep=1,

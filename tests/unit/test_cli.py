@@ -52,15 +52,25 @@ def test_bench_runs_end_to_end(model_dir, tmp_path, capsys):
     proj = tmp_path / "p.safetensors"
     assert main(["build-projection", "--model", str(model_dir), "--out", str(proj), "--triplets", "4",
                  "--dtype", "float32"]) == 0
+    experts = tmp_path / "experts"
+    assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--triplets", "2", "--families", "context_qa", "conflict", "instruction",
+                 "--out", str(experts)]) == 0  # distractor prompts do not fit the tiny model's window
+    assert "built 3 experts" in capsys.readouterr().out
     assert main(["bench", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--experts", str(experts), "--methods", "seka,ada-attention,ada-embedding,two-pass",
                  "--lengths", "32,64", "--runs", "1",
                  "--decode-tokens", "2", "--no-memory", "--out", str(out)]) == 0
     import json
 
     rows = json.loads(out.read_text())["latency"]
-    assert [r["tokens"] for r in rows] == [32, 64]
-    assert all(r["prefill_unsteered_s"] > 0 and r["control_prefill_ratio"] > 0 for r in rows)
-    assert "A/A control" in capsys.readouterr().out
+    assert [(r["tokens"], r["method"]) for r in rows] == [
+        (n, m) for n in (32, 64) for m in ("seka", "ada-attention", "ada-embedding", "two-pass", "control")
+    ]
+    assert all(r["prefill_unsteered_s"] > 0 and r["prefill_ratio"] > 0 for r in rows)
+    assert "two-pass" in capsys.readouterr().out
+    assert main(["bench", "--model", str(model_dir), "--projection", str(proj), "--methods", "bogus",
+                 "--no-memory"]) == 2
 
 
 def test_eval_conflicts_prints_both_rows(model_dir, tmp_path, capsys):
@@ -71,3 +81,41 @@ def test_eval_conflicts_prints_both_rows(model_dir, tmp_path, capsys):
                  "--split", "dev", "--items", "2"]) == 0
     printed = capsys.readouterr().out
     assert "unsteered" in printed and "steered" in printed and "8" in printed
+
+
+def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
+    import json
+
+    from seka_rag.adaptive import ExpertSet
+
+    proj = tmp_path / "p.safetensors"
+    assert main(["build-projection", "--model", str(model_dir), "--out", str(proj), "--triplets", "4",
+                 "--default-layers", "1", "--dtype", "float32"]) == 0
+    experts = tmp_path / "experts"
+    assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--triplets", "3", "--families", "instruction", "conflict", "--out", str(experts)]) == 0
+    loaded = ExpertSet.load(experts)
+    assert loaded.names == ["instruction", "conflict"] and loaded.has_prototypes
+    assert all(e.projection.meta.default_layers == [1] for e in loaded)  # copied from the calibrated projection
+    out = tmp_path / "families.json"
+    assert main(["eval-families", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--experts", str(experts), "--items", "4", "--families", "instruction", "conflict",
+                 "--gain", "0.5", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for method in ("unsteered", "seka", "expert:instruction", "expert:conflict", "ada-attention", "ada-embedding"):
+        assert method in printed
+    reports = json.loads(out.read_text())["reports"]
+    assert reports["unsteered"]["instruction"]["share"] == 0.5  # counterbalanced by construction
+    other = tmp_path / "other.json"
+    assert main(["eval-families", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--experts", str(experts), "--items", "4", "--families", "instruction",
+                 "--methods", "expert:instruction", "--out", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["eval-families", "--merge", str(out), str(other), "--out", str(tmp_path / "all.json")]) == 0
+    merged = capsys.readouterr().out
+    assert "expert:instruction" in merged and "ada-attention" in merged
+    assert main(["eval-families", "--model", str(model_dir), "--methods", "bogus"]) == 2
+    assert main(["eval-families", "--model", str(model_dir), "--projection", str(proj), "--experts", str(experts),
+                 "--methods", "expert:nope"]) == 2
+    assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj), "--families", "poetry",
+                 "--out", str(tmp_path / "x")]) == 2

@@ -6,9 +6,8 @@ A pydantic mixin: the fields, their per-call overrides, and the translation into
 
 from __future__ import annotations
 
-import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
@@ -23,7 +22,11 @@ OVERRIDABLE = (
     "layers", "heads", "steer", "chat_template",
 )
 
-__all__ = ["OVERRIDABLE", "SekaSettings", "routing_kwargs", "usage_counts"]
+#: Per-call keyword arguments for AdaSEKA's router, passed to the engine (``router`` and ``routing``
+#: override the fields of the same name; ``query`` / ``query_embedding`` exist only per call).
+ROUTING_ARGS = ("router", "routing", "query", "query_embedding")
+
+__all__ = ["OVERRIDABLE", "ROUTING_ARGS", "SekaSettings", "routing_kwargs", "usage_counts"]
 
 
 class SekaSettings(BaseModel):
@@ -56,8 +59,22 @@ class SekaSettings(BaseModel):
     )
     router: Any = Field(
         default=None,
-        description="AdaSEKA embedding router, passed to the engine once it accepts one. The engine "
-        "has no router yet: setting this raises NotImplementedError at call time.",
+        description="AdaSEKA router: 'attention' (the model's own last-token query), 'embedding' (a "
+        "query embedding against the experts' prototypes), 'projection' (the single projection, no "
+        "experts) or {expert: weight}. None: the model's default router. Needs a model with an "
+        "expert set (adaptive=True, or a SekaModel loaded with SekaModel.default(name, "
+        "adaptive=True) or experts=...). Passed to the engine, which validates it.",
+    )
+    routing: dict[str, Any] | None = Field(
+        default=None,
+        description="AdaSEKA router parameters (seka_rag.adaptive.RoutingConfig fields: gain, top_k, "
+        "temperature, embedding_temperature, embedding_top1) over the expert set's defaults.",
+    )
+    adaptive: bool = Field(
+        default=False,
+        description="Load a model given by name with its AdaSEKA expert set "
+        "(SekaModel.default(name, adaptive=True)), shared apart from the plain instance; with a "
+        "SekaModel object, require that it has an expert set.",
     )
     batch_size: int = Field(default=8, ge=1, description="Rows per forward pass in batched generation.")
 
@@ -80,7 +97,7 @@ class SekaSettings(BaseModel):
 
     def seka_model(self, override: SekaModel | str | None = None) -> SekaModel:
         """The model to run (``override``: a per-call ``model=``), loading a shared one on first use."""
-        return resolve_model(self.model if override is None else override)
+        return resolve_model(self.model if override is None else override, adaptive=self.adaptive)
 
     def generation_kwargs(self, overrides: dict[str, Any] | None = None, stop: list[str] | None = None) -> dict[str, Any]:
         """Keyword arguments for ``SekaModel.generate`` / ``stream`` (without prompt and highlights).
@@ -95,7 +112,8 @@ class SekaSettings(BaseModel):
         if unknown:
             raise SekaError(
                 f"unknown argument(s) {', '.join(unknown)}; per-call settings are "
-                f"{', '.join(OVERRIDABLE)}, max_tokens, stop, highlights, query_embedding and model"
+                f"{', '.join(OVERRIDABLE)}, max_tokens, stop, highlights, documents, model, "
+                f"{', '.join(ROUTING_ARGS)}"
             )
         values = {name: getattr(self, name) for name in OVERRIDABLE}
         values.update(overrides)
@@ -109,35 +127,36 @@ class SekaSettings(BaseModel):
         values["chat"] = values.pop("chat_template")  # the engine's name
         return values
 
+    def routing_request(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Pop the per-call routing arguments (:data:`ROUTING_ARGS`) from ``kwargs``; the engine kwargs.
 
-def _accepts(method: Callable, name: str) -> bool:
-    try:
-        params = inspect.signature(method).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return False
-    return name in params
+        A per-call ``router`` replaces the field; a per-call ``routing`` dict is laid over the field's
+        (a ``RoutingConfig`` object replaces it); ``query`` / ``query_embedding`` go through as given.
+        """
+        router = kwargs.pop("router", None)
+        routing = kwargs.pop("routing", None)
+        query = kwargs.pop("query", None)
+        query_embedding = kwargs.pop("query_embedding", None)
+        if router is None:
+            router = self.router
+        if routing is None:
+            routing = self.routing
+        elif isinstance(routing, Mapping) and self.routing:
+            routing = {**self.routing, **routing}
+        return routing_kwargs(router, query_embedding, query, routing)
 
 
-def routing_kwargs(method: Callable, router: Any = None, query_embedding: Any = None) -> dict[str, Any]:
-    """The AdaSEKA routing hook: pass ``router`` / ``query_embedding`` to the engine if it takes them.
+def routing_kwargs(
+    router: Any = None, query_embedding: Any = None, query: Any = None, routing: Any = None
+) -> dict[str, Any]:
+    """The AdaSEKA routing arguments of ``SekaModel.generate`` / ``stream``: the ones that are set.
 
-    The engine (``seka_rag``) has no embedding router yet; until it does, asking for routing raises
-    :class:`NotImplementedError` instead of silently steering without it. Nothing is faked here:
-    once ``SekaModel.generate`` / ``stream`` accept ``router=`` / ``query_embedding=``, the values are
-    passed through unchanged.
+    Passed through unchanged — the engine validates them and raises a clear error for a bad value
+    (an unknown router, a query embedding of the wrong size, ``query_embedding=`` with a router other
+    than ``"embedding"``, a router on a model without an expert set); nothing is dropped or faked here.
     """
-    extras: dict[str, Any] = {}
-    for name, value in (("router", router), ("query_embedding", query_embedding)):
-        if value is None:
-            continue
-        if not _accepts(method, name):
-            raise NotImplementedError(
-                f"{name}= needs AdaSEKA's query-embedding router, which this version of seka_rag "
-                f"does not provide ({getattr(method, '__qualname__', method)} takes no {name!r}); "
-                "leave it unset for plain SEKA steering"
-            )
-        extras[name] = value
-    return extras
+    pairs = (("router", router), ("query_embedding", query_embedding), ("query", query), ("routing", routing))
+    return {name: value for name, value in pairs if value is not None}
 
 
 def usage_counts(

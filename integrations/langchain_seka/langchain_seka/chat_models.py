@@ -23,7 +23,7 @@ from seka_rag.highlight import has_chat_template, parse_markers
 from ._loading import model_label
 from ._messages import document_highlights, to_engine_messages
 from ._compat import HostedModelArguments
-from ._settings import SekaSettings, routing_kwargs, usage_counts
+from ._settings import SekaSettings, usage_counts
 
 __all__ = ["ChatSeka"]
 
@@ -37,7 +37,7 @@ class _Call:
     prompt: Any
     highlights: list | None
     gen: dict[str, Any]
-    query_embedding: Any = None
+    routing: dict[str, Any] = field(default_factory=dict)  #: AdaSEKA arguments for the engine
 
     def key(self) -> tuple[str, str]:
         return repr(self.prompt), repr(self.highlights)
@@ -94,9 +94,19 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
 
     Generation settings are fields (``max_new_tokens``, alias ``max_tokens``; ``do_sample``;
     ``temperature``; ``top_p``; ``stop``; ``gain_pos`` / ``gain_neg``; ``layers``; ``heads``;
-    ``steer``; ``chat_template``; ``router``), each also accepted per call. Per call, ``model=`` switches to
-    another shared model and ``query_embedding=`` is passed to the engine's AdaSEKA router once the
-    engine has one (until then it raises ``NotImplementedError``).
+    ``steer``; ``chat_template``; ``router``; ``routing``), each also accepted per call. Per call,
+    ``model=`` switches to another shared model. ``adaptive=True`` loads a named model with its
+    AdaSEKA expert set (shared apart from the plain one).
+
+    AdaSEKA (a model with an expert set: ``adaptive=True`` for a named model, or a ``SekaModel``
+    loaded with ``SekaModel.default(name, adaptive=True)`` / ``experts=``): ``router`` is
+    ``"attention"``, ``"embedding"``, ``"projection"`` or ``{expert: weight}`` (None: the model's
+    default); ``routing`` holds router parameters. For the embedding router pass the retriever's
+    query vector per call — ``chat.bind(query_embedding=vector)`` or ``invoke(..., query_embedding=...)``
+    — so no second embedding is computed, or ``query=`` (the question text; the engine embeds it
+    once). Without either, the engine embeds the prompt text outside the highlights. These go to
+    the engine unchanged; it rejects a query with any router but ``"embedding"``. After each call
+    ``model.last_routing`` tells which experts fired.
 
     ``batch`` runs one batched forward pass over its inputs (when they share one config).
     ``stream`` yields text as tokens are produced. Usage metadata carries token counts; the response
@@ -133,6 +143,9 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
             "layers": self.layers,
             "heads": self.heads,
             "steer": self.steer,
+            "router": self.router,
+            "routing": self.routing,
+            "adaptive": self.adaptive,
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -157,7 +170,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         kwargs.pop("stream", None)  # LangChain's own routing flag
         highlights = kwargs.pop("highlights", None)
         documents = kwargs.pop("documents", None)
-        query_embedding = kwargs.pop("query_embedding", None)
+        routing = self.routing_request(kwargs)
         override = kwargs.pop("model", None)
         model = self.seka_model(override)
         gen = self.generation_kwargs(kwargs, stop)
@@ -179,16 +192,20 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
             prompt=prompt,
             highlights=highlights or None,
             gen=gen,
-            query_embedding=query_embedding,
+            routing=routing,
         )
 
     def _run_many(self, calls: list[_Call]) -> list[str]:
-        """Generate for prepared calls sharing one model and settings, in batched forward passes."""
+        """Generate for prepared calls sharing one model and settings, in batched forward passes.
+
+        The calls come from one ``batch`` and share its keyword arguments, routing included: a
+        ``query_embedding`` / ``query`` list with one entry per input goes to the engine as it is
+        (its per-prompt form), so the batch stays one batched pass.
+        """
         first = calls[0]
-        extras = routing_kwargs(first.model.generate, self.router, first.query_embedding)
         return first.model.generate(
             [c.prompt for c in calls], [c.highlights for c in calls],
-            batch_size=self.batch_size, **first.gen, **extras,
+            batch_size=self.batch_size, **first.gen, **first.routing,
         )
 
     def _generation(self, call: _Call, text: str) -> ChatGeneration:
@@ -219,8 +236,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         plan = _BATCH.get()
         text = plan.text_for(call) if plan is not None and plan.owner is self else None
         if text is None:
-            extras = routing_kwargs(call.model.generate, self.router, call.query_embedding)
-            text = call.model.generate(call.prompt, call.highlights, **call.gen, **extras)
+            text = call.model.generate(call.prompt, call.highlights, **call.gen, **call.routing)
         return ChatResult(generations=[self._generation(call, text)])
 
     def _stream(
@@ -231,9 +247,8 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         call = self._prepare(messages, stop, kwargs)
-        extras = routing_kwargs(call.model.stream, self.router, call.query_embedding)
         pieces: list[str] = []
-        for piece in call.model.stream(call.prompt, call.highlights, **call.gen, **extras):
+        for piece in call.model.stream(call.prompt, call.highlights, **call.gen, **call.routing):
             if not piece:
                 continue
             pieces.append(piece)
@@ -264,7 +279,9 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
 
         Inputs with differing configs (callbacks, tags, metadata, run names) fall back to LangChain's
         per-input batching, as does ``return_exceptions=True`` when the batched call fails.
-        Per-call keyword arguments (e.g. ``highlights``) apply to every input.
+        Per-call keyword arguments (e.g. ``highlights``) apply to every input; ``query_embedding=``
+        (and ``query=``) may be one value for all inputs or a list with one per input, which the
+        engine routes row by row in the same batched pass.
         """
         if not inputs:
             return []

@@ -17,6 +17,12 @@ from ``similarity_search_with_score``, or strings). Its output is the input dict
 ``highlighted_documents``
     indices of the documents with a highlight.
 
+The documents are written in the order they arrive (a retriever's: best first). ``order_by`` names a
+metadata key to sort them by first (ascending; e.g. each passage's original position, so the context
+keeps a fixed order and the retriever only decides what is highlighted); ``documents`` and
+``highlighted_documents`` then follow that order. Scores travel with their documents, so the
+selection is the same either way.
+
 So it composes in LCEL::
 
     chain = (
@@ -91,6 +97,11 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
         description="How one document is written: {index} (1-based), {content}, and metadata fields.",
     )
     separator: str = Field(default="\n", description="Between formatted documents.")
+    order_by: str | None = Field(
+        default=None,
+        description="Metadata key to sort the documents by (ascending) before formatting, e.g. their "
+        "original position; None keeps the order they arrive in. Does not change what is highlighted.",
+    )
     markers: Markers = Field(default=DEFAULT_MARKERS, description="The model's inline markers.")
     question_key: str = "question"
     documents_key: str = "documents"
@@ -137,6 +148,21 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
                 return float(value)
         return None
 
+    def _ordered(self, docs: list[Document], scores: list[float | None]) -> tuple[list[Document], list[float | None]]:
+        """``docs`` (and their scores) sorted by ``metadata[order_by]``, ties in arrival order."""
+        key = self.order_by
+        missing = [i for i, d in enumerate(docs) if key not in d.metadata]
+        if missing:
+            raise SekaError(
+                f"order_by={key!r}: document {missing[0]} has no metadata[{key!r}]; "
+                "give every document that key, or leave order_by unset"
+            )
+        try:
+            order = sorted(range(len(docs)), key=lambda i: docs[i].metadata[key])
+        except TypeError:
+            raise SekaError(f"order_by={key!r}: the documents' metadata[{key!r}] values cannot be compared") from None
+        return [docs[i] for i in order], [scores[i] for i in order]
+
     def _highlight(self, input: Any) -> dict:
         out, question, raw = self._split_input(input)
         docs: list[Document] = []
@@ -151,6 +177,8 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
                 raise SekaError(f"documents must be LangChain Documents, (Document, score) pairs or strings, got {type(item).__name__}")
             docs.append(item)
             scores.append(self._score(item, given))
+        if self.order_by is not None:
+            docs, scores = self._ordered(docs, scores)
 
         selection = select(
             self.policy, [d.page_content for d in docs], scores, question=question, k=self.k,

@@ -15,7 +15,7 @@ from seka_rag import SekaModel
 from ._loading import model_label
 from ._messages import document_highlights
 from ._compat import HostedModelArguments
-from ._settings import SekaSettings, routing_kwargs, usage_counts
+from ._settings import SekaSettings, usage_counts
 
 __all__ = ["SekaLLM"]
 
@@ -28,6 +28,10 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
     ``(start, end)`` spans of the marker-free prompt) and ``documents=``. ``batch`` / ``generate``
     over several prompts run batched forward passes. Same fields as ``ChatSeka``; ``timeout``,
     ``max_retries``, ``api_key`` and ``base_url`` are accepted and do nothing.
+
+    AdaSEKA routing as in ``ChatSeka``: the ``router`` / ``routing`` fields (or per call), and per
+    call ``query_embedding=`` (the retriever's query vector; one per prompt in a batch) or
+    ``query=``, all passed to the engine unchanged.
     """
 
     model_config = HostedModelArguments.model_config  # extra="forbid": unknown arguments are errors
@@ -40,7 +44,10 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "max_new_tokens": self.max_new_tokens, "steer": self.steer}
+        return {
+            "model_name": self.model_name, "max_new_tokens": self.max_new_tokens, "steer": self.steer,
+            "router": self.router, "routing": self.routing, "adaptive": self.adaptive,
+        }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         override = kwargs.get("model")
@@ -62,7 +69,7 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         kwargs = dict(kwargs)
         highlights = kwargs.pop("highlights", None)
         documents = kwargs.pop("documents", None)
-        query_embedding = kwargs.pop("query_embedding", None)
+        routing = self.routing_request(kwargs)
         override = kwargs.pop("model", None)
         model = self.seka_model(override)
         gen = self.generation_kwargs(kwargs, stop)
@@ -72,7 +79,7 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         if documents:
             highlights += document_highlights(documents, [prompt], model.markers)
         name = model_label(override if override is not None else self.model)
-        return model, name, highlights or None, gen, query_embedding
+        return model, name, highlights or None, gen, routing
 
     def _generation(self, model: SekaModel, name: str, prompt: str, highlights, gen, text: str) -> Generation:
         counts = usage_counts(model, prompt, highlights, chat=gen["chat"], max_new_tokens=gen["max_new_tokens"], text=text)
@@ -85,8 +92,8 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> str:
-        model, _, highlights, gen, qe = self._prepare(prompt, stop, kwargs)
-        return model.generate(prompt, highlights, **gen, **routing_kwargs(model.generate, self.router, qe))
+        model, _, highlights, gen, routing = self._prepare(prompt, stop, kwargs)
+        return model.generate(prompt, highlights, **gen, **routing)
 
     def _generate(
         self,
@@ -95,15 +102,18 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        """All prompts in one batched engine call (the kwargs apply to every prompt)."""
+        """All prompts in one batched engine call (the kwargs apply to every prompt).
+
+        ``query_embedding=`` / ``query=`` may be one value for every prompt or a list with one per
+        prompt (the engine's per-prompt form).
+        """
         prepared = [self._prepare(p, stop, kwargs) for p in prompts]
-        model, name, _, gen, qe = prepared[0]
-        extras = routing_kwargs(model.generate, self.router, qe)
+        model, name, _, gen, routing = prepared[0]
         if len(prompts) == 1:
-            texts = [model.generate(prompts[0], prepared[0][2], **gen, **extras)]
+            texts = [model.generate(prompts[0], prepared[0][2], **gen, **routing)]
         else:
             texts = model.generate(
-                list(prompts), [p[2] for p in prepared], batch_size=self.batch_size, **gen, **extras
+                list(prompts), [p[2] for p in prepared], batch_size=self.batch_size, **gen, **routing
             )
         generations = [
             [self._generation(model, name, prompt, p[2], gen, text)]
@@ -122,9 +132,9 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        model, name, highlights, gen, qe = self._prepare(prompt, stop, kwargs)
+        model, name, highlights, gen, routing = self._prepare(prompt, stop, kwargs)
         pieces: list[str] = []
-        for piece in model.stream(prompt, highlights, **gen, **routing_kwargs(model.stream, self.router, qe)):
+        for piece in model.stream(prompt, highlights, **gen, **routing):
             if not piece:
                 continue
             pieces.append(piece)

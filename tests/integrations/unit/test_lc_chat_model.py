@@ -111,12 +111,23 @@ def test_stop_sequences_cut_the_output(tiny_seka):
     assert "".join(c.content for c in chat.stream(PLAIN, stop=[stop])) == cut
 
 
-def test_query_embedding_and_router_are_not_faked(tiny_seka):
+def test_query_embedding_and_router_go_to_the_engine(tiny_seka, spy):
+    from seka_rag import SekaError, SteeringConfigError
+
     chat = ChatSeka(model=tiny_seka, max_tokens=2)
-    with pytest.raises(NotImplementedError, match="AdaSEKA"):
+    # passed through unchanged; the engine rejects them with its own errors (no expert set here;
+    # routing with experts: tests/integrations/unit/test_routing.py)
+    with pytest.raises(SteeringConfigError, match="router='embedding'"):
         chat.invoke("hi", query_embedding=[0.1, 0.2])
-    with pytest.raises(NotImplementedError, match="router"):
+    assert spy.last["kwargs"]["query_embedding"] == [0.1, 0.2]
+    with pytest.raises(SteeringConfigError, match="router='embedding'"):
+        chat.bind(query="where?").invoke("hi")
+    with pytest.raises(SteeringConfigError, match="router must be one of"):
         ChatSeka(model=tiny_seka, max_tokens=2, router=object()).invoke("hi")
+    with pytest.raises(SekaError, match="expert set"):
+        ChatSeka(model=tiny_seka, max_tokens=2, router="attention").invoke("<<hi>>")
+    chat.invoke("<<hi>>", router="projection")
+    assert spy.last["kwargs"]["router"] == "projection"
 
 
 def test_plain_tokenizer_gets_a_transcript_with_shifted_spans(tiny_plain_seka, spy_on):

@@ -84,6 +84,34 @@ def test_templates_escaping_and_bare_lists():
         SekaHighlight().invoke({"question": "q"})
 
 
+def test_order_by_keeps_a_fixed_context_order_and_the_score_selection():
+    # retriever order (best first) differs from the original positions
+    docs = [
+        (Document(page_content="The tower is in Rome.", metadata={"pos": 2}), 0.9),
+        (Document(page_content="Madrid is in Spain.", metadata={"pos": 0}), 0.7),
+        (Document(page_content="The tower is in Paris.", metadata={"pos": 1}), 0.4),
+    ]
+    plain = SekaHighlight(k=1).invoke({"question": QUESTION, "documents": docs})
+    ordered = SekaHighlight(k=1, order_by="pos").invoke({"question": QUESTION, "documents": docs})
+    assert plain["context_text"].startswith("Document 1: The tower is in Rome.")
+    assert ordered["context_text"] == (
+        "Document 1: Madrid is in Spain.\nDocument 2: The tower is in Paris.\nDocument 3: The tower is in Rome."
+    )
+    assert [d.metadata["pos"] for d in ordered["documents"]] == [0, 1, 2]
+    # the same document is highlighted (scores travel with their documents); indices follow the new order
+    assert plain["highlights"] == ordered["highlights"] == ["The tower is in Rome."]
+    assert ordered["highlighted_documents"] == [2] and plain["highlighted_documents"] == [0]
+    assert "Document 3: <<The tower is in Rome.>>" in ordered["context"]
+    # ties keep arrival order; a missing or incomparable key is an error that names the key
+    tied = [Document(page_content=t, metadata={"pos": 0}) for t in ("b", "a")]
+    assert SekaHighlight(policy="none", order_by="pos").invoke(tied)["context_text"] == "Document 1: b\nDocument 2: a"
+    with pytest.raises(SekaError, match="order_by='pos': document 1 has no"):
+        SekaHighlight(order_by="pos").invoke([tied[0], Document(page_content="c")])
+    mixed = [Document(page_content="x", metadata={"pos": 1}), Document(page_content="y", metadata={"pos": "a"})]
+    with pytest.raises(SekaError, match="cannot be compared"):
+        SekaHighlight(order_by="pos").invoke(mixed)
+
+
 PROMPT = ChatPromptTemplate.from_messages(
     [("system", "Answer from the documents."), ("human", "{context}\n\nQuestion: {question}")]
 )

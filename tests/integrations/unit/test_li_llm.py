@@ -98,9 +98,21 @@ def test_predict_through_a_prompt_template(tiny_seka, spy):
     assert call["highlights"] == [(len(call["prompt"]) - 1, 9, 13)]
 
 
-def test_routing_hook_is_not_faked(tiny_seka):
-    with pytest.raises(NotImplementedError, match="AdaSEKA"):
-        Seka(model=tiny_seka, max_new_tokens=2).complete("hi", query_embedding=[0.1])
+def test_routing_arguments_reach_the_engine_unchanged(tiny_seka, spy):
+    from seka_rag import SekaError, SteeringConfigError
+
+    llm = Seka(model=tiny_seka, max_new_tokens=2)
+    llm.complete("<<hi>>", router="projection")
+    assert spy.last["kwargs"]["router"] == "projection"  # the single projection: valid without experts
+    llm.complete("<<hi>>")
+    assert "router" not in spy.last["kwargs"]  # unset: nothing is sent
+    # the engine's own errors, not the wrapper's: query= / query_embedding= need the embedding router,
+    # and a router other than the projection needs an expert set (tests/integrations/unit/test_routing.py)
+    with pytest.raises(SteeringConfigError, match="router='embedding'"):
+        llm.complete("hi", query_embedding=[0.1])
+    assert spy.last["kwargs"]["query_embedding"] == [0.1]
+    with pytest.raises(SekaError, match="expert set"):
+        Seka(model=tiny_seka, max_new_tokens=2, router="embedding").complete("<<hi>>")
 
 
 def test_namespace_packages_leave_llama_index_core_alone():

@@ -25,7 +25,8 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 
 from langchain_seka._loading import model_label
-from langchain_seka._settings import SekaSettings, routing_kwargs, usage_counts
+from langchain_seka._routing import automatic_routing
+from langchain_seka._settings import SekaSettings, usage_counts
 from langchain_seka._text import parse_lenient
 from seka_rag import SekaModel
 from seka_rag.highlight import has_chat_template
@@ -51,7 +52,7 @@ class _Call:
     prompt: Any  # marker-free text, or marker-free messages
     highlights: list | None
     gen: dict[str, Any]
-    query_embedding: Any
+    routing: dict[str, Any]  #: AdaSEKA arguments for the engine (automatic query included)
 
 
 class Seka(SekaSettings, CustomLLM):
@@ -61,8 +62,8 @@ class Seka(SekaSettings, CustomLLM):
     name (``Seka(model="smollm2-135m")``), loaded on first use and shared with every wrapper
     (LlamaIndex or LangChain) that names it. Generation settings are fields — ``max_new_tokens``
     (alias ``max_tokens``), ``do_sample``, ``temperature``, ``top_p``, ``stop``, ``gain_pos``,
-    ``gain_neg``, ``layers``, ``heads``, ``steer``, ``chat_template``, ``router`` — and per-call keyword
-    arguments of ``complete`` / ``chat`` and their stream and async forms.
+    ``gain_neg``, ``layers``, ``heads``, ``steer``, ``chat_template``, ``router``, ``routing`` — and
+    per-call keyword arguments of ``complete`` / ``chat`` and their stream and async forms.
 
     Highlights come from inline markers (``<<`` ``>>``) in the prompt or message contents — which is
     how :class:`~llama_index.postprocessor.seka_highlight.SekaHighlightPostprocessor` marks
@@ -71,8 +72,21 @@ class Seka(SekaSettings, CustomLLM):
     marker whose partner was cut off by a response synthesizer's re-chunking is kept as literal
     text, and highlights separated only by whitespace (per-word marking) are merged into one span.
 
-    ``query_embedding=`` (per call) and ``router`` are passed to the engine's AdaSEKA router once
-    the engine has one; until then they raise ``NotImplementedError``.
+    AdaSEKA (a model with an expert set: ``adaptive=True`` for a named model, or a ``SekaModel``
+    loaded with ``SekaModel.default(name, adaptive=True)`` / ``experts=``): ``router`` is
+    ``"attention"``, ``"embedding"``, ``"projection"`` or ``{expert: weight}`` (None: the model's
+    default), ``routing`` holds router parameters; both are fields and per-call arguments, passed
+    to the engine unchanged, as are per-call ``query_embedding=`` and ``query=``.
+
+    With the embedding router the retriever's query embedding reaches the engine by itself:
+    ``SekaHighlightPostprocessor`` remembers each query bundle's text and embedding, and a call
+    whose prompt contains that query text passes the embedding on, so the question is not embedded
+    a second time. When the vector cannot serve — the index's embedding model has another size than
+    the expert prototypes, or there is none (LlamaIndex's async retrievers keep theirs off the
+    query bundle, unless the bundle given to ``aquery`` already carries one) — the query text is
+    passed instead and the engine embeds the question once (not the whole prompt). A per-call
+    ``query_embedding=`` or ``query=`` takes precedence; with any other router nothing is added.
+    After each call ``model.last_routing`` tells which experts fired.
     """
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=())
@@ -103,10 +117,10 @@ class Seka(SekaSettings, CustomLLM):
         return has_chat_template(model.tokenizer) if chat is None else bool(chat)
 
     # ------------------------------------------------------------------------------ preparing calls
-    def _settings(self, kwargs: dict[str, Any]) -> tuple[SekaModel, str, dict, list, Any]:
+    def _settings(self, kwargs: dict[str, Any]) -> tuple[SekaModel, str, dict, list, dict]:
         kwargs = dict(kwargs)
         highlights = kwargs.pop("highlights", None)
-        query_embedding = kwargs.pop("query_embedding", None)
+        routing = self.routing_request(kwargs)
         override = kwargs.pop("model", None)
         model = self.seka_model(override)
         name = model_label(override if override is not None else self.model)
@@ -114,31 +128,37 @@ class Seka(SekaSettings, CustomLLM):
         gen = self.generation_kwargs(kwargs, stop)
         if isinstance(highlights, str):
             highlights = [highlights]
-        return model, name, gen, list(highlights) if highlights is not None else [], query_embedding
+        return model, name, gen, list(highlights) if highlights is not None else [], routing
+
+    @staticmethod
+    def _with_retrieval_query(model: SekaModel, routing: dict, texts: Sequence[str]) -> dict:
+        """``routing`` plus the remembered retrieval query whose text occurs in the prompt (embedding router)."""
+        return {**routing, **automatic_routing(model, routing, texts)}
 
     def _prepare_text(self, prompt: str, kwargs: dict[str, Any]) -> _Call:
-        model, name, gen, extra, qe = self._settings(kwargs)
+        model, name, gen, extra, routing = self._settings(kwargs)
         clean, spans = parse_lenient(prompt, model.markers)
         highlights = [*spans, *extra]
-        return _Call(model, name, clean, highlights or None, gen, qe)
+        routing = self._with_retrieval_query(model, routing, [prompt, clean])
+        return _Call(model, name, clean, highlights or None, gen, routing)
 
     def _prepare_messages(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> _Call:
-        model, name, gen, extra, qe = self._settings(kwargs)
-        prompt, highlights = [], []
+        model, name, gen, extra, routing = self._settings(kwargs)
+        prompt, highlights, raw = [], [], []
         for i, message in enumerate(messages):
             role = _ROLES.get(message.role, str(getattr(message.role, "value", message.role)))
             clean, spans = parse_lenient(message.content or "", model.markers)
             prompt.append({"role": role, "content": clean})
             highlights += [(i, s, e) for s, e in spans]
-        return _Call(model, name, prompt, [*highlights, *extra] or None, gen, qe)
+            raw += [message.content or "", clean]
+        routing = self._with_retrieval_query(model, routing, raw)
+        return _Call(model, name, prompt, [*highlights, *extra] or None, gen, routing)
 
     def _run(self, call: _Call) -> str:
-        extras = routing_kwargs(call.model.generate, self.router, call.query_embedding)
-        return call.model.generate(call.prompt, call.highlights, markers=None, **call.gen, **extras)
+        return call.model.generate(call.prompt, call.highlights, markers=None, **call.gen, **call.routing)
 
     def _run_stream(self, call: _Call) -> Iterator[str]:
-        extras = routing_kwargs(call.model.stream, self.router, call.query_embedding)
-        for piece in call.model.stream(call.prompt, call.highlights, markers=None, **call.gen, **extras):
+        for piece in call.model.stream(call.prompt, call.highlights, markers=None, **call.gen, **call.routing):
             if piece:
                 yield piece
 

@@ -15,16 +15,23 @@ highlights.
 The node's metadata also records what was highlighted (``metadata["seka_highlights"]``, excluded
 from the text the LLM and the embedder see). Nodes are copied, never modified in place, so the
 docstore keeps the original text.
+
+For AdaSEKA's embedding router, the postprocessor also remembers the query bundle's text and the
+query embedding the retriever computed (``langchain_seka._routing.remember_query``, a context
+variable): a :class:`~llama_index.llms.seka.Seka` call whose prompt contains that query text then
+routes with the retriever's vector instead of embedding the question again.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 
 from llama_index.core.bridge.pydantic import ConfigDict, Field, model_validator
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
+from langchain_seka._routing import remember_query
 from langchain_seka._select import check_policy, select
 from langchain_seka._text import escape_markers, mark_up, merge_whitespace_gaps
 from seka_rag import Markers
@@ -41,7 +48,8 @@ class SekaHighlightPostprocessor(BaseNodePostprocessor):
     ``higher_is_better=False``), ``"sentences"`` (the ``k`` sentences most similar to the query,
     only those with cosine similarity ``>= threshold`` when it is set; ``encoder`` as in
     ``langchain_seka.SekaHighlight``, default the offline all-MiniLM-L6-v2), ``"all"``, ``"none"``.
-    Node order and scores are left unchanged.
+    Node order and scores are left unchanged. Every query bundle's text and retriever embedding are
+    remembered for the Seka LLM's AdaSEKA embedding router (see the module docstring).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -63,9 +71,22 @@ class SekaHighlightPostprocessor(BaseNodePostprocessor):
     def class_name(cls) -> str:
         return "SekaHighlightPostprocessor"
 
+    @staticmethod
+    def _remember(query_bundle: QueryBundle | None) -> None:
+        """Keep the query text and the retriever's query embedding for the Seka LLM's embedding router."""
+        if query_bundle is not None:
+            remember_query(query_bundle.query_str, getattr(query_bundle, "embedding", None))
+
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        self._remember(query_bundle)  # here, in the caller's context (the worker thread gets a copy)
+        return await asyncio.to_thread(self._postprocess_nodes, nodes, query_bundle)
+
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
+        self._remember(query_bundle)
         text_nodes = [i for i, n in enumerate(nodes) if isinstance(n.node, TextNode)]
         texts = [nodes[i].node.get_content(metadata_mode=MetadataMode.NONE) for i in text_nodes]
         scores = [nodes[i].score for i in text_nodes]

