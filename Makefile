@@ -52,7 +52,7 @@ build-projections: install
 
 # Rebuild the AdaSEKA expert set shipped for the default model (one expert per task family).
 build-experts: install
-	$(VENV)/bin/seka-rag build-experts --model qwen2.5-coder-0.5b --triplets 160 \
+	$(VENV)/bin/seka-rag build-experts --model qwen2.5-coder-0.5b --triplets 160 --gain 0.5 \
 		--out seka_rag/data/experts/qwen2.5-coder-0.5b
 
 # AdaSEKA quality: four task families x (unsteered, SEKA, each expert, both routers), test items.

@@ -267,7 +267,7 @@ def cmd_build_experts(args) -> int:
     config = BuildConfig(gamma=args.gamma, delta=args.delta, layers=layers, batch_size=args.batch_size)
     experts = build_expert_set(model, triplets, config, template=template, descriptions=FAMILY_DESCRIPTIONS,
                                name=args.name or model.model_id)
-    experts.routing = RoutingConfig(gain=args.gain).validate()
+    experts.routing = RoutingConfig(gain=args.gain, embedding_gain=args.embedding_gain).validate()
     seconds = time.perf_counter() - started
     experts.notes.update(families=families, triplets_per_family=args.triplets, seed=args.seed, gamma=args.gamma,
                          build_seconds=round(seconds, 1), command="seka-rag build-experts " + " ".join(sys.argv[2:]))
@@ -319,7 +319,8 @@ def cmd_eval_families(args) -> int:
     if missing:
         raise SekaError(f"no such experts {missing}; the set has {model.experts.names}")
     routing = {k: v for k, v in (("gain", args.gain), ("temperature", args.temperature), ("top_k", args.top_k),
-                                 ("embedding_temperature", args.embedding_temperature)) if v is not None}
+                                 ("embedding_temperature", args.embedding_temperature),
+                                 ("embedding_gain", args.embedding_gain)) if v is not None}
     started = time.perf_counter()
     items = {f: family_items(f, args.items, seed=args.seed) for f in families}
     table: dict = {}
@@ -423,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gamma", type=float, default=0.9)
     p.add_argument("--delta", type=float, default=0.0)
-    p.add_argument("--gain", type=float, default=1.0, help="default routing gain stored with the set")
+    p.add_argument("--gain", type=float, default=1.0, help="default attention-router gain stored with the set")
+    p.add_argument("--embedding-gain", type=float, default=1.0, help="default embedding-router gain stored with the set")
     p.add_argument("--build-layers", type=_int_list,
                    help="layers to build (default: the calibrated projection's edited layers)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -465,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="attention router softmax temperature (default: c/max|c|)")
     p.add_argument("--top-k", type=int, help="singular directions per head in the attention router")
     p.add_argument("--embedding-temperature", type=float, help="embedding router softmax temperature")
+    p.add_argument("--embedding-gain", type=float, help="embedding router gain (default: the expert set's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", help="write every report as JSON")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from earlier --out files, run nothing")
@@ -487,6 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: seka, ada-attention, ada-embedding, two-pass (default: seka)")
     p.add_argument("--out", default="bench-results/overhead.json")
     p.set_defaults(func=cmd_bench)
+
+    from .inspect import add_inspect_parser
+
+    add_inspect_parser(sub, _add_model_args)
     return parser
 
 

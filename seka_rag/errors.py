@@ -27,3 +27,7 @@ class ModelFilesMissingError(SekaError, FileNotFoundError):
 
 class ModelIntegrityError(SekaError):
     """An embedded model's assembled file does not have the expected sha256."""
+
+
+class InspectionError(SekaError):
+    """Bad arguments to ``seka-rag inspect`` / :mod:`seka_rag.inspect` (heads, texts, counts)."""

@@ -99,6 +99,7 @@ def build_items(
     passages: int = 10,
     gold_position: int = 4,
     seed: int = 0,
+    first: int = 0,
 ) -> list[Item]:
     """The first ``questions`` records, each with ``passages`` passages and its gold one at ``gold_position``.
 
@@ -109,11 +110,11 @@ def build_items(
     """
     if not 0 <= gold_position < passages:
         raise ValueError(f"gold_position must be in [0, {passages}), got {gold_position}")
-    if questions > len(records):
-        raise ValueError(f"asked for {questions} questions, the data has {len(records)} records")
+    if first < 0 or first + questions > len(records):
+        raise ValueError(f"asked for records {first}..{first + questions - 1}, the data has {len(records)} records")
     golds = [gold_passage(r) for r in records]
     items = []
-    for index in range(questions):
+    for index in range(first, first + questions):
         record = records[index]
         answers = [str(a) for a in record["answers"]]
         lowered = [a.lower() for a in answers if a.strip()]
@@ -182,6 +183,38 @@ def documents_of(item: Item) -> list:
     ]
 
 
+def parse_variants(text: str) -> dict[str, dict[str, Any]]:
+    """``"shipped,scale:0.5,ada-attention"`` → {name: SekaModel.score keyword arguments}."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in [v.strip() for v in text.split(",") if v.strip()]:
+        if name == "shipped":
+            out[name] = {}
+        elif name.startswith("scale:"):
+            out[name] = {"gain_scale": float(name.split(":", 1)[1])}
+        elif name in ("ada-attention", "ada-embedding"):
+            out[name] = {"router": name.split("-", 1)[1]}
+        else:
+            raise SystemExit(f"unknown variant {name!r}: use shipped, scale:X, ada-attention, ada-embedding")
+    if not out:
+        raise SystemExit("--variants is empty")
+    return out
+
+
+def resolve_variants(variants: dict[str, dict[str, Any]], model) -> dict[str, dict[str, Any]]:
+    """Turn ``gain_scale`` into the model's gains times X; single-projection variants skip the experts."""
+    out = {}
+    meta = model.projection.meta if model.projection is not None else None
+    for name, kw in variants.items():
+        kw = dict(kw)
+        if "gain_scale" in kw:
+            x = kw.pop("gain_scale")
+            kw.update(gain_pos=meta.gain_pos * x, gain_neg=meta.gain_neg * x)
+        if "router" not in kw and model.experts is not None:
+            kw["router"] = "projection"
+        out[name] = kw
+    return out
+
+
 def summarize(deltas: Sequence[float], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Share of positive deltas (with a bootstrap 95 % interval), mean and median delta."""
     from seka_rag.evaluation.stats import bootstrap_ci
@@ -243,9 +276,12 @@ def run(args: argparse.Namespace) -> dict:
     state = source_state()
     records = read_records(args.data)
     items = build_items(records, args.questions, passages=args.passages, gold_position=args.gold_position,
-                        seed=args.seed)
-    chat = ChatSeka(model=args.model)
+                        seed=args.seed, first=args.first)
+    variants = parse_variants(args.variants)
+    adaptive = any(v.get("router") in ("attention", "embedding") for v in variants.values())
+    chat = ChatSeka(model=args.model, adaptive=adaptive)
     model = chat.seka_model()  # the shared model ChatSeka runs (loaded here, once)
+    variants = resolve_variants(variants, model)
     embeddings = SentenceTransformerEmbeddings()
     highlight = SekaHighlight(policy="top_k", k=args.k, order_by="position", document_template=DOCUMENT_TEMPLATE)
     prompt = ChatPromptTemplate.from_messages([("system", SYSTEM), ("human", HUMAN)])
@@ -263,8 +299,9 @@ def run(args: argparse.Namespace) -> dict:
         assert out["highlighted_documents"] == sorted(ranking[: args.k])
         messages = to_engine_messages(prompt.invoke(out).to_messages())
         answer = item.answers[0]
-        steered = model.score(messages, [answer], steer=True)[0]
         unsteered = model.score(messages, [answer], steer=False)[0]
+        by_variant = {name: model.score(messages, [answer], **kw)[0] - unsteered for name, kw in variants.items()}
+        steered = unsteered + next(iter(by_variant.values()))
         enc = model.encode(messages)
         rows.append({
             "index": item.index,
@@ -279,6 +316,7 @@ def run(args: argparse.Namespace) -> dict:
             "logp_unsteered": unsteered,
             "logp_steered": steered,
             "delta": steered - unsteered,
+            "variant_deltas": by_variant,
         })
 
     top = [r["delta"] for r in rows if r["gold_in_top_k"]]
@@ -300,6 +338,8 @@ def run(args: argparse.Namespace) -> dict:
             "data": os.path.relpath(Path(args.data).resolve(), REPO),
             "data_sha256": file_sha256(args.data),
             "questions": args.questions,
+            "first_record": args.first,
+            "variants": args.variants,
             "passages": args.passages,
             "gold_position": args.gold_position,
             "k": args.k,
@@ -313,6 +353,10 @@ def run(args: argparse.Namespace) -> dict:
             "python": platform.python_version(),
             "torch": torch.__version__,
         },
+        "variants": {name: {"steering": kw,
+                             "gold_in_top_k": summarize([r["variant_deltas"][name] for r in rows if r["gold_in_top_k"]]),
+                             "all": summarize([r["variant_deltas"][name] for r in rows])}
+                     for name, kw in variants.items()},
         "summary": {
             "gold_in_top_k": summarize(top),
             "gold_not_in_top_k": summarize(rest),
@@ -332,7 +376,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="NQ-open oracle JSONL(.gz) (default: ../shared/data/nq-open-oracle.jsonl.gz from the repo root)")
     p.add_argument("--model", default=None,
                    help="shared model name for ChatSeka (default: the default embedded model, qwen2.5-coder-0.5b)")
-    p.add_argument("--questions", type=int, default=100, help="the first N records (default 100)")
+    p.add_argument("--questions", type=int, default=100, help="N records from --first (default 100)")
+    p.add_argument("--first", type=int, default=0,
+                   help="index of the first record (default 0: the test questions; e.g. 100 for dev questions)")
+    p.add_argument("--variants", default="shipped",
+                   help="steering variants scored side by side, comma-separated: shipped (the model's defaults), "
+                        "scale:X (both gains times X), ada-attention, ada-embedding; the first is the headline")
     p.add_argument("--passages", type=int, default=10, help="passages per question (default 10)")
     p.add_argument("--gold-position", type=int, default=4, help="0-based position of the gold passage (default 4)")
     p.add_argument("--k", type=int, default=3, help="highlight the top k passages by retriever score (default 3)")

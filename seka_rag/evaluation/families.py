@@ -879,7 +879,8 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 
 
 def score_items(model, items: Sequence[FamilyItem], *, batch_size: int = 8, progress: bool = True,
-                shared_prefix: bool = True, **steer_kwargs: Any) -> list[float]:
+                shared_prefix: bool = True, scorer: Callable[..., list[float]] | None = None,
+                **steer_kwargs: Any) -> list[float]:
     """Margin log p(target) − max log p(other) of every item, in item order.
 
     Each prompt is encoded once with ``model.encode(item.prompt, [item.highlight], max_length=...)``
@@ -892,11 +893,15 @@ def score_items(model, items: Sequence[FamilyItem], *, batch_size: int = 8, prog
     With ``shared_prefix=True`` (default) and one competing continuation per item, each prompt runs
     once (steered) and both continuations are scored from its key/value cache, as
     :func:`seka_rag.evaluation.conflict.score_cases` does — the same numbers for half the compute.
+
+    ``scorer`` replaces ``model.score_encoded`` (same call: ``scorer(rows, batch_size=..., **steer_kwargs)``)
+    — how a baseline method (``seka_rag.evaluation.baselines``: PASTA, SPA) scores the same rows;
+    it always takes the row path (``shared_prefix`` is ignored).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     per_item_given = any(k in _PER_ITEM_KWARGS and _per_item(v, len(items)) for k, v in steer_kwargs.items())
-    if shared_prefix and items and all(len(it.others) == 1 for it in items) and not per_item_given:
+    if scorer is None and shared_prefix and items and all(len(it.others) == 1 for it in items) and not per_item_given:
         return _score_shared_prefix(model, items, batch_size, progress, steer_kwargs)
     tok = model.tokenizer
     cache: dict[str, list[int]] = {}
@@ -921,7 +926,7 @@ def score_items(model, items: Sequence[FamilyItem], *, batch_size: int = 8, prog
     chunks = [rows[s:s + batch_size] for s in range(0, len(rows), batch_size)]
     for chunk in _progress(chunks, len(chunks), "family scoring", progress):
         kwargs = _rows_kwargs(steer_kwargs, per_item, [r[0] for r in chunk]) if per_item else steer_kwargs
-        got = model.score_encoded([(r[2], r[3]) for r in chunk], batch_size=batch_size, **kwargs)
+        got = (scorer or model.score_encoded)([(r[2], r[3]) for r in chunk], batch_size=batch_size, **kwargs)
         for r, s in zip(chunk, got):
             scores[r[0]][r[1]] = float(s)
     return [s[0] - max(s[1:]) for s in scores]
@@ -1045,7 +1050,7 @@ def evaluate_family(model, items: Sequence[FamilyItem], *, n_boot: int = 2000, s
     if len(families) != 1:
         raise ValueError(f"items of one family expected, got {sorted(families)}")
     margins = score_items(model, items, **kw)
-    settings = {k: v for k, v in kw.items() if k not in ("batch_size", "progress", "shared_prefix")}
+    settings = {k: v for k, v in kw.items() if k not in ("batch_size", "progress", "shared_prefix", "scorer")}
     return family_report(families.pop(), items, margins, n_boot=n_boot, seed=seed, settings=settings)
 
 

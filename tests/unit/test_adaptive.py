@@ -60,8 +60,8 @@ def layer_inputs(seka, enc, **steer):
     return captured
 
 
-def reference_coefficients(seka, experts: ExpertSet, hidden: torch.Tensor, layer: int) -> torch.Tensor:
-    """c_m = Σ_k (q̂·u_mk) σ_mk from the layer's input, written out step by step; (kv_heads, experts)."""
+def reference_coefficients(seka, experts: ExpertSet, hidden: torch.Tensor, layer: int, signed: bool = False) -> torch.Tensor:
+    """c_m = Σ_k |q̂·u_mk| σ_mk (or signed) from the layer's input, step by step; (kv_heads, experts)."""
     g = seka.geometry
     block = decoder_layers(seka.model)[layer]
     x = block.input_layernorm(hidden[:, -1:])  # the last prompt token
@@ -78,7 +78,8 @@ def reference_coefficients(seka, experts: ExpertSet, hidden: torch.Tensor, layer
             row = e.projection.row(layer)
             k = int(round(float(torch.trace(e.projection.pos[row, h]))))
             u, s = e.projection.u_pos[row, h], e.projection.s_pos[row, h]
-            out[h, m] = sum(float(qh @ u[:, i]) * float(s[i]) for i in range(k))
+            dots = [float(qh @ u[:, i]) for i in range(k)]
+            out[h, m] = sum((d if signed else abs(d)) * float(s[i]) for i, d in enumerate(dots))
     return out / out.abs().max(dim=-1, keepdim=True).values
 
 
@@ -96,6 +97,12 @@ def test_attention_router_matches_reference(tiny_model, family, expert_set):
         for i, layer in enumerate(result.layers):
             ref = reference_coefficients(seka, seka.experts, hidden[layer], layer)
             torch.testing.assert_close(result.weights[0, i], ref, atol=1e-4, rtol=1e-4)
+    signed = seka.route(PROMPTS[0], routing={"signed": True})
+    hidden = layer_inputs(seka, enc, router="attention", routing={"signed": True})
+    with torch.no_grad():
+        for i, layer in enumerate(signed.layers):
+            ref = reference_coefficients(seka, seka.experts, hidden[layer], layer, signed=True)
+            torch.testing.assert_close(signed.weights[0, i], ref, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["qwen2", "gemma3_text"])
@@ -198,6 +205,12 @@ def test_embedding_router_mechanics(tiny_model, expert_set):
     assert r.top_experts() == ["e2"] and r.summary()["e2"] > 0.99
     both = seka.route("Some <<text>>.", query="a document passage", routing={"embedding_temperature": 100.0})
     assert all(abs(w - 1 / 3) < 0.01 for w in both.summary().values())
+    # embedding_gain scales the embedding router's mixture; gain does not
+    g1 = seka.score("Some <<text>>.", ["x"], query_embedding=[0.0, 0.0, 1.0], routing={"embedding_top1": True})
+    g2 = seka.score("Some <<text>>.", ["x"], query_embedding=[0.0, 0.0, 1.0],
+                    routing={"embedding_top1": True, "embedding_gain": 2.0, "gain": 5.0})
+    assert g2 == pytest.approx(seka.score("Some <<text>>.", ["x"], router={"e2": 2.0}), abs=1e-4)
+    assert g1 == pytest.approx(seka.score("Some <<text>>.", ["x"], router={"e2": 1.0}), abs=1e-4)
     # the embedding router's weights equal a fixed router with the same weights
     w = seka.route("Some <<text>>.", query_embedding=[0.2, 0.9, 0.1]).summary()
     a = seka.score("Some <<text>>.", ["x"], query_embedding=[0.2, 0.9, 0.1])

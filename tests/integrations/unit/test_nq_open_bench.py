@@ -114,3 +114,20 @@ def test_main_end_to_end_on_a_tiny_model(bench, registered, minilm, tmp_path, ca
     top = [r for r in rows if r["gold_in_top_k"]]
     assert saved["summary"]["gold_in_top_k"]["n"] == len(top)
     assert saved["summary"]["all"]["rises"] == sum(r["delta"] > 0 for r in rows)
+
+
+def test_variants_parse_and_resolve(bench):
+    nq = bench
+    from types import SimpleNamespace
+
+    variants = nq.parse_variants("shipped,scale:0.5,ada-attention")
+    assert list(variants) == ["shipped", "scale:0.5", "ada-attention"]
+    meta = SimpleNamespace(gain_pos=8.0, gain_neg=2.0)
+    plain = SimpleNamespace(projection=SimpleNamespace(meta=meta), experts=None)
+    resolved = nq.resolve_variants(nq.parse_variants("shipped,scale:0.5"), plain)
+    assert resolved == {"shipped": {}, "scale:0.5": {"gain_pos": 4.0, "gain_neg": 1.0}}
+    adaptive = SimpleNamespace(projection=SimpleNamespace(meta=meta), experts=object())
+    resolved = nq.resolve_variants(variants, adaptive)
+    assert resolved["shipped"] == {"router": "projection"} and resolved["ada-attention"] == {"router": "attention"}
+    with pytest.raises(SystemExit):
+        nq.parse_variants("bogus")
