@@ -460,17 +460,9 @@ def format_inspection(result: TokenAmplification, effects: Sequence[HeadEffect] 
 
 # ---------------------------------------------------------------------------------------- command
 def _layer_list(text: str) -> list[int]:
-    try:
-        out: list[int] = []
-        for part in text.split(","):
-            if "-" in part:
-                a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
-            elif part.strip():
-                out.append(int(part))
-        return out
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected layer indices like '14-23' or '3,5,7', got {text!r}") from None
+    from .cli import _int_list  # one parser of layer lists for every command
+
+    return _int_list(text)
 
 
 def add_inspect_parser(subparsers, add_model_args) -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -192,9 +192,3 @@ def output_cache(out) -> Any:
     """The KV cache a forward returned (``cache`` or, before the rename, ``past_key_values``)."""
     cache = getattr(out, "cache", None)
     return out.past_key_values if cache is None else cache
-
-
-def chunks(n: int, size: int) -> Iterator[slice]:
-    """Consecutive slices of ``range(n)`` of at most ``size`` elements."""
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
