@@ -26,7 +26,7 @@ Routers:
   expert's prototype, turned into weights by a softmax with a temperature (or top-1). The query is
   ``query_embedding=`` if given, else ``query=`` text, else the prompt text outside the highlights.
   One small embedding per request; nothing inside the LLM's forward pass.
-* a mapping ``{expert name: weight}``: fixed weights (e.g. one expert alone).
+* a mapping ``{expert name: weight}``: fixed weights, no gain (``{"x": 1.0}`` is SEKA with expert x).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ ROUTERS = ("attention", "embedding", "projection")
 class RoutingConfig:
     """Router parameters; an :class:`ExpertSet` stores its defaults, each call may override them."""
 
-    gain: float = 1.0  #: attention / fixed routers: multiplies the mixed edit (experts keep their own g+/g-)
+    gain: float = 1.0  #: attention router: multiplies the mixed edit (experts keep their own g+/g-)
     embedding_gain: float = 1.0  #: embedding router: multiplies the mixed edit (its weights sum to 1)
     top_k: int | None = None  #: singular directions per head in c_m (None: each head's P+ rank)
     temperature: float | None = None  #: attention router: None = c / max|c|; else softmax(c/max|c| / T)
@@ -75,6 +75,9 @@ class RoutingConfig:
             isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 1
         ):
             raise SteeringConfigError(f"top_k must be a positive integer or None, got {self.top_k!r}")
+        for name in ("embedding_top1", "signed"):
+            if not isinstance(getattr(self, name), bool):
+                raise SteeringConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("temperature", "embedding_temperature"):
             t = getattr(self, name)
             if t is None and name == "temperature":
@@ -122,6 +125,7 @@ class ExpertSet:
         self.embedding_model = embedding_model
         self.routing = routing
         self.notes = dict(notes or {})
+        self._stack_cache: dict = {}
         self.validate()
 
     # ------------------------------------------------------------------ structure
@@ -171,6 +175,9 @@ class ExpertSet:
                     f"layers {m.layers} vs {first.model_type}, {first.num_layers}, {first.num_kv_heads}, "
                     f"{first.head_dim}, {first.layers})"
                 )
+        stems = [_file_stem(n).lower() for n in names]
+        if len(set(stems)) != len(stems):
+            raise ProjectionError(f"expert names {names} would share a file name; rename them")
         protos = [e.prototype for e in self.experts if e.prototype is not None]
         if protos:
             if len(protos) != len(self.experts):
@@ -189,18 +196,37 @@ class ExpertSet:
                 raise ProjectionError(f"expert {e.name!r}: {exc}") from None
 
     # ------------------------------------------------------------------ tensors per call
-    def stacked(self, config: SteeringConfig, routing: RoutingConfig, want_route: bool) -> "StackedExperts":
-        """Per edited layer, every expert's edit matrix (and routing factors) stacked on a leading axis."""
+    def stacked(self, config: SteeringConfig, routing: RoutingConfig, want_route: bool,
+                device: torch.device | str = "cpu") -> "StackedExperts":
+        """Per edited layer, every expert's edit matrix (and routing factors) stacked on a leading axis.
+
+        Cached per (settings, device): a call with the same settings reuses the tensors already on
+        the model's device. An expert that edits nothing in a layer or head gets no routing weight there.
+        """
+        try:
+            key = (_config_key(config), routing.top_k, bool(want_route), str(device))
+        except (TypeError, ValueError):
+            key = None  # malformed settings: edit_matrices below raises the proper error
+        cached = self._stack_cache.get(key) if key is not None else None
+        if cached is not None:
+            return cached
         per_expert = [edit_matrices(e.projection, config) for e in self.experts]
         layers = sorted(set().union(*[set(m) for m in per_expert]))
         edits, routes = {}, {}
         for layer in layers:
             mats = [m.get(layer) for m in per_expert]
             like = next(x for x in mats if x is not None)
-            edits[layer] = torch.stack([x if x is not None else torch.zeros_like(like) for x in mats])
+            edits[layer] = torch.stack([x if x is not None else torch.zeros_like(like) for x in mats]).float().to(device)
             if want_route:
-                routes[layer] = torch.stack([_route_factors(e.projection, layer, routing.top_k) for e in self.experts])
-        return StackedExperts(layers, edits, routes)
+                factors = torch.stack([_route_factors(e.projection, layer, routing.top_k) for e in self.experts])
+                active = edits[layer].flatten(2).abs().amax(-1) > 0  # (experts, kv_heads)
+                routes[layer] = (factors * active[:, :, None, None].to(factors.device)).to(device)
+        out = StackedExperts(layers, edits, routes)
+        if key is not None:
+            if len(self._stack_cache) > 32:
+                self._stack_cache.clear()
+            self._stack_cache[key] = out
+        return out
 
     def prototypes(self) -> torch.Tensor:
         """(experts, dim) unit-norm prototypes; raises when the set has none."""
@@ -268,6 +294,14 @@ class ExpertSet:
         return f"ExpertSet({self.name!r}, experts={self.names}, model={self.meta.model_id!r})"
 
 
+def _config_key(config: SteeringConfig) -> tuple:
+    heads = config.heads
+    if isinstance(heads, Mapping):
+        heads = tuple(sorted((int(k), tuple(int(h) for h in v)) for k, v in heads.items()))
+    layers = None if config.layers is None else tuple(config.layers)
+    return (config.gain_pos, config.gain_neg, layers, heads)
+
+
 def _file_stem(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
@@ -305,7 +339,7 @@ class RoutingResult:
     weights: torch.Tensor  #: (batch, layers, kv_heads, experts)
 
     def expert_weights(self) -> torch.Tensor:
-        """(batch, experts): each row's weights averaged over layers and heads."""
+        """(batch, experts): each row's weights averaged over layers and heads (NaN: row not steered)."""
         return self.weights.float().mean(dim=(1, 2))
 
     def top_experts(self) -> list[str]:
@@ -317,12 +351,16 @@ class RoutingResult:
         return {n: round(float(w), 4) for n, w in zip(self.experts, self.expert_weights()[row])}
 
     @staticmethod
-    def concat(results: Sequence["RoutingResult"]) -> "RoutingResult | None":
-        results = [r for r in results if r is not None]
-        if not results:
+    def concat(results: Sequence["RoutingResult | int"]) -> "RoutingResult | None":
+        """Join per-batch results in prompt order; an ``int`` stands for that many rows with no edit (NaN)."""
+        real = [r for r in results if isinstance(r, RoutingResult)]
+        if not real:
             return None
-        first = results[0]
-        return RoutingResult(first.router, first.experts, first.layers, torch.cat([r.weights for r in results]))
+        first = real[0]
+        shape = first.weights.shape[1:]
+        parts = [r.weights if isinstance(r, RoutingResult) else torch.full((int(r), *shape), float("nan"))
+                 for r in results]
+        return RoutingResult(first.router, first.experts, first.layers, torch.cat(parts))
 
     def __repr__(self) -> str:
         rows = "; ".join(
@@ -366,7 +404,7 @@ class AdaptiveEdit(ActiveEdit):
         if self.router == "attention":
             w = self.record.get(layer)
             if w is None:
-                raise RuntimeError(
+                raise SteeringConfigError(
                     f"layer {layer}'s keys were computed before its query: the attention router cannot run "
                     "on this architecture; use router='embedding'"
                 )
@@ -374,8 +412,8 @@ class AdaptiveEdit(ActiveEdit):
             w = expand_rows(self.fixed_weights.to(keys.device), keys.shape[0])  # (batch, experts)
             w = w[:, None, :].expand(-1, self.stacked.edits[layer].shape[1], -1)
             self.record[layer] = w
-        edits = self.stacked.edits[layer].to(device=keys.device, dtype=torch.float32)
-        gain = self.routing.embedding_gain if self.router == "embedding" else self.routing.gain
+        edits = self.stacked.edits[layer].to(device=keys.device)
+        gain = {"embedding": self.routing.embedding_gain, "attention": self.routing.gain}.get(self.router, 1.0)
         mixed = torch.einsum("bhm,mhde->bhde", w.to(edits.device), edits) * float(gain)
         return mixed.to(keys.dtype)
 
@@ -383,7 +421,9 @@ class AdaptiveEdit(ActiveEdit):
         layers = [layer for layer in self.stacked.layers if layer in self.record]
         if not layers:
             return None
-        weights = torch.stack([self.record[layer][:rows].float().cpu() for layer in layers], dim=1)
+        recorded = [self.record[layer] for layer in layers]
+        step = max(1, recorded[0].shape[0] // rows)  # generate() may have repeated each row (beams)
+        weights = torch.stack([w[::step][:rows].float().cpu() for w in recorded], dim=1)
         return RoutingResult(self.router, names, layers, weights)
 
 

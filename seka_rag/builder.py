@@ -213,6 +213,11 @@ def settings_like(projection: Projection, template: Projection) -> Projection:
     t = template.meta
     edited = t.default_layers if t.default_layers is not None else t.layers
     default_layers = [layer for layer in edited if layer in projection.meta.layers]
+    if not default_layers:
+        raise SekaError(
+            f"none of the calibrated projection's edited layers {list(edited)} was built "
+            f"(built: {projection.meta.layers}); build those layers or pass a template that edits built ones"
+        )
     scale = torch.ones(len(projection.meta.layers))
     for i, layer in enumerate(projection.meta.layers):
         if layer in t.layers:

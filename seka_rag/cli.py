@@ -1,4 +1,4 @@
-"""The ``seka-rag`` command: generate, preview, build-projection, demo, bench."""
+"""The ``seka-rag`` command: generate, preview, build-projection, demo, bench, eval, sensitivity..."""
 
 from __future__ import annotations
 
@@ -88,6 +88,9 @@ def cmd_generate(args) -> int:
         for piece in model.stream(prompt, steer=not args.no_steer, **kw, **_steer_kwargs(args)):
             print(piece, end="", flush=True)
         print()
+    if model.last_routing is not None:  # AdaSEKA: which experts fired
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in model.last_routing.summary().items())
+        print(f"[{model.last_routing.router} router: {weights}]", file=sys.stderr)
     return 0
 
 
@@ -370,6 +373,153 @@ def _merge_family_reports(paths: list[str], out: str | None) -> int:
     return 0
 
 
+def _model_slug(model: str) -> str:
+    """A file-name stem for a model: the embedded name, or the last part of a hub id / directory."""
+    if model in EMBEDDED_MODELS:
+        return model
+    return Path(model.rstrip("/")).name.lower() or "model"
+
+
+def _check_file(path: str | None, flag: str) -> None:
+    if path is not None and not Path(path).is_file():
+        raise SekaError(f"{flag}: no such file {path!r}")
+
+
+def cmd_profile_pasta(args) -> int:
+    from .evaluation.baselines import profiling_items, select_pasta_heads
+    from .evaluation.suite import save_head_profile
+
+    spec = _model_spec(args)
+    spec.update(adaptive=False, experts=None, router=None)
+    model = load_model(**spec)
+    items = profiling_items(args.items, seed=args.seed)
+    started = time.perf_counter()
+    profile = select_pasta_heads(model, items, alpha=args.alpha, top=args.top, layers=args.layers, proxy=args.proxy,
+                                 batch_size=args.batch_size)
+    seconds = time.perf_counter() - started
+    save_head_profile(profile, args.out, model=model.model_id, items_seed=args.seed, seconds=round(seconds, 1),
+                      command="seka-rag profile-pasta " + " ".join(sys.argv[2:]))
+    print(f"profiled {len(profile.scores)} heads on {profile.n_items} dev conflict cases in {seconds:.0f} s "
+          f"(alpha {profile.alpha:g}, {profile.proxy} proxy; unsteered mean margin {profile.baseline:+.3f})")
+    print("selected (layer, head, mean margin gain): "
+          + ", ".join(f"({layer}, {head}, {score:+.3f})" for layer, head, score in profile.selected))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _pasta_for_eval(model, args):
+    """(PastaConfig or None, what was done) for ``seka-rag eval``: a saved profile, or a small one profiled now."""
+    from .evaluation.baselines import PastaUnsupportedError, profiling_items, select_pasta_heads
+    from .evaluation.suite import load_head_profile
+
+    if args.pasta_heads:
+        profile, extra = load_head_profile(args.pasta_heads)
+        if extra.get("model") and extra["model"] != model.model_id:
+            print(f"warning: {args.pasta_heads} was profiled on {extra['model']!r}, not {model.model_id!r}")
+        info = {"heads_file": args.pasta_heads, "profiled_on": extra.get("model"), "n_items": profile.n_items}
+    else:
+        print(f"note: no --pasta-heads file: profiling PASTA heads now on {args.pasta_profile_items} dev conflict "
+              f"cases (a small budget; `seka-rag profile-pasta --out FILE` profiles once with more, then pass "
+              f"--pasta-heads FILE)", flush=True)
+        started = time.perf_counter()
+        try:
+            profile = select_pasta_heads(model, profiling_items(args.pasta_profile_items), top=args.pasta_top,
+                                         **({} if args.pasta_alpha is None else {"alpha": args.pasta_alpha}))
+        except PastaUnsupportedError as exc:
+            print(f"note: pasta skipped: {exc}")
+            return None, {"error": str(exc)}
+        info = {"profiled_now": True, "n_items": profile.n_items, "seconds": time.perf_counter() - started}
+    config = profile.config(alpha=args.pasta_alpha)
+    info.update(config.to_dict())
+    return config, info
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from .evaluation.lost_in_middle import POLICIES
+    from .evaluation.suite import (
+        ADASEKA_METHODS,
+        SUITE_FAMILIES,
+        SUITE_METHODS,
+        SuiteConfig,
+        parse_items,
+        parse_names,
+        run_suite,
+        suite_methods,
+    )
+
+    families = parse_names(args.families, SUITE_FAMILIES, "families")
+    methods = parse_names(args.methods, SUITE_METHODS, "methods")
+    policies = parse_names(args.nq_policies, POLICIES, "lost-in-middle policies")
+    items = parse_items(args.items, families)
+    for path, flag in ((args.nq, "--nq"), (args.counterfact, "--counterfact"), (args.pasta_heads, "--pasta-heads")):
+        _check_file(path, flag)
+    spec = _model_spec(args)
+    if any(m in ADASEKA_METHODS for m in methods) and not spec["adaptive"] and args.model in EMBEDDED_MODELS:
+        from .model import shipped_experts_path
+
+        if (shipped_experts_path(args.model) / "experts.json").is_file():
+            spec["adaptive"] = True  # AdaSEKA asked for: use the expert set shipped for this model
+    model = load_model(**spec)
+    if spec["adaptive"]:
+        print(f"AdaSEKA expert set: {', '.join(model.experts.names)}")
+    pasta, pasta_info = _pasta_for_eval(model, args) if "pasta" in methods else (None, {})
+    chosen, skipped = suite_methods(model, methods, pasta=pasta, spa_strength=args.spa_strength)
+    for name, why in skipped.items():
+        print(f"note: {name} skipped: {why}")
+    config = SuiteConfig(families=tuple(families), items=items, seed=args.seed, batch_size=args.batch_size,
+                         max_new_tokens=args.max_new_tokens, counterfact=args.counterfact, nq=args.nq,
+                         nq_policies=tuple(policies), nq_passages=args.nq_passages, per_item=args.per_item)
+    result = run_suite(model, chosen, config, skipped_methods=skipped, progress=not args.no_progress)
+    result.settings.update(command="seka-rag eval " + " ".join(sys.argv[2:]), pasta=pasta_info,
+                           spa_strength=chosen["spa"].config.strength if "spa" in chosen else None)
+    if "seconds" in pasta_info:
+        result.seconds["pasta profiling"] = pasta_info["seconds"]
+    counts = ", ".join(f"{f}: {result.items[f]}" for f in result.families)
+    print(f"\nEvaluation suite on {model.model_id} ({counts}; seed {args.seed}; "
+          f"{result.seconds['total']:.0f} s); cells: mean [95 % CI] (n)")
+    print(result.text())
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+        print(f"wrote {args.out}")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(result.markdown())
+        print(f"wrote {args.markdown}")
+    return 1 if result.errors else 0
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected numbers like '1,2,4', got {text!r}")
+    return values
+
+
+def cmd_sensitivity(args) -> int:
+    from .evaluation.sensitivity import check_set_names, require_matplotlib, sensitivity_sweep, write_outputs
+
+    if not args.no_plots:
+        require_matplotlib()
+    sets = check_set_names([s.strip() for s in args.layer_sets.split(",") if s.strip()])
+    spec = _model_spec(args)
+    spec.update(adaptive=False, experts=None, router=None)
+    model = load_model(**spec)
+    result = sensitivity_sweep(model, items=args.items, seed=args.seed, gains_pos=args.gains_pos,
+                               gains_neg=args.gains_neg, sets=sets, quantiles=args.delta_quantiles,
+                               scorer=args.scorer, batch_size=args.batch_size, unit_scale=args.unit_scale,
+                               progress=not args.no_progress)
+    print(result.text())
+    for path in write_outputs(result, args.out_dir, _model_slug(args.model), plots=not args.no_plots):
+        print(f"wrote {path}")
+    return 0
+
+
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scan-items", type=int, default=16, help="dev items for the per-layer scan")
     p.add_argument("--select-items", type=int, default=40, help="dev items for selection and gains")
@@ -472,6 +622,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write every report as JSON")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from earlier --out files, run nothing")
     p.set_defaults(func=cmd_eval_families)
+
+    from .evaluation.suite import DEFAULT_ITEMS as SUITE_DEFAULT_ITEMS
+
+    p = sub.add_parser("eval", help="every task family x every method side by side (one table, JSON, Markdown)")
+    _add_model_args(p)
+    p.add_argument("--families", help="comma-separated: counterfact, conflict, instructions, lost-in-middle (default: all)")
+    p.add_argument("--methods", help="comma-separated: unsteered, prompt-markers, prompt-important, pasta, spa, seka, "
+                   "adaseka-attention, adaseka-embedding (default: all)")
+    p.add_argument("--items", help="items per family: N, or family=N pairs (default: "
+                   + ", ".join(f"{f}={n}" for f, n in SUITE_DEFAULT_ITEMS.items())
+                   + "; lost-in-middle counts questions, each asked with the gold passage first, middle and last)")
+    p.add_argument("--seed", type=int, default=0, help="item seed (0: the default test items)")
+    p.add_argument("--counterfact", metavar="PATH", help="a counterfact.json (public format; default: our generated items)")
+    p.add_argument("--nq", metavar="PATH", help="NQ-open oracle file for lost-in-middle (without it the family is skipped)")
+    p.add_argument("--nq-policies", default="middle", help="highlight policies: middle (default), gold, retriever")
+    p.add_argument("--nq-passages", type=int, default=10, help="passages per lost-in-middle context (default 10)")
+    p.add_argument("--pasta-heads", metavar="FILE", help="PASTA head profile from `seka-rag profile-pasta` "
+                   "(default: profile now with a small budget)")
+    p.add_argument("--pasta-profile-items", type=int, default=8, help="dev cases for on-the-fly PASTA profiling")
+    p.add_argument("--pasta-top", type=int, default=8, help="heads kept by on-the-fly PASTA profiling")
+    p.add_argument("--pasta-alpha", type=float, help="PASTA's alpha (default: the profile's)")
+    p.add_argument("--spa-strength", type=float, help="SPA's strength omega (default 1.5)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="answer length for the instruction checkers")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--per-item", action="store_true", help="keep every item's result (answers, margins) in the JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", help="write every result as JSON")
+    p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("profile-pasta", help="choose PASTA's heads on dev conflict cases and save the profile (JSON)")
+    _add_model_args(p)
+    p.add_argument("--out", required=True, help="output JSON file (pass it to `seka-rag eval --pasta-heads`)")
+    p.add_argument("--items", type=int, default=16, help="dev conflict cases to profile on (default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alpha", type=float, default=0.01, help="PASTA's alpha (default 0.01, the paper's)")
+    p.add_argument("--top", type=int, default=8, help="heads to select (default 8)")
+    p.add_argument("--layers", type=_int_list, help="layers to profile (default: all)")
+    p.add_argument("--proxy", default="divergence", choices=["divergence", "full"])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_profile_pasta)
+
+    p = sub.add_parser("sensitivity", help="sweep gains, layer sets and the head threshold on dev data; tables, heat-maps")
+    _add_model_args(p)
+    p.add_argument("--items", type=int, default=16, help="dev conflict items (x 4 cases; default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gains-pos", type=_float_list, default=[1.0, 2.0, 4.0, 8.0, 16.0], help="g+ values")
+    p.add_argument("--gains-neg", type=_float_list, default=[0.0, 0.5, 1.0, 2.0, 4.0], help="g- values")
+    p.add_argument("--layer-sets", default="default,last-8,last-12,middle-8,all",
+                   help="comma-separated: default, all, first-N, last-N, middle-N")
+    p.add_argument("--delta-quantiles", type=_float_list, default=[0.0, 0.25, 0.5, 0.75],
+                   help="head thresholds as quantiles of the per-head key shift")
+    p.add_argument("--scorer", default="first-token", choices=["first-token", "shared-prefix"])
+    p.add_argument("--unit-scale", action="store_true", help="ignore the projection's per-layer gain factors")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out-dir", default="docs/sensitivity", help="JSON, Markdown and PNGs go here")
+    p.add_argument("--no-plots", action="store_true", help="skip the heat-maps (no matplotlib needed)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("demo", help="steered vs unsteered answers on a few conflicts")
     _add_model_args(p)

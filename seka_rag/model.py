@@ -8,6 +8,7 @@ import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar, copy_context
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ from .steering import ActiveEdit, HeadSelection, KeyEditor, SteeringConfig, edit
 _UNSET: Any = object()
 SHIPPED_PROJECTIONS = Path(__file__).parent / "data" / "projections"
 SHIPPED_EXPERTS = Path(__file__).parent / "data" / "experts"
+#: The embedding router's default query keeps the last this-many characters of the prompt's text.
+_ROUTING_TEXT_CHARS = 1000
 
 
 def shipped_experts_path(name: str) -> Path:
@@ -131,8 +134,7 @@ class SekaModel:
         self.experts: ExpertSet | None = None
         #: the default router of calls that do not pass ``router=`` (None: the single projection)
         self.router: str | None = None
-        #: which experts the last steered call used (None when it used no expert set)
-        self.last_routing: RoutingResult | None = None
+        self._last_routing: ContextVar[RoutingResult | None] = ContextVar(f"seka_last_routing_{id(self)}", default=None)
         #: sentence encoder of the embedding router (None: the offline all-MiniLM-L6-v2)
         self.embedding_encoder: Any = None
         if projection is not None:
@@ -231,6 +233,19 @@ class SekaModel:
         projection.check_fits(self.geometry, self.model_id)
         self.projection = projection
         return projection
+
+    @property
+    def last_routing(self) -> RoutingResult | None:
+        """Which experts the last call *in this thread / async task* used (None: no expert set used).
+
+        Row ``i`` is prompt (or scored row) ``i`` of that call; rows of batches without any highlight
+        are NaN.
+        """
+        return self._last_routing.get()
+
+    @last_routing.setter
+    def last_routing(self, value: RoutingResult | None) -> None:
+        self._last_routing.set(value)
 
     def load_experts(self, experts: ExpertSet | str | os.PathLike, *, router: str | None = None) -> ExpertSet:
         """Attach an AdaSEKA expert set (object or directory) and make ``router`` the default router."""
@@ -341,7 +356,7 @@ class SekaModel:
             return SteeringBlock(self, edit)
         config = SteeringConfig(gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads)
         settings = self._routing_settings(routing)
-        stacked = self.experts.stacked(config, settings, want_route=router == "attention")  # validates
+        stacked = self.experts.stacked(config, settings, want_route=router == "attention", device=self.device)
         if not anything:
             return SteeringBlock(self)
         mask = highlight_mask.to(self.device).bool()
@@ -395,7 +410,7 @@ class SekaModel:
         if routing is None:
             return base
         if isinstance(routing, RoutingConfig):
-            return routing.validate()
+            return routing.validate()  # a whole RoutingConfig replaces the set's stored defaults
         if isinstance(routing, Mapping):
             return base.replace(**routing)
         raise SteeringConfigError(f"routing must be a RoutingConfig or a dict of its fields, got {type(routing).__name__}")
@@ -411,7 +426,8 @@ class SekaModel:
             if len(texts) != n or not all(isinstance(t, str) and t.strip() for t in texts):
                 raise SteeringConfigError(f"query must be a non-empty string, or one per prompt ({n})")
         elif rows is not None:
-            texts = [r.routing_text or r.text for r in rows]
+            # the encoder reads ~256 word pieces: keep the end of the prompt, where the question usually is
+            texts = [(r.routing_text or r.text)[-_ROUTING_TEXT_CHARS:] for r in rows]
         else:
             raise SteeringConfigError("the embedding router needs query= or query_embedding= here")
         from .embeddings import embed
@@ -541,10 +557,10 @@ class SekaModel:
                 out = self.model.generate(
                     input_ids=batch.input_ids, attention_mask=batch.attention_mask, **gen
                 )
-            routed.append(block.result)
+            routed.append(block.result if block.result is not None else len(rows))
             new = out[:, batch.input_ids.shape[1] :]
             outputs.extend(_cut_at_stop(t, stop) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True))
-        self.last_routing = RoutingResult.concat(routed) if len(routed) > 1 else routed[0]
+        self.last_routing = RoutingResult.concat(routed)
         return outputs[0] if single else outputs
 
     def stream(
@@ -601,7 +617,8 @@ class SekaModel:
                 failure.append(exc)
                 streamer.end()
 
-        worker = threading.Thread(target=run, daemon=True)
+        context = copy_context()
+        worker = threading.Thread(target=context.run, args=(run,), daemon=True)
         worker.start()
         text, sent = "", 0  # all text so far, and how much of it was yielded
         try:
@@ -621,6 +638,7 @@ class SekaModel:
         finally:
             abandoned.set()
             worker.join()
+            self.last_routing = steering.result
         if failure:
             raise failure[0]
         if len(text) > sent:
@@ -706,14 +724,14 @@ class SekaModel:
             )
             with torch.inference_mode(), block:
                 logits = self._forward_logits(batch, keep)
-            routed.append(block.result)
+            routed.append(block.result if block.result is not None else len(chunk))
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             for i, (_, ids) in enumerate(chunk):
-                n = len(ids)
+                width_i = len(ids)
                 target = torch.tensor(ids, device=logprobs.device)
-                picked = logprobs[i, keep - 1 - n : keep - 1].gather(-1, target[:, None])
+                picked = logprobs[i, keep - 1 - width_i : keep - 1].gather(-1, target[:, None])
                 scores.append(float(picked.sum()))
-        self.last_routing = RoutingResult.concat(routed) if len(routed) > 1 else (routed[0] if routed else None)
+        self.last_routing = RoutingResult.concat(routed)
         return scores
 
     def _forward_logits(self, batch: Batch, keep: int) -> torch.Tensor:
@@ -768,8 +786,8 @@ def _chunk(value: Any, start: int, stop: int, n: int) -> Any:
     """The slice of a per-prompt argument (a list with one entry per prompt) for one batch."""
     if value is None or isinstance(value, str) or isinstance(value, Mapping):
         return value
-    if isinstance(value, torch.Tensor):
-        return value[start:stop] if value.dim() == 2 and value.shape[0] == n else value
+    if hasattr(value, "shape") and hasattr(value, "__getitem__"):  # torch / numpy arrays
+        return value[start:stop] if len(value.shape) == 2 and value.shape[0] == n else value
     if isinstance(value, Sequence) and len(value) == n and n > 0 and not isinstance(value[0], numbers.Real):
         return list(value[start:stop])
     return value

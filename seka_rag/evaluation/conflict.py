@@ -24,7 +24,8 @@ from functools import lru_cache
 from typing import Any
 
 from ..data.triplets import RELATIONS, Namer, Relation
-from .stats import bootstrap_ci
+from .scoring import progress_bar
+from .stats import mean_ci, share_ci
 
 #: Prompt of one case: both documents, then the question.
 PROMPT_TEMPLATE = "Document 1: {first}\nDocument 2: {second}\n\nQuestion: {question}\nAnswer with a short phrase."
@@ -636,18 +637,13 @@ class GroupStats:
 
 
 def _group_stats(margins: Sequence[float], hits: Sequence[bool] | None, n_boot: int, seed: int) -> GroupStats:
-    wins = [1.0 if m > 0 else 0.0 for m in margins]
     if not margins:
         nan = math.nan
         return GroupStats(0, nan, (nan, nan), nan, (nan, nan), None if hits is None else nan)
-    return GroupStats(
-        n=len(margins),
-        share=sum(wins) / len(wins),
-        share_ci=bootstrap_ci(wins, n_boot=n_boot, seed=seed),
-        mean_margin=sum(margins) / len(margins),
-        margin_ci=bootstrap_ci(margins, n_boot=n_boot, seed=seed),
-        greedy_share=None if hits is None else sum(hits) / len(hits),
-    )
+    share, slo, shi = share_ci([m > 0 for m in margins], n_boot, seed)
+    mean, mlo, mhi = mean_ci(margins, n_boot, seed)
+    return GroupStats(n=len(margins), share=share, share_ci=(slo, shi), mean_margin=mean, margin_ci=(mlo, mhi),
+                      greedy_share=None if hits is None else sum(hits) / len(hits))
 
 
 #: Breakdown groups of a report: name -> which cases belong.
@@ -737,14 +733,6 @@ class ConflictReport:
         return self.format_row()
 
 
-def _progress(iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, leave=False)
-
-
 def score_cases(
     model,
     cases: Sequence[ConflictCase],
@@ -784,7 +772,7 @@ def score_cases(
     margins = [0.0] * len(cases)
     if shared_prefix:
         chunks = [encoded[s : s + bs] for s in range(0, len(encoded), bs)]
-        for chunk in _progress(chunks, len(chunks), "conflict scoring", progress):
+        for chunk in progress_bar(chunks, len(chunks), "conflict scoring", progress):
             pairs = _score_pairs(model, [r[1] for r in chunk], [(r[2], r[3]) for r in chunk], steer, steer_kwargs)
             for r, (t, o) in zip(chunk, pairs):
                 margins[r[0]] = t - o
@@ -793,7 +781,7 @@ def score_cases(
     rows.sort(key=lambda r: (-(len(r[2].input_ids) + len(r[3])), r[0], r[1]))
     scores = [[0.0, 0.0] for _ in cases]
     chunks = [rows[s : s + bs] for s in range(0, len(rows), bs)]
-    for chunk in _progress(chunks, len(chunks), "conflict scoring", progress):
+    for chunk in progress_bar(chunks, len(chunks), "conflict scoring", progress):
         got = model.score_encoded([(r[2], r[3]) for r in chunk], steer=steer, batch_size=bs, **steer_kwargs)
         for r, s in zip(chunk, got):
             scores[r[0]][r[1]] = s
@@ -865,7 +853,7 @@ def generate_cases(
     bs = max(1, int(batch_size))
     chunks = [order[s : s + bs] for s in range(0, len(order), bs)]
     out: list[str] = [""] * len(cases)
-    for chunk in _progress(chunks, len(chunks), "conflict generation", progress):
+    for chunk in progress_bar(chunks, len(chunks), "conflict generation", progress):
         texts = model.generate(
             [cases[i].prompt for i in chunk], highlights=[[cases[i].highlight] for i in chunk],
             steer=steer, max_new_tokens=max_new_tokens, batch_size=bs, **steer_kwargs,

@@ -52,7 +52,8 @@ from typing import Any
 
 from ..data.triplets import RELATIONS, Namer, Relation
 from .conflict import real_conflict_items, split_of
-from .scoring import continuation_logprobs, continuation_text, method_settings, mean_ci, share_ci, token_ids
+from .scoring import continuation_logprobs, continuation_text, method_settings, token_ids
+from .stats import format_ci, group_shares, mean_ci, share_ci
 
 #: Items generated when ``n`` is not given (half real, half fictional).
 DEFAULT_N = 200
@@ -434,7 +435,7 @@ class CounterfactReport:
 
     def cell(self) -> str:
         """``"efficacy [lo, hi]"`` in percent."""
-        return f"{100 * self.efficacy:.1f} [{100 * self.ci_low:.1f}, {100 * self.ci_high:.1f}]"
+        return format_ci(self.efficacy, self.ci_low, self.ci_high)
 
 
 def counterfact_report(items: Sequence[CounterfactItem], scores: Sequence[tuple[float, float]], *,
@@ -449,14 +450,11 @@ def counterfact_report(items: Sequence[CounterfactItem], scores: Sequence[tuple[
     hits = [m > 0 for m in margins]
     efficacy, lo, hi = share_ci(hits, n_boot, seed)
     mean, mlo, mhi = mean_ci(margins, n_boot, seed)
-    groups: dict[str, list[bool]] = {}
-    for item, h in zip(items, hits):
-        groups.setdefault(item.kind, []).append(h)
+    groups, group_n = group_shares([item.kind for item in items], hits)
     return CounterfactReport(
         n=len(items), efficacy=efficacy, ci_low=lo, ci_high=hi, mean_margin=mean, margin_ci=(mlo, mhi),
         n_tied=int(sum(tied)) if tied is not None else sum(1 for m in margins if m == 0),
-        groups={k: sum(v) / len(v) for k, v in sorted(groups.items())},
-        group_n={k: len(v) for k, v in sorted(groups.items())}, settings=dict(settings or {}),
+        groups=groups, group_n=group_n, settings=dict(settings or {}),
         margins=margins, case_ids=[it.case_id for it in items],
     )
 

@@ -64,7 +64,8 @@ from ..data.tasks import (
 )
 from ..data.triplets import Namer, Relation
 from .conflict import FICTIONAL_RELATIONS, conflict_cases, conflict_split
-from .stats import bootstrap_ci
+from .scoring import progress_bar
+from .stats import format_ci, format_table, group_shares, share_ci
 
 #: Items per family when ``n`` is not given (a multiple of 4, 2 and 3: complete counterbalanced sets).
 DEFAULT_N = 240
@@ -312,21 +313,22 @@ def context_qa_items(n: int = DEFAULT_N, seed: int = 0) -> list[FamilyItem]:
 # conflict: the existing two-document evaluation
 
 
-def conflict_family_items(n: int = DEFAULT_N, seed: int = 0) -> list[FamilyItem]:
-    """The first ``n`` cases of ``conflict_split("test", n=ceil(n / 4), seed=seed)`` as family items.
+def conflict_family_items(n: int = DEFAULT_N, seed: int = 0, split: str = EVAL_SPLIT) -> list[FamilyItem]:
+    """The first ``n`` cases of ``conflict_split(split, n=ceil(n / 4), seed=seed)`` as family items.
 
     Each conflict item gives four cases (both document orders × either document highlighted), so a
     multiple of 4 keeps every item complete. ``group`` is ``"fictional"``, ``"real_agree"``
-    (the highlighted document is the true one) or ``"real_contradict"``.
+    (the highlighted document is the true one) or ``"real_contradict"``. ``split`` is ``"test"``
+    (the evaluation items, default) or ``"dev"`` (tuning and sensitivity sweeps).
     """
     check_count(n)
     if n == 0:
         return []
     n_items = math.ceil(n / 4)
     try:
-        items = conflict_split(EVAL_SPLIT, n=n_items, seed=seed)
+        items = conflict_split(split, n=n_items, seed=seed)
     except ValueError as err:
-        raise ValueError(f"the conflict family has at most {4 * len(conflict_split(EVAL_SPLIT, seed=seed))} "
+        raise ValueError(f"the conflict family has at most {4 * len(conflict_split(split, seed=seed))} "
                          f"cases; asked for {n}") from err
     out = []
     for item in items:
@@ -870,14 +872,6 @@ def _rows_kwargs(kwargs: dict[str, Any], per_item: dict[str, Any], item_index: l
     return out
 
 
-def _progress(iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, leave=False)
-
-
 def score_items(model, items: Sequence[FamilyItem], *, batch_size: int = 8, progress: bool = True,
                 shared_prefix: bool = True, scorer: Callable[..., list[float]] | None = None,
                 **steer_kwargs: Any) -> list[float]:
@@ -924,7 +918,7 @@ def score_items(model, items: Sequence[FamilyItem], *, batch_size: int = 8, prog
     per_item = {k: v for k, v in steer_kwargs.items() if k in _PER_ITEM_KWARGS and _per_item(v, len(items))}
     scores: list[list[float]] = [[math.nan] * (1 + len(it.others)) for it in items]
     chunks = [rows[s:s + batch_size] for s in range(0, len(rows), batch_size)]
-    for chunk in _progress(chunks, len(chunks), "family scoring", progress):
+    for chunk in progress_bar(chunks, len(chunks), "family scoring", progress):
         kwargs = _rows_kwargs(steer_kwargs, per_item, [r[0] for r in chunk]) if per_item else steer_kwargs
         got = (scorer or model.score_encoded)([(r[2], r[3]) for r in chunk], batch_size=batch_size, **kwargs)
         for r, s in zip(chunk, got):
@@ -949,7 +943,7 @@ def _score_shared_prefix(model, items, batch_size: int, progress: bool, steer_kw
     encoded.sort(key=lambda r: (-len(r[1].input_ids), r[0]))
     margins = [math.nan] * len(items)
     chunks = [encoded[s:s + batch_size] for s in range(0, len(encoded), batch_size)]
-    for chunk in _progress(chunks, len(chunks), "family scoring", progress):
+    for chunk in progress_bar(chunks, len(chunks), "family scoring", progress):
         pairs = _score_pairs(model, [r[1] for r in chunk], [(r[2], r[3]) for r in chunk], steer, steer_kwargs)
         for r, (t, o) in zip(chunk, pairs):
             margins[r[0]] = t - o
@@ -1001,7 +995,7 @@ class FamilyReport:
 
     def cell(self) -> str:
         """``"share [lo, hi]"`` in percent, as in :func:`format_family_table`."""
-        return f"{100 * self.share:.1f} [{100 * self.ci_low:.1f}, {100 * self.ci_high:.1f}]"
+        return format_ci(self.share, self.ci_low, self.ci_high)
 
 
 def _jsonable(value: Any) -> Any:
@@ -1022,16 +1016,11 @@ def family_report(family: str, items: Sequence[FamilyItem], margins: Sequence[fl
     if not items:
         raise ValueError("no items to report on")
     hits = hits_of(margins)
-    wins = [1.0 if h else 0.0 for h in hits]
-    lo, hi = bootstrap_ci(wins, n_boot=n_boot, seed=seed)
-    groups: dict[str, list[float]] = {}
-    for item, w in zip(items, wins):
-        groups.setdefault(item.group, []).append(w)
+    share, lo, hi = share_ci(hits, n_boot, seed)
+    groups, group_n = group_shares([item.group for item in items], hits)
     return FamilyReport(
-        family=family, n=len(items), share=sum(wins) / len(wins), ci_low=lo, ci_high=hi,
-        mean_margin=sum(margins) / len(margins), groups={g: sum(v) / len(v) for g, v in sorted(groups.items())},
-        group_n={g: len(v) for g, v in sorted(groups.items())}, hits=hits, margins=[float(m) for m in margins],
-        settings=dict(settings or {}),
+        family=family, n=len(items), share=share, ci_low=lo, ci_high=hi, mean_margin=sum(margins) / len(margins),
+        groups=groups, group_n=group_n, hits=hits, margins=[float(m) for m in margins], settings=dict(settings or {}),
     )
 
 
@@ -1066,14 +1055,7 @@ def format_family_table(rows: dict[str, dict[str, FamilyReport]]) -> str:
         families.extend(f for f in reports if f not in families)
     cells = {m: [r[f].cell() if f in r else "-" for f in families] for m, r in rows.items()}
     means = {m: (f"{100 * sum(x.share for x in r.values()) / len(r):.1f}" if r else "-") for m, r in rows.items()}
-    header = ["method", *families, "mean"]
-    body = [[m, *cells[m], means[m]] for m in rows]
-    widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
-
-    def line(values: list[str]) -> str:
-        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))).rstrip()
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(b) for b in body)])
+    return format_table(["method", *families, "mean"], [[m, *cells[m], means[m]] for m in rows])
 
 
 __all__ = [

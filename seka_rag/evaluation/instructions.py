@@ -42,7 +42,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .scoring import generate_texts, method_settings, share_ci
+from .scoring import generate_texts, method_settings
+from .stats import format_ci, group_share_cis, share_ci
 
 #: Items when ``n`` is not given (20 per instruction type).
 DEFAULT_N = 100
@@ -433,7 +434,7 @@ class InstructionReport:
 
     def cell(self) -> str:
         """``"share [lo, hi]"`` in percent."""
-        return f"{100 * self.share:.1f} [{100 * self.ci_low:.1f}, {100 * self.ci_high:.1f}]"
+        return format_ci(self.share, self.ci_low, self.ci_high)
 
 
 def instruction_report(items: Sequence[InstructionItem], outputs: Sequence[str], *, n_boot: int = 2000,
@@ -445,13 +446,10 @@ def instruction_report(items: Sequence[InstructionItem], outputs: Sequence[str],
         raise ValueError("no items to report on")
     passed = [check(it.kind, out, it) for it, out in zip(items, outputs)]
     share, lo, hi = share_ci(passed, n_boot, seed)
-    by_type: dict[str, list[bool]] = {}
-    for it, p in zip(items, passed):
-        by_type.setdefault(it.kind, []).append(p)
-    groups, group_n, group_ci = {}, {}, {}
-    for kind in [t for t in INSTRUCTION_TYPES if t in by_type]:
-        s, glo, ghi = share_ci(by_type[kind], n_boot, seed)
-        groups[kind], group_n[kind], group_ci[kind] = s, len(by_type[kind]), (glo, ghi)
+    by_type = group_share_cis([it.kind for it in items], passed, INSTRUCTION_TYPES, n_boot=n_boot, seed=seed)
+    groups = {k: g[0] for k, g in by_type.items()}
+    group_n = {k: g[3] for k, g in by_type.items()}
+    group_ci = {k: (g[1], g[2]) for k, g in by_type.items()}
     return InstructionReport(n=len(items), share=share, ci_low=lo, ci_high=hi, groups=groups, group_n=group_n,
                              group_ci=group_ci, settings=dict(settings or {}), passed=passed,
                              outputs=list(outputs))

@@ -56,15 +56,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .scoring import (
-    continuation_logprobs,
-    continuation_text,
-    generate_texts,
-    mean_ci,
-    method_settings,
-    share_ci,
-    token_ids,
-)
+from .scoring import continuation_logprobs, continuation_text, generate_texts, method_settings, token_ids
+from .stats import mean_ci, share_ci
 
 #: Questions when ``n_questions`` is not given.
 DEFAULT_QUESTIONS = 50
@@ -513,6 +506,44 @@ def _cell(position: str, policy: str, rows: list[dict[str, Any]], em: bool, n_bo
     return cell
 
 
+@dataclass
+class LostInMiddleReference:
+    """The unsteered model on a list of items (:func:`lost_in_middle_reference`): log p of each item's first
+    gold answer and, when asked for, its greedy answer — computed once, shared by every method."""
+
+    logps: list[float]
+    generations: list[str] | None
+    max_new_tokens: int | None
+    chat: bool | None
+
+
+def lost_in_middle_reference(
+    model,
+    items: Sequence[LostInMiddleItem],
+    *,
+    em: bool = True,
+    max_new_tokens: int = 24,
+    batch_size: int = 4,
+    chat: bool | None = None,
+    progress: bool = True,
+) -> LostInMiddleReference:
+    """Unsteered (``steer=False``) log p(first gold answer) and, with ``em=True``, greedy answers of ``items``."""
+    answer_ids = [token_ids(model, continuation_text(model, it.answers[0], chat)) for it in items]
+    logps = continuation_logprobs(model, [(it.prompt, None, ids) for it, ids in zip(items, answer_ids)],
+                                  batch_size=batch_size, chat=chat, progress=progress, steer=False)
+    gens = None
+    if em:
+        gens = generate_texts(model, [it.prompt for it in items], None, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size, chat=chat, progress=progress, steer=False)
+    return LostInMiddleReference(logps, gens, max_new_tokens if em else None, chat)
+
+
+def _is_unsteered(method: Any, steer_kwargs: dict[str, Any]) -> bool:
+    from .baselines import Unsteered
+
+    return (isinstance(method, Unsteered) and not steer_kwargs) or (method is None and steer_kwargs == {"steer": False})
+
+
 def evaluate_lost_in_middle(
     model,
     items: Sequence[LostInMiddleItem],
@@ -529,31 +560,43 @@ def evaluate_lost_in_middle(
     progress: bool = True,
     n_boot: int = 2000,
     seed: int = 0,
+    reference: LostInMiddleReference | None = None,
     **steer_kwargs: Any,
 ) -> LostInMiddleReport:
     """Score (and, with ``em=True``, answer) every item under every policy; see the module docstring.
 
     ``method`` None is SEKA with ``steer_kwargs``; otherwise a method of
     :mod:`seka_rag.evaluation.baselines`. The unsteered reference (log p and greedy answer) is
-    computed once per item with ``steer=False`` on the same prompt, so it is shared by the policies.
+    computed once per item with ``steer=False`` on the same prompt, so it is shared by the policies;
+    pass ``reference`` (:func:`lost_in_middle_reference` of the same items, ``em``,
+    ``max_new_tokens`` and ``chat``) to share it between methods too. The unsteered method itself
+    (``Unsteered()`` or ``steer=False``) reuses the reference: its change is exactly zero.
     """
     if not items:
         raise ValueError("no items to evaluate")
     cases = lost_in_middle_cases(items, policies, k=k, encoder=encoder, middle=middle)
-    answer_ids = [token_ids(model, continuation_text(model, it.answers[0], chat)) for it in items]
-    base = continuation_logprobs(model, [(it.prompt, None, ids) for it, ids in zip(items, answer_ids)],
-                                 batch_size=batch_size, chat=chat, progress=progress, steer=False)
-    steered = continuation_logprobs(
-        model, [(items[c.item].prompt, list(c.highlights), answer_ids[c.item]) for c in cases], method=method,
-        batch_size=batch_size, chat=chat, progress=progress, **steer_kwargs,
-    )
-    base_gen = gens = None
-    if em:
-        base_gen = generate_texts(model, [it.prompt for it in items], None, max_new_tokens=max_new_tokens,
-                                  batch_size=batch_size, chat=chat, progress=progress, steer=False)
-        gens = generate_texts(model, [items[c.item].prompt for c in cases], [list(c.highlights) for c in cases],
-                              method=method, max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat,
-                              progress=progress, **steer_kwargs)
+    if reference is None:
+        reference = lost_in_middle_reference(model, items, em=em, max_new_tokens=max_new_tokens,
+                                             batch_size=batch_size, chat=chat, progress=progress)
+    elif (len(reference.logps) != len(items) or reference.chat != chat
+          or (em and (reference.generations is None or reference.max_new_tokens != max_new_tokens))):
+        raise ValueError("reference was computed for other items or settings (items, em, max_new_tokens, chat)")
+    base, base_gen = reference.logps, reference.generations
+    gens = None
+    if _is_unsteered(method, steer_kwargs):
+        steered = [base[c.item] for c in cases]
+        if em:
+            gens = [base_gen[c.item] for c in cases]
+    else:
+        answer_ids = [token_ids(model, continuation_text(model, it.answers[0], chat)) for it in items]
+        steered = continuation_logprobs(
+            model, [(items[c.item].prompt, list(c.highlights), answer_ids[c.item]) for c in cases], method=method,
+            batch_size=batch_size, chat=chat, progress=progress, **steer_kwargs,
+        )
+        if em:
+            gens = generate_texts(model, [items[c.item].prompt for c in cases], [list(c.highlights) for c in cases],
+                                  method=method, max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat,
+                                  progress=progress, **steer_kwargs)
     rows = []
     for j, c in enumerate(cases):
         item = items[c.item]
@@ -596,6 +639,7 @@ __all__ = [
     "LostInMiddleCase",
     "LostInMiddleCell",
     "LostInMiddleItem",
+    "LostInMiddleReference",
     "LostInMiddleReport",
     "NQRecord",
     "Passage",
@@ -608,6 +652,7 @@ __all__ = [
     "load_nq",
     "lost_in_middle_cases",
     "lost_in_middle_items",
+    "lost_in_middle_reference",
     "middle_window",
     "normalize_answer",
     "nq_record",

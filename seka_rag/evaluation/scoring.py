@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .stats import bootstrap_ci
+from .stats import mean_ci, share_ci
 
 #: (prompt, highlighted substrings or None, continuation token ids)
 ScoreRow = tuple[str, Sequence[str] | None, Sequence[int]]
@@ -54,7 +54,8 @@ def token_ids(model, text: str) -> list[int]:
     return ids
 
 
-def _progress(iterable, total: int, desc: str, enabled: bool):
+def progress_bar(iterable, total: int, desc: str, enabled: bool):
+    """``iterable`` wrapped in a transient tqdm bar when ``enabled`` (else unchanged)."""
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
@@ -149,7 +150,7 @@ def continuation_logprobs(
     score = _row_scorer(model, kind, method, kwargs)
     out = [0.0] * len(rows)
     chunks = [joined[s:s + batch_size] for s in range(0, len(joined), batch_size)]
-    for chunk in _progress(chunks, len(chunks), "scoring", progress):
+    for chunk in progress_bar(chunks, len(chunks), "scoring", progress):
         got = score([(enc, ids) for _, enc, ids in chunk], batch_size)
         for (i, _, _), s in zip(chunk, got):
             out[i] = float(s)
@@ -191,7 +192,7 @@ def generate_texts(
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
     chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     out = [""] * len(prompts)
-    for chunk in _progress(chunks, len(chunks), "generating", progress):
+    for chunk in progress_bar(chunks, len(chunks), "generating", progress):
         ps = [prompts[i] for i in chunk]
         hs = [list(highlights[i]) if highlights[i] else None for i in chunk]
         if method is None:
@@ -213,26 +214,6 @@ def method_settings(method: Any = None, steer_kwargs: dict[str, Any] | None = No
     return out
 
 
-def share_ci(flags: Sequence[bool], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """(share of True, bootstrap 95 % interval low, high); NaNs for no values."""
-    values = [1.0 if f else 0.0 for f in flags]
-    if not values:
-        nan = float("nan")
-        return nan, nan, nan
-    lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed)
-    return sum(values) / len(values), lo, hi
-
-
-def mean_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, bootstrap 95 % interval low, high); NaNs for no values."""
-    values = [float(v) for v in values]
-    if not values:
-        nan = float("nan")
-        return nan, nan, nan
-    lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed)
-    return sum(values) / len(values), lo, hi
-
-
 __all__ = [
     "ScoreRow",
     "continuation_logprobs",
@@ -240,6 +221,7 @@ __all__ = [
     "generate_texts",
     "mean_ci",
     "method_settings",
+    "progress_bar",
     "share_ci",
     "token_ids",
     "uses_chat",

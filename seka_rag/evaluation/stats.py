@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,3 +44,76 @@ def paired_bootstrap_diff_ci(
     if a_arr.shape != b_arr.shape:
         raise ValueError(f"paired values need equal lengths, got {a_arr.size} and {b_arr.size}")
     return bootstrap_ci(a_arr - b_arr, n_boot=n_boot, seed=seed, level=level)
+
+
+def share_ci(flags: Sequence[bool], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(share of True, bootstrap 95 % interval low, high); NaNs for no values."""
+    return mean_ci([1.0 if f else 0.0 for f in flags], n_boot, seed)
+
+
+def mean_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, bootstrap 95 % interval low, high); NaNs for no values."""
+    values = [float(v) for v in values]
+    if not values:
+        return math.nan, math.nan, math.nan
+    lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed)
+    return sum(values) / len(values), lo, hi
+
+
+def split_by(labels: Sequence[str], values: Sequence[Any], order: Sequence[str] | None = None) -> dict[str, list]:
+    """``values`` grouped by their ``labels``: ``{label: [values]}``, labels in ``order`` (those present;
+    default: sorted), so reports list groups stably."""
+    if len(labels) != len(values):
+        raise ValueError(f"{len(labels)} labels but {len(values)} values")
+    by: dict[str, list] = {}
+    for label, value in zip(labels, values):
+        by.setdefault(label, []).append(value)
+    keys = [k for k in order if k in by] if order is not None else sorted(by)
+    return {k: by[k] for k in keys}
+
+
+def group_shares(labels: Sequence[str], flags: Sequence[bool], order: Sequence[str] | None = None,
+                 ) -> tuple[dict[str, float], dict[str, int]]:
+    """Share of True and size per label: ``({label: share}, {label: n})`` (see :func:`split_by`)."""
+    by = split_by(labels, flags, order)
+    return {k: sum(map(bool, v)) / len(v) for k, v in by.items()}, {k: len(v) for k, v in by.items()}
+
+
+def group_share_cis(labels: Sequence[str], flags: Sequence[bool], order: Sequence[str] | None = None, *,
+                    n_boot: int = 2000, seed: int = 0) -> dict[str, tuple[float, float, float, int]]:
+    """``{label: (share, low, high, n)}``: :func:`share_ci` of each group (see :func:`split_by`)."""
+    return {k: (*share_ci(v, n_boot, seed), len(v)) for k, v in split_by(labels, flags, order).items()}
+
+
+def format_ci(value: float, lo: float, hi: float, *, percent: bool = True, n: int | None = None,
+              digits: int | None = None) -> str:
+    """``"value [lo, hi]"`` (``percent``: × 100, one decimal; else signed, ``digits`` default 2), then ``" (n)"``.
+
+    NaNs print as ``-``.
+    """
+    scale, fmt = (100.0, f".{1 if digits is None else digits}f") if percent else \
+        (1.0, f"+.{2 if digits is None else digits}f")
+
+    def f(x: float) -> str:
+        return "-" if x is None or math.isnan(x) else format(scale * x, fmt)
+
+    text = f"{f(value)} [{f(lo)}, {f(hi)}]"
+    return text if n is None else f"{text} ({n})"
+
+
+def format_table(header: Sequence[str], body: Sequence[Sequence[str]], *, markdown: bool = False) -> str:
+    """A table: the first column left-aligned, the others right-aligned.
+
+    Plain text (columns two spaces apart, a dashed rule under the header) or, with ``markdown``,
+    a GitHub Markdown table.
+    """
+    rows = [[str(v) for v in header], *([str(v) for v in row] for row in body)]
+    if markdown:
+        rule = ["---", *(["---:"] * (len(header) - 1))]
+        return "\n".join("| " + " | ".join(r) + " |" for r in [rows[0], rule, *rows[1:]])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))).rstrip()
+
+    return "\n".join([line(rows[0]), line(["-" * w for w in widths]), *(line(r) for r in rows[1:])])

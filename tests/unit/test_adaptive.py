@@ -160,7 +160,9 @@ def test_one_expert_with_constant_weight_is_seka(tiny_model, family):
 def test_gain_scales_the_mixture(tiny_model):
     seka = tiny_model("llama", num_layers=2)
     seka.load_experts(ExpertSet([Expert("only", seka.projection)]))
-    doubled = seka.score(PROMPTS[0], ["Rome"], router={"only": 1.0}, routing={"gain": 2.0})
+    weights = seka.route(PROMPTS[0]).weights
+    assert (weights > 0).all()  # one expert: |c| / max |c| = 1 everywhere
+    doubled = seka.score(PROMPTS[0], ["Rome"], router="attention", routing={"gain": 2.0})
     twice = seka.score(PROMPTS[0], ["Rome"], router={"only": 2.0})
     assert doubled == pytest.approx(twice, abs=1e-5)
 
@@ -350,3 +352,102 @@ def test_top_k_changes_routing(tiny_model, expert_set):
     full = seka.route(PROMPTS[0]).weights
     one = seka.route(PROMPTS[0], routing={"top_k": 1}).weights
     assert not torch.allclose(full, one)
+
+
+# ------------------------------------------------------------------------------ review follow-ups
+def test_fixed_weights_ignore_the_attention_gain(tiny_model):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(ExpertSet([Expert("only", seka.projection)], routing=RoutingConfig(gain=0.5)))
+    plain = seka.score(PROMPTS[0], ["Rome"], router="projection")
+    assert seka.score(PROMPTS[0], ["Rome"], router={"only": 1.0}) == pytest.approx(plain, abs=1e-5)
+
+
+def test_per_row_queries_over_several_chunks(tiny_model, expert_set):
+    import numpy as np
+
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka, prototypes=torch.eye(3)), router="embedding")
+    prompts = [f"Prompt {i} with <<text>>." for i in range(5)]
+    vectors = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1]]
+    seka.generate(prompts, max_new_tokens=1, batch_size=2, query_embedding=vectors,
+                  routing={"embedding_top1": True})
+    assert seka.last_routing.top_experts() == ["e0", "e1", "e2", "e0", "e1"]
+    enc = [seka.encode(p) for p in prompts]
+    ids = seka.tokenizer("x", add_special_tokens=False)["input_ids"]
+    seka.embedding_encoder = KeywordEncoder()
+    seka.score_encoded([(e, ids) for e in enc], batch_size=2, query=["translate", "document", "passage"] * 1 + ["a", "b"])
+    assert seka.last_routing.weights.shape[0] == 5
+
+
+def test_routing_rows_stay_aligned_with_prompts(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka))
+    prompts = ["no highlight here", "nor here", PROMPTS[0], PROMPTS[2]]
+    seka.generate(prompts, max_new_tokens=1, batch_size=2)
+    w = seka.last_routing.expert_weights()
+    assert w.shape[0] == 4 and torch.isnan(w[:2]).all() and not torch.isnan(w[2:]).any()
+    torch.testing.assert_close(seka.last_routing.weights[2], seka.route(PROMPTS[0]).weights[0], atol=1e-4, rtol=1e-4)
+
+
+def test_beam_rows_record_each_prompts_own_routing(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka))
+    from seka_rag.highlight import pad_batch
+
+    enc = [seka.encode(PROMPTS[0]), seka.encode(PROMPTS[2])]
+    batch = pad_batch(enc, seka.tokenizer.pad_token_id)
+    with torch.inference_mode(), seka.steering(batch.highlight_mask, rows=enc) as block:
+        seka.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=1,
+                            num_beams=2, num_return_sequences=2, do_sample=False)
+    alone = seka.route(PROMPTS[2]).weights[0]
+    torch.testing.assert_close(block.result.weights[1], alone, atol=1e-4, rtol=1e-4)
+
+
+def test_last_routing_is_per_thread(tiny_model, expert_set):
+    import threading
+
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka, prototypes=torch.eye(3)), router="embedding")
+    seen = {}
+
+    def run(name, vec):
+        for _ in range(3):
+            seka.generate("Some <<text>>.", max_new_tokens=1, query_embedding=vec, routing={"embedding_top1": True})
+            seen.setdefault(name, set()).add(seka.last_routing.top_experts()[0])
+
+    threads = [threading.Thread(target=run, args=("a", [1.0, 0, 0])), threading.Thread(target=run, args=("b", [0, 0, 1.0]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"a": {"e0"}, "b": {"e2"}}
+    assert seka.last_routing is None  # the main thread made no call
+
+
+def test_experts_without_an_edit_get_no_routing_weight(tiny_model, helpers):
+    seka = tiny_model("llama", num_layers=2)
+    a = helpers.random_projection(seka.geometry, seed=1, default_layers=[0, 1])
+    b = helpers.random_projection(seka.geometry, seed=2, default_layers=[1])
+    seka.load_experts(ExpertSet([Expert("a", a), Expert("b", b)]))
+    w = seka.route(PROMPTS[0]).weights[0]  # (layers, heads, experts)
+    assert (w[0, :, 1] == 0).all() and torch.allclose(w[0, :, 0], torch.ones_like(w[0, :, 0]))
+
+
+def test_routing_flags_must_be_booleans(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka))
+    with pytest.raises(SteeringConfigError, match="signed"):
+        seka.route(PROMPTS[0], routing={"signed": "false"})
+    with pytest.raises(ProjectionError, match="file name"):
+        ExpertSet([Expert("a/b", seka.projection), Expert("a_b", seka.projection)])
+
+
+def test_stacked_tensors_are_cached(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka))
+    seka.route(PROMPTS[0])
+    cached = dict(seka.experts._stack_cache)
+    seka.route(PROMPTS[2])
+    assert seka.experts._stack_cache.keys() == cached.keys()
+    seka.route(PROMPTS[2], gain_pos=1.0)
+    assert len(seka.experts._stack_cache) == len(cached) + 1

@@ -521,15 +521,11 @@ def profiling_items(n: int = 16, seed: int = 0) -> list:
     item's four cases (both document orders × either document highlighted), so the unsteered
     mean margin is zero and a head scores only by following the highlight.
     """
-    from ..conflict import conflict_cases, conflict_split
-    from ..families import FamilyItem
+    from ..families import conflict_family_items
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise BaselineConfigError(f"n must be a positive integer, got {n!r}")
-    return [
-        FamilyItem("conflict", c.prompt, c.highlight, c.target, (c.other,), c.kind, it.subject)
-        for it in conflict_split("dev", math.ceil(n / 4), seed) for c in conflict_cases(it)
-    ][:n]
+    return conflict_family_items(n, seed, split="dev")
 
 
 @dataclass

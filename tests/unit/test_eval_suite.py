@@ -1,0 +1,270 @@
+"""`seka-rag eval`, `profile-pasta` and `sensitivity` end to end on a tiny model saved to disk (seconds)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+import torch
+
+from seka_rag import Projection
+from seka_rag.cli import main
+from seka_rag.errors import SekaError
+from seka_rag.evaluation.sensitivity import check_set_names, delta_values, layer_sets
+from seka_rag.evaluation.stats import format_ci, format_table, group_share_cis, mean_ci, share_ci
+from seka_rag.evaluation.suite import DEFAULT_ITEMS, SUITE_FAMILIES, Stat, parse_items, parse_names
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_model):
+    seka = tiny_model("llama", projection=False)
+    seka.model.config.max_position_embeddings = 4096  # room for the instruction and lost-in-middle prompts
+    path = tmp_path_factory.mktemp("tiny-llama-long")
+    seka.model.save_pretrained(path)
+    seka.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def projection(model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("proj") / "p.safetensors"
+    assert main(["build-projection", "--model", str(model_dir), "--out", str(out), "--triplets", "4",
+                 "--default-layers", "1", "--dtype", "float32"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def experts(model_dir, projection, tmp_path_factory):
+    out = tmp_path_factory.mktemp("experts") / "set"
+    assert main(["build-experts", "--model", str(model_dir), "--projection", str(projection), "--dtype", "float32",
+                 "--triplets", "2", "--families", "conflict", "instruction", "--out", str(out)]) == 0
+    return out
+
+
+#: A tiny NQ-open oracle file: short gold passages, answers that no other passage contains.
+NQ_RECORDS = [
+    ("who built the tower", ["Alice"], "Tower", "The tower was built by Alice in Paris."),
+    ("where is the bridge", ["Rome"], "Bridge", "The bridge stands in Rome near the river."),
+    ("who met carol", ["Dave"], "Carol", "Carol met Dave in Berlin on Friday."),
+    ("what is the capital of spain", ["Madrid"], "Spain", "The capital of Spain is Madrid."),
+    ("who jumps over the dog", ["the fox"], "Fox", "The quick brown fox jumps over the lazy dog."),
+]
+
+
+@pytest.fixture()
+def nq_file(tmp_path):
+    path = tmp_path / "nq.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for q, answers, title, text in NQ_RECORDS:
+            ctxs = [{"title": title, "text": text, "isgold": True}]
+            f.write(json.dumps({"question": q, "answers": answers, "ctxs": ctxs}) + "\n")
+    return path
+
+
+def _base(model_dir, projection) -> list[str]:
+    return ["--model", str(model_dir), "--projection", str(projection), "--dtype", "float32"]
+
+
+def _check_stat(d: dict) -> None:
+    assert set(d) == {"mean", "ci_low", "ci_high", "n", "unit", "text"}
+    assert d["n"] > 0 and d["unit"] in ("share", "nats")
+    assert d["ci_low"] <= d["mean"] + 1e-9 and d["mean"] <= d["ci_high"] + 1e-9
+    assert d["text"].endswith(f"({d['n']})")
+
+
+# ---------------------------------------------------------------------------------------------- eval
+
+
+def test_eval_every_method_without_experts_or_nq(model_dir, projection, tmp_path, capsys):
+    out, md = tmp_path / "results.json", tmp_path / "tables.md"
+    code = main(["eval", *_base(model_dir, projection), "--items", "counterfact=4,conflict=4,instructions=5",
+                 "--max-new-tokens", "3", "--pasta-profile-items", "4", "--pasta-top", "2", "--no-progress",
+                 "--out", str(out), "--markdown", str(md)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "lost-in-middle skipped" in printed and "adaseka-attention skipped" in printed
+    assert "profiling PASTA heads now" in printed
+    data = json.loads(out.read_text())
+    ran = ["unsteered", "prompt-markers", "prompt-important", "pasta", "spa", "seka"]
+    assert data["methods"] == ran and data["families"] == ["counterfact", "conflict", "instructions"]
+    assert set(data["skipped"]["methods"]) == {"adaseka-attention", "adaseka-embedding"}
+    assert set(data["skipped"]["families"]) == {"lost-in-middle"} and not data["errors"]
+    assert data["items"] == {"counterfact": 4, "conflict": 4, "instructions": 5}
+    for method in ran:
+        assert set(data["table"][method]) == {"counterfact", "conflict", "instructions"}
+        for stat in data["table"][method].values():
+            _check_stat(stat)
+        assert set(data["seconds"]["conflict"]) >= {method}
+    assert data["table"]["unsteered"]["conflict"]["mean"] == 0.5  # counterbalanced by construction
+    assert data["table"]["seka"]["instructions"]["n"] == 5
+    assert data["reports"]["instructions"]["spa"]["settings"]["method"] == "spa"
+    assert "outputs" not in data["reports"]["instructions"]["spa"]  # --per-item not given
+    assert data["settings"]["pasta"]["profiled_now"] and data["settings"]["pasta"]["heads"]
+    details = data["details"]["instructions: pass rate by instruction type"]["seka"]
+    assert set(details) == {"all", "language", "pronoun", "uppercase", "json", "max_words"}
+    # the printed table: one row per method, cells "mean [lo, hi] (n)"
+    assert "50.0 [" in printed and "(4)" in printed
+    text = md.read_text()
+    assert text.startswith("# Evaluation suite") and "| method | counterfact | conflict | instructions |" in text
+    assert "## Notes" in text and "lost-in-middle: skipped" in text
+
+
+def test_eval_with_experts_and_a_tiny_nq_file(model_dir, projection, experts, nq_file, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main(["eval", *_base(model_dir, projection), "--experts", str(experts),
+                 "--families", "lost-in-middle,conflict", "--methods", "unsteered,seka,adaseka-attention,adaseka-embedding",
+                 "--items", "conflict=4,lost-in-middle=2", "--nq", str(nq_file), "--nq-passages", "3",
+                 "--nq-policies", "middle,gold", "--batch-size", "4", "--per-item", "--no-progress", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    data = json.loads(out.read_text())
+    assert data["families"] == ["lost-in-middle", "conflict"] and not data["skipped"]["methods"]
+    assert data["methods"] == ["unsteered", "seka", "adaseka-attention", "adaseka-embedding"]
+    assert data["reports"]["conflict"]["seka"]["settings"]["router"] == "projection"
+    assert data["reports"]["conflict"]["adaseka-embedding"]["settings"]["router"] == "embedding"
+    for method in data["methods"]:
+        _check_stat(data["table"][method]["lost-in-middle"])
+        assert data["table"][method]["lost-in-middle"]["n"] == 6  # 2 questions x 3 gold positions
+    em = data["details"]["lost-in-middle, 'middle' highlighted: best-subspan EM by gold position"]
+    assert set(em["seka"]) == {"first", "middle", "last", "all"} and em["seka"]["first"]["n"] == 2
+    delta = data["details"]["lost-in-middle, 'gold' highlighted: change of log p(gold answer) vs unsteered, nats"]
+    assert delta["unsteered"]["all"]["mean"] == 0.0 and delta["unsteered"]["all"]["unit"] == "nats"
+    rows = data["reports"]["lost-in-middle"]["seka"]["rows"]  # --per-item keeps them
+    assert len(rows) == 2 * 3 * 2 and {r["policy"] for r in rows} == {"middle", "gold"}
+    assert "reference" in data["seconds"]["lost-in-middle"]
+    assert "lost-in-middle, 'gold' highlighted" in printed
+
+
+def test_profile_pasta_then_eval_with_the_heads(model_dir, projection, tmp_path, capsys):
+    heads = tmp_path / "heads.json"
+    assert main(["profile-pasta", *_base(model_dir, projection), "--items", "4", "--top", "3", "--alpha", "0.1",
+                 "--out", str(heads)]) == 0
+    assert "selected (layer, head" in capsys.readouterr().out
+    saved = json.loads(heads.read_text())
+    assert len(saved["selected"]) == 3 and len(saved["scores"]) == 2 * 4 and saved["n_items"] == 4
+    assert saved["alpha"] == 0.1 and saved["model"] == str(model_dir)
+    out = tmp_path / "r.json"
+    assert main(["eval", *_base(model_dir, projection), "--families", "conflict", "--methods", "pasta",
+                 "--items", "4", "--pasta-heads", str(heads), "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "profiling PASTA heads now" not in printed
+    data = json.loads(out.read_text())
+    assert data["settings"]["pasta"]["heads_file"] == str(heads) and data["settings"]["pasta"]["alpha"] == 0.1
+    assert sum(map(len, data["settings"]["pasta"]["heads"].values())) == 3
+    _check_stat(data["table"]["pasta"]["conflict"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "seka,bogus"], "unknown methods ['bogus']"),
+    (["--families", "poetry"], "unknown families ['poetry']"),
+    (["--nq-policies", "random"], "unknown lost-in-middle policies"),
+    (["--items", "poetry=3"], "unknown family 'poetry'"),
+    (["--items", "-2"], "--items must be a positive integer"),
+    (["--nq", "/no/such/nq.jsonl"], "--nq: no such file"),
+    (["--pasta-heads", "/no/such/heads.json"], "--pasta-heads: no such file"),
+])
+def test_eval_bad_input_exits_2(model_dir, projection, args, message, capsys):
+    assert main(["eval", *_base(model_dir, projection), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_eval_unreadable_head_file_exits_2(model_dir, projection, tmp_path, capsys):
+    bad = tmp_path / "heads.json"
+    bad.write_text("{}")
+    assert main(["eval", *_base(model_dir, projection), "--methods", "pasta", "--families", "conflict",
+                 "--items", "4", "--pasta-heads", str(bad)]) == 2
+    assert "cannot read PASTA head profile" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- sensitivity
+
+
+def test_sensitivity_writes_json_markdown_and_heat_maps(model_dir, projection, tmp_path, capsys):
+    out_dir = tmp_path / "sens"
+    assert main(["sensitivity", *_base(model_dir, projection), "--items", "2", "--gains-pos", "1,2",
+                 "--gains-neg", "0,0.5", "--layer-sets", "default,all,last-1", "--delta-quantiles", "0,0.5",
+                 "--no-progress", "--out-dir", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "Gains (g+ rows, g- columns)" in printed and "Layer sets x head threshold" in printed
+    stem = model_dir.name.lower()
+    data = json.loads((out_dir / f"{stem}.json").read_text())
+    assert data["split"] == "dev" and data["cases"] == 8 and data["scorer"] == "first-token"
+    assert [(p["gain_pos"], p["gain_neg"]) for p in data["gains"]] == [(1, 0), (1, 0.5), (2, 0), (2, 0.5)]
+    assert all(p["layers"] == [1] and p["quantile"] is None for p in data["gains"])
+    # "last-1" is the same layer as "default" ([1]): one row for both
+    assert [(p["layer_set"], p["quantile"]) for p in data["layers_delta"]] == [
+        ("default", 0.0), ("default", 0.5), ("all", 0.0), ("all", 0.5)]
+    full = [p for p in data["layers_delta"] if p["layer_set"] == "all"]
+    assert full[0]["heads_kept"] == full[0]["heads_total"] == 4 and full[1]["heads_kept"] < 4
+    assert 0 <= data["unsteered"]["share"] <= 1 and data["defaults"]["layers"] == [1]
+    for name in (f"{stem}-gains.png", f"{stem}-layers-delta.png"):
+        png = (out_dir / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 1000
+    assert "| g+ 1 |" in (out_dir / f"{stem}.md").read_text()
+
+
+def test_sensitivity_shared_prefix_matches_the_family_scorer(model_dir, projection, tmp_path, capsys):
+    out_dir = tmp_path / "s"
+    assert main(["sensitivity", *_base(model_dir, projection), "--items", "2", "--gains-pos", "2",
+                 "--gains-neg", "0.5", "--layer-sets", "default", "--delta-quantiles", "0", "--scorer",
+                 "shared-prefix", "--no-plots", "--no-progress", "--out-dir", str(out_dir)]) == 0
+    data = json.loads((out_dir / f"{model_dir.name.lower()}.json").read_text())
+    assert data["scorer"] == "shared-prefix" and data["cases"] == 8
+    assert data["unsteered"]["share"] == 0.5  # counterbalanced cases, full answers
+    assert not list(out_dir.glob("*.png"))
+
+
+def test_sensitivity_bad_input_exits_2(model_dir, projection, tmp_path, capsys):
+    assert main(["sensitivity", *_base(model_dir, projection), "--layer-sets", "default,top-3",
+                 "--out-dir", str(tmp_path)]) == 2
+    assert "unknown layer sets ['top-3']" in capsys.readouterr().err
+    assert main(["sensitivity", *_base(model_dir, projection), "--delta-quantiles", "1.5", "--no-plots",
+                 "--out-dir", str(tmp_path)]) == 2
+    assert "quantiles" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def test_parse_names_and_items():
+    assert parse_names(None, ("a", "b"), "things") == ["a", "b"]
+    assert parse_names("b, a,b", ("a", "b"), "things") == ["b", "a"]
+    with pytest.raises(SekaError, match="unknown things"):
+        parse_names(" , ", ("a",), "things")
+    assert parse_items(None) == DEFAULT_ITEMS
+    assert parse_items("7", ["conflict"]) == {"conflict": 7}
+    assert parse_items("conflict=8,instructions=5") == {**DEFAULT_ITEMS, "conflict": 8, "instructions": 5}
+    assert parse_items("lost-in-middle=2", ["conflict"]) == {"conflict": DEFAULT_ITEMS["conflict"]}
+    assert set(DEFAULT_ITEMS) == set(SUITE_FAMILIES)
+    with pytest.raises(SekaError, match="positive"):
+        parse_items("conflict=x")
+
+
+def test_shared_report_helpers():
+    assert share_ci([]) == pytest.approx((float("nan"),) * 3, nan_ok=True)
+    assert share_ci([True, True]) == (1.0, 1.0, 1.0)
+    assert mean_ci([2.0, 2.0]) == (2.0, 2.0, 2.0)
+    groups = group_share_cis(["b", "a", "b"], [True, False, False], order=["b", "a"])
+    assert list(groups) == ["b", "a"] and groups["b"][0] == 0.5 and groups["b"][3] == 2 and groups["a"][0] == 0.0
+    assert format_ci(0.5, 0.25, 0.75) == "50.0 [25.0, 75.0]"
+    assert format_ci(-1.5, -2.0, 0.25, percent=False, n=3) == "-1.50 [-2.00, +0.25] (3)"
+    assert format_ci(float("nan"), float("nan"), float("nan")) == "- [-, -]"
+    assert Stat.shares([True, False, True, True]).text().startswith("75.0 [")
+    assert format_table(["m", "x"], [["a", "1"], ["long", "22"]]) == "m      x\n----  --\na      1\nlong  22"
+    assert format_table(["m", "x"], [["a", "1"]], markdown=True) == "| m | x |\n| --- | ---: |\n| a | 1 |"
+
+
+def test_layer_sets_and_deltas(tiny_model):
+    proj = tiny_model("llama", num_layers=4, projection={"default_layers": [2, 3]}).projection
+    sets = layer_sets(proj, ["default", "last-2", "first-1", "middle-2", "all", "last-12"])
+    assert sets == {"default": [2, 3], "first-1": [0], "middle-2": [1, 2], "all": [0, 1, 2, 3]}
+    with pytest.raises(SekaError, match="layer sets"):
+        check_set_names(["last-0"])
+    deltas = delta_values(proj, [0.0, 0.5])
+    assert deltas[0][1] == pytest.approx(float(proj.head_shift.min()))
+    kept = proj.with_delta(deltas[1][1]).head_mask
+    assert 0 < int(kept.sum()) < kept.numel() and isinstance(proj, Projection)
+    assert torch.equal(proj.with_delta(deltas[0][1]).head_mask, torch.ones_like(kept))
