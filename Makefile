@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.seka-installed
 
-.PHONY: install demo test test-unit examples bench bench-integrations build-projections eval-conflicts clean
+.PHONY: install demo test test-unit examples bench bench-integrations build-projections eval-conflicts eval sensitivity clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,22 @@ eval-conflicts: install
 		--out docs/calibration/qwen2.5-coder-0.5b-test.json
 	$(VENV)/bin/seka-rag eval-conflicts --model smollm2-135m --split test --greedy \
 		--out docs/calibration/smollm2-135m-test.json
+
+# The evaluation suite: four task families (CounterFact-format conflicts, two-document conflicts,
+# instruction following, lost in the middle on NQ-open) x every method (unsteered, prompt emphasis,
+# PASTA, SPA, SEKA, AdaSEKA) in one run, about 35 min on 2 CPU cores. PASTA's heads are profiled on
+# the fly with a small budget unless PASTA_HEADS names a `seka-rag profile-pasta --out FILE` file.
+PASTA_HEADS ?=
+eval: install
+	$(VENV)/bin/seka-rag eval --model qwen2.5-coder-0.5b --adaptive --nq $(NQ_DATA) \
+		$(if $(PASTA_HEADS),--pasta-heads $(PASTA_HEADS)) \
+		--out docs/results.json --markdown docs/results-tables.md
+
+# How SEKA's share moves with the gains, the edited layers and the head threshold, on dev conflict
+# cases (tables, JSON and heat-maps in docs/sensitivity/; about 8 min). It reports only: the shipped
+# defaults come from the steering-quality calibration (build-projections).
+sensitivity: install
+	$(VENV)/bin/seka-rag sensitivity --model qwen2.5-coder-0.5b --out-dir docs/sensitivity
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache

@@ -410,7 +410,7 @@ def cmd_profile_pasta(args) -> int:
 def _pasta_for_eval(model, args):
     """(PastaConfig or None, what was done) for ``seka-rag eval``: a saved profile, or a small one profiled now."""
     from .evaluation.baselines import PastaUnsupportedError, profiling_items, select_pasta_heads
-    from .evaluation.suite import load_head_profile
+    from .evaluation.suite import PASTA_PROFILE_STRIDE, load_head_profile
 
     if args.pasta_heads:
         profile, extra = load_head_profile(args.pasta_heads)
@@ -418,17 +418,24 @@ def _pasta_for_eval(model, args):
             print(f"warning: {args.pasta_heads} was profiled on {extra['model']!r}, not {model.model_id!r}")
         info = {"heads_file": args.pasta_heads, "profiled_on": extra.get("model"), "n_items": profile.n_items}
     else:
+        from .calibration import _fmt_layers
+
+        layers = args.pasta_profile_layers
+        if layers is None:
+            layers = list(range(0, model.geometry.num_layers, PASTA_PROFILE_STRIDE))
         print(f"note: no --pasta-heads file: profiling PASTA heads now on {args.pasta_profile_items} dev conflict "
-              f"cases (a small budget; `seka-rag profile-pasta --out FILE` profiles once with more, then pass "
-              f"--pasta-heads FILE)", flush=True)
+              f"cases, layers {_fmt_layers(layers)} (a small budget; `seka-rag profile-pasta --out FILE` "
+              f"profiles once with more, then pass --pasta-heads FILE)", flush=True)
         started = time.perf_counter()
         try:
             profile = select_pasta_heads(model, profiling_items(args.pasta_profile_items), top=args.pasta_top,
+                                         layers=layers,
                                          **({} if args.pasta_alpha is None else {"alpha": args.pasta_alpha}))
         except PastaUnsupportedError as exc:
             print(f"note: pasta skipped: {exc}")
             return None, {"error": str(exc)}
-        info = {"profiled_now": True, "n_items": profile.n_items, "seconds": time.perf_counter() - started}
+        info = {"profiled_now": True, "n_items": profile.n_items, "layers": layers,
+                "seconds": time.perf_counter() - started}
     config = profile.config(alpha=args.pasta_alpha)
     info.update(config.to_dict())
     return config, info
@@ -443,6 +450,7 @@ def cmd_eval(args) -> int:
         SUITE_FAMILIES,
         SUITE_METHODS,
         SuiteConfig,
+        build_suite_items,
         parse_items,
         parse_names,
         run_suite,
@@ -455,6 +463,10 @@ def cmd_eval(args) -> int:
     items = parse_items(args.items, families)
     for path, flag in ((args.nq, "--nq"), (args.counterfact, "--counterfact"), (args.pasta_heads, "--pasta-heads")):
         _check_file(path, flag)
+    config = SuiteConfig(families=tuple(families), items=items, seed=args.seed, batch_size=args.batch_size,
+                         max_new_tokens=args.max_new_tokens, counterfact=args.counterfact, nq=args.nq,
+                         nq_policies=tuple(policies), nq_passages=args.nq_passages, per_item=args.per_item)
+    eval_items, skipped_families = build_suite_items(config)  # bad data files fail before the model loads
     spec = _model_spec(args)
     if any(m in ADASEKA_METHODS for m in methods) and not spec["adaptive"] and args.model in EMBEDDED_MODELS:
         from .model import shipped_experts_path
@@ -468,17 +480,16 @@ def cmd_eval(args) -> int:
     chosen, skipped = suite_methods(model, methods, pasta=pasta, spa_strength=args.spa_strength)
     for name, why in skipped.items():
         print(f"note: {name} skipped: {why}")
-    config = SuiteConfig(families=tuple(families), items=items, seed=args.seed, batch_size=args.batch_size,
-                         max_new_tokens=args.max_new_tokens, counterfact=args.counterfact, nq=args.nq,
-                         nq_policies=tuple(policies), nq_passages=args.nq_passages, per_item=args.per_item)
-    result = run_suite(model, chosen, config, skipped_methods=skipped, progress=not args.no_progress)
+    result = run_suite(model, chosen, config, items=eval_items, skipped_families=skipped_families,
+                       skipped_methods=skipped, progress=not args.no_progress)
     result.settings.update(command="seka-rag eval " + " ".join(sys.argv[2:]), pasta=pasta_info,
                            spa_strength=chosen["spa"].config.strength if "spa" in chosen else None)
     if "seconds" in pasta_info:
         result.seconds["pasta profiling"] = pasta_info["seconds"]
     counts = ", ".join(f"{f}: {result.items[f]}" for f in result.families)
+    profiling = f" + {pasta_info['seconds']:.0f} s PASTA profiling" if "seconds" in pasta_info else ""
     print(f"\nEvaluation suite on {model.model_id} ({counts}; seed {args.seed}; "
-          f"{result.seconds['total']:.0f} s); cells: mean [95 % CI] (n)")
+          f"{result.seconds['total']:.0f} s{profiling}); cells: mean [95 % CI] (n)")
     print(result.text())
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -641,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pasta-heads", metavar="FILE", help="PASTA head profile from `seka-rag profile-pasta` "
                    "(default: profile now with a small budget)")
     p.add_argument("--pasta-profile-items", type=int, default=8, help="dev cases for on-the-fly PASTA profiling")
+    p.add_argument("--pasta-profile-layers", type=_int_list,
+                   help="layers for on-the-fly PASTA profiling (default: every second layer)")
     p.add_argument("--pasta-top", type=int, default=8, help="heads kept by on-the-fly PASTA profiling")
     p.add_argument("--pasta-alpha", type=float, help="PASTA's alpha (default: the profile's)")
     p.add_argument("--spa-strength", type=float, help="SPA's strength omega (default 1.5)")

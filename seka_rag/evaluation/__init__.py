@@ -1,4 +1,5 @@
-"""Evaluations of attention steering: the two-document knowledge-conflict benchmark and statistics."""
+"""Evaluations of attention steering: the two-document knowledge-conflict benchmark, the task families, the
+side-by-side suite (:mod:`.suite`, ``seka-rag eval``), the sensitivity sweep (:mod:`.sensitivity`) and statistics."""
 
 from .conflict import (
     ConflictCase,
@@ -12,7 +13,8 @@ from .conflict import (
     real_conflict_items,
 )
 from .families import FamilyItem, FamilyReport, evaluate_family, family_items, format_family_table, score_items
-from .stats import bootstrap_ci, paired_bootstrap_diff_ci
+from .stats import bootstrap_ci, format_ci, mean_ci, paired_bootstrap_diff_ci, share_ci
+from .suite import SuiteConfig, SuiteResult, run_suite
 
 __all__ = [
     "ConflictCase",
@@ -21,6 +23,8 @@ __all__ = [
     "FamilyItem",
     "FamilyReport",
     "GroupStats",
+    "SuiteConfig",
+    "SuiteResult",
     "bootstrap_ci",
     "conflict_cases",
     "conflict_split",
@@ -28,8 +32,12 @@ __all__ = [
     "evaluate_family",
     "family_items",
     "fictional_conflict_items",
+    "format_ci",
     "format_family_table",
+    "mean_ci",
     "paired_bootstrap_diff_ci",
     "real_conflict_items",
+    "run_suite",
     "score_items",
+    "share_ci",
 ]

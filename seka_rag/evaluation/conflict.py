@@ -769,14 +769,8 @@ def score_cases(
         encoded.append((i, enc, t_ids, o_ids))
     encoded.sort(key=lambda r: (-len(r[1].input_ids), r[0]))
     bs = max(1, int(batch_size))
-    margins = [0.0] * len(cases)
     if shared_prefix:
-        chunks = [encoded[s : s + bs] for s in range(0, len(encoded), bs)]
-        for chunk in progress_bar(chunks, len(chunks), "conflict scoring", progress):
-            pairs = _score_pairs(model, [r[1] for r in chunk], [(r[2], r[3]) for r in chunk], steer, steer_kwargs)
-            for r, (t, o) in zip(chunk, pairs):
-                margins[r[0]] = t - o
-        return margins
+        return shared_prefix_margins(model, encoded, bs, steer, steer_kwargs, progress, "conflict scoring")
     rows = [(i, 0, enc, t) for i, enc, t, o in encoded] + [(i, 1, enc, o) for i, enc, t, o in encoded]
     rows.sort(key=lambda r: (-(len(r[2].input_ids) + len(r[3])), r[0], r[1]))
     scores = [[0.0, 0.0] for _ in cases]
@@ -786,6 +780,19 @@ def score_cases(
         for r, s in zip(chunk, got):
             scores[r[0]][r[1]] = s
     return [t - o for t, o in scores]
+
+
+def shared_prefix_margins(model, encoded, batch_size: int, steer: bool, steer_kwargs: dict, progress: bool,
+                          desc: str) -> list[float]:
+    """Margins log p(target) − log p(other) of ``encoded`` rows ``(index 0..n-1, EncodedPrompt, target ids,
+    other ids)`` (sorted longest first), by index: one steered prefill per prompt, both answers from its cache."""
+    margins = [math.nan] * len(encoded)
+    chunks = [encoded[s : s + batch_size] for s in range(0, len(encoded), batch_size)]
+    for chunk in progress_bar(chunks, len(chunks), desc, progress):
+        pairs = _score_pairs(model, [r[1] for r in chunk], [(r[2], r[3]) for r in chunk], steer, steer_kwargs)
+        for r, (t, o) in zip(chunk, pairs):
+            margins[r[0]] = t - o
+    return margins
 
 
 def _cache_argument(module) -> str:

@@ -927,7 +927,7 @@ def score_items(model, items: Sequence[FamilyItem], *, batch_size: int = 8, prog
 
 
 def _score_shared_prefix(model, items, batch_size: int, progress: bool, steer_kwargs: dict) -> list[float]:
-    from .conflict import _score_pairs
+    from .conflict import shared_prefix_margins
 
     tok = model.tokenizer
     steer = steer_kwargs.pop("steer", True) if "steer" in steer_kwargs else True
@@ -941,13 +941,7 @@ def _score_shared_prefix(model, items, batch_size: int, progress: bool, steer_kw
         enc = model.encode(item.prompt, [item.highlight], max_length=model.context_window - max(len(t), len(o)))
         encoded.append((i, enc, t, o))
     encoded.sort(key=lambda r: (-len(r[1].input_ids), r[0]))
-    margins = [math.nan] * len(items)
-    chunks = [encoded[s:s + batch_size] for s in range(0, len(encoded), batch_size)]
-    for chunk in progress_bar(chunks, len(chunks), "family scoring", progress):
-        pairs = _score_pairs(model, [r[1] for r in chunk], [(r[2], r[3]) for r in chunk], steer, steer_kwargs)
-        for r, (t, o) in zip(chunk, pairs):
-            margins[r[0]] = t - o
-    return margins
+    return shared_prefix_margins(model, encoded, batch_size, steer, steer_kwargs, progress, "family scoring")
 
 
 def hits_of(margins: Sequence[float]) -> list[bool]:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..calibration import _fmt_layers
 from ..errors import SekaError
 from .stats import format_table
 
@@ -61,8 +62,8 @@ def layer_sets(projection, names: Sequence[str] = DEFAULT_LAYER_SETS) -> dict[st
 
     ``default`` (its default layers), ``all`` (every layer it covers), ``first-N`` / ``last-N`` /
     ``middle-N`` (N of its layers, clipped to what it covers). A set equal to an earlier one is
-    dropped (``all`` and ``last-8`` of an 8-layer projection are one point). :class:`SekaError` for
-    an unknown name.
+    measured once, under both names (``"default=last-8"`` when the default layers are the last 8).
+    :class:`SekaError` for an unknown name.
     """
     covered = sorted(projection.layers)
     out: dict[str, list[int]] = {}
@@ -76,8 +77,11 @@ def layer_sets(projection, names: Sequence[str] = DEFAULT_LAYER_SETS) -> dict[st
             k = min(int(m.group(2)), len(covered))
             start = {"first": 0, "last": len(covered) - k, "middle": (len(covered) - k) // 2}[m.group(1)]
             layers = covered[start:start + k]
-        if layers not in out.values():
+        same = next((k for k, v in out.items() if v == layers), None)
+        if same is None:
             out[name] = layers
+        else:  # one point for both names, e.g. "default=last-8"
+            out = {(f"{k}={name}" if k == same else k): v for k, v in out.items()}
     return out
 
 
@@ -172,7 +176,7 @@ class SensitivityResult:
         }
 
     def heatmaps(self, out_dir: str | Path, stem: str) -> list[Path]:
-        """Write ``{stem}-gains.png`` (g+ × g-) and ``{stem}-layers-delta.png`` (layer set × δ) heat-maps of the share."""
+        """Write the share heat-maps ``{stem}-gains.png`` (g+ × g-) and ``{stem}-layers-delta.png`` (layers × δ)."""
         figure_cls, canvas_cls = _matplotlib()
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,24 +189,23 @@ class SensitivityResult:
         paths = [out_dir / f"{stem}-gains.png", out_dir / f"{stem}-layers-delta.png"]
         _heatmap(figure_cls, canvas_cls, grid, [f"{g:g}" for g in pos], [f"{g:g}" for g in neg], "g+", "g-",
                  f"{self.model}: share where the highlight wins\n(default layers; unsteered "
-                 f"{100 * self.unsteered.share:.0f} %; {self.n_cases} dev cases)", mark, paths[0], heads=False)
+                 f"{100 * self.unsteered.share:.0f} %; {self.n_cases} dev cases; red: default)", mark, paths[0],
+                 heads=False)
         sets = list(dict.fromkeys(p.layer_set for p in self.layers))
         qs = self._quantiles()
         at2 = {(p.layer_set, p.quantile): p for p in self.layers}
         grid2 = [[at2.get((s, q)) for q, _ in qs] for s in sets]
-        mark2 = (sets.index("default"), 0) if "default" in sets else None
-        _heatmap(figure_cls, canvas_cls, grid2, sets, [f"q{q:g}\nδ {d:.3f}" for q, d in qs], "layer set",
+        row = next((i for i, name in enumerate(sets) if "default" in name.split("=")), None)
+        col = next((j for j, (q, _) in enumerate(qs) if q == self.defaults.get("quantile")), None)
+        mark2 = None if row is None or col is None else (row, col)
+        labels = [f"{name}\n({_fmt_layers(next(p.layers for p in self.layers if p.layer_set == name))})"
+                  for name in sets]
+        _heatmap(figure_cls, canvas_cls, grid2, labels, [f"q{q:g}\nδ {d:.3f}" for q, d in qs], "layer set",
                  "head threshold δ (quantile of key shift)",
                  f"{self.model}: share where the highlight wins\n(g+ {self.defaults['gain_pos']:g}, "
-                 f"g- {self.defaults['gain_neg']:g}; cells: share, heads kept)", mark2, paths[1], heads=True)
+                 f"g- {self.defaults['gain_neg']:g}; cells: share, heads kept; red: default)", mark2, paths[1],
+                 heads=True)
         return paths
-
-
-def _fmt_layers(layers: Sequence[int]) -> str:
-    layers = list(layers)
-    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}-{layers[-1]}"
-    return ",".join(map(str, layers))
 
 
 def require_matplotlib():
@@ -237,7 +240,8 @@ def _heatmap(figure_cls, canvas_cls, grid, rows, cols, ylabel, xlabel, title, ma
         for j, p in enumerate(row):
             if p is None:
                 continue
-            label = f"{100 * p.share:.0f}%" + (f"\n{p.heads_kept}/{p.heads_total}" if heads else f"\n{p.mean_margin:+.1f}")
+            extra = f"{p.heads_kept}/{p.heads_total}" if heads else f"{p.mean_margin:+.1f}"
+            label = f"{100 * p.share:.0f}%\n{extra}"
             ax.text(j, i, label, ha="center", va="center", fontsize=7, color="white" if p.share < 0.6 else "black")
     if mark is not None:
         from matplotlib.patches import Rectangle
@@ -339,13 +343,16 @@ def sensitivity_sweep(
         rows = [projection.row(layer) for layer in layers]
         return int(projection.head_mask[rows].sum()), int(projection.head_mask[rows].numel())
 
+    # the quantile whose threshold keeps exactly the projection's own heads (the default mask), if any
+    default_q = next((q for q, d in deltas if bool((base.with_delta(d).head_mask == base.head_mask).all())), None)
     share, margin = score(None, None, None, None)
     unsteered = SweepPoint(0.0, 0.0, "none", [], None, None, 0, total_heads, share, margin, score.n)
     result = SensitivityResult(
         model=getattr(model, "model_id", ""), scorer=scorer, n_items=items, n_cases=score.n, seed=seed,
         unit_scale=unit_scale, unsteered=unsteered,
         defaults={"gain_pos": meta.gain_pos, "gain_neg": meta.gain_neg, "layers": default_layers,
-                  "delta": meta.delta, "heads_kept": int(base.head_mask.sum()), "heads_total": total_heads,
+                  "delta": meta.delta, "quantile": default_q, "heads_kept": int(base.head_mask.sum()),
+                  "heads_total": total_heads,
                   "layer_scale": [float(x) for x in base.layer_scale]},
     )
     points = [("gains", gp, gn, "default", default_layers, None) for gp in gains_pos for gn in gains_neg]

@@ -43,9 +43,17 @@ SUITE_METHODS: tuple[str, ...] = (
 ADASEKA_METHODS: tuple[str, ...] = ("adaseka-attention", "adaseka-embedding")
 
 #: Items per family in a default run (lost-in-middle: questions, each asked with the gold passage
-#: first, middle and last). Sized so that every family × every method on Qwen2.5-Coder-0.5B fits in
-#: about 35 minutes on 2 CPU cores (see docs/evaluation.md for the estimate).
-DEFAULT_ITEMS: dict[str, int] = {"counterfact": 64, "conflict": 64, "instructions": 25, "lost-in-middle": 6}
+#: first, middle and last). Sized so that every family × every method on Qwen2.5-Coder-0.5B
+#: (bfloat16) fits in about 35 minutes on 2 CPU cores. Estimate from token counts (chat template
+#: included) and rates measured on this project's 2-core machine (1 thread, other jobs running:
+#: forward 2.3 ms per prompt token, greedy decoding 0.21 s per step for a batch of 8): on-the-fly
+#: PASTA profiling 168 heads × 2.3 s ≈ 395 s; counterfact 64 items × 2 rows × 66 tokens ≈ 185 s
+#: over the 8 methods; conflict 64 cases × 78 tokens ≈ 145 s; instructions 20 items (64 new
+#: tokens, batches of 8) ≈ 370 s; lost-in-middle 4 questions × 3 contexts × 1,300 tokens (one
+#: scoring and one generating prefill per method and context, the unsteered reference once) ≈ 990 s;
+#: loading ≈ 20 s — about 2,100 s, 35 min (19 min without ``--nq``). SPA costs 2-5× a SEKA cell
+#: (two passes, no shared prefix), PASTA 1.2-2.4× (eager attention).
+DEFAULT_ITEMS: dict[str, int] = {"counterfact": 64, "conflict": 64, "instructions": 20, "lost-in-middle": 4}
 
 #: What the main table reports per family.
 HEADLINE: dict[str, str] = {
@@ -55,8 +63,10 @@ HEADLINE: dict[str, str] = {
     "lost-in-middle": "best-subspan EM of the greedy answer, all gold positions, %",
 }
 
-#: PASTA profiling budget when no head file is given: dev conflict cases and heads kept.
+#: PASTA profiling budget when no head file is given: dev conflict cases, every ``PASTA_PROFILE_STRIDE``-th
+#: layer (all its query heads), heads kept.
 PASTA_PROFILE_ITEMS = 8
+PASTA_PROFILE_STRIDE = 2
 PASTA_TOP = 8
 
 
@@ -422,33 +432,45 @@ _RUNNERS: dict[str, Callable[..., FamilyOutcome]] = {
 }
 
 
+def build_suite_items(config: SuiteConfig, log: Callable[[str], None] = print,
+                      ) -> tuple[dict[str, list], dict[str, str]]:
+    """``(items by family, skipped families and why)``: lost-in-middle is skipped (with a note to ``log``)
+    without an NQ file. Needs no model, so bad data files fail before anything is loaded."""
+    items: dict[str, list] = {}
+    skipped: dict[str, str] = {}
+    for family in config.families:
+        if family == "lost-in-middle" and config.nq is None:
+            skipped[family] = "no NQ-open oracle file: pass --nq PATH (e.g. ../shared/data/nq-open-oracle.jsonl.gz)"
+            log(f"note: lost-in-middle skipped: {skipped[family]}")
+            continue
+        items[family] = suite_items(family, config.items[family], config)
+    return items, skipped
+
+
 def run_suite(model, methods: Mapping[str, Any], config: SuiteConfig = SuiteConfig(), *,
+              items: Mapping[str, list] | None = None, skipped_families: Mapping[str, str] | None = None,
               skipped_methods: Mapping[str, str] | None = None, progress: bool = True,
               log: Callable[[str], None] = print) -> SuiteResult:
     """Evaluate every method of ``methods`` (name → method object) on every family of ``config``.
 
-    Families are run one after the other (items built once, shared by the methods); a
-    lost-in-middle run computes the unsteered reference once. A cell that raises is recorded in
-    ``errors`` and the run goes on. ``log`` receives notes (skipped families); per-cell results go
-    to the progress bar's stream.
+    ``items`` (default: :func:`build_suite_items`) holds each family's items, shared by the
+    methods; families run one after the other, and a lost-in-middle run computes the unsteered
+    reference once. A cell that raises is recorded in ``errors`` and the run goes on. ``log``
+    receives notes (skipped families); per-cell results go to the progress bar's stream.
     """
     import sys
 
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
-    families = [f for f in config.families]
-    result = SuiteResult(model=getattr(model, "model_id", type(model).__name__), families=[], methods=list(methods),
-                         items={}, settings=config.to_dict())
+    if items is None:
+        items, skipped_families = build_suite_items(config, log)
+    families = [f for f in config.families if f in items]
+    result = SuiteResult(model=getattr(model, "model_id", type(model).__name__), families=families,
+                         methods=list(methods), items={f: config.items[f] for f in families},
+                         settings=config.to_dict())
+    result.skipped["families"].update(skipped_families or {})
     result.skipped["methods"].update(skipped_methods or {})
-    if "lost-in-middle" in families and config.nq is None:
-        why = "no NQ-open oracle file: pass --nq PATH (e.g. ../shared/data/nq-open-oracle.jsonl.gz)"
-        result.skipped["families"]["lost-in-middle"] = why
-        log(f"note: lost-in-middle skipped: {why}")
-        families.remove("lost-in-middle")
-    items = {f: suite_items(f, config.items[f], config) for f in families}
-    result.families = families
-    result.items = {f: config.items[f] for f in families}
     bar = tqdm(total=len(families) * len(methods), desc="eval", unit="cell", disable=not progress, file=sys.stderr)
     try:
         for family in families:
@@ -489,12 +511,14 @@ __all__ = [
     "DEFAULT_ITEMS",
     "HEADLINE",
     "PASTA_PROFILE_ITEMS",
+    "PASTA_PROFILE_STRIDE",
     "PASTA_TOP",
     "SUITE_FAMILIES",
     "SUITE_METHODS",
     "Stat",
     "SuiteConfig",
     "SuiteResult",
+    "build_suite_items",
     "load_head_profile",
     "parse_items",
     "parse_names",

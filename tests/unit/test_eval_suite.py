@@ -171,6 +171,19 @@ def test_eval_bad_input_exits_2(model_dir, projection, args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_eval_bad_data_files_fail_before_the_model_loads(tmp_path, capsys):
+    bad = tmp_path / "counterfact.json"
+    bad.write_text(json.dumps([{"case_id": 0, "requested_rewrite": {"subject": "x"}}]))
+    assert main(["eval", "--model", str(tmp_path / "no-model"), "--families", "counterfact", "--counterfact",
+                 str(bad)]) == 2
+    assert "cannot build the counterfact items" in capsys.readouterr().err
+    nq = tmp_path / "nq.jsonl"
+    nq.write_text(json.dumps({"question": "q", "answers": ["a"], "ctxs": [{"title": "t", "text": "x"}]}) + "\n")
+    assert main(["eval", "--model", str(tmp_path / "no-model"), "--families", "lost-in-middle", "--nq", str(nq),
+                 "--items", "2"]) == 2  # one record: not enough questions
+    assert "cannot build the lost-in-middle items" in capsys.readouterr().err
+
+
 def test_eval_unreadable_head_file_exits_2(model_dir, projection, tmp_path, capsys):
     bad = tmp_path / "heads.json"
     bad.write_text("{}")
@@ -196,10 +209,11 @@ def test_sensitivity_writes_json_markdown_and_heat_maps(model_dir, projection, t
     assert all(p["layers"] == [1] and p["quantile"] is None for p in data["gains"])
     # "last-1" is the same layer as "default" ([1]): one row for both
     assert [(p["layer_set"], p["quantile"]) for p in data["layers_delta"]] == [
-        ("default", 0.0), ("default", 0.5), ("all", 0.0), ("all", 0.5)]
+        ("default=last-1", 0.0), ("default=last-1", 0.5), ("all", 0.0), ("all", 0.5)]
     full = [p for p in data["layers_delta"] if p["layer_set"] == "all"]
     assert full[0]["heads_kept"] == full[0]["heads_total"] == 4 and full[1]["heads_kept"] < 4
     assert 0 <= data["unsteered"]["share"] <= 1 and data["defaults"]["layers"] == [1]
+    assert data["defaults"]["quantile"] == 0.0  # δ = 0 keeps every head, as the built projection does
     for name in (f"{stem}-gains.png", f"{stem}-layers-delta.png"):
         png = (out_dir / name).read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 1000
@@ -260,7 +274,7 @@ def test_shared_report_helpers():
 def test_layer_sets_and_deltas(tiny_model):
     proj = tiny_model("llama", num_layers=4, projection={"default_layers": [2, 3]}).projection
     sets = layer_sets(proj, ["default", "last-2", "first-1", "middle-2", "all", "last-12"])
-    assert sets == {"default": [2, 3], "first-1": [0], "middle-2": [1, 2], "all": [0, 1, 2, 3]}
+    assert sets == {"default=last-2": [2, 3], "first-1": [0], "middle-2": [1, 2], "all=last-12": [0, 1, 2, 3]}
     with pytest.raises(SekaError, match="layer sets"):
         check_set_names(["last-0"])
     deltas = delta_values(proj, [0.0, 0.5])
@@ -268,3 +282,13 @@ def test_layer_sets_and_deltas(tiny_model):
     kept = proj.with_delta(deltas[1][1]).head_mask
     assert 0 < int(kept.sum()) < kept.numel() and isinstance(proj, Projection)
     assert torch.equal(proj.with_delta(deltas[0][1]).head_mask, torch.ones_like(kept))
+
+
+def test_conflict_shared_prefix_equals_row_scoring(tiny_model):
+    from seka_rag.evaluation.conflict import conflict_cases, conflict_split, score_cases
+
+    model = tiny_model("qwen2", context_window=4096)
+    cases = [c for it in conflict_split("dev", n=2) for c in conflict_cases(it)]
+    shared = score_cases(model, cases, batch_size=3, progress=False)
+    rows = score_cases(model, cases, batch_size=3, progress=False, shared_prefix=False)
+    assert shared == pytest.approx(rows, abs=1e-3)
