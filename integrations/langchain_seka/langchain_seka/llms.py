@@ -50,20 +50,7 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        override = kwargs.get("model")
-        params = LangSmithParams(
-            ls_provider="seka",
-            ls_model_name=model_label(override) if override is not None else self.model_name,
-            ls_model_type="llm",
-            ls_max_tokens=kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)),
-        )
-        temperature = kwargs.get("temperature", self.temperature)
-        if temperature is not None:
-            params["ls_temperature"] = temperature
-        stops = stop if stop is not None else self.stop
-        if stops:
-            params["ls_stop"] = list(stops)
-        return params
+        return langsmith_params(self, "llm", stop, kwargs)
 
     def _prepare(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]):
         kwargs = dict(kwargs)
@@ -144,3 +131,21 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
             yield chunk
         final = self._generation(model, name, prompt, highlights, gen, "".join(pieces))
         yield GenerationChunk(text="", generation_info=final.generation_info)
+
+
+def langsmith_params(settings: Any, model_type: str, stop: list[str] | None, kwargs: dict[str, Any]) -> LangSmithParams:
+    """LangSmith tracing parameters of a ChatSeka / SekaLLM call (per-call values over the fields)."""
+    override = kwargs.get("model")
+    params = LangSmithParams(
+        ls_provider="seka",
+        ls_model_name=model_label(override) if override is not None else settings.model_name,
+        ls_model_type=model_type,
+        ls_max_tokens=kwargs.get("max_new_tokens", kwargs.get("max_tokens", settings.max_new_tokens)),
+    )
+    temperature = kwargs.get("temperature", settings.temperature)
+    if temperature is not None:
+        params["ls_temperature"] = temperature
+    stops = stop if stop is not None else settings.stop
+    if stops:
+        params["ls_stop"] = list(stops)
+    return params
