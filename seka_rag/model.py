@@ -7,7 +7,6 @@ import numbers
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar, copy_context
 from pathlib import Path
 from typing import Any

@@ -151,6 +151,21 @@ class _Default:
 _DEFAULT: Any = _Default()
 
 
+def prepare_generation(model, prompt: Any, highlights: Any, *, max_new_tokens: Any, chat: bool | None,
+                       markers: Any, stop: Any, batch_size: Any, method: str):
+    """Checked arguments of a baseline's greedy generation: (single, encoded prompts, stops, batch size)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise BaselineConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    single = is_single_prompt(prompt)
+    prompts = [prompt] if single else list(prompt)
+    if single:
+        highlights = [highlights]
+    stops = stop_list(stop)
+    encoded = encode_prompts(model, prompts, highlights, reserve=max_new_tokens, chat=chat, markers=markers)
+    require_highlight(encoded, method)
+    return single, encoded, stops, check_batch_size(batch_size)
+
+
 def is_single_prompt(prompt: Any) -> bool:
     """A string or one chat conversation (a list of message dicts), as opposed to a list of prompts."""
     if isinstance(prompt, str):

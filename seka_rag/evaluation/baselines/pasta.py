@@ -62,21 +62,19 @@ from ...errors import HighlightError, UnsupportedModelError
 from ...highlight import EncodedPrompt, pad_batch
 from ...steering import expand_rows
 from ._common import (
+    prepare_generation,
     _DEFAULT,
     BaselineConfigError,
     Row,
     check_batch_size,
     check_real,
     cut_at_stop,
-    encode_prompts,
     forward_logits,
-    is_single_prompt,
     joined_rows,
     prompt_positions,
     reject_extra,
     require_highlight,
     score_rows,
-    stop_list,
 )
 
 #: Name of the attention implementation this module registers with transformers.
@@ -486,16 +484,10 @@ def pasta_generate(
     ``highlights=``, one entry per prompt for a list; the new text only, cut at ``stop``.
     """
     cfg = _check_config(config)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise BaselineConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    single = is_single_prompt(prompt)
-    prompts = [prompt] if single else list(prompt)
-    if single:
-        highlights = [highlights]
-    stops = stop_list(stop)
-    encoded = encode_prompts(model, prompts, highlights, reserve=max_new_tokens, chat=chat, markers=markers)
-    require_highlight(encoded, "PASTA")
-    bs = check_batch_size(batch_size)
+    single, encoded, stops, bs = prepare_generation(
+        model, prompt, highlights, max_new_tokens=max_new_tokens, chat=chat, markers=markers, stop=stop,
+        batch_size=batch_size, method="PASTA",
+    )
     pad = model.tokenizer.pad_token_id
     out: list[str] = []
     for start in range(0, len(encoded), bs):

@@ -34,22 +34,19 @@ import torch
 
 from ...highlight import Batch, pad_batch
 from ._common import (
+    prepare_generation,
     _DEFAULT,
     BaselineConfigError,
     Row,
     cache_argument,
-    check_batch_size,
     check_real,
     cut_at_stop,
-    encode_prompts,
     eos_ids,
     forward_logits,
-    is_single_prompt,
     output_cache,
     reject_extra,
     require_highlight,
     score_rows,
-    stop_list,
 )
 
 #: A moderate default amplification; tune ``strength`` on dev data for each model.
@@ -177,16 +174,10 @@ def spa_generate(
     conventions as :meth:`SekaModel.generate`.
     """
     cfg = _check_config(config, strength)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise BaselineConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    single = is_single_prompt(prompt)
-    prompts = [prompt] if single else list(prompt)
-    if single:
-        highlights = [highlights]
-    stops = stop_list(stop)
-    encoded = encode_prompts(model, prompts, highlights, reserve=max_new_tokens, chat=chat, markers=markers)
-    require_highlight(encoded, "SPA")
-    bs = check_batch_size(batch_size)
+    single, encoded, stops, bs = prepare_generation(
+        model, prompt, highlights, max_new_tokens=max_new_tokens, chat=chat, markers=markers, stop=stop,
+        batch_size=batch_size, method="SPA",
+    )
     mask_id = cfg.mask_id(model)
     pad = model.tokenizer.pad_token_id
     eos = eos_ids(model)
