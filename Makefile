@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.seka-installed
 
-.PHONY: install demo test test-unit examples bench bench-integrations build-projections eval-conflicts eval sensitivity clean
+.PHONY: install demo test test-unit examples bench bench-full bench-integrations build-projections eval-conflicts eval sensitivity clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +30,34 @@ test-unit: install
 examples: install
 	for ex in langchain_rag llamaindex_rag highlight_instruction agent_step; do $(PY) examples/$$ex.py || exit 1; done
 
-# SEKA and AdaSEKA (attention router, embedding router, published two-pass routing) vs unsteered.
+# Overhead of every method vs unsteered: prefill latency and decode speed (medians of 5 interleaved
+# runs, with an A/A control) and peak memory (a fresh process per configuration), JSON + PNG plots in
+# docs/bench/. `bench` is the run behind docs/results.md, sized for 2 float32-only CPU cores: the
+# default model at 256 / 1k / 2k tokens, batch 1, every method (prompt emphasis, PASTA, SPA, SEKA,
+# AdaSEKA with both routers, published two-pass routing); the small model at 256 .. 4k, latency at
+# batch 1, memory at batch 1 and 4. About 100 min there (latency ~40 min of it, alone on the machine). `bench-full` is the whole
+# grid (both models, batch 1 and 4 at every length) for a faster machine. Run either on a quiet machine.
+BENCH_METHODS ?= prompt-markers,pasta,spa,seka,ada-attention,ada-embedding,two-pass
+SMALL_METHODS ?= prompt-markers,pasta,spa,seka
+BENCH := $(VENV)/bin/seka-rag bench --runs 5 --decode-tokens 4
+BENCH_TMP := bench-results
 bench: install
-	$(VENV)/bin/seka-rag bench --methods seka,ada-attention,ada-embedding,two-pass --out bench-results/overhead.json
+	$(BENCH) --no-memory --methods $(BENCH_METHODS) --lengths 256,1024,2048 --out $(BENCH_TMP)/qwen-latency.json
+	$(BENCH) --no-latency --methods $(BENCH_METHODS) --lengths 256,1024,2048 --out $(BENCH_TMP)/qwen-memory.json
+	$(BENCH) --model smollm2-135m --no-memory --methods $(SMALL_METHODS) --lengths 256,1024,2048,4096 \
+		--out $(BENCH_TMP)/smollm2-latency-b1.json
+	$(BENCH) --model smollm2-135m --no-latency --methods $(SMALL_METHODS) --lengths 256,1024,2048,4096 \
+		--batch-size 1,4 --out $(BENCH_TMP)/smollm2-memory.json
+	$(BENCH) --merge $(BENCH_TMP)/qwen-latency.json $(BENCH_TMP)/qwen-memory.json \
+		--out docs/bench/overhead-qwen2.5-coder-0.5b.json --plots docs/bench/overhead-qwen2.5-coder-0.5b
+	$(BENCH) --merge $(BENCH_TMP)/smollm2-latency-b1.json $(BENCH_TMP)/smollm2-memory.json \
+		--out docs/bench/overhead-smollm2-135m.json --plots docs/bench/overhead-smollm2-135m
+
+bench-full: install
+	$(BENCH) --methods $(BENCH_METHODS) --batch-size 1,4 \
+		--out docs/bench/overhead-qwen2.5-coder-0.5b.json --plots docs/bench/overhead-qwen2.5-coder-0.5b
+	$(BENCH) --model smollm2-135m --methods $(SMALL_METHODS) --batch-size 1,4 --lengths 256,1024,2048,4096 \
+		--out docs/bench/overhead-smollm2-135m.json --plots docs/bench/overhead-smollm2-135m
 
 # The integrations' benchmarks (issue #5): NQ-open RAG through the LangChain pipeline, steered vs
 # unsteered (reads the shared data file, never copied here), and the wrappers' overhead vs the engine.
@@ -69,13 +94,21 @@ eval-conflicts: install
 
 # The evaluation suite: four task families (CounterFact-format conflicts, two-document conflicts,
 # instruction following, lost in the middle on NQ-open) x every method (unsteered, prompt emphasis,
-# PASTA, SPA, SEKA, AdaSEKA) in one run, about 35 min on 2 CPU cores. PASTA's heads are profiled on
-# the fly with a small budget unless PASTA_HEADS names a `seka-rag profile-pasta --out FILE` file.
+# PASTA, SPA, SEKA, AdaSEKA) in one run, into docs/results.json, docs/results-tables.md and
+# docs/results-families.png. The item budget below is sized for 2 CPU cores *without* native
+# bfloat16 (float32, about 85 prompt tokens/s on the default model): about 45 min. Raise EVAL_ITEMS
+# (e.g. counterfact=64,conflict=64,instructions=20,lost-in-middle=4) and NQ_PASSAGES=10 on a faster
+# machine. PASTA's heads are profiled on the fly on PASTA_PROFILE_LAYERS unless PASTA_HEADS names a
+# `seka-rag profile-pasta --out FILE` file.
+EVAL_ITEMS ?= counterfact=32,conflict=32,instructions=12,lost-in-middle=2
+NQ_PASSAGES ?= 5
 PASTA_HEADS ?=
+PASTA_PROFILE_LAYERS ?= 10,13,16,19,22
 eval: install
-	$(VENV)/bin/seka-rag eval --model qwen2.5-coder-0.5b --adaptive --nq $(NQ_DATA) \
-		$(if $(PASTA_HEADS),--pasta-heads $(PASTA_HEADS)) \
-		--out docs/results.json --markdown docs/results-tables.md
+	$(VENV)/bin/seka-rag eval --model qwen2.5-coder-0.5b --adaptive --nq $(NQ_DATA) --items $(EVAL_ITEMS) \
+		--nq-passages $(NQ_PASSAGES) --max-new-tokens 48 \
+		$(if $(PASTA_HEADS),--pasta-heads $(PASTA_HEADS),--pasta-profile-items 4 --pasta-profile-layers $(PASTA_PROFILE_LAYERS)) \
+		--out docs/results.json --markdown docs/results-tables.md --plot docs/results-families.png
 
 # How SEKA's share moves with the gains, the edited layers and the head threshold, on dev conflict
 # cases (tables, JSON and heat-maps in docs/sensitivity/; about 8 min). It reports only: the shipped

@@ -1,14 +1,20 @@
-"""Overhead benchmark: steered vs unsteered prefill latency, decode speed and peak memory.
+"""Overhead benchmark: every method vs unsteered — prefill latency, decode speed and peak memory.
 
-Methods (``--methods``): ``seka`` (the single projection), ``ada-attention`` (AdaSEKA, router
-inside the forward pass), ``ada-embedding`` (AdaSEKA, the query embedding computed inside the timed
-region), ``two-pass`` (AdaSEKA routed as published: an extra full forward pass computes the routing
-queries before the steered pass). Latency: every method, unsteered and an unsteered A/A control
-interleaved in one process, medians of ``runs`` repetitions per prompt length (the control's ratio
-to unsteered shows the noise floor). Memory: each configuration in a fresh subprocess; on CPU the peak resident set
-size (VmHWM, reset after the model is loaded, and the whole-process peak), on CUDA
-``torch.cuda.max_memory_allocated``. Prompts are synthetic text cut to an exact token count with
-a contiguous 10 % of it highlighted in the middle.
+Methods (``--methods``, :data:`METHODS`): ``prompt-markers`` / ``prompt-important`` (prompt-only
+emphasis: the highlighted span wrapped in ``**`` or preceded by ``IMPORTANT:``, run unsteered on
+the slightly longer prompt), ``pasta`` (every layer on eager attention, α applied to the chosen
+heads), ``spa`` (two prefills and two decode passes per token: the prompt and the prompt with its
+highlight masked), ``seka`` (the single projection), ``ada-attention`` (AdaSEKA, router inside
+the forward pass), ``ada-embedding`` (AdaSEKA, the query embedding computed inside the timed
+region), ``two-pass`` (AdaSEKA routed as published: an extra full forward pass computes the
+routing queries before the steered pass).
+
+Latency: every method, unsteered and an unsteered A/A control interleaved in one process, medians
+of ``runs`` repetitions per batch size and prompt length; the control's ratio to unsteered shows
+the noise floor. Memory: each configuration (method × batch size × length) in a fresh subprocess;
+on CPU the peak resident set size (VmHWM, reset after the model is loaded, and the whole-process
+peak), on CUDA ``torch.cuda.max_memory_allocated``. Prompts are synthetic text cut to an exact
+token count with a contiguous 10 % of it highlighted in the middle.
 """
 
 from __future__ import annotations
@@ -34,19 +40,28 @@ _FILLER = (
 )
 
 
-#: Benchmark methods: name → how the prompt is steered.
-METHODS = ("seka", "ada-attention", "ada-embedding", "two-pass")
+#: Benchmark methods, in table order: prompt-only emphasis, the two older steering methods, SEKA, AdaSEKA.
+METHODS = ("prompt-markers", "prompt-important", "pasta", "spa", "seka", "ada-attention", "ada-embedding", "two-pass")
+#: Methods that need an AdaSEKA expert set.
+ADAPTIVE_METHODS = ("ada-attention", "ada-embedding", "two-pass")
 _QUERY_TEXT = "What did the committee decide about the northern pier?"
 
 
 @dataclass
 class BenchConfig:
+    """What ``seka-rag bench`` measures.
+
+    ``pasta_heads``: PASTA's ``{layer: [query heads]}`` (its cost is the eager attention of every
+    layer, whichever heads are chosen; default: the first eight query heads of the middle layer).
+    """
+
     lengths: list[int] = field(default_factory=lambda: [256, 1024, 2048])
     runs: int = 7
     decode_tokens: int = 16
     highlight_share: float = 0.10
-    batch_size: int = 1
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
     methods: list[str] = field(default_factory=lambda: ["seka"])
+    pasta_heads: dict[int, list[int]] | None = None
 
 
 def synthetic_prompt(tokenizer, length: int, share: float, batch_size: int = 1) -> list[EncodedPrompt]:
@@ -56,6 +71,31 @@ def synthetic_prompt(tokenizer, length: int, share: float, batch_size: int = 1) 
     start = (length - n_hl) // 2
     mask = [start <= i < start + n_hl for i in range(length)]
     return [EncodedPrompt(list(ids), list(mask), "") for _ in range(batch_size)]
+
+
+def emphasized_prompt(tokenizer, prompt: EncodedPrompt, style: str) -> EncodedPrompt:
+    """Prompt-only emphasis of a synthetic prompt: the highlighted span wrapped in ``**`` (``"markers"``) or
+    preceded by ``IMPORTANT:`` (``"important"``), as :func:`~seka_rag.evaluation.baselines.emphasize_prompt`
+    writes it; nothing highlighted (the method runs unsteered on the longer prompt)."""
+    from .evaluation.baselines.prompting import EMPHASIS_MARKERS, IMPORTANT_PREFIX
+
+    before, after = EMPHASIS_MARKERS if style == "markers" else (IMPORTANT_PREFIX, "")
+    span = [i for i, m in enumerate(prompt.highlight) if m]
+    lo, hi = span[0], span[-1] + 1
+
+    def enc(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    ids = prompt.input_ids[:lo] + enc(before) + prompt.input_ids[lo:hi] + enc(after) + prompt.input_ids[hi:]
+    return EncodedPrompt(ids, [False] * len(ids), "")
+
+
+def bench_batch(seka, config: BenchConfig, length: int, batch_size: int, method: str):
+    """The padded batch a method runs at one prompt length (prompt-only methods: their emphasised prompt)."""
+    prompts = synthetic_prompt(seka.tokenizer, length, config.highlight_share, batch_size)
+    if method.startswith("prompt-"):
+        prompts = [emphasized_prompt(seka.tokenizer, p, method.removeprefix("prompt-")) for p in prompts]
+    return pad_batch(prompts, seka.tokenizer.pad_token_id).to(seka.device)
 
 
 def _cache_kwarg(model) -> str:
@@ -70,9 +110,20 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def _steering_for(seka, batch, method: str | bool):
-    """The steering block of one method (``False`` / ``"unsteered"``: none); two-pass runs its first pass here."""
-    if method in (False, "unsteered", "control"):
+def pasta_config_for(seka, heads: dict[int, list[int]] | None = None):
+    """PASTA's settings for the benchmark (α = 0.01; ``heads`` or eight heads of the middle layer)."""
+    from .evaluation.baselines.pasta import PastaConfig
+
+    if heads is None:
+        geom = seka.geometry
+        heads = {geom.num_layers // 2: list(range(min(8, geom.num_query_heads)))}
+    return PastaConfig(heads={int(k): list(v) for k, v in heads.items()})
+
+
+def _steering_for(seka, batch, method: str | bool, config: BenchConfig | None = None):
+    """The context a method's forwards run in (``False`` / ``"unsteered"`` / prompt-only: none); two-pass
+    runs its routing pass here, PASTA switches the model to its eager attention."""
+    if method in (False, "unsteered", "control") or str(method).startswith("prompt-"):
         return seka.steering(batch.highlight_mask, steer=False)
     if method in (True, "seka"):
         return seka.steering(batch.highlight_mask, router="projection" if seka.experts is not None else None)
@@ -88,16 +139,56 @@ def _steering_for(seka, batch, method: str | bool):
         second = seka.steering(batch.highlight_mask, router="attention")
         second.edit.record.update(first.edit.record)  # fixed weights: no routing inside this pass
         return second
+    if method == "pasta":
+        from .evaluation.baselines.pasta import pasta
+
+        return pasta(seka, batch.highlight_mask, pasta_config_for(seka, config.pasta_heads if config else None))
     raise ValueError(f"unknown bench method {method!r}; known: unsteered, {', '.join(METHODS)}")
 
 
-def time_prefill_and_decode(seka, batch, method: str | bool, decode_tokens: int) -> tuple[float, float]:
+def _time_spa(seka, batch, decode_tokens: int) -> tuple[float, float]:
+    """SPA: the prompt and the prompt with its highlight masked, two KV caches, logits interpolated each step."""
+    from .evaluation.baselines.spa import SpaConfig, interpolate, masked_ids
+
+    cfg = SpaConfig()
+    device = seka.device
+    cache_arg = _cache_kwarg(seka.model)
+    masked = masked_ids(batch.input_ids, batch.highlight_mask, cfg.mask_id(seka))
+    _sync(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        orig = seka.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=True,
+                          logits_to_keep=1)
+        mask = seka.model(input_ids=masked, attention_mask=batch.attention_mask, use_cache=True, logits_to_keep=1)
+        token = interpolate(orig.logits[:, -1], mask.logits[:, -1], cfg.strength).argmax(-1)[:, None]
+        _sync(device)
+        t1 = time.perf_counter()
+        caches = [orig.past_key_values, mask.past_key_values]
+        attention = batch.attention_mask
+        for _ in range(decode_tokens):
+            attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
+            outs = []
+            for i in range(2):
+                out = seka.model(input_ids=token, attention_mask=attention, use_cache=True, logits_to_keep=1,
+                                 **{cache_arg: caches[i]})
+                caches[i] = out.past_key_values
+                outs.append(out)
+            token = interpolate(outs[0].logits[:, -1], outs[1].logits[:, -1], cfg.strength).argmax(-1)[:, None]
+        _sync(device)
+        t2 = time.perf_counter()
+    return t1 - t0, decode_tokens * batch.input_ids.shape[0] / (t2 - t1)
+
+
+def time_prefill_and_decode(seka, batch, method: str | bool, decode_tokens: int,
+                            config: BenchConfig | None = None) -> tuple[float, float]:
     """(prefill seconds, decode tokens per second) for one run; prefill includes any routing work."""
+    if method == "spa":
+        return _time_spa(seka, batch, decode_tokens)
     device = seka.device
     cache_arg = _cache_kwarg(seka.model)
     _sync(device)
     t0 = time.perf_counter()
-    with torch.inference_mode(), _steering_for(seka, batch, method):
+    with torch.inference_mode(), _steering_for(seka, batch, method, config):
         out = seka.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=True, logits_to_keep=1)
         _sync(device)
         t1 = time.perf_counter()
@@ -116,41 +207,39 @@ def time_prefill_and_decode(seka, batch, method: str | bool, decode_tokens: int)
 
 
 def latency_table(seka, config: BenchConfig, progress: bool = True) -> list[dict]:
-    """Interleaved steered/unsteered runs; medians per prompt length."""
+    """Interleaved runs of every method, unsteered and the A/A control; medians per batch size and length."""
     rows = []
-    batches = {
-        n: pad_batch(synthetic_prompt(seka.tokenizer, n, config.highlight_share, config.batch_size),
-                     seka.tokenizer.pad_token_id).to(seka.device)
-        for n in config.lengths
-    }
     # "control" repeats the unsteered configuration: its ratio to "unsteered" is the noise floor (A/A)
     configs = ["unsteered", *config.methods, "control"]
-    for n, batch in batches.items():  # warm-up
+    shapes = [(b, n) for b in config.batch_sizes for n in config.lengths]
+    batches = {(b, n, c): bench_batch(seka, config, n, b, c) for b, n in shapes for c in configs}
+    for b in config.batch_sizes:  # warm-up: every code path once, at the shortest length
         for name in configs[:-1]:
-            time_prefill_and_decode(seka, batch, name, 2)
-    samples = {(n, c): [] for n in config.lengths for c in configs}
+            time_prefill_and_decode(seka, batches[(b, config.lengths[0], name)], name, 1, config)
+    samples = {key: [] for key in batches}
     for r in range(config.runs):
-        for n, batch in batches.items():
+        for b, n in shapes:
             order = configs if r % 2 == 0 else list(reversed(configs))
             for name in order:
-                samples[(n, name)].append(time_prefill_and_decode(seka, batch, name, config.decode_tokens))
+                samples[(b, n, name)].append(
+                    time_prefill_and_decode(seka, batches[(b, n, name)], name, config.decode_tokens, config))
         if progress:
             print(f"  run {r + 1}/{config.runs} done", file=sys.stderr, flush=True)
-    for n in config.lengths:
-        base = samples[(n, "unsteered")]
+    for b, n in shapes:
+        base = samples[(b, n, "unsteered")]
         p0 = statistics.median(s[0] for s in base)
         d0 = statistics.median(s[1] for s in base)
         for name in [*config.methods, "control"]:
-            steered = samples[(n, name)]
+            steered = samples[(b, n, name)]
             p1 = statistics.median(s[0] for s in steered)
             d1 = statistics.median(s[1] for s in steered)
             # each run times all configurations back to back: the median of the paired ratios
             # cancels slow drifts of a shared machine better than a ratio of medians
-            rows.append(dict(tokens=n, batch=config.batch_size, method=name, prefill_unsteered_s=p0,
-                             prefill_steered_s=p1, prefill_ratio=p1 / p0,
-                             prefill_ratio_paired=statistics.median(s[0] / b[0] for s, b in zip(steered, base)),
+            rows.append(dict(tokens=n, batch=b, method=name, prompt_tokens=batches[(b, n, name)].input_ids.shape[1],
+                             prefill_unsteered_s=p0, prefill_steered_s=p1, prefill_ratio=p1 / p0,
+                             prefill_ratio_paired=statistics.median(s[0] / u[0] for s, u in zip(steered, base)),
                              decode_unsteered_tps=d0, decode_steered_tps=d1, decode_ratio=d1 / d0,
-                             decode_ratio_paired=statistics.median(s[1] / b[1] for s, b in zip(steered, base)),
+                             decode_ratio_paired=statistics.median(s[1] / u[1] for s, u in zip(steered, base)),
                              runs=config.runs))
     return rows
 
@@ -175,7 +264,7 @@ def _rss_peak_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def memory_probe(model_spec: dict, length: int, steer: str | bool, config: BenchConfig) -> dict:
+def memory_probe(model_spec: dict, length: int, steer: str | bool, config: BenchConfig, batch_size: int = 1) -> dict:
     """Run in a fresh process: load the model, one prefill + decode, report the peak memory."""
     from .cli import load_model
 
@@ -184,8 +273,7 @@ def memory_probe(model_spec: dict, length: int, steer: str | bool, config: Bench
         from .embeddings import embed
 
         embed(["warm-up"], seka.embedding_encoder)  # the encoder's weights count as loaded, like the model's
-    batch = pad_batch(synthetic_prompt(seka.tokenizer, length, config.highlight_share, config.batch_size),
-                      seka.tokenizer.pad_token_id).to(seka.device)
+    batch = bench_batch(seka, config, length, batch_size, str(steer))
     import gc
 
     gc.collect()
@@ -194,8 +282,8 @@ def memory_probe(model_spec: dict, length: int, steer: str | bool, config: Bench
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     reset = _reset_rss_peak()
-    time_prefill_and_decode(seka, batch, steer, config.decode_tokens)
-    result = dict(tokens=length, steer=steer, device=seka.device.type)
+    time_prefill_and_decode(seka, batch, steer, config.decode_tokens, config)
+    result = dict(tokens=length, batch=batch_size, steer=steer, device=seka.device.type)
     if seka.device.type == "cuda":
         result.update(peak_bytes=torch.cuda.max_memory_allocated(), baseline_bytes=base)
     else:
@@ -204,56 +292,101 @@ def memory_probe(model_spec: dict, length: int, steer: str | bool, config: Bench
 
 
 def memory_table(model_spec: dict, config: BenchConfig, progress: bool = True) -> list[dict]:
+    """Peak memory of every method and of unsteered, each configuration in a fresh subprocess."""
     rows = []
-    for n in config.lengths:
-        res = {}
-        for steer in ["unsteered", *config.methods]:
-            cmd = [sys.executable, "-m", "seka_rag.bench", "--probe", json.dumps(
-                dict(model_spec=model_spec, length=n, steer=steer, config=asdict(config)))]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-            if proc.returncode != 0:
-                raise RuntimeError(f"memory probe failed:\n{proc.stderr[-2000:]}")
-            res[steer] = json.loads(proc.stdout.strip().splitlines()[-1])
-            if progress:
-                print(f"  memory probe {n} tokens steer={steer} done", file=sys.stderr, flush=True)
-        key = "peak_bytes" if "peak_bytes" in res["unsteered"] else "peak_rss_kib"
-        for method in config.methods:
-            rows.append(dict(tokens=n, method=method, metric=key, unsteered=res["unsteered"][key],
-                             steered=res[method][key], ratio=res[method][key] / res["unsteered"][key],
-                             details={"unsteered": res["unsteered"], method: res[method]}))
+    for b in config.batch_sizes:
+        for n in config.lengths:
+            res = {}
+            for steer in ["unsteered", *config.methods]:
+                cmd = [sys.executable, "-m", "seka_rag.bench", "--probe", json.dumps(
+                    dict(model_spec=model_spec, length=n, steer=steer, batch_size=b, config=asdict(config)))]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+                if proc.returncode != 0:
+                    raise RuntimeError(f"memory probe failed:\n{proc.stderr[-2000:]}")
+                res[steer] = json.loads(proc.stdout.strip().splitlines()[-1])
+                if progress:
+                    print(f"  memory probe batch {b}, {n} tokens, {steer} done", file=sys.stderr, flush=True)
+            key = "peak_bytes" if "peak_bytes" in res["unsteered"] else "peak_rss_kib"
+            for method in config.methods:
+                rows.append(dict(tokens=n, batch=b, method=method, metric=key, unsteered=res["unsteered"][key],
+                                 steered=res[method][key], ratio=res[method][key] / res["unsteered"][key],
+                                 details={"unsteered": res["unsteered"], method: res[method]}))
     return rows
 
 
 def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike | None = None, *,
-                  memory: bool = True, progress: bool = True) -> dict:
-    """The whole overhead benchmark; prints tables and returns (and optionally writes) the results."""
+                  memory: bool = True, progress: bool = True, plots: str | os.PathLike | None = None,
+                  latency: bool = True) -> dict:
+    """The whole overhead benchmark; prints tables and returns (and optionally writes) the results.
+
+    ``latency=False`` / ``memory=False`` skip a part (the memory probes measure peak memory, which
+    other work on the machine does not disturb, so they may run beside another job; the latency part
+    needs a quiet machine). ``plots``: a file-name prefix; ``<prefix>-latency.png`` and
+    ``<prefix>-memory.png`` are written (needs matplotlib).
+    """
     from .cli import load_model
 
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown or not config.methods:
+        raise SekaError(f"unknown bench methods {unknown}; choose from {', '.join(METHODS)}")
+    if plots is not None:
+        from .evaluation.sensitivity import require_matplotlib
+
+        require_matplotlib()
     started = time.perf_counter()
     seka = load_model(**model_spec)
-    if any(m != "seka" for m in config.methods) and seka.experts is None:
+    if any(m in ADAPTIVE_METHODS for m in config.methods) and seka.experts is None:
         raise SekaError("the AdaSEKA bench methods need an expert set: pass --adaptive or --experts DIR")
+    if "pasta" in config.methods:
+        pasta_config_for(seka, config.pasta_heads).head_table(seka.geometry.num_layers, seka.geometry.num_query_heads)
     if "ada-embedding" in config.methods:
         from .embeddings import embed
 
         embed(["warm-up"], seka.embedding_encoder)  # load the sentence encoder before timing
     info = dict(model=seka.model_id, device=str(seka.device), torch_threads=torch.get_num_threads(),
                 dtype=str(next(seka.model.parameters()).dtype), config=asdict(config))
-    print(f"seka-rag bench: {seka.model_id} on {seka.device}, {torch.get_num_threads()} threads, "
-          f"{config.runs} interleaved runs, {int(config.highlight_share * 100)} % highlighted", flush=True)
-    latency = latency_table(seka, config, progress)
-    print(format_latency(latency), flush=True)
+    parts = ([f"{config.runs} interleaved runs"] if latency else []) + (["memory in fresh processes"] if memory else [])
+    print(f"seka-rag bench: {seka.model_id} on {seka.device} ({info['dtype'].removeprefix('torch.')}), "
+          f"{torch.get_num_threads()} threads, batch {', '.join(map(str, config.batch_sizes))}, "
+          f"{', '.join(parts)}, {int(config.highlight_share * 100)} % highlighted", flush=True)
+    latency_rows = latency_table(seka, config, progress) if latency else []
+    if latency_rows:
+        print(format_latency(latency_rows), flush=True)
     del seka
     memory_rows = memory_table(model_spec, config, progress) if memory else []
     if memory_rows:
         print(format_memory(memory_rows), flush=True)
-    result = dict(info=info, latency=latency, memory=memory_rows, seconds=time.perf_counter() - started)
+    result = dict(info=info, latency=latency_rows, memory=memory_rows, seconds=time.perf_counter() - started)
     print(f"total {result['seconds']:.0f} s", flush=True)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2))
         print(f"wrote {out}")
+    if plots is not None:
+        for path in plot_benchmark(result, plots):
+            print(f"wrote {path}")
     return result
+
+
+def merge_results(paths: list[str | os.PathLike]) -> dict:
+    """One result from several :func:`run_benchmark` JSON files of the same model (e.g. a latency-only
+    and a memory-only run): their rows concatenated, each file's ``info`` kept under ``runs``."""
+    runs = []
+    for path in paths:
+        try:
+            runs.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as exc:
+            raise SekaError(f"--merge: cannot read bench results {str(path)!r}: {exc}") from None
+        if not isinstance(runs[-1], dict) or "info" not in runs[-1]:
+            raise SekaError(f"--merge: {str(path)!r} is not a `seka-rag bench --out` file")
+    models = {r["info"].get("model") for r in runs}
+    if len(models) > 1:
+        raise SekaError(f"--merge: the files measure different models: {sorted(map(str, models))}")
+    return dict(info=runs[0]["info"], runs=[dict(file=str(p), info=r["info"], seconds=r.get("seconds"))
+                                            for p, r in zip(paths, runs)],
+                latency=[row for r in runs for row in r.get("latency", [])],
+                memory=[row for r in runs for row in r.get("memory", [])],
+                seconds=sum(r.get("seconds") or 0 for r in runs))
 
 
 def format_latency(rows: list[dict]) -> str:
@@ -271,15 +404,65 @@ def format_latency(rows: list[dict]) -> str:
 
 
 def format_memory(rows: list[dict]) -> str:
-    lines = ["| tokens | method | metric | unsteered | method | ratio |", "|---:|---|---|---:|---:|---:|"]
+    """Markdown: one row per batch size, prompt length and method."""
+    lines = ["| tokens | batch | method | metric | unsteered | method | ratio |", "|---:|---:|---|---|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['tokens']} | {r['method']} | {r['metric']} | {r['unsteered']} | {r['steered']} | {r['ratio']:.4f} |")
+        lines.append(f"| {r['tokens']} | {r.get('batch', 1)} | {r['method']} | {r['metric']} | {r['unsteered']} | "
+                     f"{r['steered']} | {r['ratio']:.4f} |")
     return "\n".join(lines)
+
+
+def plot_benchmark(result: dict, prefix: str | os.PathLike) -> list[Path]:
+    """PNG plots of a :func:`run_benchmark` result: prefill latency ratio and decode speed ratio vs prompt
+    length (``<prefix>-latency.png``), peak memory ratio vs prompt length (``<prefix>-memory.png``), one
+    panel per batch size, one line per method."""
+    from .evaluation.sensitivity import require_matplotlib
+
+    Figure, Canvas = require_matplotlib()
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    model = result.get("info", {}).get("model", "")
+    written = []
+
+    def panels(rows, metrics, title, name):
+        batches = sorted({r.get("batch", 1) for r in rows})
+        if not batches:
+            return
+        fig = Figure(figsize=(5.2 * len(batches), 3.6 * len(metrics)))
+        Canvas(fig)
+        for i, (key, label) in enumerate(metrics):
+            for j, b in enumerate(batches):
+                ax = fig.add_subplot(len(metrics), len(batches), i * len(batches) + j + 1)
+                methods = list(dict.fromkeys(r["method"] for r in rows))
+                for m in methods:
+                    pts = sorted((r["tokens"], r[key]) for r in rows if r["method"] == m and r.get("batch", 1) == b)
+                    style = dict(linestyle=":", color="grey") if m == "control" else {}
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m, **style)
+                ax.axhline(1.0, color="black", linewidth=0.6)
+                ax.set_xscale("log", base=2)
+                ax.set_xlabel("prompt tokens")
+                ax.set_ylabel(label)
+                ax.set_title(f"{title}, batch {b}", fontsize=9)
+                ax.grid(alpha=0.3)
+                if i == 0 and j == len(batches) - 1:
+                    ax.legend(fontsize=7, loc="upper left")
+        fig.suptitle(model, fontsize=9)
+        fig.tight_layout()
+        path = prefix.with_name(f"{prefix.name}-{name}.png")
+        fig.savefig(path, dpi=110)
+        written.append(path)
+
+    panels(result.get("latency", []), [("prefill_ratio_paired", "prefill latency / unsteered"),
+                                       ("decode_ratio_paired", "decode tokens/s / unsteered")],
+           "paired median ratio", "latency")
+    panels(result.get("memory", []), [("ratio", "peak memory / unsteered")], "fresh process per configuration", "memory")
+    return written
 
 
 def _probe_main(arg: str) -> None:
     spec = json.loads(arg)
-    res = memory_probe(spec["model_spec"], spec["length"], spec["steer"], BenchConfig(**spec["config"]))
+    res = memory_probe(spec["model_spec"], spec["length"], spec["steer"], BenchConfig(**spec["config"]),
+                       spec.get("batch_size", 1))
     print(json.dumps(res))
 
 

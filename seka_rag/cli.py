@@ -230,19 +230,48 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import BenchConfig, run_benchmark
+    from .bench import ADAPTIVE_METHODS, METHODS, BenchConfig, format_latency, format_memory, merge_results, run_benchmark
 
-    from .bench import METHODS
+    if args.merge:
+        import json
+
+        result = merge_results(args.merge)
+        if result["latency"]:
+            print(format_latency(result["latency"]))
+        if result["memory"]:
+            print(format_memory(result["memory"]))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+        if args.plots:
+            from .bench import plot_benchmark
+
+            for path in plot_benchmark(result, args.plots):
+                print(f"wrote {path}")
+        return 0
+    if args.no_memory and args.no_latency:
+        raise SekaError("--no-memory and --no-latency together leave nothing to measure")
+    for flag, values in (("--batch-size", args.batch_size), ("--lengths", args.lengths), ("--runs", [args.runs])):
+        if not values or min(values) < 1:
+            raise SekaError(f"{flag} must be positive, got {values}")
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise SekaError(f"unknown bench methods {unknown}; choose from {', '.join(METHODS)}")
-    if any(m != "seka" for m in methods):
+    if any(m in ADAPTIVE_METHODS for m in methods) and not args.experts:
         args.adaptive = True
+    heads = None
+    if args.pasta_heads:
+        from .evaluation.suite import load_head_profile
+
+        _check_file(args.pasta_heads, "--pasta-heads")
+        profile, _ = load_head_profile(args.pasta_heads)
+        heads = {int(k): list(v) for k, v in profile.heads().items()}
     config = BenchConfig(lengths=args.lengths, runs=args.runs, decode_tokens=args.decode_tokens,
-                         batch_size=args.batch_size, methods=methods)
-    run_benchmark(_model_spec(args), config, args.out, memory=not args.no_memory)
+                         batch_sizes=args.batch_size, methods=methods, pasta_heads=heads)
+    run_benchmark(_model_spec(args), config, args.out, memory=not args.no_memory, latency=not args.no_latency,
+                  plots=args.plots)
     return 0
 
 
@@ -466,6 +495,10 @@ def cmd_eval(args) -> int:
     config = SuiteConfig(families=tuple(families), items=items, seed=args.seed, batch_size=args.batch_size,
                          max_new_tokens=args.max_new_tokens, counterfact=args.counterfact, nq=args.nq,
                          nq_policies=tuple(policies), nq_passages=args.nq_passages, per_item=args.per_item)
+    if args.plot:
+        from .evaluation.sensitivity import require_matplotlib
+
+        require_matplotlib()
     eval_items, skipped_families = build_suite_items(config)  # bad data files fail before the model loads
     spec = _model_spec(args)
     if any(m in ADASEKA_METHODS for m in methods) and not spec["adaptive"] and args.model in EMBEDDED_MODELS:
@@ -499,6 +532,10 @@ def cmd_eval(args) -> int:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(result.markdown())
         print(f"wrote {args.markdown}")
+    if args.plot:
+        from .evaluation.suite import plot_suite
+
+        print(f"wrote {plot_suite(result, args.plot)}")
     return 1 if result.errors else 0
 
 
@@ -663,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", help="write every result as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
+    p.add_argument("--plot", metavar="PNG", help="bar chart of the main table (matplotlib)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("profile-pasta", help="choose PASTA's heads on dev conflict cases and save the profile (JSON)")
@@ -706,10 +744,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", type=_int_list, default=[256, 1024, 2048])
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--decode-tokens", type=int, default=16)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=_int_list, default=[1], help="batch sizes, e.g. 1,4 (default 1)")
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-subprocess memory probes")
+    p.add_argument("--no-latency", action="store_true",
+                   help="only the memory probes (they may run beside other work; latency needs a quiet machine)")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="combine earlier --out files of one model (e.g. a --no-memory and a --no-latency run) "
+                        "into --out and --plots; measures nothing")
     p.add_argument("--methods", default="seka",
-                   help="comma-separated: seka, ada-attention, ada-embedding, two-pass (default: seka)")
+                   help="comma-separated: prompt-markers, prompt-important, pasta, spa, seka, ada-attention, "
+                        "ada-embedding, two-pass (default: seka)")
+    p.add_argument("--pasta-heads", metavar="FILE",
+                   help="PASTA head profile from `seka-rag profile-pasta` (default: 8 heads of the middle layer; "
+                        "PASTA's cost is its eager attention, whichever heads)")
+    p.add_argument("--plots", metavar="PREFIX", help="write PREFIX-latency.png and PREFIX-memory.png (matplotlib)")
     p.add_argument("--out", default="bench-results/overhead.json")
     p.set_defaults(func=cmd_bench)
 

@@ -342,6 +342,47 @@ class SuiteResult:
         }
 
 
+def plot_suite(result: "SuiteResult | Mapping[str, Any]", path: str | Path) -> Path:
+    """A PNG of the main table: one panel per family, one bar per method with its 95 % interval.
+
+    ``result``: a :class:`SuiteResult` or its ``to_dict()`` (e.g. a ``seka-rag eval --out`` file).
+    Needs matplotlib (``pip install 'seka-rag[bench]'``).
+    """
+    from .sensitivity import require_matplotlib
+
+    Figure, Canvas = require_matplotlib()
+    data = result.to_dict() if isinstance(result, SuiteResult) else result
+    families = [f for f in data["families"] if any(f in row for row in data["table"].values())]
+    methods = [m for m in data["methods"] if m in data["table"]]
+    if not families or not methods:
+        raise SekaError("nothing to plot: the result has no measured cell")
+    fig = Figure(figsize=(3.3 * len(families), 3.8))
+    Canvas(fig)
+    colours = [f"C{i}" for i in range(len(methods))]
+    for i, fam in enumerate(families):
+        ax = fig.add_subplot(1, len(families), i + 1)
+        for j, m in enumerate(methods):
+            cell = data["table"][m].get(fam)
+            if not cell or cell.get("mean") is None:
+                continue
+            scale = 100.0 if cell.get("unit", "share") == "share" else 1.0
+            mean, lo, hi = (cell[k] * scale for k in ("mean", "ci_low", "ci_high"))
+            ax.bar(j, mean, color=colours[j], yerr=[[mean - lo], [hi - mean]], capsize=2)
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels(methods, rotation=60, ha="right", fontsize=7)
+        ax.set_title(fam, fontsize=9)
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+        if i == 0:
+            ax.set_ylabel("% (bars: 95 % CI)")
+    fig.suptitle(f"{data.get('model', '')}: headline metric per family", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def suite_items(family: str, n: int, config: SuiteConfig) -> list:
     """The ``n`` items of one suite family (lost-in-middle: ``n`` questions × 3 gold positions)."""
     try:

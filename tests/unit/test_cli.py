@@ -57,20 +57,55 @@ def test_bench_runs_end_to_end(model_dir, tmp_path, capsys):
                  "--triplets", "2", "--families", "context_qa", "conflict", "instruction",
                  "--out", str(experts)]) == 0  # distractor prompts do not fit the tiny model's window
     assert "built 3 experts" in capsys.readouterr().out
+    methods = ("prompt-markers", "prompt-important", "pasta", "spa", "seka", "ada-attention", "ada-embedding",
+               "two-pass")
     assert main(["bench", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
-                 "--experts", str(experts), "--methods", "seka,ada-attention,ada-embedding,two-pass",
-                 "--lengths", "32,64", "--runs", "1",
-                 "--decode-tokens", "2", "--no-memory", "--out", str(out)]) == 0
+                 "--experts", str(experts), "--methods", ",".join(methods), "--batch-size", "1,2",
+                 "--lengths", "32,64", "--runs", "1", "--decode-tokens", "2", "--no-memory", "--out", str(out),
+                 "--plots", str(tmp_path / "plots" / "tiny")]) == 0
     import json
 
     rows = json.loads(out.read_text())["latency"]
-    assert [(r["tokens"], r["method"]) for r in rows] == [
-        (n, m) for n in (32, 64) for m in ("seka", "ada-attention", "ada-embedding", "two-pass", "control")
+    assert [(r["batch"], r["tokens"], r["method"]) for r in rows] == [
+        (b, n, m) for b in (1, 2) for n in (32, 64) for m in (*methods, "control")
     ]
-    assert all(r["prefill_unsteered_s"] > 0 and r["prefill_ratio"] > 0 for r in rows)
-    assert "two-pass" in capsys.readouterr().out
+    assert all(r["prefill_unsteered_s"] > 0 and r["prefill_ratio"] > 0 and r["decode_steered_tps"] > 0 for r in rows)
+    lengths = {(r["tokens"], r["method"]): r["prompt_tokens"] for r in rows if r["batch"] == 1}
+    assert lengths[(32, "seka")] == 32 and lengths[(32, "prompt-markers")] > 32  # emphasis adds its markers
+    printed = capsys.readouterr().out
+    assert "two-pass" in printed and "pasta" in printed and "tiny-latency.png" in printed
+    assert (tmp_path / "plots" / "tiny-latency.png").stat().st_size > 1000
     assert main(["bench", "--model", str(model_dir), "--projection", str(proj), "--methods", "bogus",
                  "--no-memory"]) == 2
+    # memory alone (it may run beside other work), then both parts merged into one result and plots
+    mem = tmp_path / "memory.json"
+    assert main(["bench", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--methods", "seka", "--lengths", "32", "--decode-tokens", "1", "--no-latency",
+                 "--out", str(mem)]) == 0
+    memory = json.loads(mem.read_text())
+    assert memory["latency"] == [] and [(r["tokens"], r["method"]) for r in memory["memory"]] == [(32, "seka")]
+    merged = tmp_path / "merged.json"
+    assert main(["bench", "--merge", str(out), str(mem), "--out", str(merged),
+                 "--plots", str(tmp_path / "plots" / "merged")]) == 0
+    both = json.loads(merged.read_text())
+    assert len(both["latency"]) == len(rows) and both["memory"] == memory["memory"] and len(both["runs"]) == 2
+    assert (tmp_path / "plots" / "merged-memory.png").is_file()
+    capsys.readouterr()
+    assert main(["bench", "--merge", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read bench results" in capsys.readouterr().err
+    assert main(["bench", "--model", str(model_dir), "--no-memory", "--no-latency"]) == 2
+    assert main(["bench", "--model", str(model_dir), "--batch-size", "0", "--no-memory"]) == 2
+    assert "--batch-size must be positive" in capsys.readouterr().err
+
+
+def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_path):
+    from seka_rag.bench import BenchConfig, memory_table
+
+    spec = dict(model=str(model_dir), no_projection=True, dtype="float32")  # PASTA and SPA need no projection
+    config = BenchConfig(lengths=[16], runs=1, decode_tokens=1, batch_sizes=[2], methods=["pasta", "spa"])
+    rows = memory_table(spec, config, progress=False)
+    assert [(r["batch"], r["tokens"], r["method"]) for r in rows] == [(2, 16, "pasta"), (2, 16, "spa")]
+    assert all(r["unsteered"] > 0 and r["steered"] > 0 and r["ratio"] > 0 for r in rows)
 
 
 def test_eval_conflicts_prints_both_rows(model_dir, tmp_path, capsys):

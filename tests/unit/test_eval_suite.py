@@ -82,9 +82,10 @@ def test_eval_every_method_without_experts_or_nq(model_dir, projection, tmp_path
     out, md = tmp_path / "results.json", tmp_path / "tables.md"
     code = main(["eval", *_base(model_dir, projection), "--items", "counterfact=4,conflict=4,instructions=5",
                  "--max-new-tokens", "3", "--pasta-profile-items", "4", "--pasta-top", "2", "--no-progress",
-                 "--out", str(out), "--markdown", str(md)])
+                 "--out", str(out), "--markdown", str(md), "--plot", str(tmp_path / "results.png")])
     printed = capsys.readouterr().out
     assert code == 0
+    assert (tmp_path / "results.png").stat().st_size > 1000 and "results.png" in printed
     assert "lost-in-middle skipped" in printed and "adaseka-attention skipped" in printed
     assert "profiling PASTA heads now" in printed
     data = json.loads(out.read_text())

@@ -40,9 +40,9 @@ def test_prefix_property():
 
 
 def test_thousand_distinct_and_fast():
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time of this process: other jobs on the machine do not count
     ts = generate_triplets(1000, seed=7)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert len(ts) == 1000
     assert len({t.context for t in ts}) == 1000
     assert elapsed < 1.0
