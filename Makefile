@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.seka-installed
 
-.PHONY: install demo test test-unit examples bench bench-full bench-integrations build-projections eval-conflicts eval sensitivity clean
+.PHONY: install demo test test-unit examples bench bench-full bench-gpu bench-integrations build-projections eval-conflicts eval sensitivity clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,16 @@ bench-full: install
 	$(BENCH) --model smollm2-135m --methods $(SMALL_METHODS) --batch-size 1,4 --lengths 256,1024,2048,4096 \
 		--out docs/bench/overhead-smollm2-135m.json --plots docs/bench/overhead-smollm2-135m
 
+# The same overhead table on a CUDA GPU, batch 1 and 8, in one command that finishes within minutes:
+# bfloat16, SDPA attention (PASTA on eager attention, as it must), peak memory as
+# torch.cuda.max_memory_allocated reset per configuration in one process (--memory-in-process; a
+# fresh process per probe would spend most of the budget loading the model). `timeout` stops it at
+# 10 minutes whatever happens.
+bench-gpu: install
+	timeout 600 $(VENV)/bin/seka-rag bench --device cuda --dtype bfloat16 --runs 5 --decode-tokens 16 \
+		--methods $(BENCH_METHODS) --lengths 256,1024,2048 --batch-size 1,8 --memory-in-process \
+		--out docs/bench/overhead-qwen2.5-coder-0.5b-cuda.json --plots docs/bench/overhead-qwen2.5-coder-0.5b-cuda
+
 # The integrations' benchmarks (issue #5): NQ-open RAG through the LangChain pipeline, steered vs
 # unsteered (reads the shared data file, never copied here), and the wrappers' overhead vs the engine.
 NQ_DATA ?= ../shared/data/nq-open-oracle.jsonl.gz
@@ -78,7 +88,7 @@ build-projections: install
 # Rebuild the AdaSEKA expert set shipped for the default model (one expert per task family).
 build-experts: install
 	$(VENV)/bin/seka-rag build-experts --model qwen2.5-coder-0.5b --triplets 160 --gain 0.5 \
-		--out seka_rag/data/experts/qwen2.5-coder-0.5b
+		--embedding-temperature 0.1 --out seka_rag/data/experts/qwen2.5-coder-0.5b
 
 # AdaSEKA quality: four task families x (unsteered, SEKA, each expert, both routers), test items.
 eval-families: install

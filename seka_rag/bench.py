@@ -13,7 +13,9 @@ Latency: every method, unsteered and an unsteered A/A control interleaved in one
 of ``runs`` repetitions per batch size and prompt length; the control's ratio to unsteered shows
 the noise floor. Memory: each configuration (method × batch size × length) in a fresh subprocess;
 on CPU the peak resident set size (VmHWM, reset after the model is loaded, and the whole-process
-peak), on CUDA ``torch.cuda.max_memory_allocated``. Prompts are synthetic text cut to an exact
+peak), on CUDA ``torch.cuda.max_memory_allocated`` (there ``memory_in_process=True`` /
+``--memory-in-process`` resets the peak per configuration in one process instead, which is exact on
+CUDA and saves a model load per probe). Prompts are synthetic text cut to an exact
 token count with a contiguous 10 % of it highlighted in the middle.
 """
 
@@ -266,37 +268,53 @@ def memory_probe(model_spec: dict, length: int, steer: str | bool, config: Bench
         from .embeddings import embed
 
         embed(["warm-up"], seka.embedding_encoder)  # the encoder's weights count as loaded, like the model's
+    return measure_peak(seka, length, steer, config, batch_size)
+
+
+def measure_peak(seka, length: int, steer: str | bool, config: BenchConfig, batch_size: int = 1) -> dict:
+    """Peak memory of one prefill + decode of an already loaded model (the body of a probe)."""
     batch = bench_batch(seka, config, length, batch_size, str(steer))
     import gc
 
     gc.collect()
     whole_peak_before = _rss_peak_kib()
     if seka.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+        torch.cuda.synchronize(seka.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(seka.device)
+        base = torch.cuda.memory_allocated(seka.device)
     reset = _reset_rss_peak()
     time_prefill_and_decode(seka, batch, steer, config.decode_tokens, config)
     result = dict(tokens=length, batch=batch_size, steer=steer, device=seka.device.type)
     if seka.device.type == "cuda":
-        result.update(peak_bytes=torch.cuda.max_memory_allocated(), baseline_bytes=base)
+        result.update(peak_bytes=torch.cuda.max_memory_allocated(seka.device), baseline_bytes=base)
     else:
         result.update(peak_rss_kib=_rss_peak_kib(), load_peak_rss_kib=whole_peak_before, peak_reset=reset)
     return result
 
 
-def memory_table(model_spec: dict, config: BenchConfig, progress: bool = True) -> list[dict]:
-    """Peak memory of every method and of unsteered, each configuration in a fresh subprocess."""
+def memory_table(model_spec: dict, config: BenchConfig, progress: bool = True, seka=None) -> list[dict]:
+    """Peak memory of every method and of unsteered, each configuration in a fresh subprocess.
+
+    ``seka``: an already loaded model on a CUDA device to probe **in this process** instead —
+    ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` is exact per
+    configuration there (the caching allocator's reserved memory does not count), and it saves a
+    model load per configuration, which keeps a GPU run of the whole grid within minutes (the
+    sentence encoder of ``ada-embedding`` is then loaded once, before any probe, so its weights sit in
+    every row's peak, not only in ``ada-embedding``'s). Peak RSS cannot be reset that cleanly, so on
+    CPU the probes always run in fresh processes.
+    """
+    if seka is not None and seka.device.type != "cuda":
+        raise SekaError("in-process memory probes are exact only on CUDA; on CPU each probe runs in a fresh process")
     rows = []
     for b in config.batch_sizes:
         for n in config.lengths:
             res = {}
             for steer in ["unsteered", *config.methods]:
-                cmd = [sys.executable, "-m", "seka_rag.bench", "--probe", json.dumps(
-                    dict(model_spec=model_spec, length=n, steer=steer, batch_size=b, config=asdict(config)))]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-                if proc.returncode != 0:
-                    raise RuntimeError(f"memory probe failed:\n{proc.stderr[-2000:]}")
-                res[steer] = json.loads(proc.stdout.strip().splitlines()[-1])
+                if seka is not None:
+                    res[steer] = measure_peak(seka, n, steer, config, b)
+                else:
+                    res[steer] = _probe_subprocess(model_spec, n, steer, config, b)
                 if progress:
                     print(f"  memory probe batch {b}, {n} tokens, {steer} done", file=sys.stderr, flush=True)
             key = "peak_bytes" if "peak_bytes" in res["unsteered"] else "peak_rss_kib"
@@ -307,15 +325,25 @@ def memory_table(model_spec: dict, config: BenchConfig, progress: bool = True) -
     return rows
 
 
+def _probe_subprocess(model_spec: dict, length: int, steer: str, config: BenchConfig, batch_size: int) -> dict:
+    cmd = [sys.executable, "-m", "seka_rag.bench", "--probe", json.dumps(
+        dict(model_spec=model_spec, length=length, steer=steer, batch_size=batch_size, config=asdict(config)))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike | None = None, *,
                   memory: bool = True, progress: bool = True, plots: str | os.PathLike | None = None,
-                  latency: bool = True) -> dict:
+                  latency: bool = True, memory_in_process: bool = False) -> dict:
     """The whole overhead benchmark; prints tables and returns (and optionally writes) the results.
 
     ``latency=False`` / ``memory=False`` skip a part (the memory probes measure peak memory, which
     other work on the machine does not disturb, so they may run beside another job; the latency part
     needs a quiet machine). ``plots``: a file-name prefix; ``<prefix>-latency.png`` and
-    ``<prefix>-memory.png`` are written (needs matplotlib).
+    ``<prefix>-memory.png`` are written (needs matplotlib). ``memory_in_process``: on CUDA, probe
+    peak memory in this process (see :func:`memory_table`); refused on CPU.
     """
     from .cli import load_model
 
@@ -328,6 +356,9 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
         require_matplotlib()
     started = time.perf_counter()
     seka = load_model(**model_spec)
+    if memory and memory_in_process and seka.device.type != "cuda":
+        raise SekaError(f"--memory-in-process needs a CUDA device (the model is on {seka.device}): peak RSS "
+                        "cannot be reset per configuration, so CPU probes run in fresh processes")
     if any(m in ADAPTIVE_METHODS for m in config.methods) and seka.experts is None:
         raise SekaError("the AdaSEKA bench methods need an expert set: pass --adaptive or --experts DIR")
     if "pasta" in config.methods:
@@ -338,17 +369,23 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
         embed(["warm-up"], seka.embedding_encoder)  # load the sentence encoder before timing
     info = dict(model=seka.model_id, device=str(seka.device), torch_threads=torch.get_num_threads(),
                 dtype=str(next(seka.model.parameters()).dtype), config=asdict(config))
-    parts = ([f"{config.runs} interleaved runs"] if latency else []) + (["memory in fresh processes"] if memory else [])
+    where = "memory in this process (CUDA peak allocated)" if memory_in_process else "memory in fresh processes"
+    parts = ([f"{config.runs} interleaved runs"] if latency else []) + ([where] if memory else [])
     print(f"seka-rag bench: {seka.model_id} on {seka.device} ({info['dtype'].removeprefix('torch.')}), "
           f"{torch.get_num_threads()} threads, batch {', '.join(map(str, config.batch_sizes))}, "
           f"{', '.join(parts)}, {int(config.highlight_share * 100)} % highlighted", flush=True)
     latency_rows = latency_table(seka, config, progress) if latency else []
     if latency_rows:
         print(format_latency(latency_rows), flush=True)
-    del seka
-    memory_rows = memory_table(model_spec, config, progress) if memory else []
+    if memory and memory_in_process:
+        memory_rows = memory_table(model_spec, config, progress, seka=seka)
+    else:
+        del seka
+        memory_rows = memory_table(model_spec, config, progress) if memory else []
     if memory_rows:
         print(format_memory(memory_rows), flush=True)
+    if memory:
+        info["memory_probes"] = "in-process" if memory_in_process else "fresh subprocess"
     result = dict(info=info, latency=latency_rows, memory=memory_rows, seconds=time.perf_counter() - started)
     print(f"total {result['seconds']:.0f} s", flush=True)
     write_outputs(result, out, plots)
@@ -453,7 +490,9 @@ def plot_benchmark(result: dict, prefix: str | os.PathLike) -> list[Path]:
     panels(result.get("latency", []), [("prefill_ratio_paired", "prefill latency / unsteered"),
                                        ("decode_ratio_paired", "decode tokens/s / unsteered")],
            "paired median ratio", "latency")
-    panels(result.get("memory", []), [("ratio", "peak memory / unsteered")], "fresh process per configuration", "memory")
+    how = result.get("info", {}).get("memory_probes", "fresh subprocess")
+    how = "fresh process per configuration" if how == "fresh subprocess" else "CUDA peak allocated, in one process"
+    panels(result.get("memory", []), [("ratio", "peak memory / unsteered")], how, "memory")
     return written
 
 

@@ -261,7 +261,7 @@ def cmd_bench(args) -> int:
     config = BenchConfig(lengths=args.lengths, runs=args.runs, decode_tokens=args.decode_tokens,
                          batch_sizes=args.batch_size, methods=methods, pasta_heads=heads)
     run_benchmark(_model_spec(args), config, args.out, memory=not args.no_memory, latency=not args.no_latency,
-                  plots=args.plots)
+                  plots=args.plots, memory_in_process=args.memory_in_process)
     return 0
 
 
@@ -289,7 +289,8 @@ def cmd_build_experts(args) -> int:
     config = BuildConfig(gamma=args.gamma, delta=args.delta, layers=layers, batch_size=args.batch_size)
     experts = build_expert_set(model, triplets, config, template=template, descriptions=FAMILY_DESCRIPTIONS,
                                name=args.name or model.model_id)
-    experts.routing = RoutingConfig(gain=args.gain, embedding_gain=args.embedding_gain).validate()
+    experts.routing = RoutingConfig(gain=args.gain, embedding_gain=args.embedding_gain,
+                                    embedding_temperature=args.embedding_temperature).validate()
     seconds = time.perf_counter() - started
     experts.notes.update(families=families, triplets_per_family=args.triplets, seed=args.seed, gamma=args.gamma,
                          build_seconds=round(seconds, 1), command="seka-rag build-experts " + " ".join(sys.argv[2:]))
@@ -343,6 +344,8 @@ def cmd_eval_families(args) -> int:
     routing = {k: v for k, v in (("gain", args.gain), ("temperature", args.temperature), ("top_k", args.top_k),
                                  ("embedding_temperature", args.embedding_temperature),
                                  ("embedding_gain", args.embedding_gain)) if v is not None}
+    if args.embedding_top1:
+        routing["embedding_top1"] = True
     started = time.perf_counter()
     items = {f: family_items(f, args.items, seed=args.seed) for f in families}
     table: dict = {}
@@ -358,6 +361,7 @@ def cmd_eval_families(args) -> int:
     print(f"Task families on {model.model_id} ({', '.join(f'{f}: n={len(items[f])}' for f in families)}; "
           f"share where the highlighted target wins, bootstrap 95 % intervals; {seconds:.0f} s)")
     print(format_family_table(table))
+    _print_paired_differences(table)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         payload = dict(model=model.model_id, items=args.items, seed=args.seed, routing=routing, seconds=seconds,
@@ -366,6 +370,14 @@ def cmd_eval_families(args) -> int:
         Path(args.out).write_text(json.dumps(payload, indent=1))
         print(f"wrote {args.out}")
     return 0
+
+
+def _print_paired_differences(table: dict) -> None:
+    from .evaluation.families import paired_differences
+
+    lines = paired_differences({m: r for m, r in table.items() if m != "unsteered"})
+    if lines:
+        print("Paired differences from plain SEKA (all families pooled, bootstrap 95 % intervals):\n" + lines)
 
 
 def _merge_family_reports(paths: list[str], out: str | None) -> int:
@@ -386,6 +398,7 @@ def _merge_family_reports(paths: list[str], out: str | None) -> int:
             merged.setdefault("reports", {})[method] = reports
             table[method] = {f: FamilyReport(**{k: v for k, v in r.items()}) for f, r in reports.items()}
     print(format_family_table(table))
+    _print_paired_differences(table)
     if out:
         Path(out).write_text(json.dumps(merged, indent=1))
         print(f"wrote {out}")
@@ -558,6 +571,39 @@ def cmd_sensitivity(args) -> int:
     return 0
 
 
+def cmd_gain_scale(args) -> int:
+    from .evaluation import gain_scale as gs
+    from .evaluation.lost_in_middle import POLICIES
+    from .evaluation.suite import parse_names
+
+    scales = gs.check_scales(args.scales)
+    if args.family == "lost-in-middle":
+        if not args.nq:
+            raise SekaError("--family lost-in-middle needs the NQ-open oracle file (--nq PATH)")
+        _check_file(args.nq, "--nq")
+        policies = parse_names(args.nq_policies, POLICIES, "lost-in-middle policies")
+    for flag, value in (("--items", args.items), ("--nq-passages", args.nq_passages), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise SekaError(f"{flag} must be positive, got {value}")
+    spec = _model_spec(args)
+    spec.update(adaptive=False, experts=None, router=None)
+    model = load_model(**spec)
+    progress = not args.no_progress
+    if args.family == "lost-in-middle":
+        result = gs.gain_scale_lost_in_middle(
+            model, args.nq, scales=scales, n_questions=args.items, n_passages=args.nq_passages, policies=policies,
+            first_question=args.first_question, em=args.em, batch_size=min(args.batch_size, 4), progress=progress)
+    else:
+        result = gs.gain_scale_instructions(model, scales=scales, n_items=args.items, seed=args.seed,
+                                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                            progress=progress)
+    result.settings["command"] = "seka-rag gain-scale " + " ".join(sys.argv[2:])
+    print(result.text())
+    for path in gs.write_outputs(result, args.out_dir, _model_slug(args.model)):
+        print(f"wrote {path}")
+    return 0
+
+
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scan-items", type=int, default=16, help="dev items for the per-layer scan")
     p.add_argument("--select-items", type=int, default=40, help="dev items for selection and gains")
@@ -614,6 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", type=float, default=0.0)
     p.add_argument("--gain", type=float, default=1.0, help="default attention-router gain stored with the set")
     p.add_argument("--embedding-gain", type=float, default=1.0, help="default embedding-router gain stored with the set")
+    p.add_argument("--embedding-temperature", type=float, default=0.05,
+                   help="default embedding-router softmax temperature stored with the set (default 0.05)")
     p.add_argument("--build-layers", type=_int_list,
                    help="layers to build (default: the calibrated projection's edited layers)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -656,6 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, help="singular directions per head in the attention router")
     p.add_argument("--embedding-temperature", type=float, help="embedding router softmax temperature")
     p.add_argument("--embedding-gain", type=float, help="embedding router gain (default: the expert set's)")
+    p.add_argument("--embedding-top1", action="store_true",
+                   help="embedding router: all weight on the most similar expert (default: the expert set's)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", help="write every report as JSON")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from earlier --out files, run nothing")
@@ -723,6 +773,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sensitivity)
 
+    p = sub.add_parser("gain-scale", help="a task family's score at scaled-down SEKA gains, on dev items "
+                       "(long contexts, instructions)")
+    _add_model_args(p)
+    p.add_argument("--family", required=True, choices=["lost-in-middle", "instructions"])
+    p.add_argument("--scales", type=_float_list, default=[1.0, 0.5, 0.25, 0.125],
+                   help="multiples of the projection's default gains (default 1,0.5,0.25,0.125)")
+    p.add_argument("--items", type=int, default=8,
+                   help="dev items: questions (x 3 gold positions) for lost-in-middle, items for instructions")
+    p.add_argument("--nq", metavar="PATH", help="NQ-open oracle file (lost-in-middle)")
+    p.add_argument("--nq-passages", type=int, default=5, help="passages per context (default 5)")
+    p.add_argument("--nq-policies", default="gold,middle", help="highlight policies (default gold,middle)")
+    p.add_argument("--first-question", type=int, default=2000,
+                   help="first NQ question of the dev items (default 2000; the suite's test items start at 0)")
+    p.add_argument("--em", action="store_true", help="also generate and score best-subspan EM (slower)")
+    p.add_argument("--seed", type=int, default=1, help="instruction item seed (default 1; the suite's test items are 0)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="instruction answer length")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out-dir", default="docs/sensitivity", help="JSON and Markdown go here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_gain_scale)
+
     p = sub.add_parser("demo", help="steered vs unsteered answers on a few conflicts")
     _add_model_args(p)
     _add_steer_args(p)
@@ -736,6 +807,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--batch-size", type=_int_list, default=[1], help="batch sizes, e.g. 1,4 (default 1)")
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-subprocess memory probes")
+    p.add_argument("--memory-in-process", action="store_true",
+                   help="CUDA only: probe peak memory (max_memory_allocated, reset per configuration) in this "
+                        "process instead of a fresh process per configuration; saves a model load per probe")
     p.add_argument("--no-latency", action="store_true",
                    help="only the memory probes (they may run beside other work; latency needs a quiet machine)")
     p.add_argument("--merge", nargs="+", metavar="JSON",

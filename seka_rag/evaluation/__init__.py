@@ -1,5 +1,7 @@
 """Evaluations of attention steering: the two-document knowledge-conflict benchmark, the task families, the
-side-by-side suite (:mod:`.suite`, ``seka-rag eval``), the sensitivity sweep (:mod:`.sensitivity`) and statistics."""
+side-by-side suite (:mod:`.suite`, ``seka-rag eval``), the sensitivity sweeps (:mod:`.sensitivity`:
+gains, layers and δ on conflicts; :mod:`.gain_scale`: scaled-down gains on long contexts and
+instructions) and statistics."""
 
 from .conflict import (
     ConflictCase,

@@ -1052,6 +1052,34 @@ def format_family_table(rows: dict[str, dict[str, FamilyReport]]) -> str:
     return format_table(["method", *families, "mean"], [[m, *cells[m], means[m]] for m in rows])
 
 
+def paired_differences(rows: dict[str, dict[str, FamilyReport]], reference: str = "seka", *,
+                       n_boot: int = 4000, seed: int = 0) -> str:
+    """Each method's mean share minus ``reference``'s, paired item by item over the families both have.
+
+    One line per other method: the difference in points with a paired bootstrap 95 % interval and
+    how many items the two methods decide differently — whether a gap in the mean column is more
+    than noise. Empty when ``reference`` is not among ``rows`` or a report lacks per-item hits.
+    """
+    from .stats import paired_bootstrap_diff_ci
+
+    base = rows.get(reference)
+    if not base or any(not r.hits for r in base.values()):
+        return ""
+    lines = []
+    for method, reports in rows.items():
+        common = [f for f in base if f in reports and reports[f].hits and len(reports[f].hits) == len(base[f].hits)]
+        if method == reference or not common:
+            continue
+        a = [float(h) for f in common for h in reports[f].hits]
+        b = [float(h) for f in common for h in base[f].hits]
+        lo, hi = paired_bootstrap_diff_ci(a, b, n_boot=n_boot, seed=seed)
+        diff = (sum(a) - sum(b)) / len(a)
+        differ = sum(x != y for x, y in zip(a, b))
+        lines.append(f"{method} - {reference}: {100 * diff:+.2f} points [{100 * lo:+.2f}, {100 * hi:+.2f}] "
+                     f"over {len(a)} paired items ({differ} decided differently)")
+    return "\n".join(lines)
+
+
 __all__ = [
     "DEFAULT_N",
     "FamilyItem",
@@ -1066,5 +1094,6 @@ __all__ = [
     "format_family_table",
     "hits_of",
     "instruction_items",
+    "paired_differences",
     "score_items",
 ]

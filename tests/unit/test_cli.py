@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from seka_rag import Projection
 from seka_rag.cli import main
@@ -96,6 +97,12 @@ def test_bench_runs_end_to_end(model_dir, tmp_path, capsys):
     assert main(["bench", "--model", str(model_dir), "--no-memory", "--no-latency"]) == 2
     assert main(["bench", "--model", str(model_dir), "--batch-size", "0", "--no-memory"]) == 2
     assert "--batch-size must be positive" in capsys.readouterr().err
+    # in-process memory probes are a CUDA option: refused on CPU with a reason, nothing measured
+    assert main(["bench", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--device", "cpu", "--no-latency", "--memory-in-process", "--lengths", "32",
+                 "--out", str(tmp_path / "never.json")]) == 2
+    assert "--memory-in-process needs a CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "never.json").exists()
 
 
 def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_path):
@@ -106,6 +113,24 @@ def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_
     rows = memory_table(spec, config, progress=False)
     assert [(r["batch"], r["tokens"], r["method"]) for r in rows] == [(2, 16, "pasta"), (2, 16, "spa")]
     assert all(r["unsteered"] > 0 and r["steered"] > 0 and r["ratio"] > 0 for r in rows)
+    from seka_rag.cli import load_model
+    from seka_rag.errors import SekaError
+
+    with pytest.raises(SekaError, match="exact only on CUDA"):
+        memory_table(spec, config, progress=False, seka=load_model(**spec))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_memory_probes_in_process_on_cuda(model_dir):
+    from seka_rag.bench import BenchConfig, memory_table
+    from seka_rag.cli import load_model
+
+    spec = dict(model=str(model_dir), no_projection=True, dtype="bfloat16", device="cuda")
+    config = BenchConfig(lengths=[64], runs=1, decode_tokens=2, batch_sizes=[1, 2], methods=["pasta", "spa"])
+    rows = memory_table(spec, config, progress=False, seka=load_model(**spec))
+    assert [(r["batch"], r["method"]) for r in rows] == [(1, "pasta"), (1, "spa"), (2, "pasta"), (2, "spa")]
+    assert all(r["metric"] == "peak_bytes" and r["steered"] >= r["details"][r["method"]]["baseline_bytes"]
+               for r in rows)
 
 
 def test_eval_conflicts_prints_both_rows(model_dir, tmp_path, capsys):
@@ -128,8 +153,10 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
                  "--default-layers", "1", "--dtype", "float32"]) == 0
     experts = tmp_path / "experts"
     assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
-                 "--triplets", "3", "--families", "instruction", "conflict", "--out", str(experts)]) == 0
+                 "--triplets", "3", "--families", "instruction", "conflict", "--embedding-temperature", "0.2",
+                 "--out", str(experts)]) == 0
     loaded = ExpertSet.load(experts)
+    assert loaded.routing.embedding_temperature == 0.2  # stored with the set: the default of its users
     assert loaded.names == ["instruction", "conflict"] and loaded.has_prototypes
     assert all(e.projection.meta.default_layers == [1] for e in loaded)  # copied from the calibrated projection
     out = tmp_path / "families.json"
@@ -149,6 +176,17 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     assert main(["eval-families", "--merge", str(out), str(other), "--out", str(tmp_path / "all.json")]) == 0
     merged = capsys.readouterr().out
     assert "expert:instruction" in merged and "ada-attention" in merged
+    # top-1 embedding routing: every item is steered by exactly one expert, so its margin is that expert's
+    top1 = tmp_path / "top1.json"
+    assert main(["eval-families", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--experts", str(experts), "--items", "4", "--families", "instruction", "--embedding-top1",
+                 "--methods", "ada-embedding,expert:instruction,expert:conflict", "--out", str(top1)]) == 0
+    data = json.loads(top1.read_text())
+    assert data["routing"] == {"embedding_top1": True}
+    rep = {m: data["reports"][m]["instruction"]["margins"] for m in data["reports"]}
+    for i, margin in enumerate(rep["ada-embedding"]):
+        assert min(abs(margin - rep[e][i]) for e in ("expert:instruction", "expert:conflict")) < 1e-3
+    capsys.readouterr()
     assert main(["eval-families", "--model", str(model_dir), "--methods", "bogus"]) == 2
     assert main(["eval-families", "--model", str(model_dir), "--projection", str(proj), "--experts", str(experts),
                  "--methods", "expert:nope"]) == 2

@@ -241,6 +241,66 @@ def test_sensitivity_bad_input_exits_2(model_dir, projection, tmp_path, capsys):
     assert "quantiles" in capsys.readouterr().err
 
 
+def test_gain_scale_lost_in_middle_rows_and_scaling(model_dir, projection, nq_file, tmp_path, capsys):
+    out_dir = tmp_path / "gs"
+    assert main(["gain-scale", *_base(model_dir, projection), "--family", "lost-in-middle", "--nq", str(nq_file),
+                 "--items", "2", "--first-question", "1", "--nq-passages", "3", "--scales", "1,0.000001",
+                 "--em", "--no-progress", "--out-dir", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "Gain scale on dev lost-in-middle items" in printed
+    data = json.loads((out_dir / f"{model_dir.name.lower()}-lost-in-middle-gain-scale.json").read_text())
+    rows = data["rows"]
+    assert data["settings"]["first_question"] == 1 and data["settings"]["policies"] == ["gold", "middle"]
+    # 2 scales x 2 policies x 4 cells (3 positions + all) x 3 metrics, then unsteered EM per cell
+    assert len(rows) == 2 * 2 * 4 * 3 + 4
+    full = {(r["cell"], r["metric"]): r for r in rows if r["scale"] == 1}
+    tiny = {(r["cell"], r["metric"]): r for r in rows if r["scale"] == 1e-6}
+    assert full[("gold / all", "dlogp")]["n"] == 6 and full[("gold / first", "dlogp")]["n"] == 2
+    default_gain = full[("gold / all", "dlogp")]["gain_pos"]
+    assert tiny[("gold / all", "dlogp")]["gain_pos"] == pytest.approx(default_gain * 1e-6)
+    # the gains really are scaled: a vanishing edit leaves log p where unsteered has it
+    assert abs(tiny[("gold / all", "dlogp")]["value"]) < 1e-3 < abs(full[("gold / all", "dlogp")]["value"])
+    assert "| scale |" in (out_dir / f"{model_dir.name.lower()}-lost-in-middle-gain-scale.md").read_text()
+
+
+def test_gain_scale_instructions_has_an_unsteered_row(model_dir, projection, tmp_path, capsys):
+    out_dir = tmp_path / "gs"
+    assert main(["gain-scale", *_base(model_dir, projection), "--family", "instructions", "--items", "5",
+                 "--scales", "0.5", "--max-new-tokens", "4", "--no-progress", "--out-dir", str(out_dir)]) == 0
+    data = json.loads((out_dir / f"{model_dir.name.lower()}-instructions-gain-scale.json").read_text())
+    heads = [(r["scale"], r["gain_pos"]) for r in data["rows"] if r["cell"] == "all"]
+    assert heads[0] == (0.0, None) and heads[1][0] == 0.5 and heads[1][1] is not None
+    assert data["settings"]["seed"] == 1 and all(r["n"] >= 1 for r in data["rows"])
+    kinds = {r["cell"] for r in data["rows"]} - {"all"}
+    assert kinds == {"language", "pronoun", "uppercase", "json", "max_words"}
+
+
+def test_gain_scale_file_names_keep_dotted_model_names(tmp_path):
+    from seka_rag.evaluation.gain_scale import GainScaleResult, write_outputs
+
+    result = GainScaleResult("instructions", "m", {"items": 1})
+    paths = write_outputs(result, tmp_path, "qwen2.5-coder-0.5b")
+    assert [p.name for p in paths] == ["qwen2.5-coder-0.5b-instructions-gain-scale.json",
+                                       "qwen2.5-coder-0.5b-instructions-gain-scale.md"]
+    assert json.loads(paths[0].read_text())["family"] == "instructions"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--family", "lost-in-middle"], "needs the NQ-open oracle file"),
+    (["--family", "instructions", "--scales", "0"], "gain scales must be positive"),
+    (["--family", "instructions", "--items", "0"], "--items must be positive"),
+])
+def test_gain_scale_bad_input_exits_2(model_dir, projection, args, message, tmp_path, capsys):
+    assert main(["gain-scale", *_base(model_dir, projection), *args, "--out-dir", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_gain_scale_past_the_end_of_the_data_is_a_clear_error(model_dir, projection, nq_file, tmp_path, capsys):
+    assert main(["gain-scale", *_base(model_dir, projection), "--family", "lost-in-middle", "--nq", str(nq_file),
+                 "--out-dir", str(tmp_path)]) == 2  # the default first dev question (2000) is past 5 records
+    assert "lost-in-middle dev items" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 
 

@@ -393,3 +393,25 @@ def test_shared_prefix_equals_row_scoring(tiny_model):
     c = score_items(seka, items, progress=False, steer=False)
     d = score_items(seka, items, progress=False, shared_prefix=False, steer=False)
     assert c == pytest.approx(d, abs=1e-3)
+
+
+def test_paired_differences_known_answer():
+    from seka_rag.evaluation.families import FamilyReport, paired_differences
+
+    def rep(family, hits):
+        return FamilyReport(family=family, n=len(hits), share=sum(hits) / len(hits), ci_low=0.0, ci_high=1.0,
+                            mean_margin=0.0, hits=list(hits))
+
+    rows = {
+        "seka": {"a": rep("a", [True, True, False, False]), "b": rep("b", [True, False])},
+        "router": {"a": rep("a", [True, True, True, False]), "b": rep("b", [True, True])},
+        "same": {"a": rep("a", [True, True, False, False]), "b": rep("b", [True, False])},
+        "partial": {"b": rep("b", [False, False])},
+    }
+    lines = paired_differences(rows, n_boot=500).splitlines()
+    assert lines[0].startswith("router - seka: +33.33 points [") and "over 6 paired items (2 decided" in lines[0]
+    assert lines[1] == "same - seka: +0.00 points [+0.00, +0.00] over 6 paired items (0 decided differently)"
+    assert lines[2].startswith("partial - seka: -50.00 points") and "over 2 paired items" in lines[2]
+    assert paired_differences({"router": rows["router"]}) == ""  # no reference: nothing to pair with
+    rows["seka"]["a"].hits = []  # a file written without per-item results
+    assert paired_differences(rows) == ""
