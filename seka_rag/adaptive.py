@@ -62,7 +62,7 @@ class RoutingConfig:
     embedding_gain: float = 1.0  #: embedding router: multiplies the mixed edit (its weights sum to 1)
     top_k: int | None = None  #: singular directions per head in c_m (None: each head's P+ rank)
     temperature: float | None = None  #: attention router: None = c / max|c|; else softmax(c/max|c| / T)
-    embedding_temperature: float = 0.05  #: embedding router: softmax(cos / T)
+    embedding_temperature: float = 0.1  #: embedding router: softmax(cos / T) (0.1 chosen on dev items)
     embedding_top1: bool = False  #: embedding router: all weight on the most similar expert
     signed: bool = False  #: attention router: Σ (q̂·u_k) σ_k as printed, instead of Σ |q̂·u_k| σ_k
 

@@ -299,10 +299,9 @@ def memory_table(model_spec: dict, config: BenchConfig, progress: bool = True, s
     ``seka``: an already loaded model on a CUDA device to probe **in this process** instead —
     ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` is exact per
     configuration there (the caching allocator's reserved memory does not count), and it saves a
-    model load per configuration, which keeps a GPU run of the whole grid within minutes (the
-    sentence encoder of ``ada-embedding`` is then loaded once, before any probe, so its weights sit in
-    every row's peak, not only in ``ada-embedding``'s). Peak RSS cannot be reset that cleanly, so on
-    CPU the probes always run in fresh processes.
+    model load per configuration, which keeps a GPU run of the whole grid within minutes. The
+    sentence encoder of ``ada-embedding`` runs on the CPU, so no CUDA peak includes it (either way).
+    Peak RSS cannot be reset that cleanly, so on CPU the probes always run in fresh processes.
     """
     if seka is not None and seka.device.type != "cuda":
         raise SekaError("in-process memory probes are exact only on CUDA; on CPU each probe runs in a fresh process")

@@ -232,6 +232,15 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import ADAPTIVE_METHODS, BenchConfig, format_latency, format_memory, merge_results, run_benchmark
 
+    if args.memory_in_process:
+        if args.merge or args.no_memory:
+            raise SekaError("--memory-in-process chooses how memory is probed; with "
+                            f"{'--merge' if args.merge else '--no-memory'} nothing is probed")
+        import torch
+
+        if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0] != "cuda":
+            raise SekaError("--memory-in-process needs a CUDA device: peak RSS cannot be reset per configuration, "
+                            "so CPU probes run in fresh processes")
     if args.merge:
         from .bench import write_outputs
 
@@ -284,13 +293,14 @@ def cmd_build_experts(args) -> int:
     if layers is None:
         meta = template.meta
         layers = meta.default_layers if meta.default_layers is not None else meta.layers
+    routing = RoutingConfig(gain=args.gain, embedding_gain=args.embedding_gain,
+                            embedding_temperature=args.embedding_temperature).validate()  # before the long build
     started = time.perf_counter()
     triplets = {f: family_triplets(f, args.triplets, seed=args.seed) for f in families}
     config = BuildConfig(gamma=args.gamma, delta=args.delta, layers=layers, batch_size=args.batch_size)
     experts = build_expert_set(model, triplets, config, template=template, descriptions=FAMILY_DESCRIPTIONS,
                                name=args.name or model.model_id)
-    experts.routing = RoutingConfig(gain=args.gain, embedding_gain=args.embedding_gain,
-                                    embedding_temperature=args.embedding_temperature).validate()
+    experts.routing = routing
     seconds = time.perf_counter() - started
     experts.notes.update(families=families, triplets_per_family=args.triplets, seed=args.seed, gamma=args.gamma,
                          build_seconds=round(seconds, 1), command="seka-rag build-experts " + " ".join(sys.argv[2:]))
@@ -398,7 +408,11 @@ def _merge_family_reports(paths: list[str], out: str | None) -> int:
             merged.setdefault("reports", {})[method] = reports
             table[method] = {f: FamilyReport(**{k: v for k, v in r.items()}) for f, r in reports.items()}
     print(format_family_table(table))
-    _print_paired_differences(table)
+    item_sets = {(run.get("seed"), run.get("items")) for run in merged.get("runs", [])}
+    if len(item_sets) == 1:
+        _print_paired_differences(table)
+    else:  # pairing item by item needs the same items in every file
+        print(f"(no paired differences: the files were run on different items, seed/items {sorted(item_sets, key=str)})")
     if out:
         Path(out).write_text(json.dumps(merged, indent=1))
         print(f"wrote {out}")
@@ -577,12 +591,16 @@ def cmd_gain_scale(args) -> int:
     from .evaluation.suite import parse_names
 
     scales = gs.check_scales(args.scales)
+    long_prompts = args.family == "lost-in-middle"
+    args.max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else (24 if long_prompts else 48)
+    args.batch_size = args.batch_size if args.batch_size is not None else (4 if long_prompts else 8)
     if args.family == "lost-in-middle":
         if not args.nq:
             raise SekaError("--family lost-in-middle needs the NQ-open oracle file (--nq PATH)")
         _check_file(args.nq, "--nq")
         policies = parse_names(args.nq_policies, POLICIES, "lost-in-middle policies")
-    for flag, value in (("--items", args.items), ("--nq-passages", args.nq_passages), ("--batch-size", args.batch_size)):
+    for flag, value in (("--items", args.items), ("--nq-passages", args.nq_passages), ("--batch-size", args.batch_size),
+                        ("--max-new-tokens", args.max_new_tokens)):
         if value < 1:
             raise SekaError(f"{flag} must be positive, got {value}")
     spec = _model_spec(args)
@@ -592,7 +610,8 @@ def cmd_gain_scale(args) -> int:
     if args.family == "lost-in-middle":
         result = gs.gain_scale_lost_in_middle(
             model, args.nq, scales=scales, n_questions=args.items, n_passages=args.nq_passages, policies=policies,
-            first_question=args.first_question, em=args.em, batch_size=min(args.batch_size, 4), progress=progress)
+            first_question=args.first_question, em=args.em, max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size, progress=progress)
     else:
         result = gs.gain_scale_instructions(model, scales=scales, n_items=args.items, seed=args.seed,
                                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -660,8 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", type=float, default=0.0)
     p.add_argument("--gain", type=float, default=1.0, help="default attention-router gain stored with the set")
     p.add_argument("--embedding-gain", type=float, default=1.0, help="default embedding-router gain stored with the set")
-    p.add_argument("--embedding-temperature", type=float, default=0.05,
-                   help="default embedding-router softmax temperature stored with the set (default 0.05)")
+    p.add_argument("--embedding-temperature", type=float, default=0.1,
+                   help="default embedding-router softmax temperature stored with the set (default 0.1)")
     p.add_argument("--build-layers", type=_int_list,
                    help="layers to build (default: the calibrated projection's edited layers)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -705,7 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-temperature", type=float, help="embedding router softmax temperature")
     p.add_argument("--embedding-gain", type=float, help="embedding router gain (default: the expert set's)")
     p.add_argument("--embedding-top1", action="store_true",
-                   help="embedding router: all weight on the most similar expert (default: the expert set's)")
+                   help="embedding router: all weight on the most similar expert (default: the expert set's "
+                        "setting, softmax for the shipped set)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", help="write every report as JSON")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from earlier --out files, run nothing")
@@ -788,8 +808,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first NQ question of the dev items (default 2000; the suite's test items start at 0)")
     p.add_argument("--em", action="store_true", help="also generate and score best-subspan EM (slower)")
     p.add_argument("--seed", type=int, default=1, help="instruction item seed (default 1; the suite's test items are 0)")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="instruction answer length")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, help="answer length (default: 48 for instructions, 24 for "
+                   "lost-in-middle answers)")
+    p.add_argument("--batch-size", type=int, help="prompts per forward pass (default: 8 for instructions, 4 for "
+                   "the long lost-in-middle prompts)")
     p.add_argument("--out-dir", default="docs/sensitivity", help="JSON and Markdown go here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_gain_scale)

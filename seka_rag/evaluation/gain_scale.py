@@ -129,7 +129,7 @@ def gain_scale_lost_in_middle(
                                          batch_size=batch_size, progress=progress)
     result = GainScaleResult("lost-in-middle", model.model_id, dict(
         questions=n_questions, passages=n_passages, first_question=first_question, policies=list(policies),
-        em=em, default_gains=[g_pos, g_neg]))
+        em=em, max_new_tokens=max_new_tokens, batch_size=batch_size, default_gains=[g_pos, g_neg]))
     for scale in scales:
         report = evaluate_lost_in_middle(model, items, policies=policies, em=em, max_new_tokens=max_new_tokens,
                                          batch_size=batch_size, progress=progress, n_boot=n_boot,
@@ -169,7 +169,7 @@ def gain_scale_instructions(
     scales, (g_pos, g_neg), started = check_scales(scales), _default_gains(model), time.perf_counter()
     items = instruction_items(n_items, seed=seed)
     result = GainScaleResult("instructions", model.model_id, dict(items=n_items, seed=seed,
-                                                                  max_new_tokens=max_new_tokens,
+                                                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
                                                                   default_gains=[g_pos, g_neg]))
     for scale in [0.0, *scales]:
         kwargs = dict(steer=False) if scale == 0 else dict(gain_pos=scale * g_pos, gain_neg=scale * g_neg)

@@ -103,6 +103,8 @@ def test_bench_runs_end_to_end(model_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "never.json")]) == 2
     assert "--memory-in-process needs a CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "never.json").exists()
+    assert main(["bench", "--model", str(model_dir), "--no-memory", "--memory-in-process"]) == 2
+    assert "with --no-memory nothing is probed" in capsys.readouterr().err
 
 
 def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_path):
@@ -129,8 +131,10 @@ def test_bench_memory_probes_in_process_on_cuda(model_dir):
     config = BenchConfig(lengths=[64], runs=1, decode_tokens=2, batch_sizes=[1, 2], methods=["pasta", "spa"])
     rows = memory_table(spec, config, progress=False, seka=load_model(**spec))
     assert [(r["batch"], r["method"]) for r in rows] == [(1, "pasta"), (1, "spa"), (2, "pasta"), (2, "spa")]
-    assert all(r["metric"] == "peak_bytes" and r["steered"] >= r["details"][r["method"]]["baseline_bytes"]
+    assert all(r["metric"] == "peak_bytes" and r["steered"] > r["details"][r["method"]]["baseline_bytes"]
                for r in rows)
+    by_batch = {r["batch"]: r["unsteered"] for r in rows}
+    assert by_batch[2] > by_batch[1]  # the peak is reset per configuration: batch 2's activations are larger
 
 
 def test_eval_conflicts_prints_both_rows(model_dir, tmp_path, capsys):
@@ -166,6 +170,7 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     for method in ("unsteered", "seka", "expert:instruction", "expert:conflict", "ada-attention", "ada-embedding"):
         assert method in printed
+    assert "Paired differences from plain SEKA" in printed and "unsteered - seka" not in printed
     reports = json.loads(out.read_text())["reports"]
     assert reports["unsteered"]["instruction"]["share"] == 0.5  # counterbalanced by construction
     other = tmp_path / "other.json"
@@ -176,6 +181,14 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     assert main(["eval-families", "--merge", str(out), str(other), "--out", str(tmp_path / "all.json")]) == 0
     merged = capsys.readouterr().out
     assert "expert:instruction" in merged and "ada-attention" in merged
+    assert "ada-attention - seka:" in merged and "over 8 paired items" in merged  # same items in both files
+    seed3 = tmp_path / "seed3.json"
+    assert main(["eval-families", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--experts", str(experts), "--items", "4", "--families", "instruction", "--seed", "3",
+                 "--methods", "expert:conflict", "--out", str(seed3)]) == 0
+    capsys.readouterr()
+    assert main(["eval-families", "--merge", str(out), str(seed3)]) == 0
+    assert "no paired differences: the files were run on different items" in capsys.readouterr().out
     # top-1 embedding routing: every item is steered by exactly one expert, so its margin is that expert's
     top1 = tmp_path / "top1.json"
     assert main(["eval-families", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
