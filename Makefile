@@ -35,7 +35,7 @@ examples: install
 # docs/bench/. `bench` is the run behind docs/results.md, sized for 2 float32-only CPU cores: the
 # default model at 256 / 1k / 2k tokens, batch 1, every method (prompt emphasis, PASTA, SPA, SEKA,
 # AdaSEKA with both routers, published two-pass routing); the small model at 256 .. 4k, latency at
-# batch 1, memory at batch 1 and 4. About 100 min there (latency ~40 min of it, alone on the machine). `bench-full` is the whole
+# batch 1 (and batch 4 at 256 / 1k), memory at batch 1 and 4. About 110 min there (latency ~40 min of it, alone on the machine). `bench-full` is the whole
 # grid (both models, batch 1 and 4 at every length) for a faster machine. Run either on a quiet machine.
 BENCH_METHODS ?= prompt-markers,pasta,spa,seka,ada-attention,ada-embedding,two-pass
 SMALL_METHODS ?= prompt-markers,pasta,spa,seka
@@ -48,9 +48,11 @@ bench: install
 		--out $(BENCH_TMP)/smollm2-latency-b1.json
 	$(BENCH) --model smollm2-135m --no-latency --methods $(SMALL_METHODS) --lengths 256,1024,2048,4096 \
 		--batch-size 1,4 --out $(BENCH_TMP)/smollm2-memory.json
+	$(BENCH) --model smollm2-135m --no-memory --methods $(SMALL_METHODS) --lengths 256,1024 --batch-size 4 \
+		--out $(BENCH_TMP)/smollm2-latency-b4.json
 	$(BENCH) --merge $(BENCH_TMP)/qwen-latency.json $(BENCH_TMP)/qwen-memory.json \
 		--out docs/bench/overhead-qwen2.5-coder-0.5b.json --plots docs/bench/overhead-qwen2.5-coder-0.5b
-	$(BENCH) --merge $(BENCH_TMP)/smollm2-latency-b1.json $(BENCH_TMP)/smollm2-memory.json \
+	$(BENCH) --merge $(BENCH_TMP)/smollm2-latency-b1.json $(BENCH_TMP)/smollm2-memory.json $(BENCH_TMP)/smollm2-latency-b4.json \
 		--out docs/bench/overhead-smollm2-135m.json --plots docs/bench/overhead-smollm2-135m
 
 bench-full: install

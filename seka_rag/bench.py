@@ -404,7 +404,8 @@ def write_outputs(result: dict, out: str | os.PathLike | None = None, plots: str
 
 def merge_results(paths: list[str | os.PathLike]) -> dict:
     """One result from several :func:`run_benchmark` JSON files of the same model (e.g. a latency-only
-    and a memory-only run): their rows concatenated, each file's ``info`` kept under ``runs``."""
+    and a memory-only run, or an earlier merge): their rows concatenated, each measuring run's ``info``
+    kept under ``runs``."""
     runs = []
     for path in paths:
         try:
@@ -416,8 +417,10 @@ def merge_results(paths: list[str | os.PathLike]) -> dict:
     models = {r["info"].get("model") for r in runs}
     if len(models) > 1:
         raise SekaError(f"--merge: the files measure different models: {sorted(map(str, models))}")
-    return dict(info=runs[0]["info"], runs=[dict(file=str(p), info=r["info"], seconds=r.get("seconds"))
-                                            for p, r in zip(paths, runs)],
+    def parts(path, result) -> list[dict]:  # a file that is itself a merge keeps its own parts
+        return result.get("runs") or [dict(file=str(path), info=result["info"], seconds=result.get("seconds"))]
+
+    return dict(info=runs[0]["info"], runs=[part for p, r in zip(paths, runs) for part in parts(p, r)],
                 latency=[row for r in runs for row in r.get("latency", [])],
                 memory=[row for r in runs for row in r.get("memory", [])],
                 seconds=sum(r.get("seconds") or 0 for r in runs))

@@ -91,6 +91,9 @@ def test_bench_runs_end_to_end(model_dir, tmp_path, capsys):
     both = json.loads(merged.read_text())
     assert len(both["latency"]) == len(rows) and both["memory"] == memory["memory"] and len(both["runs"]) == 2
     assert (tmp_path / "plots" / "merged-memory.png").is_file()
+    again = tmp_path / "again.json"  # a merge of a merge keeps every measuring run, not the nested file
+    assert main(["bench", "--merge", str(merged), str(mem), "--out", str(again)]) == 0
+    assert [r["file"] for r in json.loads(again.read_text())["runs"]] == [str(out), str(mem), str(mem)]
     capsys.readouterr()
     assert main(["bench", "--merge", str(tmp_path / "missing.json")]) == 2
     assert "cannot read bench results" in capsys.readouterr().err
