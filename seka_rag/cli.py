@@ -236,9 +236,9 @@ def cmd_bench(args) -> int:
         if args.merge or args.no_memory:
             raise SekaError("--memory-in-process chooses how memory is probed; with "
                             f"{'--merge' if args.merge else '--no-memory'} nothing is probed")
-        import torch
+        from .model import _default_device
 
-        if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).split(":")[0] != "cuda":
+        if _default_device(args.device).type != "cuda":  # the model's own device resolution, before loading
             raise SekaError("--memory-in-process needs a CUDA device: peak RSS cannot be reset per configuration, "
                             "so CPU probes run in fresh processes")
     if args.merge:
@@ -591,31 +591,29 @@ def cmd_gain_scale(args) -> int:
     from .evaluation.suite import parse_names
 
     scales = gs.check_scales(args.scales)
-    long_prompts = args.family == "lost-in-middle"
-    args.max_new_tokens = args.max_new_tokens if args.max_new_tokens is not None else (24 if long_prompts else 48)
-    args.batch_size = args.batch_size if args.batch_size is not None else (4 if long_prompts else 8)
+    for flag, value in (("--items", args.items), ("--nq-passages", args.nq_passages), ("--batch-size", args.batch_size),
+                        ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None and value < 1:
+            raise SekaError(f"{flag} must be positive, got {value}")
+    # answer length and batch size: the family function's defaults unless given
+    kwargs = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("batch_size", args.batch_size))
+              if v is not None}
     if args.family == "lost-in-middle":
         if not args.nq:
             raise SekaError("--family lost-in-middle needs the NQ-open oracle file (--nq PATH)")
         _check_file(args.nq, "--nq")
-        policies = parse_names(args.nq_policies, POLICIES, "lost-in-middle policies")
-    for flag, value in (("--items", args.items), ("--nq-passages", args.nq_passages), ("--batch-size", args.batch_size),
-                        ("--max-new-tokens", args.max_new_tokens)):
-        if value < 1:
-            raise SekaError(f"{flag} must be positive, got {value}")
+        kwargs.update(policies=parse_names(args.nq_policies, POLICIES, "lost-in-middle policies"),
+                      n_questions=args.items, n_passages=args.nq_passages, first_question=args.first_question,
+                      em=args.em)
+    else:
+        kwargs.update(n_items=args.items, seed=args.seed)
     spec = _model_spec(args)
     spec.update(adaptive=False, experts=None, router=None)
     model = load_model(**spec)
-    progress = not args.no_progress
     if args.family == "lost-in-middle":
-        result = gs.gain_scale_lost_in_middle(
-            model, args.nq, scales=scales, n_questions=args.items, n_passages=args.nq_passages, policies=policies,
-            first_question=args.first_question, em=args.em, max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size, progress=progress)
+        result = gs.gain_scale_lost_in_middle(model, args.nq, scales=scales, progress=not args.no_progress, **kwargs)
     else:
-        result = gs.gain_scale_instructions(model, scales=scales, n_items=args.items, seed=args.seed,
-                                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                            progress=progress)
+        result = gs.gain_scale_instructions(model, scales=scales, progress=not args.no_progress, **kwargs)
     result.settings["command"] = "seka-rag gain-scale " + " ".join(sys.argv[2:])
     print(result.text())
     for path in gs.write_outputs(result, args.out_dir, _model_slug(args.model)):

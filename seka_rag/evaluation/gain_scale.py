@@ -137,12 +137,10 @@ def gain_scale_lost_in_middle(
         for policy in policies:
             for position in (*POSITIONS, "all"):
                 c = report.cell(position, policy)
-                add = lambda metric, value, ci: result.rows.append(GainScaleRow(  # noqa: E731
-                    scale, scale * g_pos, scale * g_neg, f"{policy} / {position}", metric, value, ci, c.n))
-                add("dlogp", c.mean_delta, tuple(c.delta_ci))
-                add("rises", c.share_rises, tuple(c.rises_ci))
-                if em:
-                    add("em", c.em, tuple(c.em_ci))
+                metrics = [("dlogp", c.mean_delta, c.delta_ci), ("rises", c.share_rises, c.rises_ci)]
+                metrics += [("em", c.em, c.em_ci)] if em else []
+                result.rows.extend(GainScaleRow(scale, scale * g_pos, scale * g_neg, f"{policy} / {position}",
+                                                metric, value, tuple(ci), c.n) for metric, value, ci in metrics)
     if em:
         for position in (*POSITIONS, "all"):
             c = report.cell(position, policies[0])
