@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.seka-installed
 
-.PHONY: install demo test test-unit examples bench bench-full bench-gpu bench-integrations build-projections eval-conflicts eval sensitivity clean
+.PHONY: install demo test test-unit examples bench bench-full bench-gpu bench-integrations build-projections eval-conflicts eval sensitivity gain-trade-off clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,9 @@ examples: install
 # runs, with an A/A control) and peak memory (a fresh process per configuration), JSON + PNG plots in
 # docs/bench/. `bench` is the run behind docs/results.md, sized for 2 float32-only CPU cores: the
 # default model at 256 / 1k / 2k tokens, batch 1, every method (prompt emphasis, PASTA, SPA, SEKA,
-# AdaSEKA with both routers, published two-pass routing); the small model at 256 .. 4k, latency at
-# batch 1 (and batch 4 at 256 / 1k), memory at batch 1 and 4. About 110 min there (latency ~40 min of it, alone on the machine). `bench-full` is the whole
+# AdaSEKA with both routers, published two-pass routing), and batch 4 at 256 / 1k for the methods
+# of the small model; the small model at 256 .. 4k, latency at batch 1 (and batch 4 at 256 / 1k),
+# memory at batch 1 and 4. About 140 min there (latency ~70 min of it, alone on the machine). `bench-full` is the whole
 # grid (both models, batch 1 and 4 at every length) for a faster machine. Run either on a quiet machine.
 BENCH_METHODS ?= prompt-markers,pasta,spa,seka,ada-attention,ada-embedding,two-pass
 SMALL_METHODS ?= prompt-markers,pasta,spa,seka
@@ -44,13 +45,14 @@ BENCH_TMP := bench-results
 bench: install
 	$(BENCH) --no-memory --methods $(BENCH_METHODS) --lengths 256,1024,2048 --out $(BENCH_TMP)/qwen-latency.json
 	$(BENCH) --no-latency --methods $(BENCH_METHODS) --lengths 256,1024,2048 --out $(BENCH_TMP)/qwen-memory.json
+	$(BENCH) --no-memory --methods $(SMALL_METHODS) --lengths 256,1024 --batch-size 4 --out $(BENCH_TMP)/qwen-latency-b4.json
 	$(BENCH) --model smollm2-135m --no-memory --methods $(SMALL_METHODS) --lengths 256,1024,2048,4096 \
 		--out $(BENCH_TMP)/smollm2-latency-b1.json
 	$(BENCH) --model smollm2-135m --no-latency --methods $(SMALL_METHODS) --lengths 256,1024,2048,4096 \
 		--batch-size 1,4 --out $(BENCH_TMP)/smollm2-memory.json
 	$(BENCH) --model smollm2-135m --no-memory --methods $(SMALL_METHODS) --lengths 256,1024 --batch-size 4 \
 		--out $(BENCH_TMP)/smollm2-latency-b4.json
-	$(BENCH) --merge $(BENCH_TMP)/qwen-latency.json $(BENCH_TMP)/qwen-memory.json \
+	$(BENCH) --merge $(BENCH_TMP)/qwen-latency.json $(BENCH_TMP)/qwen-memory.json $(BENCH_TMP)/qwen-latency-b4.json \
 		--out docs/bench/overhead-qwen2.5-coder-0.5b.json --plots docs/bench/overhead-qwen2.5-coder-0.5b
 	$(BENCH) --merge $(BENCH_TMP)/smollm2-latency-b1.json $(BENCH_TMP)/smollm2-memory.json $(BENCH_TMP)/smollm2-latency-b4.json \
 		--out docs/bench/overhead-smollm2-135m.json --plots docs/bench/overhead-smollm2-135m
@@ -78,7 +80,8 @@ bench-integrations: install
 	$(PY) integrations/benchmarks/nq_open_rag.py --data $(NQ_DATA) --out docs/integrations/nq-open-rag.json
 	$(PY) integrations/benchmarks/wrapper_overhead.py --out docs/integrations/wrapper-overhead.json
 
-# Rebuild and recalibrate the shipped projections (400 triplets; calibration on the dev split).
+# Rebuild and recalibrate the shipped projections (400 triplets; calibration on the dev split). The
+# default model's shipped gains then go through `make gain-trade-off` (the calibration's last step).
 build-projections: install
 	$(VENV)/bin/seka-rag build-projection --model smollm2-135m --calibrate \
 		--out seka_rag/data/projections/smollm2-135m.safetensors \
@@ -127,6 +130,22 @@ eval: install
 # defaults come from the steering-quality calibration (build-projections).
 sensitivity: install
 	$(VENV)/bin/seka-rag sensitivity --model qwen2.5-coder-0.5b --out-dir docs/sensitivity
+
+# The calibration's last step for the default model: each dev family at scales of the projection's
+# default gains, then the least-harm pick (best mean dev share over the four families among the scales
+# that keep >= 95 % of dev conflicts) written into the shipped projection. About an hour on 2 float32
+# cores. The scales multiply the projection's *current* defaults and --apply refuses files swept on
+# other gains, so a rerun rescales relative to what is shipped then.
+GS := $(VENV)/bin/seka-rag gain-scale --model qwen2.5-coder-0.5b --out-dir docs/sensitivity/trade-off
+GS_FILES := $(foreach f,conflicts counterfact instructions lost-in-middle,docs/sensitivity/trade-off/qwen2.5-coder-0.5b-$(f)-gain-scale.json)
+gain-trade-off: install
+	$(GS) --family conflicts --scales 1,0.5,0.25,0.125 --items 40
+	$(GS) --family counterfact --scales 1,0.5,0.25,0.125 --items 64
+	$(GS) --family instructions --scales 1,0.5,0.25,0.125 --items 20
+	$(GS) --family lost-in-middle --nq $(NQ_DATA) --scales 1,0.5,0.25,0.125 --items 8
+	$(VENV)/bin/seka-rag gain-scale --trade-off $(GS_FILES) \
+		--apply seka_rag/data/projections/qwen2.5-coder-0.5b.safetensors \
+		--write seka_rag/data/projections/qwen2.5-coder-0.5b.safetensors
 
 clean:
 	rm -rf $(VENV) bench-results .pytest_cache

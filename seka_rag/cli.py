@@ -585,38 +585,115 @@ def cmd_sensitivity(args) -> int:
     return 0
 
 
+#: gain-scale options and the families they apply to (None: every family); given elsewhere is an error.
+_GAIN_SCALE_OPTIONS: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "seed": ("--seed", ("instructions", "counterfact")),
+    "nq": ("--nq", ("lost-in-middle",)),
+    "nq_passages": ("--nq-passages", ("lost-in-middle",)),
+    "nq_policies": ("--nq-policies", ("lost-in-middle",)),
+    "first_question": ("--first-question", ("lost-in-middle",)),
+    "max_new_tokens": ("--max-new-tokens", ("instructions", "lost-in-middle")),
+    "items": ("--items", None),
+    "scales": ("--scales", None),
+    "batch_size": ("--batch-size", None),
+    "out_dir": ("--out-dir", None),
+}
+_GAIN_SCALE_ITEMS = {"lost-in-middle": 8, "instructions": 8, "conflicts": 40, "counterfact": 64}
+
+
+def _gain_scale_trade_off(args, gs) -> int:
+    given = [flag for attr, (flag, _) in _GAIN_SCALE_OPTIONS.items() if getattr(args, attr) is not None]
+    given += ["--em"] if args.em else []
+    if args.family or given:
+        raise SekaError(f"--trade-off compares earlier files and runs nothing; leave out "
+                        f"{', '.join((['--family'] if args.family else []) + given)}")
+    bar = 0.95 if args.conflict_bar is None else args.conflict_bar
+    if not 0 <= bar <= 1:
+        raise SekaError(f"--conflict-bar is a share between 0 and 1, got {bar}")
+    for path in args.trade_off:
+        _check_file(path, "--trade-off")
+    result = gs.trade_off([gs.load_result(p) for p in args.trade_off], conflict_bar=bar)
+    print(f"Share per family at each gain scale, {result.model} (dev items; conflicts: highlighted answer wins, "
+          "counterfact: efficacy, instructions: pass rate, lost-in-middle: share of contexts whose log p(gold) "
+          "rose over unsteered, mean over policies)")
+    print(result.table())
+    if result.dropped:
+        print(f"note: scales {', '.join(f'{s:g}' for s in result.dropped)} are not measured in every family and "
+              "were not compared")
+    if "conflicts" not in result.shares:
+        print("note: no conflicts file given, so no scale was held to the conflict bar")
+    print("pick: " + ("none (no scale keeps the conflict bar)" if result.pick is None
+                      else f"x{result.pick:g} of the projection's default gains"))
+    if args.apply:
+        from .projection import Projection
+
+        projection = Projection.load(args.apply)
+        rescaled = gs.apply_scale(projection, result, files=args.trade_off)
+        print(f"wrote {rescaled.save(args.write)}: default gains {projection.meta.gain_pos:g} / "
+              f"{projection.meta.gain_neg:g} -> {rescaled.meta.gain_pos:g} / {rescaled.meta.gain_neg:g}")
+    return 0
+
+
 def cmd_gain_scale(args) -> int:
     from .evaluation import gain_scale as gs
     from .evaluation.lost_in_middle import POLICIES
     from .evaluation.suite import parse_names
 
-    scales = gs.check_scales(args.scales)
+    if (args.apply is None) != (args.write is None):
+        raise SekaError("--apply PROJECTION and --write PATH go together, with --trade-off FILES")
+    if args.trade_off:
+        return _gain_scale_trade_off(args, gs)
+    if args.apply or args.conflict_bar is not None:
+        raise SekaError("--apply, --write and --conflict-bar go with --trade-off FILES")
+    if not args.family:
+        raise SekaError("choose a --family to sweep (or --trade-off FILES to compare earlier runs)")
+    family = args.family
+    misplaced = [flag for attr, (flag, families) in _GAIN_SCALE_OPTIONS.items()
+                 if families is not None and family not in families and getattr(args, attr) is not None]
+    misplaced += ["--em"] if args.em and family != "lost-in-middle" else []
+    if misplaced:
+        raise SekaError(f"{', '.join(misplaced)} {'does' if len(misplaced) == 1 else 'do'} not apply to "
+                        f"--family {family}")
+    scales = gs.check_scales(args.scales if args.scales is not None else gs.DEFAULT_SCALES)
     for flag, value in (("--items", args.items), ("--nq-passages", args.nq_passages), ("--batch-size", args.batch_size),
                         ("--max-new-tokens", args.max_new_tokens)):
         if value is not None and value < 1:
             raise SekaError(f"{flag} must be positive, got {value}")
+    n_items = args.items or _GAIN_SCALE_ITEMS[family]
     # answer length and batch size: the family function's defaults unless given
     kwargs = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("batch_size", args.batch_size))
               if v is not None}
-    if args.family == "lost-in-middle":
+    seed = gs.DEV_SEED if args.seed is None else args.seed
+    if family == "lost-in-middle":
         if not args.nq:
             raise SekaError("--family lost-in-middle needs the NQ-open oracle file (--nq PATH)")
         _check_file(args.nq, "--nq")
-        kwargs.update(policies=parse_names(args.nq_policies, POLICIES, "lost-in-middle policies"),
-                      n_questions=args.items, n_passages=args.nq_passages, first_question=args.first_question,
+        kwargs.update(policies=parse_names(args.nq_policies or "gold,middle", POLICIES, "lost-in-middle policies"),
+                      n_questions=n_items, n_passages=args.nq_passages or 5,
+                      first_question=gs.DEV_FIRST_QUESTION if args.first_question is None else args.first_question,
                       em=args.em)
+    elif family == "conflicts":
+        from .evaluation.conflict import conflict_split
+
+        try:  # the items exist before minutes go into loading the model
+            conflict_split("dev", n=n_items)
+        except ValueError as exc:
+            raise SekaError(f"conflict dev items: {exc}") from None
+        kwargs.update(n_items=n_items)
     else:
-        kwargs.update(n_items=args.items, seed=args.seed)
+        kwargs.update(n_items=n_items, seed=seed)
     spec = _model_spec(args)
     spec.update(adaptive=False, experts=None, router=None)
     model = load_model(**spec)
-    if args.family == "lost-in-middle":
+    if family == "lost-in-middle":
         result = gs.gain_scale_lost_in_middle(model, args.nq, scales=scales, progress=not args.no_progress, **kwargs)
     else:
-        result = gs.gain_scale_instructions(model, scales=scales, progress=not args.no_progress, **kwargs)
+        run = {"instructions": gs.gain_scale_instructions, "conflicts": gs.gain_scale_conflicts,
+               "counterfact": gs.gain_scale_counterfact}[family]
+        result = run(model, scales=scales, progress=not args.no_progress, **kwargs)
     result.settings["command"] = "seka-rag gain-scale " + " ".join(sys.argv[2:])
     print(result.text())
-    for path in gs.write_outputs(result, args.out_dir, _model_slug(args.model)):
+    for path in gs.write_outputs(result, args.out_dir or "docs/sensitivity", _model_slug(args.model)):
         print(f"wrote {path}")
     return 0
 
@@ -792,26 +869,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("gain-scale", help="a task family's score at scaled-down SEKA gains, on dev items "
-                       "(long contexts, instructions)")
+                       "(long contexts, instructions, conflicts, CounterFact format); --trade-off picks a factor")
     _add_model_args(p)
-    p.add_argument("--family", required=True, choices=["lost-in-middle", "instructions"])
-    p.add_argument("--scales", type=_float_list, default=[1.0, 0.5, 0.25, 0.125],
+    p.add_argument("--family", choices=list(_GAIN_SCALE_ITEMS), help="the family to sweep (required unless --trade-off)")
+    p.add_argument("--scales", type=_float_list,
                    help="multiples of the projection's default gains (default 1,0.5,0.25,0.125)")
-    p.add_argument("--items", type=int, default=8,
-                   help="dev items: questions (x 3 gold positions) for lost-in-middle, items for instructions")
+    p.add_argument("--items", type=int,
+                   help="dev items: questions (x 3 gold positions) for lost-in-middle (default 8), items for "
+                   "instructions (8), conflict items (x 4 cases; 40), CounterFact-format items (64)")
     p.add_argument("--nq", metavar="PATH", help="NQ-open oracle file (lost-in-middle)")
-    p.add_argument("--nq-passages", type=int, default=5, help="passages per context (default 5)")
-    p.add_argument("--nq-policies", default="gold,middle", help="highlight policies (default gold,middle)")
-    p.add_argument("--first-question", type=int, default=2000,
-                   help="first NQ question of the dev items (default 2000; the suite's test items start at 0)")
-    p.add_argument("--em", action="store_true", help="also generate and score best-subspan EM (slower)")
-    p.add_argument("--seed", type=int, default=1, help="instruction item seed (default 1; the suite's test items are 0)")
+    p.add_argument("--nq-passages", type=int, help="passages per context (lost-in-middle; default 5)")
+    p.add_argument("--nq-policies", help="highlight policies (lost-in-middle; default gold,middle)")
+    p.add_argument("--first-question", type=int,
+                   help="first NQ question of the dev items (lost-in-middle; default 2000; the suite's test items "
+                   "start at 0)")
+    p.add_argument("--em", action="store_true", help="also generate and score best-subspan EM (lost-in-middle; slower)")
+    p.add_argument("--seed", type=int, help="item seed (instructions, counterfact; default 1; the suite's test "
+                   "items are 0)")
     p.add_argument("--max-new-tokens", type=int, help="answer length (default: 48 for instructions, 24 for "
-                   "lost-in-middle answers)")
-    p.add_argument("--batch-size", type=int, help="prompts per forward pass (default: 8 for instructions, 4 for "
-                   "the long lost-in-middle prompts)")
-    p.add_argument("--out-dir", default="docs/sensitivity", help="JSON and Markdown go here")
+                   "lost-in-middle answers; the other families are scored, not generated)")
+    p.add_argument("--batch-size", type=int, help="prompts per forward pass (default: 4 for the long lost-in-middle "
+                   "prompts, 8 for the others)")
+    p.add_argument("--out-dir", help="JSON and Markdown go here (default docs/sensitivity)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--trade-off", nargs="+", metavar="JSON",
+                   help="run nothing: compare earlier gain-scale JSON files across families and print the scale "
+                   "the rule picks (best mean share among the scales whose dev conflict share >= --conflict-bar)")
+    p.add_argument("--conflict-bar", type=float,
+                   help="dev conflict share a scale must keep to be picked (with --trade-off; default 0.95)")
+    p.add_argument("--apply", metavar="PROJECTION", help="with --trade-off: write this projection with its default "
+                   "gains times the picked scale to --write")
+    p.add_argument("--write", metavar="PATH", help="where --apply writes the rescaled projection")
     p.set_defaults(func=cmd_gain_scale)
 
     p = sub.add_parser("demo", help="steered vs unsteered answers on a few conflicts")

@@ -275,6 +275,175 @@ def test_gain_scale_instructions_has_an_unsteered_row(model_dir, projection, tmp
     assert kinds == {"language", "pronoun", "uppercase", "json", "max_words"}
 
 
+@pytest.mark.parametrize("family, metric, per_item", [("conflicts", "share", 4), ("counterfact", "efficacy", 1)])
+def test_gain_scale_scored_families_have_unsteered_and_scaled_rows(model_dir, projection, tmp_path, family, metric,
+                                                                   per_item):
+    out_dir = tmp_path / "gs"
+    assert main(["gain-scale", *_base(model_dir, projection), "--family", family, "--items", "3",
+                 "--scales", "1,0.000001", "--no-progress", "--out-dir", str(out_dir)]) == 0
+    data = json.loads((out_dir / f"{model_dir.name.lower()}-{family}-gain-scale.json").read_text())
+    assert data["settings"]["split"] == "dev"
+    rows = {(r["scale"], r["metric"]): r for r in data["rows"]}
+    assert set(rows) == {(s, m) for s in (0.0, 1.0, 1e-6) for m in (metric, "margin")}
+    assert rows[(0.0, metric)]["gain_pos"] is None and rows[(0.0, metric)]["n"] == 3 * per_item
+    default_gain = rows[(1.0, metric)]["gain_pos"]
+    assert rows[(1e-6, metric)]["gain_pos"] == pytest.approx(default_gain * 1e-6)
+    # a vanishing edit scores like unsteered; the full one moves the margin
+    unsteered, tiny, full = (rows[(s, "margin")]["value"] for s in (0.0, 1e-6, 1.0))
+    assert abs(tiny - unsteered) < 1e-3 < abs(full - unsteered)
+    assert 0.0 <= rows[(1.0, metric)]["value"] <= 1.0
+
+
+def _gs(family, rows, model="m", gains=(2.0, 0.5), **settings):
+    from seka_rag.evaluation.gain_scale import GainScaleResult, GainScaleRow
+
+    return GainScaleResult(family, model, {"default_gains": list(gains), **settings},
+                           [GainScaleRow(s, None if s == 0 else s, None if s == 0 else s / 4, cell, metric, v, None, 10)
+                            for s, cell, metric, v in rows])
+
+
+def test_trade_off_picks_the_best_mean_among_scales_that_keep_the_conflict_bar():
+    from seka_rag.evaluation.gain_scale import trade_off
+
+    conflicts = _gs("conflicts", [(0.0, "all", "share", 0.5), (1.0, "all", "share", 1.0), (0.5, "all", "share", 0.97),
+                                  (0.25, "all", "share", 0.90), (1.0, "all", "margin", 9.0)])
+    instructions = _gs("instructions", [(0.0, "all", "pass", 0.3), (1.0, "all", "pass", 0.3), (0.5, "all", "pass", 0.5),
+                                        (0.25, "all", "pass", 0.7), (0.5, "json", "pass", 0.0)])
+    lim = _gs("lost-in-middle", [(s, f"{p} / {pos}", "rises", v) for s, p, pos, v in [
+        (1.0, "gold", "all", 0.4), (1.0, "middle", "all", 0.0), (1.0, "gold", "first", 1.0),
+        (0.5, "gold", "all", 0.5), (0.5, "middle", "all", 0.3), (0.25, "gold", "all", 0.6),
+        (0.25, "middle", "all", 0.4), (0.125, "gold", "all", 0.9), (0.125, "middle", "all", 0.9)]])
+    result = trade_off([conflicts, instructions, lim])
+    assert result.scales == [1.0, 0.5, 0.25] and result.dropped == [0.125]  # 0.125: lost-in-middle only
+    assert result.shares["lost-in-middle"][1.0] == pytest.approx(0.2)  # mean over policies, "all" cells only
+    assert result.objective[0.5] == pytest.approx((0.97 + 0.5 + 0.4) / 3)
+    assert result.eligible == {1.0: True, 0.5: True, 0.25: False}
+    assert result.pick == 0.5  # 0.25 has the best mean but drops conflicts below the bar
+    assert result.model == "m" and result.default_gains == (2.0, 0.5)
+    table = result.table()
+    assert "0.5 <- pick" in table and "0 (unsteered)" in table and "50.0" in table
+    assert trade_off([conflicts, instructions, lim], conflict_bar=1.01).pick is None
+    # a tie goes to the larger scale; a later run of a family replaces that scale's rows
+    tie = trade_off([_gs("instructions", [(1.0, "all", "pass", 0.5), (0.5, "all", "pass", 0.5)])])
+    assert tie.pick == 1.0 and "conflicts" not in tie.shares and tie.eligible == {1.0: True, 0.5: True}
+    rerun = trade_off([_gs("instructions", [(1.0, "all", "pass", 0.5), (0.5, "all", "pass", 0.5)], batch_size=8),
+                       _gs("instructions", [(0.5, "all", "pass", 0.6)], batch_size=4)])
+    assert rerun.pick == 0.5 and rerun.shares["instructions"] == {1.0: 0.5, 0.5: 0.6}
+
+
+def test_trade_off_refuses_results_it_cannot_compare():
+    from seka_rag.evaluation.gain_scale import trade_off
+
+    one = _gs("conflicts", [(1.0, "all", "share", 1.0)])
+    with pytest.raises(SekaError, match="different models"):  # also across families
+        trade_off([one, _gs("instructions", [(1.0, "all", "pass", 1.0)], model="x")])
+    with pytest.raises(SekaError, match="share no gain scale"):
+        trade_off([one, _gs("instructions", [(0.5, "all", "pass", 1.0)])])
+    with pytest.raises(SekaError, match="different default gains"):
+        trade_off([one, _gs("instructions", [(1.0, "all", "pass", 1.0)], gains=(1.0, 1.0))])
+    with pytest.raises(SekaError, match="different items or settings"):
+        trade_off([_gs("instructions", [(1.0, "all", "pass", 1.0)], items=20),
+                   _gs("instructions", [(0.5, "all", "pass", 1.0)], items=8)])
+    with pytest.raises(SekaError, match="no 'share' rows"):
+        trade_off([_gs("conflicts", [(1.0, "all", "margin", 3.0)])])
+
+
+def test_trade_off_cli_prints_the_pick_and_applies_it(tmp_path, capsys, projection):
+    from seka_rag.evaluation.gain_scale import write_outputs
+
+    tiny = Projection.load(projection)
+    gains = (tiny.meta.gain_pos, tiny.meta.gain_neg)
+    model = tiny.meta.model_id
+    paths = [write_outputs(_gs(f, rows, model=model, gains=gains), tmp_path, f)[0] for f, rows in [
+        ("conflicts", [(0.0, "all", "share", 0.5), (1.0, "all", "share", 0.99), (0.5, "all", "share", 0.96)]),
+        ("counterfact", [(1.0, "all", "efficacy", 0.9), (0.5, "all", "efficacy", 0.95), (0.25, "all", "efficacy", 1)])]]
+    assert main(["gain-scale", "--trade-off", *map(str, paths)]) == 0  # runs nothing: no model arguments needed
+    out = capsys.readouterr().out
+    assert "pick: x0.5 of the projection's default gains" in out and "counterfact" in out
+    assert "scales 0.25 are not measured in every family" in out
+    # --apply writes the projection with its default gains times the pick, and says why in its notes
+    proj_path = tmp_path / "p.safetensors"
+    tiny.save(proj_path)
+    assert main(["gain-scale", "--trade-off", *map(str, paths), "--apply", str(proj_path),
+                 "--write", str(tmp_path / "scaled.safetensors")]) == 0
+    assert f"default gains {gains[0]:g} / {gains[1]:g} -> {gains[0] / 2:g} / {gains[1] / 2:g}" in capsys.readouterr().out
+    scaled = Projection.load(tmp_path / "scaled.safetensors")
+    assert (scaled.meta.gain_pos, scaled.meta.gain_neg) == pytest.approx((gains[0] / 2, gains[1] / 2))
+    assert torch.equal(scaled.layer_scale, tiny.layer_scale) and torch.equal(scaled.pos, tiny.pos)
+    note = scaled.meta.notes["gain_trade_off"]
+    assert note["scale"] == 0.5 and note["previous_gains"] == list(gains) and len(note["files"]) == 2
+    # files swept on other default gains, or on another model, are not applied
+    for kw, message in (({"gains": (gains[0] * 3, gains[1])}, "apply the pick to the projection the sweeps ran on"),
+                        ({"model": "other/model"}, "the sweeps ran on 'other/model'")):
+        other = [write_outputs(_gs(f, rows, **{"model": model, "gains": gains, **kw}), tmp_path / "o", f)[0]
+                 for f, rows in [("conflicts", [(1.0, "all", "share", 1.0)])]]
+        assert main(["gain-scale", "--trade-off", *map(str, other), "--apply", str(proj_path),
+                     "--write", str(tmp_path / "no.safetensors")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "no.safetensors").exists()
+    # nothing keeps the bar: nothing is written
+    assert main(["gain-scale", "--trade-off", *map(str, paths), "--conflict-bar", "1", "--apply", str(proj_path),
+                 "--write", str(tmp_path / "no.safetensors")]) == 2
+    assert "picked no scale" in capsys.readouterr().err and not (tmp_path / "no.safetensors").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trade-off", "F", "--family", "conflicts"], "leave out --family"),
+    (["--trade-off", "F", "--items", "3", "--scales", "1"], "leave out --items, --scales"),
+    (["--trade-off", "F", "--conflict-bar", "1.5"], "between 0 and 1"),
+    (["--trade-off", "F", "--write", "x"], "go together"),
+    (["--family", "conflicts", "--conflict-bar", "0.9"], "go with --trade-off"),
+    (["--family", "conflicts", "--seed", "3"], "--seed does not apply to --family conflicts"),
+    (["--family", "instructions", "--nq-passages", "3", "--first-question", "1"],
+     "--nq-passages, --first-question do not apply to --family instructions"),
+    (["--family", "counterfact", "--max-new-tokens", "4"], "--max-new-tokens does not apply"),
+    (["--family", "conflicts", "--items", "100000"], "conflict dev items"),
+    ([], "choose a --family"),
+])
+def test_gain_scale_options_out_of_place_are_errors(tmp_path, capsys, args, message):
+    good = tmp_path / "F"
+    from seka_rag.evaluation.gain_scale import write_outputs
+
+    write_outputs(_gs("conflicts", [(1.0, "all", "share", 1.0)]), tmp_path, "x")[0].rename(good)
+    args = [str(good) if a == "F" else a for a in args]
+    assert main(["gain-scale", *args]) == 2  # before any model is loaded: no model arguments given
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"family": "conflicts", "model": "m", "settings": [], "rows": []}, "settings is not an object"),
+    ({"family": "nope", "settings": {}, "rows": []}, "family must be one of"),
+    ({"family": "conflicts", "settings": {"default_gains": [1.0]}, "rows": []}, "default_gains"),
+    ({"family": "conflicts", "settings": {"default_gains": [1.0, 0.5]},
+      "rows": [{"scale": 1, "cell": "all", "metric": "share", "value": None, "ci": None, "n": 1}]}, "not a number"),
+    ({"family": "conflicts", "settings": {"default_gains": [1.0, 0.5]}, "rows": []}, "no rows"),
+])
+def test_trade_off_files_are_checked(tmp_path, capsys, bad, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    assert main(["gain-scale", "--trade-off", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a gain-scale result file" in err and message in err
+
+
+@pytest.mark.parametrize("family, n_items", [("conflicts", 40), ("counterfact", 64), ("instructions", 8)])
+def test_gain_scale_item_defaults_per_family(model_dir, projection, tmp_path, monkeypatch, family, n_items):
+    from seka_rag.evaluation import gain_scale as gs
+
+    seen = {}
+
+    def fake(model, **kwargs):
+        seen.update(kwargs)
+        return gs.GainScaleResult(family, model.model_id, {})
+
+    monkeypatch.setattr(gs, {"conflicts": "gain_scale_conflicts", "counterfact": "gain_scale_counterfact",
+                             "instructions": "gain_scale_instructions"}[family], fake)
+    assert main(["gain-scale", *_base(model_dir, projection), "--family", family, "--no-progress",
+                 "--out-dir", str(tmp_path)]) == 0
+    assert seen["n_items"] == n_items and list(seen["scales"]) == list(gs.DEFAULT_SCALES)
+    assert ("seed" in seen) == (family != "conflicts") and seen.get("seed", 1) == 1
+
+
 def test_gain_scale_file_names_keep_dotted_model_names(tmp_path):
     from seka_rag.evaluation.gain_scale import GainScaleResult, write_outputs
 
@@ -289,6 +458,8 @@ def test_gain_scale_file_names_keep_dotted_model_names(tmp_path):
     (["--family", "lost-in-middle"], "needs the NQ-open oracle file"),
     (["--family", "instructions", "--scales", "0"], "gain scales must be positive"),
     (["--family", "instructions", "--items", "0"], "--items must be positive"),
+    (["--family", "conflicts", "--max-new-tokens", "4"], "does not apply to --family conflicts"),
+    (["--family", "counterfact", "--em"], "--em does not apply to --family counterfact"),
 ])
 def test_gain_scale_bad_input_exits_2(model_dir, projection, args, message, tmp_path, capsys):
     assert main(["gain-scale", *_base(model_dir, projection), *args, "--out-dir", str(tmp_path)]) == 2
