@@ -90,10 +90,12 @@ build-projections: install
 		--out seka_rag/data/projections/qwen2.5-coder-0.5b.safetensors \
 		--calibration-log docs/calibration/qwen2.5-coder-0.5b.json
 
-# Rebuild the AdaSEKA expert set shipped for the default model (one expert per task family).
+# Rebuild the AdaSEKA expert set shipped for the default model (one expert per task family). The
+# shipped experts carry the calibration's gains from before the least-harm step (g+ 2, g- 0.5),
+# hence --expert-gains; without it they would copy the projection's lowered defaults.
 build-experts: install
 	$(VENV)/bin/seka-rag build-experts --model qwen2.5-coder-0.5b --triplets 160 --gain 0.5 \
-		--embedding-temperature 0.1 --out seka_rag/data/experts/qwen2.5-coder-0.5b
+		--embedding-temperature 0.1 --expert-gains 2,0.5 --out seka_rag/data/experts/qwen2.5-coder-0.5b
 
 # AdaSEKA quality: four task families x (unsteered, SEKA, each expert, both routers), test items.
 eval-families: install
@@ -127,7 +129,7 @@ eval: install
 
 # How SEKA's share moves with the gains, the edited layers and the head threshold, on dev conflict
 # cases (tables, JSON and heat-maps in docs/sensitivity/; about 8 min). It reports only: the shipped
-# defaults come from the steering-quality calibration (build-projections).
+# defaults come from the steering-quality calibration (build-projections), then gain-trade-off.
 sensitivity: install
 	$(VENV)/bin/seka-rag sensitivity --model qwen2.5-coder-0.5b --out-dir docs/sensitivity
 

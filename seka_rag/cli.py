@@ -289,6 +289,15 @@ def cmd_build_experts(args) -> int:
     template = model.projection
     if template is None and args.build_layers is None:
         raise SekaError("no calibrated projection to copy layers and gains from: pass --projection or --build-layers")
+    if args.expert_gains is not None:
+        if template is None:
+            raise SekaError("--expert-gains replaces the calibrated projection's gains: pass --projection too")
+        if len(args.expert_gains) != 2 or any(not (g >= 0 and g < float("inf")) for g in args.expert_gains):
+            raise SekaError(f"--expert-gains takes two non-negative numbers G_POS,G_NEG, got {args.expert_gains}")
+        from dataclasses import replace
+
+        template = replace(template, meta=replace(template.meta, gain_pos=args.expert_gains[0],
+                                                  gain_neg=args.expert_gains[1]))
     layers = args.build_layers
     if layers is None:
         meta = template.meta
@@ -756,6 +765,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-gain", type=float, default=1.0, help="default embedding-router gain stored with the set")
     p.add_argument("--embedding-temperature", type=float, default=0.1,
                    help="default embedding-router softmax temperature stored with the set (default 0.1)")
+    p.add_argument("--expert-gains", type=_float_list, metavar="G_POS,G_NEG",
+                   help="default g+, g- stored with every expert (default: the calibrated projection's)")
     p.add_argument("--build-layers", type=_int_list,
                    help="layers to build (default: the calibrated projection's edited layers)")
     p.add_argument("--batch-size", type=int, default=8)

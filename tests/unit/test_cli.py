@@ -161,8 +161,9 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     experts = tmp_path / "experts"
     assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
                  "--triplets", "3", "--families", "instruction", "conflict", "--embedding-temperature", "0.2",
-                 "--out", str(experts)]) == 0
+                 "--expert-gains", "3,0.25", "--out", str(experts)]) == 0
     loaded = ExpertSet.load(experts)
+    assert all((e.projection.meta.gain_pos, e.projection.meta.gain_neg) == (3.0, 0.25) for e in loaded)
     assert loaded.routing.embedding_temperature == 0.2  # stored with the set: the default of its users
     assert loaded.names == ["instruction", "conflict"] and loaded.has_prototypes
     assert all(e.projection.meta.default_layers == [1] for e in loaded)  # copied from the calibrated projection
