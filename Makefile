@@ -90,12 +90,13 @@ build-projections: install
 		--out seka_rag/data/projections/qwen2.5-coder-0.5b.safetensors \
 		--calibration-log docs/calibration/qwen2.5-coder-0.5b.json
 
-# Rebuild the AdaSEKA expert set shipped for the default model (one expert per task family). The
-# shipped experts carry the calibration's gains from before the least-harm step (g+ 2, g- 0.5),
-# hence --expert-gains; without it they would copy the projection's lowered defaults.
+# Rebuild the AdaSEKA expert set shipped for the default model (one expert per task family). Every
+# expert copies the calibrated projection's edited layers, gains (today g+ 0.5, g- 0.125) and
+# per-layer scales. After a change of the projection's gains or scales, `seka-rag build-experts --reuse DIR`
+# re-copies them onto an existing set in seconds (what the rebuild would give, without it).
 build-experts: install
 	$(VENV)/bin/seka-rag build-experts --model qwen2.5-coder-0.5b --triplets 160 --gain 0.5 \
-		--embedding-temperature 0.1 --expert-gains 2,0.5 --out seka_rag/data/experts/qwen2.5-coder-0.5b
+		--embedding-temperature 0.1 --out seka_rag/data/experts/qwen2.5-coder-0.5b
 
 # AdaSEKA quality: four task families x (unsteered, SEKA, each expert, both routers), test items.
 eval-families: install

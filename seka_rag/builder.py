@@ -230,6 +230,32 @@ def settings_like(projection: Projection, template: Projection) -> Projection:
                       head_mask=projection.head_mask, layer_scale=scale)
 
 
+def expert_set_like(experts, template: Projection):
+    """``experts`` with every expert's edited layers, gains and per-layer scales re-copied from ``template``.
+
+    Each expert keeps its projections (P±, U, S, head shifts and masks), description and prototype;
+    the set keeps its routing defaults and notes. This is what rebuilding the set from the same
+    triplets would give after the calibrated projection's settings changed (the builder computes
+    the projections without reading those settings), without the rebuild — provided ``template``
+    edits only layers the experts were built for (else :class:`SekaError`: a rebuild is needed).
+    """
+    from dataclasses import replace as replace_field
+
+    from .adaptive import ExpertSet
+
+    t = template.meta
+    edited = t.default_layers if t.default_layers is not None else t.layers
+    missing = sorted(set(edited) - set(experts.meta.layers))
+    if missing:
+        raise SekaError(
+            f"the calibrated projection edits layers {missing} that the experts were not built for "
+            f"(built: {experts.meta.layers}); rebuild the expert set (build-experts without --reuse)"
+        )
+    refreshed = [replace_field(e, projection=settings_like(e.projection, template)) for e in experts]
+    return ExpertSet(refreshed, name=experts.name, embedding_model=experts.embedding_model,
+                     routing=experts.routing, notes=experts.notes)
+
+
 def build_expert_set(seka_model, families: dict[str, Sequence[Triplet]], config: BuildConfig = BuildConfig(), *,
                      template: Projection | None = None, descriptions: dict[str, str] | None = None,
                      encoder=None, prototypes: bool = True, name: str = "", progress: bool = True):

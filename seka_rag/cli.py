@@ -274,21 +274,45 @@ def cmd_bench(args) -> int:
     return 0
 
 
+_BUILD_ONLY_OPTIONS = ("families", "triplets", "seed", "gamma", "delta", "build_layers", "batch_size")
+
+
 def cmd_build_experts(args) -> int:
     from .adaptive import RoutingConfig
     from .builder import BuildConfig, build_expert_set
     from .data.tasks import FAMILIES, FAMILY_DESCRIPTIONS, family_triplets
 
+    loading = [flag for flag, value in (("--experts", args.experts), ("--adaptive", args.adaptive),
+                                        ("--router", args.router)) if value]
+    if loading:
+        raise SekaError(f"build-experts writes an expert set and never loads one, so {', '.join(loading)} would be "
+                        "ignored; to refresh an existing set's settings use --reuse DIR")
+    if args.reuse is not None:
+        given = [f"--{o.replace('_', '-')}" for o in _BUILD_ONLY_OPTIONS if getattr(args, o) is not None]
+        if given:
+            raise SekaError(f"--reuse keeps the experts' projections, so {', '.join(given)} would be ignored; "
+                            "drop them, or rebuild without --reuse")
+    elif args.out is None:
+        raise SekaError("--out DIR is required (it defaults to the --reuse directory only with --reuse)")
     families = args.families or list(FAMILIES)
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise SekaError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)}")
+    routing_given = {name: value for name, value in (("gain", args.gain), ("embedding_gain", args.embedding_gain),
+                                                      ("embedding_temperature", args.embedding_temperature))
+                     if value is not None}
+    reused = None
+    if args.reuse is not None:
+        from .adaptive import ExpertSet
+
+        reused = ExpertSet.load(args.reuse)  # before the model load: a wrong path fails fast
     spec = _model_spec(args)
     spec.update(adaptive=False, experts=None, router=None)
     model = load_model(**spec)
     template = model.projection
-    if template is None and args.build_layers is None:
-        raise SekaError("no calibrated projection to copy layers and gains from: pass --projection or --build-layers")
+    if template is None and (reused is not None or args.build_layers is None):
+        raise SekaError("no calibrated projection to copy layers and gains from: pass --projection"
+                        + ("" if reused is not None else " or --build-layers"))
     if args.expert_gains is not None:
         if template is None:
             raise SekaError("--expert-gains replaces the calibrated projection's gains: pass --projection too")
@@ -298,21 +322,45 @@ def cmd_build_experts(args) -> int:
 
         template = replace(template, meta=replace(template.meta, gain_pos=args.expert_gains[0],
                                                   gain_neg=args.expert_gains[1]))
+    command = "seka-rag build-experts " + " ".join(sys.argv[2:])
+    if reused is not None:
+        from .builder import expert_set_like
+
+        reused.check_fits(model.geometry, model.model_id)
+        experts = expert_set_like(reused, template)
+        experts.routing = experts.routing.replace(**routing_given).validate()
+        if args.name:
+            experts.name = args.name
+        refresh = dict(command=command, gain_pos=template.meta.gain_pos, gain_neg=template.meta.gain_neg,
+                       projection=args.projection or f"shipped with seka-rag for {template.meta.model_id}",
+                       expert_gains_given=args.expert_gains is not None, routing_given=routing_given)
+        earlier = experts.notes.get("settings_refreshed", [])
+        experts.notes["settings_refreshed"] = [*(earlier if isinstance(earlier, list) else [earlier]), refresh]
+        out = experts.save(args.out or args.reuse)
+        meta = experts.meta
+        print(f"re-copied the calibrated projection's settings onto {len(experts)} experts "
+              f"({', '.join(experts.names)}): gains {meta.gain_pos:g} / {meta.gain_neg:g}, "
+              f"layers {meta.default_layers} -> {out}")
+        return 0
     layers = args.build_layers
     if layers is None:
         meta = template.meta
         layers = meta.default_layers if meta.default_layers is not None else meta.layers
-    routing = RoutingConfig(gain=args.gain, embedding_gain=args.embedding_gain,
-                            embedding_temperature=args.embedding_temperature).validate()  # before the long build
+    routing = RoutingConfig(**{"gain": 1.0, "embedding_gain": 1.0, "embedding_temperature": 0.1,
+                               **routing_given}).validate()  # before the long build
+    triplets_per_family = 160 if args.triplets is None else args.triplets
+    seed = 0 if args.seed is None else args.seed
+    gamma = 0.9 if args.gamma is None else args.gamma
     started = time.perf_counter()
-    triplets = {f: family_triplets(f, args.triplets, seed=args.seed) for f in families}
-    config = BuildConfig(gamma=args.gamma, delta=args.delta, layers=layers, batch_size=args.batch_size)
+    triplets = {f: family_triplets(f, triplets_per_family, seed=seed) for f in families}
+    config = BuildConfig(gamma=gamma, delta=0.0 if args.delta is None else args.delta, layers=layers,
+                         batch_size=8 if args.batch_size is None else args.batch_size)
     experts = build_expert_set(model, triplets, config, template=template, descriptions=FAMILY_DESCRIPTIONS,
                                name=args.name or model.model_id)
     experts.routing = routing
     seconds = time.perf_counter() - started
-    experts.notes.update(families=families, triplets_per_family=args.triplets, seed=args.seed, gamma=args.gamma,
-                         build_seconds=round(seconds, 1), command="seka-rag build-experts " + " ".join(sys.argv[2:]))
+    experts.notes.update(families=families, triplets_per_family=triplets_per_family, seed=seed, gamma=gamma,
+                         build_seconds=round(seconds, 1), command=command)
     out = experts.save(args.out)
     print(f"built {len(experts)} experts ({', '.join(experts.names)}) for layers {layers} in {seconds:.0f} s -> {out}")
     return 0
@@ -755,21 +803,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build-experts", help="build an AdaSEKA expert set: one projection per task family")
     _add_model_args(p)
-    p.add_argument("--out", required=True, help="output directory (experts.json + one .safetensors per expert)")
+    p.add_argument("--out", help="output directory (experts.json + one .safetensors per expert); "
+                                 "with --reuse it defaults to the --reuse directory, overwritten in place")
+    p.add_argument("--reuse", metavar="DIR",
+                   help="instead of building: re-copy the calibrated projection's layers, gains and per-layer scales "
+                        "onto the experts in DIR (their projections, prototypes and routing defaults are kept; "
+                        "routing options given here replace the stored ones). The projection may edit only "
+                        "layers the experts were built for")
     p.add_argument("--families", nargs="+", help="task families (default: all four)")
-    p.add_argument("--triplets", type=int, default=160, help="triplets per family")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--gamma", type=float, default=0.9)
-    p.add_argument("--delta", type=float, default=0.0)
-    p.add_argument("--gain", type=float, default=1.0, help="default attention-router gain stored with the set")
-    p.add_argument("--embedding-gain", type=float, default=1.0, help="default embedding-router gain stored with the set")
-    p.add_argument("--embedding-temperature", type=float, default=0.1,
+    p.add_argument("--triplets", type=int, help="triplets per family (default 160)")
+    p.add_argument("--seed", type=int, help="triplet seed (default 0)")
+    p.add_argument("--gamma", type=float, help="cumulative singular-value share kept in P+ (default 0.9)")
+    p.add_argument("--delta", type=float, help="head threshold (default 0.0)")
+    p.add_argument("--gain", type=float, help="default attention-router gain stored with the set (default 1.0)")
+    p.add_argument("--embedding-gain", type=float,
+                   help="default embedding-router gain stored with the set (default 1.0)")
+    p.add_argument("--embedding-temperature", type=float,
                    help="default embedding-router softmax temperature stored with the set (default 0.1)")
     p.add_argument("--expert-gains", type=_float_list, metavar="G_POS,G_NEG",
                    help="default g+, g- stored with every expert (default: the calibrated projection's)")
     p.add_argument("--build-layers", type=_int_list,
                    help="layers to build (default: the calibrated projection's edited layers)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, help="triplets per forward pass while building (default 8)")
     p.add_argument("--name", help="name stored in experts.json (default: the model id)")
     p.set_defaults(func=cmd_build_experts)
 

@@ -184,7 +184,7 @@ def gain_scale_instructions(
     model,
     *,
     scales: Sequence[float] = DEFAULT_SCALES,
-    n_items: int = 30,
+    n_items: int = 8,
     seed: int = DEV_SEED,
     max_new_tokens: int = 48,
     batch_size: int = 8,

@@ -167,6 +167,65 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     assert loaded.routing.embedding_temperature == 0.2  # stored with the set: the default of its users
     assert loaded.names == ["instruction", "conflict"] and loaded.has_prototypes
     assert all(e.projection.meta.default_layers == [1] for e in loaded)  # copied from the calibrated projection
+    assert loaded.notes["seed"] == 0 and loaded.notes["gamma"] == 0.9 and loaded.notes["triplets_per_family"] == 3
+    assert loaded.routing.gain == 1.0 and loaded.routing.embedding_gain == 1.0  # the build's defaults
+    # --reuse: another calibrated projection's gains and per-layer scales re-copied onto the built set
+    from dataclasses import replace
+
+    base = Projection.load(proj)
+    scale = base.layer_scale.clone()
+    scale[base.row(1)] = 3.0
+    other = replace(base, meta=replace(base.meta, gain_pos=0.75, gain_neg=0.125), layer_scale=scale)
+    other_path = tmp_path / "other.safetensors"
+    other.save(other_path)
+    refreshed_dir = tmp_path / "refreshed"
+    assert main(["build-experts", "--model", str(model_dir), "--projection", str(other_path), "--dtype", "float32",
+                 "--reuse", str(experts), "--gain", "0.3", "--out", str(refreshed_dir)]) == 0
+    assert "re-copied the calibrated projection's settings onto 2 experts" in capsys.readouterr().out
+    refreshed = ExpertSet.load(refreshed_dir)
+    assert refreshed.names == loaded.names
+    for old, new in zip(loaded, refreshed):
+        assert (new.projection.meta.gain_pos, new.projection.meta.gain_neg) == (0.75, 0.125)
+        assert new.projection.layer_scale.tolist() == [3.0] and new.projection.meta.default_layers == [1]
+        for field in ("pos", "neg", "u_pos", "s_pos", "u_neg", "s_neg", "head_shift", "head_mask"):
+            assert torch.equal(getattr(old.projection, field), getattr(new.projection, field)), field
+        assert torch.equal(old.prototype, new.prototype)
+    assert refreshed.routing.gain == 0.3 and refreshed.routing.embedding_temperature == 0.2  # given / kept
+    assert refreshed.notes["settings_refreshed"][-1]["gain_pos"] == 0.75
+    # ... which is what a rebuild from the same triplets with that projection gives
+    rebuilt_dir = tmp_path / "rebuilt"
+    assert main(["build-experts", "--model", str(model_dir), "--projection", str(other_path), "--dtype", "float32",
+                 "--triplets", "3", "--families", "instruction", "conflict", "--out", str(rebuilt_dir)]) == 0
+    capsys.readouterr()
+    for new, again in zip(refreshed, ExpertSet.load(rebuilt_dir)):
+        assert replace(new.projection.meta, notes={}) == replace(again.projection.meta, notes={})
+        for field in ("pos", "neg", "u_pos", "s_pos", "head_shift", "head_mask", "layer_scale"):
+            assert torch.allclose(getattr(new.projection, field), getattr(again.projection, field), atol=1e-5), field
+    # without --out, --reuse overwrites its directory; a second refresh is recorded after the first
+    assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--reuse", str(refreshed_dir)]) == 0
+    capsys.readouterr()
+    again = ExpertSet.load(refreshed_dir)
+    assert [(e.projection.meta.gain_pos, e.projection.layer_scale.tolist()) for e in again] == [(base.meta.gain_pos, [float(base.layer_scale[base.row(1)])])] * 2
+    assert len(again.notes["settings_refreshed"]) == 2
+    # a projection editing layers the experts were not built for needs a rebuild
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    replace(base, meta=replace(base.meta, default_layers=[0, 1])).save(elsewhere)
+    assert main(["build-experts", "--model", str(model_dir), "--projection", str(elsewhere), "--reuse", str(experts),
+                 "--out", str(tmp_path / "z")]) == 2
+    assert "edits layers [0] that the experts were not built for" in capsys.readouterr().err
+    for extra in (["--triplets", "5"], ["--families", "conflict"], ["--build-layers", "1"]):
+        assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj), "--reuse", str(experts),
+                     *extra, "--out", str(tmp_path / "y")]) == 2
+        assert "--reuse keeps the experts' projections" in capsys.readouterr().err
+    assert main(["build-experts", "--model", str(model_dir), "--reuse", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "is not an expert set" in capsys.readouterr().err
+    assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj), "--experts", str(experts),
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "use --reuse DIR" in capsys.readouterr().err
+    assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj)]) == 2
+    assert "--out DIR is required" in capsys.readouterr().err
     out = tmp_path / "families.json"
     assert main(["eval-families", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
                  "--experts", str(experts), "--items", "4", "--families", "instruction", "conflict",

@@ -524,3 +524,18 @@ def test_conflict_shared_prefix_equals_row_scoring(tiny_model):
     shared = score_cases(model, cases, batch_size=3, progress=False)
     rows = score_cases(model, cases, batch_size=3, progress=False, shared_prefix=False)
     assert shared == pytest.approx(rows, abs=1e-3)
+
+
+def test_gain_scale_cli_item_defaults_are_the_family_functions():
+    import inspect
+
+    from seka_rag.cli import _GAIN_SCALE_ITEMS
+    from seka_rag.evaluation import gain_scale as gs
+
+    functions = {"lost-in-middle": (gs.gain_scale_lost_in_middle, "n_questions"),
+                 "instructions": (gs.gain_scale_instructions, "n_items"),
+                 "conflicts": (gs.gain_scale_conflicts, "n_items"),
+                 "counterfact": (gs.gain_scale_counterfact, "n_items")}
+    assert set(functions) == set(_GAIN_SCALE_ITEMS)
+    for family, (function, name) in functions.items():
+        assert inspect.signature(function).parameters[name].default == _GAIN_SCALE_ITEMS[family], family
