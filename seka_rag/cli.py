@@ -346,15 +346,14 @@ def cmd_build_experts(args) -> int:
     if layers is None:
         meta = template.meta
         layers = meta.default_layers if meta.default_layers is not None else meta.layers
-    routing = RoutingConfig(**{"gain": 1.0, "embedding_gain": 1.0, "embedding_temperature": 0.1,
-                               **routing_given}).validate()  # before the long build
+    routing = RoutingConfig(**routing_given).validate()  # before the long build; unset fields: its defaults
     triplets_per_family = 160 if args.triplets is None else args.triplets
     seed = 0 if args.seed is None else args.seed
-    gamma = 0.9 if args.gamma is None else args.gamma
+    config = BuildConfig(layers=layers, **{name: getattr(args, name) for name in ("gamma", "delta", "batch_size")
+                                            if getattr(args, name) is not None})
+    gamma = config.gamma
     started = time.perf_counter()
     triplets = {f: family_triplets(f, triplets_per_family, seed=seed) for f in families}
-    config = BuildConfig(gamma=gamma, delta=0.0 if args.delta is None else args.delta, layers=layers,
-                         batch_size=8 if args.batch_size is None else args.batch_size)
     experts = build_expert_set(model, triplets, config, template=template, descriptions=FAMILY_DESCRIPTIONS,
                                name=args.name or model.model_id)
     experts.routing = routing
