@@ -563,11 +563,18 @@ def cmd_eval(args) -> int:
     methods = parse_names(args.methods, SUITE_METHODS, "methods")
     policies = parse_names(args.nq_policies, POLICIES, "lost-in-middle policies")
     items = parse_items(args.items, families)
+    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--nq-max-new-tokens", args.nq_max_new_tokens),
+                        ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise SekaError(f"{flag} must be positive, got {value}")
+    if args.nq_passages < 3:
+        raise SekaError(f"--nq-passages must be at least 3 (gold passage first, middle and last), got {args.nq_passages}")
     for path, flag in ((args.nq, "--nq"), (args.counterfact, "--counterfact"), (args.pasta_heads, "--pasta-heads")):
         _check_file(path, flag)
     config = SuiteConfig(families=tuple(families), items=items, seed=args.seed, batch_size=args.batch_size,
                          max_new_tokens=args.max_new_tokens, counterfact=args.counterfact, nq=args.nq,
-                         nq_policies=tuple(policies), nq_passages=args.nq_passages, per_item=args.per_item)
+                         nq_policies=tuple(policies), nq_passages=args.nq_passages,
+                         nq_max_new_tokens=args.nq_max_new_tokens, per_item=args.per_item)
     if args.plot:
         from .evaluation.sensitivity import require_matplotlib
 
@@ -707,6 +714,9 @@ def cmd_gain_scale(args) -> int:
     misplaced = [flag for attr, (flag, families) in _GAIN_SCALE_OPTIONS.items()
                  if families is not None and family not in families and getattr(args, attr) is not None]
     misplaced += ["--em"] if args.em and family != "lost-in-middle" else []
+    if family == "lost-in-middle" and args.max_new_tokens is not None and not args.em:
+        raise SekaError("--max-new-tokens sets the greedy answers' length, which --family lost-in-middle generates "
+                        "only with --em")
     if misplaced:
         raise SekaError(f"{', '.join(misplaced)} {'does' if len(misplaced) == 1 else 'do'} not apply to "
                         f"--family {family}")
@@ -871,6 +881,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from earlier --out files, run nothing")
     p.set_defaults(func=cmd_eval_families)
 
+    from .evaluation.lost_in_middle import DEFAULT_MAX_NEW_TOKENS as LIM_MAX_NEW_TOKENS
     from .evaluation.suite import DEFAULT_ITEMS as SUITE_DEFAULT_ITEMS
 
     p = sub.add_parser("eval", help="every task family x every method side by side (one table, JSON, Markdown)")
@@ -886,6 +897,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nq", metavar="PATH", help="NQ-open oracle file for lost-in-middle (without it the family is skipped)")
     p.add_argument("--nq-policies", default="middle", help="highlight policies: middle (default), gold, retriever")
     p.add_argument("--nq-passages", type=int, default=10, help="passages per lost-in-middle context (default 10)")
+    p.add_argument("--nq-max-new-tokens", type=int, default=LIM_MAX_NEW_TOKENS,
+                   help=f"greedy answer length for lost-in-middle exact match (default {LIM_MAX_NEW_TOKENS}, the "
+                   "Lost-in-the-Middle code's)")
     p.add_argument("--pasta-heads", metavar="FILE", help="PASTA head profile from `seka-rag profile-pasta` "
                    "(default: profile now with a small budget)")
     p.add_argument("--pasta-profile-items", type=int, default=8, help="dev cases for on-the-fly PASTA profiling")
@@ -894,8 +908,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pasta-top", type=int, default=8, help="heads kept by on-the-fly PASTA profiling")
     p.add_argument("--pasta-alpha", type=float, help="PASTA's alpha (default: the profile's)")
     p.add_argument("--spa-strength", type=float, help="SPA's strength omega (default 1.5)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="answer length for the instruction checkers")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=64,
+                   help="answer length for the instruction checkers (default 64; lost-in-middle: --nq-max-new-tokens)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="prompts per forward pass (default 8; the long lost-in-middle prompts go 4 at a time)")
     p.add_argument("--per-item", action="store_true", help="keep every item's result (answers, margins) in the JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", help="write every result as JSON")
@@ -951,8 +967,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--em", action="store_true", help="also generate and score best-subspan EM (lost-in-middle; slower)")
     p.add_argument("--seed", type=int, help="item seed (instructions, counterfact; default 1; the suite's test "
                    "items are 0)")
-    p.add_argument("--max-new-tokens", type=int, help="answer length (default: 48 for instructions, 24 for "
-                   "lost-in-middle answers; the other families are scored, not generated)")
+    p.add_argument("--max-new-tokens", type=int, help="answer length (default: 48 for instructions, 100 for "
+                   "lost-in-middle answers with --em; the other families are scored, not generated)")
     p.add_argument("--batch-size", type=int, help="prompts per forward pass (default: 4 for the long lost-in-middle "
                    "prompts, 8 for the others)")
     p.add_argument("--out-dir", help="JSON and Markdown go here (default docs/sensitivity)")

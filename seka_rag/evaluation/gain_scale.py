@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SekaError
+from .lost_in_middle import DEFAULT_MAX_NEW_TOKENS as LIM_MAX_NEW_TOKENS
 from .stats import format_table
 
 GAIN_SCALE_FAMILIES: tuple[str, ...] = ("lost-in-middle", "instructions", "conflicts", "counterfact")
@@ -121,7 +122,7 @@ def gain_scale_lost_in_middle(
     policies: Sequence[str] = ("gold", "middle"),
     first_question: int = DEV_FIRST_QUESTION,
     em: bool = False,
-    max_new_tokens: int = 24,
+    max_new_tokens: int = LIM_MAX_NEW_TOKENS,
     batch_size: int = 4,
     n_boot: int = 2000,
     progress: bool = True,
@@ -138,7 +139,7 @@ def gain_scale_lost_in_middle(
                                          batch_size=batch_size, progress=progress)
     result = GainScaleResult("lost-in-middle", model.model_id, dict(
         questions=n_questions, passages=n_passages, first_question=first_question, policies=list(policies),
-        em=em, max_new_tokens=max_new_tokens, batch_size=batch_size, default_gains=[g_pos, g_neg]))
+        em=em, max_new_tokens=max_new_tokens if em else None, batch_size=batch_size, default_gains=[g_pos, g_neg]))
     for scale in scales:
         report = evaluate_lost_in_middle(model, items, policies=policies, em=em, max_new_tokens=max_new_tokens,
                                          batch_size=batch_size, progress=progress, n_boot=n_boot,

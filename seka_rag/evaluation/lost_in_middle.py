@@ -35,7 +35,8 @@ Metrics (:func:`evaluate_lost_in_middle`), per gold position and policy:
 (a) the change of log p(first gold answer), scored as the assistant's continuation (no leading
     space in chat mode), steered by the method minus unsteered (``steer=False``, same prompt):
     its mean with a bootstrap 95 % interval and the share of rises;
-(b) best-subspan exact match of the greedy answer: any SQuAD-normalised gold answer (lower case,
+(b) best-subspan exact match of the greedy answer (up to ``max_new_tokens``, default 100 as in the
+    Lost-in-the-Middle code): any SQuAD-normalised gold answer (lower case,
     punctuation and the articles a / an / the removed, whitespace collapsed) is a substring of the
     normalised answer, as in the Lost-in-the-Middle code — with its interval, and the unsteered EM
     for comparison.
@@ -69,6 +70,11 @@ POSITIONS: tuple[str, ...] = ("first", "middle", "last")
 POLICIES: tuple[str, ...] = ("gold", "middle", "retriever")
 #: Passages the retriever policy highlights by default.
 DEFAULT_K = 3
+#: Greedy answer length for exact match: 100 new tokens, as in the Lost-in-the-Middle code. A shorter
+#: cap cuts off answers that restate a passage before naming the answer (with 24 tokens, 7 of 18
+#: unsteered and 11 of 18 SEKA answers on dev questions 2000-2005, 10 passages, ran into the cap), so
+#: it scores answer length as much as use of the context.
+DEFAULT_MAX_NEW_TOKENS = 100
 
 INSTRUCTION = (
     "Write a high-quality answer for the given question using only the provided search results "
@@ -522,7 +528,7 @@ def lost_in_middle_reference(
     items: Sequence[LostInMiddleItem],
     *,
     em: bool = True,
-    max_new_tokens: int = 24,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = 4,
     chat: bool | None = None,
     progress: bool = True,
@@ -554,7 +560,7 @@ def evaluate_lost_in_middle(
     encoder: Any = None,
     middle: tuple[int, int] | None = None,
     em: bool = True,
-    max_new_tokens: int = 24,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     batch_size: int = 4,
     chat: bool | None = None,
     progress: bool = True,
@@ -630,6 +636,7 @@ def evaluate_lost_in_middle(
 
 __all__ = [
     "DEFAULT_K",
+    "DEFAULT_MAX_NEW_TOKENS",
     "DEFAULT_PASSAGES",
     "DEFAULT_QUESTIONS",
     "DOCUMENT_TEMPLATE",

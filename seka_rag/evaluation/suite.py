@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SekaError
+from .lost_in_middle import DEFAULT_MAX_NEW_TOKENS as LIM_MAX_NEW_TOKENS
 from .stats import format_ci, format_table, group_share_cis, mean_ci
 
 #: Task families of the suite, in table order.
@@ -242,10 +243,16 @@ class SuiteConfig:
     nq: str | None = None  #: the NQ-open oracle file; None: lost-in-middle is skipped
     nq_policies: tuple[str, ...] = ("middle",)
     nq_passages: int = 10
-    nq_max_new_tokens: int = 24
+    nq_max_new_tokens: int = LIM_MAX_NEW_TOKENS  #: lost-in-middle greedy answers (the Lost-in-the-Middle code's 100)
     nq_batch_size: int = 4
     n_boot: int = 2000
     per_item: bool = False  #: keep per-item results (answers, margins) in the JSON
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_new_tokens", "nq_max_new_tokens", "nq_batch_size", "n_boot"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SekaError(f"SuiteConfig.{name} must be a positive integer, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v)

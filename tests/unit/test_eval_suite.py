@@ -118,10 +118,13 @@ def test_eval_with_experts_and_a_tiny_nq_file(model_dir, projection, experts, nq
     code = main(["eval", *_base(model_dir, projection), "--experts", str(experts),
                  "--families", "lost-in-middle,conflict", "--methods", "unsteered,seka,adaseka-attention,adaseka-embedding",
                  "--items", "conflict=4,lost-in-middle=2", "--nq", str(nq_file), "--nq-passages", "3",
-                 "--nq-policies", "middle,gold", "--batch-size", "4", "--per-item", "--no-progress", "--out", str(out)])
+                 "--nq-policies", "middle,gold", "--nq-max-new-tokens", "3", "--batch-size", "4", "--per-item",
+                 "--no-progress", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     data = json.loads(out.read_text())
+    assert data["settings"]["nq_max_new_tokens"] == 3
+    assert data["reports"]["lost-in-middle"]["seka"]["settings"]["max_new_tokens"] == 3
     assert data["families"] == ["lost-in-middle", "conflict"] and not data["skipped"]["methods"]
     assert data["methods"] == ["unsteered", "seka", "adaseka-attention", "adaseka-embedding"]
     assert data["reports"]["conflict"]["seka"]["settings"]["router"] == "projection"
@@ -166,6 +169,10 @@ def test_profile_pasta_then_eval_with_the_heads(model_dir, projection, tmp_path,
     (["--items", "-2"], "--items must be a positive integer"),
     (["--nq", "/no/such/nq.jsonl"], "--nq: no such file"),
     (["--pasta-heads", "/no/such/heads.json"], "--pasta-heads: no such file"),
+    (["--nq-max-new-tokens", "0"], "--nq-max-new-tokens must be positive, got 0"),
+    (["--max-new-tokens", "-1"], "--max-new-tokens must be positive, got -1"),
+    (["--batch-size", "0"], "--batch-size must be positive, got 0"),
+    (["--nq-passages", "2"], "--nq-passages must be at least 3"),
 ])
 def test_eval_bad_input_exits_2(model_dir, projection, args, message, capsys):
     assert main(["eval", *_base(model_dir, projection), *args]) == 2
@@ -539,3 +546,36 @@ def test_gain_scale_cli_item_defaults_are_the_family_functions():
     assert set(functions) == set(_GAIN_SCALE_ITEMS)
     for family, (function, name) in functions.items():
         assert inspect.signature(function).parameters[name].default == _GAIN_SCALE_ITEMS[family], family
+
+
+def test_lost_in_middle_answer_length_defaults_agree():
+    """One answer length for exact match everywhere (the Lost-in-the-Middle code's 100 new tokens)."""
+    import inspect
+
+    from seka_rag.cli import build_parser
+    from seka_rag.evaluation import gain_scale as gs
+    from seka_rag.evaluation import lost_in_middle as lim
+    from seka_rag.evaluation.suite import SuiteConfig
+
+    assert lim.DEFAULT_MAX_NEW_TOKENS == 100
+    for function in (lim.evaluate_lost_in_middle, lim.lost_in_middle_reference, gs.gain_scale_lost_in_middle):
+        assert inspect.signature(function).parameters["max_new_tokens"].default == 100, function.__name__
+    assert SuiteConfig().nq_max_new_tokens == 100
+    assert build_parser().parse_args(["eval"]).nq_max_new_tokens == 100
+
+
+def test_suite_config_refuses_non_positive_lengths():
+    from seka_rag.errors import SekaError
+    from seka_rag.evaluation.suite import SuiteConfig
+
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(SekaError, match="nq_max_new_tokens must be a positive integer"):
+            SuiteConfig(nq_max_new_tokens=bad)
+
+
+def test_gain_scale_answer_length_needs_em_for_lost_in_middle(tmp_path, capsys):
+    nq = tmp_path / "nq.jsonl"
+    nq.write_text("")
+    assert main(["gain-scale", "--model", str(tmp_path / "no-model"), "--family", "lost-in-middle", "--nq", str(nq),
+                 "--max-new-tokens", "12"]) == 2
+    assert "only with --em" in capsys.readouterr().err
