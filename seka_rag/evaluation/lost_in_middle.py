@@ -429,8 +429,9 @@ class LostInMiddleCell:
     ``mean_delta`` / ``delta_ci``: mean log p(gold answer) change vs unsteered (nats) and its
     interval; ``share_rises`` / ``rises_ci``: share of questions where it rose; ``em`` / ``em_ci``:
     best-subspan EM of the method's greedy answer, ``em_unsteered`` / ``em_unsteered_ci`` that of
-    the unsteered answer (None without generation); ``gold_highlighted``: share of cases whose
-    highlight covers the gold passage.
+    the unsteered answer (None without generation); ``answer_words`` / ``answer_words_unsteered``:
+    mean length of those answers in words (highlighting can make a model restate the passage rather
+    than answer briefly); ``gold_highlighted``: share of cases whose highlight covers the gold passage.
     """
 
     position: str
@@ -445,6 +446,8 @@ class LostInMiddleCell:
     em_ci: tuple[float, float] | None = None
     em_unsteered: float | None = None
     em_unsteered_ci: tuple[float, float] | None = None
+    answer_words: float | None = None
+    answer_words_unsteered: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -480,20 +483,24 @@ class LostInMiddleReport:
         return out
 
     def table(self) -> str:
-        """A text table: position, policy, n, mean Δ log p [CI], rises, EM [CI], unsteered EM."""
+        """A text table: position, policy, n, mean Δ log p [CI], rises, EM [CI], unsteered EM, answer words."""
 
         def pct(x: float | None) -> str:
             return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
+        def words(x: float | None) -> str:
+            return "-" if x is None or math.isnan(x) else f"{x:.1f}"
+
         head = f"{'gold':<7} {'policy':<10} {'n':>4} {'mean dlogp':>10} {'95% CI':>17} {'rises':>6} " \
-               f"{'EM':>6} {'95% CI':>13} {'EM unst.':>8}"
+               f"{'EM':>6} {'95% CI':>13} {'EM unst.':>8} {'words':>6} {'unst.':>6}"
         lines = [head, "-" * len(head)]
         for c in self.cells:
             em_ci = "-" if c.em_ci is None else f"[{pct(c.em_ci[0])}, {pct(c.em_ci[1])}]"
             lines.append(
                 f"{c.position:<7} {c.policy:<10} {c.n:>4} {c.mean_delta:>+10.3f} "
                 f"{f'[{c.delta_ci[0]:+.2f}, {c.delta_ci[1]:+.2f}]':>17} {pct(c.share_rises):>6} "
-                f"{pct(c.em):>6} {em_ci:>13} {pct(c.em_unsteered):>8}"
+                f"{pct(c.em):>6} {em_ci:>13} {pct(c.em_unsteered):>8} {words(c.answer_words):>6} "
+                f"{words(c.answer_words_unsteered):>6}"
             )
         return "\n".join(lines)
 
@@ -509,6 +516,9 @@ def _cell(position: str, policy: str, rows: list[dict[str, Any]], em: bool, n_bo
         cell.em_ci = (elo, ehi)
         cell.em_unsteered, ulo, uhi = share_ci([r["em_unsteered"] for r in rows], n_boot, seed)
         cell.em_unsteered_ci = (ulo, uhi)
+        if rows:
+            cell.answer_words = sum(r["answer_words"] for r in rows) / len(rows)
+            cell.answer_words_unsteered = sum(r["answer_words_unsteered"] for r in rows) / len(rows)
     return cell
 
 
@@ -615,7 +625,8 @@ def evaluate_lost_in_middle(
         if em:
             row.update(generation=gens[j], generation_unsteered=base_gen[c.item],
                        em=best_subspan_em(gens[j], item.answers),
-                       em_unsteered=best_subspan_em(base_gen[c.item], item.answers))
+                       em_unsteered=best_subspan_em(base_gen[c.item], item.answers),
+                       answer_words=len(gens[j].split()), answer_words_unsteered=len(base_gen[c.item].split()))
         rows.append(row)
     positions = [p for p in POSITIONS if any(it.position == p for it in items)]
     cells = []

@@ -583,14 +583,21 @@ def test_lost_in_middle_end_to_end(nq_path, model):
         abs=1e-4)
     assert any(r["delta"] != 0 for r in report.rows)
     assert row["em"] == best_subspan_em(row["generation"], item.answers)
+    assert row["answer_words"] == len(row["generation"].split())
+    assert row["answer_words_unsteered"] == len(row["generation_unsteered"].split())
+    gold_all = report.cell("all", "gold")
+    gold_rows = [r for r in report.rows if r["policy"] == "gold"]
+    assert gold_all.answer_words == pytest.approx(sum(r["answer_words"] for r in gold_rows) / len(gold_rows))
+    assert gold_all.answer_words_unsteered == pytest.approx(
+        sum(len(r["generation_unsteered"].split()) for r in gold_rows) / len(gold_rows))
     data = json.loads(json.dumps(report.to_dict()))
     assert data["settings"]["middle"] == [1, 3] and len(data["rows"]) == 18
-    assert "mean dlogp" in report.table()
+    assert "mean dlogp" in report.table() and "words" in report.table()
     # a method without steering: every change is exactly zero
     flat = evaluate_lost_in_middle(model, items[:1], policies=("gold",), method=Unsteered(), em=False,
                                    progress=False, n_boot=50)
     assert flat.cell("first", "gold").mean_delta == 0.0 and flat.cell("first", "gold").share_rises == 0.0
-    assert flat.cell("first", "gold").em is None
+    assert flat.cell("first", "gold").em is None and flat.cell("first", "gold").answer_words is None
     assert [(c.position, c.policy) for c in flat.cells] == [("first", "gold"), ("all", "gold")]
 
 
