@@ -280,7 +280,7 @@ _BUILD_ONLY_OPTIONS = ("families", "triplets", "seed", "gamma", "delta", "build_
 def cmd_build_experts(args) -> int:
     from .adaptive import RoutingConfig
     from .builder import BuildConfig, build_expert_set
-    from .data.tasks import FAMILIES, FAMILY_DESCRIPTIONS, family_triplets
+    from .data.tasks import DEFAULT_SEED, DEFAULT_TRIPLETS_PER_FAMILY, FAMILIES, FAMILY_DESCRIPTIONS, family_triplets
 
     loading = [flag for flag, value in (("--experts", args.experts), ("--adaptive", args.adaptive),
                                         ("--router", args.router)) if value]
@@ -347,18 +347,17 @@ def cmd_build_experts(args) -> int:
         meta = template.meta
         layers = meta.default_layers if meta.default_layers is not None else meta.layers
     routing = RoutingConfig(**routing_given).validate()  # before the long build; unset fields: its defaults
-    triplets_per_family = 160 if args.triplets is None else args.triplets
-    seed = 0 if args.seed is None else args.seed
+    triplets_per_family = DEFAULT_TRIPLETS_PER_FAMILY if args.triplets is None else args.triplets
+    seed = DEFAULT_SEED if args.seed is None else args.seed
     config = BuildConfig(layers=layers, **{name: getattr(args, name) for name in ("gamma", "delta", "batch_size")
                                             if getattr(args, name) is not None})
-    gamma = config.gamma
     started = time.perf_counter()
     triplets = {f: family_triplets(f, triplets_per_family, seed=seed) for f in families}
     experts = build_expert_set(model, triplets, config, template=template, descriptions=FAMILY_DESCRIPTIONS,
                                name=args.name or model.model_id)
     experts.routing = routing
     seconds = time.perf_counter() - started
-    experts.notes.update(families=families, triplets_per_family=triplets_per_family, seed=seed, gamma=gamma,
+    experts.notes.update(families=families, triplets_per_family=triplets_per_family, seed=seed, gamma=config.gamma,
                          build_seconds=round(seconds, 1), command=command)
     out = experts.save(args.out)
     print(f"built {len(experts)} experts ({', '.join(experts.names)}) for layers {layers} in {seconds:.0f} s -> {out}")
@@ -810,6 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibration_args(p)
     p.set_defaults(func=cmd_build_projection)
 
+    from .data.tasks import DEFAULT_SEED, DEFAULT_TRIPLETS_PER_FAMILY
+
     p = sub.add_parser("build-experts", help="build an AdaSEKA expert set: one projection per task family")
     _add_model_args(p)
     p.add_argument("--out", help="output directory (experts.json + one .safetensors per expert); "
@@ -820,8 +821,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "routing options given here replace the stored ones). The projection may edit only "
                         "layers the experts were built for")
     p.add_argument("--families", nargs="+", help="task families (default: all four)")
-    p.add_argument("--triplets", type=int, help="triplets per family (default 160)")
-    p.add_argument("--seed", type=int, help="triplet seed (default 0)")
+    p.add_argument("--triplets", type=int, help=f"triplets per family (default {DEFAULT_TRIPLETS_PER_FAMILY})")
+    p.add_argument("--seed", type=int, help=f"triplet seed (default {DEFAULT_SEED})")
     p.add_argument("--gamma", type=float, help="cumulative singular-value share kept in P+ (default 0.9)")
     p.add_argument("--delta", type=float, help="head threshold (default 0.0)")
     p.add_argument("--gain", type=float, help="default attention-router gain stored with the set (default 1.0)")

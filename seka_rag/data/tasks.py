@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 #: The task families, in reporting order.
 FAMILIES: tuple[str, ...] = ("context_qa", "conflict", "instruction", "distractors")
+#: Build triplets per family and their seed when ``seka-rag build-experts`` is not told otherwise.
+DEFAULT_TRIPLETS_PER_FAMILY = 160
+DEFAULT_SEED = 0
 
 #: What each family's expert is built from (stored in the expert set's JSON).
 FAMILY_DESCRIPTIONS: dict[str, str] = {
@@ -399,7 +402,7 @@ def built_triplets(family: str, n: int, seed: int = 0) -> list[BuiltTriplet]:
     return _take(_STREAMS[family](seed), n)
 
 
-def family_triplets(family: str, n: int, seed: int = 0) -> list[Triplet]:
+def family_triplets(family: str, n: int, seed: int = DEFAULT_SEED) -> list[Triplet]:
     """``n`` distinct build triplets of one task family, reproducible from ``seed``.
 
     ``family`` is one of :data:`FAMILIES`; see the module docstring for what each holds. Raises
@@ -408,4 +411,4 @@ def family_triplets(family: str, n: int, seed: int = 0) -> list[Triplet]:
     return [b.triplet for b in built_triplets(family, n, seed)]
 
 
-__all__ = ["BUILD_SPLIT", "FAMILIES", "BuiltTriplet", "built_triplets", "family_triplets"]
+__all__ = ["BUILD_SPLIT", "DEFAULT_SEED", "DEFAULT_TRIPLETS_PER_FAMILY", "FAMILIES", "BuiltTriplet", "built_triplets", "family_triplets"]
