@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,9 @@ def load_model(model: str = DEFAULT_MODEL, projection: str | None = None, gguf_f
 
     proj = None if no_projection else (projection if projection is not None else _UNSET)
     if model in EMBEDDED_MODELS:
+        if gguf_file is not None:
+            raise SekaError(f"--gguf-file is for a directory holding a GGUF; {model!r} is an embedded model "
+                            "whose file seka-rag already knows: leave --gguf-file out")
         return SekaModel.default(model, projection=proj, device=device, dtype=dtype, cache_dir=cache_dir,
                                  attn_implementation=attn_implementation, adaptive=adaptive, experts=experts,
                                  router=router)
@@ -30,6 +34,30 @@ def load_model(model: str = DEFAULT_MODEL, projection: str | None = None, gguf_f
                                      attn_implementation=attn_implementation, experts=experts, router=router)
 
 
+def _number_type(kind: type, check, requirement: str):
+    """An argparse type: parse ``kind`` and check it, with a message naming the requirement."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {requirement}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    parse.__name__ = requirement  # argparse names the type in some messages
+    return parse
+
+
+_positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
+_nonneg_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
+_finite_float = _number_type(float, math.isfinite, "a finite number")
+_positive_float = _number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+_nonneg_float = _number_type(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
+_share = _number_type(float, lambda v: 0 < v <= 1, "a share in (0, 1]")
+
+
 def _int_list(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -38,12 +66,14 @@ def _int_list(text: str | None) -> list[int] | None:
         for part in text.split(","):
             if "-" in part:
                 a, b = part.split("-")
+                if int(b) < int(a):
+                    raise ValueError
                 out.extend(range(int(a), int(b) + 1))
             elif part.strip():
                 out.append(int(part))
         return out
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected layer indices like '14-23' or '3,5,7', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected integers like '3,5,7' or an ascending range like '14-23', got {text!r}") from None
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -68,8 +98,8 @@ def _model_spec(args, no_projection: bool = False) -> dict:
 
 
 def _add_steer_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gain-pos", type=float, help="g+ (default: the projection's)")
-    p.add_argument("--gain-neg", type=float, help="g- (default: the projection's)")
+    p.add_argument("--gain-pos", type=_finite_float, help="g+ (default: the projection's)")
+    p.add_argument("--gain-neg", type=_finite_float, help="g- (default: the projection's)")
     p.add_argument("--layers", type=_int_list, help="layers to edit, e.g. 14-23 (default: the projection's)")
 
 
@@ -78,6 +108,8 @@ def _steer_kwargs(args) -> dict:
 
 
 def cmd_generate(args) -> int:
+    if args.compare and args.no_steer:
+        raise SekaError("--compare prints the unsteered and the steered output; it does not go with --no-steer")
     model = load_model(**_model_spec(args))
     prompt = args.prompt if args.prompt != "-" else sys.stdin.read()
     kw = dict(highlights=args.highlight or None, max_new_tokens=args.max_new_tokens, chat=False if args.raw else None)
@@ -253,7 +285,7 @@ def cmd_bench(args) -> int:
         return 0
     if args.no_memory and args.no_latency:
         raise SekaError("--no-memory and --no-latency together leave nothing to measure")
-    for flag, values in (("--batch-size", args.batch_size), ("--lengths", args.lengths), ("--runs", [args.runs])):
+    for flag, values in (("--batch-size", args.batch_size), ("--lengths", args.lengths)):
         if not values or min(values) < 1:
             raise SekaError(f"{flag} must be positive, got {values}")
 
@@ -562,10 +594,6 @@ def cmd_eval(args) -> int:
     methods = parse_names(args.methods, SUITE_METHODS, "methods")
     policies = parse_names(args.nq_policies, POLICIES, "lost-in-middle policies")
     items = parse_items(args.items, families)
-    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--nq-max-new-tokens", args.nq_max_new_tokens),
-                        ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise SekaError(f"{flag} must be positive, got {value}")
     if args.nq_passages < 3:
         raise SekaError(f"--nq-passages must be at least 3 (gold passage first, middle and last), got {args.nq_passages}")
     for path, flag in ((args.nq, "--nq"), (args.counterfact, "--counterfact"), (args.pasta_heads, "--pasta-heads")):
@@ -720,10 +748,6 @@ def cmd_gain_scale(args) -> int:
         raise SekaError(f"{', '.join(misplaced)} {'does' if len(misplaced) == 1 else 'do'} not apply to "
                         f"--family {family}")
     scales = gs.check_scales(args.scales if args.scales is not None else gs.DEFAULT_SCALES)
-    for flag, value in (("--items", args.items), ("--nq-passages", args.nq_passages), ("--batch-size", args.batch_size),
-                        ("--max-new-tokens", args.max_new_tokens)):
-        if value is not None and value < 1:
-            raise SekaError(f"{flag} must be positive, got {value}")
     n_items = args.items or _GAIN_SCALE_ITEMS[family]
     # answer length and batch size: the family function's defaults unless given
     kwargs = {k: v for k, v in (("max_new_tokens", args.max_new_tokens), ("batch_size", args.batch_size))
@@ -764,9 +788,9 @@ def cmd_gain_scale(args) -> int:
 
 
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scan-items", type=int, default=16, help="dev items for the per-layer scan")
-    p.add_argument("--select-items", type=int, default=40, help="dev items for selection and gains")
-    p.add_argument("--group-size", type=int, default=1, help="layers per scanned unit")
+    p.add_argument("--scan-items", type=_positive_int, default=16, help="dev items for the per-layer scan")
+    p.add_argument("--select-items", type=_positive_int, default=40, help="dev items for selection and gains")
+    p.add_argument("--group-size", type=_positive_int, default=1, help="layers per scanned unit")
     p.add_argument("--calibration-log", help="write every measured trial as JSON")
 
 
@@ -779,7 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_steer_args(p)
     p.add_argument("prompt", help="prompt text, or - to read stdin")
     p.add_argument("--highlight", action="append", help="substring to highlight (repeatable)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64)
     p.add_argument("--no-steer", action="store_true", help="run without any key edit")
     p.add_argument("--compare", action="store_true", help="print unsteered and steered outputs")
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
@@ -795,15 +819,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-projection", help="build a projection from synthetic contrastive triplets")
     _add_model_args(p)
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--triplets", type=int, default=400)
+    p.add_argument("--triplets", type=_positive_int, default=400)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--gamma", type=float, default=0.9)
-    p.add_argument("--delta", type=float, default=0.0)
+    p.add_argument("--gamma", type=_share, default=0.9)
+    p.add_argument("--delta", type=_nonneg_float, default=0.0)
     p.add_argument("--build-layers", type=_int_list, help="layers to build (default: all)")
     p.add_argument("--default-layers", type=_int_list, help="layers edited by default (default: all built)")
-    p.add_argument("--default-gain-pos", type=float, default=2.0)
-    p.add_argument("--default-gain-neg", type=float, default=0.5)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--default-gain-pos", type=_finite_float, default=2.0)
+    p.add_argument("--default-gain-neg", type=_finite_float, default=0.5)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--raw", action="store_true", help="build from raw prompts, not chat-formatted ones")
     p.add_argument("--calibrate", action="store_true", help="then calibrate layers/constructions/gains on dev data")
     _add_calibration_args(p)
@@ -821,20 +845,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "routing options given here replace the stored ones). The projection may edit only "
                         "layers the experts were built for")
     p.add_argument("--families", nargs="+", help="task families (default: all four)")
-    p.add_argument("--triplets", type=int, help=f"triplets per family (default {DEFAULT_TRIPLETS_PER_FAMILY})")
+    p.add_argument("--triplets", type=_positive_int, help=f"triplets per family (default {DEFAULT_TRIPLETS_PER_FAMILY})")
     p.add_argument("--seed", type=int, help=f"triplet seed (default {DEFAULT_SEED})")
-    p.add_argument("--gamma", type=float, help="cumulative singular-value share kept in P+ (default 0.9)")
-    p.add_argument("--delta", type=float, help="head threshold (default 0.0)")
-    p.add_argument("--gain", type=float, help="default attention-router gain stored with the set (default 1.0)")
-    p.add_argument("--embedding-gain", type=float,
+    p.add_argument("--gamma", type=_share, help="cumulative singular-value share kept in P+ (default 0.9)")
+    p.add_argument("--delta", type=_nonneg_float, help="head threshold (default 0.0)")
+    p.add_argument("--gain", type=_finite_float, help="default attention-router gain stored with the set (default 1.0)")
+    p.add_argument("--embedding-gain", type=_finite_float,
                    help="default embedding-router gain stored with the set (default 1.0)")
-    p.add_argument("--embedding-temperature", type=float,
+    p.add_argument("--embedding-temperature", type=_positive_float,
                    help="default embedding-router softmax temperature stored with the set (default 0.1)")
     p.add_argument("--expert-gains", type=_float_list, metavar="G_POS,G_NEG",
                    help="default g+, g- stored with every expert (default: the calibrated projection's)")
     p.add_argument("--build-layers", type=_int_list,
                    help="layers to build (default: the calibrated projection's edited layers)")
-    p.add_argument("--batch-size", type=int, help="triplets per forward pass while building (default 8)")
+    p.add_argument("--batch-size", type=_positive_int, help="triplets per forward pass while building (default 8)")
     p.add_argument("--name", help="name stored in experts.json (default: the model id)")
     p.set_defaults(func=cmd_build_experts)
 
@@ -848,7 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--calibration-log", required=True)
     p.add_argument("--split", default="test", choices=["dev", "test"])
-    p.add_argument("--items", type=int)
+    p.add_argument("--items", type=_positive_int)
     p.add_argument("--stages", nargs="+", default=["single", "select", "blocks", "gains"])
     p.add_argument("--out", help="write the table (Markdown)")
     p.set_defaults(func=cmd_eval_variants)
@@ -857,7 +881,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_steer_args(p)
     p.add_argument("--split", default="test", choices=["dev", "test"])
-    p.add_argument("--items", type=int, help="first N items of the split (default: all)")
+    p.add_argument("--items", type=_positive_int, help="first N items of the split (default: all)")
     p.add_argument("--greedy", action="store_true", help="also check the steered greedy answers")
     p.add_argument("--out", help="write the reports as JSON")
     p.set_defaults(func=cmd_eval_conflicts)
@@ -865,19 +889,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval-families", help="AdaSEKA task families: methods x families table with intervals")
     _add_model_args(p)
     p.add_argument("--families", nargs="+", help="task families (default: all four)")
-    p.add_argument("--items", type=int, default=152, help="items per family (default 152)")
+    p.add_argument("--items", type=_positive_int, default=152, help="items per family (default 152)")
     p.add_argument("--seed", type=int, default=0, help="item seed (0: the test items; others: dev items)")
     p.add_argument("--methods", default="unsteered,seka,experts,ada-attention,ada-embedding",
                    help=f"comma-separated: {', '.join(FAMILY_METHODS)} ('experts': each expert alone)")
-    p.add_argument("--gain", type=float, help="AdaSEKA routing gain (default: the expert set's)")
-    p.add_argument("--temperature", type=float, help="attention router softmax temperature (default: c/max|c|)")
-    p.add_argument("--top-k", type=int, help="singular directions per head in the attention router")
-    p.add_argument("--embedding-temperature", type=float, help="embedding router softmax temperature")
-    p.add_argument("--embedding-gain", type=float, help="embedding router gain (default: the expert set's)")
+    p.add_argument("--gain", type=_finite_float, help="AdaSEKA routing gain (default: the expert set's)")
+    p.add_argument("--temperature", type=_positive_float, help="attention router softmax temperature (default: c/max|c|)")
+    p.add_argument("--top-k", type=_positive_int, help="singular directions per head in the attention router")
+    p.add_argument("--embedding-temperature", type=_positive_float, help="embedding router softmax temperature")
+    p.add_argument("--embedding-gain", type=_finite_float, help="embedding router gain (default: the expert set's)")
     p.add_argument("--embedding-top1", action="store_true",
                    help="embedding router: all weight on the most similar expert (default: the expert set's "
                         "setting, softmax for the shipped set)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--out", help="write every report as JSON")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from earlier --out files, run nothing")
     p.set_defaults(func=cmd_eval_families)
@@ -897,21 +921,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--counterfact", metavar="PATH", help="a counterfact.json (public format; default: our generated items)")
     p.add_argument("--nq", metavar="PATH", help="NQ-open oracle file for lost-in-middle (without it the family is skipped)")
     p.add_argument("--nq-policies", default="middle", help="highlight policies: middle (default), gold, retriever")
-    p.add_argument("--nq-passages", type=int, default=10, help="passages per lost-in-middle context (default 10)")
-    p.add_argument("--nq-max-new-tokens", type=int, default=LIM_MAX_NEW_TOKENS,
+    p.add_argument("--nq-passages", type=_positive_int, default=10, help="passages per lost-in-middle context (default 10)")
+    p.add_argument("--nq-max-new-tokens", type=_positive_int, default=LIM_MAX_NEW_TOKENS,
                    help=f"greedy answer length for lost-in-middle exact match (default {LIM_MAX_NEW_TOKENS}, the "
                    "Lost-in-the-Middle code's)")
     p.add_argument("--pasta-heads", metavar="FILE", help="PASTA head profile from `seka-rag profile-pasta` "
                    "(default: profile now with a small budget)")
-    p.add_argument("--pasta-profile-items", type=int, default=8, help="dev cases for on-the-fly PASTA profiling")
+    p.add_argument("--pasta-profile-items", type=_positive_int, default=8, help="dev cases for on-the-fly PASTA profiling")
     p.add_argument("--pasta-profile-layers", type=_int_list,
                    help="layers for on-the-fly PASTA profiling (default: every second layer)")
-    p.add_argument("--pasta-top", type=int, default=8, help="heads kept by on-the-fly PASTA profiling")
-    p.add_argument("--pasta-alpha", type=float, help="PASTA's alpha (default: the profile's)")
-    p.add_argument("--spa-strength", type=float, help="SPA's strength omega (default 1.5)")
-    p.add_argument("--max-new-tokens", type=int, default=64,
+    p.add_argument("--pasta-top", type=_positive_int, default=8, help="heads kept by on-the-fly PASTA profiling")
+    p.add_argument("--pasta-alpha", type=_finite_float, help="PASTA's alpha (default: the profile's)")
+    p.add_argument("--spa-strength", type=_finite_float, help="SPA's strength omega (default 1.5)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64,
                    help="answer length for the instruction checkers (default 64; lost-in-middle: --nq-max-new-tokens)")
-    p.add_argument("--batch-size", type=int, default=8,
+    p.add_argument("--batch-size", type=_positive_int, default=8,
                    help="prompts per forward pass (default 8; the long lost-in-middle prompts go 4 at a time)")
     p.add_argument("--per-item", action="store_true", help="keep every item's result (answers, margins) in the JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -923,18 +947,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile-pasta", help="choose PASTA's heads on dev conflict cases and save the profile (JSON)")
     _add_model_args(p)
     p.add_argument("--out", required=True, help="output JSON file (pass it to `seka-rag eval --pasta-heads`)")
-    p.add_argument("--items", type=int, default=16, help="dev conflict cases to profile on (default 16)")
+    p.add_argument("--items", type=_positive_int, default=16, help="dev conflict cases to profile on (default 16)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--alpha", type=float, default=0.01, help="PASTA's alpha (default 0.01, the paper's)")
-    p.add_argument("--top", type=int, default=8, help="heads to select (default 8)")
+    p.add_argument("--alpha", type=_finite_float, default=0.01, help="PASTA's alpha (default 0.01, the paper's)")
+    p.add_argument("--top", type=_positive_int, default=8, help="heads to select (default 8)")
     p.add_argument("--layers", type=_int_list, help="layers to profile (default: all)")
     p.add_argument("--proxy", default="divergence", choices=["divergence", "full"])
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     p.set_defaults(func=cmd_profile_pasta)
 
     p = sub.add_parser("sensitivity", help="sweep gains, layer sets and the head threshold on dev data; tables, heat-maps")
     _add_model_args(p)
-    p.add_argument("--items", type=int, default=16, help="dev conflict items (x 4 cases; default 16)")
+    p.add_argument("--items", type=_positive_int, default=16, help="dev conflict items (x 4 cases; default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gains-pos", type=_float_list, default=[1.0, 2.0, 4.0, 8.0, 16.0], help="g+ values")
     p.add_argument("--gains-neg", type=_float_list, default=[0.0, 0.5, 1.0, 2.0, 4.0], help="g- values")
@@ -944,7 +968,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="head thresholds as quantiles of the per-head key shift")
     p.add_argument("--scorer", default="first-token", choices=["first-token", "shared-prefix"])
     p.add_argument("--unit-scale", action="store_true", help="ignore the projection's per-layer gain factors")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--out-dir", default="docs/sensitivity", help="JSON, Markdown and PNGs go here")
     p.add_argument("--no-plots", action="store_true", help="skip the heat-maps (no matplotlib needed)")
     p.add_argument("--no-progress", action="store_true")
@@ -956,21 +980,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", choices=list(_GAIN_SCALE_ITEMS), help="the family to sweep (required unless --trade-off)")
     p.add_argument("--scales", type=_float_list,
                    help="multiples of the projection's default gains (default 1,0.5,0.25,0.125)")
-    p.add_argument("--items", type=int,
+    p.add_argument("--items", type=_positive_int,
                    help="dev items: questions (x 3 gold positions) for lost-in-middle (default 8), items for "
                    "instructions (8), conflict items (x 4 cases; 40), CounterFact-format items (64)")
     p.add_argument("--nq", metavar="PATH", help="NQ-open oracle file (lost-in-middle)")
-    p.add_argument("--nq-passages", type=int, help="passages per context (lost-in-middle; default 5)")
+    p.add_argument("--nq-passages", type=_positive_int, help="passages per context (lost-in-middle; default 5)")
     p.add_argument("--nq-policies", help="highlight policies (lost-in-middle; default gold,middle)")
-    p.add_argument("--first-question", type=int,
+    p.add_argument("--first-question", type=_nonneg_int,
                    help="first NQ question of the dev items (lost-in-middle; default 2000; the suite's test items "
                    "start at 0)")
     p.add_argument("--em", action="store_true", help="also generate and score best-subspan EM (lost-in-middle; slower)")
     p.add_argument("--seed", type=int, help="item seed (instructions, counterfact; default 1; the suite's test "
                    "items are 0)")
-    p.add_argument("--max-new-tokens", type=int, help="answer length (default: 48 for instructions, 100 for "
+    p.add_argument("--max-new-tokens", type=_positive_int, help="answer length (default: 48 for instructions, 100 for "
                    "lost-in-middle answers with --em; the other families are scored, not generated)")
-    p.add_argument("--batch-size", type=int, help="prompts per forward pass (default: 4 for the long lost-in-middle "
+    p.add_argument("--batch-size", type=_positive_int, help="prompts per forward pass (default: 4 for the long lost-in-middle "
                    "prompts, 8 for the others)")
     p.add_argument("--out-dir", help="JSON and Markdown go here (default docs/sensitivity)")
     p.add_argument("--no-progress", action="store_true")
@@ -987,14 +1011,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="steered vs unsteered answers on a few conflicts")
     _add_model_args(p)
     _add_steer_args(p)
-    p.add_argument("--max-new-tokens", type=int, default=12)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=12)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="overhead benchmark: latency, decode speed, peak memory")
     _add_model_args(p)
     p.add_argument("--lengths", type=_int_list, default=[256, 1024, 2048])
-    p.add_argument("--runs", type=int, default=7)
-    p.add_argument("--decode-tokens", type=int, default=16)
+    p.add_argument("--runs", type=_positive_int, default=7)
+    p.add_argument("--decode-tokens", type=_positive_int, default=16)
     p.add_argument("--batch-size", type=_int_list, default=[1], help="batch sizes, e.g. 1,4 (default 1)")
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-subprocess memory probes")
     p.add_argument("--memory-in-process", action="store_true",
@@ -1022,7 +1046,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run ``seka-rag``; returns the exit status (2 for bad input, after printing why)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage error (or --help)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.func(args)
     except SekaError as exc:

@@ -6,6 +6,7 @@ import hashlib
 import numbers
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar, copy_context
 from pathlib import Path
@@ -45,6 +46,9 @@ SHIPPED_PROJECTIONS = Path(__file__).parent / "data" / "projections"
 SHIPPED_EXPERTS = Path(__file__).parent / "data" / "experts"
 #: The embedding router's default query keeps the last this-many characters of the prompt's text.
 _ROUTING_TEXT_CHARS = 1000
+# from_pretrained arguments that say *which files* to read: the config and tokenizer need them too
+_HUB_KWARGS = ("revision", "token", "trust_remote_code", "subfolder", "local_files_only", "force_download",
+               "proxies", "code_revision")
 
 
 def shipped_experts_path(name: str) -> Path:
@@ -162,25 +166,31 @@ class SekaModel:
     ) -> "SekaModel":
         """Load a supported Hugging Face model (hub id, local directory, or GGUF file in a directory).
 
-        A GGUF is dequantised once and cached as safetensors under ``cache_dir``
-        (default ``$SEKA_RAG_CACHE`` or ``~/.cache/seka-rag``), so later loads take seconds.
+        A GGUF (``gguf_file=``, a file in the local directory ``name_or_dir``) is dequantised once
+        and cached as safetensors under ``cache_dir`` (default ``$SEKA_RAG_CACHE`` or
+        ``~/.cache/seka-rag``), so later loads take seconds. Without ``gguf_file``, ``cache_dir`` is
+        the Hugging Face hub cache, as in ``transformers``. The hub arguments among
+        ``model_kwargs`` (``revision``, ``token``, ``trust_remote_code``, ``subfolder``,
+        ``local_files_only``, ...) go to the config, the tokenizer and the weights alike; the rest
+        go to ``AutoModelForCausalLM.from_pretrained`` only.
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from transformers import AutoConfig
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         from .architectures import spec_for
 
         device = _default_device(device)
         torch_dtype = _resolve_dtype(dtype, device)
         source = str(name_or_dir)
+        hub_kwargs = {k: model_kwargs.pop(k) for k in _HUB_KWARGS if k in model_kwargs}
         if gguf_file is not None:
             source = str(_converted_gguf(Path(name_or_dir), gguf_file, cache_dir))
+        elif cache_dir is not None:
+            hub_kwargs["cache_dir"] = str(cache_dir)
         try:
-            spec_for(AutoConfig.from_pretrained(source).model_type)  # unsupported: fail before loading weights
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            spec_for(AutoConfig.from_pretrained(source, **hub_kwargs).model_type)  # unsupported: fail before loading weights
+            tokenizer = AutoTokenizer.from_pretrained(source, **hub_kwargs)
             model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=torch_dtype, attn_implementation=attn_implementation, **model_kwargs
+                source, dtype=torch_dtype, attn_implementation=attn_implementation, **hub_kwargs, **model_kwargs
             )
         except OSError as exc:  # not found locally / offline hub
             raise SekaError(f"could not load model {str(name_or_dir)!r}: {exc}") from None
@@ -277,6 +287,10 @@ class SekaModel:
         """Token ids and highlight mask of one prompt, as the model will see it."""
         if isinstance(highlights, str):
             highlights = [highlights]
+        if markers is not _UNSET and markers is not None and not isinstance(markers, Markers):
+            raise HighlightError(
+                f"markers must be a Markers(start, end) or None (no inline markers), not {markers!r}"
+            )
         prepared = prepare_prompt(
             prompt, self.tokenizer, highlights,
             markers=self.markers if markers is _UNSET else markers, chat=chat,
@@ -485,16 +499,29 @@ class SekaModel:
             do_sample=bool(do_sample),
             pad_token_id=self.tokenizer.pad_token_id,
         )
+        if temperature is not None and (
+            isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature >= 0
+        ):
+            raise SekaError(f"temperature must be a number >= 0, got {temperature!r}")
+        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1):
+            raise SekaError(f"top_p must be in (0, 1], got {top_p!r}")
         if do_sample:
             if temperature is not None:
-                if not isinstance(temperature, numbers.Real) or not temperature > 0:
+                if not temperature > 0:
                     raise SekaError(f"temperature must be a positive number when sampling, got {temperature!r}")
                 kwargs["temperature"] = float(temperature)
             if top_p is not None:
-                if not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1:
-                    raise SekaError(f"top_p must be in (0, 1], got {top_p!r}")
                 kwargs["top_p"] = float(top_p)
         else:
+            ignored = [name for name, value in (("temperature", temperature), ("top_p", top_p))
+                       if value is not None and not (name == "temperature" and value == 0)]
+            if ignored:
+                warnings.warn(
+                    f"{' and '.join(ignored)} only {'applies' if len(ignored) == 1 else 'apply'} when sampling: "
+                    "pass do_sample=True, or this "
+                    "call decodes greedily without them",
+                    UserWarning, stacklevel=3,
+                )
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if stop:
             kwargs.update(stop_strings=_stop_list(stop), tokenizer=self.tokenizer)
@@ -529,9 +556,16 @@ class SekaModel:
         (``chat=False`` sends it raw). Returns the new text only, cut at the first ``stop`` string.
         For a list of prompts, ``highlights`` is a list with one entry per prompt (and so is
         ``query`` / ``query_embedding`` when each prompt has its own). ``router``, ``query``,
-        ``query_embedding`` and ``routing`` steer with the model's AdaSEKA expert set.
+        ``query_embedding`` and ``routing`` steer with the model's AdaSEKA expert set. An empty list
+        of prompts gives an empty list. ``temperature`` / ``top_p`` apply with ``do_sample=True``
+        (given without it, they are checked, and a warning says the call decodes greedily).
         """
         single = _is_single_prompt(prompt)
+        if not single and (isinstance(prompt, (str, bytes, Mapping)) or not isinstance(prompt, Sequence)):
+            raise HighlightError(
+                "prompt must be a string, a list of {'role': ..., 'content': ...} messages, or a list of "
+                f"such prompts, not {type(prompt).__name__}"
+            )
         prompts = [prompt] if single else list(prompt)
         if not prompts:
             return []
@@ -839,6 +873,11 @@ def _converted_gguf(directory: Path, gguf_file: str, cache_dir) -> Path:
     """Dequantise a GGUF once and cache it as safetensors; key the cache on the file's identity."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not directory.exists():
+        raise SekaError(
+            f"gguf_file= is read from a local directory, and {str(directory)!r} is not one; GGUF files "
+            "are not downloaded from the hub: download the file and pass its directory"
+        )
     gguf_path = (directory / gguf_file) if directory.is_dir() else directory
     if not gguf_path.is_file():
         raise SekaError(f"GGUF file {str(gguf_path)!r} does not exist")

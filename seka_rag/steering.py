@@ -63,6 +63,8 @@ def edit_matrices(projection: Projection, config: SteeringConfig = SteeringConfi
         if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in config.layers):
             raise SteeringConfigError(f"layers must be integers, got {list(config.layers)!r}")
         layers = list(config.layers)
+        if not layers:
+            raise SteeringConfigError("layers is empty, so nothing would be steered: pass steer=False to turn steering off")
     elif meta.default_layers is not None:
         layers = list(meta.default_layers)
     else:
@@ -100,6 +102,10 @@ def _head_mask(projection: Projection, heads: HeadSelection, layers: Sequence[in
             if not isinstance(h, numbers.Integral) or isinstance(h, bool) or not 0 <= h < n_kv:
                 raise SteeringConfigError(f"head {h!r} of layer {layer} is out of range (0..{n_kv - 1})")
             mask[projection.row(int(layer)), int(h)] = True
+    if not mask.any():
+        raise SteeringConfigError(
+            f"heads={heads!r} selects no head, so nothing would be steered: pass steer=False to turn steering off"
+        )
     return mask
 
 

@@ -48,6 +48,38 @@ def test_user_mistakes_exit_2_with_a_message(model_dir, tmp_path, capsys):
     assert "not a readable projection file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["generate", "x", "--max-new-tokens", "0"], "argument --max-new-tokens: must be a positive integer, got 0"),
+    (["generate", "x", "--gain-pos", "inf"], "argument --gain-pos: must be a finite number, got inf"),
+    (["generate", "x", "--layers", "5-3"], "an ascending range like '14-23', got '5-3'"),
+    (["demo", "--max-new-tokens", "-1"], "argument --max-new-tokens: must be a positive integer"),
+    (["build-projection", "--out", "p.safetensors", "--triplets", "0"], "--triplets: must be a positive integer"),
+    (["build-projection", "--out", "p.safetensors", "--gamma", "5"], "--gamma: must be a share in (0, 1], got 5"),
+    (["sensitivity", "--items", "0"], "--items: must be a positive integer"),
+    (["profile-pasta", "--out", "h.json", "--top", "0"], "--top: must be a positive integer"),
+    (["bench", "--decode-tokens", "0"], "--decode-tokens: must be a positive integer"),
+    (["eval-conflicts", "--items", "-1"], "--items: must be a positive integer, got -1"),
+    (["eval-families", "--embedding-temperature", "0"], "--embedding-temperature: must be a positive number"),
+    (["gain-scale", "--first-question", "-3"], "--first-question: must be an integer >= 0"),
+])
+def test_bad_numbers_are_refused_before_any_model_loads(args, message, monkeypatch, capsys):
+    from seka_rag import cli
+
+    def no_load(**kwargs):  # pragma: no cover - reached only if a check is missing
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(cli, "load_model", no_load)
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_generate_flag_conflicts_are_refused(model_dir, monkeypatch, capsys):
+    assert main(["generate", "x", "--compare", "--no-steer", "--model", str(model_dir)]) == 2
+    assert "does not go with --no-steer" in capsys.readouterr().err
+    assert main(["preview", "x", "--gguf-file", "model.gguf"]) == 2  # the default model is an embedded one
+    assert "leave --gguf-file out" in capsys.readouterr().err
+
+
 def test_bench_runs_end_to_end(model_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
     proj = tmp_path / "p.safetensors"

@@ -169,9 +169,9 @@ def test_profile_pasta_then_eval_with_the_heads(model_dir, projection, tmp_path,
     (["--items", "-2"], "--items must be a positive integer"),
     (["--nq", "/no/such/nq.jsonl"], "--nq: no such file"),
     (["--pasta-heads", "/no/such/heads.json"], "--pasta-heads: no such file"),
-    (["--nq-max-new-tokens", "0"], "--nq-max-new-tokens must be positive, got 0"),
-    (["--max-new-tokens", "-1"], "--max-new-tokens must be positive, got -1"),
-    (["--batch-size", "0"], "--batch-size must be positive, got 0"),
+    (["--nq-max-new-tokens", "0"], "--nq-max-new-tokens: must be a positive integer, got 0"),
+    (["--max-new-tokens", "-1"], "--max-new-tokens: must be a positive integer, got -1"),
+    (["--batch-size", "0"], "--batch-size: must be a positive integer, got 0"),
     (["--nq-passages", "2"], "--nq-passages must be at least 3"),
 ])
 def test_eval_bad_input_exits_2(model_dir, projection, args, message, capsys):
@@ -464,7 +464,7 @@ def test_gain_scale_file_names_keep_dotted_model_names(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--family", "lost-in-middle"], "needs the NQ-open oracle file"),
     (["--family", "instructions", "--scales", "0"], "gain scales must be positive"),
-    (["--family", "instructions", "--items", "0"], "--items must be positive"),
+    (["--family", "instructions", "--items", "0"], "--items: must be a positive integer, got 0"),
     (["--family", "conflicts", "--max-new-tokens", "4"], "does not apply to --family conflicts"),
     (["--family", "counterfact", "--em"], "--em does not apply to --family counterfact"),
 ])

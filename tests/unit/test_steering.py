@@ -360,7 +360,12 @@ def test_layers_override(tiny_model, helpers):
     seka = tiny_model("qwen3", num_layers=3)
     assert _edited_layers_and_heads(seka, helpers, layers=[1])[0] == {1: [0, 1]}
     assert _edited_layers_and_heads(seka, helpers, layers=[0, 2])[0] == {0: [0, 1], 2: [0, 1]}
-    assert _edited_layers_and_heads(seka, helpers, layers=[])[0] == {}
+    with pytest.raises(SteeringConfigError, match="layers is empty"):
+        _edited_layers_and_heads(seka, helpers, layers=[])
+    with pytest.raises(SteeringConfigError, match="selects no head"):
+        _edited_layers_and_heads(seka, helpers, layers=[1], heads={1: []})
+    with pytest.raises(SteeringConfigError, match="selects no head"):
+        _edited_layers_and_heads(seka, helpers, heads={})
     # overrides do not stick
     assert _edited_layers_and_heads(seka, helpers)[0] == {0: [0, 1], 1: [0, 1], 2: [0, 1]}
 
@@ -522,6 +527,64 @@ def test_highlight_without_projection(tiny_model):
 def test_max_new_tokens_must_be_positive(shared):
     with pytest.raises(SekaError):
         shared("llama").generate(DOCS, max_new_tokens=0)
+
+
+def test_sampling_settings_are_checked_and_never_silently_dropped(shared):
+    seka = shared("llama")
+    for bad in (dict(top_p=5.0), dict(top_p=0), dict(temperature=-1.0), dict(temperature="hot")):
+        with pytest.raises(SekaError, match="top_p|temperature"):
+            seka.generate(DOCS, max_new_tokens=1, **bad)
+    with pytest.raises(SekaError, match="positive number when sampling"):
+        seka.generate(DOCS, max_new_tokens=1, do_sample=True, temperature=0)
+    greedy = seka.generate(DOCS, max_new_tokens=3)
+    with pytest.warns(UserWarning, match="temperature only applies when sampling"):
+        assert seka.generate(DOCS, max_new_tokens=3, temperature=0.7) == greedy
+    with pytest.warns(UserWarning, match="top_p only applies when sampling"):
+        assert "".join(seka.stream(DOCS, max_new_tokens=3, top_p=0.9)) == greedy
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert seka.generate(DOCS, max_new_tokens=3, temperature=0) == greedy  # 0 means greedy: no warning
+
+
+def test_prompt_and_marker_types_are_checked(shared):
+    from seka_rag import HighlightError, Markers
+
+    seka = shared("llama")
+    for bad in (None, 123, b"bytes", {"role": "user", "content": "hi"}):
+        with pytest.raises(HighlightError, match="prompt must be a string"):
+            seka.generate(bad, max_new_tokens=1)
+    with pytest.raises(HighlightError, match="markers must be a Markers"):
+        seka.generate(DOCS, max_new_tokens=1, markers="[[")
+    assert seka.generate([], max_new_tokens=1) == []  # an empty batch
+    marked = DOCS.replace("<<", "[[").replace(">>", "]]")
+    assert seka.generate(marked, max_new_tokens=2, markers=Markers("[[", "]]")) == seka.generate(DOCS, max_new_tokens=2)
+
+
+def test_from_pretrained_sends_hub_arguments_to_config_tokenizer_and_weights(shared, tmp_path, monkeypatch):
+    import transformers
+
+    seka = shared("llama")
+    seka.model.save_pretrained(tmp_path / "m")
+    seka.tokenizer.save_pretrained(tmp_path / "m")
+    seen: dict[str, dict] = {}
+    for cls in (transformers.AutoConfig, transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
+        original = cls.from_pretrained
+
+        def record(source, *args, _name=cls.__name__, _original=original, **kwargs):
+            seen.setdefault(_name, kwargs)  # the first call: AutoModel reads the config again itself
+            return _original(source, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", record)
+    loaded = SekaModel.from_pretrained(tmp_path / "m", revision="main", local_files_only=True,
+                                       cache_dir=tmp_path / "hub", low_cpu_mem_usage=True)
+    assert loaded.model.config.num_hidden_layers == seka.model.config.num_hidden_layers
+    hub = dict(revision="main", local_files_only=True, cache_dir=str(tmp_path / "hub"))
+    assert seen["AutoConfig"] == hub and seen["AutoTokenizer"] == hub
+    assert seen["AutoModelForCausalLM"].items() >= {**hub, "low_cpu_mem_usage": True}.items()
+    with pytest.raises(SekaError, match="GGUF files are not downloaded"):
+        SekaModel.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct-GGUF", gguf_file="qwen2.5-0.5b-instruct-q4_k_m.gguf")
 
 
 @pytest.mark.parametrize("max_new_tokens", [32, 40])

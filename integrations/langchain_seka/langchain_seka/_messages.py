@@ -11,6 +11,8 @@ from langchain_core.messages import BaseMessage, ChatMessage
 from seka_rag import HighlightError, Markers, SekaError
 from seka_rag.highlight import DEFAULT_MARKERS, parse_markers
 
+from ._text import texts_in_prompt
+
 _ROLE_BY_TYPE = {
     "human": "user",
     "ai": "assistant",
@@ -76,16 +78,4 @@ def document_highlights(
             clean.append(parse_markers(c, markers)[0] if markers is not None else c)
         except HighlightError:
             clean.append(c)  # the engine will report the marker problem itself
-    out = []
-    for i, doc in enumerate(documents):
-        text = document_text(doc).strip()
-        if not text:
-            continue
-        if not any(text in c for c in clean):
-            shown = text if len(text) <= 60 else text[:57] + "..."
-            raise HighlightError(
-                f"document {i} ({shown!r}) does not occur in the prompt, so it cannot be highlighted; "
-                "put the documents' text in the prompt unchanged (or pass highlights= instead)"
-            )
-        out.append(text)
-    return out
+    return texts_in_prompt([document_text(doc) for doc in documents], clean)

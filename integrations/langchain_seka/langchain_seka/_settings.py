@@ -42,7 +42,8 @@ class SekaSettings(BaseModel):
     )
     max_new_tokens: int = Field(default=256, ge=1, alias="max_tokens", description="Most tokens to generate.")
     do_sample: bool | None = Field(
-        default=None, description="Sample instead of greedy decoding. None: sample when temperature > 0."
+        default=None, description="Sample instead of greedy decoding. None: sample when temperature > 0, or top_p is "
+        "set without a temperature (temperature 0: greedy)."
     )
     temperature: float | None = Field(default=None, ge=0, description="Sampling temperature (sampling only).")
     top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling mass (sampling only).")
@@ -118,8 +119,11 @@ class SekaSettings(BaseModel):
         values = {name: getattr(self, name) for name in OVERRIDABLE}
         values.update(overrides)
         do_sample = values["do_sample"]
-        if do_sample is None:
-            do_sample = values["temperature"] is not None and values["temperature"] > 0
+        if do_sample is None:  # sampling settings given: sample (temperature 0 means greedy)
+            temperature = values["temperature"]
+            do_sample = (temperature is not None and temperature > 0) or (
+                temperature is None and values["top_p"] is not None
+            )
         values["do_sample"] = bool(do_sample)
         values["stop"] = list(self.stop or []) if stop is None else list(stop)
         if not values["stop"]:

@@ -195,3 +195,23 @@ def sentence_spans(text: str) -> list[Span]:
         start = m.end()
     add(start, len(text))
     return spans
+
+
+def texts_in_prompt(texts: Sequence[str], contents: Sequence[str]) -> list[str]:
+    """Substring highlights for documents' ``texts``, each of which must occur in one of ``contents``.
+
+    ``contents`` are the prompt's marker-free texts; empty documents are skipped.
+    """
+    out = []
+    for i, text in enumerate(texts):
+        text = text.strip()
+        if not text:
+            continue
+        if not any(text in c for c in contents):
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise HighlightError(
+                f"document {i} ({shown!r}) does not occur in the prompt, so it cannot be highlighted; "
+                "put the documents' text in the prompt unchanged (or pass highlights= instead)"
+            )
+        out.append(text)
+    return out

@@ -36,11 +36,19 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
 
     model_config = HostedModelArguments.model_config  # extra="forbid": unknown arguments are errors
 
-    streaming: bool = Field(default=False, description="Accepted for compatibility; use stream().")
+    streaming: bool = Field(
+        default=False,
+        description="Generate through the streamer in invoke / generate too (token callbacks fire; prompts "
+        "then run one after another instead of batched).",
+    )
 
     @property
     def _llm_type(self) -> str:
         return "seka"
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` by the model's own tokenizer (loads the model), for token counting."""
+        return self.seka_model().tokenizer.encode(text, add_special_tokens=False)
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -94,6 +102,8 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         ``query_embedding=`` / ``query=`` may be one value for every prompt or a list with one per
         prompt (the engine's per-prompt form).
         """
+        if self.streaming:
+            return self._generate_streamed(prompts, stop, run_manager, kwargs)
         prepared = [self._prepare(p, stop, kwargs) for p in prompts]
         model, name, _, gen, routing = prepared[0]
         if len(prompts) == 1:
@@ -106,11 +116,22 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
             [self._generation(model, name, prompt, p[2], gen, text)]
             for prompt, p, text in zip(prompts, prepared, texts)
         ]
-        totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
-        for (g,) in generations:
-            for k in totals:
-                totals[k] += g.generation_info["usage"][k]
-        return LLMResult(generations=generations, llm_output={"token_usage": totals, "model_name": name})
+        return _result(generations, name)
+
+    def _generate_streamed(self, prompts: list[str], stop, run_manager, kwargs: dict[str, Any]) -> LLMResult:
+        """``streaming=True``: each prompt through :meth:`_stream`, so every token reaches the callbacks."""
+        generations = []
+        for i, prompt in enumerate(prompts):
+            per_prompt = dict(kwargs)
+            for key in ("query", "query_embedding"):  # one per prompt, as in the batched call
+                if _per_prompt(per_prompt.get(key), len(prompts)):
+                    per_prompt[key] = per_prompt[key][i]
+            text, info = "", {}
+            for chunk in self._stream(prompt, stop, run_manager, **per_prompt):
+                text += chunk.text
+                info = chunk.generation_info or info
+            generations.append([Generation(text=text, generation_info=info)])
+        return _result(generations, generations[0][0].generation_info.get("model_name") if generations else None)
 
     def _stream(
         self,
@@ -131,6 +152,25 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
             yield chunk
         final = self._generation(model, name, prompt, highlights, gen, "".join(pieces))
         yield GenerationChunk(text="", generation_info=final.generation_info)
+
+
+def _per_prompt(value: Any, n: int) -> bool:
+    """Whether a ``query`` / ``query_embedding`` value holds one entry per prompt (texts or vectors)."""
+    if isinstance(value, str) or value is None or not hasattr(value, "__len__") or len(value) != n:
+        return False
+    first = value[0]
+    if isinstance(first, str):
+        return True
+    ndim = getattr(first, "ndim", None)  # a tensor / array row
+    return ndim >= 1 if ndim is not None else isinstance(first, (list, tuple))
+
+
+def _result(generations: list[list[Generation]], name: str | None) -> LLMResult:
+    totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    for (g,) in generations:
+        for k in totals:
+            totals[k] += g.generation_info["usage"][k]
+    return LLMResult(generations=generations, llm_output={"token_usage": totals, "model_name": name})
 
 
 def langsmith_params(settings: Any, model_type: str, stop: list[str] | None, kwargs: dict[str, Any]) -> LangSmithParams:

@@ -234,3 +234,31 @@ def test_seka_llm(tiny_seka, spy):
     assert spy.last["highlights"] == [(7, 29), "The tower is in Rome."]
     result = llm.generate([PLAIN])
     assert result.llm_output["token_usage"]["input_tokens"] > 0
+
+
+def test_seka_llm_streaming_flag_streams_invoke_and_generate(tiny_seka, spy):
+    llm = SekaLLM(model=tiny_seka, max_tokens=6, streaming=True)
+    handler = Tokens()
+    text = llm.invoke(DOCS, config={"callbacks": [handler]})
+    assert spy.last["method"] == "stream" and "".join(handler.tokens) == text and handler.tokens
+    assert text == SekaLLM(model=tiny_seka, max_tokens=6).invoke(DOCS)
+    result = llm.generate([DOCS, PLAIN])
+    assert [g[0].text for g in result.generations] == [text, SekaLLM(model=tiny_seka, max_tokens=6).invoke(PLAIN)]
+    assert result.llm_output["token_usage"]["output_tokens"] > 0
+
+
+def test_token_counts_use_the_models_tokenizer(tiny_seka):
+    from langchain_core.messages import HumanMessage
+
+    ids = tiny_seka.tokenizer.encode("quick brown fox", add_special_tokens=False)
+    for wrapper in (ChatSeka(model=tiny_seka), SekaLLM(model=tiny_seka)):
+        assert wrapper.get_token_ids("quick brown fox") == ids
+        assert wrapper.get_num_tokens("quick brown fox") == len(ids) > 0
+    assert ChatSeka(model=tiny_seka).get_num_tokens_from_messages([HumanMessage("quick brown fox")]) > len(ids)
+
+
+def test_sampling_settings_switch_sampling_on_or_warn(tiny_seka):
+    assert ChatSeka(top_p=0.9).generation_kwargs()["do_sample"] is True
+    assert ChatSeka(temperature=0, top_p=0.9).generation_kwargs()["do_sample"] is False
+    with pytest.warns(UserWarning, match="top_p only applies when sampling"):
+        ChatSeka(model=tiny_seka, max_tokens=2, temperature=0, top_p=0.9).invoke("hi")

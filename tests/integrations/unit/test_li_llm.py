@@ -140,3 +140,61 @@ def test_llamaindex_side_does_not_need_langchain():
         "assert not any(m.startswith('langchain_core') for m in sys.modules), 'langchain_core imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_documents_and_single_message_spans(tiny_seka, spy):
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from seka_rag import HighlightError
+
+    llm = Seka(model=tiny_seka, max_new_tokens=2)
+    node = NodeWithScore(node=TextNode(text="The tower is in Rome."), score=0.9)
+    llm.complete(CLEAN, documents=[node])
+    assert spy.last["highlights"] == ["The tower is in Rome."]
+    llm.chat([ChatMessage(role=MessageRole.USER, content=CLEAN)], documents=["The tower is in Paris."])
+    assert spy.last["highlights"] == ["The tower is in Paris."]
+    with pytest.raises(HighlightError, match="does not occur in the prompt"):
+        llm.complete(CLEAN, documents=["Madrid"])
+    # (start, end) of the one message, as the docstring says (mapped to message 0)
+    llm.chat([ChatMessage(role=MessageRole.USER, content=CLEAN)], highlights=[ROME])
+    assert spy.last["highlights"] == [(0, *ROME)]
+
+
+def test_non_text_blocks_are_refused(tiny_seka, spy):
+    from llama_index.core.base.llms.types import ImageBlock, TextBlock
+
+    from seka_rag import SekaError
+
+    llm = Seka(model=tiny_seka, max_new_tokens=2)
+    message = ChatMessage(role=MessageRole.USER,
+                          blocks=[ImageBlock(url="https://example.com/a.png"), TextBlock(text="What is this?")])
+    calls = len(spy.calls)
+    with pytest.raises(SekaError, match="message 0 holds a ImageBlock"):
+        llm.chat([message])
+    with pytest.raises(SekaError, match="text-only"):
+        list(llm.stream_chat([message]))
+    assert len(spy.calls) == calls  # refused before the engine runs
+
+
+async def test_async_calls_load_the_model_off_the_event_loop(counting_loader, tiny_seka, monkeypatch):
+    import asyncio
+    import threading
+
+    from langchain_seka import _loading as loading
+
+    load_threads = []
+    original = loading.SekaModel.default
+
+    def slow_default(name, **kwargs):
+        load_threads.append(threading.current_thread())
+        return original(name, **kwargs)
+
+    monkeypatch.setattr(loading.SekaModel, "default", staticmethod(slow_default))
+    llm = Seka(max_new_tokens=2)
+    response = await llm.acomplete("Hello")
+    assert response.text is not None and len(load_threads) == 1
+    assert load_threads[0] is not threading.main_thread()  # loaded in a worker, not on the loop
+    gen = await Seka(max_new_tokens=2).astream_chat([ChatMessage(role=MessageRole.USER, content="Hi")])
+    assert [r async for r in gen]
+    assert len(load_threads) == 1  # shared afterwards
+    assert asyncio.get_running_loop()

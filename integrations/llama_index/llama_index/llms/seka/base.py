@@ -19,16 +19,18 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
     MessageRole,
+    TextBlock,
 )
 from llama_index.core.bridge.pydantic import ConfigDict, Field
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
+from llama_index.core.schema import BaseNode, NodeWithScore
 
 from langchain_seka._loading import model_label
 from langchain_seka._routing import automatic_routing
 from langchain_seka._settings import SekaSettings, usage_counts
-from langchain_seka._text import parse_lenient
-from seka_rag import SekaModel
+from langchain_seka._text import parse_lenient, texts_in_prompt
+from seka_rag import SekaError, SekaModel
 from seka_rag.highlight import has_chat_template
 
 __all__ = ["Seka"]
@@ -117,9 +119,10 @@ class Seka(SekaSettings, CustomLLM):
         return has_chat_template(model.tokenizer) if chat is None else bool(chat)
 
     # ------------------------------------------------------------------------------ preparing calls
-    def _settings(self, kwargs: dict[str, Any]) -> tuple[SekaModel, str, dict, list, dict]:
+    def _settings(self, kwargs: dict[str, Any]) -> tuple[SekaModel, str, dict, list, dict, list]:
         kwargs = dict(kwargs)
         highlights = kwargs.pop("highlights", None)
+        documents = _document_texts(kwargs.pop("documents", None) or [])
         routing = self.routing_request(kwargs)
         override = kwargs.pop("model", None)
         model = self.seka_model(override)
@@ -128,7 +131,7 @@ class Seka(SekaSettings, CustomLLM):
         gen = self.generation_kwargs(kwargs, stop)
         if isinstance(highlights, str):
             highlights = [highlights]
-        return model, name, gen, list(highlights) if highlights is not None else [], routing
+        return model, name, gen, list(highlights) if highlights is not None else [], routing, documents
 
     @staticmethod
     def _with_retrieval_query(model: SekaModel, routing: dict, texts: Sequence[str]) -> dict:
@@ -136,14 +139,14 @@ class Seka(SekaSettings, CustomLLM):
         return {**routing, **automatic_routing(model, routing, texts)}
 
     def _prepare_text(self, prompt: str, kwargs: dict[str, Any]) -> _Call:
-        model, name, gen, extra, routing = self._settings(kwargs)
+        model, name, gen, extra, routing, documents = self._settings(kwargs)
         clean, spans = parse_lenient(prompt, model.markers)
-        highlights = [*spans, *extra]
+        highlights = [*spans, *extra, *texts_in_prompt(documents, [clean])]
         routing = self._with_retrieval_query(model, routing, [prompt, clean])
         return _Call(model, name, clean, highlights or None, gen, routing)
 
     def _prepare_messages(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> _Call:
-        model, name, gen, extra, routing = self._settings(kwargs)
+        model, name, gen, extra, routing, documents = self._settings(kwargs)
         prompt, highlights, raw = [], [], []
         for i, message in enumerate(messages):
             role = _ROLES.get(message.role, str(getattr(message.role, "value", message.role)))
@@ -151,6 +154,9 @@ class Seka(SekaSettings, CustomLLM):
             prompt.append({"role": role, "content": clean})
             highlights += [(i, s, e) for s, e in spans]
             raw += [message.content or "", clean]
+        if len(messages) == 1:  # (start, end) spans of the one message, as for a completion prompt
+            extra = [(0, *h) if isinstance(h, tuple) and len(h) == 2 else h for h in extra]
+        extra += texts_in_prompt(documents, [m["content"] for m in prompt])
         routing = self._with_retrieval_query(model, routing, raw)
         return _Call(model, name, prompt, [*highlights, *extra] or None, gen, routing)
 
@@ -180,6 +186,13 @@ class Seka(SekaSettings, CustomLLM):
             prompt = self.completion_to_prompt(prompt)
         return self._prepare_text(prompt, kwargs)
 
+    def _chat_call(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> _Call:
+        for i, message in enumerate(messages):
+            _check_text_only(message, i)
+        if self._needs_transcript(kwargs):
+            return self._prepare_text(self.messages_to_prompt(messages), {**kwargs, "chat_template": False})
+        return self._prepare_messages(messages, kwargs)
+
     def _needs_transcript(self, kwargs: dict[str, Any]) -> bool:
         chat = kwargs.get("chat_template", self.chat_template)
         return not self._use_chat(self.seka_model(kwargs.get("model")), chat)
@@ -206,10 +219,7 @@ class Seka(SekaSettings, CustomLLM):
     # ------------------------------------------------------------------------------ chat
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        if self._needs_transcript(kwargs):
-            call = self._prepare_text(self.messages_to_prompt(messages), {**kwargs, "chat_template": False})
-        else:
-            call = self._prepare_messages(messages, kwargs)
+        call = self._chat_call(messages, kwargs)
         text = self._run(call)
         usage = self._usage(call, text)
         return ChatResponse(
@@ -218,10 +228,7 @@ class Seka(SekaSettings, CustomLLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        if self._needs_transcript(kwargs):
-            call = self._prepare_text(self.messages_to_prompt(messages), {**kwargs, "chat_template": False})
-        else:
-            call = self._prepare_messages(messages, kwargs)
+        call = self._chat_call(messages, kwargs)
         return self._chat_stream(call)
 
     def _chat_stream(self, call: _Call) -> ChatResponseGen:
@@ -235,27 +242,49 @@ class Seka(SekaSettings, CustomLLM):
         )
 
     # ------------------------------------------------------------------------------ async
-    @llm_completion_callback()
+    # The public async methods load the model in a worker thread first: LlamaIndex's callback
+    # wrapper reads ``metadata`` (which needs the model) on the event loop before the body runs.
+    async def _aload(self, kwargs: dict[str, Any]) -> None:
+        await _in_thread(self.seka_model)  # the one metadata describes
+        if kwargs.get("model") is not None:
+            await _in_thread(self.seka_model, kwargs["model"])
+
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        await self._aload(kwargs)
+        return await self._acomplete(prompt, formatted=formatted, **kwargs)
+
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        await self._aload(kwargs)
+        return await self._astream_complete(prompt, formatted=formatted, **kwargs)
+
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        await self._aload(kwargs)
+        return await self._achat(messages, **kwargs)
+
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        await self._aload(kwargs)
+        return await self._astream_chat(messages, **kwargs)
+
+    @llm_completion_callback()
+    async def _acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         return await _in_thread(self.complete, prompt, formatted=formatted, **kwargs)
 
     @llm_completion_callback()
-    async def astream_complete(
+    async def _astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         call = self._completion_call(prompt, formatted, kwargs)
         return _athread_iter(lambda: self._completion_stream(call))
 
     @llm_chat_callback()
-    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+    async def _achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         return await _in_thread(self.chat, messages, **kwargs)
 
     @llm_chat_callback()
-    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        if self._needs_transcript(kwargs):
-            call = self._prepare_text(self.messages_to_prompt(messages), {**kwargs, "chat_template": False})
-        else:
-            call = self._prepare_messages(messages, kwargs)
+    async def _astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        call = self._chat_call(messages, kwargs)
         return _athread_iter(lambda: self._chat_stream(call))
 
 
@@ -288,3 +317,32 @@ async def _athread_iter(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]
                 raise error
             return
         yield item
+
+
+def _check_text_only(message: ChatMessage, index: int) -> None:
+    """Refuse images, audio, documents and other non-text blocks (the model reads text only)."""
+    for block in getattr(message, "blocks", None) or []:
+        if not isinstance(block, TextBlock):
+            raise SekaError(
+                f"message {index} holds a {type(block).__name__}; Seka runs a text-only model, so only "
+                "text content is supported"
+            )
+
+
+def _document_texts(documents: Any) -> list[str]:
+    """``documents=``: LlamaIndex nodes (``NodeWithScore`` or ``BaseNode``), LangChain Documents or strings."""
+    if isinstance(documents, (str, BaseNode, NodeWithScore)):
+        documents = [documents]
+    texts = []
+    for doc in documents:
+        if isinstance(doc, NodeWithScore):
+            doc = doc.node
+        if isinstance(doc, BaseNode):
+            texts.append(doc.get_content())
+        elif isinstance(doc, str):
+            texts.append(doc)
+        elif isinstance(getattr(doc, "page_content", None), str):  # a LangChain Document
+            texts.append(doc.page_content)
+        else:
+            raise SekaError(f"documents= takes LlamaIndex nodes, LangChain Documents or strings, got {type(doc).__name__}")
+    return texts
