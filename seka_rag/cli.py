@@ -56,6 +56,8 @@ _finite_float = _number_type(float, math.isfinite, "a finite number")
 _positive_float = _number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
 _nonneg_float = _number_type(float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
 _share = _number_type(float, lambda v: 0 < v <= 1, "a share in (0, 1]")
+# lost-in-the-middle contexts put the gold passage first, in the middle and last
+_passage_count = _number_type(int, lambda v: v >= 3, "at least 3 (gold passage first, middle and last)")
 
 
 def _int_list(text: str | None) -> list[int] | None:
@@ -83,7 +85,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--projection", help="projection file (default: the one shipped for an embedded model)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
     p.add_argument("--dtype", help="float32, bfloat16 ... (default: bfloat16 on CUDA and on CPUs with native bf16, else float32)")
-    p.add_argument("--cache-dir", help="converted-model cache (default: $SEKA_RAG_CACHE or ~/.cache/seka-rag)")
+    p.add_argument("--cache-dir", help="where converted GGUF models are cached (embedded models, --gguf-file; "
+                   "default: $SEKA_RAG_CACHE or ~/.cache/seka-rag); for a hub id, the Hugging Face hub cache")
     p.add_argument("--attn-implementation", default="sdpa", help="sdpa (default), eager, flash_attention_2")
     p.add_argument("--adaptive", action="store_true", help="load the AdaSEKA expert set shipped for the model")
     p.add_argument("--experts", help="AdaSEKA expert-set directory (implies --adaptive)")
@@ -594,8 +597,6 @@ def cmd_eval(args) -> int:
     methods = parse_names(args.methods, SUITE_METHODS, "methods")
     policies = parse_names(args.nq_policies, POLICIES, "lost-in-middle policies")
     items = parse_items(args.items, families)
-    if args.nq_passages < 3:
-        raise SekaError(f"--nq-passages must be at least 3 (gold passage first, middle and last), got {args.nq_passages}")
     for path, flag in ((args.nq, "--nq"), (args.counterfact, "--counterfact"), (args.pasta_heads, "--pasta-heads")):
         _check_file(path, flag)
     config = SuiteConfig(families=tuple(families), items=items, seed=args.seed, batch_size=args.batch_size,
@@ -921,7 +922,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--counterfact", metavar="PATH", help="a counterfact.json (public format; default: our generated items)")
     p.add_argument("--nq", metavar="PATH", help="NQ-open oracle file for lost-in-middle (without it the family is skipped)")
     p.add_argument("--nq-policies", default="middle", help="highlight policies: middle (default), gold, retriever")
-    p.add_argument("--nq-passages", type=_positive_int, default=10, help="passages per lost-in-middle context (default 10)")
+    p.add_argument("--nq-passages", type=_passage_count, default=10, help="passages per lost-in-middle context (default 10)")
     p.add_argument("--nq-max-new-tokens", type=_positive_int, default=LIM_MAX_NEW_TOKENS,
                    help=f"greedy answer length for lost-in-middle exact match (default {LIM_MAX_NEW_TOKENS}, the "
                    "Lost-in-the-Middle code's)")
@@ -984,7 +985,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dev items: questions (x 3 gold positions) for lost-in-middle (default 8), items for "
                    "instructions (8), conflict items (x 4 cases; 40), CounterFact-format items (64)")
     p.add_argument("--nq", metavar="PATH", help="NQ-open oracle file (lost-in-middle)")
-    p.add_argument("--nq-passages", type=_positive_int, help="passages per context (lost-in-middle; default 5)")
+    p.add_argument("--nq-passages", type=_passage_count, help="passages per context (lost-in-middle; default 5)")
     p.add_argument("--nq-policies", help="highlight policies (lost-in-middle; default gold,middle)")
     p.add_argument("--first-question", type=_nonneg_int,
                    help="first NQ question of the dev items (lost-in-middle; default 2000; the suite's test items "

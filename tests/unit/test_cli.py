@@ -61,6 +61,7 @@ def test_user_mistakes_exit_2_with_a_message(model_dir, tmp_path, capsys):
     (["eval-conflicts", "--items", "-1"], "--items: must be a positive integer, got -1"),
     (["eval-families", "--embedding-temperature", "0"], "--embedding-temperature: must be a positive number"),
     (["gain-scale", "--first-question", "-3"], "--first-question: must be an integer >= 0"),
+    (["gain-scale", "--family", "lost-in-middle", "--nq-passages", "2"], "--nq-passages: must be at least 3"),
 ])
 def test_bad_numbers_are_refused_before_any_model_loads(args, message, monkeypatch, capsys):
     from seka_rag import cli

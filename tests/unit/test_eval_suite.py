@@ -172,7 +172,7 @@ def test_profile_pasta_then_eval_with_the_heads(model_dir, projection, tmp_path,
     (["--nq-max-new-tokens", "0"], "--nq-max-new-tokens: must be a positive integer, got 0"),
     (["--max-new-tokens", "-1"], "--max-new-tokens: must be a positive integer, got -1"),
     (["--batch-size", "0"], "--batch-size: must be a positive integer, got 0"),
-    (["--nq-passages", "2"], "--nq-passages must be at least 3"),
+    (["--nq-passages", "2"], "--nq-passages: must be at least 3 (gold passage first, middle and last), got 2"),
 ])
 def test_eval_bad_input_exits_2(model_dir, projection, args, message, capsys):
     assert main(["eval", *_base(model_dir, projection), *args]) == 2

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.documents import Document
 from langchain_core.messages import BaseMessage, ChatMessage
 
 from seka_rag import HighlightError, Markers, SekaError
 from seka_rag.highlight import DEFAULT_MARKERS, parse_markers
 
-from ._text import texts_in_prompt
+from ._text import document_text, texts_in_prompt
 
 _ROLE_BY_TYPE = {
     "human": "user",
@@ -52,16 +51,6 @@ def to_engine_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
                 raise SekaError(f"ChatSeka cannot send a {type(message).__name__} ({message.type!r}) to the model")
         out.append({"role": role, "content": message_text(message)})
     return out
-
-
-def document_text(document: Any) -> str:
-    if isinstance(document, Document):
-        return document.page_content
-    if isinstance(document, tuple) and document and isinstance(document[0], Document):
-        return document[0].page_content  # (document, score) from similarity_search_with_score
-    if isinstance(document, str):
-        return document
-    raise SekaError(f"documents= takes LangChain Documents or strings, got {type(document).__name__}")
 
 
 def document_highlights(

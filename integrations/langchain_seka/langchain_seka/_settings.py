@@ -100,6 +100,10 @@ class SekaSettings(BaseModel):
         """The model to run (``override``: a per-call ``model=``), loading a shared one on first use."""
         return resolve_model(self.model if override is None else override, adaptive=self.adaptive)
 
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` by the model's own tokenizer (loads the model), for token counting."""
+        return self.seka_model().tokenizer.encode(text, add_special_tokens=False)
+
     def generation_kwargs(self, overrides: dict[str, Any] | None = None, stop: list[str] | None = None) -> dict[str, Any]:
         """Keyword arguments for ``SekaModel.generate`` / ``stream`` (without prompt and highlights).
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from seka_rag import HighlightError, Markers, SekaError
 from seka_rag.highlight import DEFAULT_MARKERS, escape_markers, merge_spans, parse_markers
@@ -195,6 +196,20 @@ def sentence_spans(text: str) -> list[Span]:
         start = m.end()
     add(start, len(text))
     return spans
+
+
+def document_text(document: Any) -> str:
+    """The text of a LangChain ``Document`` (or a ``(Document, score)`` pair) or a string.
+
+    Read by duck typing (``page_content``), so the LlamaIndex side needs no LangChain import.
+    """
+    if isinstance(document, tuple) and document and isinstance(getattr(document[0], "page_content", None), str):
+        document = document[0]  # (document, score) from similarity_search_with_score
+    if isinstance(getattr(document, "page_content", None), str):
+        return document.page_content
+    if isinstance(document, str):
+        return document
+    raise SekaError(f"documents= takes LangChain Documents or strings, got {type(document).__name__}")
 
 
 def texts_in_prompt(texts: Sequence[str], contents: Sequence[str]) -> list[str]:

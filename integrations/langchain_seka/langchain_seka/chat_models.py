@@ -130,10 +130,6 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
     def _llm_type(self) -> str:
         return "seka-chat"
 
-    def get_token_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` by the model's own tokenizer (loads the model), for token counting."""
-        return self.seka_model().tokenizer.encode(text, add_special_tokens=False)
-
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {

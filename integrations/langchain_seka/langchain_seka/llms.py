@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LLM, LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from langchain_core.runnables.config import run_in_executor
 from pydantic import Field
 
-from seka_rag import SekaModel
+from seka_rag import SekaError, SekaModel
 
 from ._loading import model_label
 from ._messages import document_highlights
@@ -45,10 +46,6 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
     @property
     def _llm_type(self) -> str:
         return "seka"
-
-    def get_token_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` by the model's own tokenizer (loads the model), for token counting."""
-        return self.seka_model().tokenizer.encode(text, add_special_tokens=False)
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -119,19 +116,31 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         return _result(generations, name)
 
     def _generate_streamed(self, prompts: list[str], stop, run_manager, kwargs: dict[str, Any]) -> LLMResult:
-        """``streaming=True``: each prompt through :meth:`_stream`, so every token reaches the callbacks."""
-        generations = []
-        for i, prompt in enumerate(prompts):
-            per_prompt = dict(kwargs)
-            for key in ("query", "query_embedding"):  # one per prompt, as in the batched call
-                if _per_prompt(per_prompt.get(key), len(prompts)):
-                    per_prompt[key] = per_prompt[key][i]
-            text, info = "", {}
-            for chunk in self._stream(prompt, stop, run_manager, **per_prompt):
-                text += chunk.text
-                info = chunk.generation_info or info
-            generations.append([Generation(text=text, generation_info=info)])
-        return _result(generations, generations[0][0].generation_info.get("model_name") if generations else None)
+        """``streaming=True``: the prompt through :meth:`_stream`, so every token reaches the callbacks."""
+        if len(prompts) != 1:
+            # LangChain hands a batch's _generate one run manager: the tokens of every prompt would
+            # be reported to the first prompt's run
+            raise SekaError(
+                f"streaming=True streams one prompt at a time, got {len(prompts)}: call invoke per prompt, "
+                "or batch with streaming=False (one batched forward pass)"
+            )
+        text, info = "", {}
+        for chunk in self._stream(prompts[0], stop, run_manager, **kwargs):
+            text += chunk.text
+            info = chunk.generation_info or info
+        return _result([[Generation(text=text, generation_info=info)]], info.get("model_name"))
+
+    async def _agenerate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        """:meth:`_generate` in a worker thread: the same batching, streaming and usage as the sync calls."""
+        return await run_in_executor(
+            None, self._generate, prompts, stop, run_manager.get_sync() if run_manager else None, **kwargs
+        )
 
     def _stream(
         self,
@@ -152,17 +161,6 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
             yield chunk
         final = self._generation(model, name, prompt, highlights, gen, "".join(pieces))
         yield GenerationChunk(text="", generation_info=final.generation_info)
-
-
-def _per_prompt(value: Any, n: int) -> bool:
-    """Whether a ``query`` / ``query_embedding`` value holds one entry per prompt (texts or vectors)."""
-    if isinstance(value, str) or value is None or not hasattr(value, "__len__") or len(value) != n:
-        return False
-    first = value[0]
-    if isinstance(first, str):
-        return True
-    ndim = getattr(first, "ndim", None)  # a tensor / array row
-    return ndim >= 1 if ndim is not None else isinstance(first, (list, tuple))
 
 
 def _result(generations: list[list[Generation]], name: str | None) -> LLMResult:

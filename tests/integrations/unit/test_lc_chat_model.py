@@ -8,7 +8,7 @@ from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from langchain_seka import ChatSeka, SekaLLM, _loading
-from seka_rag import HighlightError
+from seka_rag import HighlightError, SekaError
 
 DOCS = "Doc 1: The tower is in Paris.\nDoc 2: <<The tower is in Rome.>>\nWhere is the tower?"
 PLAIN = DOCS.replace("<<", "").replace(">>", "")
@@ -242,9 +242,22 @@ def test_seka_llm_streaming_flag_streams_invoke_and_generate(tiny_seka, spy):
     text = llm.invoke(DOCS, config={"callbacks": [handler]})
     assert spy.last["method"] == "stream" and "".join(handler.tokens) == text and handler.tokens
     assert text == SekaLLM(model=tiny_seka, max_tokens=6).invoke(DOCS)
-    result = llm.generate([DOCS, PLAIN])
-    assert [g[0].text for g in result.generations] == [text, SekaLLM(model=tiny_seka, max_tokens=6).invoke(PLAIN)]
-    assert result.llm_output["token_usage"]["output_tokens"] > 0
+    assert llm.generate([DOCS]).llm_output["token_usage"]["output_tokens"] > 0
+    with pytest.raises(SekaError, match="one prompt at a time"):  # one run manager for the batch
+        llm.generate([DOCS, PLAIN])
+
+
+async def test_seka_llm_async_calls_match_sync_and_stream_when_asked(tiny_seka):
+    plain = SekaLLM(model=tiny_seka, max_tokens=6)
+    texts = plain.batch([DOCS, PLAIN])
+    assert await plain.ainvoke(DOCS) == texts[0]
+    assert await plain.abatch([DOCS, PLAIN]) == texts
+    result = await plain.agenerate([DOCS, PLAIN])
+    assert result.llm_output["token_usage"]["output_tokens"] > 0  # the batched path's usage, async too
+    handler = Tokens()
+    assert await SekaLLM(model=tiny_seka, max_tokens=6, streaming=True).ainvoke(
+        DOCS, config={"callbacks": [handler]}) == texts[0]
+    assert "".join(handler.tokens) == texts[0] and handler.ends == 1
 
 
 def test_token_counts_use_the_models_tokenizer(tiny_seka):

@@ -158,6 +158,22 @@ def test_documents_and_single_message_spans(tiny_seka, spy):
     # (start, end) of the one message, as the docstring says (mapped to message 0)
     llm.chat([ChatMessage(role=MessageRole.USER, content=CLEAN)], highlights=[ROME])
     assert spy.last["highlights"] == [(0, *ROME)]
+    from langchain_core.documents import Document
+
+    llm.complete(CLEAN, documents=[(Document(page_content="The tower is in Rome."), 0.7)])  # a scored pair
+    assert spy.last["highlights"] == ["The tower is in Rome."]
+
+
+def test_spans_are_refused_when_messages_become_a_transcript(tiny_plain_seka, spy_on):
+    from seka_rag import SekaError
+
+    spy = spy_on(tiny_plain_seka)
+    llm = Seka(model=tiny_plain_seka, max_new_tokens=2)
+    with pytest.raises(SekaError, match="no chat template"):
+        llm.chat([ChatMessage(role=MessageRole.USER, content=CLEAN)], highlights=[ROME])
+    assert spy.calls == []
+    llm.chat([ChatMessage(role=MessageRole.USER, content=CLEAN)], highlights=["The tower is in Rome."])
+    assert spy.last["highlights"] == ["The tower is in Rome."]
 
 
 def test_non_text_blocks_are_refused(tiny_seka, spy):
@@ -174,6 +190,23 @@ def test_non_text_blocks_are_refused(tiny_seka, spy):
     with pytest.raises(SekaError, match="text-only"):
         list(llm.stream_chat([message]))
     assert len(spy.calls) == calls  # refused before the engine runs
+    from llama_index.core.base.llms.types import CachePoint, CacheControl
+
+    hinted = ChatMessage(role=MessageRole.USER,
+                         blocks=[TextBlock(text="What is this?"), CachePoint(cache_control=CacheControl(type="ephemeral"))])
+    llm.chat([hinted])  # a cache hint carries nothing to read: skipped, not refused
+    assert spy.last["prompt"] == [{"role": "user", "content": "What is this?"}]
+
+
+async def test_async_calls_fire_the_llm_events_once(tiny_seka):
+    from llama_index.core.callbacks import CallbackManager, LlamaDebugHandler
+    from llama_index.core.callbacks.schema import CBEventType
+
+    debug = LlamaDebugHandler()
+    llm = Seka(model=tiny_seka, max_new_tokens=2, callback_manager=CallbackManager([debug]))
+    await llm.acomplete("Hello")
+    await llm.achat([ChatMessage(role=MessageRole.USER, content="Hello")])
+    assert len(debug.get_event_pairs(CBEventType.LLM)) == 2  # one per call, not one more for the sync body
 
 
 async def test_async_calls_load_the_model_off_the_event_loop(counting_loader, tiny_seka, monkeypatch):

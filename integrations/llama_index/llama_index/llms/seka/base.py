@@ -29,7 +29,7 @@ from llama_index.core.schema import BaseNode, NodeWithScore
 from langchain_seka._loading import model_label
 from langchain_seka._routing import automatic_routing
 from langchain_seka._settings import SekaSettings, usage_counts
-from langchain_seka._text import parse_lenient, texts_in_prompt
+from langchain_seka._text import document_text, parse_lenient, texts_in_prompt
 from seka_rag import SekaError, SekaModel
 from seka_rag.highlight import has_chat_template
 
@@ -190,6 +190,13 @@ class Seka(SekaSettings, CustomLLM):
         for i, message in enumerate(messages):
             _check_text_only(message, i)
         if self._needs_transcript(kwargs):
+            highlights = kwargs.get("highlights")
+            if not isinstance(highlights, str) and any(isinstance(h, tuple) for h in highlights or []):
+                raise SekaError(
+                    "this model has no chat template, so the messages are joined into one transcript and "
+                    "(start, end) / (message, start, end) spans would land elsewhere: highlight substrings "
+                    "(or use inline << >> markers) instead"
+                )
             return self._prepare_text(self.messages_to_prompt(messages), {**kwargs, "chat_template": False})
         return self._prepare_messages(messages, kwargs)
 
@@ -200,6 +207,9 @@ class Seka(SekaSettings, CustomLLM):
     # ------------------------------------------------------------------------------ completion
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return self._complete(prompt, formatted, kwargs)
+
+    def _complete(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> CompletionResponse:
         call = self._completion_call(prompt, formatted, kwargs)
         text = self._run(call)
         return CompletionResponse(text=text, additional_kwargs=self._usage(call, text))
@@ -219,6 +229,9 @@ class Seka(SekaSettings, CustomLLM):
     # ------------------------------------------------------------------------------ chat
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return self._chat(messages, kwargs)
+
+    def _chat(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatResponse:
         call = self._chat_call(messages, kwargs)
         text = self._run(call)
         usage = self._usage(call, text)
@@ -269,7 +282,7 @@ class Seka(SekaSettings, CustomLLM):
 
     @llm_completion_callback()
     async def _acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return await _in_thread(self.complete, prompt, formatted=formatted, **kwargs)
+        return await _in_thread(self._complete, prompt, formatted, kwargs)  # the events fire once, here
 
     @llm_completion_callback()
     async def _astream_complete(
@@ -280,7 +293,7 @@ class Seka(SekaSettings, CustomLLM):
 
     @llm_chat_callback()
     async def _achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        return await _in_thread(self.chat, messages, **kwargs)
+        return await _in_thread(self._chat, messages, kwargs)
 
     @llm_chat_callback()
     async def _astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
@@ -319,10 +332,15 @@ async def _athread_iter(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]
         yield item
 
 
+#: Blocks that carry nothing for the model to read (a cache hint) or that a chat history may hold
+#: without the model needing them (an earlier turn's reasoning): skipped, as ``message.content`` does.
+_SKIPPED_BLOCKS = {"CachePoint", "ThinkingBlock"}
+
+
 def _check_text_only(message: ChatMessage, index: int) -> None:
-    """Refuse images, audio, documents and other non-text blocks (the model reads text only)."""
+    """Refuse images, audio, documents and other content blocks the text-only model cannot read."""
     for block in getattr(message, "blocks", None) or []:
-        if not isinstance(block, TextBlock):
+        if not isinstance(block, TextBlock) and type(block).__name__ not in _SKIPPED_BLOCKS:
             raise SekaError(
                 f"message {index} holds a {type(block).__name__}; Seka runs a text-only model, so only "
                 "text content is supported"
@@ -337,12 +355,5 @@ def _document_texts(documents: Any) -> list[str]:
     for doc in documents:
         if isinstance(doc, NodeWithScore):
             doc = doc.node
-        if isinstance(doc, BaseNode):
-            texts.append(doc.get_content())
-        elif isinstance(doc, str):
-            texts.append(doc)
-        elif isinstance(getattr(doc, "page_content", None), str):  # a LangChain Document
-            texts.append(doc.page_content)
-        else:
-            raise SekaError(f"documents= takes LlamaIndex nodes, LangChain Documents or strings, got {type(doc).__name__}")
+        texts.append(doc.get_content() if isinstance(doc, BaseNode) else document_text(doc))
     return texts
