@@ -481,7 +481,11 @@ def _print_paired_differences(table: dict) -> None:
 
 
 def _merge_family_reports(paths: list[str], out: str | None) -> int:
-    """Print one table from several ``eval-families --out`` files (e.g. methods run in parallel)."""
+    """Print one table from several ``eval-families --out`` files (methods or families run in parallel).
+
+    A method's families are joined across files; a later file's report for the same method and
+    family replaces an earlier one.
+    """
     import json
 
     from .evaluation.families import FamilyReport, format_family_table
@@ -495,8 +499,8 @@ def _merge_family_reports(paths: list[str], out: str | None) -> int:
             raise SekaError(f"cannot read {path!r}: {exc}") from None
         merged.setdefault("runs", []).append({k: v for k, v in payload.items() if k != "reports"})
         for method, reports in payload["reports"].items():
-            merged.setdefault("reports", {})[method] = reports
-            table[method] = {f: FamilyReport(**{k: v for k, v in r.items()}) for f, r in reports.items()}
+            merged.setdefault("reports", {}).setdefault(method, {}).update(reports)
+            table.setdefault(method, {}).update({f: FamilyReport(**r) for f, r in reports.items()})
     print(format_family_table(table))
     item_sets = {(run.get("seed"), run.get("items")) for run in merged.get("runs", [])}
     if len(item_sets) == 1:

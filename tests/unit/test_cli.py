@@ -278,6 +278,9 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     merged = capsys.readouterr().out
     assert "expert:instruction" in merged and "ada-attention" in merged
     assert "ada-attention - seka:" in merged and "over 8 paired items" in merged  # same items in both files
+    joined = json.loads((tmp_path / "all.json").read_text())["reports"]["expert:instruction"]
+    assert sorted(joined) == ["conflict", "instruction"]  # a method's families join across files
+    assert joined["instruction"] == json.loads(other.read_text())["reports"]["expert:instruction"]["instruction"]
     seed3 = tmp_path / "seed3.json"
     assert main(["eval-families", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
                  "--experts", str(experts), "--items", "4", "--families", "instruction", "--seed", "3",
