@@ -497,7 +497,8 @@ def _merge_family_reports(paths: list[str], out: str | None) -> int:
             payload = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise SekaError(f"cannot read {path!r}: {exc}") from None
-        merged.setdefault("runs", []).append({k: v for k, v in payload.items() if k != "reports"})
+        runs = payload.get("runs") or [{k: v for k, v in payload.items() if k != "reports"}]  # a merge keeps its runs
+        merged.setdefault("runs", []).extend(runs)
         for method, reports in payload["reports"].items():
             merged.setdefault("reports", {}).setdefault(method, {}).update(reports)
             table.setdefault(method, {}).update({f: FamilyReport(**r) for f, r in reports.items()})

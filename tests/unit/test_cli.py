@@ -280,6 +280,8 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     assert "ada-attention - seka:" in merged and "over 8 paired items" in merged  # same items in both files
     joined = json.loads((tmp_path / "all.json").read_text())["reports"]["expert:instruction"]
     assert sorted(joined) == ["conflict", "instruction"]  # a method's families join across files
+    assert main(["eval-families", "--merge", str(tmp_path / "all.json"), str(out)]) == 0  # a merge merges again
+    assert "over 8 paired items" in capsys.readouterr().out
     assert joined["instruction"] == json.loads(other.read_text())["reports"]["expert:instruction"]["instruction"]
     seed3 = tmp_path / "seed3.json"
     assert main(["eval-families", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
