@@ -39,8 +39,8 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
 
     streaming: bool = Field(
         default=False,
-        description="Generate through the streamer in invoke / generate too (token callbacks fire; prompts "
-        "then run one after another instead of batched).",
+        description="Generate through the streamer in invoke too, so token callbacks fire (one prompt per "
+        "call: a batch is refused).",
     )
 
     @property
