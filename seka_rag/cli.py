@@ -793,6 +793,49 @@ def cmd_gain_scale(args) -> int:
     return 0
 
 
+def cmd_compare_experts(args) -> int:
+    """``seka-rag compare-experts``: how differently an expert set's projections edit keys."""
+    import json
+    from dataclasses import asdict
+
+    from .adaptive import ExpertSet
+    from .projection import Projection
+    from .expert_overlap import expert_overlaps, format_overlaps
+    from .model import shipped_experts_path, shipped_projection_path
+
+    if args.experts:
+        directory = Path(args.experts)
+    elif args.model in EMBEDDED_MODELS:
+        directory = shipped_experts_path(args.model)
+    else:
+        raise SekaError(f"no expert set is shipped for {args.model!r}: pass --experts DIR")
+    if not (directory / "experts.json").is_file():
+        raise SekaError(f"{str(directory)!r} holds no expert set (experts.json is missing)")
+    experts = ExpertSet.load(directory)
+    reference = None
+    if args.projection != "none":
+        path = args.projection or (shipped_projection_path(args.model) if args.model in EMBEDDED_MODELS else None)
+        if path is not None:
+            _check_file(str(path), "--projection")
+            reference = Projection.load(path)
+    rows = expert_overlaps(experts, reference, layers=args.layers)
+
+    def shown(p) -> str:  # relative to the working directory where it is inside it
+        p = Path(p).resolve()
+        return str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)
+
+    print(f"expert set {shown(directory)!r}: {', '.join(experts.names)}"
+          + (f"; reference: the single projection {shown(path)!r}" if reference is not None else ""))
+    print(format_overlaps(rows))
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(dict(experts=shown(directory), reference=shown(path) if reference is not None else None,
+                                       pairs=[asdict(r) for r in rows]), indent=1))
+        print(f"wrote {out}")
+    return 0
+
+
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scan-items", type=_positive_int, default=16, help="dev items for the per-layer scan")
     p.add_argument("--select-items", type=_positive_int, default=40, help="dev items for selection and gains")
@@ -1044,6 +1087,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", metavar="PREFIX", help="write PREFIX-latency.png and PREFIX-memory.png (matplotlib)")
     p.add_argument("--out", default="bench-results/overhead.json")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("compare-experts", help="how different an expert set's projections are: subspace overlaps "
+                                               "and edit distances (no model is loaded)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"embedded model whose shipped expert set and projection to compare (default {DEFAULT_MODEL})")
+    p.add_argument("--experts", help="expert-set directory (default: the set shipped for --model)")
+    p.add_argument("--projection", help="reference projection file compared with every expert (default: the one "
+                                        "shipped for --model; 'none' to compare the experts only)")
+    p.add_argument("--layers", type=_int_list, help="layers to compare, e.g. 16-23 (default: the experts' edited layers)")
+    p.add_argument("--json", metavar="OUT", help="also write the pairs as JSON")
+    p.set_defaults(func=cmd_compare_experts)
 
     from .inspect import add_inspect_parser
 

@@ -136,7 +136,9 @@ class Projection:
         """Write the projection as safetensors with JSON metadata."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {name: getattr(self, name).detach().contiguous().cpu() for name in _TENSORS}
+        # cloned: safetensors refuses tensors that share memory (e.g. one U passed as both u_pos and u_neg)
+        tensors = {name: getattr(self, name).detach().cpu().clone(memory_format=torch.contiguous_format)
+                   for name in _TENSORS}
         tensors["head_mask"] = tensors["head_mask"].to(torch.uint8)
         save_file(tensors, str(path), metadata={"seka": json.dumps(asdict(self.meta))})
         return path

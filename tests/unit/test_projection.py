@@ -190,6 +190,15 @@ def test_truncated_file(projection, tmp_path):
         Projection.load(path)
 
 
+def test_tensors_sharing_memory_save_and_load(projection, tmp_path):
+    """One U passed as both u_pos and u_neg (or views of one tensor) is saved, not refused by safetensors."""
+    shared = Projection(meta=projection.meta, pos=projection.pos, neg=projection.neg, u_pos=projection.u_pos,
+                        s_pos=projection.s_pos, u_neg=projection.u_pos, s_neg=projection.s_pos,
+                        head_shift=projection.head_shift, head_mask=projection.head_mask)
+    loaded = Projection.load(shared.save(tmp_path / "shared.safetensors"))
+    assert_same(shared, loaded)
+    assert loaded.u_neg.data_ptr() != loaded.u_pos.data_ptr()
+
 def test_torch_save_file_is_refused(projection, tmp_path):
     path = tmp_path / "p.pt"
     torch.save({"pos": projection.pos}, path)
