@@ -9,8 +9,9 @@ step must answer from the tool result, not from the customer's memory. The chain
 
     highlight_tool_results | ChatSeka(...)
 
-steers the model's attention to it. Without steering the model tends to repeat the most recent
-(outdated) figure.
+steers the model's attention to it. Without steering the model does not answer from the tool
+result: it repeats the customer's outdated figure, or (as the default model does here, having seen
+its own earlier call in the history as a ``<tool_call>`` block) starts another tool call.
 """
 
 from __future__ import annotations

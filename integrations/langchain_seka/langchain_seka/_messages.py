@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.messages import BaseMessage, ChatMessage
 
 from seka_rag import HighlightError, Markers, SekaError
-from seka_rag.highlight import DEFAULT_MARKERS, parse_markers
+from seka_rag.highlight import DEFAULT_MARKERS, escape_markers, parse_markers
 
 from ._text import document_text, texts_in_prompt
 
@@ -36,10 +37,16 @@ def message_text(message: BaseMessage) -> str:
     return str(message.text)
 
 
-def to_engine_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+def to_engine_messages(
+    messages: Sequence[BaseMessage], markers: Markers | None = DEFAULT_MARKERS
+) -> list[dict[str, str]]:
     """One ``{"role", "content"}`` dict per message, in order (so message indices are preserved).
 
-    Inline highlight markers in the contents are left in place for the engine to parse.
+    Inline highlight markers in system, user and tool contents are left in place for the engine to
+    parse. An assistant message is the model's own text (``std::cout << x``): its marker strings are
+    escaped, so it is read literally and never breaks a later turn. Its tool calls are written after
+    its text, one ``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` block each (the format
+    Qwen's and Hermes-style chat templates use), so the model sees which tool it called and how.
     """
     out = []
     for message in messages:
@@ -49,8 +56,18 @@ def to_engine_messages(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
             role = _ROLE_BY_TYPE.get(message.type)
             if role is None:
                 raise SekaError(f"ChatSeka cannot send a {type(message).__name__} ({message.type!r}) to the model")
-        out.append({"role": role, "content": message_text(message)})
+        text = message_text(message)
+        if role == "assistant":
+            calls = [_tool_call_text(c) for c in getattr(message, "tool_calls", None) or []]
+            text = "\n".join(part for part in (text, *calls) if part)
+            text = escape_markers(text, markers)
+        out.append({"role": role, "content": text})
     return out
+
+
+def _tool_call_text(call: dict[str, Any]) -> str:
+    payload = json.dumps({"name": call.get("name"), "arguments": call.get("args", {})}, ensure_ascii=False, default=str)
+    return f"<tool_call>\n{payload}\n</tool_call>"
 
 
 def document_highlights(

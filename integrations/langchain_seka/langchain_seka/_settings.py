@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
-from seka_rag import SekaError, SekaModel
+from seka_rag import Markers, SekaError, SekaModel
 
 from ._loading import model_label, resolve_model
 
@@ -78,6 +78,26 @@ class SekaSettings(BaseModel):
         "SekaModel object, require that it has an expert set.",
     )
     batch_size: int = Field(default=8, ge=1, description="Rows per forward pass in batched generation.")
+    markers: Any = Field(
+        default="model",
+        description="Inline highlight markers read in prompt text: 'model' (the model's own, << and >> unless it "
+        "was loaded with others), a Markers or (start, end) pair (e.g. ('[[', ']]') when prompts hold code with "
+        "<< / >>; give the highlighter the same pair), or None (no inline markers: text is taken literally; "
+        "highlight with highlights= / documents=). An assistant message's text is always taken literally.",
+    )
+
+    @field_validator("markers")
+    @classmethod
+    def _check_markers(cls, value: Any) -> Any:
+        if value is None or value == "model" or isinstance(value, Markers):
+            return value
+        if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, str) for v in value):
+            return Markers(*value)  # raises HighlightError (a ValueError) for empty or equal strings
+        raise ValueError(f"markers must be 'model', None, a Markers or a (start, end) pair of strings, got {value!r}")
+
+    @field_serializer("markers")
+    def _serialize_markers(self, value: Any) -> Any:
+        return [value.start, value.end] if isinstance(value, Markers) else value
 
     @field_validator("model")
     @classmethod
@@ -100,6 +120,33 @@ class SekaSettings(BaseModel):
         """The model to run (``override``: a per-call ``model=``), loading a shared one on first use."""
         return resolve_model(self.model if override is None else override, adaptive=self.adaptive)
 
+    def inline_markers(self, model: SekaModel, kwargs: dict[str, Any] | None = None) -> Markers | None:
+        """The markers prompt text is parsed with for ``model``: a per-call ``markers=`` popped from
+        ``kwargs`` if there is one, else the ``markers`` setting; ``"model"`` resolved to the model's."""
+        value = self.markers
+        if kwargs is not None and "markers" in kwargs:
+            try:
+                value = self._check_markers(kwargs.pop("markers"))
+            except ValueError as exc:
+                raise SekaError(str(exc)) from None
+        return model.markers if value == "model" else value
+
+    def identifying_params(self) -> dict[str, Any]:
+        """Every setting that can change the output (LangChain's cache key; tracing)."""
+        params = {"model_name": self.model_name}
+        if isinstance(self.model, SekaModel):  # two loaded models may share an id: tell their projections apart
+            projection = self.model.projection
+            params["projection"] = None if projection is None else (
+                projection.meta.data_hash, projection.meta.construction, projection.meta.gain_pos,
+                projection.meta.gain_neg, projection.meta.default_layers)
+            experts = getattr(self.model, "experts", None)
+            params["experts"] = None if experts is None else list(experts.names)
+        for name in ("max_new_tokens", "do_sample", "temperature", "top_p", "stop", "gain_pos", "gain_neg",
+                     "layers", "heads", "steer", "chat_template", "router", "routing", "adaptive"):
+            params[name] = getattr(self, name)
+        params["markers"] = self._serialize_markers(self.markers)
+        return params
+
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` by the model's own tokenizer (loads the model), for token counting."""
         return self.seka_model().tokenizer.encode(text, add_special_tokens=False)
@@ -117,7 +164,7 @@ class SekaSettings(BaseModel):
         if unknown:
             raise SekaError(
                 f"unknown argument(s) {', '.join(unknown)}; per-call settings are "
-                f"{', '.join(OVERRIDABLE)}, max_tokens, stop, highlights, documents, model, "
+                f"{', '.join(OVERRIDABLE)}, max_tokens, stop, markers, highlights, documents, model, "
                 f"{', '.join(ROUTING_ARGS)}"
             )
         values = {name: getattr(self, name) for name in OVERRIDABLE}
@@ -129,9 +176,7 @@ class SekaSettings(BaseModel):
                 temperature is None and values["top_p"] is not None
             )
         values["do_sample"] = bool(do_sample)
-        values["stop"] = list(self.stop or []) if stop is None else list(stop)
-        if not values["stop"]:
-            values["stop"] = None
+        values["stop"] = _stop_list(self.stop if stop is None else stop)
         values["chat"] = values.pop("chat_template")  # the engine's name
         return values
 
@@ -152,6 +197,17 @@ class SekaSettings(BaseModel):
         elif isinstance(routing, Mapping) and self.routing:
             routing = {**self.routing, **routing}
         return routing_kwargs(router, query_embedding, query, routing)
+
+
+def _stop_list(stop: Any) -> list[str] | None:
+    """Stop sequences as a list (a lone string is one sequence, not one per character); None if empty."""
+    if stop is None:
+        return None
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
+        raise SekaError(f"stop must be a string or a list of non-empty strings, got {stop!r}")
+    return list(stop) or None
 
 
 def routing_kwargs(

@@ -209,7 +209,10 @@ def document_text(document: Any) -> str:
         return document.page_content
     if isinstance(document, str):
         return document
-    raise SekaError(f"documents= takes LangChain Documents or strings, got {type(document).__name__}")
+    raise SekaError(
+        f"documents= takes LangChain Documents, (Document, score) pairs or strings, "
+        f"got {type(document).__name__}"
+    )
 
 
 def texts_in_prompt(texts: Sequence[str], contents: Sequence[str]) -> list[str]:

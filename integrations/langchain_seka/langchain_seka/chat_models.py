@@ -58,12 +58,24 @@ class _BatchPlan:
     kwargs: dict[str, Any]
     results: list[list[Any]] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: the batched call failed (or could not be prepared): every input then runs on its own, so each
+    #: reports its own error (with ``return_exceptions=True``, only the bad inputs fail)
+    failed: bool = False
+    fail_quietly: bool = False
 
     def text_for(self, call: _Call) -> str | None:
         with self.lock:
+            if self.failed:
+                return None
             if self.results is None:
-                calls = [self.owner._prepare(m, self.stop, self.kwargs) for m in self.message_lists]
-                texts = self.owner._run_many(calls)
+                try:
+                    calls = [self.owner._prepare(m, self.stop, self.kwargs) for m in self.message_lists]
+                    texts = self.owner._run_many(calls)
+                except Exception:
+                    self.failed = True
+                    if not self.fail_quietly:
+                        raise
+                    return None
                 self.results = [[c.key(), t, False] for c, t in zip(calls, texts)]
             key = call.key()
             for row in self.results:
@@ -81,8 +93,10 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
 
     Tell the model which part of its prompt matters, in any of three ways (they combine):
 
-    * inline markers in message contents: ``"Doc 2: <<The tower is in Rome.>>"`` (write ``\\<<`` for
-      a literal marker);
+    * inline markers in system, user and tool message contents: ``"Doc 2: <<The tower is in Rome.>>"``
+      (write ``\\<<`` for a literal marker; ``markers=("[[", "]]")`` picks another pair when prompts
+      hold code with ``<<`` / ``>>``, ``markers=None`` reads none; assistant messages are always
+      literal);
     * ``highlights=``: substrings, or ``(message_index, start, end)`` character spans of a message's
       marker-free content (``(start, end)`` when the input is a single message / string) — per call
       (``invoke(..., highlights=[...])``) or bound (``chat.bind(highlights=[...])``);
@@ -95,7 +109,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
 
     Generation settings are fields (``max_new_tokens``, alias ``max_tokens``; ``do_sample``;
     ``temperature``; ``top_p``; ``stop``; ``gain_pos`` / ``gain_neg``; ``layers``; ``heads``;
-    ``steer``; ``chat_template``; ``router``; ``routing``), each also accepted per call. Per call,
+    ``steer``; ``chat_template``; ``markers``; ``router``; ``routing``), each also accepted per call. Per call,
     ``model=`` switches to another shared model. ``adaptive=True`` loads a named model with its
     AdaSEKA expert set (shared apart from the plain one).
 
@@ -132,22 +146,23 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {
-            "model_name": self.model_name,
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": self.do_sample,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "stop": self.stop,
-            "gain_pos": self.gain_pos,
-            "gain_neg": self.gain_neg,
-            "layers": self.layers,
-            "heads": self.heads,
-            "steer": self.steer,
-            "router": self.router,
-            "routing": self.routing,
-            "adaptive": self.adaptive,
-        }
+        return self.identifying_params()
+
+    # ------------------------------------------------------------------------------ not supported
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
+        """Not supported: the in-process model has no tool-calling interface yet."""
+        raise NotImplementedError(
+            "ChatSeka does not support tool calling (bind_tools): describe the tools in the prompt and parse "
+            "the reply yourself (see examples/agent_step.py); tool calls already in the history are shown to "
+            "the model as <tool_call> blocks"
+        )
+
+    def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:
+        """Not supported: there is no constrained decoding or tool calling to enforce a schema."""
+        raise NotImplementedError(
+            "ChatSeka does not support with_structured_output (no tool calling or JSON mode): ask for JSON in "
+            "the prompt and parse it with an output parser, e.g. langchain_core.output_parsers.JsonOutputParser"
+        )
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return langsmith_params(self, "chat", stop, kwargs)
@@ -161,18 +176,20 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         routing = self.routing_request(kwargs)
         override = kwargs.pop("model", None)
         model = self.seka_model(override)
+        markers = self.inline_markers(model, kwargs)
         gen = self.generation_kwargs(kwargs, stop)
-        prompt: Any = to_engine_messages(messages)
+        gen["markers"] = markers
+        prompt: Any = to_engine_messages(messages, markers)
         if isinstance(highlights, str):
             highlights = [highlights]
         highlights = list(highlights) if highlights is not None else []
         if len(prompt) == 1:  # a single message (e.g. invoke("text")): (start, end) spans refer to it
             highlights = [(0, *h) if isinstance(h, (tuple, list)) and len(h) == 2 else h for h in highlights]
         if documents:
-            highlights += document_highlights(documents, [m["content"] for m in prompt], model.markers)
+            highlights += document_highlights(documents, [m["content"] for m in prompt], markers)
         chat = gen["chat"]
         if chat is False or (chat is None and not has_chat_template(model.tokenizer)):
-            prompt, highlights = _plain_transcript(prompt, highlights, model.markers)
+            prompt, highlights = _plain_transcript(prompt, highlights, markers)
             gen["chat"] = False
         return _Call(
             model=model,
@@ -199,7 +216,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
     def _generation(self, call: _Call, text: str) -> ChatGeneration:
         counts = usage_counts(
             call.model, call.prompt, call.highlights, chat=call.gen["chat"],
-            max_new_tokens=call.gen["max_new_tokens"], text=text,
+            max_new_tokens=call.gen["max_new_tokens"], text=text, markers=call.gen["markers"],
         )
         message = AIMessage(
             content=text,
@@ -265,8 +282,11 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
     ) -> list[AIMessage]:
         """Answer every input in one batched engine call (one forward pass per ``batch_size`` rows).
 
-        Inputs with differing configs (callbacks, tags, metadata, run names) fall back to LangChain's
-        per-input batching, as does ``return_exceptions=True`` when the batched call fails.
+        Inputs with differing configs (callbacks, tags, metadata, run names — every input of a chain's
+        ``batch`` has its own) keep their own runs and callbacks and still share one batched engine
+        call: the first to reach the model answers them all. When the batched call fails, every input
+        runs on its own, so each reports its own error (with ``return_exceptions=True``, only the
+        failing ones).
         Per-call keyword arguments (e.g. ``highlights``) apply to every input; ``query_embedding=``
         (and ``query=``) may be one value for all inputs or a list with one per input, which the
         engine routes row by row in the same batched pass.
@@ -278,8 +298,20 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         shared = all(c.get(k) == configs[0].get(k) for c in configs for k in keys) and not any(
             c.get("run_id") for c in configs
         )
-        if len(inputs) == 1 or not shared:
+        if len(inputs) == 1:
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        if not shared:
+            # e.g. inside a chain (`(prompt | chat).batch(...)`): every input has its own callbacks and
+            # run, so LangChain runs them one by one, and the first to reach the model generates every
+            # input's answer in one batched engine call; the others pick theirs up
+            messages = [self._convert_input(i).to_messages() for i in inputs]
+            plan = _BatchPlan(self, messages, kwargs.get("stop"), {k: v for k, v in kwargs.items() if k != "stop"},
+                              fail_quietly=True)
+            token = _BATCH.set(plan)
+            try:
+                return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+            finally:
+                _BATCH.reset(token)
         stop = kwargs.pop("stop", None)
         messages = [self._convert_input(i).to_messages() for i in inputs]
         token = _BATCH.set(_BatchPlan(self, messages, stop, dict(kwargs)))

@@ -15,7 +15,10 @@ from ``similarity_search_with_score``, or strings). Its output is the input dict
 ``highlights``
     the highlighted texts;
 ``highlighted_documents``
-    indices of the documents with a highlight.
+    indices of the documents with a highlight;
+``question_text``
+    the question as given, when it is a string. ``question`` itself comes back with any marker
+    strings in it escaped (``1 \\<< 4``), so the model reads it literally, not as a highlight.
 
 The documents are written in the order they arrive (a retriever's: best first). ``order_by`` names a
 metadata key to sort them by first (ascending; e.g. each passage's original position, so the context
@@ -56,7 +59,7 @@ from seka_rag import Markers, SekaError
 from seka_rag.highlight import DEFAULT_MARKERS
 
 from ._select import check_policy, select
-from ._text import mark_up
+from ._text import escape_markers, mark_up
 
 __all__ = ["SCORE_KEYS", "SekaHighlight"]
 
@@ -86,7 +89,11 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
     score_key: str | None = Field(
         default=None, description=f"Metadata key of the retriever score (None: the first of {SCORE_KEYS} present)."
     )
-    higher_is_better: bool = Field(default=True, description="False when the score is a distance.")
+    higher_is_better: bool | None = Field(
+        default=None,
+        description="False when the score is a distance. None: True, except for scores read from a "
+        "'distance' metadata key (lower is better there).",
+    )
     encoder: Any = Field(
         default=None,
         description="sentences: a sentence-transformers model, LangChain Embeddings, model path or "
@@ -138,15 +145,28 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
             f"of documents, got {type(input).__name__}"
         )
 
-    def _score(self, doc: Document, given: float | None) -> float | None:
+    def _score(self, doc: Document, given: float | None) -> tuple[float | None, str | None]:
+        """The document's score and where it came from (``None`` for a (Document, score) pair)."""
         if given is not None:
-            return float(given)
+            return float(given), None
         keys = [self.score_key] if self.score_key else SCORE_KEYS
         for key in keys:
             value = doc.metadata.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
-        return None
+                return float(value), key
+        return None, None
+
+    def _direction(self, sources: list[str | None]) -> bool:
+        """``higher_is_better`` for this call: the setting, or from the metadata keys the scores came from."""
+        if self.higher_is_better is not None:
+            return self.higher_is_better
+        found = {k for k in sources if k is not None}
+        if "distance" in found and len(found) > 1:
+            raise SekaError(
+                f"the documents' scores come from metadata keys {sorted(found)}, distances and similarities mixed: "
+                "set score_key (and higher_is_better) to say which to use"
+            )
+        return found != {"distance"}
 
     def _ordered(self, docs: list[Document], scores: list[float | None]) -> tuple[list[Document], list[float | None]]:
         """``docs`` (and their scores) sorted by ``metadata[order_by]``, ties in arrival order."""
@@ -167,6 +187,7 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
         out, question, raw = self._split_input(input)
         docs: list[Document] = []
         scores: list[float | None] = []
+        sources: list[str | None] = []
         for item in raw:
             given = None
             if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Document):
@@ -176,13 +197,15 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
             if not isinstance(item, Document):
                 raise SekaError(f"documents must be LangChain Documents, (Document, score) pairs or strings, got {type(item).__name__}")
             docs.append(item)
-            scores.append(self._score(item, given))
+            score, source = self._score(item, given)
+            scores.append(score)
+            sources.append(source)
         if self.order_by is not None:
             docs, scores = self._ordered(docs, scores)
 
         selection = select(
             self.policy, [d.page_content for d in docs], scores, question=question, k=self.k,
-            threshold=self.threshold, higher_is_better=self.higher_is_better, encoder=self.encoder,
+            threshold=self.threshold, higher_is_better=self._direction(sources), encoder=self.encoder,
         )
         parts: list[str] = []
         spans: list[tuple[int, int]] = []
@@ -201,6 +224,9 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
             length += len(before) + len(doc.page_content) + len(after)
         context_text = "".join(parts)
         context, exact = mark_up(context_text, spans, self.markers)
+        if isinstance(question, str):  # read literally by the model: a << in the question is not a highlight
+            out["question_text"] = question
+            question = escape_markers(question, self.markers)
         out.update(
             {
                 self.question_key: question,

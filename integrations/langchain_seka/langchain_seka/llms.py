@@ -25,7 +25,8 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
     """Text-completion LLM over a SEKA-steered model (see :class:`~langchain_seka.ChatSeka`).
 
     The prompt is a string; it goes through the model's chat template as one user turn unless
-    ``chat_template=False``. Highlights: inline ``<<`` ``>>`` markers, ``highlights=`` (substrings or
+    ``chat_template=False``. Highlights: inline ``<<`` ``>>`` markers (the ``markers`` setting: another
+    pair, or None for none), ``highlights=`` (substrings or
     ``(start, end)`` spans of the marker-free prompt) and ``documents=``. ``batch`` / ``generate``
     over several prompts run batched forward passes. Same fields as ``ChatSeka``; ``timeout``,
     ``max_retries``, ``api_key`` and ``base_url`` are accepted and do nothing.
@@ -49,10 +50,7 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {
-            "model_name": self.model_name, "max_new_tokens": self.max_new_tokens, "steer": self.steer,
-            "router": self.router, "routing": self.routing, "adaptive": self.adaptive,
-        }
+        return self.identifying_params()
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return langsmith_params(self, "llm", stop, kwargs)
@@ -64,17 +62,20 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         routing = self.routing_request(kwargs)
         override = kwargs.pop("model", None)
         model = self.seka_model(override)
+        markers = self.inline_markers(model, kwargs)
         gen = self.generation_kwargs(kwargs, stop)
+        gen["markers"] = markers
         if isinstance(highlights, str):
             highlights = [highlights]
         highlights = list(highlights) if highlights is not None else []
         if documents:
-            highlights += document_highlights(documents, [prompt], model.markers)
+            highlights += document_highlights(documents, [prompt], markers)
         name = model_label(override if override is not None else self.model)
         return model, name, highlights or None, gen, routing
 
     def _generation(self, model: SekaModel, name: str, prompt: str, highlights, gen, text: str) -> Generation:
-        counts = usage_counts(model, prompt, highlights, chat=gen["chat"], max_new_tokens=gen["max_new_tokens"], text=text)
+        counts = usage_counts(model, prompt, highlights, chat=gen["chat"], max_new_tokens=gen["max_new_tokens"],
+                              text=text, markers=gen["markers"])
         return Generation(text=text, generation_info={"model_name": name, "usage": counts})
 
     def _call(

@@ -14,6 +14,14 @@ DOCS = "Doc 1: The tower is in Paris.\nDoc 2: <<The tower is in Rome.>>\nWhere i
 PLAIN = DOCS.replace("<<", "").replace(">>", "")
 
 
+class Tags(BaseCallbackHandler):
+    def __init__(self):
+        self.tags = []
+
+    def on_chat_model_start(self, serialized, messages, *, tags=None, **kwargs):
+        self.tags.append(list(tags or []))
+
+
 class Tokens(BaseCallbackHandler):
     def __init__(self):
         self.tokens: list[str] = []
@@ -189,16 +197,40 @@ def test_batch_is_one_batched_call_equal_to_one_by_one(tiny_seka, spy):
     assert spy.last["kwargs"]["batch_size"] == 8
     assert handler.ends == 3  # one run per input
     assert all(m.usage_metadata["input_tokens"] > 0 for m in batched)
-    # per-input configs that differ fall back to LangChain's per-input batching, same answers
+    # per-input configs that differ keep their own runs, and still share one batched engine call
     spy.calls.clear()
-    mixed = chat.batch(inputs, config=[{"tags": ["a"]}, {"tags": ["b"]}, {}])
-    assert [m.content for m in mixed] == single and len(spy.calls) == 3
+    tagged = Tags()
+    mixed = chat.batch(inputs, config=[{"tags": ["a"], "callbacks": [tagged]}, {"tags": ["b"], "callbacks": [tagged]},
+                                       {"callbacks": [tagged]}])
+    assert [m.content for m in mixed] == single and len(spy.calls) == 1 and len(spy.last["prompt"]) == 3
+    assert sorted(map(tuple, tagged.tags)) == [(), ("a",), ("b",)]
 
 
-def test_batch_return_exceptions_isolates_a_bad_input(tiny_seka):
+def test_chain_batch_is_one_batched_engine_call(tiny_seka, spy):
+    """`(prompt | chat).batch(...)`: every input has its own child run, yet one batched forward pass."""
+    from langchain_core.prompts import ChatPromptTemplate
+
+    chat = ChatSeka(model=tiny_seka, max_tokens=4)
+    chain = ChatPromptTemplate.from_messages([("human", "Where is the <<{thing}>>?")]) | chat
+    things = ["tower", "bridge", "station"]
+    single = [chain.invoke({"thing": t}).content for t in things]
+    spy.calls.clear()
+    handler = Tokens()
+    out = chain.batch([{"thing": t} for t in things], config={"callbacks": [handler]})
+    assert [m.content for m in out] == single
+    assert len(spy.calls) == 1 and len(spy.last["prompt"]) == 3
+    assert handler.ends == 3
+
+
+@pytest.mark.parametrize("mixed_configs", [False, True])
+def test_batch_return_exceptions_isolates_a_bad_input(tiny_seka, mixed_configs):
     chat = ChatSeka(model=tiny_seka, max_tokens=3)
-    out = chat.batch([PLAIN, "unbalanced << marker"], return_exceptions=True)
+    config = [{"tags": ["x"]}, {}] if mixed_configs else None
+    out = chat.batch([PLAIN, "unbalanced << marker"], config=config, return_exceptions=True)
     assert isinstance(out[0], AIMessage) and isinstance(out[1], HighlightError)
+    assert out[0].content == chat.invoke(PLAIN).content
+    with pytest.raises(HighlightError):
+        chat.batch([PLAIN, "unbalanced << marker"], config=config)
 
 
 async def test_async_forms_match_sync(tiny_seka):

@@ -26,11 +26,12 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.schema import BaseNode, NodeWithScore
 
+from langchain_seka._compat import HostedModelArguments
 from langchain_seka._loading import model_label
 from langchain_seka._routing import automatic_routing
 from langchain_seka._settings import SekaSettings, usage_counts
-from langchain_seka._text import document_text, parse_lenient, texts_in_prompt
-from seka_rag import SekaError, SekaModel
+from langchain_seka._text import document_text, escape_markers, parse_lenient, texts_in_prompt
+from seka_rag import Markers, SekaError, SekaModel
 from seka_rag.highlight import has_chat_template
 
 __all__ = ["Seka"]
@@ -55,9 +56,10 @@ class _Call:
     highlights: list | None
     gen: dict[str, Any]
     routing: dict[str, Any]  #: AdaSEKA arguments for the engine (automatic query included)
+    markers: Markers | None = None  #: the inline markers the prompt was read with
 
 
-class Seka(SekaSettings, CustomLLM):
+class Seka(SekaSettings, HostedModelArguments, CustomLLM):
     """LlamaIndex LLM over a SEKA-steered language model, running in this process.
 
     ``Seka()`` uses the default embedded model; ``model=`` takes a ``SekaModel`` or a shared model
@@ -67,9 +69,12 @@ class Seka(SekaSettings, CustomLLM):
     ``gain_neg``, ``layers``, ``heads``, ``steer``, ``chat_template``, ``router``, ``routing`` — and
     per-call keyword arguments of ``complete`` / ``chat`` and their stream and async forms.
 
-    Highlights come from inline markers (``<<`` ``>>``) in the prompt or message contents — which is
-    how :class:`~llama_index.postprocessor.seka_highlight.SekaHighlightPostprocessor` marks
-    retrieved evidence — and from ``highlights=`` (substrings, or ``(start, end)`` /
+    Highlights come from inline markers (``<<`` ``>>``; the ``markers`` setting picks another pair,
+    e.g. ``("[[", "]]")`` for prompts holding code with ``<<`` / ``>>`` — give the postprocessor the
+    same pair — or None for none) in the prompt or in system, user and tool message contents (an
+    assistant message is read literally) — which is how
+    :class:`~llama_index.postprocessor.seka_highlight.SekaHighlightPostprocessor` marks retrieved
+    evidence — and from ``highlights=`` (substrings, or ``(start, end)`` /
     ``(message_index, start, end)`` spans of the marker-free text). Markers are read leniently: a
     marker whose partner was cut off by a response synthesizer's re-chunking is kept as literal
     text, and highlights separated only by whitespace (per-word marking) are merged into one span.
@@ -89,9 +94,15 @@ class Seka(SekaSettings, CustomLLM):
     passed instead and the engine embeds the question once (not the whole prompt). A per-call
     ``query_embedding=`` or ``query=`` takes precedence; with any other router nothing is added.
     After each call ``model.last_routing`` tells which experts fired.
+
+    Token counts are in each response's ``raw["usage"]`` (where LlamaIndex's ``TokenCountingHandler``
+    reads them) and ``additional_kwargs``. Unknown constructor arguments are errors; ``timeout``,
+    ``max_retries``, ``api_key`` and ``base_url`` are accepted and do nothing (generation runs in
+    process).
     """
 
-    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=())
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(),
+                              extra="forbid")
 
     context_window: int | None = Field(
         default=None, description="Override the model's context window reported in metadata."
@@ -119,7 +130,7 @@ class Seka(SekaSettings, CustomLLM):
         return has_chat_template(model.tokenizer) if chat is None else bool(chat)
 
     # ------------------------------------------------------------------------------ preparing calls
-    def _settings(self, kwargs: dict[str, Any]) -> tuple[SekaModel, str, dict, list, dict, list]:
+    def _settings(self, kwargs: dict[str, Any]) -> tuple[SekaModel, str, dict, list, dict, list, Markers | None]:
         kwargs = dict(kwargs)
         highlights = kwargs.pop("highlights", None)
         documents = _document_texts(kwargs.pop("documents", None) or [])
@@ -127,11 +138,17 @@ class Seka(SekaSettings, CustomLLM):
         override = kwargs.pop("model", None)
         model = self.seka_model(override)
         name = model_label(override if override is not None else self.model)
+        markers = self.inline_markers(model, kwargs)
         stop = kwargs.pop("stop", None)
         gen = self.generation_kwargs(kwargs, stop)
         if isinstance(highlights, str):
             highlights = [highlights]
-        return model, name, gen, list(highlights) if highlights is not None else [], routing, documents
+        elif highlights is not None and not isinstance(highlights, (list, tuple)):
+            raise SekaError(f"highlights= takes a list of substrings or spans, got {type(highlights).__name__}")
+        # a two- or three-integer list is a span, as a tuple is (JSON has no tuples)
+        highlights = [tuple(h) if isinstance(h, list) and len(h) in (2, 3) and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in h) else h for h in highlights or []]
+        return model, name, gen, highlights, routing, documents, markers
 
     @staticmethod
     def _with_retrieval_query(model: SekaModel, routing: dict, texts: Sequence[str]) -> dict:
@@ -139,18 +156,23 @@ class Seka(SekaSettings, CustomLLM):
         return {**routing, **automatic_routing(model, routing, texts)}
 
     def _prepare_text(self, prompt: str, kwargs: dict[str, Any]) -> _Call:
-        model, name, gen, extra, routing, documents = self._settings(kwargs)
-        clean, spans = parse_lenient(prompt, model.markers)
+        if not isinstance(prompt, str):
+            raise SekaError(f"the prompt must be a string, got {type(prompt).__name__}")
+        model, name, gen, extra, routing, documents, markers = self._settings(kwargs)
+        clean, spans = parse_lenient(prompt, markers)
         highlights = [*spans, *extra, *texts_in_prompt(documents, [clean])]
         routing = self._with_retrieval_query(model, routing, [prompt, clean])
-        return _Call(model, name, clean, highlights or None, gen, routing)
+        return _Call(model, name, clean, highlights or None, gen, routing, markers)
 
     def _prepare_messages(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> _Call:
-        model, name, gen, extra, routing, documents = self._settings(kwargs)
+        model, name, gen, extra, routing, documents, markers = self._settings(kwargs)
         prompt, highlights, raw = [], [], []
         for i, message in enumerate(messages):
             role = _ROLES.get(message.role, str(getattr(message.role, "value", message.role)))
-            clean, spans = parse_lenient(message.content or "", model.markers)
+            if role == "assistant":  # the model's own text: literal, whatever it holds (std::cout << x)
+                clean, spans = message.content or "", []
+            else:
+                clean, spans = parse_lenient(message.content or "", markers)
             prompt.append({"role": role, "content": clean})
             highlights += [(i, s, e) for s, e in spans]
             raw += [message.content or "", clean]
@@ -158,7 +180,7 @@ class Seka(SekaSettings, CustomLLM):
             extra = [(0, *h) if isinstance(h, tuple) and len(h) == 2 else h for h in extra]
         extra += texts_in_prompt(documents, [m["content"] for m in prompt])
         routing = self._with_retrieval_query(model, routing, raw)
-        return _Call(model, name, prompt, [*highlights, *extra] or None, gen, routing)
+        return _Call(model, name, prompt, [*highlights, *extra] or None, gen, routing, markers)
 
     def _run(self, call: _Call) -> str:
         return call.model.generate(call.prompt, call.highlights, markers=None, **call.gen, **call.routing)
@@ -181,7 +203,15 @@ class Seka(SekaSettings, CustomLLM):
             "model_name": call.name,
         }
 
+    @staticmethod
+    def _raw(usage: dict[str, Any]) -> dict[str, Any]:
+        """``raw`` of a response: the usage where LlamaIndex's token counting looks for it."""
+        return {"usage": {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+                "model_name": usage["model_name"]}
+
     def _completion_call(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> _Call:
+        if not isinstance(prompt, str):
+            raise SekaError(f"the prompt must be a string, got {type(prompt).__name__}")
         if not formatted:
             prompt = self.completion_to_prompt(prompt)
         return self._prepare_text(prompt, kwargs)
@@ -191,12 +221,14 @@ class Seka(SekaSettings, CustomLLM):
             _check_text_only(message, i)
         if self._needs_transcript(kwargs):
             highlights = kwargs.get("highlights")
-            if not isinstance(highlights, str) and any(isinstance(h, tuple) for h in highlights or []):
+            if isinstance(highlights, (list, tuple)) and any(isinstance(h, (tuple, list)) for h in highlights):
                 raise SekaError(
                     "this model has no chat template, so the messages are joined into one transcript and "
                     "(start, end) / (message, start, end) spans would land elsewhere: highlight substrings "
                     "(or use inline << >> markers) instead"
                 )
+            markers = self.inline_markers(self.seka_model(kwargs.get("model")), dict(kwargs))
+            messages = [_literal_if_assistant(m, markers) for m in messages]
             return self._prepare_text(self.messages_to_prompt(messages), {**kwargs, "chat_template": False})
         return self._prepare_messages(messages, kwargs)
 
@@ -212,7 +244,8 @@ class Seka(SekaSettings, CustomLLM):
     def _complete(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> CompletionResponse:
         call = self._completion_call(prompt, formatted, kwargs)
         text = self._run(call)
-        return CompletionResponse(text=text, additional_kwargs=self._usage(call, text))
+        usage = self._usage(call, text)
+        return CompletionResponse(text=text, additional_kwargs=usage, raw=self._raw(usage))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
@@ -224,7 +257,8 @@ class Seka(SekaSettings, CustomLLM):
         for piece in self._run_stream(call):
             text += piece
             yield CompletionResponse(text=text, delta=piece)
-        yield CompletionResponse(text=text, delta="", additional_kwargs=self._usage(call, text))
+        usage = self._usage(call, text)
+        yield CompletionResponse(text=text, delta="", additional_kwargs=usage, raw=self._raw(usage))
 
     # ------------------------------------------------------------------------------ chat
     @llm_chat_callback()
@@ -236,7 +270,8 @@ class Seka(SekaSettings, CustomLLM):
         text = self._run(call)
         usage = self._usage(call, text)
         return ChatResponse(
-            message=ChatMessage(role=MessageRole.ASSISTANT, content=text), additional_kwargs=usage
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=text), additional_kwargs=usage,
+            raw=self._raw(usage),
         )
 
     @llm_chat_callback()
@@ -249,9 +284,10 @@ class Seka(SekaSettings, CustomLLM):
         for piece in self._run_stream(call):
             text += piece
             yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=piece)
+        usage = self._usage(call, text)
         yield ChatResponse(
             message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta="",
-            additional_kwargs=self._usage(call, text),
+            additional_kwargs=usage, raw=self._raw(usage),
         )
 
     # ------------------------------------------------------------------------------ async
@@ -347,6 +383,13 @@ def _check_text_only(message: ChatMessage, index: int) -> None:
             )
 
 
+def _literal_if_assistant(message: ChatMessage, markers: Markers | None) -> ChatMessage:
+    """An assistant message with its marker strings escaped (read literally in a transcript)."""
+    if _ROLES.get(message.role) != "assistant" or not message.content:
+        return message
+    return ChatMessage(role=message.role, content=escape_markers(message.content, markers))
+
+
 def _document_texts(documents: Any) -> list[str]:
     """``documents=``: LlamaIndex nodes (``NodeWithScore`` or ``BaseNode``), LangChain Documents or strings."""
     if isinstance(documents, (str, BaseNode, NodeWithScore)):
@@ -355,5 +398,11 @@ def _document_texts(documents: Any) -> list[str]:
     for doc in documents:
         if isinstance(doc, NodeWithScore):
             doc = doc.node
-        texts.append(doc.get_content() if isinstance(doc, BaseNode) else document_text(doc))
+        if isinstance(doc, BaseNode):
+            texts.append(doc.get_content())
+        elif isinstance(doc, str) or isinstance(getattr(doc, "page_content", None), str) or isinstance(doc, tuple):
+            texts.append(document_text(doc))
+        else:
+            raise SekaError(f"documents= takes LlamaIndex nodes (NodeWithScore or BaseNode), LangChain Documents "
+                            f"or strings, got {type(doc).__name__}")
     return texts

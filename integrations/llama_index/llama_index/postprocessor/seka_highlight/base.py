@@ -52,7 +52,7 @@ class SekaHighlightPostprocessor(BaseNodePostprocessor):
     remembered for the Seka LLM's AdaSEKA embedding router (see the module docstring).
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")  # a misspelt option is an error
 
     policy: Literal["top_k", "threshold", "sentences", "all", "none"] = Field(default="top_k")
     k: int = Field(default=1, ge=1, description="top_k: nodes; sentences: sentences.")
