@@ -404,8 +404,8 @@ def write_outputs(result: dict, out: str | os.PathLike | None = None, plots: str
 
 def merge_results(paths: list[str | os.PathLike]) -> dict:
     """One result from several :func:`run_benchmark` JSON files of the same model (e.g. a latency-only
-    and a memory-only run, or an earlier merge): their rows concatenated, each measuring run's ``info``
-    kept under ``runs``."""
+    and a memory-only run, or an earlier merge): their rows joined, one per (tokens, batch, method) and
+    kind (a later file's row replaces an earlier one's), each measuring run's ``info`` kept under ``runs``."""
     runs = []
     for path in paths:
         try:
@@ -420,9 +420,15 @@ def merge_results(paths: list[str | os.PathLike]) -> dict:
     def parts(path, result) -> list[dict]:  # a file that is itself a merge keeps its own parts
         return result.get("runs") or [dict(file=str(path), info=result["info"], seconds=result.get("seconds"))]
 
+    def rows(kind: str) -> list[dict]:  # one row per configuration: a later file's replaces an earlier one's
+        keyed: dict = {}
+        for r in runs:
+            for row in r.get(kind, []):
+                keyed[(row.get("tokens"), row.get("batch", 1), row.get("method"))] = row
+        return list(keyed.values())
+
     return dict(info=runs[0]["info"], runs=[part for p, r in zip(paths, runs) for part in parts(p, r)],
-                latency=[row for r in runs for row in r.get("latency", [])],
-                memory=[row for r in runs for row in r.get("memory", [])],
+                latency=rows("latency"), memory=rows("memory"),
                 seconds=sum(r.get("seconds") or 0 for r in runs))
 
 

@@ -19,6 +19,7 @@ def load_model(model: str = DEFAULT_MODEL, projection: str | None = None, gguf_f
     """Load an embedded model by name, or any supported model by hub id / directory."""
     from .model import SekaModel, _UNSET
 
+    _check_expert_options(model, adaptive, experts, router)
     proj = None if no_projection else (projection if projection is not None else _UNSET)
     if model in EMBEDDED_MODELS:
         if gguf_file is not None:
@@ -93,7 +94,22 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router", choices=["attention", "embedding"], help="default AdaSEKA router (default: attention)")
 
 
+def _check_expert_options(model: str, adaptive: bool, experts: str | None, router: str | None) -> None:
+    """Refuse expert-set options that cannot work, in the command line's own words."""
+    if router is not None and not adaptive and experts is None:
+        raise SekaError("--router needs an expert set: add --adaptive (the set shipped for an embedded model) "
+                        "or --experts DIR")
+    if adaptive and experts is None and model in EMBEDDED_MODELS:
+        from .model import shipped_experts_path
+
+        if not (shipped_experts_path(model) / "experts.json").is_file():
+            raise SekaError(f"no AdaSEKA expert set is shipped for {model!r}: pass --experts DIR (build one with "
+                            "`seka-rag build-experts`), or leave out what needs experts (--adaptive; methods "
+                            "such as experts, ada-attention, ada-embedding, e.g. --methods unsteered,seka)")
+
+
 def _model_spec(args, no_projection: bool = False) -> dict:
+    _check_expert_options(args.model, bool(args.adaptive or args.experts), args.experts, args.router)
     return dict(model=args.model, projection=args.projection, gguf_file=args.gguf_file, device=args.device,
                 dtype=args.dtype, cache_dir=args.cache_dir, attn_implementation=args.attn_implementation,
                 no_projection=no_projection, adaptive=bool(args.adaptive or args.experts), experts=args.experts,
@@ -179,12 +195,13 @@ def _run_calibration(model, projection, args):
 
 
 def cmd_calibrate(args) -> int:
-    model = load_model(**_model_spec(args, no_projection=True))
     from .projection import Projection
 
-    base = Projection.load(args.projection) if args.projection else None
-    if base is None:
-        raise SekaError("calibrate needs --projection (a built projection covering the layers to scan)")
+    if not args.projection:  # unlike other commands, calibrate starts from a built, uncalibrated projection
+        raise SekaError("calibrate needs --projection FILE (a projection from `seka-rag build-projection` covering "
+                        "the layers to scan); it does not start from the shipped, already calibrated one")
+    base = Projection.load(args.projection)
+    model = load_model(**_model_spec(args, no_projection=True))
     model.load_projection(base)
     projection = _run_calibration(model, base, args)
     print(f"wrote {projection.save(args.out)}")
@@ -219,8 +236,11 @@ def cmd_eval_variants(args) -> int:
 def cmd_eval_conflicts(args) -> int:
     from .evaluation.conflict import ConflictReport, conflict_split, evaluate_conflicts
 
+    try:  # before the model loads: a count beyond the split is a usage error
+        items = conflict_split(args.split, n=args.items)
+    except ValueError as exc:
+        raise SekaError(f"--items: {exc}") from None
     model = load_model(**_model_spec(args))
-    items = conflict_split(args.split, n=args.items)
     print(f"{model.model_id}: two-document conflicts, {args.split} split, {len(items)} items x 4 cases")
     print(ConflictReport.header())
     reports = {}
@@ -301,7 +321,7 @@ def cmd_bench(args) -> int:
 
         _check_file(args.pasta_heads, "--pasta-heads")
         profile, _ = load_head_profile(args.pasta_heads)
-        heads = profile.heads()
+        heads = profile.heads
     config = BenchConfig(lengths=args.lengths, runs=args.runs, decode_tokens=args.decode_tokens,
                          batch_sizes=args.batch_size, methods=methods, pasta_heads=heads)
     run_benchmark(_model_spec(args), config, args.out, memory=not args.no_memory, latency=not args.no_latency,
@@ -400,6 +420,7 @@ def cmd_build_experts(args) -> int:
 
 
 FAMILY_METHODS = ("unsteered", "seka", "experts", "ada-attention", "ada-embedding")
+FAMILY_DEFAULT_METHODS = "unsteered,seka,experts,ada-attention,ada-embedding"
 
 
 def _family_method_kwargs(model, method: str) -> dict:
@@ -427,13 +448,18 @@ def cmd_eval_families(args) -> int:
     if unknown:
         raise SekaError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)}")
     if args.merge:
-        return _merge_family_reports(args.merge, args.out)
+        methods = None if args.methods == FAMILY_DEFAULT_METHODS else [m.strip() for m in args.methods.split(",") if m.strip()]
+        return _merge_family_reports(args.merge, args.out, families=args.families, methods=methods)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in FAMILY_METHODS and not m.startswith("expert:")]
     if bad:
         raise SekaError(f"unknown methods {bad}; choose from {', '.join(FAMILY_METHODS)} or expert:NAME")
     if any(m in ("experts", "ada-attention", "ada-embedding") or m.startswith("expert:") for m in methods):
         args.adaptive = True
+    try:  # before the model loads: a count beyond what a family has is a usage error
+        items = {f: family_items(f, args.items, seed=args.seed) for f in families}
+    except ValueError as exc:
+        raise SekaError(f"--items: {exc}") from None
     model = load_model(**_model_spec(args))
     expanded = []
     for m in methods:
@@ -447,7 +473,6 @@ def cmd_eval_families(args) -> int:
     if args.embedding_top1:
         routing["embedding_top1"] = True
     started = time.perf_counter()
-    items = {f: family_items(f, args.items, seed=args.seed) for f in families}
     table: dict = {}
     for m in expanded:
         kw = _family_method_kwargs(model, m)
@@ -480,16 +505,20 @@ def _print_paired_differences(table: dict) -> None:
         print("Paired differences from plain SEKA (all families pooled, bootstrap 95 % intervals):\n" + lines)
 
 
-def _merge_family_reports(paths: list[str], out: str | None) -> int:
+def _merge_family_reports(paths: list[str], out: str | None, families: list[str] | None = None,
+                          methods: list[str] | None = None) -> int:
     """Print one table from several ``eval-families --out`` files (methods or families run in parallel).
 
     A method's families are joined across files; a later file's report for the same method and
-    family replaces an earlier one.
+    family replaces an earlier one. ``families`` / ``methods`` keep only those (the table and the
+    written file alike).
     """
     import json
+    from dataclasses import fields
 
     from .evaluation.families import FamilyReport, format_family_table
 
+    known = {f.name for f in fields(FamilyReport)}
     table: dict = {}
     merged: dict = {}
     for path in paths:
@@ -497,18 +526,35 @@ def _merge_family_reports(paths: list[str], out: str | None) -> int:
             payload = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise SekaError(f"cannot read {path!r}: {exc}") from None
+        reports_of = payload.get("reports") if isinstance(payload, dict) else None
+        if not isinstance(reports_of, dict) or not all(
+                isinstance(r, dict) and all(isinstance(x, dict) and {"family", "n", "share"} <= set(x) for x in r.values())
+                for r in reports_of.values()):
+            raise SekaError(f"{path!r} is not an `eval-families --out` file (it has no per-method family reports)")
         runs = payload.get("runs") or [{k: v for k, v in payload.items() if k != "reports"}]  # a merge keeps its runs
         merged.setdefault("runs", []).extend(runs)
-        for method, reports in payload["reports"].items():
+        for method, reports in reports_of.items():
+            if methods is not None and method not in methods:
+                continue
+            reports = {f: r for f, r in reports.items() if families is None or f in families}
+            if not reports:
+                continue
             merged.setdefault("reports", {}).setdefault(method, {}).update(reports)
-            table.setdefault(method, {}).update({f: FamilyReport(**r) for f, r in reports.items()})
+            table.setdefault(method, {}).update(
+                {f: FamilyReport(**{k: v for k, v in r.items() if k in known}) for f, r in reports.items()})
+    if not table:
+        raise SekaError("nothing to merge: no report matches the --methods / --families given")
     print(format_family_table(table))
+    sizes = sorted({(f, r.n) for reports in table.values() for f, r in reports.items()})
+    if len({f for f, _ in sizes}) != len(sizes):
+        print(f"(caution: a family has reports of different sizes across files, {sizes}; the mean column mixes them)")
     item_sets = {(run.get("seed"), run.get("items")) for run in merged.get("runs", [])}
     if len(item_sets) == 1:
         _print_paired_differences(table)
     else:  # pairing item by item needs the same items in every file
         print(f"(no paired differences: the files were run on different items, seed/items {sorted(item_sets, key=str)})")
     if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(merged, indent=1))
         print(f"wrote {out}")
     return 0
@@ -607,7 +653,8 @@ def cmd_eval(args) -> int:
     config = SuiteConfig(families=tuple(families), items=items, seed=args.seed, batch_size=args.batch_size,
                          max_new_tokens=args.max_new_tokens, counterfact=args.counterfact, nq=args.nq,
                          nq_policies=tuple(policies), nq_passages=args.nq_passages,
-                         nq_max_new_tokens=args.nq_max_new_tokens, per_item=args.per_item)
+                         nq_max_new_tokens=args.nq_max_new_tokens, nq_batch_size=args.nq_batch_size,
+                         per_item=args.per_item)
     if args.plot:
         from .evaluation.sensitivity import require_matplotlib
 
@@ -788,7 +835,7 @@ def cmd_gain_scale(args) -> int:
         result = run(model, scales=scales, progress=not args.no_progress, **kwargs)
     result.settings["command"] = "seka-rag gain-scale " + " ".join(sys.argv[2:])
     print(result.text())
-    for path in gs.write_outputs(result, args.out_dir or "docs/sensitivity", _model_slug(args.model)):
+    for path in gs.write_outputs(result, args.out_dir or "sensitivity-results", _model_slug(args.model)):
         print(f"wrote {path}")
     return 0
 
@@ -937,11 +984,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-families", help="AdaSEKA task families: methods x families table with intervals")
     _add_model_args(p)
-    p.add_argument("--families", nargs="+", help="task families (default: all four)")
+    p.add_argument("--families", nargs="+", help="task families (default: all four; with --merge, the ones to show)")
     p.add_argument("--items", type=_positive_int, default=152, help="items per family (default 152)")
     p.add_argument("--seed", type=int, default=0, help="item seed (0: the test items; others: dev items)")
-    p.add_argument("--methods", default="unsteered,seka,experts,ada-attention,ada-embedding",
-                   help=f"comma-separated: {', '.join(FAMILY_METHODS)} ('experts': each expert alone)")
+    p.add_argument("--methods", default=FAMILY_DEFAULT_METHODS,
+                   help=f"comma-separated: {', '.join(FAMILY_METHODS)} ('experts': each expert alone); with "
+                        "--merge, the methods to show")
     p.add_argument("--gain", type=_finite_float, help="AdaSEKA routing gain (default: the expert set's)")
     p.add_argument("--temperature", type=_positive_float, help="attention router softmax temperature (default: c/max|c|)")
     p.add_argument("--top-k", type=_positive_int, help="singular directions per head in the attention router")
@@ -985,7 +1033,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=_positive_int, default=64,
                    help="answer length for the instruction checkers (default 64; lost-in-middle: --nq-max-new-tokens)")
     p.add_argument("--batch-size", type=_positive_int, default=8,
-                   help="prompts per forward pass (default 8; the long lost-in-middle prompts go 4 at a time)")
+                   help="prompts per forward pass (default 8; lost in the middle: --nq-batch-size)")
+    p.add_argument("--nq-batch-size", type=_positive_int, default=4,
+                   help="lost-in-middle prompts per forward pass (default 4: they are long; lower it to save memory)")
     p.add_argument("--per-item", action="store_true", help="keep every item's result (answers, margins) in the JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", help="write every result as JSON")
@@ -1018,7 +1068,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scorer", default="first-token", choices=["first-token", "shared-prefix"])
     p.add_argument("--unit-scale", action="store_true", help="ignore the projection's per-layer gain factors")
     p.add_argument("--batch-size", type=_positive_int, default=8)
-    p.add_argument("--out-dir", default="docs/sensitivity", help="JSON, Markdown and PNGs go here")
+    p.add_argument("--out-dir", default="sensitivity-results",
+                   help="JSON, Markdown and PNGs go here (default sensitivity-results/; `make sensitivity` "
+                        "writes docs/sensitivity/)")
     p.add_argument("--no-plots", action="store_true", help="skip the heat-maps (no matplotlib needed)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sensitivity)
@@ -1045,7 +1097,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "lost-in-middle answers with --em; the other families are scored, not generated)")
     p.add_argument("--batch-size", type=_positive_int, help="prompts per forward pass (default: 4 for the long lost-in-middle "
                    "prompts, 8 for the others)")
-    p.add_argument("--out-dir", help="JSON and Markdown go here (default docs/sensitivity)")
+    p.add_argument("--out-dir", help="JSON and Markdown go here (default sensitivity-results/)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--trade-off", nargs="+", metavar="JSON",
                    help="run nothing: compare earlier gain-scale JSON files across families and print the scale "
@@ -1105,6 +1157,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Subcommands whose ``--out`` is a directory (every other ``--out`` / ``--json`` is a file).
+_DIRECTORY_OUTS = ("build-experts",)
+
+
+#: Subcommands that never load an expert set, and those whose methods fix the router themselves.
+_NO_EXPERT_OPTIONS = ("build-projection", "calibrate", "eval-variants", "profile-pasta", "sensitivity", "gain-scale",
+                      "inspect")
+_NO_ROUTER_OPTION = ("eval", "eval-families", "bench")
+
+
+def check_ignored_options(args) -> None:
+    """Refuse AdaSEKA options a subcommand would silently ignore."""
+    command = getattr(args, "command", None)
+    if command in _NO_EXPERT_OPTIONS:
+        given = [flag for flag, value in (("--adaptive", getattr(args, "adaptive", False)),
+                                          ("--experts", getattr(args, "experts", None)),
+                                          ("--router", getattr(args, "router", None))) if value]
+        if given:
+            raise SekaError(f"`seka-rag {command}` works on the single projection and never loads an expert set, "
+                            f"so {', '.join(given)} would be ignored; leave {'them' if len(given) > 1 else 'it'} out")
+    if command in _NO_ROUTER_OPTION and getattr(args, "router", None):
+        raise SekaError(f"`seka-rag {command}` names the router in each method (ada-attention, ada-embedding), "
+                        "so --router would be ignored; leave it out")
+
+
+def check_output_paths(args) -> None:
+    """Refuse output paths that cannot be written, before any model loads or work starts.
+
+    A file output (``--out``, ``--json``) must not be an existing directory; a directory output
+    (``--out-dir``, ``build-experts --out``) must not be an existing file; and no parent of either
+    may be an existing file. Parents that do not exist yet are created when the output is written.
+    """
+    for attr, flag in (("out", "--out"), ("json", "--json"), ("out_dir", "--out-dir")):
+        value = getattr(args, attr, None)
+        if not isinstance(value, str) or not value:
+            continue
+        path = Path(value)
+        if attr == "out_dir" or getattr(args, "command", None) in _DIRECTORY_OUTS:
+            if path.exists() and not path.is_dir():
+                raise SekaError(f"{flag} {value!r} is a file; give a directory")
+        elif path.is_dir():
+            raise SekaError(f"{flag} {value!r} is a directory; give a file name inside it")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise SekaError(f"{flag} {value!r}: {str(parent)!r} is a file, not a directory")
+                break
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``seka-rag``; returns the exit status (2 for bad input, after printing why)."""
     try:
@@ -1112,6 +1213,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse has printed the usage error (or --help)
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        check_ignored_options(args)
+        check_output_paths(args)
         return args.func(args)
     except SekaError as exc:
         print(f"seka-rag: error: {exc}", file=sys.stderr)

@@ -636,12 +636,15 @@ class GroupStats:
         return asdict(self)
 
 
-def _group_stats(margins: Sequence[float], hits: Sequence[bool] | None, n_boot: int, seed: int) -> GroupStats:
+def _group_stats(margins: Sequence[float], hits: Sequence[bool] | None, n_boot: int, seed: int,
+                 clusters: Sequence[int] | None = None) -> GroupStats:
+    """Shares and margins with bootstrap intervals that resample whole items (``clusters``: each case's
+    item), since an item's four counterbalanced cases are not independent."""
     if not margins:
         nan = math.nan
         return GroupStats(0, nan, (nan, nan), nan, (nan, nan), None if hits is None else nan)
-    share, slo, shi = share_ci([m > 0 for m in margins], n_boot, seed)
-    mean, mlo, mhi = mean_ci(margins, n_boot, seed)
+    share, slo, shi = share_ci([m > 0 for m in margins], n_boot, seed, clusters=clusters)
+    mean, mlo, mhi = mean_ci(margins, n_boot, seed, clusters=clusters)
     return GroupStats(n=len(margins), share=share, share_ci=(slo, shi), mean_margin=mean, margin_ci=(mlo, mhi),
                       greedy_share=None if hits is None else sum(hits) / len(hits))
 
@@ -661,7 +664,7 @@ class ConflictReport:
 
     ``share``: fraction of cases where the highlighted document's answer scores higher than the
     other's (a "win"); ``mean_margin``: mean of log p(target) − log p(other); both with seeded
-    bootstrap 95% intervals over cases. ``groups`` breaks them down by kind ("real", "fictional")
+    bootstrap 95% intervals over items (an item's four cases resampled together). ``groups`` breaks them down by kind ("real", "fictional")
     and, for real facts, by whether the highlighted document agrees with the model's likely prior
     ("real_agree") or contradicts it ("real_contradict"). ``greedy_share`` (with ``greedy=True``)
     is the fraction of greedy generations containing the target answer.
@@ -693,6 +696,8 @@ class ConflictReport:
             "settings": dict(self.settings),
             "groups": {k: {**g.to_dict(), "share_ci": list(g.share_ci), "margin_ci": list(g.margin_ci)}
                        for k, g in self.groups.items()},
+            "interval": "bootstrap over items (each item's four cases resampled together)",
+            "margins": [float(m) for m in self.margins],  # per case, four consecutive cases per item
         }
         if include_cases:
             out["cases"] = [
@@ -891,7 +896,11 @@ def evaluate_conflicts(
     (case-insensitive). Bootstrap intervals use ``n_boot`` resamples seeded with ``seed``.
     ``shared_prefix`` selects the scoring path (see :func:`score_cases`).
     """
-    cases = [c for it in items for c in conflict_cases(it)]
+    cases, item_of = [], []
+    for i, it in enumerate(items):
+        for c in conflict_cases(it):
+            cases.append(c)
+            item_of.append(i)
     if not cases:
         raise ValueError("no conflict items to evaluate")
     margins = score_cases(
@@ -906,12 +915,13 @@ def evaluate_conflicts(
             progress=progress, **steer_kwargs,
         )
         hits = [c.target.lower() in g.lower() for c, g in zip(cases, generations)]
-    overall = _group_stats(margins, hits, n_boot, seed)
+    overall = _group_stats(margins, hits, n_boot, seed, item_of)
     groups = {}
     for name, member in GROUPS.items():
         idx = [i for i, c in enumerate(cases) if member(c)]
         groups[name] = _group_stats(
-            [margins[i] for i in idx], None if hits is None else [hits[i] for i in idx], n_boot, seed
+            [margins[i] for i in idx], None if hits is None else [hits[i] for i in idx], n_boot, seed,
+            [item_of[i] for i in idx],
         )
     settings = {"steer": steer, **{k: v for k, v in steer_kwargs.items()}}
     return ConflictReport(

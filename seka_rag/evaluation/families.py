@@ -11,7 +11,8 @@ an item is a *hit* when log p(target) > max log p(other) (strictly: a tie is a m
     question itself already points to the right sentence, so unsteered models score above 50 %.
 ``"conflict"``
     the existing two-document conflict evaluation (:mod:`seka_rag.evaluation.conflict`), ``test``
-    split, its four cases per item (both document orders × either document highlighted).
+    split (``dev`` split for any seed but 0), its four cases per item (both document orders × either
+    document highlighted).
 ``"instruction"``
     two conflicting instructions (answer language, number format, letter case, pronoun, yes/no vs
     true/false) among ordinary sentences, then a request; one instruction is highlighted and the
@@ -90,7 +91,9 @@ class FamilyItem:
     ``highlight`` a substring of it occurring exactly once; ``target`` the continuation that
     should win, ``others`` the competing ones; ``group`` a breakdown label (instruction type, gold
     position, conflict kind...); ``subject`` the entity / request the item is about (used to check
-    disjointness from the build data).
+    disjointness from the build data); ``unit`` names the counterbalanced variants of one prompt
+    (the four cases of a conflict item, the four of an instruction base, the two of a distractors
+    prompt): they are not independent, so intervals resample whole units ("" = an independent item).
     """
 
     family: str
@@ -100,6 +103,7 @@ class FamilyItem:
     others: tuple[str, ...]
     group: str = ""
     subject: str = ""
+    unit: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,14 +317,18 @@ def context_qa_items(n: int = DEFAULT_N, seed: int = 0) -> list[FamilyItem]:
 # conflict: the existing two-document evaluation
 
 
-def conflict_family_items(n: int = DEFAULT_N, seed: int = 0, split: str = EVAL_SPLIT) -> list[FamilyItem]:
+def conflict_family_items(n: int = DEFAULT_N, seed: int = 0, split: str | None = None) -> list[FamilyItem]:
     """The first ``n`` cases of ``conflict_split(split, n=ceil(n / 4), seed=seed)`` as family items.
 
     Each conflict item gives four cases (both document orders × either document highlighted), so a
     multiple of 4 keeps every item complete. ``group`` is ``"fictional"``, ``"real_agree"``
     (the highlighted document is the true one) or ``"real_contradict"``. ``split`` is ``"test"``
-    (the evaluation items, default) or ``"dev"`` (tuning and sensitivity sweeps).
+    (the evaluation items) or ``"dev"`` (tuning and sensitivity sweeps); ``None`` (default) follows
+    the seed as the other families' items do: ``"test"`` for seed 0, ``"dev"`` for any other seed,
+    so a dev run (``eval-families --seed 1``) never scores test-split facts.
     """
+    if split is None:
+        split = EVAL_SPLIT if seed == 0 else "dev"
     check_count(n)
     if n == 0:
         return []
@@ -331,14 +339,14 @@ def conflict_family_items(n: int = DEFAULT_N, seed: int = 0, split: str = EVAL_S
         raise ValueError(f"the conflict family has at most {4 * len(conflict_split(split, seed=seed))} "
                          f"cases; asked for {n}") from err
     out = []
-    for item in items:
+    for k, item in enumerate(items):
         for case in conflict_cases(item):
             if case.kind == "fictional":
                 group = "fictional"
             else:
                 group = "real_agree" if case.agrees_with_prior else "real_contradict"
             out.append(FamilyItem("conflict", case.prompt, case.highlight, case.target, (case.other,), group,
-                                  item.subject))
+                                  item.subject, unit=f"conflict-{split}-{seed}-{k}"))
     return out[:n]
 
 
@@ -747,13 +755,14 @@ def instruction_items(n: int = DEFAULT_N, seed: int = 0) -> list[FamilyItem]:
     check_count(n)
     rng = random.Random(f"family-eval-instruction-{seed}")
     out: list[FamilyItem] = []
-    for base in instruction_bases(seed):
+    for k, base in enumerate(instruction_bases(seed)):
         if len(out) >= n:
             break
         for prompt in _instruction_prompts(base, rng):
             for hl, target, other in ((base.first, base.answer_first, base.answer_second),
                                       (base.second, base.answer_second, base.answer_first)):
-                out.append(FamilyItem("instruction", prompt, hl, target, (other,), base.kind, base.request))
+                out.append(FamilyItem("instruction", prompt, hl, target, (other,), base.kind, base.request,
+                                      unit=f"instruction-{seed}-{k}"))
     if len(out) < n:
         raise ValueError(f"the instruction family has at most {len(out)} items; asked for {n}")
     return out[:n]
@@ -794,8 +803,8 @@ def _distractor_pair(namer: Namer, rng: random.Random, index: int, k: int) -> li
     prompt = f"{passages}\n\nQuestion: {question}\n{_ANSWER_SHORT}"
     if not _once(prompt, *values) or any(prompt.count(d) != 1 for d in docs):
         return None
-    return [FamilyItem("distractors", prompt, docs[j], values[j], (values[1 - j],), positions[j], subject)
-            for j in (0, 1)]
+    return [FamilyItem("distractors", prompt, docs[j], values[j], (values[1 - j],), positions[j], subject,
+                       unit=prompt) for j in (0, 1)]
 
 
 def distractor_items(n: int = DEFAULT_N, seed: int = 0, n_passages: int = DEFAULT_PASSAGES) -> list[FamilyItem]:
@@ -960,7 +969,9 @@ class FamilyReport:
     ``share`` is the fraction of hits (log p(target) strictly above every other continuation) with
     a seeded bootstrap 95 % interval ``[ci_low, ci_high]``; ``mean_margin`` the mean of
     log p(target) − max log p(other) in nats; ``groups`` the share per item group and
-    ``group_n`` its size; ``hits`` / ``margins`` per item, in item order.
+    ``group_n`` its size; ``hits`` / ``margins`` per item, in item order; ``units`` each item's
+    resampling unit (:attr:`FamilyItem.unit`; empty in files written before units existed, whose
+    items then count as independent).
     """
 
     family: str
@@ -974,6 +985,7 @@ class FamilyReport:
     hits: list[bool] = field(default_factory=list, repr=False)
     margins: list[float] = field(default_factory=list, repr=False)
     settings: dict[str, Any] = field(default_factory=dict)
+    units: list[str] = field(default_factory=list, repr=False)
 
     def to_dict(self, include_items: bool = True) -> dict[str, Any]:
         """JSON-ready dict; ``include_items=False`` leaves out the per-item hits and margins."""
@@ -985,6 +997,7 @@ class FamilyReport:
         if include_items:
             out["hits"] = list(self.hits)
             out["margins"] = list(self.margins)
+            out["units"] = list(self.units)
         return out
 
     def cell(self) -> str:
@@ -1010,11 +1023,14 @@ def family_report(family: str, items: Sequence[FamilyItem], margins: Sequence[fl
     if not items:
         raise ValueError("no items to report on")
     hits = hits_of(margins)
-    share, lo, hi = share_ci(hits, n_boot, seed)
+    # counterbalanced variants of one prompt are resampled together (see FamilyItem.unit)
+    units = [item.unit or f"#{i}" for i, item in enumerate(items)]
+    share, lo, hi = share_ci(hits, n_boot, seed, clusters=units)
     groups, group_n = group_shares([item.group for item in items], hits)
     return FamilyReport(
         family=family, n=len(items), share=share, ci_low=lo, ci_high=hi, mean_margin=sum(margins) / len(margins),
         groups=groups, group_n=group_n, hits=hits, margins=[float(m) for m in margins], settings=dict(settings or {}),
+        units=units,
     )
 
 
@@ -1052,6 +1068,13 @@ def format_family_table(rows: dict[str, dict[str, FamilyReport]]) -> str:
     return format_table(["method", *families, "mean"], [[m, *cells[m], means[m]] for m in rows])
 
 
+def _units_of(first: FamilyReport, second: FamilyReport) -> list[str]:
+    """Resampling units of paired reports: their common units, else one per item."""
+    if first.units and first.units == second.units:
+        return [u or f"#{i}" for i, u in enumerate(first.units)]
+    return [f"#{i}" for i in range(len(first.hits))]
+
+
 def paired_differences(rows: dict[str, dict[str, FamilyReport]], reference: str = "seka", *,
                        n_boot: int = 4000, seed: int = 0) -> str:
     """Each method's mean share minus ``reference``'s, paired item by item over the families both have.
@@ -1072,7 +1095,9 @@ def paired_differences(rows: dict[str, dict[str, FamilyReport]], reference: str 
             continue
         a = [float(h) for f in common for h in reports[f].hits]
         b = [float(h) for f in common for h in base[f].hits]
-        lo, hi = paired_bootstrap_diff_ci(a, b, n_boot=n_boot, seed=seed)
+        # counterbalanced variants resampled together, when both reports know the items' units
+        units = [f"{f}/{u}" for f in common for u in _units_of(base[f], reports[f])]
+        lo, hi = paired_bootstrap_diff_ci(a, b, n_boot=n_boot, seed=seed, clusters=units)
         diff = (sum(a) - sum(b)) / len(a)
         differ = sum(x != y for x, y in zip(a, b))
         lines.append(f"{method} - {reference}: {100 * diff:+.2f} points [{100 * lo:+.2f}, {100 * hi:+.2f}] "

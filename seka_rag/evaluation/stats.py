@@ -10,11 +10,16 @@ import numpy as np
 
 
 def bootstrap_ci(
-    values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    values: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+    clusters: Sequence[Any] | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean of ``values`` (seeded, reproducible).
 
-    Returns ``(nan, nan)`` for no values and ``(v, v)`` when every value is ``v``.
+    ``clusters`` (one label per value) resamples whole clusters instead of single values: values
+    that are not independent — the counterbalanced cases of one item (both document orders × either
+    document highlighted) — stay together, so the interval is not too narrow (a counterbalanced
+    unsteered share of exactly 50 % gets ``(0.5, 0.5)``). Returns ``(nan, nan)`` for no values and
+    ``(v, v)`` when every value is ``v``.
     """
     arr = np.asarray(list(values), dtype=float)
     if arr.size == 0:
@@ -24,6 +29,19 @@ def bootstrap_ci(
     if n_boot < 1:
         raise ValueError(f"n_boot must be positive, got {n_boot!r}")
     rng = np.random.default_rng(seed)
+    if clusters is not None:
+        labels = list(clusters)
+        if len(labels) != arr.size:
+            raise ValueError(f"{arr.size} values but {len(labels)} cluster labels")
+        index = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+        ids = np.array([index[label] for label in labels])
+        sums = np.bincount(ids, weights=arr, minlength=len(index))
+        counts = np.bincount(ids, minlength=len(index)).astype(float)
+        idx = rng.integers(0, len(index), size=(n_boot, len(index)))
+        means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+        alpha = (1.0 - level) / 2.0
+        lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+        return (float(lo), float(hi))
     means = np.empty(n_boot)
     # chunked so that n_boot x n index arrays stay small for long value lists
     chunk = max(1, 2_000_000 // arr.size)
@@ -37,26 +55,30 @@ def bootstrap_ci(
 
 
 def paired_bootstrap_diff_ci(
-    a: Sequence[float], b: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    a: Sequence[float], b: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+    clusters: Sequence[Any] | None = None,
 ) -> tuple[float, float]:
-    """Bootstrap CI of ``mean(a - b)`` for paired values (e.g. per-case margins with and without steering)."""
+    """Bootstrap CI of ``mean(a - b)`` for paired values (e.g. per-case margins with and without steering);
+    ``clusters`` as in :func:`bootstrap_ci`."""
     a_arr, b_arr = np.asarray(list(a), dtype=float), np.asarray(list(b), dtype=float)
     if a_arr.shape != b_arr.shape:
         raise ValueError(f"paired values need equal lengths, got {a_arr.size} and {b_arr.size}")
-    return bootstrap_ci(a_arr - b_arr, n_boot=n_boot, seed=seed, level=level)
+    return bootstrap_ci(a_arr - b_arr, n_boot=n_boot, seed=seed, level=level, clusters=clusters)
 
 
-def share_ci(flags: Sequence[bool], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """(share of True, bootstrap 95 % interval low, high); NaNs for no values."""
-    return mean_ci([1.0 if f else 0.0 for f in flags], n_boot, seed)
+def share_ci(flags: Sequence[bool], n_boot: int = 2000, seed: int = 0,
+             clusters: Sequence[Any] | None = None) -> tuple[float, float, float]:
+    """(share of True, bootstrap 95 % interval low, high); NaNs for no values. ``clusters``: see :func:`bootstrap_ci`."""
+    return mean_ci([1.0 if f else 0.0 for f in flags], n_boot, seed, clusters=clusters)
 
 
-def mean_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, bootstrap 95 % interval low, high); NaNs for no values."""
+def mean_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0,
+            clusters: Sequence[Any] | None = None) -> tuple[float, float, float]:
+    """(mean, bootstrap 95 % interval low, high); NaNs for no values. ``clusters``: see :func:`bootstrap_ci`."""
     values = [float(v) for v in values]
     if not values:
         return math.nan, math.nan, math.nan
-    lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed)
+    lo, hi = bootstrap_ci(values, n_boot=n_boot, seed=seed, clusters=clusters)
     return sum(values) / len(values), lo, hi
 
 

@@ -16,7 +16,8 @@ emphasis), ``pasta`` (profiled heads), ``spa``, ``seka`` (the model's projection
 ``adaseka-attention`` / ``adaseka-embedding`` (the model's expert set, when it has one).
 
 Every cell is ``mean [low, high] (n)``: a percentage (or nats for a log-probability change) with
-a seeded percentile-bootstrap 95 % interval over the family's items.
+a seeded percentile-bootstrap 95 % interval over the family's items (the two-document conflict
+family resamples whole items, each with its four counterbalanced cases).
 """
 
 from __future__ import annotations
@@ -138,8 +139,9 @@ class Stat:
         return cls.values([1.0 if f else 0.0 for f in flags], n_boot, seed)
 
     @classmethod
-    def values(cls, values: Sequence[float], n_boot: int = 2000, seed: int = 0, *, percent: bool = True) -> "Stat":
-        return cls(*mean_ci(values, n_boot, seed), len(values), percent)
+    def values(cls, values: Sequence[float], n_boot: int = 2000, seed: int = 0, *, percent: bool = True,
+               clusters: Sequence[Any] | None = None) -> "Stat":
+        return cls(*mean_ci(values, n_boot, seed, clusters=clusters), len(values), percent)
 
     def text(self) -> str:
         return format_ci(self.mean, self.lo, self.hi, percent=self.percent, n=self.n)
@@ -253,6 +255,13 @@ class SuiteConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SekaError(f"SuiteConfig.{name} must be a positive integer, got {value!r}")
+        unknown = [f for f in self.families if f not in _RUNNERS]
+        if unknown:
+            raise SekaError(f"SuiteConfig.families: unknown families {unknown}; choose from {', '.join(_RUNNERS)}")
+        bad = {f: n for f, n in dict(self.items).items()
+               if f not in _RUNNERS or isinstance(n, bool) or not isinstance(n, int) or n < 1}
+        if bad:
+            raise SekaError(f"SuiteConfig.items: {bad} (each a known family with a positive item count)")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v)
@@ -309,7 +318,14 @@ class SuiteResult:
         return lines
 
     def legend(self) -> list[str]:
-        return [f"{f}: {HEADLINE[f]}" for f in self.families]
+        lines = []
+        for f in self.families:
+            text = HEADLINE[f]
+            policies = self.settings.get("nq_policies") or ()
+            if f == "lost-in-middle" and policies:  # the cell is the first policy's; name it
+                text = text.removesuffix(", %") + f", '{policies[0]}' passages highlighted (the first of the policies), %"
+            lines.append(f"{f}: {text}")
+        return lines
 
     def text(self) -> str:
         """The whole result as plain text (what ``seka-rag eval`` prints)."""
@@ -440,7 +456,8 @@ def _conflict(model, items, method, config: SuiteConfig, progress: bool, shared:
     head = Stat(rep.share, rep.ci_low, rep.ci_high, rep.n)
     order = ("fictional", "real_agree", "real_contradict")
     cols = {"share": head, **_group_stats([it.group for it in items], rep.hits, order, config.n_boot),
-            "margin (nats)": Stat.values(rep.margins, config.n_boot, percent=False)}
+            "margin (nats)": Stat.values(rep.margins, config.n_boot, percent=False,
+                                         clusters=[it.unit or f"#{i}" for i, it in enumerate(items)])}
     return rep.to_dict(include_items=config.per_item), head, {"conflict: share by kind, answer margin": cols}
 
 

@@ -62,6 +62,17 @@ def test_user_mistakes_exit_2_with_a_message(model_dir, tmp_path, capsys):
     (["eval-families", "--embedding-temperature", "0"], "--embedding-temperature: must be a positive number"),
     (["gain-scale", "--first-question", "-3"], "--first-question: must be an integer >= 0"),
     (["gain-scale", "--family", "lost-in-middle", "--nq-passages", "2"], "--nq-passages: must be at least 3"),
+    (["eval-families", "--methods", "seka", "--families", "conflict", "--items", "2000"],
+     "--items: the conflict family has at most"),
+    (["eval-conflicts", "--split", "dev", "--items", "100000"], "--items: the dev split has"),
+    (["gain-scale", "--family", "counterfact", "--experts", "x", "--router", "embedding"],
+     "never loads an expert set, so --experts, --router would be ignored"),
+    (["sensitivity", "--adaptive"], "so --adaptive would be ignored"),
+    (["profile-pasta", "--out", "h.json", "--router", "attention"], "so --router would be ignored"),
+    (["eval-families", "--router", "embedding"], "names the router in each method"),
+    (["eval", "--router", "attention"], "names the router in each method"),
+    (["preview", "--router", "embedding", "a <<b>> c"], "--router needs an expert set: add --adaptive"),
+    (["eval-families", "--model", "smollm2-135m"], "no AdaSEKA expert set is shipped for 'smollm2-135m'"),
 ])
 def test_bad_numbers_are_refused_before_any_model_loads(args, message, monkeypatch, capsys):
     from seka_rag import cli
@@ -127,6 +138,7 @@ def test_bench_runs_end_to_end(model_dir, tmp_path, capsys):
     again = tmp_path / "again.json"  # a merge of a merge keeps every measuring run, not the nested file
     assert main(["bench", "--merge", str(merged), str(mem), "--out", str(again)]) == 0
     assert [r["file"] for r in json.loads(again.read_text())["runs"]] == [str(out), str(mem), str(mem)]
+    assert json.loads(again.read_text())["memory"] == memory["memory"]  # a repeated row is not doubled
     capsys.readouterr()
     assert main(["bench", "--merge", str(tmp_path / "missing.json")]) == 2
     assert "cannot read bench results" in capsys.readouterr().err
@@ -290,6 +302,20 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval-families", "--merge", str(out), str(seed3)]) == 0
     assert "no paired differences: the files were run on different items" in capsys.readouterr().out
+    # --families / --methods choose what a merge shows; files that are not eval-families outputs are refused
+    picked = tmp_path / "new" / "dir" / "picked.json"
+    assert main(["eval-families", "--merge", str(out), "--families", "conflict", "--methods", "seka,unsteered",
+                 "--out", str(picked)]) == 0
+    shown = json.loads(picked.read_text())["reports"]
+    assert sorted(shown) == ["seka", "unsteered"] and all(sorted(r) == ["conflict"] for r in shown.values())
+    capsys.readouterr()
+    assert main(["eval-families", "--merge", str(out), "--methods", "nothing-like-this"]) == 2
+    assert "nothing to merge" in capsys.readouterr().err
+    for bad in ({"unsteered": {"n": 4}}, {"reports": {"seka": {"conflict": {"efficacy": 1.0}}}}, [1, 2]):
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps(bad))
+        assert main(["eval-families", "--merge", str(path)]) == 2
+        assert "is not an `eval-families --out` file" in capsys.readouterr().err
     # top-1 embedding routing: every item is steered by exactly one expert, so its margin is that expert's
     top1 = tmp_path / "top1.json"
     assert main(["eval-families", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
@@ -306,3 +332,21 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
                  "--methods", "expert:nope"]) == 2
     assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj), "--families", "poetry",
                  "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval-conflicts", "--out", "{dir}"], "is a directory; give a file name"),
+    (["build-projection", "--out", "{dir}"], "is a directory; give a file name"),
+    (["profile-pasta", "--out", "{file}/x.json"], "is a file, not a directory"),
+    (["sensitivity", "--out-dir", "{file}"], "is a file; give a directory"),
+    (["build-experts", "--out", "{file}"], "is a file; give a directory"),
+    (["compare-experts", "--json", "{dir}"], "is a directory; give a file name"),
+])
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path, capsys, argv, message):
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-dir").mkdir()
+    argv = [a.format(dir=tmp_path / "a-dir", file=tmp_path / "a-file") for a in argv]
+    # the model named does not exist: the output check must come first
+    assert main([*argv, "--model", str(tmp_path / "no-model")]) == 2
+    assert message in capsys.readouterr().err
+

@@ -154,6 +154,22 @@ def test_bootstrap_ci_known_inputs():
     assert lo <= lo90 and hi90 <= hi
 
 
+def test_cluster_bootstrap_keeps_counterbalanced_cases_together():
+    # four cases per item, two wins and two losses each (both orders x either highlight, unsteered)
+    values = [1.0, 0.0, 1.0, 0.0] * 50
+    items = [i // 4 for i in range(len(values))]
+    assert bootstrap_ci(values, n_boot=500, clusters=items) == (0.5, 0.5)
+    assert bootstrap_ci(values, n_boot=500)[0] < 0.46  # as independent cases it would look uncertain
+    # items that all win or all lose: the interval is over 50 items, not 200 cases, so it is wider
+    whole = [float(i % 2) for i in range(50) for _ in range(4)]
+    by_item = bootstrap_ci(whole, n_boot=2000, clusters=[i // 4 for i in range(200)])
+    by_case = bootstrap_ci(whole, n_boot=2000)
+    assert by_item[1] - by_item[0] > 1.7 * (by_case[1] - by_case[0])
+    with pytest.raises(ValueError, match="cluster labels"):
+        bootstrap_ci([1.0, 0.0], clusters=[0])
+    assert paired_bootstrap_diff_ci([1.0, 0.0] * 4, [0.0, 1.0] * 4, clusters=[i // 2 for i in range(8)]) == (0.0, 0.0)
+
+
 def test_paired_bootstrap_diff():
     a = [1.0, 2.0, 3.0, 4.0]
     assert paired_bootstrap_diff_ci(a, [x - 1 for x in a]) == (1.0, 1.0)

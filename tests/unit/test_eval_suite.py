@@ -119,7 +119,7 @@ def test_eval_with_experts_and_a_tiny_nq_file(model_dir, projection, experts, nq
                  "--families", "lost-in-middle,conflict", "--methods", "unsteered,seka,adaseka-attention,adaseka-embedding",
                  "--items", "conflict=4,lost-in-middle=2", "--nq", str(nq_file), "--nq-passages", "3",
                  "--nq-policies", "middle,gold", "--nq-max-new-tokens", "3", "--batch-size", "4", "--per-item",
-                 "--no-progress", "--out", str(out)])
+                 "--nq-batch-size", "2", "--no-progress", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     data = json.loads(out.read_text())
@@ -140,6 +140,9 @@ def test_eval_with_experts_and_a_tiny_nq_file(model_dir, projection, experts, nq
     assert len(rows) == 2 * 3 * 2 and {r["policy"] for r in rows} == {"middle", "gold"}
     assert "reference" in data["seconds"]["lost-in-middle"]
     assert "lost-in-middle, 'gold' highlighted" in printed
+    assert data["settings"]["nq_batch_size"] == 2
+    # the main table's lost-in-middle cell is the first policy's, and the legend says which
+    assert "all gold positions, 'middle' passages highlighted (the first of the policies)" in printed
 
 
 def test_profile_pasta_then_eval_with_the_heads(model_dir, projection, tmp_path, capsys):
@@ -159,6 +162,12 @@ def test_profile_pasta_then_eval_with_the_heads(model_dir, projection, tmp_path,
     assert data["settings"]["pasta"]["heads_file"] == str(heads) and data["settings"]["pasta"]["alpha"] == 0.1
     assert sum(map(len, data["settings"]["pasta"]["heads"].values())) == 3
     _check_stat(data["table"]["pasta"]["conflict"])
+    # the bench takes the same profile
+    bench = tmp_path / "bench.json"
+    assert main(["bench", *_base(model_dir, projection), "--methods", "pasta", "--pasta-heads", str(heads),
+                 "--lengths", "16", "--runs", "1", "--decode-tokens", "1", "--no-memory", "--out", str(bench)]) == 0
+    config = json.loads(bench.read_text())["info"]["config"]
+    assert sum(map(len, config["pasta_heads"].values())) == 3
 
 
 @pytest.mark.parametrize("args, message", [
@@ -571,6 +580,10 @@ def test_suite_config_refuses_non_positive_lengths():
     for bad in (0, -3, 2.5, True):
         with pytest.raises(SekaError, match="nq_max_new_tokens must be a positive integer"):
             SuiteConfig(nq_max_new_tokens=bad)
+    with pytest.raises(SekaError, match="unknown families \\['nope'\\]"):
+        SuiteConfig(families=("nope",))
+    with pytest.raises(SekaError, match="SuiteConfig.items"):
+        SuiteConfig(items={"conflict": -1})
 
 
 def test_gain_scale_answer_length_needs_em_for_lost_in_middle(tmp_path, capsys):

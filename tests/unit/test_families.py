@@ -415,3 +415,32 @@ def test_paired_differences_known_answer():
     assert paired_differences({"router": rows["router"]}) == ""  # no reference: nothing to pair with
     rows["seka"]["a"].hits = []  # a file written without per-item results
     assert paired_differences(rows) == ""
+
+
+def test_dev_seeds_never_score_test_split_conflict_facts():
+    key = lambda x: (x.prompt, x.highlight, x.target)  # noqa: E731
+    test = {key(x) for x in family_items("conflict", 152, seed=0)}
+    for seed in (1, 2):
+        dev = family_items("conflict", 152, seed=seed)
+        assert not test & {key(x) for x in dev}
+        dev_subjects = {it.subject for it in conflict_split("dev", seed=seed)}
+        assert {x.subject for x in dev} <= dev_subjects
+
+
+@pytest.mark.parametrize("family, per_unit", [("conflict", 4), ("instruction", 4), ("distractors", 2)])
+def test_counterbalanced_variants_share_a_unit_and_intervals_resample_units(family, per_unit):
+    items = family_items(family, 48, seed=0)
+    sizes = Counter(x.unit for x in items)
+    assert "" not in sizes and set(sizes.values()) == {per_unit}
+    # unsteered: each unit's variants split evenly between hits and misses -> exactly 50 %, interval [50, 50]
+    seen: Counter = Counter()
+    margins = []
+    for x in items:
+        margins.append(1.0 if seen[x.unit] % 2 == 0 else -1.0)
+        seen[x.unit] += 1
+    order = [x.unit for x in items]
+    report = family_report(family, items, margins)
+    assert report.share == 0.5 and (report.ci_low, report.ci_high) == (0.5, 0.5)
+    assert report.units == order
+    assert all(x.unit == "" for x in family_items("context_qa", 8))
+
