@@ -164,8 +164,16 @@ def calibrate(model, projection: Projection, config: CalibrationConfig = Calibra
     layers = projection.layers
     units = [layers[i : i + config.group_size] for i in range(0, len(layers), config.group_size)]
     trials: list[Trial] = []
+    # every trial ticks the bar; the stages after the scan are adaptive, so their count is an upper bound
+    n_candidates = min(config.candidates, len(config.constructions) * len(units))
+    n_blocks = sum(1 for k in config.late_blocks if k <= len(layers)) * len(config.multipliers)
+    bar = tqdm(total=len(config.constructions) * len(units) + n_candidates * (len(config.multipliers) + 1)
+               + (n_blocks if "seka" in config.constructions else 0) + len(config.refine),
+               desc="calibration: scan", disable=not progress, leave=False)
 
     def measure(stage, units, scorer) -> Trial:
+        bar.set_description(f"calibration: {stage}", refresh=False)
+        bar.update()
         margins = scorer.margins(trial_matrices(projection, units, config))
         t = Trial(stage, [(c, list(ls), float(m)) for c, ls, m in units], float((margins > 0).float().mean()),
                   float(margins.mean()), scorer.n)
@@ -173,14 +181,12 @@ def calibrate(model, projection: Projection, config: CalibrationConfig = Calibra
         return t
 
     key = lambda t: (t.share, t.mean_margin)  # noqa: E731
-    bar = tqdm(total=len(config.constructions) * len(units), desc="calibration", disable=not progress, leave=False)
 
     # 1. scan every unit alone
     scanned = []
     for c in config.constructions:
         for u in units:
             scanned.append(measure("scan", [(c, u, 1.0)], scan))
-            bar.update()
     ranked = sorted(scanned, key=lambda t: (t.mean_margin, t.share), reverse=True)[: config.candidates]
 
     # 2a. the best single units, each at a few gains, on the larger dev subset

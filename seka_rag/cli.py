@@ -157,6 +157,10 @@ def cmd_build_projection(args) -> int:
     from .builder import BuildConfig, build_projection
     from .data.triplets import generate_triplets
 
+    if args.build_layers is not None and args.default_layers is not None:
+        outside = sorted(set(args.default_layers) - set(args.build_layers))
+        if outside:  # found now, not after every key has been collected
+            raise SekaError(f"--default-layers {outside} are not among --build-layers {args.build_layers}")
     model = load_model(**_model_spec(args, no_projection=True))
     triplets = generate_triplets(args.triplets, seed=args.seed)
     config = BuildConfig(gamma=args.gamma, delta=args.delta, layers=args.build_layers, batch_size=args.batch_size,
@@ -241,6 +245,8 @@ def cmd_eval_conflicts(args) -> int:
     except ValueError as exc:
         raise SekaError(f"--items: {exc}") from None
     model = load_model(**_model_spec(args))
+    steer = _steer_kwargs(args)  # checked against the projection now, not after the whole unsteered pass
+    model._steering_matrices(steer["gain_pos"], steer["gain_neg"], steer["layers"], None)
     print(f"{model.model_id}: two-document conflicts, {args.split} split, {len(items)} items x 4 cases")
     print(ConflictReport.header())
     reports = {}
@@ -704,8 +710,15 @@ def _float_list(text: str) -> list[float]:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         values = []
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected numbers like '1,2,4', got {text!r}")
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers like '1,2,4', got {text!r}")
+    return values
+
+
+def _quantile_list(text: str) -> list[float]:
+    values = _float_list(text)
+    if not all(0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected quantiles in [0, 1] like '0,0.25,0.5', got {text!r}")
     return values
 
 
@@ -1063,7 +1076,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gains-neg", type=_float_list, default=[0.0, 0.5, 1.0, 2.0, 4.0], help="g- values")
     p.add_argument("--layer-sets", default="default,last-8,last-12,middle-8,all",
                    help="comma-separated: default, all, first-N, last-N, middle-N")
-    p.add_argument("--delta-quantiles", type=_float_list, default=[0.0, 0.25, 0.5, 0.75],
+    p.add_argument("--delta-quantiles", type=_quantile_list, default=[0.0, 0.25, 0.5, 0.75],
                    help="head thresholds as quantiles of the per-head key shift")
     p.add_argument("--scorer", default="first-token", choices=["first-token", "shared-prefix"])
     p.add_argument("--unit-scale", action="store_true", help="ignore the projection's per-layer gain factors")

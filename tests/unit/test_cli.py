@@ -71,6 +71,10 @@ def test_user_mistakes_exit_2_with_a_message(model_dir, tmp_path, capsys):
     (["profile-pasta", "--out", "h.json", "--router", "attention"], "so --router would be ignored"),
     (["eval-families", "--router", "embedding"], "names the router in each method"),
     (["eval", "--router", "attention"], "names the router in each method"),
+    (["sensitivity", "--delta-quantiles", "1.5"], "expected quantiles in [0, 1]"),
+    (["build-projection", "--out", "p.safetensors", "--build-layers", "20-21", "--default-layers", "25"],
+     "--default-layers [25] are not among --build-layers [20, 21]"),
+    (["sensitivity", "--gains-pos=nan"], "expected finite numbers"),
     (["preview", "--router", "embedding", "a <<b>> c"], "--router needs an expert set: add --adaptive"),
     (["eval-families", "--model", "smollm2-135m"], "no AdaSEKA expert set is shipped for 'smollm2-135m'"),
 ])
@@ -281,6 +285,8 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     assert "Paired differences from plain SEKA" in printed and "unsteered - seka" not in printed
     reports = json.loads(out.read_text())["reports"]
     assert reports["unsteered"]["instruction"]["share"] == 0.5  # counterbalanced by construction
+    for family in ("instruction", "conflict"):  # intervals resample whole counterbalanced units
+        assert (reports["unsteered"][family]["ci_low"], reports["unsteered"][family]["ci_high"]) == (0.5, 0.5)
     other = tmp_path / "other.json"
     assert main(["eval-families", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
                  "--experts", str(experts), "--items", "4", "--families", "instruction",

@@ -141,6 +141,8 @@ def test_eval_with_experts_and_a_tiny_nq_file(model_dir, projection, experts, nq
     assert "reference" in data["seconds"]["lost-in-middle"]
     assert "lost-in-middle, 'gold' highlighted" in printed
     assert data["settings"]["nq_batch_size"] == 2
+    unsteered = data["table"]["unsteered"]["conflict"]  # one item's four counterbalanced cases
+    assert (unsteered["mean"], unsteered["ci_low"], unsteered["ci_high"]) == (0.5, 0.5, 0.5)
     # the main table's lost-in-middle cell is the first policy's, and the legend says which
     assert "all gold positions, 'middle' passages highlighted (the first of the policies)" in printed
 
