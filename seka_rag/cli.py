@@ -245,8 +245,9 @@ def cmd_eval_conflicts(args) -> int:
     except ValueError as exc:
         raise SekaError(f"--items: {exc}") from None
     model = load_model(**_model_spec(args))
-    steer = _steer_kwargs(args)  # checked against the projection now, not after the whole unsteered pass
-    model._steering_matrices(steer["gain_pos"], steer["gain_neg"], steer["layers"], None)
+    if model.router is None or model.router == "projection":  # steering with the single projection:
+        steer = _steer_kwargs(args)  # check the options against it now, not after the whole unsteered pass
+        model._steering_matrices(steer["gain_pos"], steer["gain_neg"], steer["layers"], None)
     print(f"{model.model_id}: two-document conflicts, {args.split} split, {len(items)} items x 4 cases")
     print(ConflictReport.header())
     reports = {}
@@ -538,16 +539,26 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
                 for r in reports_of.values()):
             raise SekaError(f"{path!r} is not an `eval-families --out` file (it has no per-method family reports)")
         runs = payload.get("runs") or [{k: v for k, v in payload.items() if k != "reports"}]  # a merge keeps its runs
-        merged.setdefault("runs", []).extend(runs)
+        contributes = False
         for method, reports in reports_of.items():
-            if methods is not None and method not in methods:
+            if methods is not None and method not in methods and not (
+                    "experts" in methods and method.startswith("expert:")):
                 continue
             reports = {f: r for f, r in reports.items() if families is None or f in families}
             if not reports:
                 continue
+            contributes = True
             merged.setdefault("reports", {}).setdefault(method, {}).update(reports)
             table.setdefault(method, {}).update(
                 {f: FamilyReport(**{k: v for k, v in r.items() if k in known}) for f, r in reports.items()})
+        if contributes:  # a file whose reports are all filtered out says nothing about the items shown
+            merged.setdefault("runs", []).extend(runs)
+    if methods is not None:
+        missing = [m for m in methods if m not in table and not (
+            m == "experts" and any(k.startswith("expert:") for k in table))]
+        if missing and table:
+            raise SekaError(f"--methods {missing}: no such method in the merged files (they hold "
+                            f"{sorted({m for p in paths for m in json.loads(Path(p).read_text())['reports']})})")
     if not table:
         raise SekaError("nothing to merge: no report matches the --methods / --families given")
     print(format_family_table(table))

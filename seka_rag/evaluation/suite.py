@@ -17,7 +17,8 @@ emphasis), ``pasta`` (profiled heads), ``spa``, ``seka`` (the model's projection
 
 Every cell is ``mean [low, high] (n)``: a percentage (or nats for a log-probability change) with
 a seeded percentile-bootstrap 95 % interval over the family's items (the two-document conflict
-family resamples whole items, each with its four counterbalanced cases).
+family's headline share and margin resample whole items, each with its four counterbalanced cases;
+its breakdown by kind is over cases).
 """
 
 from __future__ import annotations

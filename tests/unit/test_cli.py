@@ -275,6 +275,10 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     assert "use --reuse DIR" in capsys.readouterr().err
     assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj)]) == 2
     assert "--out DIR is required" in capsys.readouterr().err
+    # a model that steers with experts only (no single projection) runs the conflict evaluation
+    assert main(["eval-conflicts", "--model", str(model_dir), "--experts", str(experts), "--dtype", "float32",
+                 "--split", "dev", "--items", "1"]) == 0
+    capsys.readouterr()
     out = tmp_path / "families.json"
     assert main(["eval-families", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
                  "--experts", str(experts), "--items", "4", "--families", "instruction", "conflict",
@@ -317,6 +321,13 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval-families", "--merge", str(out), "--methods", "nothing-like-this"]) == 2
     assert "nothing to merge" in capsys.readouterr().err
+    assert main(["eval-families", "--merge", str(out), "--methods", "seka,no-such-method"]) == 2
+    assert "--methods ['no-such-method']: no such method" in capsys.readouterr().err
+    assert main(["eval-families", "--merge", str(out), "--methods", "experts"]) == 0  # every expert:NAME row
+    assert "expert:instruction" in capsys.readouterr().out
+    # a file whose reports are all filtered out does not stop the paired differences
+    assert main(["eval-families", "--merge", str(out), str(seed3), "--methods", "seka,ada-attention"]) == 0
+    assert "ada-attention - seka:" in capsys.readouterr().out
     for bad in ({"unsteered": {"n": 4}}, {"reports": {"seka": {"conflict": {"efficacy": 1.0}}}}, [1, 2]):
         path = tmp_path / "bad.json"
         path.write_text(json.dumps(bad))

@@ -91,13 +91,19 @@ class SekaSettings(BaseModel):
     def _check_markers(cls, value: Any) -> Any:
         if value is None or value == "model" or isinstance(value, Markers):
             return value
-        if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        if isinstance(value, (tuple, list)) and len(value) in (2, 3) and all(isinstance(v, str) for v in value):
             return Markers(*value)  # raises HighlightError (a ValueError) for empty or equal strings
-        raise ValueError(f"markers must be 'model', None, a Markers or a (start, end) pair of strings, got {value!r}")
+        raise ValueError(f"markers must be 'model', None, a Markers, or a (start, end) or (start, end, escape) "
+                         f"tuple of strings, got {value!r}")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_string(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value  # one sequence, as per call
 
     @field_serializer("markers")
     def _serialize_markers(self, value: Any) -> Any:
-        return [value.start, value.end] if isinstance(value, Markers) else value
+        return [value.start, value.end, value.escape] if isinstance(value, Markers) else value
 
     @field_validator("model")
     @classmethod

@@ -123,7 +123,8 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
     the engine unchanged; it rejects a query with any router but ``"embedding"``. After each call
     ``model.last_routing`` tells which experts fired.
 
-    ``batch`` runs one batched forward pass over its inputs (when they share one config).
+    ``batch`` runs one batched engine call over its inputs, also inside a chain (``(prompt | chat).batch``)
+    where every input has its own config and run.
     ``stream`` yields text as tokens are produced. Usage metadata carries token counts; the response
     metadata carries ``model_name`` and ``highlighted_tokens``.
 
@@ -284,9 +285,10 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
 
         Inputs with differing configs (callbacks, tags, metadata, run names — every input of a chain's
         ``batch`` has its own) keep their own runs and callbacks and still share one batched engine
-        call: the first to reach the model answers them all. When the batched call fails, every input
-        runs on its own, so each reports its own error (with ``return_exceptions=True``, only the
-        failing ones).
+        call: the first to reach the model answers them all; when that call fails, every input runs on
+        its own, so each reports its own error. With one shared config, a failing batched call raises
+        its error (with ``return_exceptions=True``: the inputs are retried one by one, and only the
+        failing ones come back as exceptions).
         Per-call keyword arguments (e.g. ``highlights``) apply to every input; ``query_embedding=``
         (and ``query=``) may be one value for all inputs or a list with one per input, which the
         engine routes row by row in the same batched pass.
@@ -304,7 +306,10 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
             # e.g. inside a chain (`(prompt | chat).batch(...)`): every input has its own callbacks and
             # run, so LangChain runs them one by one, and the first to reach the model generates every
             # input's answer in one batched engine call; the others pick theirs up
-            messages = [self._convert_input(i).to_messages() for i in inputs]
+            try:
+                messages = [self._convert_input(i).to_messages() for i in inputs]
+            except Exception:  # a bad input: LangChain's own batching reports it (per input with return_exceptions)
+                return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
             plan = _BatchPlan(self, messages, kwargs.get("stop"), {k: v for k, v in kwargs.items() if k != "stop"},
                               fail_quietly=True)
             token = _BATCH.set(plan)

@@ -186,5 +186,5 @@ def langsmith_params(settings: Any, model_type: str, stop: list[str] | None, kwa
         params["ls_temperature"] = temperature
     stops = stop if stop is not None else settings.stop
     if stops:
-        params["ls_stop"] = list(stops)
+        params["ls_stop"] = [stops] if isinstance(stops, str) else list(stops)
     return params

@@ -185,3 +185,27 @@ def test_llamaindex_bad_prompts_and_list_spans(tiny_seka, spy):
     assert spy.last["highlights"] == [(0, 0, 5)]
     llm.complete("hello there", stop="Ana")
     assert spy.last["kwargs"]["stop"] == ["Ana"]
+
+
+def test_markers_escape_is_part_of_the_cache_key_and_survives_serialisation(tiny_seka):
+    plain = ChatSeka(model=tiny_seka, markers=("[[", "]]"))
+    tilde = ChatSeka(model=tiny_seka, markers=Markers("[[", "]]", escape="~"))
+    assert plain._identifying_params != tilde._identifying_params
+    assert ChatSeka(model=tiny_seka, markers=("[[", "]]", "~")).markers == Markers("[[", "]]", "~")
+    restored = Seka.from_dict(Seka(model=tiny_seka, markers=Markers("[[", "]]", escape="~")).to_dict())
+    assert restored.markers == Markers("[[", "]]", "~")
+
+
+def test_stop_string_in_constructor_and_tracing_params(tiny_seka, spy):
+    chat = ChatSeka(model=tiny_seka, max_tokens=2, stop="###")
+    assert chat.stop == ["###"]
+    assert chat._get_ls_params(stop="###")["ls_stop"] == ["###"]
+    chat.invoke("hello")
+    assert spy.last["kwargs"]["stop"] == ["###"]
+
+
+def test_batch_with_differing_configs_reports_an_unconvertible_input_alone(tiny_seka):
+    chat = ChatSeka(model=tiny_seka, max_tokens=2)
+    out = chat.batch(["hello", 123], config=[{"tags": ["a"]}, {"tags": ["b"]}], return_exceptions=True)
+    assert isinstance(out[0], AIMessage) and isinstance(out[1], ValueError)
+
