@@ -528,6 +528,7 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
     known = {f.name for f in fields(FamilyReport)}
     table: dict = {}
     merged: dict = {}
+    seen: set[str] = set()  # every method in the files, shown or not
     for path in paths:
         try:
             payload = json.loads(Path(path).read_text())
@@ -540,6 +541,7 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
             raise SekaError(f"{path!r} is not an `eval-families --out` file (it has no per-method family reports)")
         runs = payload.get("runs") or [{k: v for k, v in payload.items() if k != "reports"}]  # a merge keeps its runs
         contributes = False
+        seen.update(reports_of)
         for method, reports in reports_of.items():
             if methods is not None and method not in methods and not (
                     "experts" in methods and method.startswith("expert:")):
@@ -557,8 +559,7 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
         missing = [m for m in methods if m not in table and not (
             m == "experts" and any(k.startswith("expert:") for k in table))]
         if missing and table:
-            raise SekaError(f"--methods {missing}: no such method in the merged files (they hold "
-                            f"{sorted({m for p in paths for m in json.loads(Path(p).read_text())['reports']})})")
+            raise SekaError(f"--methods {missing}: no such method in the merged files (they hold {sorted(seen)})")
     if not table:
         raise SekaError("nothing to merge: no report matches the --methods / --families given")
     print(format_family_table(table))
