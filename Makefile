@@ -127,7 +127,7 @@ eval: install
 	$(VENV)/bin/seka-rag eval --model qwen2.5-coder-0.5b --adaptive --nq $(NQ_DATA) --items $(EVAL_ITEMS) \
 		--nq-passages $(NQ_PASSAGES) --max-new-tokens 48 \
 		$(if $(PASTA_HEADS),--pasta-heads $(PASTA_HEADS),--pasta-profile-items 4 --pasta-profile-layers $(PASTA_PROFILE_LAYERS)) \
-		--out docs/results.json --markdown docs/results-tables.md --plot docs/results-families.png
+		--per-item --out docs/results.json --markdown docs/results-tables.md --plot docs/results-families.png
 
 # How SEKA's share moves with the gains, the edited layers and the head threshold, on dev conflict
 # cases (tables, JSON and heat-maps in docs/sensitivity/; about 8 min). It reports only: the shipped
