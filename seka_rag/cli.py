@@ -19,7 +19,6 @@ def load_model(model: str = DEFAULT_MODEL, projection: str | None = None, gguf_f
     """Load an embedded model by name, or any supported model by hub id / directory."""
     from .model import SekaModel, _UNSET
 
-    _check_expert_options(model, adaptive, experts, router)
     proj = None if no_projection else (projection if projection is not None else _UNSET)
     if model in EMBEDDED_MODELS:
         if gguf_file is not None:

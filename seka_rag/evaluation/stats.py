@@ -29,7 +29,7 @@ def bootstrap_ci(
     if n_boot < 1:
         raise ValueError(f"n_boot must be positive, got {n_boot!r}")
     rng = np.random.default_rng(seed)
-    if clusters is not None:
+    if clusters is not None:  # resample clusters: the mean of the drawn clusters' values
         labels = list(clusters)
         if len(labels) != arr.size:
             raise ValueError(f"{arr.size} values but {len(labels)} cluster labels")
@@ -38,10 +38,7 @@ def bootstrap_ci(
         sums = np.bincount(ids, weights=arr, minlength=len(index))
         counts = np.bincount(ids, minlength=len(index)).astype(float)
         idx = rng.integers(0, len(index), size=(n_boot, len(index)))
-        means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
-        alpha = (1.0 - level) / 2.0
-        lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-        return (float(lo), float(hi))
+        return _percentile_interval(sums[idx].sum(axis=1) / counts[idx].sum(axis=1), level)
     means = np.empty(n_boot)
     # chunked so that n_boot x n index arrays stay small for long value lists
     chunk = max(1, 2_000_000 // arr.size)
@@ -49,6 +46,10 @@ def bootstrap_ci(
         stop = min(n_boot, start + chunk)
         idx = rng.integers(0, arr.size, size=(stop - start, arr.size))
         means[start:stop] = arr[idx].mean(axis=1)
+    return _percentile_interval(means, level)
+
+
+def _percentile_interval(means: np.ndarray, level: float) -> tuple[float, float]:
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return (float(lo), float(hi))

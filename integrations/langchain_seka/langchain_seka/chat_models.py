@@ -302,14 +302,17 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         )
         if len(inputs) == 1:
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        try:
+            messages = [self._convert_input(i).to_messages() for i in inputs]
+        except Exception:
+            if shared:
+                raise
+            # a bad input among per-input configs: LangChain's own batching reports it (per input)
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         if not shared:
             # e.g. inside a chain (`(prompt | chat).batch(...)`): every input has its own callbacks and
             # run, so LangChain runs them one by one, and the first to reach the model generates every
             # input's answer in one batched engine call; the others pick theirs up
-            try:
-                messages = [self._convert_input(i).to_messages() for i in inputs]
-            except Exception:  # a bad input: LangChain's own batching reports it (per input with return_exceptions)
-                return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
             plan = _BatchPlan(self, messages, kwargs.get("stop"), {k: v for k, v in kwargs.items() if k != "stop"},
                               fail_quietly=True)
             token = _BATCH.set(plan)
@@ -318,7 +321,6 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
             finally:
                 _BATCH.reset(token)
         stop = kwargs.pop("stop", None)
-        messages = [self._convert_input(i).to_messages() for i in inputs]
         token = _BATCH.set(_BatchPlan(self, messages, stop, dict(kwargs)))
         try:
             result = self.generate(
