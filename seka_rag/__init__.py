@@ -19,7 +19,7 @@ from .errors import (
     SteeringConfigError,
     UnsupportedModelError,
 )
-from .highlight import DEFAULT_MARKERS, Markers, escape_markers
+from .highlight import DEFAULT_MARKERS, Markers, escape_markers, mark_highlight
 from .model import SekaModel
 from .projection import Projection, ProjectionMeta
 from .steering import SteeringConfig
@@ -43,5 +43,6 @@ __all__ = [
     "UnsupportedModelError",
     "supported_model_types",
     "escape_markers",
+    "mark_highlight",
     "__version__",
 ]

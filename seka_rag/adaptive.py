@@ -67,6 +67,7 @@ class RoutingConfig:
     signed: bool = False  #: attention router: Σ (q̂·u_k) σ_k as printed, instead of Σ |q̂·u_k| σ_k
 
     def validate(self) -> "RoutingConfig":
+        """Check every setting's type and range; return ``self``, or raise :class:`SteeringConfigError`."""
         for name in ("gain", "embedding_gain"):
             g = getattr(self, name)
             if isinstance(g, bool) or not isinstance(g, numbers.Real) or not math.isfinite(g):
@@ -87,10 +88,18 @@ class RoutingConfig:
         return self
 
     def replace(self, **changes: Any) -> "RoutingConfig":
+        """A validated copy with ``changes`` applied; unknown setting names are refused."""
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
             raise SteeringConfigError(f"unknown routing settings {sorted(unknown)}; known: {[f.name for f in fields(self)]}")
         return RoutingConfig(**{**asdict(self), **changes}).validate()
+
+
+#: The :class:`RoutingConfig` fields each router reads.
+ROUTER_SETTINGS: dict[str, frozenset[str]] = {
+    "attention": frozenset({"gain", "temperature", "top_k", "signed"}),
+    "embedding": frozenset({"embedding_gain", "embedding_temperature", "embedding_top1"}),
+}
 
 
 @dataclass
@@ -155,6 +164,7 @@ class ExpertSet:
         return all(e.prototype is not None for e in self.experts)
 
     def validate(self) -> None:
+        """Check the set is usable: experts present, one model shape, U/S factors of matching shapes."""
         if not self.experts:
             raise ProjectionError("an expert set needs at least one expert")
         if not all(isinstance(e, Expert) for e in self.experts):
@@ -342,9 +352,12 @@ class RoutingResult:
         """(batch, experts): each row's weights averaged over layers and heads (NaN: row not steered)."""
         return self.weights.float().mean(dim=(1, 2))
 
-    def top_experts(self) -> list[str]:
-        """The expert with the largest mean weight, per row."""
-        return [self.experts[i] for i in self.expert_weights().argmax(-1).tolist()]
+    def top_experts(self) -> list[str | None]:
+        """The expert with the largest mean weight, per row (None for a row that was not steered)."""
+        mean = self.expert_weights()
+        steered = ~mean.isnan().any(-1)
+        best = torch.nan_to_num(mean, nan=float("-inf")).argmax(-1)
+        return [self.experts[int(i)] if ok else None for i, ok in zip(best.tolist(), steered.tolist())]
 
     def summary(self, row: int = 0) -> dict[str, float]:
         """``{expert: mean weight}`` of one row."""
@@ -388,9 +401,11 @@ class AdaptiveEdit(ActiveEdit):
         return set(self.stacked.layers)
 
     def wants_query(self, layer: int) -> bool:
+        """Whether the attention router still needs this layer's last-token query (prefill only)."""
         return self.router == "attention" and layer in self.stacked.edits and layer not in self.record
 
     def observe_query(self, layer: int, query: torch.Tensor, layout: str) -> None:
+        """Record the layer's per-row, per-KV-head expert coefficients from the last prompt token's query."""
         q = _last_token_query(query, layout, expand_rows(self.query_index, query.shape[0]), self.num_query_heads, self.head_dim)
         routes = self.stacked.routes[layer]  # (experts, kv, d, K)
         n_kv = routes.shape[1]
@@ -401,6 +416,7 @@ class AdaptiveEdit(ActiveEdit):
         self.record[layer] = normalise_coefficients(c, self.routing.temperature)
 
     def matrices_for(self, layer: int, keys: torch.Tensor) -> torch.Tensor:
+        """The per-row mixed edit ``(batch, kv_heads, d, d)`` for this layer, times the router's gain."""
         if self.router == "attention":
             w = self.record.get(layer)
             if w is None:
@@ -418,12 +434,16 @@ class AdaptiveEdit(ActiveEdit):
         return mixed.to(keys.dtype)
 
     def result(self, names: list[str], rows: int) -> RoutingResult | None:
+        """The weights recorded during the call, per prompt row (None if no steered layer ran)."""
         layers = [layer for layer in self.stacked.layers if layer in self.record]
         if not layers:
             return None
         recorded = [self.record[layer] for layer in layers]
         step = max(1, recorded[0].shape[0] // rows)  # generate() may have repeated each row (beams)
         weights = torch.stack([w[::step][:rows].float().cpu() for w in recorded], dim=1)
+        # a row with no highlighted token is not edited: NaN, as when it runs alone
+        unedited = ~self.highlight[:rows].bool().any(-1).cpu()
+        weights[unedited] = float("nan")
         return RoutingResult(self.router, names, layers, weights)
 
 

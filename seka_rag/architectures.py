@@ -84,6 +84,7 @@ class ModelGeometry:
 
 
 def supported_model_types() -> list[str]:
+    """The ``config.model_type`` values SEKA can steer (every architecture in :data:`ARCHITECTURES`)."""
     return sorted(ARCHITECTURES)
 
 
@@ -150,6 +151,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def layer_module(layer: nn.Module, dotted: str) -> nn.Module:
+    """The submodule at ``dotted`` (e.g. ``"self_attn.k_proj"``) of a decoder layer, or a clear error."""
     module = _resolve(layer, dotted)
     if module is None:
         raise UnsupportedModelError(f"{type(layer).__name__} has no module {dotted!r}")

@@ -40,6 +40,7 @@ class BuildConfig:
     default_layers: Sequence[int] | None = None  #: layers edited by default (None: all built)
 
     def validate(self, num_layers: int) -> list[int]:
+        """Check the settings against a model of ``num_layers`` layers; return the layers to build."""
         if not 0.0 < self.gamma <= 1.0:
             raise SekaError(f"gamma must be in (0, 1], got {self.gamma}")
         if self.delta < 0:

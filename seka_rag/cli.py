@@ -483,7 +483,11 @@ def cmd_eval_families(args) -> int:
     for m in expanded:
         kw = _family_method_kwargs(model, m)
         if routing and m.startswith("ada-"):
-            kw["routing"] = routing
+            from .adaptive import ROUTER_SETTINGS
+
+            read = ROUTER_SETTINGS[m.removeprefix("ada-")]  # each router gets the options it reads
+            if any(k in read for k in routing):
+                kw["routing"] = {k: v for k, v in routing.items() if k in read}
         table[m] = {}
         for f in families:
             table[m][f] = evaluate_family(model, items[f], batch_size=args.batch_size, **kw)

@@ -65,17 +65,20 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
     esc, start, end = markers.escape, markers.start, markers.end
     while pos < len(text):
         if esc and text.startswith(esc, pos):
-            rest = pos + len(esc)
-            for literal in (start, end):
-                if text.startswith(literal, rest):
-                    out.append(literal)
-                    length += len(literal)
-                    pos = rest + len(literal)
-                    break
-            else:
-                out.append(esc)
-                length += len(esc)
-                pos = rest
+            # a run of escapes before a marker: pairs are literal escapes, an odd one makes the marker
+            # literal; escapes anywhere else are ordinary text
+            run, rest = 0, pos
+            while text.startswith(esc, rest):
+                run, rest = run + 1, rest + len(esc)
+            marker = next((m for m in (start, end) if text.startswith(m, rest)), None)
+            kept = run if marker is None else run // 2
+            out.append(esc * kept)
+            length += len(esc) * kept
+            pos = rest
+            if marker is not None and run % 2 == 1:
+                out.append(marker)
+                length += len(marker)
+                pos = rest + len(marker)
             continue
         if text.startswith(start, pos):
             if open_at is not None:
@@ -85,6 +88,15 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
                 )
             open_at, open_piece = length, len(out)
             pos += len(start)
+            continue
+        if open_at is not None and text.startswith(end, pos) and any(
+            text.startswith(end, pos + k) for k in range(1, len(end))
+        ):
+            # overlapping closing markers (">>>"): the last one closes, so highlighted text may end
+            # with a character of the marker ("<<a>>>" highlights "a>")
+            out.append(text[pos])
+            length += 1
+            pos += 1
             continue
         if text.startswith(end, pos):
             if open_at is None:
@@ -113,8 +125,10 @@ def escape_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> str:
     """``text`` with every marker string escaped, so it is read back literally.
 
     Use it on text you do not control (retrieved documents, code, tool output) before adding it to a
-    prompt that uses inline markers: ``f"<<{escape_markers(doc)}>>"``. Code often contains ``<<`` and
-    ``>>`` (bit shifts, C++ streams, heredocs); unescaped, they would be read as highlight markers.
+    prompt that uses inline markers. Code often contains ``<<`` and ``>>`` (bit shifts, C++ streams,
+    heredocs); unescaped, they would be read as highlight markers. Escapes already standing before a
+    marker are doubled, so they stay text too. To wrap such text in a highlight, use
+    :func:`mark_highlight`, which also takes care of the text's last characters.
     """
     if markers is None or not text:
         return text
@@ -126,8 +140,36 @@ def escape_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> str:
             f"the text contains a highlight marker ({markers.start!r} or {markers.end!r}) and these "
             "markers have no escape string, so it cannot be carried literally"
         )
-    pattern = re.compile("|".join(re.escape(n) for n in needles))
-    return pattern.sub(lambda m: markers.escape + m.group(0), text)
+    esc = re.escape(markers.escape)
+    pattern = re.compile(f"((?:{esc})*)(" + "|".join(re.escape(n) for n in needles) + ")")
+    return pattern.sub(lambda m: m.group(1) * 2 + markers.escape + m.group(2), text)
+
+
+def mark_highlight(text: str, markers: Markers = DEFAULT_MARKERS) -> str:
+    """``text`` wrapped in highlight markers so that exactly ``text`` is highlighted, whatever it holds.
+
+    ``f"Context: {mark_highlight(doc)}"`` is safe for any retrieved document or code: markers inside
+    it are escaped (:func:`escape_markers`), and a trailing escape character (a Windows path
+    ``C:\\dir\\``) or a trailing character of the closing marker (``</div>``) stays inside the highlight.
+    """
+    if markers is None:
+        raise HighlightError("mark_highlight needs markers (markers=None turns inline highlights off)")
+    if not isinstance(text, str) or not text.strip():
+        raise HighlightError(f"a highlight needs some text, got {text!r}")
+    body, esc = escape_markers(text, markers), markers.escape
+    if esc:
+        # escapes standing right before a closing marker that starts at the body's end, or inside
+        # it ("a\\>" + ">>"), would make it literal: doubled, they stay text
+        for at in range(max(0, len(body) - len(markers.end) + 1), len(body) + 1):
+            if not (body + markers.end).startswith(markers.end, at):
+                continue
+            run = 0
+            while at - (run + 1) * len(esc) >= 0 and body.startswith(esc, at - (run + 1) * len(esc)):
+                run += 1
+            if run:
+                body = body[:at] + esc * run + body[at:]
+            break
+    return f"{markers.start}{body}{markers.end}"
 
 
 def merge_spans(spans: Sequence[Span]) -> list[Span]:
@@ -191,6 +233,7 @@ def _as_messages(prompt: Prompt) -> list[dict] | None:
 
 
 def has_chat_template(tokenizer) -> bool:
+    """Whether the tokenizer carries a chat template (prompts are then rendered as a user turn)."""
     return bool(getattr(tokenizer, "chat_template", None))
 
 
@@ -222,12 +265,19 @@ def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[
         text.append(templated[cursor:])
         if "".join(text) == rendered:
             return rendered, starts
-    # The template transforms contents (e.g. trims them): locate each one in order.
+    # The template transforms contents (e.g. trims them): locate each one in order, never inside the
+    # template's own text before it (a system header can repeat words of the message).
+    gaps = None
+    if templated is not None and all(templated.count(s) == 1 for s in sentinels):
+        ends = [0] + [templated.index(s) + len(s) for s in sentinels]
+        gaps = [templated.index(s) - ends[i] for i, s in enumerate(sentinels)]
     starts, cursor = [], 0
     for i, m in enumerate(messages):
         content = m["content"]
         lead = len(content) - len(content.lstrip())
         stripped = content.strip()
+        if gaps is not None:
+            cursor += gaps[i]
         at = rendered.find(content, cursor)
         if at == -1 and stripped:
             at = rendered.find(stripped, cursor)
@@ -379,6 +429,11 @@ def encode_prompt(
         if missing:
             s, e = prepared.spans[min(missing)]
             raise HighlightError(f"highlight {prepared.text[s:e]!r} covers no token of the prompt")
+    if not ids:
+        raise HighlightError(
+            "the prompt has no tokens (an empty text without a chat template, on a tokenizer that adds no "
+            "beginning-of-sequence token): give it some text"
+        )
     truncated = 0
     if max_length is not None and len(ids) > max_length:
         truncated = len(ids) - max_length
@@ -428,6 +483,7 @@ class Batch:
     highlight_mask: torch.Tensor
 
     def to(self, device) -> "Batch":
+        """The same batch with every tensor on ``device``."""
         return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.highlight_mask)))
 
 

@@ -28,6 +28,7 @@ from .highlight import (
     prepare_prompt,
 )
 from .adaptive import (
+    ROUTER_SETTINGS,
     ROUTERS,
     AdaptiveEdit,
     ExpertSet,
@@ -352,6 +353,11 @@ class SekaModel:
         prompt token (default: the last position, as in a left-padded prompt batch) and ``rows`` the
         encoded prompts (the embedding router's default query is their text outside the highlights).
         After the block, ``.result`` (and :attr:`last_routing`) holds the routing weights.
+
+        One block steers **one generation**: the first forward pass (the prompt's prefill) edits the
+        highlighted keys, which the KV cache then carries through the decode steps; later full-length
+        forward passes inside the same block run unedited. Open a new block for each call of
+        ``model(...)`` / ``model.generate(...)`` on a fresh prompt.
         """
         if not isinstance(steer, bool):
             raise SteeringConfigError(f"steer must be True or False, got {steer!r}")
@@ -416,6 +422,20 @@ class SekaModel:
             )
         if routing is not None and router is None:
             raise SteeringConfigError("routing= sets AdaSEKA router parameters; this call uses the single projection")
+        if routing is not None and isinstance(router, Mapping):
+            raise SteeringConfigError(
+                "routing= sets the attention and embedding routers' parameters; a fixed {expert: weight} router "
+                "uses its weights as given (scale them to change the edit's strength)"
+            )
+        if isinstance(routing, Mapping) and isinstance(router, str) and routing:
+            # settings for both routers may travel together; only the other router's alone are a mistake
+            other = ROUTER_SETTINGS["embedding" if router == "attention" else "attention"]
+            unused = sorted(set(routing) & other)
+            if len(unused) == len(routing):
+                raise SteeringConfigError(
+                    f"routing settings {unused} belong to the "
+                    f"{'embedding' if router == 'attention' else 'attention'} router; this call uses router={router!r}"
+                )
         return router
 
     def _routing_settings(self, routing) -> RoutingConfig:
@@ -498,6 +518,9 @@ class SekaModel:
             max_new_tokens=max_new_tokens,
             do_sample=bool(do_sample),
             pad_token_id=self.tokenizer.pad_token_id,
+            # one answer per prompt, whatever the checkpoint's generation_config.json asks for
+            num_return_sequences=1,
+            num_beams=1,
         )
         if temperature is not None and (
             isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature >= 0
@@ -523,9 +546,24 @@ class SekaModel:
                     UserWarning, stacklevel=3,
                 )
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        if stop:
-            kwargs.update(stop_strings=_stop_list(stop), tokenizer=self.tokenizer)
         return kwargs
+
+    def _stop_criteria(self, stop, prompt_length: int, extra: Sequence[Any] = ()):
+        """``stopping_criteria`` for ``generate``: a row ends once its *new* text holds a stop string
+        (the prompt's own tail never counts, unlike transformers' ``stop_strings``)."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        stops = _stop_list(stop)
+        tokenizer = self.tokenizer
+
+        class _StopInNewText(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                texts = tokenizer.batch_decode(input_ids[:, prompt_length:], skip_special_tokens=True)
+                return torch.tensor([any(s in t for s in stops) for t in texts], dtype=torch.bool,
+                                    device=input_ids.device)
+
+        criteria = list(extra) + ([_StopInNewText()] if stops else [])
+        return StoppingCriteriaList(criteria) if criteria else None
 
     def generate(
         self,
@@ -588,7 +626,8 @@ class SekaModel:
             )
             with torch.inference_mode(), block:
                 out = self.model.generate(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, **gen
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    stopping_criteria=self._stop_criteria(stop, batch.input_ids.shape[1]), **gen
                 )
             routed.append(block.result if block.result is not None else len(rows))
             new = out[:, batch.input_ids.shape[1] :]
@@ -628,7 +667,7 @@ class SekaModel:
             batch.highlight_mask, steer=steer, gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads,
             router=router, query=query, query_embedding=query_embedding, routing=routing, rows=[enc],
         )
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import StoppingCriteria
 
         stop = _stop_list(stop)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -639,12 +678,14 @@ class SekaModel:
             def __call__(self, input_ids, scores, **kwargs):
                 return torch.full((input_ids.shape[0],), abandoned.is_set(), dtype=torch.bool, device=input_ids.device)
 
+        stopping = self._stop_criteria(stop, batch.input_ids.shape[1], [_Abandoned()])
+
         def run() -> None:
             try:
                 with torch.inference_mode(), steering:
                     self.model.generate(
                         input_ids=batch.input_ids, attention_mask=batch.attention_mask, streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_Abandoned()]), **gen
+                        stopping_criteria=stopping, **gen
                     )
             except BaseException as exc:  # surfaced in the consuming thread
                 failure.append(exc)
@@ -699,7 +740,9 @@ class SekaModel:
     ) -> list[float]:
         """Log-probability of each continuation right after the prompt (summed over its tokens).
 
-        With the chat template the continuation follows the assistant-turn opening.
+        With the chat template the continuation follows the assistant-turn opening. Without it (a raw
+        prompt, ``chat=False``) it is appended exactly as given, as in text completion: include its
+        leading space (``" Paris"``) when it starts a new word.
         """
         if isinstance(continuations, str) or not isinstance(continuations, Sequence) or not continuations:
             raise SekaError("continuations must be a non-empty list of strings")

@@ -84,6 +84,7 @@ class Projection:
             ) from None
 
     def validate(self) -> None:
+        """Check tensor shapes against the metadata (layers, KV heads, head size); raise :class:`ProjectionError`."""
         m = self.meta
         n, h, d = len(m.layers), m.num_kv_heads, m.head_dim
         shapes = {

@@ -69,8 +69,18 @@ def edit_matrices(projection: Projection, config: SteeringConfig = SteeringConfi
         layers = list(meta.default_layers)
     else:
         layers = list(meta.layers)
+    if not layers:
+        raise SteeringConfigError(
+            "the projection's default_layers is empty, so nothing would be steered: pass layers=[...] "
+            f"(built: {list(meta.layers)}) or steer=False"
+        )
     rows = [projection.row(int(layer)) for layer in layers]  # raises for layers not in it
     heads = _head_mask(projection, config.heads, layers)
+    if config.layers is None and config.heads is None and not bool(heads[rows].any()):
+        raise SteeringConfigError(
+            f"the projection's head mask selects no head in layers {layers}, so nothing would be steered: "
+            "pass heads='all', layers=[...], or steer=False"
+        )
     g_pos, g_neg = float(g_pos), float(g_neg)
     out = {}
     for layer, row in zip(layers, rows):

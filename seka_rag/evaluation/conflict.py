@@ -24,7 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 from ..data.triplets import RELATIONS, Namer, Relation
-from .scoring import progress_bar
+from .scoring import continuation_text, progress_bar
 from .stats import mean_ci, share_ci
 
 #: Prompt of one case: both documents, then the question.
@@ -748,7 +748,9 @@ def score_cases(
     shared_prefix: bool = True,
     **steer_kwargs: Any,
 ) -> list[float]:
-    """Margin log p(target) − log p(other) of every case, as ``model.score`` would give it.
+    """Margin log p(target) − log p(other) of every case, as ``model.score`` gives it for each answer
+    as the model would start it (:func:`~seka_rag.evaluation.scoring.continuation_text`: after a space
+    when the tokenizer has no chat template).
 
     Cases are sorted by prompt length and scored ``batch_size`` at a time. With
     ``shared_prefix=True`` (default) each prompt runs once, steered, and both answers are scored
@@ -760,8 +762,8 @@ def score_cases(
     answer_ids: dict[str, list[int]] = {}
 
     def ids_of(text: str) -> list[int]:
-        if text not in answer_ids:
-            answer_ids[text] = tok(text, add_special_tokens=False)["input_ids"]
+        if text not in answer_ids:  # as the model starts it: after a space when there is no chat template
+            answer_ids[text] = tok(continuation_text(model, text), add_special_tokens=False)["input_ids"]
             if not answer_ids[text]:
                 raise ValueError(f"answer {text!r} has no tokens")
         return answer_ids[text]

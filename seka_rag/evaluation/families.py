@@ -65,7 +65,7 @@ from ..data.tasks import (
 )
 from ..data.triplets import Namer, Relation
 from .conflict import FICTIONAL_RELATIONS, conflict_cases, conflict_split
-from .scoring import progress_bar
+from .scoring import continuation_text, progress_bar
 from .stats import format_ci, format_table, group_shares, share_ci
 
 #: Items per family when ``n`` is not given (a multiple of 4, 2 and 3: complete counterbalanced sets).
@@ -324,8 +324,10 @@ def conflict_family_items(n: int = DEFAULT_N, seed: int = 0, split: str | None =
     multiple of 4 keeps every item complete. ``group`` is ``"fictional"``, ``"real_agree"``
     (the highlighted document is the true one) or ``"real_contradict"``. ``split`` is ``"test"``
     (the evaluation items) or ``"dev"`` (tuning and sensitivity sweeps); ``None`` (default) follows
-    the seed as the other families' items do: ``"test"`` for seed 0, ``"dev"`` for any other seed,
-    so a dev run (``eval-families --seed 1``) never scores test-split facts.
+    the seed: ``"test"`` for seed 0, ``"dev"`` for any other seed, so a dev run (``eval-families
+    --seed 1``) never scores a test case. (The other three families generate new items from the
+    seed instead; their invented entities come from the test split's names for every seed, so a dev
+    run's items differ from the test items but may share an entity name with one.)
     """
     if split is None:
         split = EVAL_SPLIT if seed == 0 else "dev"
@@ -910,8 +912,8 @@ def score_items(model, items: Sequence[FamilyItem], *, batch_size: int = 8, prog
     cache: dict[str, list[int]] = {}
 
     def ids_of(text: str) -> list[int]:
-        if text not in cache:
-            cache[text] = list(tok(text, add_special_tokens=False)["input_ids"])
+        if text not in cache:  # as the model starts it: after a space when there is no chat template
+            cache[text] = list(tok(continuation_text(model, text), add_special_tokens=False)["input_ids"])
             if not cache[text]:
                 raise ValueError(f"continuation {text!r} has no tokens")
         return cache[text]
@@ -943,8 +945,8 @@ def _score_shared_prefix(model, items, batch_size: int, progress: bool, steer_kw
     steer_kwargs = {k: v for k, v in steer_kwargs.items() if k != "steer"}
     encoded = []
     for i, item in enumerate(items):
-        t = list(tok(item.target, add_special_tokens=False)["input_ids"])
-        o = list(tok(item.others[0], add_special_tokens=False)["input_ids"])
+        t = list(tok(continuation_text(model, item.target), add_special_tokens=False)["input_ids"])
+        o = list(tok(continuation_text(model, item.others[0]), add_special_tokens=False)["input_ids"])
         if not t or not o:
             raise ValueError(f"item {i} has a continuation with no tokens")
         enc = model.encode(item.prompt, [item.highlight], max_length=model.context_window - max(len(t), len(o)))

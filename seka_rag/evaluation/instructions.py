@@ -266,11 +266,20 @@ _PRONOUN_FORMS: dict[str, frozenset[str]] = {
 _PRONOUN_CONFLICTS = {"he": ("she",), "she": ("he",), "they": ("he", "she")}
 
 
+#: A single word in quotes ('he', "they", ‘she’ after apostrophe folding): a mention, not a use.
+_QUOTED_WORD = re.compile(r"(?<!\w)(['\"“”])\s*[^\W\d_]+\s*['\"“”](?!\w)")
+
+
 def check_pronoun(output: str, pronoun: str) -> bool:
-    """A form of ``pronoun`` occurs (as a word, any case) and no form of a competing one does."""
+    """A form of ``pronoun`` is *used* (as a word, any case) and no form of a competing one is.
+
+    A pronoun in quotes is a mention, not a use: an answer that only repeats the instruction
+    (``Refer to the person as 'he'.``) does not pass. The check cannot tell what a pronoun refers to,
+    so ``they`` said of other things (the bees) counts as a use.
+    """
     if pronoun not in _PRONOUN_FORMS:
         raise ValueError(f"pronoun must be one of {tuple(_PRONOUN_FORMS)}, got {pronoun!r}")
-    seen = set(_lower_words(output))
+    seen = set(_lower_words(_QUOTED_WORD.sub(" ", output.translate(_APOSTROPHES))))
     if not seen & _PRONOUN_FORMS[pronoun]:
         return False
     return not any(seen & _PRONOUN_FORMS[other] for other in _PRONOUN_CONFLICTS[pronoun])

@@ -506,20 +506,43 @@ class LostInMiddleReport:
 
 
 def _cell(position: str, policy: str, rows: list[dict[str, Any]], em: bool, n_boot: int, seed: int) -> LostInMiddleCell:
+    # a question's contexts (gold first / middle / last) share its passages and answer: the intervals
+    # resample whole questions, so pooled cells are not treated as independent draws
+    clusters = [r["question_index"] for r in rows]
     deltas = [r["delta"] for r in rows]
-    mean, lo, hi = mean_ci(deltas, n_boot, seed)
-    rises, rlo, rhi = share_ci([d > 0 for d in deltas], n_boot, seed)
+    mean, lo, hi = mean_ci(deltas, n_boot, seed, clusters=clusters)
+    rises, rlo, rhi = share_ci([d > 0 for d in deltas], n_boot, seed, clusters=clusters)
     gold = sum(r["gold_highlighted"] for r in rows) / len(rows) if rows else math.nan
     cell = LostInMiddleCell(position, policy, len(rows), mean, (lo, hi), rises, (rlo, rhi), gold)
     if em:
-        cell.em, elo, ehi = share_ci([r["em"] for r in rows], n_boot, seed)
+        cell.em, elo, ehi = share_ci([r["em"] for r in rows], n_boot, seed, clusters=clusters)
         cell.em_ci = (elo, ehi)
-        cell.em_unsteered, ulo, uhi = share_ci([r["em_unsteered"] for r in rows], n_boot, seed)
+        cell.em_unsteered, ulo, uhi = share_ci([r["em_unsteered"] for r in rows], n_boot, seed, clusters=clusters)
         cell.em_unsteered_ci = (ulo, uhi)
-        if rows:
-            cell.answer_words = sum(r["answer_words"] for r in rows) / len(rows)
-            cell.answer_words_unsteered = sum(r["answer_words_unsteered"] for r in rows) / len(rows)
+        if rows:  # rows stored before answer lengths were recorded: counted from the generations
+            cell.answer_words = sum(
+                r["answer_words"] if "answer_words" in r else len(r["generation"].split()) for r in rows) / len(rows)
+            cell.answer_words_unsteered = sum(
+                r["answer_words_unsteered"] if "answer_words_unsteered" in r else len(r["generation_unsteered"].split())
+                for r in rows) / len(rows)
     return cell
+
+
+def lost_in_middle_cells(rows: Sequence[dict[str, Any]], policies: Sequence[str], *, em: bool = True,
+                         n_boot: int = 2000, seed: int = 0) -> list[LostInMiddleCell]:
+    """The report's cells from its per-case ``rows`` (as :attr:`LostInMiddleReport.rows` holds them, or as a
+    stored report's ``"rows"``): one per gold position present, then ``"all"``, for each policy.
+
+    Intervals resample whole questions (``question_index``). Used by :func:`evaluate_lost_in_middle`, and
+    to recompute a stored report's cells without running the model again.
+    """
+    positions = [p for p in POSITIONS if any(r["position"] == p for r in rows)]
+    cells = []
+    for position in [*positions, "all"]:
+        for policy in [p for p in POLICIES if p in policies]:
+            chosen = [r for r in rows if r["policy"] == policy and (position == "all" or r["position"] == position)]
+            cells.append(_cell(position, policy, chosen, em, n_boot, seed))
+    return cells
 
 
 @dataclass
@@ -628,12 +651,7 @@ def evaluate_lost_in_middle(
                        em_unsteered=best_subspan_em(base_gen[c.item], item.answers),
                        answer_words=len(gens[j].split()), answer_words_unsteered=len(base_gen[c.item].split()))
         rows.append(row)
-    positions = [p for p in POSITIONS if any(it.position == p for it in items)]
-    cells = []
-    for position in [*positions, "all"]:
-        for policy in [p for p in POLICIES if p in policies]:
-            chosen = [r for r in rows if r["policy"] == policy and (position == "all" or r["position"] == position)]
-            cells.append(_cell(position, policy, chosen, em, n_boot, seed))
+    cells = lost_in_middle_cells(rows, policies, em=em, n_boot=n_boot, seed=seed)
     n_passages = sorted({len(it.passages) for it in items})
     settings = method_settings(method, steer_kwargs)
     window = middle_window(n_passages[0])
@@ -669,6 +687,7 @@ __all__ = [
     "highlighted_slots",
     "load_nq",
     "lost_in_middle_cases",
+    "lost_in_middle_cells",
     "lost_in_middle_items",
     "lost_in_middle_reference",
     "middle_window",

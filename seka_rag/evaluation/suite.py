@@ -148,6 +148,7 @@ class Stat:
         return format_ci(self.mean, self.lo, self.hi, percent=self.percent, n=self.n)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: mean, interval and n (NaN as None)."""
         def num(x: float) -> float | None:
             return None if x is None or math.isnan(x) else float(x)
 
@@ -265,6 +266,7 @@ class SuiteConfig:
             raise SekaError(f"SuiteConfig.items: {bad} (each a known family with a positive item count)")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form of the settings."""
         return {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v)
                 for k, v in self.__dict__.items()}
 
@@ -313,12 +315,14 @@ class SuiteResult:
         return out
 
     def notes(self) -> list[str]:
+        """One line per skipped family or method and per failed cell, with the reason."""
         lines = [f"{name}: skipped ({why})" for kind in ("families", "methods")
                  for name, why in self.skipped[kind].items()]
         lines.extend(f"{cell}: failed ({why})" for cell, why in self.errors.items())
         return lines
 
     def legend(self) -> list[str]:
+        """One line per family saying what its headline number measures."""
         lines = []
         for f in self.families:
             text = HEADLINE[f]
@@ -356,6 +360,7 @@ class SuiteResult:
         return "\n".join(parts) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form of the whole run: settings, cells, skips and errors."""
         return {
             "model": self.model, "families": list(self.families), "methods": list(self.methods),
             "items": dict(self.items), "settings": dict(self.settings),

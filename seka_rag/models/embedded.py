@@ -70,6 +70,7 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def embedded_model(name: str) -> EmbeddedModel:
+    """The embedded (offline) model registered as ``name``, or an error listing the known names."""
     try:
         return EMBEDDED_MODELS[name]
     except KeyError:

@@ -53,6 +53,7 @@ from seka_rag.evaluation.lost_in_middle import (
     highlighted_slots,
     load_nq,
     lost_in_middle_cases,
+    lost_in_middle_cells,
     lost_in_middle_items,
     middle_window,
     normalize_answer,
@@ -276,6 +277,12 @@ def test_detect_language():
     ("They opened a bakery, and she bakes.", "they", False),
     ("Alex opened a bakery.", "they", False),                         # no pronoun at all
     ("", "he", False),
+    # a quoted pronoun is a mention: repeating the instruction does not pass it
+    ("Robin kept four beehives. Refer to the person as 'he'.", "he", False),
+    ("Refer to the person as ‘they’. Refer to the person as 'they'.", "they", False),
+    ("Refer to the person as 'he'. He keeps four beehives.", "he", True),
+    ('He said "yes" and sold the honey.', "he", True),
+    ("Robin's bees make honey, and he sells it.", "he", True),
 ])
 def test_pronoun_checker(output, pronoun, expected):
     assert check("pronoun", output, _item("pronoun", pronoun=pronoun)) is expected
@@ -599,6 +606,20 @@ def test_lost_in_middle_end_to_end(nq_path, model):
     assert flat.cell("first", "gold").mean_delta == 0.0 and flat.cell("first", "gold").share_rises == 0.0
     assert flat.cell("first", "gold").em is None and flat.cell("first", "gold").answer_words is None
     assert [(c.position, c.policy) for c in flat.cells] == [("first", "gold"), ("all", "gold")]
+
+
+def test_lost_in_middle_intervals_resample_questions():
+    # two questions, each with three contexts that move together: pooled over positions the interval
+    # must be that of 2 questions, not of 6 independent contexts
+    rows = [dict(question_index=q, position=pos, policy="gold", gold_highlighted=True, delta=d, em=e,
+                 em_unsteered=False, answer_words=3, answer_words_unsteered=3)
+            for q, d, e in ((0, 1.0, True), (1, -1.0, False)) for pos in POSITIONS]
+    cells = {(c.position, c.policy): c for c in lost_in_middle_cells(rows, ("gold",), n_boot=400)}
+    pooled = cells[("all", "gold")]
+    assert pooled.n == 6 and pooled.mean_delta == 0.0 and pooled.em == 0.5
+    # resampling 2 questions reaches both extremes; 6 independent contexts would almost never
+    assert pooled.delta_ci == (-1.0, 1.0) and pooled.em_ci == (0.0, 1.0)
+    assert cells[("middle", "gold")].n == 2
 
 
 # ============================================================================ scoring under methods

@@ -258,6 +258,8 @@ def test_family_report_known_values():
 
 
 class FakeTokenizer:
+    chat_template = "fake"  # a chat model: continuations are scored as given, with no leading space
+
     def __call__(self, text, add_special_tokens=False):
         return {"input_ids": [ord(c) for c in text]}
 
@@ -444,3 +446,20 @@ def test_counterbalanced_variants_share_a_unit_and_intervals_resample_units(fami
     assert report.units == order
     assert all(x.unit == "" for x in family_items("context_qa", 8))
 
+
+
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_raw_prompt_answers_start_after_a_space(tiny_model, shared_prefix):
+    # without a chat template the answer follows "...phrase." as a new word: " Rome", not "Rome" glued on
+    from seka_rag.evaluation.conflict import ConflictCase, score_cases
+
+    model = tiny_model("qwen2", chat=False)
+    prompt = "Doc 1: The tower is in Paris.\nDoc 2: The tower is in Rome.\nThe tower is in"
+    item = FamilyItem("conflict", prompt, "The tower is in Rome.", "Rome", ("Paris",))
+    spaced = model.score(prompt, [" Rome", " Paris"], highlights=[item.highlight], steer=False)
+    want = spaced[0] - spaced[1]
+    got = score_items(model, [item], progress=False, shared_prefix=shared_prefix, steer=False)[0]
+    assert got == pytest.approx(want, abs=1e-4)
+    case = ConflictCase(prompt, item.highlight, "Rome", "Paris", "fictional", "", None, "b", "ab")
+    assert score_cases(model, [case], steer=False, progress=False, shared_prefix=shared_prefix)[0] == \
+        pytest.approx(want, abs=1e-4)

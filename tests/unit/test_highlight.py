@@ -12,6 +12,8 @@ from seka_rag.highlight import (
     EncodedPrompt,
     describe_highlight,
     encode_prompt,
+    escape_markers,
+    mark_highlight,
     merge_spans,
     pad_batch,
     parse_markers,
@@ -296,6 +298,50 @@ class TestChat:
         assert [p.text[a:b] for a, b in p.spans] == ["Rome"]
         enc = encode_prompt(p, trimming)
         assert stripped_runs(enc, trimming) == ["Rome"]
+
+    def test_trimming_template_with_a_system_header(self, helpers):
+        # the header repeats the message's words: the highlight must land in the message, not the header
+        trimming = helpers.make_tokenizer(
+            "{{ '<|im_start|>system\nToday Date: 26 Jul 2024. Answer briefly.<|im_end|>\n' }}"
+            "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + (m['content'] | trim) + '<|im_end|>\n' }}"
+            "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+        )
+        for content, word in (("Answer briefly.\n", "Answer briefly."), ("  Today it rains. ", "Today")):
+            s = content.index(word)
+            p = prepare_prompt([{"role": "user", "content": content}], trimming, [(0, s, s + len(word))])
+            (a, b), = p.spans
+            assert p.text[a:b] == word and a > p.text.index("<|im_start|>user")
+
+
+# ------------------------------------------------------------------------------- mark_highlight
+@pytest.mark.parametrize("doc", [
+    "C:\\temp\\", "end\\", "a>", "</div>", "Vec<Vec<u8>>", "a << 2", "\\<<", "a\\>", ">", "\\", "plain text",
+])
+def test_mark_highlight_highlights_exactly_the_text(doc):
+    for pre, post in (("", ""), ("Context: ", " Question?")):
+        clean, spans = parse_markers(pre + mark_highlight(doc) + post)
+        assert clean == pre + doc + post and spans == [(len(pre), len(pre) + len(doc))]
+    # escape_markers keeps any text literal outside a highlight, with escapes before markers doubled
+    clean, spans = parse_markers("x " + escape_markers(doc) + " y")
+    assert clean == "x " + doc + " y" and spans == []
+
+
+def test_mark_highlight_other_markers_and_errors():
+    m = Markers("[[", "]]")
+    assert parse_markers(mark_highlight("a]", m), m) == ("a]", [(0, 2)])
+    with pytest.raises(HighlightError, match="needs some text"):
+        mark_highlight("  ")
+    with pytest.raises(HighlightError, match="markers=None"):
+        mark_highlight("x", None)
+
+
+def test_escape_runs_before_markers():
+    # pairs of escapes before a marker are literal escapes; an odd one makes the marker literal
+    assert parse_markers("a \\\\<<b>>") == ("a \\b", [(3, 4)])
+    assert parse_markers("a \\\\\\<< b") == ("a \\<< b", [])
+    assert parse_markers("C:\\dir\\x \\ y") == ("C:\\dir\\x \\ y", [])  # escapes elsewhere are text
+    # overlapping closing markers: the last one closes
+    assert parse_markers("<<a>>>") == ("a>", [(0, 2)])
 
 
 # ---------------------------------------------------------------------------------------- batches

@@ -232,7 +232,7 @@ def test_masked_heads_are_never_inspected(tiny_model):
                                  config=SteeringConfig(heads="all"))
     assert result.heads[0].effect.key == (1, 1) and result.heads[0].mean_ratio > 1
     none = tiny_model("qwen3", projection={"head_mask": [[False, False], [False, False]]})
-    with pytest.raises(InspectionError, match="every head"):
+    with pytest.raises(SteeringConfigError, match="selects no head"):  # refused where the edit is built
         token_amplification(none, TEXTS[:1], 3, progress=False)
 
 

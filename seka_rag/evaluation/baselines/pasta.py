@@ -76,6 +76,7 @@ from ._common import (
     require_highlight,
     score_rows,
 )
+from ..scoring import continuation_text
 
 #: Name of the attention implementation this module registers with transformers.
 PASTA_ATTENTION = "seka_pasta"
@@ -496,6 +497,7 @@ def pasta_generate(
             ids = model.model.generate(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
                 do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad,
+                num_return_sequences=1, num_beams=1,
             )
         new = ids[:, batch.input_ids.shape[1] :]
         out.extend(cut_at_stop(t, stops) for t in model.tokenizer.batch_decode(new, skip_special_tokens=True))
@@ -598,8 +600,8 @@ def _divergence_rows(model, items: Sequence[Any]) -> list[tuple[EncodedPrompt, i
     tok = model.tokenizer
     rows = []
     for i, item in enumerate(items):
-        t = list(tok(item.target, add_special_tokens=False)["input_ids"])
-        o = list(tok(item.others[0], add_special_tokens=False)["input_ids"])
+        t = list(tok(continuation_text(model, item.target), add_special_tokens=False)["input_ids"])
+        o = list(tok(continuation_text(model, item.others[0]), add_special_tokens=False)["input_ids"])
         j = 0
         while j < min(len(t), len(o)) and t[j] == o[j]:
             j += 1

@@ -260,9 +260,11 @@ def test_chat_routers_and_routing_settings(adaptive, spy_on):
     chat.invoke("Where is <<the tower>>?")
     assert spy.last["kwargs"]["router"] == "attention" and adaptive.last_routing.router == "attention"
     assert adaptive.last_routing.weights.shape[0] == 1
-    chat.invoke("Where is <<the tower>>?", router={"e1": 1.0}, routing={"gain": 0.5})
-    assert spy.last["kwargs"]["router"] == {"e1": 1.0} and spy.last["kwargs"]["routing"] == {"gain": 0.5}
+    chat.invoke("Where is <<the tower>>?", router={"e1": 1.0})
+    assert spy.last["kwargs"]["router"] == {"e1": 1.0}
     assert adaptive.last_routing.router == "fixed" and adaptive.last_routing.top_experts() == ["e1"]
+    with pytest.raises(SteeringConfigError, match="fixed"):  # the fixed router reads no routing settings
+        chat.invoke("Where is <<the tower>>?", router={"e1": 1.0}, routing={"gain": 0.5})
     chat.invoke("Where is <<the tower>>?", router="projection")
     assert adaptive.last_routing is None  # the single projection: no experts used
     # routing dicts: per call over the field's

@@ -1,0 +1,101 @@
+"""Edge cases of the engine's public calls, each found by a review: stop strings, generation
+configs, empty prompts, routing settings a call would ignore, projections that select nothing."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from seka_rag import HighlightError, SteeringConfigError
+from seka_rag.adaptive import Expert, ExpertSet
+
+PROMPT = "The capital of France is Paris. The capital of"
+
+
+@pytest.fixture(scope="module")
+def raw(tiny_model):
+    return tiny_model("llama", chat=False)
+
+
+def test_stop_string_is_searched_in_new_text_only(raw):
+    full = raw.generate(PROMPT, max_new_tokens=8, steer=False)
+    assert len(full) > 4
+    # a stop string made of the prompt's tail and the answer's start never occurs in the new text
+    across = PROMPT[-3:] + full[:2]
+    assert raw.generate(PROMPT, max_new_tokens=8, stop=[across], steer=False) == full
+    assert "".join(raw.stream(PROMPT, max_new_tokens=8, stop=[across], steer=False)) == full
+    # one inside the new text still cuts there
+    inside = full[3:5]
+    assert raw.generate(PROMPT, max_new_tokens=8, stop=inside, steer=False) == full[: full.find(inside)]
+    assert "".join(raw.stream(PROMPT, max_new_tokens=8, stop=[inside], steer=False)) == full[: full.find(inside)]
+
+
+def test_checkpoint_generation_config_cannot_multiply_answers(tiny_model):
+    seka = tiny_model("llama")
+    seka.model.generation_config.num_return_sequences = 2
+    seka.model.generation_config.num_beams = 2
+    out = seka.generate(["Where is <<the tower>>?", "Alice met Bob."], max_new_tokens=3)
+    assert isinstance(out, list) and len(out) == 2
+
+
+def test_prompt_without_tokens_is_a_clear_error(tiny_model):
+    from seka_rag.highlight import PreparedPrompt, encode_prompt
+
+    seka = tiny_model("llama", chat=False)
+    # what an empty raw prompt gives on a tokenizer that adds no beginning-of-sequence token (Qwen2.5)
+    with pytest.raises(HighlightError, match="no tokens"):
+        encode_prompt(PreparedPrompt("", add_special_tokens=False), seka.tokenizer)
+    if not seka.tokenizer("", add_special_tokens=True)["input_ids"]:
+        for call in (lambda: seka.generate("", max_new_tokens=2), lambda: seka.score("", ["Paris"]),
+                     lambda: list(seka.stream("", max_new_tokens=2))):
+            with pytest.raises(HighlightError, match="no tokens"):
+                call()
+
+
+@pytest.fixture
+def adaptive(tiny_model, helpers):
+    seka = tiny_model("llama")
+    seka.load_experts(ExpertSet([Expert(f"e{i}", helpers.random_projection(seka.geometry, seed=10 + i,
+                                                                            model_id=seka.model_id))
+                                 for i in range(3)]))
+    return seka
+
+
+def test_routing_settings_a_call_would_ignore_are_refused(adaptive):
+    prompt = "Doc 2: <<The tower is in Rome.>>\nWhere?"
+    with pytest.raises(SteeringConfigError, match="fixed"):
+        adaptive.score(prompt, ["Rome"], router={"e0": 1.0}, routing={"gain": 10.0})
+    with pytest.raises(SteeringConfigError, match="embedding router"):
+        adaptive.score(prompt, ["Rome"], router="attention", routing={"embedding_gain": 2.0})
+    with pytest.raises(SteeringConfigError, match="attention router"):
+        adaptive.score(prompt, ["Rome"], router="embedding", routing={"temperature": 0.5},
+                       query_embedding=torch.ones(384))
+    # settings for both routers may travel together (one config for whichever router a call uses)
+    adaptive.score(prompt, ["Rome"], router="attention", routing={"gain": 0.5, "embedding_gain": 2.0})
+    # a setting the router reads still changes the result
+    a = adaptive.score(prompt, ["Rome"], router="attention")
+    b = adaptive.score(prompt, ["Rome"], router="attention", routing={"gain": 10.0})
+    assert a != b
+
+
+def test_rows_without_a_highlight_have_no_routing_weights(adaptive):
+    prompts = ["Where is <<the tower>>?", "Alice met Bob in London on Monday."]
+    adaptive.generate(prompts, max_new_tokens=2)
+    weights = adaptive.last_routing.expert_weights()
+    assert not weights[0].isnan().any() and weights[1].isnan().all()  # as when it runs alone
+    assert adaptive.last_routing.top_experts()[1] is None
+    assert adaptive.last_routing.top_experts()[0] in {"e0", "e1", "e2"}
+    adaptive.generate(prompts, max_new_tokens=2, batch_size=1)
+    assert adaptive.last_routing.top_experts()[1] is None
+
+
+def test_a_projection_that_selects_nothing_is_refused(tiny_model, helpers):
+    seka = tiny_model("llama", projection=False)
+    seka.load_projection(helpers.random_projection(seka.geometry, default_layers=[], model_id=seka.model_id))
+    prompt = "Doc 2: <<The tower is in Rome.>>\nWhere?"
+    with pytest.raises(SteeringConfigError, match="default_layers is empty"):
+        seka.generate(prompt, max_new_tokens=2)
+    assert seka.generate(prompt, max_new_tokens=2, layers=[0]) is not None  # explicit layers still steer
+    assert not math.isnan(seka.score(prompt, ["Rome"], steer=False)[0])
