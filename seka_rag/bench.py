@@ -103,9 +103,9 @@ def bench_batch(seka, config: BenchConfig, length: int, batch_size: int, method:
 
 def _cache_kwarg(model) -> str:
     """Name of the KV-cache argument (``cache`` in recent transformers, ``past_key_values`` before)."""
-    import inspect
+    from .evaluation.baselines._common import cache_argument
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return cache_argument(model)
 
 
 def _sync(device) -> None:
@@ -178,6 +178,8 @@ def time_prefill_and_decode(seka, batch, method: str | bool, decode_tokens: int,
         def next_token(logits):
             return logits[0].argmax(-1)[:, None]
 
+    from .evaluation.baselines._common import output_cache
+
     device = seka.device
     cache_arg = _cache_kwarg(seka.model)
     _sync(device)
@@ -188,13 +190,13 @@ def time_prefill_and_decode(seka, batch, method: str | bool, decode_tokens: int,
         token = next_token([o.logits[:, -1] for o in outs])
         _sync(device)
         t1 = time.perf_counter()
-        caches = [o.past_key_values for o in outs]
+        caches = [output_cache(o) for o in outs]
         attention = batch.attention_mask
         for _ in range(decode_tokens):
             attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
             outs = [seka.model(input_ids=token, attention_mask=attention, use_cache=True, logits_to_keep=1,
                                **{cache_arg: cache}) for cache in caches]
-            caches = [o.past_key_values for o in outs]
+            caches = [output_cache(o) for o in outs]
             token = next_token([o.logits[:, -1] for o in outs])
         _sync(device)
         t2 = time.perf_counter()

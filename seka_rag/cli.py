@@ -93,7 +93,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--router", choices=["attention", "embedding"], help="default AdaSEKA router (default: attention)")
 
 
-def _check_expert_options(model: str, adaptive: bool, experts: str | None, router: str | None) -> None:
+def _check_expert_options(model: str, adaptive: bool, experts: str | None, router: str | None,
+                          has_methods: bool = False) -> None:
     """Refuse expert-set options that cannot work, in the command line's own words."""
     if router is not None and not adaptive and experts is None:
         raise SekaError("--router needs an expert set: add --adaptive (the set shipped for an embedded model) "
@@ -102,13 +103,15 @@ def _check_expert_options(model: str, adaptive: bool, experts: str | None, route
         from .model import shipped_experts_path
 
         if not (shipped_experts_path(model) / "experts.json").is_file():
+            needs = ("--adaptive, and methods such as experts, ada-attention, ada-embedding: e.g. --methods "
+                     "unsteered,seka" if has_methods else "--adaptive")
             raise SekaError(f"no AdaSEKA expert set is shipped for {model!r}: pass --experts DIR (build one with "
-                            "`seka-rag build-experts`), or leave out what needs experts (--adaptive; methods "
-                            "such as experts, ada-attention, ada-embedding, e.g. --methods unsteered,seka)")
+                            f"`seka-rag build-experts`), or leave out what needs experts ({needs})")
 
 
 def _model_spec(args, no_projection: bool = False) -> dict:
-    _check_expert_options(args.model, bool(args.adaptive or args.experts), args.experts, args.router)
+    _check_expert_options(args.model, bool(args.adaptive or args.experts), args.experts, args.router,
+                          has_methods=hasattr(args, "methods"))
     return dict(model=args.model, projection=args.projection, gguf_file=args.gguf_file, device=args.device,
                 dtype=args.dtype, cache_dir=args.cache_dir, attn_implementation=args.attn_implementation,
                 no_projection=no_projection, adaptive=bool(args.adaptive or args.experts), experts=args.experts,
@@ -156,6 +159,9 @@ def cmd_build_projection(args) -> int:
     from .builder import BuildConfig, build_projection
     from .data.triplets import generate_triplets
 
+    if args.projection:
+        raise SekaError("build-projection builds a new projection from the model, so --projection would be ignored; "
+                        "to calibrate an existing one, run `seka-rag calibrate --projection FILE`")
     if args.build_layers is not None and args.default_layers is not None:
         outside = sorted(set(args.default_layers) - set(args.build_layers))
         if outside:  # found now, not after every key has been collected
@@ -669,11 +675,13 @@ def cmd_eval(args) -> int:
     methods = parse_names(args.methods, SUITE_METHODS, "methods")
     policies = parse_names(args.nq_policies, POLICIES, "lost-in-middle policies")
     items = parse_items(args.items, families)
+    if args.nq_first and "lost-in-middle" not in families:
+        raise SekaError("--nq-first picks the lost-in-middle questions, and this run has no lost-in-middle family")
     for path, flag in ((args.nq, "--nq"), (args.counterfact, "--counterfact"), (args.pasta_heads, "--pasta-heads")):
         _check_file(path, flag)
     config = SuiteConfig(families=tuple(families), items=items, seed=args.seed, batch_size=args.batch_size,
                          max_new_tokens=args.max_new_tokens, counterfact=args.counterfact, nq=args.nq,
-                         nq_policies=tuple(policies), nq_passages=args.nq_passages,
+                         nq_policies=tuple(policies), nq_passages=args.nq_passages, nq_first=args.nq_first,
                          nq_max_new_tokens=args.nq_max_new_tokens, nq_batch_size=args.nq_batch_size,
                          per_item=args.per_item)
     if args.plot:
@@ -936,17 +944,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("preview", help="show which tokens a highlight covers")
     _add_model_args(p)
     p.add_argument("prompt")
-    p.add_argument("--highlight", action="append")
-    p.add_argument("--raw", action="store_true")
+    p.add_argument("--highlight", action="append",
+                   help="text to highlight (every occurrence; repeat for several); or mark it <<inline>> in the prompt")
+    p.add_argument("--raw", action="store_true", help="do not apply the chat template")
     p.set_defaults(func=cmd_preview)
 
     p = sub.add_parser("build-projection", help="build a projection from synthetic contrastive triplets")
     _add_model_args(p)
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--triplets", type=_positive_int, default=400)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--gamma", type=_share, default=0.9)
-    p.add_argument("--delta", type=_nonneg_float, default=0.0)
+    p.add_argument("--triplets", type=_positive_int, default=400, help="contrastive triplets (default 400)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic triplets (default 0)")
+    p.add_argument("--gamma", type=_share, default=0.9,
+                   help="share of the singular values P+ keeps (its tail is P-'s; default 0.9)")
+    p.add_argument("--delta", type=_nonneg_float, default=0.0,
+                   help="head threshold: heads whose keys move less than this between H+ and H- are not edited "
+                        "(default 0)")
     p.add_argument("--build-layers", type=_int_list, help="layers to build (default: all)")
     p.add_argument("--default-layers", type=_int_list, help="layers edited by default (default: all built)")
     p.add_argument("--default-gain-pos", type=_finite_float, default=2.0)
@@ -1047,6 +1059,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nq", metavar="PATH", help="NQ-open oracle file for lost-in-middle (without it the family is skipped)")
     p.add_argument("--nq-policies", default="middle", help="highlight policies: middle (default), gold, retriever")
     p.add_argument("--nq-passages", type=_passage_count, default=10, help="passages per lost-in-middle context (default 10)")
+    p.add_argument("--nq-first", type=_nonneg_int, default=0,
+                   help="first NQ-open question of the lost-in-middle items (default 0; the test questions start "
+                   "at 0, the dev questions of gain-scale at 2000): run further test questions in a second run")
     p.add_argument("--nq-max-new-tokens", type=_positive_int, default=LIM_MAX_NEW_TOKENS,
                    help=f"greedy answer length for lost-in-middle exact match (default {LIM_MAX_NEW_TOKENS}, the "
                    "Lost-in-the-Middle code's)")
@@ -1145,9 +1160,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="overhead benchmark: latency, decode speed, peak memory")
     _add_model_args(p)
-    p.add_argument("--lengths", type=_int_list, default=[256, 1024, 2048])
-    p.add_argument("--runs", type=_positive_int, default=7)
-    p.add_argument("--decode-tokens", type=_positive_int, default=16)
+    p.add_argument("--lengths", type=_int_list, default=[256, 1024, 2048],
+                   help="prompt lengths in tokens (default 256,1024,2048)")
+    p.add_argument("--runs", type=_positive_int, default=7,
+                   help="interleaved timed runs per configuration; medians are reported (default 7)")
+    p.add_argument("--decode-tokens", type=_positive_int, default=16,
+                   help="greedy tokens decoded after each prefill, for tokens/s (default 16)")
     p.add_argument("--batch-size", type=_int_list, default=[1], help="batch sizes, e.g. 1,4 (default 1)")
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-subprocess memory probes")
     p.add_argument("--memory-in-process", action="store_true",
@@ -1165,7 +1183,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PASTA head profile from `seka-rag profile-pasta` (default: 8 heads of the middle layer; "
                         "PASTA's cost is its eager attention, whichever heads)")
     p.add_argument("--plots", metavar="PREFIX", help="write PREFIX-latency.png and PREFIX-memory.png (matplotlib)")
-    p.add_argument("--out", default="bench-results/overhead.json")
+    p.add_argument("--out", default="bench-results/overhead.json",
+                   help="results JSON (default bench-results/overhead.json; missing folders are created)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("compare-experts", help="how different an expert set's projections are: subspace overlaps "

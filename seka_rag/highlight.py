@@ -197,6 +197,11 @@ def _check_span(span: Sequence[int], length: int, where: str) -> Span:
     if not all(isinstance(x, int) and not isinstance(x, bool) for x in span):
         raise HighlightError(f"highlight span {tuple(span)!r} must hold integer character offsets")
     s, e = int(span[0]), int(span[1])
+    if 0 <= s <= length and 0 <= e <= length and s >= e:
+        raise HighlightError(
+            f"highlight span ({s}, {e}) is empty or reversed: its start must be before its end "
+            "(spans are (start, end) character offsets, end exclusive)"
+        )
     if not (0 <= s < e <= length):
         raise HighlightError(
             f"highlight span ({s}, {e}) is out of range for {where} of {length} characters "
@@ -443,12 +448,14 @@ def encode_prompt(
             shown = prepared.text[s:e] if e - s <= 60 else prepared.text[s : s + 57] + "..."
             raise HighlightError(
                 f"highlight {shown!r} was truncated away: the prompt ({len(ids)} tokens) is longer "
-                f"than the model's window ({max_length}); shorten the prompt or move the highlight later"
+                f"than the {max_length} tokens it may use (the model's window, less any tokens reserved "
+                "for the answer); shorten the prompt or move the highlight later"
             )
         ids, covering = ids[truncated:], covering[truncated:]
         warnings.warn(
-            f"prompt of {len(ids) + truncated} tokens is longer than the model's window "
-            f"({max_length}); the first {truncated} tokens were dropped",
+            f"prompt of {len(ids) + truncated} tokens is longer than the {max_length} tokens it may use "
+            f"(the model's window, less any tokens reserved for the answer); the first {truncated} tokens "
+            "were dropped",
             stacklevel=4,
         )
     return EncodedPrompt(list(ids), [c >= 0 for c in covering], prepared.text, truncated, prepared.routing_text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import numbers
 import os
@@ -38,7 +39,14 @@ from .adaptive import (
     embedding_weights,
     fixed_weights,
 )
-from .models.embedded import DEFAULT_MODEL, cache_root, embedded_model, ensure_converted, save_converted
+from .models.embedded import (
+    DEFAULT_MODEL,
+    EMBEDDED_MODELS,
+    cache_root,
+    embedded_model,
+    ensure_converted,
+    save_converted,
+)
 from .projection import Projection
 from .steering import ActiveEdit, HeadSelection, KeyEditor, SteeringConfig, edit_matrices
 
@@ -165,7 +173,9 @@ class SekaModel:
         router: str | None = None,
         **model_kwargs: Any,
     ) -> "SekaModel":
-        """Load a supported Hugging Face model (hub id, local directory, or GGUF file in a directory).
+        """Load a supported Hugging Face model (hub id, local directory, GGUF file in a directory, or the
+        name of an embedded model, which loads as :meth:`default` does, with its shipped projection
+        unless ``projection=`` names another).
 
         A GGUF (``gguf_file=``, a file in the local directory ``name_or_dir``) is dequantised once
         and cached as safetensors under ``cache_dir`` (default ``$SEKA_RAG_CACHE`` or
@@ -179,6 +189,18 @@ class SekaModel:
 
         from .architectures import spec_for
 
+        name = str(name_or_dir)
+        if gguf_file is None and not Path(name).exists():
+            if name in EMBEDDED_MODELS:  # an embedded model's name: load it, as the CLI's --model does
+                if model_kwargs:
+                    raise SekaError(f"{name!r} is an embedded model: hub arguments {sorted(model_kwargs)} do not apply")
+                return cls.default(name, projection=_UNSET if projection is None else projection, device=device,
+                                   dtype=dtype, attn_implementation=attn_implementation, cache_dir=cache_dir,
+                                   experts=experts, router=router)
+            close = difflib.get_close_matches(name, list(EMBEDDED_MODELS), n=1, cutoff=0.8)
+            if close and "/" not in name:  # a misspelt embedded name: say so now, not after hub retries
+                raise SekaError(f"no local directory or embedded model named {name!r}; did you mean {close[0]!r}? "
+                                f"(embedded: {', '.join(EMBEDDED_MODELS)}; hub ids look like 'org/name')")
         device = _default_device(device)
         torch_dtype = _resolve_dtype(dtype, device)
         source = str(name_or_dir)
@@ -929,9 +951,21 @@ def _converted_gguf(directory: Path, gguf_file: str, cache_dir) -> Path:
     target = cache_root(cache_dir) / "converted" / f"gguf-{key}"
     if (target / "config.json").is_file():
         return target
-    tmp = target.with_name(target.name + ".partial")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    save_converted(model, tokenizer, tmp)
-    os.replace(tmp, target)
+    import shutil
+    import tempfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # a private work folder: a crashed conversion leaves nothing half-written under the cache key,
+    # and two processes converting at once do not write into one folder
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        save_converted(model, tokenizer, work / "converted")
+        if not (target / "config.json").is_file():  # else another process finished first: keep its copy
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(work / "converted", target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return target

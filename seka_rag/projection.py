@@ -49,6 +49,19 @@ class ProjectionMeta:
     format_version: int = FORMAT_VERSION
 
 
+def _usual_permissions(path: Path) -> None:
+    """safetensors creates files readable by their owner only; give them the umask's usual mode."""
+    try:
+        with open("/proc/self/status") as f:  # read without changing it (os.umask would, process-wide)
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = 0o022
+    try:
+        os.chmod(path, 0o666 & ~umask)
+    except OSError:  # not ours to change (a shared mount): leave it
+        pass
+
+
 @dataclass
 class Projection:
     """Key projections for a set of layers; tensors are (n_layers, kv_heads, head_dim, head_dim)."""
@@ -142,6 +155,7 @@ class Projection:
                    for name in _TENSORS}
         tensors["head_mask"] = tensors["head_mask"].to(torch.uint8)
         save_file(tensors, str(path), metadata={"seka": json.dumps(asdict(self.meta))})
+        _usual_permissions(path)
         return path
 
     @classmethod

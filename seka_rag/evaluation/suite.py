@@ -247,6 +247,7 @@ class SuiteConfig:
     nq: str | None = None  #: the NQ-open oracle file; None: lost-in-middle is skipped
     nq_policies: tuple[str, ...] = ("middle",)
     nq_passages: int = 10
+    nq_first: int = 0  #: first NQ-open question of the lost-in-middle items (test questions start at 0)
     nq_max_new_tokens: int = LIM_MAX_NEW_TOKENS  #: lost-in-middle greedy answers (the Lost-in-the-Middle code's 100)
     nq_batch_size: int = 4
     n_boot: int = 2000
@@ -257,6 +258,8 @@ class SuiteConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SekaError(f"SuiteConfig.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.nq_first, bool) or not isinstance(self.nq_first, int) or self.nq_first < 0:
+            raise SekaError(f"SuiteConfig.nq_first must be a non-negative integer, got {self.nq_first!r}")
         unknown = [f for f in self.families if f not in _RUNNERS]
         if unknown:
             raise SekaError(f"SuiteConfig.families: unknown families {unknown}; choose from {', '.join(_RUNNERS)}")
@@ -432,7 +435,8 @@ def suite_items(family: str, n: int, config: SuiteConfig) -> list:
 
             if config.nq is None:
                 raise SekaError("lost-in-middle needs the NQ-open oracle file (--nq PATH)")
-            return lost_in_middle_items(config.nq, n, n_passages=config.nq_passages, seed=config.seed)
+            return lost_in_middle_items(config.nq, n, n_passages=config.nq_passages, seed=config.seed,
+                                        first=config.nq_first)
     except (OSError, ValueError) as exc:
         raise SekaError(f"cannot build the {family} items: {exc}") from None
     raise SekaError(f"unknown family {family!r}; choose from {', '.join(SUITE_FAMILIES)}")

@@ -99,3 +99,26 @@ def test_a_projection_that_selects_nothing_is_refused(tiny_model, helpers):
         seka.generate(prompt, max_new_tokens=2)
     assert seka.generate(prompt, max_new_tokens=2, layers=[0]) is not None  # explicit layers still steer
     assert not math.isnan(seka.score(prompt, ["Rome"], steer=False)[0])
+
+
+def test_a_users_gguf_is_converted_once_in_a_private_folder(tmp_path, monkeypatch, tokenizer, helpers):
+    import transformers
+
+    from seka_rag.model import _converted_gguf
+
+    (tmp_path / "models").mkdir()
+    gguf = tmp_path / "models" / "tiny.gguf"
+    gguf.write_bytes(b"not read: loading is stubbed")
+    loads = []
+
+    def fake_model(path, gguf_file=None, **kw):
+        loads.append(gguf_file)
+        return helpers.build_tiny_model("llama", tokenizer, projection=False).model
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", staticmethod(fake_model))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", staticmethod(lambda *a, **k: tokenizer))
+    cache = tmp_path / "cache"
+    first = _converted_gguf(tmp_path / "models", "tiny.gguf", cache)
+    assert (first / "config.json").is_file() and loads == ["tiny.gguf"]
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no work folder left behind
+    assert _converted_gguf(tmp_path / "models", "tiny.gguf", cache) == first and len(loads) == 1  # cached

@@ -594,3 +594,23 @@ def test_gain_scale_answer_length_needs_em_for_lost_in_middle(tmp_path, capsys):
     assert main(["gain-scale", "--model", str(tmp_path / "no-model"), "--family", "lost-in-middle", "--nq", str(nq),
                  "--max-new-tokens", "12"]) == 2
     assert "only with --em" in capsys.readouterr().err
+
+
+def test_suite_lost_in_middle_items_can_start_later(nq_file):
+    from seka_rag.evaluation.suite import SuiteConfig, build_suite_items
+
+    def questions(first):
+        config = SuiteConfig(families=("lost-in-middle",), items={"lost-in-middle": 2}, nq=str(nq_file),
+                             nq_passages=3, nq_first=first)
+        items, skipped = build_suite_items(config)
+        return sorted({it.index for it in items["lost-in-middle"]}), skipped
+
+    assert questions(0) == ([0, 1], {})
+    assert questions(2) == ([2, 3], {})
+    with pytest.raises(SekaError, match="nq_first"):
+        SuiteConfig(nq_first=-1)
+
+
+def test_eval_refuses_nq_first_without_lost_in_middle(capsys):
+    assert main(["eval", "--model", "qwen2.5-coder-0.5b", "--families", "conflict", "--nq-first", "2"]) == 2
+    assert "--nq-first" in capsys.readouterr().err

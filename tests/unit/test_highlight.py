@@ -422,8 +422,8 @@ class TestBadInputs:
             ([""], "empty highlight"),
             (["   "], "empty highlight"),
             ([(-1, 3)], "out of range"),
-            ([(3, 3)], "out of range"),
-            ([(5, 2)], "out of range"),
+            ([(3, 3)], "empty or reversed"),
+            ([(5, 2)], "empty or reversed"),
             ([(0, len(DOCS) + 1)], "out of range"),
             ([(0, 1, 2)], "cannot use"),  # a message span on a plain prompt
             ([(0, 1, 2, 3)], "cannot use"),
@@ -459,7 +459,7 @@ class TestBadInputs:
             ([(2, 0, 3)], "names message 2"),
             ([(-1, 0, 3)], "names message -1"),
             ([(1, 0, len(DOCS) + 1)], "out of range for message 1"),
-            ([(1, 4, 4)], "out of range"),
+            ([(1, 4, 4)], "empty or reversed"),
             ([(0, 3)], "cannot use"),  # a plain span on a message list
             (["Berlin"], "does not occur"),
         ],

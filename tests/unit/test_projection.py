@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 import re
 import struct
@@ -47,6 +49,9 @@ def assert_same(a: Projection, b: Projection):
 def test_round_trip(projection, tmp_path):
     path = projection.save(tmp_path / "sub" / "p.safetensors")
     assert path == tmp_path / "sub" / "p.safetensors" and path.is_file()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable as any new file is, not owner-only
     loaded = Projection.load(path)
     assert_same(projection, loaded)
     assert loaded.layers == [2, 0]  # model layer indices, in row order

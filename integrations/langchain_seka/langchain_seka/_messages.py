@@ -21,6 +21,12 @@ _ROLE_BY_TYPE = {
     "tool": "tool",
     "function": "tool",
 }
+# streamed messages (AIMessageChunk, ...) keep their base message's role: a streamed reply stored in a
+# chat history comes back as an AIMessageChunk on the next turn
+_ROLE_BY_TYPE.update({
+    "AIMessageChunk": "assistant", "HumanMessageChunk": "user", "SystemMessageChunk": "system",
+    "ToolMessageChunk": "tool", "FunctionMessageChunk": "tool",
+})
 _ROLE_ALIASES = {"human": "user", "ai": "assistant", "model": "assistant", "developer": "system"}
 _MEDIA_BLOCKS = {"image", "image_url", "audio", "input_audio", "video", "file", "media", "document"}
 
@@ -84,4 +90,4 @@ def document_highlights(
             clean.append(parse_markers(c, markers)[0] if markers is not None else c)
         except HighlightError:
             clean.append(c)  # the engine will report the marker problem itself
-    return texts_in_prompt([document_text(doc) for doc in documents], clean)
+    return texts_in_prompt([document_text(doc) for doc in documents], clean, markers)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from seka_rag import HighlightError, Markers, SekaError
-from seka_rag.highlight import DEFAULT_MARKERS, escape_markers, merge_spans, parse_markers
+from seka_rag.highlight import DEFAULT_MARKERS, escape_markers, mark_highlight, merge_spans, parse_markers
 
 Span = tuple[int, int]
 
@@ -38,21 +38,19 @@ def _word_spans(text: str, start: int, end: int) -> list[Span]:
 
 
 def _safe_regions(text: str, regions: Sequence[Span], markers: Markers) -> list[Span]:
-    """Nudge region edges so the markers placed around them parse back as intended.
+    """Nudge region starts so the markers placed around them parse back as intended.
 
-    An escape character right before a marker would turn it literal; a character of the closing
-    marker at a region's end would close it early, and one of the opening marker right before a
-    region would open it early. Such characters are moved out of (end) or into (start) the region.
+    An escape character right before an opening marker would turn it literal, and a character of the
+    opening marker right before a region would open it early: such characters are moved into the
+    region. A region's own last characters need nothing (:func:`~seka_rag.highlight.mark_highlight`
+    keeps a trailing escape or ``>`` inside the highlight).
     """
-    tail = set(markers.escape) | set(markers.end)
     lead = set(markers.escape) | set(markers.start)
     out: list[Span] = []
     prev_end = 0
     for s, e in regions:
         while s > prev_end and text[s - 1] in lead:
             s -= 1
-        while e > s and text[e - 1] in tail:
-            e -= 1
         if e > s and text[s:e].strip():
             out.append((s, e))
             prev_end = e
@@ -84,7 +82,7 @@ def mark_up(
     pieces: list[str] = []
     pos = 0
     for s, e in regions:
-        pieces += [escape_markers(text[pos:s], markers), markers.start, escape_markers(text[s:e], markers), markers.end]
+        pieces += [escape_markers(text[pos:s], markers), mark_highlight(text[s:e], markers)]
         pos = e
     pieces.append(escape_markers(text[pos:], markers))
     marked = "".join(pieces)
@@ -95,26 +93,31 @@ def mark_up(
 
 
 def _marker_tokens(text: str, markers: Markers) -> list[tuple[int, str]]:
-    """Positions of unescaped start / end markers, scanning exactly like the engine's parser."""
+    """Positions of unescaped start / end markers, scanning exactly like the engine's parser: a run of
+    escapes before a marker makes it literal when odd; inside an open highlight, overlapping closing
+    markers close at the last one."""
     found: list[tuple[int, str]] = []
     esc, start, end = markers.escape, markers.start, markers.end
-    pos = 0
+    pos, open_ = 0, False
     while pos < len(text):
         if esc and text.startswith(esc, pos):
-            rest = pos + len(esc)
-            if text.startswith(start, rest):
-                pos = rest + len(start)
-            elif text.startswith(end, rest):
-                pos = rest + len(end)
-            else:
-                pos = rest
+            run, rest = 0, pos
+            while text.startswith(esc, rest):
+                run, rest = run + 1, rest + len(esc)
+            marker = next((m for m in (start, end) if text.startswith(m, rest)), None)
+            pos = rest + (len(marker) if marker is not None and run % 2 == 1 else 0)
             continue
         if text.startswith(start, pos):
             found.append((pos, "start"))
+            open_ = True
             pos += len(start)
+            continue
+        if open_ and text.startswith(end, pos) and any(text.startswith(end, pos + k) for k in range(1, len(end))):
+            pos += 1
             continue
         if text.startswith(end, pos):
             found.append((pos, "end"))
+            open_ = False
             pos += len(end)
             continue
         pos += 1
@@ -137,8 +140,8 @@ def parse_lenient(
 ) -> tuple[str, list[Span]]:
     """Like the engine's marker parser, but tolerant of text cut out of a larger marked text.
 
-    A marker without its partner (a chunk boundary fell inside a marked run) and an empty ``<<>>``
-    are kept as literal text rather than raising. With ``merge_gaps`` highlights separated only by
+    A marker without its partner (a chunk boundary fell inside a marked run), an empty or blank
+    ``<< >>`` and a nested one are kept as literal text rather than raising. With ``merge_gaps`` highlights separated only by
     whitespace become one span.
     """
     if markers is None:
@@ -155,7 +158,7 @@ def parse_lenient(
             if kind == "start":
                 open_at = pos  # an earlier unclosed start becomes literal
             elif open_at is not None:
-                if pos > open_at + len(markers.start):  # not an empty <<>>
+                if text[open_at + len(markers.start) : pos].strip():  # not an empty or blank <<  >>
                     keep.update((open_at, pos))
                 open_at = None
         out, last = [], 0
@@ -215,7 +218,8 @@ def document_text(document: Any) -> str:
     )
 
 
-def texts_in_prompt(texts: Sequence[str], contents: Sequence[str]) -> list[str]:
+def texts_in_prompt(texts: Sequence[str], contents: Sequence[str],
+                    markers: Markers | None = DEFAULT_MARKERS) -> list[str]:
     """Substring highlights for documents' ``texts``, each of which must occur in one of ``contents``.
 
     ``contents`` are the prompt's marker-free texts; empty documents are skipped.
@@ -227,9 +231,13 @@ def texts_in_prompt(texts: Sequence[str], contents: Sequence[str]) -> list[str]:
             continue
         if not any(text in c for c in contents):
             shown = text if len(text) <= 60 else text[:57] + "..."
+            held = [m for m in ((markers.start, markers.end) if markers is not None else ()) if m in text]
+            hint = (f"; it holds the highlight marker {held[0]!r}, which the prompt read as markup: insert it "
+                    "with seka_rag.escape_markers(text) (or seka_rag.mark_highlight(text) to highlight it)"
+                    if held else "")
             raise HighlightError(
                 f"document {i} ({shown!r}) does not occur in the prompt, so it cannot be highlighted; "
-                "put the documents' text in the prompt unchanged (or pass highlights= instead)"
+                f"put the documents' text in the prompt unchanged (or pass highlights= instead){hint}"
             )
         out.append(text)
     return out

@@ -190,8 +190,10 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
             highlights += document_highlights(documents, [m["content"] for m in prompt], markers)
         chat = gen["chat"]
         if chat is False or (chat is None and not has_chat_template(model.tokenizer)):
-            prompt, highlights = _plain_transcript(prompt, highlights, markers)
+            prompt, highlights, keeps_markers = _plain_transcript(prompt, highlights, markers)
             gen["chat"] = False
+            if not keeps_markers:
+                gen["markers"] = None  # every highlight is a span or a substring of the marker-free transcript
         return _Call(
             model=model,
             model_name=model_label(override if override is not None else self.model),
@@ -349,36 +351,40 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         return await run_in_executor(None, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
 
 
-def _plain_transcript(messages: list[dict], highlights: list, markers) -> tuple[str, list]:
+def _plain_transcript(messages: list[dict], highlights: list, markers) -> tuple[str, list, bool]:
     """Messages → one plain-text prompt for a tokenizer without a chat template; move spans with them.
 
-    A single user message is sent as is. Otherwise each message becomes ``"Role: content"``, joined by
-    blank lines, ending with ``"Assistant:"``; ``(message_index, start, end)`` spans are shifted to the
-    transcript's marker-free text.
+    A single user message is sent as is (its markers parsed by the engine). Otherwise each message
+    becomes ``"Role: content"``, joined by blank lines, ending with ``"Assistant:"``. Each message's
+    markers are parsed on their own, as with a chat template (a ``<<`` in one message never pairs with
+    a ``>>`` in another), and become character spans of the transcript, like ``(message_index, start,
+    end)`` spans; the third value says whether the transcript still holds markers for the engine.
     """
     if len(messages) == 1 and messages[0]["role"] == "user":
         text = messages[0]["content"]
         spans = [tuple(h[1:]) if isinstance(h, (tuple, list)) and len(h) == 3 else h for h in highlights]
-        return text, spans
-    raw, offsets, lengths, clean_len = [], [], [], 0
+        return text, spans, True
+    raw, offsets, lengths, spans, pos = [], [], [], [], 0
     for i, m in enumerate(messages):
         label = f"{m['role'].capitalize()}: "
         if i:
             raw.append("\n\n")
-            clean_len += 2
+            pos += 2
         raw.append(label)
-        clean_len += len(label)
-        offsets.append(clean_len)
-        raw.append(m["content"])
-        try:
-            length = len(parse_markers(m["content"], markers)[0] if markers is not None else m["content"])
-        except HighlightError:
-            length = len(m["content"])  # the engine reports the marker problem
-        lengths.append(length)
-        clean_len += length
+        pos += len(label)
+        offsets.append(pos)
+        clean, found = m["content"], []
+        if markers is not None:
+            try:
+                clean, found = parse_markers(m["content"], markers)
+            except HighlightError as exc:
+                raise HighlightError(f"message {i}: {exc}") from None
+        raw.append(clean)
+        lengths.append(len(clean))
+        spans.extend((pos + s, pos + e) for s, e in found)
+        pos += len(clean)
     if messages[-1]["role"] != "assistant":
         raw.append("\n\nAssistant:")
-    spans = []
     for h in highlights:
         if isinstance(h, (tuple, list)) and len(h) == 3:
             i, s, e = (int(x) for x in h)
@@ -391,4 +397,4 @@ def _plain_transcript(messages: list[dict], highlights: list, markers) -> tuple[
             spans.append((offsets[i] + s, offsets[i] + e))
         else:
             spans.append(h)
-    return "".join(raw), spans
+    return "".join(raw), spans, False

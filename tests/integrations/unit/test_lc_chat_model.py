@@ -144,11 +144,13 @@ def test_plain_tokenizer_gets_a_transcript_with_shifted_spans(tiny_plain_seka, s
     chat.invoke([SystemMessage("Be brief."), HumanMessage("Where is <<the tower>>? In Rome.")],
                 highlights=[(1, 23, 28)])
     prompt = spy.last["prompt"]
-    assert prompt == "System: Be brief.\n\nUser: Where is <<the tower>>? In Rome.\n\nAssistant:"
+    # each message's markers are read on their own and become spans of the marker-free transcript
+    assert prompt == "System: Be brief.\n\nUser: Where is the tower? In Rome.\n\nAssistant:"
     clean_start = len("System: Be brief.\n\nUser: ")
-    assert spy.last["highlights"] == [(clean_start + 23, clean_start + 28)]
-    assert spy.last["kwargs"]["chat"] is False
-    assert "".join(tiny_plain_seka.highlighted_tokens(prompt, spy.last["highlights"], chat=False)) == " the tower Rome."
+    assert spy.last["highlights"] == [(clean_start + 9, clean_start + 18), (clean_start + 23, clean_start + 28)]
+    assert spy.last["kwargs"]["chat"] is False and spy.last["kwargs"]["markers"] is None
+    assert "".join(tiny_plain_seka.highlighted_tokens(prompt, spy.last["highlights"], chat=False,
+                                                      markers=None)) == " the tower Rome."
 
 
 # ------------------------------------------------------------------------------------- outputs

@@ -30,7 +30,7 @@ from langchain_seka._compat import HostedModelArguments
 from langchain_seka._loading import model_label
 from langchain_seka._routing import automatic_routing
 from langchain_seka._settings import SekaSettings, usage_counts
-from langchain_seka._text import document_text, escape_markers, parse_lenient, texts_in_prompt
+from langchain_seka._text import document_text, escape_markers, mark_up, parse_lenient, texts_in_prompt
 from seka_rag import Markers, SekaError, SekaModel
 from seka_rag.highlight import has_chat_template
 
@@ -384,10 +384,16 @@ def _check_text_only(message: ChatMessage, index: int) -> None:
 
 
 def _literal_if_assistant(message: ChatMessage, markers: Markers | None) -> ChatMessage:
-    """An assistant message with its marker strings escaped (read literally in a transcript)."""
-    if _ROLES.get(message.role) != "assistant" or not message.content:
+    """A message made safe to join into a transcript: an assistant message with its marker strings
+    escaped (read literally); any other with its highlights kept and every marker without a partner
+    *in that message* escaped, so a ``<<`` of one message never pairs with a ``>>`` of another."""
+    if not message.content or markers is None:
         return message
-    return ChatMessage(role=message.role, content=escape_markers(message.content, markers))
+    if _ROLES.get(message.role) == "assistant":
+        return ChatMessage(role=message.role, content=escape_markers(message.content, markers))
+    clean, spans = parse_lenient(message.content, markers, merge_gaps=False)
+    return ChatMessage(role=message.role, content=mark_up(clean, spans, markers)[0] if spans
+                       else escape_markers(clean, markers))
 
 
 def _document_texts(documents: Any) -> list[str]:

@@ -50,6 +50,12 @@ class SekaHighlightPostprocessor(BaseNodePostprocessor):
     ``langchain_seka.SekaHighlight``, default the offline all-MiniLM-L6-v2), ``"all"``, ``"none"``.
     Node order and scores are left unchanged. Every query bundle's text and retriever embedding are
     remembered for the Seka LLM's AdaSEKA embedding router (see the module docstring).
+
+    Text the response synthesizer puts into the prompt reaches the model literally: marker strings
+    (``x << 2``) in node texts, in the metadata the LLM sees, and — with ``escape_query`` (default) —
+    in the query are escaped. The query is escaped in the query bundle itself, which the query
+    engine hands on to the synthesizer; set ``escape_query=False`` if something other than the Seka
+    LLM reads the bundle afterwards.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")  # a misspelt option is an error
@@ -61,6 +67,7 @@ class SekaHighlightPostprocessor(BaseNodePostprocessor):
     encoder: Any = Field(default=None, exclude=True, description="Sentence encoder for the sentences policy.")
     markers: Markers = Field(default=DEFAULT_MARKERS, exclude=True, description="The model's inline markers.")
     metadata_key: str = Field(default="seka_highlights", description="Metadata key recording the highlighted texts.")
+    escape_query: bool = Field(default=True, description="Escape marker strings in the query bundle's text.")
 
     @model_validator(mode="after")
     def _check(self) -> "SekaHighlightPostprocessor":
@@ -95,19 +102,45 @@ class SekaHighlightPostprocessor(BaseNodePostprocessor):
             self.policy, texts, scores, question=question, k=self.k, threshold=self.threshold,
             higher_is_better=self.higher_is_better, encoder=self.encoder,
         )
+        self._escape_query(query_bundle)
         out = list(nodes)
         for j, i in enumerate(text_nodes):
             text, spans = texts[j], selection.spans.get(j)
+            metadata = self._escaped_metadata(nodes[i].node)
             if spans:
                 marked, exact = mark_up(text, spans, self.markers, per_word=True)
-                out[i] = self._copy(nodes[i], marked, [text[s:e] for s, e in merge_whitespace_gaps(text, exact)])
-            elif self.markers is not None and escape_markers(text, self.markers) != text:
-                out[i] = self._copy(nodes[i], escape_markers(text, self.markers), None)
+                out[i] = self._copy(nodes[i], marked, [text[s:e] for s, e in merge_whitespace_gaps(text, exact)],
+                                    metadata)
+            elif self.markers is not None and (escape_markers(text, self.markers) != text or metadata):
+                out[i] = self._copy(nodes[i], escape_markers(text, self.markers), None, metadata)
         return out
 
-    def _copy(self, item: NodeWithScore, text: str, highlights: list[str] | None) -> NodeWithScore:
+    def _escape_query(self, query_bundle: QueryBundle | None) -> None:
+        """Escape the query's marker strings in place, once per bundle (see the class docstring)."""
+        if not self.escape_query or self.markers is None or query_bundle is None:
+            return
+        if getattr(query_bundle, "_seka_escaped", False):
+            return
+        query_bundle.query_str = escape_markers(query_bundle.query_str, self.markers)
+        try:
+            query_bundle._seka_escaped = True
+        except AttributeError:  # pragma: no cover - a bundle type that takes no new attributes
+            pass
+
+    def _escaped_metadata(self, node: Any) -> dict[str, Any]:
+        """The string metadata values the LLM sees whose marker strings need escaping, escaped."""
+        if self.markers is None:
+            return {}
+        hidden = set(getattr(node, "excluded_llm_metadata_keys", ()) or ())
+        return {k: escape_markers(v, self.markers) for k, v in (getattr(node, "metadata", None) or {}).items()
+                if k not in hidden and isinstance(v, str) and escape_markers(v, self.markers) != v}
+
+    def _copy(self, item: NodeWithScore, text: str, highlights: list[str] | None,
+              metadata: dict[str, Any] | None = None) -> NodeWithScore:
         node = item.node.model_copy()
         node.set_content(text)
+        if metadata:
+            node.metadata = {**node.metadata, **metadata}
         if highlights is not None:
             node.metadata = {**node.metadata, self.metadata_key: highlights}
             for attr in ("excluded_llm_metadata_keys", "excluded_embed_metadata_keys"):
