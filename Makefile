@@ -114,7 +114,7 @@ eval-conflicts: install
 # instruction following, lost in the middle on NQ-open) x every method (unsteered, prompt emphasis,
 # PASTA, SPA, SEKA, AdaSEKA) in one run, into docs/results.json, docs/results-tables.md and
 # docs/results-families.png. The item budget below is sized for 2 CPU cores *without* native
-# bfloat16 (float32: a 2k-token prefill of the default model takes 14 s): 57 min with 100-token
+# bfloat16 (float32: a 2k-token prefill of the default model takes 14 s): 58 min with 100-token
 # lost-in-the-middle answers (measured with unit tests running beside it part of the time). Raise EVAL_ITEMS
 # (e.g. counterfact=64,conflict=64,instructions=20,lost-in-middle=4) and NQ_PASSAGES=10 on a faster
 # machine. PASTA's heads are profiled on the fly on PASTA_PROFILE_LAYERS unless PASTA_HEADS names a
