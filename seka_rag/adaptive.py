@@ -54,6 +54,10 @@ INDEX_FILE = "experts.json"
 ROUTERS = ("attention", "embedding", "projection")
 
 
+#: The smallest routing temperature: weights are already one-hot long before it.
+MIN_TEMPERATURE = 1e-4
+
+
 @dataclass(frozen=True)
 class RoutingConfig:
     """Router parameters; an :class:`ExpertSet` stores its defaults, each call may override them."""
@@ -85,6 +89,9 @@ class RoutingConfig:
                 continue
             if isinstance(t, bool) or not isinstance(t, numbers.Real) or not t > 0 or not math.isfinite(t):
                 raise SteeringConfigError(f"{name} must be a positive number, got {t!r}")
+            if t < MIN_TEMPERATURE:  # c / T would overflow float32 and the softmax return NaN
+                raise SteeringConfigError(f"{name} must be at least {MIN_TEMPERATURE:g} (for top-1 routing use "
+                                          f"embedding_top1=True), got {t!r}")
         return self
 
     def replace(self, **changes: Any) -> "RoutingConfig":
@@ -193,17 +200,28 @@ class ExpertSet:
             if len(protos) != len(self.experts):
                 raise ProjectionError("either every expert has a prototype embedding or none has")
             dims = {tuple(p.shape) for p in protos}
-            if len(dims) != 1 or len(next(iter(dims))) != 1:
+            if len(dims) != 1 or len(next(iter(dims))) != 1 or next(iter(dims))[0] == 0:
                 raise ProjectionError(f"expert prototypes must be 1-D vectors of one size, got shapes {sorted(dims)}")
+            for e in self.experts:
+                if not bool(torch.isfinite(e.prototype).all()) or not bool(e.prototype.abs().sum() > 0):
+                    raise ProjectionError(f"expert {e.name!r} has a prototype embedding that is not finite and "
+                                          "non-zero, so the embedding router could not compare queries with it")
         self.routing.validate()
 
     def check_fits(self, geom: ModelGeometry, model_id: str | None = None) -> None:
         """Raise :class:`ProjectionError` unless every expert fits a model of geometry ``geom``."""
-        for e in self.experts:
-            try:
-                e.projection.check_fits(geom, model_id)
-            except ProjectionError as exc:
-                raise ProjectionError(f"expert {e.name!r}: {exc}") from None
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:  # one warning for the set, not one per expert
+            warnings.simplefilter("always")
+            for e in self.experts:
+                try:
+                    e.projection.check_fits(geom, model_id)
+                except ProjectionError as exc:
+                    message = str(exc).replace("`seka-rag build-projection`", "`seka-rag build-experts`")
+                    raise ProjectionError(f"expert {e.name!r}: {message}") from None
+        for message in dict.fromkeys(str(w.message) for w in caught):
+            warnings.warn(f"expert set {self.name!r}: {message}", UserWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ tensors per call
     def stacked(self, config: SteeringConfig, routing: RoutingConfig, want_route: bool,
@@ -287,18 +305,31 @@ class ExpertSet:
         for entry in index["experts"]:
             if not isinstance(entry, dict) or "name" not in entry or "file" not in entry:
                 raise ProjectionError(f"{str(index_path)!r}: each expert needs a name and a file, got {entry!r}")
-            proto = entry.get("prototype")
-            experts.append(Expert(
-                name=entry["name"], projection=Projection.load(index_path.parent / entry["file"]),
-                description=entry.get("description", ""), n_prompts=int(entry.get("n_prompts", 0)),
-                prototype=None if proto is None else torch.tensor(proto, dtype=torch.float32),
-            ))
+            proto, file = entry.get("prototype"), entry["file"]
+            if not isinstance(file, str) or Path(file).name != file:
+                raise ProjectionError(f"{str(index_path)!r}: expert {entry['name']!r} names file {file!r}; "
+                                      "an expert's file is a plain file name inside the set's directory")
+            try:
+                experts.append(Expert(
+                    name=entry["name"], projection=Projection.load(index_path.parent / file),
+                    description=str(entry.get("description", "")), n_prompts=int(entry.get("n_prompts", 0) or 0),
+                    prototype=None if proto is None else torch.tensor(proto, dtype=torch.float32),
+                ))
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ProjectionError(f"{str(index_path)!r}: expert {entry.get('name')!r} is malformed: {exc}") from None
         try:
-            routing = RoutingConfig(**index.get("routing", {}))
-        except TypeError as exc:
+            routing = RoutingConfig(**index.get("routing", {})).validate()
+        except (TypeError, SteeringConfigError) as exc:
             raise ProjectionError(f"{str(index_path)!r} has invalid routing settings: {exc}") from None
-        return cls(experts, name=index.get("name", ""), embedding_model=index.get("embedding_model", DEFAULT_EMBEDDING_MODEL),
-                   routing=routing, notes=index.get("notes", {}))
+        notes = index.get("notes", {})
+        if not isinstance(notes, dict):
+            raise ProjectionError(f"{str(index_path)!r}: notes must be a JSON object, got {type(notes).__name__}")
+        try:
+            return cls(experts, name=index.get("name", ""),
+                       embedding_model=index.get("embedding_model", DEFAULT_EMBEDDING_MODEL), routing=routing,
+                       notes=notes)
+        except ProjectionError as exc:
+            raise ProjectionError(f"{str(index_path)!r}: {exc}") from None
 
     def __repr__(self) -> str:
         return f"ExpertSet({self.name!r}, experts={self.names}, model={self.meta.model_id!r})"

@@ -259,14 +259,21 @@ def expert_set_like(experts, template: Projection):
 
 def build_expert_set(seka_model, families: dict[str, Sequence[Triplet]], config: BuildConfig = BuildConfig(), *,
                      template: Projection | None = None, descriptions: dict[str, str] | None = None,
-                     encoder=None, prototypes: bool = True, name: str = "", progress: bool = True):
+                     encoder=None, embedding_model: str | None = None, prototypes: bool = True, name: str = "",
+                     progress: bool = True):
     """An AdaSEKA :class:`~seka_rag.adaptive.ExpertSet`: one projection per family of triplets.
 
     ``template`` (e.g. the model's calibrated projection) lends every expert its edited layers, gains
     and per-layer scales. Each expert's prototype is the mean sentence embedding of its triplets'
-    question-then-context prompts (all-MiniLM-L6-v2 unless ``encoder`` is given).
+    question-then-context prompts (all-MiniLM-L6-v2 unless ``encoder`` is given; then name its model
+    with ``embedding_model``, which the set stores: routing must embed queries with the same model).
     """
     from .adaptive import Expert, ExpertSet
+    from .embeddings import DEFAULT_EMBEDDING_MODEL
+
+    if encoder is not None and prototypes and not embedding_model:
+        raise SekaError("with encoder=, name its model with embedding_model= (stored with the set: queries "
+                        "must be embedded with the model that made the prototypes)")
 
     if not families:
         raise SekaError("an expert set needs at least one family of triplets")
@@ -284,4 +291,5 @@ def build_expert_set(seka_model, families: dict[str, Sequence[Triplet]], config:
             proto = torch.nn.functional.normalize(embed([triplet_prompts(t)[1] for t in triplets], encoder).mean(0), dim=0)
         experts.append(Expert(family, projection, description=(descriptions or {}).get(family, ""),
                               prototype=proto, n_prompts=len(triplets)))
-    return ExpertSet(experts, name=name or seka_model.model_id)
+    return ExpertSet(experts, name=name or seka_model.model_id,
+                     embedding_model=embedding_model or DEFAULT_EMBEDDING_MODEL)

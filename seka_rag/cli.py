@@ -250,9 +250,15 @@ def cmd_eval_conflicts(args) -> int:
     except ValueError as exc:
         raise SekaError(f"--items: {exc}") from None
     model = load_model(**_model_spec(args))
-    if model.router is None or model.router == "projection":  # steering with the single projection:
-        steer = _steer_kwargs(args)  # check the options against it now, not after the whole unsteered pass
+    steer = _steer_kwargs(args)  # check the options now, not after the whole unsteered pass
+    if model.router is None or model.router == "projection":  # steering with the single projection
         model._steering_matrices(steer["gain_pos"], steer["gain_neg"], steer["layers"], None)
+    else:  # with the experts: against each expert's projection
+        from .steering import SteeringConfig, edit_matrices
+
+        for expert in model.experts.experts:
+            edit_matrices(expert.projection, SteeringConfig(gain_pos=steer["gain_pos"], gain_neg=steer["gain_neg"],
+                                                            layers=steer["layers"]))
     print(f"{model.model_id}: two-document conflicts, {args.split} split, {len(items)} items x 4 cases")
     print(ConflictReport.header())
     reports = {}
@@ -372,6 +378,8 @@ def cmd_build_experts(args) -> int:
     if args.reuse is not None:
         from .adaptive import ExpertSet
 
+        if Path(args.reuse).name == "experts.json" and Path(args.reuse).is_file():
+            args.reuse = str(Path(args.reuse).parent)  # the set is its directory (written back there)
         reused = ExpertSet.load(args.reuse)  # before the model load: a wrong path fails fast
     spec = _model_spec(args)
     spec.update(adaptive=False, experts=None, router=None)
@@ -472,6 +480,22 @@ def cmd_eval_families(args) -> int:
         items = {f: family_items(f, args.items, seed=args.seed) for f in families}
     except ValueError as exc:
         raise SekaError(f"--items: {exc}") from None
+    routing = {k: v for k, v in (("gain", args.gain), ("temperature", args.temperature), ("top_k", args.top_k),
+                                 ("embedding_temperature", args.embedding_temperature),
+                                 ("embedding_gain", args.embedding_gain)) if v is not None}
+    if args.embedding_top1:
+        routing["embedding_top1"] = True
+    from .adaptive import ROUTER_SETTINGS
+
+    flags = {"gain": "--gain", "temperature": "--temperature", "top_k": "--top-k",
+             "embedding_temperature": "--embedding-temperature", "embedding_gain": "--embedding-gain",
+             "embedding_top1": "--embedding-top1"}
+    unread = [flags[k] for k in routing
+              if not any(m == f"ada-{r}" and k in keys for m in methods for r, keys in ROUTER_SETTINGS.items())]
+    if unread:
+        raise SekaError(f"{', '.join(unread)} would be ignored: no method of this run reads "
+                        f"{'it' if len(unread) == 1 else 'them'} (--gain, --temperature, --top-k: ada-attention; "
+                        "--embedding-*: ada-embedding)")
     model = load_model(**_model_spec(args))
     expanded = []
     for m in methods:
@@ -479,11 +503,6 @@ def cmd_eval_families(args) -> int:
     missing = [m for m in expanded if m.startswith("expert:") and m.split(":", 1)[1] not in model.experts.names]
     if missing:
         raise SekaError(f"no such experts {missing}; the set has {model.experts.names}")
-    routing = {k: v for k, v in (("gain", args.gain), ("temperature", args.temperature), ("top_k", args.top_k),
-                                 ("embedding_temperature", args.embedding_temperature),
-                                 ("embedding_gain", args.embedding_gain)) if v is not None}
-    if args.embedding_top1:
-        routing["embedding_top1"] = True
     started = time.perf_counter()
     table: dict = {}
     for m in expanded:

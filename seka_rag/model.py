@@ -485,8 +485,14 @@ class SekaModel:
             texts = [(r.routing_text or r.text)[-_ROUTING_TEXT_CHARS:] for r in rows]
         else:
             raise SteeringConfigError("the embedding router needs query= or query_embedding= here")
-        from .embeddings import embed
+        from .embeddings import DEFAULT_EMBEDDING_MODEL, embed
 
+        if self.embedding_encoder is None and self.experts.embedding_model != DEFAULT_EMBEDDING_MODEL:
+            raise SteeringConfigError(
+                f"this expert set's prototypes were embedded with {self.experts.embedding_model!r}: set "
+                "model.embedding_encoder to that encoder (a callable or a SentenceTransformer), or pass "
+                "query_embedding= vectors from it"
+            )
         unique = list(dict.fromkeys(texts))
         vectors = embed(unique, self.embedding_encoder)
         at = {t: i for i, t in enumerate(unique)}
@@ -507,9 +513,14 @@ class SekaModel:
         gain_neg: float | None = None,
         layers: Sequence[int] | None = None,
         heads: HeadSelection = None,
+        max_new_tokens: int = 64,
     ) -> RoutingResult:
-        """The expert weights AdaSEKA gives ``prompt`` (one steered prefill, no generation)."""
-        enc = self.encode(prompt, highlights, chat=chat, markers=markers)
+        """The expert weights AdaSEKA gives ``prompt`` (one steered prefill, no generation).
+
+        The prompt is cut to fit the window as :meth:`generate` with ``max_new_tokens`` would cut it,
+        so a long prompt is routed as that call would route it.
+        """
+        enc = self.encode(prompt, highlights, chat=chat, markers=markers, max_length=self._prompt_budget(max_new_tokens))
         if not any(enc.highlight):
             raise HighlightError("nothing to route: the prompt has no highlighted tokens")
         batch = pad_batch([enc], self.tokenizer.pad_token_id).to(self.device)
@@ -627,6 +638,7 @@ class SekaModel:
                 f"such prompts, not {type(prompt).__name__}"
             )
         prompts = [prompt] if single else list(prompt)
+        self.last_routing = None  # a call that fails or has nothing to do leaves no earlier routing behind
         if not prompts:
             return []
         if single:
@@ -644,7 +656,7 @@ class SekaModel:
             batch = pad_batch(rows, self.tokenizer.pad_token_id, side="left").to(self.device)
             block = self.steering(
                 batch.highlight_mask, rows=rows, query=_chunk(query, start, start + bs, n),
-                query_embedding=_chunk(query_embedding, start, start + bs, n), **steer_kw,
+                query_embedding=_chunk(query_embedding, start, start + bs, n, "query_embedding"), **steer_kw,
             )
             with torch.inference_mode(), block:
                 out = self.model.generate(
@@ -682,6 +694,7 @@ class SekaModel:
         """Like :meth:`generate` for one prompt, yielding text pieces as tokens are produced."""
         from transformers import TextIteratorStreamer
 
+        self.last_routing = None  # a call that fails leaves no earlier routing behind
         gen = self._generation_kwargs(max_new_tokens, do_sample, temperature, top_p, stop)
         enc = self.encode(prompt, highlights, chat=chat, markers=markers, max_length=self._prompt_budget(max_new_tokens))
         batch = pad_batch([enc], self.tokenizer.pad_token_id).to(self.device)
@@ -768,6 +781,15 @@ class SekaModel:
         """
         if isinstance(continuations, str) or not isinstance(continuations, Sequence) or not continuations:
             raise SekaError("continuations must be a non-empty list of strings")
+        for name, value in (("query", query), ("query_embedding", query_embedding)):
+            rows = (value.shape[0] if len(value.shape) == 2 else 1) if hasattr(value, "shape") else (
+                len(value) if isinstance(value, Sequence) and not isinstance(value, str) and value
+                and not isinstance(value[0], numbers.Real) else 1)
+            if value is not None and rows != 1:
+                raise SteeringConfigError(
+                    f"score has one prompt, so {name} takes one entry, not {rows}: every continuation is "
+                    "scored under the same edit (score_encoded takes one per row)"
+                )
         cont_ids = []
         for c in continuations:
             if not isinstance(c, str) or not c:
@@ -802,6 +824,7 @@ class SekaModel:
         """
         scores: list[float] = []
         routed: list[RoutingResult | None] = []
+        self.last_routing = None  # a call that fails leaves no earlier routing behind
         bs = _check_batch_size(batch_size)
         n = len(rows)
         for start in range(0, n, bs):
@@ -818,7 +841,7 @@ class SekaModel:
             block = self.steering(
                 batch.highlight_mask, steer=steer, gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads,
                 router=router, routing=routing, query=_chunk(query, start, start + bs, n),
-                query_embedding=_chunk(query_embedding, start, start + bs, n), query_index=last_prompt, rows=joined,
+                query_embedding=_chunk(query_embedding, start, start + bs, n, "query_embedding"), query_index=last_prompt, rows=joined,
             )
             with torch.inference_mode(), block:
                 logits = self._forward_logits(batch, keep)
@@ -880,15 +903,24 @@ class SteeringBlock:
         return False
 
 
-def _chunk(value: Any, start: int, stop: int, n: int) -> Any:
-    """The slice of a per-prompt argument (a list with one entry per prompt) for one batch."""
+def _chunk(value: Any, start: int, stop: int, n: int, name: str = "query") -> Any:
+    """The slice of a per-prompt argument (a list with one entry per prompt) for one batch.
+
+    One entry for every prompt is kept whole; any other count is an error here, whatever the batch
+    size (a batch that happens to hold as many rows must not take another batch's entries)."""
     if value is None or isinstance(value, str) or isinstance(value, Mapping):
         return value
     if hasattr(value, "shape") and hasattr(value, "__getitem__"):  # torch / numpy arrays
-        return value[start:stop] if len(value.shape) == 2 and value.shape[0] == n else value
-    if isinstance(value, Sequence) and len(value) == n and n > 0 and not isinstance(value[0], numbers.Real):
-        return list(value[start:stop])
-    return value
+        rows = value.shape[0] if len(value.shape) == 2 else None
+    elif isinstance(value, Sequence) and value and not isinstance(value[0], numbers.Real):
+        rows = len(value)
+    else:
+        return value  # one query (a vector of numbers) for every prompt
+    if rows is None or rows == 1:
+        return value
+    if rows != n:
+        raise SteeringConfigError(f"{name} has {rows} entries for {n} prompts: give one per prompt, or one for all")
+    return value[start:stop] if hasattr(value, "shape") else list(value[start:stop])
 
 
 def _check_batch_size(batch_size: Any) -> int:

@@ -70,6 +70,8 @@ def test_user_mistakes_exit_2_with_a_message(model_dir, tmp_path, capsys):
     (["sensitivity", "--adaptive"], "so --adaptive would be ignored"),
     (["profile-pasta", "--out", "h.json", "--router", "attention"], "so --router would be ignored"),
     (["eval-families", "--router", "embedding"], "names the router in each method"),
+    (["eval-families", "--methods", "seka,ada-embedding", "--gain", "0.5"], "--gain would be ignored"),
+    (["build-projection", "--out", "p.safetensors", "--projection", "x.safetensors"], "--projection would be ignored"),
     (["eval", "--router", "attention"], "names the router in each method"),
     (["sensitivity", "--delta-quantiles", "1.5"], "expected quantiles in [0, 1]"),
     (["build-projection", "--out", "p.safetensors", "--build-layers", "20-21", "--default-layers", "25"],

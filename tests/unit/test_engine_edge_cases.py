@@ -122,3 +122,75 @@ def test_a_users_gguf_is_converted_once_in_a_private_folder(tmp_path, monkeypatc
     assert (first / "config.json").is_file() and loads == ["tiny.gguf"]
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no work folder left behind
     assert _converted_gguf(tmp_path / "models", "tiny.gguf", cache) == first and len(loads) == 1  # cached
+
+
+def test_per_prompt_queries_must_match_the_prompts_whatever_the_batch_size(adaptive):
+    from seka_rag import SteeringConfigError as Refused
+
+    prompts = ["Where is <<the tower>>?", "Who met <<Bob>>?", "Where is <<Rome>>?", "Alice met <<Bob>>."]
+    adaptive.generate(prompts, router={"e0": 1.0}, max_new_tokens=1, batch_size=2)  # no query: fine
+    with pytest.raises(Refused, match="2 entries for 4 prompts"):
+        adaptive.generate(prompts, router="embedding", query=["a", "b"], batch_size=2, max_new_tokens=1)
+    with pytest.raises(Refused, match="2 entries for 4 prompts"):
+        adaptive.generate(prompts, router="embedding", query_embedding=torch.ones(2, 8), batch_size=2,
+                          max_new_tokens=1)
+
+
+def test_score_takes_one_query_for_its_one_prompt(adaptive):
+    with pytest.raises(SteeringConfigError, match="one prompt"):
+        adaptive.score("Doc: <<Rome.>> Where?", ["Rome", "Paris"], router="embedding", query=["a", "b"])
+    with pytest.raises(SteeringConfigError, match="one prompt"):
+        adaptive.score("Doc: <<Rome.>> Where?", ["Rome", "Paris"], router="embedding",
+                       query_embedding=torch.ones(2, 8))
+
+
+def test_a_failed_call_leaves_no_earlier_routing(adaptive):
+    adaptive.generate("Where is <<the tower>>?", max_new_tokens=1)
+    assert adaptive.last_routing is not None
+    assert adaptive.generate([], max_new_tokens=1) == [] and adaptive.last_routing is None
+    adaptive.generate("Where is <<the tower>>?", max_new_tokens=1)
+    with pytest.raises(SteeringConfigError):
+        adaptive.generate("Where is <<the tower>>?", max_new_tokens=1, routing={"embedding_gain": 2.0})
+    assert adaptive.last_routing is None
+
+
+def test_bad_prototypes_temperatures_and_files_are_refused(adaptive, helpers, tmp_path):
+    import json
+
+    from seka_rag import ProjectionError
+    from seka_rag.adaptive import RoutingConfig
+
+    experts = adaptive.experts.experts
+    with pytest.raises(ProjectionError, match="not finite and non-zero"):
+        ExpertSet([Expert(e.name, e.projection, prototype=torch.full((8,), float("nan"))) for e in experts])
+    with pytest.raises(ProjectionError, match="not finite and non-zero"):
+        ExpertSet([Expert(e.name, e.projection, prototype=torch.zeros(8)) for e in experts])
+    with pytest.raises(SteeringConfigError, match="at least"):
+        RoutingConfig(temperature=1e-40).validate()
+    ExpertSet([Expert(e.name, e.projection) for e in experts]).save(tmp_path / "set")
+    index = json.loads((tmp_path / "set" / "experts.json").read_text())
+    index["experts"][0]["file"] = "../elsewhere.safetensors"
+    (tmp_path / "set" / "experts.json").write_text(json.dumps(index))
+    with pytest.raises(ProjectionError, match="plain file name"):
+        ExpertSet.load(tmp_path / "set")
+    index["experts"][0]["file"] = experts[0].name + ".safetensors"
+    index["experts"][0]["n_prompts"] = "many"
+    (tmp_path / "set" / "experts.json").write_text(json.dumps(index))
+    with pytest.raises(ProjectionError, match="malformed"):
+        ExpertSet.load(tmp_path / "set")
+
+
+def test_a_set_embedded_with_another_model_needs_its_encoder(adaptive):
+    from seka_rag import SekaError
+
+    protos = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    custom = ExpertSet([Expert(e.name, e.projection, prototype=p) for e, p in zip(adaptive.experts.experts, protos)],
+                       embedding_model="my-encoder")
+    adaptive.load_experts(custom)
+    with pytest.raises(SteeringConfigError, match="my-encoder"):
+        adaptive.generate("Where is <<the tower>>?", router="embedding", max_new_tokens=1)
+    adaptive.generate("Where is <<the tower>>?", router="embedding", query_embedding=torch.ones(8), max_new_tokens=1)
+    from seka_rag.builder import build_expert_set
+
+    with pytest.raises(SekaError, match="embedding_model"):
+        build_expert_set(adaptive, {"conflict": []}, encoder=lambda texts: torch.ones(len(texts), 8))

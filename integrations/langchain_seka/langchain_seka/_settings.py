@@ -229,6 +229,18 @@ def routing_kwargs(
     return {name: value for name, value in pairs if value is not None}
 
 
+def routing_info(model: Any, row: int = 0) -> dict[str, Any] | None:
+    """Which experts row ``row`` of the model's last call in this thread used (None: no expert set used,
+    or the row was not steered): ``{"router": ..., "weights": {expert: mean weight}}``. Read right after
+    the engine call, in its thread, and carried in the response, so async callers see it too."""
+    result = getattr(model, "last_routing", None)
+    if result is None or row >= result.weights.shape[0]:
+        return None
+    if bool(result.expert_weights()[row].isnan().any()):
+        return None
+    return {"router": result.router, "weights": result.summary(row)}
+
+
 def usage_counts(
     model: SekaModel,
     prompt: Any,

@@ -23,7 +23,7 @@ from seka_rag.highlight import has_chat_template, parse_markers
 from ._loading import model_label
 from ._messages import document_highlights, to_engine_messages
 from ._compat import HostedModelArguments
-from ._settings import SekaSettings, usage_counts
+from ._settings import SekaSettings, routing_info, usage_counts
 from .llms import langsmith_params
 
 __all__ = ["ChatSeka"]
@@ -63,7 +63,7 @@ class _BatchPlan:
     failed: bool = False
     fail_quietly: bool = False
 
-    def text_for(self, call: _Call) -> str | None:
+    def text_for(self, call: _Call) -> tuple[str, dict[str, Any] | None] | None:
         with self.lock:
             if self.failed:
                 return None
@@ -76,12 +76,13 @@ class _BatchPlan:
                     if not self.fail_quietly:
                         raise
                     return None
-                self.results = [[c.key(), t, False] for c, t in zip(calls, texts)]
+                self.results = [[c.key(), t, False, routing_info(calls[0].model, i)]
+                                for i, (c, t) in enumerate(zip(calls, texts))]
             key = call.key()
             for row in self.results:
                 if not row[2] and row[0] == key:
                     row[2] = True
-                    return row[1]
+                    return row[1], row[3]
         return None
 
 
@@ -120,8 +121,9 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
     query vector per call — ``chat.bind(query_embedding=vector)`` or ``invoke(..., query_embedding=...)``
     — so no second embedding is computed, or ``query=`` (the question text; the engine embeds it
     once). Without either, the engine embeds the prompt text outside the highlights. These go to
-    the engine unchanged; it rejects a query with any router but ``"embedding"``. After each call
-    ``model.last_routing`` tells which experts fired.
+    the engine unchanged; it rejects a query with any router but ``"embedding"``. Each response's
+    ``response_metadata["routing"]`` tells which experts fired (``model.last_routing`` too, in the
+    thread that ran a sync call).
 
     ``batch`` runs one batched engine call over its inputs, also inside a chain (``(prompt | chat).batch``)
     where every input has its own config and run.
@@ -216,7 +218,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
             batch_size=self.batch_size, **first.gen, **first.routing,
         )
 
-    def _generation(self, call: _Call, text: str) -> ChatGeneration:
+    def _generation(self, call: _Call, text: str, routing: dict[str, Any] | None = None) -> ChatGeneration:
         counts = usage_counts(
             call.model, call.prompt, call.highlights, chat=call.gen["chat"],
             max_new_tokens=call.gen["max_new_tokens"], text=text, markers=call.gen["markers"],
@@ -228,7 +230,8 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
                 output_tokens=counts["output_tokens"],
                 total_tokens=counts["total_tokens"],
             ),
-            response_metadata={"model_name": call.model_name, "highlighted_tokens": counts["highlighted_tokens"]},
+            response_metadata={"model_name": call.model_name, "highlighted_tokens": counts["highlighted_tokens"],
+                               **({"routing": routing} if routing else {})},
         )
         return ChatGeneration(message=message)
 
@@ -242,10 +245,11 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
     ) -> ChatResult:
         call = self._prepare(messages, stop, kwargs)
         plan = _BATCH.get()
-        text = plan.text_for(call) if plan is not None and plan.owner is self else None
-        if text is None:
+        planned = plan.text_for(call) if plan is not None and plan.owner is self else None
+        if planned is None:
             text = call.model.generate(call.prompt, call.highlights, **call.gen, **call.routing)
-        return ChatResult(generations=[self._generation(call, text)])
+            planned = text, routing_info(call.model)
+        return ChatResult(generations=[self._generation(call, *planned)])
 
     def _stream(
         self,
@@ -264,7 +268,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
             if run_manager is not None:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
-        final = self._generation(call, "".join(pieces)).message
+        final = self._generation(call, "".join(pieces), routing_info(call.model)).message
         yield ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",

@@ -16,7 +16,7 @@ from seka_rag import SekaError, SekaModel
 from ._loading import model_label
 from ._messages import document_highlights
 from ._compat import HostedModelArguments
-from ._settings import SekaSettings, usage_counts
+from ._settings import SekaSettings, routing_info, usage_counts
 
 __all__ = ["SekaLLM"]
 
@@ -73,10 +73,15 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         name = model_label(override if override is not None else self.model)
         return model, name, highlights or None, gen, routing
 
-    def _generation(self, model: SekaModel, name: str, prompt: str, highlights, gen, text: str) -> Generation:
+    def _generation(self, model: SekaModel, name: str, prompt: str, highlights, gen, text: str,
+                    row: int = 0) -> Generation:
         counts = usage_counts(model, prompt, highlights, chat=gen["chat"], max_new_tokens=gen["max_new_tokens"],
                               text=text, markers=gen["markers"])
-        return Generation(text=text, generation_info={"model_name": name, "usage": counts})
+        info: dict[str, Any] = {"model_name": name, "usage": counts}
+        routing = routing_info(model, row)  # read in the engine call's thread (async callers see it here)
+        if routing:
+            info["routing"] = routing
+        return Generation(text=text, generation_info=info)
 
     def _call(
         self,
@@ -111,8 +116,8 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
                 list(prompts), [p[2] for p in prepared], batch_size=self.batch_size, **gen, **routing
             )
         generations = [
-            [self._generation(model, name, prompt, p[2], gen, text)]
-            for prompt, p, text in zip(prompts, prepared, texts)
+            [self._generation(model, name, prompt, p[2], gen, text, row)]
+            for row, (prompt, p, text) in enumerate(zip(prompts, prepared, texts))
         ]
         return _result(generations, name)
 

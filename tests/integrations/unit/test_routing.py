@@ -366,3 +366,27 @@ def test_adaptive_with_registered_models_and_objects(adaptive_loader, adaptive, 
     with pytest.raises(SekaError, match="adaptive must be"):
         _loading.shared_model("mine", adaptive="yes")
     assert adaptive_loader == []
+
+
+def test_responses_carry_the_routing_in_sync_and_async_calls(adaptive):
+    import asyncio
+
+    from llama_index.core.llms import ChatMessage as LIMessage
+
+    chat = ChatSeka(model=adaptive, router={"e1": 1.0}, max_tokens=2)
+    sync = chat.invoke("Where is <<the tower>>?").response_metadata["routing"]
+    assert sync == {"router": "fixed", "weights": {"e0": 0.0, "e1": 1.0, "e2": 0.0}}
+
+    async def run():
+        message = await chat.ainvoke("Where is <<the tower>>?")
+        batch = await chat.abatch(["Where is <<the tower>>?", "no highlight here"])
+        text = await SekaLLM(model=adaptive, router={"e2": 1.0}, max_tokens=2).agenerate(["Where is <<x>>?"])
+        li = await Seka(model=adaptive, router={"e0": 1.0}, max_tokens=2).achat([LIMessage(role="user",
+                                                                                            content="<<x>> y")])
+        return message, batch, text, li
+
+    message, batch, text, li = asyncio.run(run())
+    assert message.response_metadata["routing"] == sync  # visible to the async caller
+    assert batch[0].response_metadata["routing"] == sync and "routing" not in batch[1].response_metadata
+    assert text.generations[0][0].generation_info["routing"]["weights"]["e2"] == 1.0
+    assert li.raw["routing"]["weights"]["e0"] == 1.0

@@ -29,7 +29,7 @@ from llama_index.core.schema import BaseNode, NodeWithScore
 from langchain_seka._compat import HostedModelArguments
 from langchain_seka._loading import model_label
 from langchain_seka._routing import automatic_routing
-from langchain_seka._settings import SekaSettings, usage_counts
+from langchain_seka._settings import SekaSettings, routing_info, usage_counts
 from langchain_seka._text import document_text, escape_markers, mark_up, parse_lenient, texts_in_prompt
 from seka_rag import Markers, SekaError, SekaModel
 from seka_rag.highlight import has_chat_template
@@ -93,7 +93,8 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
     query bundle, unless the bundle given to ``aquery`` already carries one) — the query text is
     passed instead and the engine embeds the question once (not the whole prompt). A per-call
     ``query_embedding=`` or ``query=`` takes precedence; with any other router nothing is added.
-    After each call ``model.last_routing`` tells which experts fired.
+    Each response's ``raw["routing"]`` tells which experts fired (``model.last_routing`` too, in the
+    thread that ran a sync call).
 
     Token counts are in each response's ``raw["usage"]`` (where LlamaIndex's ``TokenCountingHandler``
     reads them) and ``additional_kwargs``. Unknown constructor arguments are errors; ``timeout``,
@@ -201,13 +202,19 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
             "total_tokens": counts["total_tokens"],
             "highlighted_tokens": counts["highlighted_tokens"],
             "model_name": call.name,
+            # read in the engine call's thread, so async callers get it with the response
+            **({"routing": routing} if (routing := routing_info(call.model)) else {}),
         }
 
     @staticmethod
     def _raw(usage: dict[str, Any]) -> dict[str, Any]:
-        """``raw`` of a response: the usage where LlamaIndex's token counting looks for it."""
-        return {"usage": {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
-                "model_name": usage["model_name"]}
+        """``raw`` of a response: the usage where LlamaIndex's token counting looks for it, and which
+        experts the call used (``routing``, when an expert set steered it)."""
+        raw = {"usage": {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+               "model_name": usage["model_name"]}
+        if usage.get("routing"):
+            raw["routing"] = usage["routing"]
+        return raw
 
     def _completion_call(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> _Call:
         if not isinstance(prompt, str):
