@@ -93,7 +93,8 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
             text.startswith(end, pos + k) for k in range(1, len(end))
         ):
             # overlapping closing markers (">>>"): the last one closes, so highlighted text may end
-            # with a character of the marker ("<<a>>>" highlights "a>")
+            # with a character of the marker ("<<a>>>" highlights "a>"; a highlight followed by a
+            # literal ">" needs a space or other character between them)
             out.append(text[pos])
             length += 1
             pos += 1
@@ -279,14 +280,25 @@ def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[
     starts, cursor = [], 0
     for i, m in enumerate(messages):
         content = m["content"]
+        if not content:  # nothing to place (and a template may drop the whole message)
+            starts.append(None)
+            continue
         lead = len(content) - len(content.lstrip())
         stripped = content.strip()
-        if gaps is not None:
-            cursor += gaps[i]
-        at = rendered.find(content, cursor)
-        if at == -1 and stripped:
-            at = rendered.find(stripped, cursor)
-            at = at - lead if at != -1 else -1
+        at = -1
+        if gaps is not None:  # past the template's own text first; a template that drops a message's
+            for start in (cursor + gaps[i], cursor):  # wrapper (an empty one) makes that overshoot
+                at = rendered.find(content, start)
+                if at == -1 and stripped:
+                    at = rendered.find(stripped, start)
+                    at = at - lead if at != -1 else -1
+                if at != -1:
+                    break
+        else:
+            at = rendered.find(content, cursor)
+            if at == -1 and stripped:
+                at = rendered.find(stripped, cursor)
+                at = at - lead if at != -1 else -1
         if at == -1:
             starts.append(None)  # content not reproduced; spans in it cannot be placed
             continue

@@ -192,8 +192,9 @@ class SekaModel:
         name = str(name_or_dir)
         if gguf_file is None and not Path(name).exists():
             if name in EMBEDDED_MODELS:  # an embedded model's name: load it, as the CLI's --model does
-                if model_kwargs:
-                    raise SekaError(f"{name!r} is an embedded model: hub arguments {sorted(model_kwargs)} do not apply")
+                if model_kwargs or model_id is not None:
+                    given = sorted(model_kwargs) + (["model_id"] if model_id is not None else [])
+                    raise SekaError(f"{name!r} is an embedded model: {given} do not apply to it")
                 return cls.default(name, projection=_UNSET if projection is None else projection, device=device,
                                    dtype=dtype, attn_implementation=attn_implementation, cache_dir=cache_dir,
                                    experts=experts, router=router)
@@ -487,7 +488,7 @@ class SekaModel:
             raise SteeringConfigError("the embedding router needs query= or query_embedding= here")
         from .embeddings import DEFAULT_EMBEDDING_MODEL, embed
 
-        if self.embedding_encoder is None and self.experts.embedding_model != DEFAULT_EMBEDDING_MODEL:
+        if self.embedding_encoder is None and self.experts.embedding_model.split("/")[-1] != DEFAULT_EMBEDDING_MODEL:
             raise SteeringConfigError(
                 f"this expert set's prototypes were embedded with {self.experts.embedding_model!r}: set "
                 "model.embedding_encoder to that encoder (a callable or a SentenceTransformer), or pass "
@@ -591,7 +592,8 @@ class SekaModel:
 
         class _StopInNewText(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
-                texts = tokenizer.batch_decode(input_ids[:, prompt_length:], skip_special_tokens=True)
+                # special tokens kept: a stop string may be one ("<|im_end|>", "</s>")
+                texts = tokenizer.batch_decode(input_ids[:, prompt_length:], skip_special_tokens=False)
                 return torch.tensor([any(s in t for s in stops) for t in texts], dtype=torch.bool,
                                     device=input_ids.device)
 
@@ -996,8 +998,12 @@ def _converted_gguf(directory: Path, gguf_file: str, cache_dir) -> Path:
         save_converted(model, tokenizer, work / "converted")
         if not (target / "config.json").is_file():  # else another process finished first: keep its copy
             if target.exists():
-                shutil.rmtree(target)
-            os.replace(work / "converted", target)
+                shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.replace(work / "converted", target)
+            except OSError:
+                if not (target / "config.json").is_file():  # not a finished copy from another process
+                    raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target

@@ -194,3 +194,26 @@ def test_a_set_embedded_with_another_model_needs_its_encoder(adaptive):
 
     with pytest.raises(SekaError, match="embedding_model"):
         build_expert_set(adaptive, {"conflict": []}, encoder=lambda texts: torch.ones(len(texts), 8))
+
+
+def test_stop_string_that_is_a_special_token(tiny_model):
+    seka = tiny_model("llama", chat=False)
+    special = seka.tokenizer.convert_ids_to_tokens(seka.tokenizer.all_special_ids[0])
+    criteria = seka._stop_criteria([special], 1)
+    ids = torch.tensor([[5, seka.tokenizer.all_special_ids[0]], [5, 6]])
+    assert criteria[0](ids, None).tolist() == [True, False]  # seen in the new tokens, as a token
+
+
+def test_templates_that_drop_empty_messages_keep_highlights(helpers):
+    from seka_rag.highlight import prepare_prompt
+
+    for body in ("m['content']", "(m['content'] | trim)"):
+        tok = helpers.make_tokenizer(
+            "{% for m in messages %}{% if m['content'] %}{{ '<|im_start|>' + m['role'] + '\\n' + " + body
+            + " + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+        for messages in ([{"role": "system", "content": ""}, {"role": "user", "content": "Where is <<the tower>>?"}],
+                         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""},
+                          {"role": "user", "content": "Where is <<the tower>>?"}]):
+            p = prepare_prompt(messages, tok)
+            assert [p.text[a:b] for a, b in p.spans] == ["the tower"]

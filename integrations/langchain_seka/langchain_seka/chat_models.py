@@ -358,19 +358,17 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
 def _plain_transcript(messages: list[dict], highlights: list, markers) -> tuple[str, list, bool]:
     """Messages → one plain-text prompt for a tokenizer without a chat template; move spans with them.
 
-    A single user message is sent as is (its markers parsed by the engine). Otherwise each message
-    becomes ``"Role: content"``, joined by blank lines, ending with ``"Assistant:"``. Each message's
-    markers are parsed on their own, as with a chat template (a ``<<`` in one message never pairs with
-    a ``>>`` in another), and become character spans of the transcript, like ``(message_index, start,
-    end)`` spans; the third value says whether the transcript still holds markers for the engine.
+    A single user message is sent as its own text. Otherwise each message becomes ``"Role:
+    content"``, joined by blank lines, ending with ``"Assistant:"``. Each message's markers are parsed
+    on their own, as with a chat template (a ``<<`` in one message never pairs with a ``>>`` in
+    another), and become character spans of the marker-free text, like ``(message_index, start,
+    end)`` spans; so every transcript goes to the engine without markers (the third value, kept for
+    callers, is always False), and the inputs of one batch share that setting.
     """
-    if len(messages) == 1 and messages[0]["role"] == "user":
-        text = messages[0]["content"]
-        spans = [tuple(h[1:]) if isinstance(h, (tuple, list)) and len(h) == 3 else h for h in highlights]
-        return text, spans, True
+    single = len(messages) == 1 and messages[0]["role"] == "user"
     raw, offsets, lengths, spans, pos = [], [], [], [], 0
     for i, m in enumerate(messages):
-        label = f"{m['role'].capitalize()}: "
+        label = "" if single else f"{m['role'].capitalize()}: "
         if i:
             raw.append("\n\n")
             pos += 2
@@ -387,7 +385,7 @@ def _plain_transcript(messages: list[dict], highlights: list, markers) -> tuple[
         lengths.append(len(clean))
         spans.extend((pos + s, pos + e) for s, e in found)
         pos += len(clean)
-    if messages[-1]["role"] != "assistant":
+    if messages[-1]["role"] != "assistant" and not single:
         raw.append("\n\nAssistant:")
     for h in highlights:
         if isinstance(h, (tuple, list)) and len(h) == 3:

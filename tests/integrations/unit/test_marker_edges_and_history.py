@@ -105,3 +105,17 @@ def test_a_document_holding_markers_gets_a_pointed_error(tiny_seka):
     doc = "Use x << 2 >> 1 to scale."
     with pytest.raises(HighlightError, match="escape_markers"):
         ChatSeka(model=tiny_seka, max_tokens=2).invoke(f"Context: {doc}\nQ?", documents=[Document(page_content=doc)])
+
+
+def test_template_less_batch_mixes_single_and_multi_message_inputs(tiny_plain_seka, spy_on):
+    spy = spy_on(tiny_plain_seka)
+    chat = ChatSeka(model=tiny_plain_seka, max_tokens=2)
+    history = [HumanMessage("hi"), AIMessage("yo"), HumanMessage("and <<y>>?")]
+    for inputs in ([history, "Where is <<the tower>>?"],
+                   ["Where is <<the tower>>?", [HumanMessage("a \\<< b"), AIMessage("ok"), HumanMessage("<<c>>")]]):
+        outs = chat.batch(inputs)
+        assert len(outs) == 2
+    # each input alone sees exactly what it saw in the batch: the highlight, never a literal marker
+    chat.invoke("Where is <<the tower>>?")
+    text, highlights = _seen(tiny_plain_seka, spy.last)
+    assert text == "Where is the tower?" and highlights == ["the tower"]
