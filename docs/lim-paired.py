@@ -1,29 +1,40 @@
-"""Paired EM (SEKA - unsteered) per policy, bootstrap over questions, and mean answer words, from a `seka-rag eval --per-item` JSON.
+"""Lost in the middle, SEKA vs unsteered per highlight policy, from one or more `seka-rag eval --per-item`
+JSON files (their rows pooled; each question counted once): exact match of both, the paired EM
+difference and the change of log p(gold answer), with bootstrap intervals that resample questions
+(a question's gold-first / middle / last contexts share its passages), and mean answer words.
 
-Usage: python docs/lim-paired.py docs/results-lim-100-tokens.json
+Usage: python docs/lim-paired.py docs/results-lim-100-tokens.json [docs/results-lim-q12-23.json ...]
 """
-import json, random, sys
-d = json.load(open(sys.argv[1]))
-rows = d["reports"]["lost-in-middle"]["seka"]["rows"]
-def words(t): return len(t.split())
-rng = random.Random(0)
-for pol in ["gold", "retriever", "middle"]:
-    rs = [r for r in rows if r["policy"] == pol]
-    if not rs: continue
-    qs = sorted({r["question_index"] for r in rs})
-    by_q = {q: [r for r in rs if r["question_index"] == q] for q in qs}
-    em_s = sum(r["em"] for r in rs) / len(rs); em_u = sum(r["em_unsteered"] for r in rs) / len(rs)
-    dl = sum(r["delta"] for r in rs) / len(rs)
-    diffs = []
-    for _ in range(4000):  # resample questions (the 3 positions of a question share its passages)
-        sample = [r for q in (rng.choice(qs) for _ in qs) for r in by_q[q]]
-        diffs.append(sum(r["em"] - r["em_unsteered"] for r in sample) / len(sample))
-    diffs.sort()
-    lo, hi = diffs[int(0.025 * len(diffs))], diffs[int(0.975 * len(diffs)) - 1]
-    won = sum(r["em"] and not r["em_unsteered"] for r in rs); lost = sum(r["em_unsteered"] and not r["em"] for r in rs)
-    wu = sum(words(r["generation_unsteered"]) for r in rs) / len(rs); ws = sum(words(r["generation"]) for r in rs) / len(rs)
-    print(f"{pol:9} n={len(rs)} EM unsteered {100*em_u:.1f} SEKA {100*em_s:.1f} diff {100*(em_s-em_u):+.1f} "
-          f"[{100*lo:+.1f}, {100*hi:+.1f}] (won {won}, lost {lost}); dlogp {dl:+.2f}; words unsteered {wu:.1f} SEKA {ws:.1f}")
-    for half, sel in (("q0-5", [r for r in rs if r["question_index"] < 6]), ("q6-11", [r for r in rs if r["question_index"] >= 6])):
+import json
+import sys
+
+from seka_rag.evaluation.stats import mean_ci, paired_bootstrap_diff_ci
+
+rows = {}
+for path in sys.argv[1:]:
+    for r in json.load(open(path))["reports"]["lost-in-middle"]["seka"]["rows"]:
+        rows[(r["question_index"], r["position"], r["policy"])] = r  # a question run twice counts once
+for policy in ("gold", "retriever", "middle"):
+    rs = [r for k, r in sorted(rows.items()) if k[2] == policy]
+    if not rs:
+        continue
+    qs = [r["question_index"] for r in rs]
+    em_u, ulo, uhi = mean_ci([float(r["em_unsteered"]) for r in rs], 4000, 0, clusters=qs)
+    em_s, slo, shi = mean_ci([float(r["em"]) for r in rs], 4000, 0, clusters=qs)
+    dlo, dhi = paired_bootstrap_diff_ci([float(r["em"]) for r in rs], [float(r["em_unsteered"]) for r in rs],
+                                        4000, 0, clusters=qs)
+    dl, llo, lhi = mean_ci([r["delta"] for r in rs], 4000, 0, clusters=qs)
+    won = sum(r["em"] and not r["em_unsteered"] for r in rs)
+    lost = sum(r["em_unsteered"] and not r["em"] for r in rs)
+    rose = sum(r["delta"] > 0 for r in rs) / len(rs)
+    wu = sum(len(r["generation_unsteered"].split()) for r in rs) / len(rs)
+    ws = sum(len(r["generation"].split()) for r in rs) / len(rs)
+    print(f"{policy:9} {len(set(qs))} questions, {len(rs)} contexts: EM unsteered {100*em_u:.1f} [{100*ulo:.1f}, "
+          f"{100*uhi:.1f}], SEKA {100*em_s:.1f} [{100*slo:.1f}, {100*shi:.1f}], diff {100*(em_s-em_u):+.1f} "
+          f"[{100*dlo:+.1f}, {100*dhi:+.1f}] (won {won}, lost {lost}); dlogp {dl:+.2f} [{llo:+.2f}, {lhi:+.2f}], "
+          f"rose {100*rose:.1f} %; words unsteered {wu:.1f}, SEKA {ws:.1f}")
+    for position in ("first", "middle", "last"):
+        sel = [r for r in rs if r["position"] == position]
         if sel:
-            print(f"    {half}: EM unsteered {100*sum(r['em_unsteered'] for r in sel)/len(sel):.1f} SEKA {100*sum(r['em'] for r in sel)/len(sel):.1f}")
+            print(f"    gold {position:6}: EM unsteered {100*sum(r['em_unsteered'] for r in sel)/len(sel):.1f} "
+                  f"SEKA {100*sum(r['em'] for r in sel)/len(sel):.1f}; dlogp {sum(r['delta'] for r in sel)/len(sel):+.2f}")

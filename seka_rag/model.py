@@ -589,11 +589,15 @@ class SekaModel:
 
         stops = _stop_list(stop)
         tokenizer = self.tokenizer
+        # a token holds at least one byte (a character is at most four), so a stop string completed by
+        # the newest token lies within this many last tokens (an earlier one would have stopped the row)
+        tail = 4 * max((len(s) for s in stops), default=0) + 4
 
         class _StopInNewText(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
+                start = max(prompt_length, input_ids.shape[1] - tail)
                 # special tokens kept: a stop string may be one ("<|im_end|>", "</s>")
-                texts = tokenizer.batch_decode(input_ids[:, prompt_length:], skip_special_tokens=False)
+                texts = tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=False)
                 return torch.tensor([any(s in t for s in stops) for t in texts], dtype=torch.bool,
                                     device=input_ids.device)
 
