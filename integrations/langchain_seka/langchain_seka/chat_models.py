@@ -192,10 +192,9 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
             highlights += document_highlights(documents, [m["content"] for m in prompt], markers)
         chat = gen["chat"]
         if chat is False or (chat is None and not has_chat_template(model.tokenizer)):
-            prompt, highlights, keeps_markers = _plain_transcript(prompt, highlights, markers)
+            prompt, highlights = _plain_transcript(prompt, highlights, markers)
             gen["chat"] = False
-            if not keeps_markers:
-                gen["markers"] = None  # every highlight is a span or a substring of the marker-free transcript
+            gen["markers"] = None  # every highlight is a span or a substring of the marker-free transcript
         return _Call(
             model=model,
             model_name=model_label(override if override is not None else self.model),
@@ -355,15 +354,15 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         return await run_in_executor(None, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
 
 
-def _plain_transcript(messages: list[dict], highlights: list, markers) -> tuple[str, list, bool]:
+def _plain_transcript(messages: list[dict], highlights: list, markers) -> tuple[str, list]:
     """Messages → one plain-text prompt for a tokenizer without a chat template; move spans with them.
 
     A single user message is sent as its own text. Otherwise each message becomes ``"Role:
     content"``, joined by blank lines, ending with ``"Assistant:"``. Each message's markers are parsed
     on their own, as with a chat template (a ``<<`` in one message never pairs with a ``>>`` in
     another), and become character spans of the marker-free text, like ``(message_index, start,
-    end)`` spans; so every transcript goes to the engine without markers (the third value, kept for
-    callers, is always False), and the inputs of one batch share that setting.
+    end)`` spans; so every transcript goes to the engine without markers, and the inputs of one batch
+    share that setting.
     """
     single = len(messages) == 1 and messages[0]["role"] == "user"
     raw, offsets, lengths, spans, pos = [], [], [], [], 0
@@ -399,4 +398,4 @@ def _plain_transcript(messages: list[dict], highlights: list, markers) -> tuple[
             spans.append((offsets[i] + s, offsets[i] + e))
         else:
             spans.append(h)
-    return "".join(raw), spans, False
+    return "".join(raw), spans
