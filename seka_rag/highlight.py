@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -49,10 +49,53 @@ class Markers:
 DEFAULT_MARKERS = Markers()
 
 
+def marker_events(text: str, markers: Markers) -> Iterator[tuple[str, int, str]]:
+    """Scan ``text`` for inline markers: ``(kind, position, piece)`` with kind ``"text"`` (``piece`` is
+    literal text), ``"start"`` or ``"end"`` (an unescaped marker at ``position``).
+
+    A run of escapes before a marker: pairs are literal escapes, an odd one makes the marker literal;
+    escapes anywhere else are ordinary text. After a start, overlapping closing markers (``">>>"``)
+    close at the last one, so highlighted text may end with a character of the marker (``"<<a>>>"``
+    highlights ``"a>"``; a highlight followed by a literal ``">"`` needs another character between).
+    The one scanner of :func:`parse_markers` and of lenient parsers built on it.
+    """
+    esc, start, end = markers.escape, markers.start, markers.end
+    pos, is_open = 0, False
+    while pos < len(text):
+        if esc and text.startswith(esc, pos):
+            run, rest = 0, pos
+            while text.startswith(esc, rest):
+                run, rest = run + 1, rest + len(esc)
+            marker = next((m for m in (start, end) if text.startswith(m, rest)), None)
+            kept = run if marker is None else run // 2
+            if kept:
+                yield "text", pos, esc * kept
+            pos = rest
+            if marker is not None and run % 2 == 1:
+                yield "text", rest, marker
+                pos = rest + len(marker)
+            continue
+        if text.startswith(start, pos):
+            yield "start", pos, start
+            is_open, pos = True, pos + len(start)
+            continue
+        if is_open and text.startswith(end, pos) and any(text.startswith(end, pos + k) for k in range(1, len(end))):
+            yield "text", pos, text[pos]
+            pos += 1
+            continue
+        if text.startswith(end, pos):
+            yield "end", pos, end
+            is_open, pos = False, pos + len(end)
+            continue
+        yield "text", pos, text[pos]
+        pos += 1
+
+
 def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple[str, list[Span]]:
     """Remove inline markers from ``text``; return the clean text and the marked spans.
 
-    Raises :class:`HighlightError` for nested, unbalanced or empty marked regions.
+    Raises :class:`HighlightError` for nested, unbalanced or empty marked regions. The marker rules
+    are those of :func:`marker_events`.
     """
     if markers is None:
         return text, []
@@ -60,46 +103,20 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
     spans: list[Span] = []
     open_at: int | None = None
     open_piece = 0
-    pos = 0
     length = 0
     esc, start, end = markers.escape, markers.start, markers.end
-    while pos < len(text):
-        if esc and text.startswith(esc, pos):
-            # a run of escapes before a marker: pairs are literal escapes, an odd one makes the marker
-            # literal; escapes anywhere else are ordinary text
-            run, rest = 0, pos
-            while text.startswith(esc, rest):
-                run, rest = run + 1, rest + len(esc)
-            marker = next((m for m in (start, end) if text.startswith(m, rest)), None)
-            kept = run if marker is None else run // 2
-            out.append(esc * kept)
-            length += len(esc) * kept
-            pos = rest
-            if marker is not None and run % 2 == 1:
-                out.append(marker)
-                length += len(marker)
-                pos = rest + len(marker)
-            continue
-        if text.startswith(start, pos):
+    for kind, pos, piece in marker_events(text, markers):
+        if kind == "text":
+            out.append(piece)
+            length += len(piece)
+        elif kind == "start":
             if open_at is not None:
                 raise HighlightError(
                     f"nested highlight marker {start!r} at character {pos}: highlights cannot be "
                     f"nested (write {esc + start!r} for a literal marker, or pass markers=None)"
                 )
             open_at, open_piece = length, len(out)
-            pos += len(start)
-            continue
-        if open_at is not None and text.startswith(end, pos) and any(
-            text.startswith(end, pos + k) for k in range(1, len(end))
-        ):
-            # overlapping closing markers (">>>"): the last one closes, so highlighted text may end
-            # with a character of the marker ("<<a>>>" highlights "a>"; a highlight followed by a
-            # literal ">" needs a space or other character between them)
-            out.append(text[pos])
-            length += 1
-            pos += 1
-            continue
-        if text.startswith(end, pos):
+        else:
             if open_at is None:
                 raise HighlightError(
                     f"unbalanced highlight marker {end!r} at character {pos} has no opening "
@@ -109,11 +126,6 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
                 raise HighlightError(f"empty highlight at character {pos}: the marked text has no content")
             spans.append((open_at, length))
             open_at = None
-            pos += len(end)
-            continue
-        out.append(text[pos])
-        length += 1
-        pos += 1
     if open_at is not None:
         raise HighlightError(
             f"unbalanced highlight marker: {start!r} opened but never closed with {end!r} "

@@ -788,10 +788,8 @@ class SekaModel:
         if isinstance(continuations, str) or not isinstance(continuations, Sequence) or not continuations:
             raise SekaError("continuations must be a non-empty list of strings")
         for name, value in (("query", query), ("query_embedding", query_embedding)):
-            rows = (value.shape[0] if len(value.shape) == 2 else 1) if hasattr(value, "shape") else (
-                len(value) if isinstance(value, Sequence) and not isinstance(value, str) and value
-                and not isinstance(value[0], numbers.Real) else 1)
-            if value is not None and rows != 1:
+            rows = _entry_count(value)
+            if rows is not None and rows != 1:
                 raise SteeringConfigError(
                     f"score has one prompt, so {name} takes one entry, not {rows}: every continuation is "
                     "scored under the same edit (score_encoded takes one per row)"
@@ -909,19 +907,24 @@ class SteeringBlock:
         return False
 
 
+def _entry_count(value: Any) -> int | None:
+    """How many per-prompt entries a ``query`` / ``query_embedding`` holds: rows of a 2-D array, items
+    of a list of texts or vectors, 1 for a single text or vector; None when it is not given."""
+    if value is None or isinstance(value, (str, Mapping)):
+        return None if value is None else 1
+    if hasattr(value, "shape") and hasattr(value, "__getitem__"):  # torch / numpy arrays
+        return value.shape[0] if len(value.shape) == 2 else 1
+    if isinstance(value, Sequence) and value and not isinstance(value[0], numbers.Real):
+        return len(value)
+    return 1  # one vector of numbers for every prompt
+
+
 def _chunk(value: Any, start: int, stop: int, n: int, name: str = "query") -> Any:
     """The slice of a per-prompt argument (a list with one entry per prompt) for one batch.
 
     One entry for every prompt is kept whole; any other count is an error here, whatever the batch
     size (a batch that happens to hold as many rows must not take another batch's entries)."""
-    if value is None or isinstance(value, str) or isinstance(value, Mapping):
-        return value
-    if hasattr(value, "shape") and hasattr(value, "__getitem__"):  # torch / numpy arrays
-        rows = value.shape[0] if len(value.shape) == 2 else None
-    elif isinstance(value, Sequence) and value and not isinstance(value[0], numbers.Real):
-        rows = len(value)
-    else:
-        return value  # one query (a vector of numbers) for every prompt
+    rows = _entry_count(value)
     if rows is None or rows == 1:
         return value
     if rows != n:

@@ -19,7 +19,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from seka_rag import HighlightError, Markers, SekaError
-from seka_rag.highlight import DEFAULT_MARKERS, escape_markers, mark_highlight, merge_spans, parse_markers
+from seka_rag.highlight import (
+    DEFAULT_MARKERS,
+    escape_markers,
+    mark_highlight,
+    marker_events,
+    merge_spans,
+    parse_markers,
+)
 
 Span = tuple[int, int]
 
@@ -93,35 +100,8 @@ def mark_up(
 
 
 def _marker_tokens(text: str, markers: Markers) -> list[tuple[int, str]]:
-    """Positions of unescaped start / end markers, scanning exactly like the engine's parser: a run of
-    escapes before a marker makes it literal when odd; inside an open highlight, overlapping closing
-    markers close at the last one."""
-    found: list[tuple[int, str]] = []
-    esc, start, end = markers.escape, markers.start, markers.end
-    pos, open_ = 0, False
-    while pos < len(text):
-        if esc and text.startswith(esc, pos):
-            run, rest = 0, pos
-            while text.startswith(esc, rest):
-                run, rest = run + 1, rest + len(esc)
-            marker = next((m for m in (start, end) if text.startswith(m, rest)), None)
-            pos = rest + (len(marker) if marker is not None and run % 2 == 1 else 0)
-            continue
-        if text.startswith(start, pos):
-            found.append((pos, "start"))
-            open_ = True
-            pos += len(start)
-            continue
-        if open_ and text.startswith(end, pos) and any(text.startswith(end, pos + k) for k in range(1, len(end))):
-            pos += 1
-            continue
-        if text.startswith(end, pos):
-            found.append((pos, "end"))
-            open_ = False
-            pos += len(end)
-            continue
-        pos += 1
-    return found
+    """Positions of unescaped start / end markers, as the engine's parser scans them."""
+    return [(pos, kind) for kind, pos, _ in marker_events(text, markers) if kind != "text"]
 
 
 def merge_whitespace_gaps(text: str, spans: Sequence[Span]) -> list[Span]:
