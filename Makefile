@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.seka-installed
 
-.PHONY: install demo test test-unit examples bench bench-full bench-gpu bench-integrations build-projections eval-conflicts eval sensitivity gain-trade-off clean
+.PHONY: install demo test test-unit examples bench bench-full bench-gpu bench-integrations build-projections eval-conflicts eval eval-instructions sensitivity gain-trade-off clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
@@ -128,6 +128,24 @@ eval: install
 		--nq-passages $(NQ_PASSAGES) --max-new-tokens 48 \
 		$(if $(PASTA_HEADS),--pasta-heads $(PASTA_HEADS),--pasta-profile-items 4 --pasta-profile-layers $(PASTA_PROFILE_LAYERS)) \
 		--per-item --out docs/results.json --markdown docs/results-tables.md --plot docs/results-families.png
+
+# Instruction following on 150 test items for every method but prompt-important (which `eval` has at
+# 12), in two single-thread processes side by side, joined by `seka-rag eval --merge` into one table
+# with each method's paired difference from unsteered: docs/results-instructions-150.{json,md}.
+# About 100 min on 2 float32-only cores (the longer process: PASTA's profiling, prompt markers, PASTA, SPA).
+INSTRUCTION_ITEMS ?= 150
+EVAL_TMP := eval-results
+EVAL_INSTR := OMP_NUM_THREADS=1 $(VENV)/bin/seka-rag eval --model qwen2.5-coder-0.5b --families instructions \
+	--items instructions=$(INSTRUCTION_ITEMS) --max-new-tokens 48 --per-item --no-progress
+eval-instructions: install
+	mkdir -p $(EVAL_TMP)
+	$(EVAL_INSTR) --adaptive --methods unsteered,seka,adaseka-attention,adaseka-embedding \
+		--out $(EVAL_TMP)/instructions-a.json > $(EVAL_TMP)/instructions-a.log 2>&1 & pid=$$!; \
+	$(EVAL_INSTR) --methods prompt-markers,pasta,spa --pasta-profile-items 4 --pasta-profile-layers $(PASTA_PROFILE_LAYERS) \
+		--out $(EVAL_TMP)/instructions-b.json > $(EVAL_TMP)/instructions-b.log 2>&1; b=$$?; wait $$pid; a=$$?; \
+	test $$a = 0 && test $$b = 0 || { tail -5 $(EVAL_TMP)/instructions-*.log; exit 1; }
+	$(VENV)/bin/seka-rag eval --merge $(EVAL_TMP)/instructions-a.json $(EVAL_TMP)/instructions-b.json \
+		--out docs/results-instructions-150.json --markdown docs/results-instructions-150.md
 
 # How SEKA's share moves with the gains, the edited layers and the head threshold, on dev conflict
 # cases (tables, JSON and heat-maps in docs/sensitivity/; about 8 min). It reports only: the shipped

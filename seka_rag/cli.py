@@ -675,8 +675,6 @@ def _pasta_for_eval(model, args):
 
 
 def cmd_eval(args) -> int:
-    import json
-
     from .evaluation.lost_in_middle import POLICIES
     from .evaluation.suite import (
         ADASEKA_METHODS,
@@ -690,6 +688,8 @@ def cmd_eval(args) -> int:
         suite_methods,
     )
 
+    if args.merge:
+        return _merge_suite_files(args)
     families = parse_names(args.families, SUITE_FAMILIES, "families")
     methods = parse_names(args.methods, SUITE_METHODS, "methods")
     policies = parse_names(args.nq_policies, POLICIES, "lost-in-middle policies")
@@ -724,13 +724,24 @@ def cmd_eval(args) -> int:
     result = run_suite(model, chosen, config, items=eval_items, skipped_families=skipped_families,
                        skipped_methods=skipped, progress=not args.no_progress)
     result.settings.update(command="seka-rag eval " + " ".join(sys.argv[2:]), pasta=pasta_info,
-                           spa_strength=chosen["spa"].config.strength if "spa" in chosen else None)
+                           spa_strength=chosen["spa"].config.strength if "spa" in chosen else None,
+                           model_settings={"projection": spec["projection"], "gguf_file": spec["gguf_file"],
+                                           "attn_implementation": spec["attn_implementation"],
+                                           "dtype": str(model.model.dtype).removeprefix("torch."),
+                                           "device": str(model.device), "experts": spec["experts"]})
     if "seconds" in pasta_info:
         result.seconds["pasta profiling"] = pasta_info["seconds"]
     counts = ", ".join(f"{f}: {result.items[f]}" for f in result.families)
     profiling = f" + {pasta_info['seconds']:.0f} s PASTA profiling" if "seconds" in pasta_info else ""
     print(f"\nEvaluation suite on {model.model_id} ({counts}; seed {args.seed}; "
           f"{result.seconds['total']:.0f} s{profiling}); cells: mean [95 % CI] (n)")
+    return _write_suite_result(result, args)
+
+
+def _write_suite_result(result, args) -> int:
+    """Print a suite result and write its --out / --markdown / --plot files; 1 if a cell failed."""
+    import json
+
     print(result.text())
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -745,6 +756,45 @@ def cmd_eval(args) -> int:
 
         print(f"wrote {plot_suite(result, args.plot)}")
     return 1 if result.errors else 0
+
+
+#: ``seka-rag eval`` options that still act with ``--merge`` (every other one would be ignored).
+_EVAL_MERGE_OPTIONS = ("merge", "out", "markdown", "plot", "no_progress", "func", "command")
+
+
+def _merge_suite_files(args) -> int:
+    """``seka-rag eval --merge FILES``: one table (and the paired differences) from earlier --out files."""
+    import json
+
+    from .evaluation.suite import merge_suite_results
+
+    defaults = vars(build_parser().parse_args(["eval"]))
+    given = sorted("--" + k.replace("_", "-") for k, v in vars(args).items()
+                   if k not in _EVAL_MERGE_OPTIONS and v != defaults.get(k))
+    if given:
+        raise SekaError(f"--merge only joins earlier results and runs nothing, so {', '.join(given)} would be "
+                        "ignored; leave it out (the files' own settings apply)")
+    if args.plot:
+        from .evaluation.sensitivity import require_matplotlib
+
+        require_matplotlib()
+    data = []
+    for path in args.merge:
+        _check_file(path, "--merge")
+        try:
+            data.append(json.loads(Path(path).read_text()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SekaError(f"--merge {path}: not a readable JSON file ({exc})") from None
+        if not isinstance(data[-1], dict):
+            raise SekaError(f"--merge {path}: not a `seka-rag eval --out` result")
+    try:
+        result = merge_suite_results(data)
+    except SekaError as exc:
+        raise SekaError(f"--merge: {exc}") from None
+    counts = ", ".join(f"{f}: {result.items[f]}" for f in result.families)
+    print(f"Evaluation suite on {result.model}, {len(data)} run(s) merged ({counts}; seed "
+          f"{result.settings.get('seed', 0)}; {result.seconds['total']:.0f} s in all); cells: mean [95 % CI] (n)")
+    return _write_suite_result(result, args)
 
 
 def _float_list(text: str) -> list[float]:
@@ -1103,6 +1153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write every result as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
     p.add_argument("--plot", metavar="PNG", help="bar chart of the main table (matplotlib)")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="run nothing: print one table (and the paired differences from unsteered) from earlier "
+                   "--out files of the same items, e.g. methods run in parallel processes")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("profile-pasta", help="choose PASTA's heads on dev conflict cases and save the profile (JSON)")

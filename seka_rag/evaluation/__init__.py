@@ -16,7 +16,7 @@ from .conflict import (
 )
 from .families import FamilyItem, FamilyReport, evaluate_family, family_items, format_family_table, score_items
 from .stats import bootstrap_ci, format_ci, mean_ci, paired_bootstrap_diff_ci, share_ci
-from .suite import SuiteConfig, SuiteResult, run_suite
+from .suite import ItemScores, SuiteConfig, SuiteResult, merge_suite_results, run_suite
 
 __all__ = [
     "ConflictCase",
@@ -25,6 +25,7 @@ __all__ = [
     "FamilyItem",
     "FamilyReport",
     "GroupStats",
+    "ItemScores",
     "SuiteConfig",
     "SuiteResult",
     "bootstrap_ci",
@@ -37,6 +38,7 @@ __all__ = [
     "format_ci",
     "format_family_table",
     "mean_ci",
+    "merge_suite_results",
     "paired_bootstrap_diff_ci",
     "real_conflict_items",
     "run_suite",

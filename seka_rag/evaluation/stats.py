@@ -109,12 +109,12 @@ def group_share_cis(labels: Sequence[str], flags: Sequence[bool], order: Sequenc
 
 
 def format_ci(value: float, lo: float, hi: float, *, percent: bool = True, n: int | None = None,
-              digits: int | None = None) -> str:
+              digits: int | None = None, signed: bool = False) -> str:
     """``"value [lo, hi]"`` (``percent``: × 100, one decimal; else signed, ``digits`` default 2), then ``" (n)"``.
 
-    NaNs print as ``-``.
+    ``signed`` prints a percentage with its sign too (a difference in points). NaNs print as ``-``.
     """
-    scale, fmt = (100.0, f".{1 if digits is None else digits}f") if percent else \
+    scale, fmt = (100.0, f"{'+' if signed else ''}.{1 if digits is None else digits}f") if percent else \
         (1.0, f"+.{2 if digits is None else digits}f")
 
     def f(x: float) -> str:

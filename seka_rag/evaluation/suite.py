@@ -18,7 +18,9 @@ emphasis), ``pasta`` (profiled heads), ``spa``, ``seka`` (the model's projection
 Every cell is ``mean [low, high] (n)``: a percentage (or nats for a log-probability change) with
 a seeded percentile-bootstrap 95 % interval over the family's items (the two-document conflict
 family's headline share and margin resample whole items, each with its four counterbalanced cases;
-its breakdown by kind is over cases).
+its breakdown by kind is over cases). :meth:`SuiteResult.paired` gives each method's headline minus
+the unsteered one's, paired item by item (:class:`ItemScores`), and :func:`merge_suite_results`
+joins runs of the same items (``seka-rag eval --merge``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 from ..errors import SekaError
 from .lost_in_middle import DEFAULT_MAX_NEW_TOKENS as LIM_MAX_NEW_TOKENS
-from .stats import format_ci, format_table, group_share_cis, mean_ci
+from .stats import format_ci, format_table, group_share_cis, mean_ci, paired_bootstrap_diff_ci
 
 #: Task families of the suite, in table order.
 SUITE_FAMILIES: tuple[str, ...] = ("counterfact", "conflict", "instructions", "lost-in-middle")
@@ -65,6 +67,10 @@ HEADLINE: dict[str, str] = {
     "instructions": "share of greedy answers passing the instruction's checker, %",
     "lost-in-middle": "best-subspan EM of the greedy answer, all gold positions, %",
 }
+
+#: Title of the table of differences from the unsteered model.
+PAIRED_TITLE = ("difference from unsteered, paired item by item: points [95 % CI over the family's units] "
+                "(n paired)")
 
 #: PASTA profiling budget when no head file is given: dev conflict cases, every ``PASTA_PROFILE_STRIDE``-th
 #: layer (all its query heads), heads kept.
@@ -126,7 +132,8 @@ def _positive(text: str, what: str) -> int:
 class Stat:
     """One reported number: ``mean`` with its bootstrap interval ``[lo, hi]`` over ``n`` values.
 
-    ``percent``: a share, printed × 100; otherwise a value in nats, printed signed.
+    ``percent``: a share, printed × 100; otherwise a value in nats, printed signed. ``signed``: a
+    difference of shares, printed × 100 with its sign (points).
     """
 
     mean: float
@@ -134,6 +141,7 @@ class Stat:
     hi: float
     n: int
     percent: bool = True
+    signed: bool = False
 
     @classmethod
     def shares(cls, flags: Sequence[bool], n_boot: int = 2000, seed: int = 0) -> "Stat":
@@ -145,15 +153,84 @@ class Stat:
         return cls(*mean_ci(values, n_boot, seed, clusters=clusters), len(values), percent)
 
     def text(self) -> str:
-        return format_ci(self.mean, self.lo, self.hi, percent=self.percent, n=self.n)
+        return format_ci(self.mean, self.lo, self.hi, percent=self.percent, n=self.n, signed=self.signed)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: mean, interval and n (NaN as None)."""
         def num(x: float) -> float | None:
             return None if x is None or math.isnan(x) else float(x)
 
+        unit = ("share difference" if self.signed else "share") if self.percent else "nats"
         return {"mean": num(self.mean), "ci_low": num(self.lo), "ci_high": num(self.hi), "n": self.n,
-                "unit": "share" if self.percent else "nats", "text": self.text()}
+                "unit": unit, "text": self.text()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Stat":
+        """The inverse of :meth:`to_dict` (None back to NaN)."""
+        def num(x: Any) -> float:
+            return math.nan if x is None else float(x)
+
+        unit = data.get("unit", "share")
+        return cls(num(data.get("mean")), num(data.get("ci_low")), num(data.get("ci_high")), int(data.get("n", 0)),
+                   percent=unit != "nats", signed=unit == "share difference")
+
+
+@dataclass(frozen=True)
+class ItemScores:
+    """A cell's headline metric item by item, for paired comparisons between methods.
+
+    ``values``: one number per scored case (1.0 / 0.0 for a share); ``units``: its resampling unit
+    (the counterbalanced cases of one conflict item, or the gold positions of one NQ question, share
+    a unit), in the family's item order, the same for every method of a run.
+    """
+
+    values: tuple[float, ...]
+    units: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.values) != len(self.units):
+            raise SekaError(f"ItemScores: {len(self.values)} values but {len(self.units)} units")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"values": list(self.values), "units": list(self.units)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ItemScores":
+        return cls(tuple(float(v) for v in data["values"]), tuple(str(u) for u in data["units"]))
+
+
+def item_scores(family: str, report: Mapping[str, Any], policy: str | None = None) -> ItemScores | None:
+    """The headline metric per item from a family report's JSON form (``reports[family][method]`` of a
+    run), or None when the report kept no per-item results (a run without ``--per-item`` before item
+    scores were stored). ``policy``: the lost-in-middle highlight policy of the headline (default: the
+    report's first)."""
+    if family == "counterfact":
+        rows = report.get("items")
+        if not rows:
+            return None
+        return ItemScores(tuple(1.0 if r["margin"] > 0 else 0.0 for r in rows), tuple(str(r["case_id"]) for r in rows))
+    if family == "conflict":
+        if not report.get("hits"):
+            return None
+        units = report.get("units") or [None] * len(report["hits"])
+        return ItemScores(tuple(1.0 if h else 0.0 for h in report["hits"]),
+                          tuple(str(u) if u is not None else f"#{i}" for i, u in enumerate(units)))
+    if family == "instructions":
+        if not report.get("passed"):
+            return None
+        return ItemScores(tuple(1.0 if p else 0.0 for p in report["passed"]),
+                          tuple(f"#{i}" for i in range(len(report["passed"]))))
+    if family == "lost-in-middle":
+        rows = report.get("rows")
+        if not rows:
+            return None
+        if policy is None:
+            policies = (report.get("settings") or {}).get("policies") or [rows[0]["policy"]]
+            policy = policies[0]
+        rows = [r for r in rows if r["policy"] == policy]
+        return ItemScores(tuple(1.0 if r["em"] else 0.0 for r in rows),
+                          tuple(f"q{r['question_index']}" for r in rows)) if rows else None
+    raise SekaError(f"unknown family {family!r}; choose from {', '.join(SUITE_FAMILIES)}")
 
 
 def _group_stats(labels: Sequence[str], flags: Sequence[bool], order: Sequence[str] | None, n_boot: int,
@@ -280,7 +357,8 @@ class SuiteResult:
 
     ``table[method][family]`` holds the headline :class:`Stat` of each cell; ``details[title][method]``
     breakdowns (groups, gold positions, margins) as ``{column: Stat}``; ``reports[family][method]``
-    each evaluation's own report (``to_dict``); ``skipped`` why a family or method did not run;
+    each evaluation's own report (``to_dict``); ``item_scores[family][method]`` the headline per item
+    (:class:`ItemScores`, behind :meth:`paired`); ``skipped`` why a family or method did not run;
     ``errors`` cells that failed (``"family / method"`` → message); ``seconds`` per family and method.
     """
 
@@ -295,6 +373,38 @@ class SuiteResult:
     errors: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    item_scores: dict[str, dict[str, ItemScores]] = field(default_factory=dict)
+
+    def paired(self, reference: str = "unsteered") -> dict[str, dict[str, Stat]]:
+        """Each method's headline minus ``reference``'s, item by item: ``{method: {family: Stat}}``.
+
+        The difference is in share points (:class:`Stat` with ``signed``), its 95 % interval a paired
+        bootstrap that resamples the family's units (whole counterbalanced items, whole NQ questions).
+        A family is left out where either method has no item scores or their items differ.
+        """
+        n_boot = int(self.settings.get("n_boot", 2000))
+        out: dict[str, dict[str, Stat]] = {}
+        for family, cells in self.item_scores.items():
+            ref = cells.get(reference)
+            if ref is None:
+                continue
+            for method, scores in cells.items():
+                if method == reference or scores.units != ref.units:
+                    continue
+                a, b = scores.values, ref.values
+                diff = sum(a) / len(a) - sum(b) / len(b)
+                lo, hi = paired_bootstrap_diff_ci(a, b, n_boot=n_boot, seed=0, clusters=scores.units)
+                out.setdefault(method, {})[family] = Stat(diff, lo, hi, len(a), signed=True)
+        return out
+
+    def paired_table(self, reference: str = "unsteered", markdown: bool = False) -> str | None:
+        """Methods × families of :meth:`paired` (None when nothing pairs with ``reference``)."""
+        diffs = self.paired(reference)
+        if not diffs:
+            return None
+        body = [[m, *(diffs[m][f].text() if f in diffs[m] else "-" for f in self.families)]
+                for m in self.methods if m in diffs]
+        return format_table([f"method - {reference}", *self.families], body, markdown=markdown)
 
     def main_table(self, markdown: bool = False) -> str:
         """Methods × families, headline cells ``mean [lo, hi] (n)``."""
@@ -335,9 +445,21 @@ class SuiteResult:
             lines.append(f"{f}: {text}")
         return lines
 
+    def _unpaired_note(self) -> str | None:
+        """Why there is no paired table although unsteered and another method ran (old files)."""
+        if "unsteered" in self.table and len(self.table) > 1 and not self.paired():
+            return ("no paired differences from unsteered: the result keeps no per-item results "
+                    "(a file from before item scores were stored, written without --per-item)")
+        return None
+
     def text(self) -> str:
         """The whole result as plain text (what ``seka-rag eval`` prints)."""
         parts = [self.main_table(), "", *self.legend()]
+        paired = self.paired_table()
+        if paired:
+            parts += ["", PAIRED_TITLE, paired]
+        elif self._unpaired_note():
+            parts += ["", self._unpaired_note()]
         for title, table in self.detail_tables():
             parts += ["", title, table]
         notes = self.notes()
@@ -353,6 +475,11 @@ class SuiteResult:
                  f"Items: {counts}; seed {self.settings.get('seed', 0)}; cells are `mean [95 % CI] (n)`, "
                  f"percentile-bootstrap intervals over items; {self.seconds.get('total', 0):.0f} s in all.", "",
                  self.main_table(markdown=True), "", *(f"* {line}" for line in self.legend())]
+        paired = self.paired_table(markdown=True)
+        if paired:
+            parts += ["", f"## {PAIRED_TITLE}", "", paired]
+        elif self._unpaired_note():
+            parts += ["", f"* {self._unpaired_note()}"]
         for title, table in self.detail_tables(markdown=True):
             parts += ["", f"## {title}", "", table]
         notes = self.notes()
@@ -360,6 +487,8 @@ class SuiteResult:
             parts += ["", "## Notes", "", *(f"* {line}" for line in notes)]
         if self.settings.get("command"):
             parts += ["", f"Command: `{self.settings['command']}`"]
+        for run in self.settings.get("merged_runs") or ():
+            parts += ["", f"Merged run ({run.get('seconds', 0):.0f} s): `{run.get('command') or 'command not recorded'}`"]
         return "\n".join(parts) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
@@ -371,7 +500,47 @@ class SuiteResult:
             "details": {t: {m: {c: s.to_dict() for c, s in cols.items()} for m, cols in rows.items()}
                         for t, rows in self.details.items()},
             "reports": self.reports, "skipped": self.skipped, "errors": dict(self.errors), "seconds": self.seconds,
+            "item_scores": {f: {m: sc.to_dict() for m, sc in cells.items()} for f, cells in self.item_scores.items()},
+            "paired": {m: {f: s.to_dict() for f, s in row.items()} for m, row in self.paired().items()},
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SuiteResult":
+        """A result back from its :meth:`to_dict` form (a ``seka-rag eval --out`` file).
+
+        Files written before item scores were stored get them from their per-item reports
+        (``--per-item`` runs); ``paired`` is recomputed, never read.
+        """
+        try:
+            result = cls(
+                model=str(data["model"]), families=list(data["families"]), methods=list(data["methods"]),
+                items={f: int(n) for f, n in data["items"].items()},
+                table={m: {f: Stat.from_dict(c) for f, c in row.items()} for m, row in data["table"].items()},
+                details={t: {m: {c: Stat.from_dict(v) for c, v in cols.items()} for m, cols in rows.items()}
+                         for t, rows in data.get("details", {}).items()},
+                reports={f: dict(r) for f, r in data.get("reports", {}).items()},
+                skipped={"families": dict(data.get("skipped", {}).get("families", {})),
+                         "methods": dict(data.get("skipped", {}).get("methods", {}))},
+                errors=dict(data.get("errors", {})), seconds=dict(data.get("seconds", {})),
+                settings=dict(data.get("settings", {})),
+            )
+            unknown = [f for f in result.families if f not in SUITE_FAMILIES or f not in result.items]
+            unknown += [f for row in result.table.values() for f in row if f not in result.families]
+            if unknown:
+                raise ValueError(f"families {sorted(set(unknown))} are not the run's families with item counts")
+            stored = data.get("item_scores") or {}
+            for family, cells in stored.items():
+                result.item_scores[family] = {m: ItemScores.from_dict(sc) for m, sc in cells.items()}
+            policies = result.settings.get("nq_policies") or [None]
+            for family, reports in result.reports.items():
+                for method, report in reports.items():
+                    if method not in result.item_scores.get(family, {}):
+                        scores = item_scores(family, report, policies[0] if family == "lost-in-middle" else None)
+                        if scores is not None:
+                            result.item_scores.setdefault(family, {})[method] = scores
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SekaError(f"not a `seka-rag eval --out` result ({type(exc).__name__}: {exc})") from None
+        return result
 
 
 def plot_suite(result: "SuiteResult | Mapping[str, Any]", path: str | Path) -> Path:
@@ -442,8 +611,9 @@ def suite_items(family: str, n: int, config: SuiteConfig) -> list:
     raise SekaError(f"unknown family {family!r}; choose from {', '.join(SUITE_FAMILIES)}")
 
 
-#: One family's evaluation of one method: (report dict, headline, {detail title: {column: Stat}}).
-FamilyOutcome = tuple[dict[str, Any], Stat, dict[str, dict[str, Stat]]]
+#: One family's evaluation of one method: (report dict, headline, {detail title: {column: Stat}}, the
+#: headline per item).
+FamilyOutcome = tuple[dict[str, Any], Stat, dict[str, dict[str, Stat]], "ItemScores | None"]
 
 
 def _counterfact(model, items, method, config: SuiteConfig, progress: bool, shared: Any) -> FamilyOutcome:
@@ -455,7 +625,8 @@ def _counterfact(model, items, method, config: SuiteConfig, progress: bool, shar
     hits = [m > 0 for m in rep.margins]
     cols = {"efficacy": head, **_group_stats([it.kind for it in items], hits, None, config.n_boot),
             "margin (nats)": Stat(rep.mean_margin, *rep.margin_ci, rep.n, percent=False)}
-    return rep.to_dict(include_items=config.per_item), head, {"counterfact: efficacy by kind, first-token margin": cols}
+    return (rep.to_dict(include_items=config.per_item), head, {"counterfact: efficacy by kind, first-token margin": cols},
+            item_scores("counterfact", rep.to_dict(include_items=True)))
 
 
 def _conflict(model, items, method, config: SuiteConfig, progress: bool, shared: Any) -> FamilyOutcome:
@@ -468,7 +639,8 @@ def _conflict(model, items, method, config: SuiteConfig, progress: bool, shared:
     cols = {"share": head, **_group_stats([it.group for it in items], rep.hits, order, config.n_boot),
             "margin (nats)": Stat.values(rep.margins, config.n_boot, percent=False,
                                          clusters=[it.unit or f"#{i}" for i, it in enumerate(items)])}
-    return rep.to_dict(include_items=config.per_item), head, {"conflict: share by kind, answer margin": cols}
+    return (rep.to_dict(include_items=config.per_item), head, {"conflict: share by kind, answer margin": cols},
+            item_scores("conflict", rep.to_dict(include_items=True)))
 
 
 def _instructions(model, items, method, config: SuiteConfig, progress: bool, shared: Any) -> FamilyOutcome:
@@ -478,7 +650,8 @@ def _instructions(model, items, method, config: SuiteConfig, progress: bool, sha
                                 batch_size=config.batch_size, progress=progress, n_boot=config.n_boot)
     head = Stat(rep.share, rep.ci_low, rep.ci_high, rep.n)
     cols = {"all": head, **{k: Stat(rep.groups[k], *rep.group_ci[k], rep.group_n[k]) for k in rep.groups}}
-    return rep.to_dict(include_items=config.per_item), head, {"instructions: pass rate by instruction type": cols}
+    return (rep.to_dict(include_items=config.per_item), head, {"instructions: pass rate by instruction type": cols},
+            item_scores("instructions", rep.to_dict(include_items=True)))
 
 
 def _lost_in_middle(model, items, method, config: SuiteConfig, progress: bool, shared: Any) -> FamilyOutcome:
@@ -498,7 +671,145 @@ def _lost_in_middle(model, items, method, config: SuiteConfig, progress: bool, s
         details[f"lost-in-middle, '{policy}' highlighted: share of questions where log p(gold answer) rose"] = {
             p: Stat(c.share_rises, *c.rises_ci, c.n) for p, c in cells.items()}
     top = rep.cell("all", config.nq_policies[0])
-    return rep.to_dict(include_rows=config.per_item), Stat(top.em, *top.em_ci, top.n), details
+    return (rep.to_dict(include_rows=config.per_item), Stat(top.em, *top.em_ci, top.n), details,
+            item_scores("lost-in-middle", rep.to_dict(include_rows=True), config.nq_policies[0]))
+
+
+#: Settings that decide a family's items (and so must agree between the runs :func:`merge_suite_results` joins).
+ITEM_SETTINGS: dict[str, tuple[str, ...]] = {
+    "counterfact": ("seed", "counterfact"),
+    "conflict": ("seed",),
+    "instructions": ("seed", "max_new_tokens"),
+    "lost-in-middle": ("seed", "nq", "nq_policies", "nq_passages", "nq_first", "nq_max_new_tokens"),
+}
+
+
+#: Settings of the loaded model that must agree between merged runs (recorded by ``seka-rag eval`` as
+#: ``settings["model_settings"]``; a run's AdaSEKA expert set matters only to the AdaSEKA methods).
+MODEL_SETTINGS: tuple[str, ...] = ("projection", "gguf_file", "dtype", "device", "attn_implementation")
+
+#: Run settings that belong to one method: runs that both measured the method must agree on them.
+METHOD_SETTINGS: dict[str, str] = {"spa_strength": "spa", "pasta": "pasta"}
+
+_RUN_ONLY = ("command", "merged_runs")
+
+
+def items_digest(items: Sequence[Any]) -> str:
+    """A short fingerprint of a family's items (their full text and parameters), so that runs can be
+    checked to hold the same items before they are merged."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(repr(it) for it in items).encode("utf-8")).hexdigest()[:16]
+
+
+def _setting(run: SuiteResult, key: str) -> Any:
+    """A run's item setting, with the default of the time for files written before the setting existed."""
+    return run.settings.get(key, SuiteConfig().to_dict().get(key))
+
+
+def _check_same_items(family: str, first: SuiteResult, run: SuiteResult) -> None:
+    if first.items[family] != run.items[family]:
+        raise SekaError(f"cannot merge: {family} has {first.items[family]} items in one run and "
+                        f"{run.items[family]} in another")
+    digests = [r.settings.get("item_digests", {}).get(family) for r in (first, run)]
+    for key in ITEM_SETTINGS[family]:
+        a, b = _setting(first, key), _setting(run, key)
+        if key in ("nq", "counterfact"):
+            if all(digests):
+                continue  # the digests below compare the items themselves
+            a, b = (Path(x).name if x else x for x in (a, b))
+        if a != b:
+            raise SekaError(f"cannot merge: the {family} items differ ({key} {a!r} in one run, {b!r} in another)")
+    if all(digests) and digests[0] != digests[1]:
+        raise SekaError(f"cannot merge: the {family} items differ (same settings, different item contents: "
+                        "a data file changed between the runs?)")
+    units = {tuple(sc.units) for r in (first, run) for sc in r.item_scores.get(family, {}).values()}
+    if len(units) > 1:
+        raise SekaError(f"cannot merge: the {family} items differ (their per-item units do not match)")
+
+
+def merge_suite_results(results: Sequence["SuiteResult | Mapping[str, Any]"]) -> SuiteResult:
+    """One result from several runs of the same items, e.g. methods run in parallel processes.
+
+    Each input is a :class:`SuiteResult` or its ``to_dict()`` (a ``seka-rag eval --out`` file). The
+    runs must be of one model with the same :data:`MODEL_SETTINGS` and item seed, and where two share
+    a family, of the same items (item count, the :data:`ITEM_SETTINGS` that build them, the items'
+    digest and per-item units where the files have them). A method may appear in several runs for
+    different families, never twice for one family, and runs that both measured a method must agree
+    on its :data:`METHOD_SETTINGS`. A cell that failed in one run and was measured in another is
+    measured. Methods and families keep the suite's order; each run's command, time and method
+    settings are kept in ``settings["merged_runs"]``.
+    """
+    runs = [r if isinstance(r, SuiteResult) else SuiteResult.from_dict(r) for r in results]
+    if not runs:
+        raise SekaError("nothing to merge: give at least one result")
+    models = sorted({r.model for r in runs})
+    if len(models) > 1:
+        raise SekaError(f"cannot merge runs of different models: {', '.join(models)}")
+    seeds = sorted({int(r.settings.get("seed", 0)) for r in runs})
+    if len(seeds) > 1:
+        raise SekaError(f"cannot merge runs of different item seeds ({', '.join(map(str, seeds))}): "
+                        "seed 0 gives the test items, another seed dev items")
+    for key in MODEL_SETTINGS:
+        values = {str(r.settings["model_settings"].get(key)) for r in runs if "model_settings" in r.settings}
+        if len(values) > 1:
+            raise SekaError(f"cannot merge runs of differently loaded models: {key} {' vs '.join(sorted(values))}")
+    for key, method in METHOD_SETTINGS.items():
+        values = {json.dumps(r.settings.get(key), sort_keys=True) for r in runs if method in r.table}
+        if len(values) > 1:
+            raise SekaError(f"cannot merge: the runs that measured {method} used different {key} ({' vs '.join(sorted(values))})")
+    merged = SuiteResult(model=models[0], families=[], methods=[], items={})
+    merged.settings = {k: v for k, v in runs[0].settings.items() if k not in _RUN_ONLY}
+    merged.settings["merged_runs"] = []
+    owner: dict[str, SuiteResult] = {}  # family -> the first run that has it
+    for run in runs:
+        for family in run.families:
+            first = owner.setdefault(family, run)
+            if first is not run:
+                _check_same_items(family, first, run)
+        for family, rows in run.reports.items():
+            for method in rows:
+                if method in merged.reports.get(family, {}):
+                    raise SekaError(f"cannot merge: {family} / {method} was measured in more than one run")
+        for method, row in run.table.items():
+            merged.table.setdefault(method, {}).update(row)
+        for title, rows in run.details.items():
+            merged.details.setdefault(title, {}).update(rows)
+        for family, rows in run.reports.items():
+            merged.reports.setdefault(family, {}).update(rows)
+        for family, cells in run.item_scores.items():
+            merged.item_scores.setdefault(family, {}).update(cells)
+        for kind in ("families", "methods"):
+            merged.skipped[kind].update(run.skipped.get(kind, {}))
+        merged.errors.update(run.errors)
+        for key, method in METHOD_SETTINGS.items():
+            if method in run.table:
+                merged.settings[key] = run.settings.get(key)
+        merged.settings["merged_runs"].extend(run.settings.get("merged_runs") or [
+            {"command": run.settings.get("command"), "seconds": run.seconds.get("total", 0.0),
+             "families": list(run.families), "methods": list(run.methods),
+             **{k: run.settings.get(k) for k, m in METHOD_SETTINGS.items() if m in run.table}}])
+        merged.seconds.setdefault("runs", []).append(run.seconds)
+    for family in SUITE_FAMILIES:
+        if family in owner:
+            merged.families.append(family)
+            merged.items[family] = owner[family].items[family]
+            for key in ITEM_SETTINGS[family]:
+                merged.settings[key] = _setting(owner[family], key)
+            digest = owner[family].settings.get("item_digests", {}).get(family)
+            if digest:
+                merged.settings.setdefault("item_digests", {})[family] = digest
+    merged.settings["families"] = list(merged.families)
+    merged.settings["items"] = dict(merged.items)
+    merged.errors = {cell: why for cell, why in merged.errors.items()  # re-measured in another run
+                     if cell.split(" / ", 1)[1] not in merged.reports.get(cell.split(" / ", 1)[0], {})}
+    measured = set(merged.table) | {m for r in runs for m in r.methods}
+    merged.methods = [m for m in SUITE_METHODS if m in measured] + sorted(measured - set(SUITE_METHODS))
+    merged.skipped["families"] = {k: v for k, v in merged.skipped["families"].items() if k not in merged.families}
+    merged.skipped["methods"] = {k: v for k, v in merged.skipped["methods"].items()  # unless measured everywhere
+                                 if not all(f in merged.table.get(k, {}) for f in merged.families)}
+    merged.seconds["total"] = sum(float(r.seconds.get("total", 0.0)) for r in runs)
+    return merged
 
 
 _RUNNERS: dict[str, Callable[..., FamilyOutcome]] = {
@@ -544,6 +855,7 @@ def run_suite(model, methods: Mapping[str, Any], config: SuiteConfig = SuiteConf
     result = SuiteResult(model=getattr(model, "model_id", type(model).__name__), families=families,
                          methods=list(methods), items={f: config.items[f] for f in families},
                          settings=config.to_dict())
+    result.settings["item_digests"] = {f: items_digest(items[f]) for f in families}
     result.skipped["families"].update(skipped_families or {})
     result.skipped["methods"].update(skipped_methods or {})
     bar = tqdm(total=len(families) * len(methods), desc="eval", unit="cell", disable=not progress, file=sys.stderr)
@@ -563,13 +875,16 @@ def run_suite(model, methods: Mapping[str, Any], config: SuiteConfig = SuiteConf
                 bar.set_description(f"{family} / {name}")
                 t0 = time.perf_counter()
                 try:
-                    report, head, details = _RUNNERS[family](model, items[family], method, config, progress, shared)
+                    report, head, details, scores = _RUNNERS[family](model, items[family], method, config, progress,
+                                                                     shared)
                 except Exception as exc:  # noqa: BLE001 - one failed cell must not lose a long run
                     result.errors[f"{family} / {name}"] = f"{type(exc).__name__}: {exc}"
                     bar.write(f"  {family} / {name}: FAILED ({type(exc).__name__}: {exc})", file=sys.stderr)
                 else:
                     result.table.setdefault(name, {})[family] = head
                     result.reports.setdefault(family, {})[name] = report
+                    if scores is not None:
+                        result.item_scores.setdefault(family, {})[name] = scores
                     for title, cols in details.items():
                         result.details.setdefault(title, {})[name] = cols
                     bar.write(f"  {family} / {name}: {head.text()}", file=sys.stderr)
@@ -585,6 +900,11 @@ __all__ = [
     "ADASEKA_METHODS",
     "DEFAULT_ITEMS",
     "HEADLINE",
+    "ITEM_SETTINGS",
+    "ItemScores",
+    "METHOD_SETTINGS",
+    "MODEL_SETTINGS",
+    "PAIRED_TITLE",
     "PASTA_PROFILE_ITEMS",
     "PASTA_PROFILE_STRIDE",
     "PASTA_TOP",
@@ -594,7 +914,10 @@ __all__ = [
     "SuiteConfig",
     "SuiteResult",
     "build_suite_items",
+    "item_scores",
+    "items_digest",
     "load_head_profile",
+    "merge_suite_results",
     "parse_items",
     "parse_names",
     "run_suite",

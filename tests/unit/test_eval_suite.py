@@ -13,7 +13,18 @@ from seka_rag.cli import main
 from seka_rag.errors import SekaError
 from seka_rag.evaluation.sensitivity import check_set_names, delta_values, layer_sets
 from seka_rag.evaluation.stats import format_ci, format_table, group_share_cis, mean_ci, share_ci
-from seka_rag.evaluation.suite import DEFAULT_ITEMS, SUITE_FAMILIES, Stat, parse_items, parse_names
+from seka_rag.evaluation.suite import (
+    DEFAULT_ITEMS,
+    PAIRED_TITLE,
+    SUITE_FAMILIES,
+    ItemScores,
+    Stat,
+    SuiteResult,
+    item_scores,
+    merge_suite_results,
+    parse_items,
+    parse_names,
+)
 
 # ---------------------------------------------------------------------------------------------- fixtures
 
@@ -111,6 +122,20 @@ def test_eval_every_method_without_experts_or_nq(model_dir, projection, tmp_path
     text = md.read_text()
     assert text.startswith("# Evaluation suite") and "| method | counterfact | conflict | instructions |" in text
     assert "## Notes" in text and "lost-in-middle: skipped" in text
+    # every cell's headline item by item (stored without --per-item too), and the paired differences from it
+    for family, n in data["items"].items():
+        for method in ran:
+            scores = data["item_scores"][family][method]
+            assert len(scores["values"]) == len(scores["units"]) == n and set(scores["values"]) <= {0.0, 1.0}
+            assert sum(scores["values"]) / n == pytest.approx(data["table"][method][family]["mean"])
+    assert set(data["paired"]) == set(ran) - {"unsteered"}
+    for method, row in data["paired"].items():
+        for family, diff in row.items():
+            assert diff["unit"] == "share difference" and diff["n"] == data["items"][family]
+            assert diff["mean"] == pytest.approx(data["table"][method][family]["mean"]
+                                                 - data["table"]["unsteered"][family]["mean"])
+            assert diff["ci_low"] <= diff["mean"] + 1e-9 <= diff["ci_high"] + 2e-9
+    assert PAIRED_TITLE in printed and f"## {PAIRED_TITLE}" in text and "| method - unsteered |" in text
 
 
 def test_eval_with_experts_and_a_tiny_nq_file(model_dir, projection, experts, nq_file, tmp_path, capsys):
@@ -145,6 +170,17 @@ def test_eval_with_experts_and_a_tiny_nq_file(model_dir, projection, experts, nq
     assert (unsteered["mean"], unsteered["ci_low"], unsteered["ci_high"]) == (0.5, 0.5, 0.5)
     # the main table's lost-in-middle cell is the first policy's, and the legend says which
     assert "all gold positions, 'middle' passages highlighted (the first of the policies)" in printed
+    # its item scores too: the 'middle' rows, one resampling unit per question (its three gold positions)
+    scores = data["item_scores"]["lost-in-middle"]["seka"]
+    middle = [r for r in rows if r["policy"] == "middle"]
+    assert scores["values"] == [float(r["em"]) for r in middle]
+    assert scores["units"] == [f"q{r['question_index']}" for r in middle] and len(set(scores["units"])) == 2
+    assert data["item_scores"]["conflict"]["seka"]["units"] == data["reports"]["conflict"]["seka"]["units"]
+    # a file from before item scores were stored gets them back from its per-item reports
+    data.pop("item_scores")
+    restored = SuiteResult.from_dict(data)
+    assert restored.item_scores["lost-in-middle"]["seka"].values == tuple(scores["values"])
+    assert {m: {f: s.to_dict() for f, s in row.items()} for m, row in restored.paired().items()} == data["paired"]
 
 
 def test_profile_pasta_then_eval_with_the_heads(model_dir, projection, tmp_path, capsys):
@@ -614,3 +650,185 @@ def test_suite_lost_in_middle_items_can_start_later(nq_file):
 def test_eval_refuses_nq_first_without_lost_in_middle(capsys):
     assert main(["eval", "--model", "qwen2.5-coder-0.5b", "--families", "conflict", "--nq-first", "2"]) == 2
     assert "--nq-first" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- paired, merge
+
+
+def _result(methods: dict, family="instructions", **settings) -> SuiteResult:
+    """A hand-made suite result: ``methods`` maps a method to its per-item 0/1 values."""
+    result = SuiteResult(model="m", families=[family], methods=list(methods), items={family: 4},
+                         settings={"seed": 0, "max_new_tokens": 8, **settings})
+    for method, values in methods.items():
+        result.table[method] = {family: Stat.shares(values)}
+        result.reports.setdefault(family, {})[method] = {"passed": values}
+        result.item_scores.setdefault(family, {})[method] = ItemScores(tuple(map(float, values)),
+                                                                        ("a", "a", "b", "c"))
+    return result
+
+
+def test_paired_differences_known_answers():
+    result = _result({"unsteered": [0, 1, 0, 0], "seka": [1, 1, 0, 0], "same": [0, 1, 0, 0],
+                      "worse": [0, 0, 0, 0]})
+    diffs = result.paired()
+    assert set(diffs) == {"seka", "same", "worse"}  # not the reference itself
+    assert diffs["seka"]["instructions"].mean == pytest.approx(0.25) and diffs["seka"]["instructions"].n == 4
+    assert diffs["seka"]["instructions"].text() == "+25.0 [+0.0, +50.0] (4)"  # unit 'a' holds the one change
+    assert (diffs["same"]["instructions"].mean, diffs["same"]["instructions"].lo,
+            diffs["same"]["instructions"].hi) == (0.0, 0.0, 0.0)  # ties: no difference, no spread
+    assert diffs["worse"]["instructions"].hi <= 0 and diffs["worse"]["instructions"].mean == pytest.approx(-0.25)
+    table = result.paired_table()
+    assert table.splitlines()[0].split()[:3] == ["method", "-", "unsteered"] and "+25.0" in table
+    assert PAIRED_TITLE in result.text()
+    # items that differ between methods are not paired; no reference, no table
+    result.item_scores["instructions"]["seka"] = ItemScores((1.0,) * 4, ("x", "y", "z", "w"))
+    assert "seka" not in result.paired()
+    assert _result({"seka": [1, 0, 1, 0]}).paired_table() is None and PAIRED_TITLE not in _result({"seka": [1, 0, 1, 0]}).text()
+    with pytest.raises(SekaError, match="3 values but 2 units"):
+        ItemScores((1.0, 0.0, 1.0), ("a", "b"))
+
+
+def test_stat_round_trip_and_signed_text():
+    for stat in (Stat(0.25, 0.0, 0.5, 4), Stat(-1.5, -2.0, 0.25, 3, percent=False),
+                 Stat(-0.125, -0.25, 0.0, 8, signed=True), Stat(float("nan"), float("nan"), float("nan"), 0)):
+        back = Stat.from_dict(stat.to_dict())
+        assert back.text() == stat.text() and (back.percent, back.signed) == (stat.percent, stat.signed)
+    assert Stat(-0.125, -0.25, 0.0, 8, signed=True).text() == "-12.5 [-25.0, +0.0] (8)"
+    assert format_ci(0.05, -0.1, 0.2, signed=True) == "+5.0 [-10.0, +20.0]"
+
+
+def test_item_scores_from_reports():
+    assert item_scores("counterfact", {"items": [{"case_id": 3, "margin": 0.0}, {"case_id": 4, "margin": 0.2}]}) \
+        == ItemScores((0.0, 1.0), ("3", "4"))  # a tie is not a success, as in the efficacy
+    assert item_scores("conflict", {"hits": [True, False], "units": ["i1", None]}) == ItemScores((1.0, 0.0), ("i1", "#1"))
+    rows = [{"policy": p, "question_index": q, "em": e} for p, q, e in
+            (("middle", 0, True), ("gold", 0, False), ("middle", 1, False))]
+    assert item_scores("lost-in-middle", {"rows": rows, "settings": {"policies": ["middle", "gold"]}}) \
+        == ItemScores((1.0, 0.0), ("q0", "q1"))
+    assert item_scores("lost-in-middle", {"rows": rows}, "gold") == ItemScores((0.0,), ("q0",))
+    for family in SUITE_FAMILIES:  # a run without per-item results has none
+        assert item_scores(family, {"n": 3}) is None
+    with pytest.raises(SekaError, match="unknown family"):
+        item_scores("poetry", {})
+
+
+def test_merge_joins_methods_and_refuses_what_does_not_pair():
+    a = _result({"unsteered": [0, 1, 0, 0], "seka": [1, 1, 0, 0]}, command="seka-rag eval A")
+    b = _result({"spa": [1, 1, 1, 0]}, command="seka-rag eval B", spa_strength=1.5)
+    a.seconds["total"], b.seconds["total"] = 10.0, 5.0
+    merged = merge_suite_results([b.to_dict(), a])
+    assert merged.methods == ["unsteered", "spa", "seka"]  # the suite's order
+    assert merged.paired()["spa"]["instructions"].mean == pytest.approx(0.5)
+    assert merged.seconds["total"] == 15.0 and merged.settings["spa_strength"] == 1.5
+    assert [r["command"] for r in merged.settings["merged_runs"]] == ["seka-rag eval B", "seka-rag eval A"]
+    assert merged.settings["merged_runs"][0]["spa_strength"] == 1.5
+    assert "Merged run (5 s): `seka-rag eval B`" in merged.markdown() and "Command:" not in merged.markdown()
+    again = merge_suite_results([merged.to_dict()])  # a merge merges again, keeping its runs
+    assert again.settings["merged_runs"] == merged.settings["merged_runs"] and again.text() == merged.text()
+    with pytest.raises(SekaError, match="instructions / seka was measured in more than one run"):
+        merge_suite_results([a, _result({"seka": [0, 0, 0, 0]})])
+    other = _result({"spa": [1, 1, 1, 0]})
+    other.items["instructions"] = 5
+    with pytest.raises(SekaError, match="4 items in one run and 5 in another"):
+        merge_suite_results([a, other])
+    with pytest.raises(SekaError, match="max_new_tokens 8 in one run, 16 in another"):
+        merge_suite_results([a, _result({"spa": [1, 1, 1, 0]}, max_new_tokens=16)])
+    with pytest.raises(SekaError, match="different item seeds"):
+        merge_suite_results([a, _result({"spa": [1, 1, 1, 0]}, seed=1)])
+    c = _result({"spa": [1, 1, 1, 0]})
+    c.model = "other"
+    with pytest.raises(SekaError, match="different models"):
+        merge_suite_results([a, c])
+    with pytest.raises(SekaError, match="not a `seka-rag eval --out` result"):
+        merge_suite_results([{"model": "m"}])
+    with pytest.raises(SekaError, match="at least one"):
+        merge_suite_results([])
+    with pytest.raises(SekaError, match="runs that measured spa used different spa_strength"):
+        merge_suite_results([b, _result({"spa": [1, 0, 1, 0]}, family="conflict", spa_strength=3.0)])
+    with pytest.raises(SekaError, match="differently loaded models: dtype bfloat16 vs float32"):
+        merge_suite_results([_result({"seka": [1, 0, 0, 0]}, model_settings={"dtype": "float32"}),
+                             _result({"spa": [1, 0, 0, 0]}, model_settings={"dtype": "bfloat16"})])
+    with pytest.raises(SekaError, match="different item contents"):
+        merge_suite_results([_result({"seka": [1, 0, 0, 0]}, item_digests={"instructions": "aaa"}),
+                             _result({"spa": [1, 0, 0, 0]}, item_digests={"instructions": "bbb"})])
+    moved = _result({"spa": [1, 0, 0, 0]})
+    moved.item_scores["instructions"]["spa"] = ItemScores((1.0, 0.0, 0.0, 0.0), ("a", "b", "c", "d"))
+    with pytest.raises(SekaError, match="per-item units do not match"):
+        merge_suite_results([a, moved])
+    with pytest.raises(SekaError, match="not the run's families"):
+        merge_suite_results([{**a.to_dict(), "families": ["poetry"]}])
+
+
+def test_merge_accepts_older_files_and_re_measured_cells():
+    # a file from before --nq-first existed has no nq_first: it was 0 then
+    old = _result({"unsteered": [0, 1, 0, 0]}, family="lost-in-middle", nq="x/nq.jsonl.gz", nq_policies=["middle"],
+                  nq_passages=10, nq_max_new_tokens=100)
+    new = _result({"seka": [1, 1, 0, 0]}, family="lost-in-middle", nq="y/nq.jsonl.gz", nq_policies=["middle"],
+                  nq_passages=10, nq_max_new_tokens=100, nq_first=0)
+    assert merge_suite_results([old, new]).paired()["seka"]["lost-in-middle"].mean == pytest.approx(0.25)
+    new.settings["nq_first"] = 12
+    with pytest.raises(SekaError, match="nq_first 0 in one run, 12 in another"):
+        merge_suite_results([old, new])
+    # a cell that failed in one run and was measured in another is measured; the other failure stays
+    failed = _result({"unsteered": [0, 1, 0, 0]})
+    failed.errors = {"instructions / seka": "RuntimeError: OOM", "instructions / spa": "RuntimeError: OOM"}
+    failed.methods += ["seka", "spa"]
+    merged = merge_suite_results([failed, _result({"seka": [1, 1, 0, 0]})])
+    assert merged.errors == {"instructions / spa": "RuntimeError: OOM"}
+    assert "instructions / seka: failed" not in merged.text() and "instructions / spa: failed" in merged.text()
+    # no per-item results, no paired table: say why
+    bare = _result({"unsteered": [0, 1, 0, 0], "seka": [1, 1, 0, 0]})
+    bare.item_scores.clear()
+    assert "no paired differences from unsteered" in bare.text() and "no paired differences" in bare.markdown()
+
+
+def test_eval_merge_cli(model_dir, projection, tmp_path, capsys):
+    common = [*_base(model_dir, projection), "--families", "conflict,instructions", "--items", "4",
+              "--max-new-tokens", "2", "--no-progress"]
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["eval", *common, "--methods", "unsteered,seka", "--out", str(first)]) == 0
+    assert main(["eval", *common, "--methods", "prompt-markers", "--out", str(second)]) == 0
+    capsys.readouterr()
+    out, md = tmp_path / "m.json", tmp_path / "m.md"
+    assert main(["eval", "--merge", str(first), str(second), "--out", str(out), "--markdown", str(md)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 run(s) merged" in printed and PAIRED_TITLE in printed
+    data = json.loads(out.read_text())
+    assert data["methods"] == ["unsteered", "prompt-markers", "seka"]
+    assert set(data["paired"]) == {"prompt-markers", "seka"} and set(data["paired"]["seka"]) == {"conflict", "instructions"}
+    assert md.read_text().count("Merged run (") == 2
+    for name, path in (("a", first), ("b", second)):  # every cell as its run measured it
+        part = json.loads(path.read_text())
+        for method, row in part["table"].items():
+            assert data["table"][method] == row, (name, method)
+        assert part["settings"]["model_settings"]["dtype"] == "float32"
+        assert set(part["settings"]["item_digests"]) == {"conflict", "instructions"}
+    # splitting one run by method and merging the parts back gives the run's own tables
+    whole = tmp_path / "whole.json"
+    assert main(["eval", *common, "--methods", "unsteered,prompt-markers,seka", "--out", str(whole)]) == 0
+    full = json.loads(whole.read_text())
+    parts = []
+    for methods in (["seka"], ["unsteered", "prompt-markers"]):
+        part = {**full, "methods": methods, "table": {m: full["table"][m] for m in methods},
+                "details": {t: {m: c for m, c in rows.items() if m in methods} for t, rows in full["details"].items()},
+                "reports": {f: {m: r for m, r in rows.items() if m in methods} for f, rows in full["reports"].items()},
+                "item_scores": {f: {m: r for m, r in rows.items() if m in methods}
+                                for f, rows in full["item_scores"].items()}}
+        parts.append(part)
+    rejoined = merge_suite_results(parts)
+    original = SuiteResult.from_dict(full)
+    assert rejoined.main_table() == original.main_table() and rejoined.paired_table() == original.paired_table()
+    assert rejoined.detail_tables() == original.detail_tables()
+    assert {m: {f: s.to_dict() for f, s in row.items()} for m, row in rejoined.paired().items()} == full["paired"]
+    # run options would be ignored; files are checked
+    assert main(["eval", "--merge", str(first), "--model", str(model_dir)]) == 2
+    assert "--model would be ignored" in capsys.readouterr().err
+    assert main(["eval", "--merge", str(first), "--items", "3", "--per-item"]) == 2
+    assert "--items, --per-item would be ignored" in capsys.readouterr().err
+    assert main(["eval", "--merge", str(tmp_path / "none.json")]) == 2
+    assert "--merge: no such file" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert main(["eval", "--merge", str(tmp_path / "bad.json")]) == 2
+    assert "not a `seka-rag eval --out` result" in capsys.readouterr().err
+    assert main(["eval", "--merge", str(first), str(first)]) == 2
+    assert "conflict / unsteered was measured in more than one run" in capsys.readouterr().err
