@@ -8,7 +8,9 @@ Two fixes changed how stored per-item results are scored (see docs/results.md, "
   "Refer to the person as 'he'." no longer passes the pronoun checker.
 
 For every suite file given (default: the ones docs/results.md reports), this prints the stored and
-the recomputed figure of each affected cell, and writes them to docs/stored-rechecks.json:
+the recomputed figure of each affected cell, and each method's recomputed instruction pass rate minus
+unsteered's, paired item by item (what `seka-rag eval --merge FILE` prints for the other families),
+and writes them to docs/stored-rechecks.json:
 
     python docs/recheck-stored.py [FILE.json ...]
 """
@@ -21,10 +23,11 @@ from pathlib import Path
 
 from seka_rag.evaluation.instructions import check, instruction_items
 from seka_rag.evaluation.lost_in_middle import lost_in_middle_cells
-from seka_rag.evaluation.stats import share_ci
+from seka_rag.evaluation.stats import paired_bootstrap_diff_ci, share_ci
 
 DOCS = Path(__file__).resolve().parent
-DEFAULT_FILES = ["results.json", "results-lim-10-passages.json", "results-lim-100-tokens.json"]
+DEFAULT_FILES = ["results.json", "results-lim-10-passages.json", "results-lim-100-tokens.json",
+                 "results-earlier-defaults.json", "results-seka-gains-x0.25.json"]
 
 
 def _pct(x: float) -> str:
@@ -46,7 +49,22 @@ def recheck_instructions(run: dict, method: str, report: dict) -> dict | None:
     for it, p in zip(items, passed):
         by_kind.setdefault(it.kind, []).append(p)
     return dict(stored=[report["share"], report["ci_low"], report["ci_high"]], now=[share, lo, hi],
-                groups_now={k: f"{sum(v)}/{len(v)}" for k, v in by_kind.items()}, changed=changed)
+                groups_now={k: f"{sum(v)}/{len(v)}" for k, v in by_kind.items()}, changed=changed, passed_now=passed)
+
+
+def paired_instructions(run: dict, rechecked: dict) -> dict:
+    """Each method's recomputed pass rate minus unsteered's, paired by item: [difference, low, high]."""
+    ref = rechecked.get("unsteered", {}).get("passed_now")
+    if ref is None:
+        return {}
+    out = {}
+    for method, got in rechecked.items():
+        if method == "unsteered":
+            continue
+        a, b = [float(x) for x in got["passed_now"]], [float(x) for x in ref]
+        lo, hi = paired_bootstrap_diff_ci(a, b, run["settings"]["n_boot"], 0, clusters=[f"#{i}" for i in range(len(a))])
+        out[method] = [sum(a) / len(a) - sum(b) / len(b), lo, hi]
+    return out
 
 
 def recheck_lost_in_middle(run: dict, report: dict) -> list[dict]:
@@ -86,6 +104,9 @@ def main(argv: list[str]) -> None:
                   f"now {_pct(n[0])} [{_pct(n[1])}, {_pct(n[2])}]  {got['groups_now']}")
             for c in got["changed"]:
                 print(f"    {c['kind']} ({c['pronoun']}): {c['stored']} -> {c['now']}: {c['output'][:90]!r}")
+        for method, (d, lo, hi) in paired_instructions(run, entry.get("instructions", {})).items():
+            entry.setdefault("instructions_paired_vs_unsteered", {})[method] = [d, lo, hi]
+            print(f"instructions  {method:<18} - unsteered, paired: {100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
         for method, report in run.get("reports", {}).get("lost-in-middle", {}).items():
             cells = recheck_lost_in_middle(run, report)
             if not cells:
