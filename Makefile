@@ -132,7 +132,7 @@ eval: install
 # Instruction following on 150 test items for every method but prompt-important (which `eval` has at
 # 12), in two single-thread processes side by side, joined by `seka-rag eval --merge` into one table
 # with each method's paired difference from unsteered: docs/results-instructions-150.{json,md}.
-# About 100 min on 2 float32-only cores (the longer process: PASTA's profiling, prompt markers, PASTA, SPA).
+# About 80 min on 2 float32-only cores (the longer process: PASTA's profiling, prompt markers, PASTA, SPA).
 INSTRUCTION_ITEMS ?= 150
 EVAL_TMP := eval-results
 EVAL_INSTR := OMP_NUM_THREADS=1 $(VENV)/bin/seka-rag eval --model qwen2.5-coder-0.5b --families instructions \

@@ -35,6 +35,7 @@ that mixes languages may be judged wrongly, and very short answers in closely re
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import unicodedata
@@ -405,6 +406,15 @@ def check(instruction_type: str, output: str, item: InstructionItem | None = Non
     return check_max_words(output, item.max_words if item is not None and item.max_words else 5)
 
 
+def echoes_instruction(output: str, instruction: str) -> bool:
+    """Whether ``output`` repeats the instruction sentence (its words in order; case, digits, quotes
+    and punctuation aside): a side effect of steering hard toward the highlighted text, which the
+    checkers alone can miss (``Refer to the person as 'they'. They refer to ...`` uses "they").
+    """
+    core = " ".join(_lower_words(instruction))
+    return bool(core) and f" {core} " in f" {' '.join(_lower_words(output))} "
+
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 
@@ -416,6 +426,9 @@ class InstructionReport:
     ``share`` is the fraction of items whose greedy answer passes its checker, with a seeded
     bootstrap 95 % interval ``[ci_low, ci_high]``; ``groups`` / ``group_n`` / ``group_ci`` the share,
     size and interval per instruction type; ``passed`` / ``outputs`` per item, in item order.
+    ``echo_share`` is the fraction of answers that repeat the instruction (:func:`echoes_instruction`),
+    ``clean_share`` (interval ``clean_ci``) the fraction that pass *without* repeating it;
+    ``echoed`` per item.
     """
 
     n: int
@@ -428,6 +441,10 @@ class InstructionReport:
     settings: dict[str, Any] = field(default_factory=dict)
     passed: list[bool] = field(default_factory=list, repr=False)
     outputs: list[str] = field(default_factory=list, repr=False)
+    echo_share: float = math.nan
+    clean_share: float = math.nan
+    clean_ci: tuple[float, float] = (math.nan, math.nan)
+    echoed: list[bool] = field(default_factory=list, repr=False)
 
     def to_dict(self, include_items: bool = True) -> dict[str, Any]:
         """JSON-ready dict; ``include_items=False`` leaves out the per-item answers and verdicts."""
@@ -435,10 +452,12 @@ class InstructionReport:
             "family": "instructions", "n": self.n, "share": self.share, "ci_low": self.ci_low,
             "ci_high": self.ci_high, "groups": dict(self.groups), "group_n": dict(self.group_n),
             "group_ci": {k: list(v) for k, v in self.group_ci.items()}, "settings": dict(self.settings),
+            "echo_share": self.echo_share, "clean_share": self.clean_share, "clean_ci": list(self.clean_ci),
         }
         if include_items:
             out["passed"] = list(self.passed)
             out["outputs"] = list(self.outputs)
+            out["echoed"] = list(self.echoed)
         return out
 
     def cell(self) -> str:
@@ -454,14 +473,17 @@ def instruction_report(items: Sequence[InstructionItem], outputs: Sequence[str],
     if not items:
         raise ValueError("no items to report on")
     passed = [check(it.kind, out, it) for it, out in zip(items, outputs)]
+    echoed = [echoes_instruction(out, it.highlight) for it, out in zip(items, outputs)]
     share, lo, hi = share_ci(passed, n_boot, seed)
+    clean, clean_lo, clean_hi = share_ci([p and not e for p, e in zip(passed, echoed)], n_boot, seed)
     by_type = group_share_cis([it.kind for it in items], passed, INSTRUCTION_TYPES, n_boot=n_boot, seed=seed)
     groups = {k: g[0] for k, g in by_type.items()}
     group_n = {k: g[3] for k, g in by_type.items()}
     group_ci = {k: (g[1], g[2]) for k, g in by_type.items()}
     return InstructionReport(n=len(items), share=share, ci_low=lo, ci_high=hi, groups=groups, group_n=group_n,
                              group_ci=group_ci, settings=dict(settings or {}), passed=passed,
-                             outputs=list(outputs))
+                             outputs=list(outputs), echo_share=sum(echoed) / len(echoed), clean_share=clean,
+                             clean_ci=(clean_lo, clean_hi), echoed=echoed)
 
 
 def evaluate_instructions(
@@ -523,6 +545,7 @@ __all__ = [
     "check_pronoun",
     "check_uppercase",
     "detect_language",
+    "echoes_instruction",
     "evaluate_instructions",
     "instruction_items",
     "instruction_report",

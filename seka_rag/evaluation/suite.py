@@ -650,7 +650,11 @@ def _instructions(model, items, method, config: SuiteConfig, progress: bool, sha
                                 batch_size=config.batch_size, progress=progress, n_boot=config.n_boot)
     head = Stat(rep.share, rep.ci_low, rep.ci_high, rep.n)
     cols = {"all": head, **{k: Stat(rep.groups[k], *rep.group_ci[k], rep.group_n[k]) for k in rep.groups}}
-    return (rep.to_dict(include_items=config.per_item), head, {"instructions: pass rate by instruction type": cols},
+    echo = {"passes without repeating the instruction": Stat(rep.clean_share, *rep.clean_ci, rep.n),
+            "answers repeating the instruction": Stat.shares(rep.echoed, config.n_boot)}
+    return (rep.to_dict(include_items=config.per_item), head,
+            {"instructions: pass rate by instruction type": cols,
+             "instructions: answers that repeat the highlighted instruction": echo},
             item_scores("instructions", rep.to_dict(include_items=True)))
 
 

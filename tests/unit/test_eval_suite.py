@@ -117,6 +117,13 @@ def test_eval_every_method_without_experts_or_nq(model_dir, projection, tmp_path
     assert data["settings"]["pasta"]["profiled_now"] and data["settings"]["pasta"]["heads"]
     details = data["details"]["instructions: pass rate by instruction type"]["seka"]
     assert set(details) == {"all", "language", "pronoun", "uppercase", "json", "max_words"}
+    echo = data["details"]["instructions: answers that repeat the highlighted instruction"]
+    assert set(echo) == set(ran) and all(set(cols) == {"passes without repeating the instruction",
+                                                       "answers repeating the instruction"} for cols in echo.values())
+    for method in ran:
+        report = data["reports"]["instructions"][method]
+        assert echo[method]["passes without repeating the instruction"]["mean"] == pytest.approx(report["clean_share"])
+        assert report["clean_share"] <= report["share"] + 1e-12
     # the printed table: one row per method, cells "mean [lo, hi] (n)"
     assert "50.0 [" in printed and "(4)" in printed
     text = md.read_text()

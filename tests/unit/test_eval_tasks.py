@@ -36,9 +36,11 @@ from seka_rag.evaluation.instructions import (
     InstructionItem,
     check,
     detect_language,
+    echoes_instruction,
     evaluate_instructions,
     instruction_items,
     instruction_report,
+    instruction_text,
     json_payload,
     words,
 )
@@ -383,6 +385,37 @@ def test_instruction_report_on_given_outputs():
     assert shout.passed == [True]
     with pytest.raises(ValueError):
         instruction_report(items, outputs[:2])
+    assert report.echoed == [False] * 4 and report.echo_share == 0.0 and report.clean_share == 0.75
+
+
+@pytest.mark.parametrize("output, instruction, expected", [
+    ("Refer to the person as 'they'. They refer to the person as 'they'.", "Refer to the person as 'they'.", True),
+    ("She joined the choir. REFER TO THE PERSON AS ‘SHE’", "Refer to the person as 'she'.", True),
+    ("Answer in at most 3 words. Paris.", "Answer in at most 3 words.", True),   # digits aside
+    ("She joined the choir three years ago.", "Refer to the person as 'she'.", False),
+    ("Refer to the person as 'he'.", "Refer to the person as 'she'.", False),    # another instruction
+    ("Answer in Frenchy words.", "Answer in French.", False),                    # whole words only
+    ("", "Answer in French.", False),
+])
+def test_echoes_instruction(output, instruction, expected):
+    assert echoes_instruction(output, instruction) is expected
+
+
+def test_instruction_report_counts_answers_that_echo_the_instruction():
+    def real(kind: str, **params) -> InstructionItem:
+        text = instruction_text(kind, **params)
+        return InstructionItem(kind, f"Alex sings. {text}", text, "question", "Alex", "choir", 1, 3, **params)
+
+    items = [real("pronoun", pronoun="she"), real("pronoun", pronoun="he"), real("json")]
+    outputs = ["She sings. Refer to the person as 'she'.", "He sings in the choir.",
+               "Answer with a JSON object with key 'answer'."]
+    report = instruction_report(items, outputs, n_boot=200)
+    assert report.passed == [True, True, False] and report.echoed == [True, False, True]
+    assert report.echo_share == pytest.approx(2 / 3) and report.clean_share == pytest.approx(1 / 3)
+    assert report.clean_ci[0] <= report.clean_share <= report.clean_ci[1]
+    data = report.to_dict()
+    assert data["echoed"] == [True, False, True] and data["clean_share"] == pytest.approx(1 / 3)
+    assert "echoed" not in report.to_dict(include_items=False) and "clean_share" in report.to_dict(include_items=False)
 
 
 def test_instructions_end_to_end(model):
