@@ -131,7 +131,8 @@ eval: install
 
 # Instruction following on 150 test items for every method but prompt-important (which `eval` has at
 # 12), in two single-thread processes side by side, joined by `seka-rag eval --merge` into one table
-# with each method's paired difference from unsteered: docs/results-instructions-150.{json,md}.
+# with each method's paired difference from unsteered: docs/results-instructions-150.{json,md}
+# (`python docs/instructions-echo.py` then counts answers that repeat the instruction).
 # About 80 min on 2 float32-only cores (the longer process: PASTA's profiling, prompt markers, PASTA, SPA).
 INSTRUCTION_ITEMS ?= 150
 EVAL_TMP := eval-results
@@ -143,9 +144,9 @@ eval-instructions: install
 		--out $(EVAL_TMP)/instructions-a.json > $(EVAL_TMP)/instructions-a.log 2>&1 & pid=$$!; \
 	$(EVAL_INSTR) --methods prompt-markers,pasta,spa --pasta-profile-items 4 --pasta-profile-layers $(PASTA_PROFILE_LAYERS) \
 		--out $(EVAL_TMP)/instructions-b.json > $(EVAL_TMP)/instructions-b.log 2>&1; b=$$?; wait $$pid; a=$$?; \
-	test $$a = 0 && test $$b = 0 || { tail -5 $(EVAL_TMP)/instructions-*.log; exit 1; }
+	test $$a = 0 && test $$b = 0 || { tail -n 5 $(EVAL_TMP)/instructions-*.log; exit 1; }
 	$(VENV)/bin/seka-rag eval --merge $(EVAL_TMP)/instructions-a.json $(EVAL_TMP)/instructions-b.json \
-		--out docs/results-instructions-150.json --markdown docs/results-instructions-150.md
+		--out docs/results-instructions-$(INSTRUCTION_ITEMS).json --markdown docs/results-instructions-$(INSTRUCTION_ITEMS).md
 
 # How SEKA's share moves with the gains, the edited layers and the head threshold, on dev conflict
 # cases (tables, JSON and heat-maps in docs/sensitivity/; about 8 min). It reports only: the shipped

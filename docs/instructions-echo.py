@@ -3,9 +3,14 @@ instruction, and passes without repeating it, each method paired with unsteered 
 
 Reads `seka-rag eval --per-item` JSON files (their instruction answers), rechecks every answer with
 today's checkers and :func:`seka_rag.evaluation.instructions.echoes_instruction`, prints a table and
-writes docs/results-instructions-150-echo.json. No model runs.
+writes docs/results-instructions-150-echo.json. No language model runs.
 
-    python docs/instructions-echo.py docs/results-instructions-150.json
+With ``--routing`` it also estimates how the shipped expert set's embedding router weights the
+experts on these prompts (the runs did not store routing weights): MiniLM embeddings of each prompt
+with its instruction cut out, which approximates the router's query (the prompt's text outside its
+highlights), against the experts' prototypes at the set's embedding temperature.
+
+    HF_HUB_OFFLINE=1 python docs/instructions-echo.py [--routing] [docs/results-instructions-150.json]
 """
 
 from __future__ import annotations
@@ -20,7 +25,27 @@ from seka_rag.evaluation.stats import paired_bootstrap_diff_ci, share_ci
 DOCS = Path(__file__).resolve().parent
 
 
-def main(paths: list[str]) -> None:
+def routing_estimate(items) -> dict:
+    """The embedding router's weights on ``items``, estimated as the module docstring says."""
+    from collections import Counter
+
+    from seka_rag.adaptive import ExpertSet, embedding_weights
+    from seka_rag.embeddings import embed
+    from seka_rag.model import shipped_experts_path
+
+    experts = ExpertSet.load(shipped_experts_path("qwen2.5-coder-0.5b"))
+    queries = embed([it.prompt.replace(it.highlight, " ") for it in items])
+    weights = embedding_weights(queries, experts.prototypes(), experts.routing)
+    top = Counter(experts.names[i] for i in weights.argmax(1).tolist())
+    mean = weights.mean(0).tolist()
+    estimate = {"mean_weight": dict(zip(experts.names, mean)), "top_expert": dict(top),
+                "embedding_temperature": experts.routing.embedding_temperature}
+    print(f"embedding router, estimated: top expert {dict(top)}; mean weights "
+          + ", ".join(f"{n} {w:.2f}" for n, w in zip(experts.names, mean)))
+    return estimate
+
+
+def main(paths: list[str], routing: bool = False) -> None:
     out: dict = {}
     for path in paths:
         run = json.loads(Path(path).read_text())
@@ -62,10 +87,13 @@ def main(paths: list[str]) -> None:
                   f"{diffs[0]:>22} {diffs[1]:>22}  {pron['pass']}/{pron['n']} / {pron['clean']}/{pron['n']}")
             rows[method] = row
         out[Path(path).name] = rows
+        if routing:
+            out[Path(path).name]["embedding_routing_estimate"] = routing_estimate(items)
     target = DOCS / "results-instructions-150-echo.json"
     target.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {target}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or [str(DOCS / "results-instructions-150.json")])
+    args = [a for a in sys.argv[1:] if a != "--routing"]
+    main(args or [str(DOCS / "results-instructions-150.json")], routing="--routing" in sys.argv[1:])

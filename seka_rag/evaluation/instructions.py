@@ -407,9 +407,11 @@ def check(instruction_type: str, output: str, item: InstructionItem | None = Non
 
 
 def echoes_instruction(output: str, instruction: str) -> bool:
-    """Whether ``output`` repeats the instruction sentence (its words in order; case, digits, quotes
-    and punctuation aside): a side effect of steering hard toward the highlighted text, which the
-    checkers alone can miss (``Refer to the person as 'they'. They refer to ...`` uses "they").
+    """Whether ``output`` repeats the whole instruction sentence: all its words as one unbroken run
+    (case, digits, quotes and punctuation aside). A side effect of steering hard toward the
+    highlighted text, which the checkers alone can miss (``Refer to the person as 'they'. They refer
+    to ...`` uses "they"). Fragments of the sentence do not count, so passes without an echo are an
+    upper bound on clean passes.
     """
     core = " ".join(_lower_words(instruction))
     return bool(core) and f" {core} " in f" {' '.join(_lower_words(output))} "
