@@ -3,7 +3,8 @@ instruction, and passes without repeating it, each method paired with unsteered 
 
 Reads `seka-rag eval --per-item` JSON files (their instruction answers), rechecks every answer with
 today's checkers and :func:`seka_rag.evaluation.instructions.echoes_instruction`, prints a table and
-writes docs/results-instructions-150-echo.json. No language model runs.
+writes it beside the first file as ``<name>-echo.json`` (docs/results-instructions-150-echo.json for
+the default file). No language model runs.
 
 With ``--routing`` it also estimates how the shipped expert set's embedding router weights the
 experts on these prompts (the runs did not store routing weights): MiniLM embeddings of each prompt
@@ -89,7 +90,8 @@ def main(paths: list[str], routing: bool = False) -> None:
         out[Path(path).name] = rows
         if routing:
             out[Path(path).name]["embedding_routing_estimate"] = routing_estimate(items)
-    target = DOCS / "results-instructions-150-echo.json"
+    first = Path(paths[0])
+    target = first.with_name(f"{first.stem}-echo.json")  # docs/results-instructions-150.json -> ...-150-echo.json
     target.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {target}")
 
