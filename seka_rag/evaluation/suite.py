@@ -445,21 +445,20 @@ class SuiteResult:
             lines.append(f"{f}: {text}")
         return lines
 
-    def _unpaired_note(self) -> str | None:
-        """Why there is no paired table although unsteered and another method ran (old files)."""
-        if "unsteered" in self.table and len(self.table) > 1 and not self.paired():
-            return ("no paired differences from unsteered: the result keeps no per-item results "
+    def _paired_section(self, markdown: bool) -> list[str]:
+        """The paired table with its title, or why there is none although unsteered and another method ran."""
+        paired = self.paired_table(markdown=markdown)
+        if paired:
+            return ["", f"## {PAIRED_TITLE}" if markdown else PAIRED_TITLE, *([""] if markdown else []), paired]
+        if "unsteered" in self.table and len(self.table) > 1:
+            note = ("no paired differences from unsteered: the result keeps no per-item results "
                     "(a file from before item scores were stored, written without --per-item)")
-        return None
+            return ["", f"* {note}" if markdown else note]
+        return []
 
     def text(self) -> str:
         """The whole result as plain text (what ``seka-rag eval`` prints)."""
-        parts = [self.main_table(), "", *self.legend()]
-        paired = self.paired_table()
-        if paired:
-            parts += ["", PAIRED_TITLE, paired]
-        elif self._unpaired_note():
-            parts += ["", self._unpaired_note()]
+        parts = [self.main_table(), "", *self.legend(), *self._paired_section(markdown=False)]
         for title, table in self.detail_tables():
             parts += ["", title, table]
         notes = self.notes()
@@ -475,11 +474,7 @@ class SuiteResult:
                  f"Items: {counts}; seed {self.settings.get('seed', 0)}; cells are `mean [95 % CI] (n)`, "
                  f"percentile-bootstrap intervals over items; {self.seconds.get('total', 0):.0f} s in all.", "",
                  self.main_table(markdown=True), "", *(f"* {line}" for line in self.legend())]
-        paired = self.paired_table(markdown=True)
-        if paired:
-            parts += ["", f"## {PAIRED_TITLE}", "", paired]
-        elif self._unpaired_note():
-            parts += ["", f"* {self._unpaired_note()}"]
+        parts += self._paired_section(markdown=True)
         for title, table in self.detail_tables(markdown=True):
             parts += ["", f"## {title}", "", table]
         notes = self.notes()
