@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -1187,7 +1188,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON, Markdown and PNGs go here (default sensitivity-results/; `make sensitivity` "
                         "writes docs/sensitivity/)")
     p.add_argument("--no-plots", action="store_true", help="skip the heat-maps (no matplotlib needed)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("gain-scale", help="a task family's score at scaled-down SEKA gains, on dev items "
@@ -1213,7 +1214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, help="prompts per forward pass (default: 4 for the long lost-in-middle "
                    "prompts, 8 for the others)")
     p.add_argument("--out-dir", help="JSON and Markdown go here (default sensitivity-results/)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--trade-off", nargs="+", metavar="JSON",
                    help="run nothing: compare earlier gain-scale JSON files across families and print the scale "
                    "the rule picks (best mean share among the scales whose dev conflict share >= --conflict-bar)")
@@ -1334,10 +1335,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_ignored_options(args)
         check_output_paths(args)
-        return args.func(args)
+        with _library_progress_bars(enabled=not getattr(args, "no_progress", False)):
+            return args.func(args)
     except SekaError as exc:
         print(f"seka-rag: error: {exc}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _library_progress_bars(*, enabled: bool):
+    """``--no-progress`` also silences transformers' own bars (e.g. "Loading weights"), restored afterwards."""
+    if enabled:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 if __name__ == "__main__":

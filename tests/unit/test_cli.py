@@ -369,3 +369,17 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path, capsys, argv, 
     assert main([*argv, "--model", str(tmp_path / "no-model")]) == 2
     assert message in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("flags, bars_during_run", [(["--no-progress"], False), ([], True)])
+def test_no_progress_also_silences_transformers_bars_and_restores_them(flags, bars_during_run, monkeypatch):
+    from transformers.utils import logging as hf_logging
+
+    from seka_rag import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "cmd_eval", lambda args: seen.append(hf_logging.is_progress_bar_enabled()) or 0)
+    assert hf_logging.is_progress_bar_enabled()
+    assert main(["eval", "--model", "qwen2.5-coder-0.5b", *flags]) == 0
+    assert seen == [bars_during_run]
+    assert hf_logging.is_progress_bar_enabled()  # the process-wide setting is put back
