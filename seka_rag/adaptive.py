@@ -147,6 +147,7 @@ class ExpertSet:
     # ------------------------------------------------------------------ structure
     @property
     def names(self) -> list[str]:
+        """The experts' names, in the set's order (the order of routing weights)."""
         return [e.name for e in self.experts]
 
     def __len__(self) -> int:
@@ -168,6 +169,7 @@ class ExpertSet:
 
     @property
     def has_prototypes(self) -> bool:
+        """Whether every expert keeps a prototype embedding (needed by the embedding router)."""
         return all(e.prototype is not None for e in self.experts)
 
     def validate(self) -> None:

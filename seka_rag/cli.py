@@ -129,12 +129,33 @@ def _steer_kwargs(args) -> dict:
     return dict(gain_pos=args.gain_pos, gain_neg=args.gain_neg, layers=args.layers)
 
 
+def _add_no_markers_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-markers", action="store_true",
+                   help="read << and >> in the prompt as plain text (code, shifts); highlight with --highlight")
+
+
+def _prompt_and_highlights(args) -> tuple[str, dict]:
+    """The prompt text and the highlight keywords of generate / preview, checked before a model loads."""
+    from .highlight import DEFAULT_MARKERS, parse_markers
+
+    prompt = args.prompt if args.prompt != "-" else sys.stdin.read()
+    markers = None if args.no_markers else DEFAULT_MARKERS
+    text, spans = parse_markers(prompt, markers)  # unbalanced markers: said now, not after loading
+    highlights = args.highlight or None
+    for piece in highlights or ():
+        if not piece.strip():
+            raise SekaError("--highlight needs some text")
+        if piece not in text:
+            raise SekaError(f"--highlight {piece!r} does not occur in the prompt")
+    return prompt, dict(highlights=highlights, markers=markers)
+
+
 def cmd_generate(args) -> int:
     if args.compare and args.no_steer:
         raise SekaError("--compare prints the unsteered and the steered output; it does not go with --no-steer")
+    prompt, highlight_kw = _prompt_and_highlights(args)
     model = load_model(**_model_spec(args))
-    prompt = args.prompt if args.prompt != "-" else sys.stdin.read()
-    kw = dict(highlights=args.highlight or None, max_new_tokens=args.max_new_tokens, chat=False if args.raw else None)
+    kw = dict(**highlight_kw, max_new_tokens=args.max_new_tokens, chat=False if args.raw else None)
     if args.compare:
         print("unsteered:", model.generate(prompt, steer=False, **kw).strip())
         print("steered:  ", model.generate(prompt, **kw, **_steer_kwargs(args)).strip())
@@ -149,8 +170,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_preview(args) -> int:
+    prompt, highlight_kw = _prompt_and_highlights(args)
     model = load_model(**_model_spec(args))
-    tokens = model.highlighted_tokens(args.prompt, args.highlight or None, chat=False if args.raw else None)
+    tokens = model.highlighted_tokens(prompt, chat=False if args.raw else None, **highlight_kw)
     print(f"{len(tokens)} highlighted tokens:")
     print(" ".join(repr(t) for t in tokens))
     return 0
@@ -997,7 +1019,10 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="seka-rag", description="SEKA attention steering for RAG and agents.")
+    parser.add_argument("--version", action="version", version=f"seka-rag {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="generate with highlights (<<...>> markers or --highlight)")
@@ -1005,18 +1030,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_steer_args(p)
     p.add_argument("prompt", help="prompt text, or - to read stdin")
     p.add_argument("--highlight", action="append", help="substring to highlight (repeatable)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64, help="new tokens at most (default 64)")
     p.add_argument("--no-steer", action="store_true", help="run without any key edit")
     p.add_argument("--compare", action="store_true", help="print unsteered and steered outputs")
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    _add_no_markers_arg(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("preview", help="show which tokens a highlight covers")
     _add_model_args(p)
-    p.add_argument("prompt")
+    p.add_argument("prompt", help="prompt text, or - to read stdin")
     p.add_argument("--highlight", action="append",
                    help="text to highlight (every occurrence; repeat for several); or mark it <<inline>> in the prompt")
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    _add_no_markers_arg(p)
     p.set_defaults(func=cmd_preview)
 
     p = sub.add_parser("build-projection", help="build a projection from synthetic contrastive triplets")
@@ -1031,9 +1058,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0)")
     p.add_argument("--build-layers", type=_int_list, help="layers to build (default: all)")
     p.add_argument("--default-layers", type=_int_list, help="layers edited by default (default: all built)")
-    p.add_argument("--default-gain-pos", type=_finite_float, default=2.0)
-    p.add_argument("--default-gain-neg", type=_finite_float, default=0.5)
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--default-gain-pos", type=_finite_float, default=2.0,
+                   help="g+ stored as the projection's default (default 2.0, the paper's; the shipped, calibrated "
+                        "projections use less on fewer layers: see --calibrate)")
+    p.add_argument("--default-gain-neg", type=_finite_float, default=0.5, help="g- stored as its default (default 0.5)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per forward pass (default 8)")
     p.add_argument("--raw", action="store_true", help="build from raw prompts, not chat-formatted ones")
     p.add_argument("--calibrate", action="store_true", help="then calibrate layers/constructions/gains on dev data")
     _add_calibration_args(p)
@@ -1076,8 +1105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-variants", help="dev vs test share (first-token proxy) of logged calibration trials")
     _add_model_args(p)
-    p.add_argument("--calibration-log", required=True)
-    p.add_argument("--split", default="test", choices=["dev", "test"])
+    p.add_argument("--calibration-log", required=True, help="the JSON log written by calibrate --calibration-log")
+    p.add_argument("--split", default="test", choices=["dev", "test"], help="conflict split to score (default test)")
     p.add_argument("--items", type=_positive_int)
     p.add_argument("--stages", nargs="+", default=["single", "select", "blocks", "gains"])
     p.add_argument("--out", help="write the table (Markdown)")
@@ -1086,7 +1115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval-conflicts", help="two-document conflict evaluation, unsteered vs steered")
     _add_model_args(p)
     _add_steer_args(p)
-    p.add_argument("--split", default="test", choices=["dev", "test"])
+    p.add_argument("--split", default="test", choices=["dev", "test"],
+                   help="conflict split: dev (calibration) or test (default)")
     p.add_argument("--items", type=_positive_int, help="first N items of the split (default: all)")
     p.add_argument("--greedy", action="store_true", help="also check the steered greedy answers")
     p.add_argument("--out", help="write the reports as JSON")
@@ -1163,27 +1193,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--out", required=True, help="output JSON file (pass it to `seka-rag eval --pasta-heads`)")
     p.add_argument("--items", type=_positive_int, default=16, help="dev conflict cases to profile on (default 16)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the dev cases' sample (default 0)")
     p.add_argument("--alpha", type=_finite_float, default=0.01, help="PASTA's alpha (default 0.01, the paper's)")
     p.add_argument("--top", type=_positive_int, default=8, help="heads to select (default 8)")
     p.add_argument("--layers", type=_int_list, help="layers to profile (default: all)")
-    p.add_argument("--proxy", default="divergence", choices=["divergence", "full"])
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--proxy", default="divergence", choices=["divergence", "full"],
+                   help="head score: the margin at the first token where the two answers differ (default, one "
+                        "forward per case) or both whole answers scored (full)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per forward pass (default 8)")
     p.set_defaults(func=cmd_profile_pasta)
 
     p = sub.add_parser("sensitivity", help="sweep gains, layer sets and the head threshold on dev data; tables, heat-maps")
     _add_model_args(p)
     p.add_argument("--items", type=_positive_int, default=16, help="dev conflict items (x 4 cases; default 16)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the dev items' sample (default 0)")
     p.add_argument("--gains-pos", type=_float_list, default=[1.0, 2.0, 4.0, 8.0, 16.0], help="g+ values")
     p.add_argument("--gains-neg", type=_float_list, default=[0.0, 0.5, 1.0, 2.0, 4.0], help="g- values")
     p.add_argument("--layer-sets", default="default,last-8,last-12,middle-8,all",
                    help="comma-separated: default, all, first-N, last-N, middle-N")
     p.add_argument("--delta-quantiles", type=_quantile_list, default=[0.0, 0.25, 0.5, 0.75],
                    help="head thresholds as quantiles of the per-head key shift")
-    p.add_argument("--scorer", default="first-token", choices=["first-token", "shared-prefix"])
+    p.add_argument("--scorer", default="first-token", choices=["first-token", "shared-prefix"],
+                   help="answer score: first-token proxy (default, one forward per case) or the full answers "
+                        "from one steered prefill per prompt (shared-prefix)")
     p.add_argument("--unit-scale", action="store_true", help="ignore the projection's per-layer gain factors")
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per forward pass (default 8)")
     p.add_argument("--out-dir", default="sensitivity-results",
                    help="JSON, Markdown and PNGs go here (default sensitivity-results/; `make sensitivity` "
                         "writes docs/sensitivity/)")

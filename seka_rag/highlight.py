@@ -40,6 +40,9 @@ class Markers:
     escape: str = "\\"
 
     def __post_init__(self) -> None:
+        for name in ("start", "end", "escape"):
+            if not isinstance(getattr(self, name), str):
+                raise HighlightError(f"highlight markers are strings: {name} is {getattr(self, name)!r}")
         if not self.start or not self.end:
             raise HighlightError("highlight markers must be non-empty strings")
         if self.start == self.end:
@@ -104,7 +107,7 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
     open_at: int | None = None
     open_piece = 0
     length = 0
-    esc, start, end = markers.escape, markers.start, markers.end
+    start, end = markers.start, markers.end
     for kind, pos, piece in marker_events(text, markers):
         if kind == "text":
             out.append(piece)
@@ -113,14 +116,14 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
             if open_at is not None:
                 raise HighlightError(
                     f"nested highlight marker {start!r} at character {pos}: highlights cannot be "
-                    f"nested (write {esc + start!r} for a literal marker, or pass markers=None)"
+                    f"nested ({_literal_hint(markers, start)})"
                 )
             open_at, open_piece = length, len(out)
         else:
             if open_at is None:
                 raise HighlightError(
                     f"unbalanced highlight marker {end!r} at character {pos} has no opening "
-                    f"{start!r} (write {esc + end!r} for a literal marker, or pass markers=None)"
+                    f"{start!r} ({_literal_hint(markers, end)})"
                 )
             if not "".join(out[open_piece:]).strip():
                 raise HighlightError(f"empty highlight at character {pos}: the marked text has no content")
@@ -129,9 +132,18 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
     if open_at is not None:
         raise HighlightError(
             f"unbalanced highlight marker: {start!r} opened but never closed with {end!r} "
-            f"(write {esc + start!r} for a literal marker, or pass markers=None)"
+            f"({_literal_hint(markers, start)})"
         )
     return "".join(out), spans
+
+
+def _literal_hint(markers: Markers, marker: str) -> str:
+    """How to write ``marker`` as text, for the shell as for Python (``repr`` would double a backslash)."""
+    off = "or turn inline markers off: markers=None in Python, --no-markers on the command line"
+    if not markers.escape:
+        return f"these markers have no escape string: {off}"
+    literal = markers.escape + marker
+    return f"for a literal marker write {literal} (in Python source r\"{literal}\"), {off}"
 
 
 def escape_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> str:
@@ -143,6 +155,8 @@ def escape_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> str:
     marker are doubled, so they stay text too. To wrap such text in a highlight, use
     :func:`mark_highlight`, which also takes care of the text's last characters.
     """
+    if not isinstance(text, str):
+        raise HighlightError(f"escape_markers takes a string, got {type(text).__name__}")
     if markers is None or not text:
         return text
     needles = sorted({markers.start, markers.end}, key=len, reverse=True)

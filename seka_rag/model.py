@@ -50,7 +50,14 @@ from .models.embedded import (
 from .projection import Projection
 from .steering import ActiveEdit, HeadSelection, KeyEditor, SteeringConfig, edit_matrices
 
-_UNSET: Any = object()
+class _Default:
+    """The "not given" default: the model's own setting (markers, projection) applies."""
+
+    def __repr__(self) -> str:
+        return "<model default>"
+
+
+_UNSET: Any = _Default()
 SHIPPED_PROJECTIONS = Path(__file__).parent / "data" / "projections"
 SHIPPED_EXPERTS = Path(__file__).parent / "data" / "experts"
 #: The embedding router's default query keeps the last this-many characters of the prompt's text.
@@ -198,10 +205,17 @@ class SekaModel:
                 return cls.default(name, projection=_UNSET if projection is None else projection, device=device,
                                    dtype=dtype, attn_implementation=attn_implementation, cache_dir=cache_dir,
                                    experts=experts, router=router)
-            close = difflib.get_close_matches(name, list(EMBEDDED_MODELS), n=1, cutoff=0.8)
+            close = difflib.get_close_matches(name, list(EMBEDDED_MODELS), n=1, cutoff=0.8) or [
+                known for known in EMBEDDED_MODELS if name and known.startswith(name.lower())
+            ]
             if close and "/" not in name:  # a misspelt embedded name: say so now, not after hub retries
                 raise SekaError(f"no local directory or embedded model named {name!r}; did you mean {close[0]!r}? "
                                 f"(embedded: {', '.join(EMBEDDED_MODELS)}; hub ids look like 'org/name')")
+        if gguf_file is None and Path(name).is_dir() and not (Path(name) / "config.json").is_file():
+            ggufs = sorted(p.name for p in Path(name).glob("*.gguf"))
+            hint = f"; for a GGUF pass gguf_file= (here: {', '.join(ggufs)})" if ggufs else ""
+            raise SekaError(f"{name!r} is a directory without a config.json, so it holds no Hugging Face model{hint}")
+        _check_attn_implementation(attn_implementation)
         device = _default_device(device)
         torch_dtype = _resolve_dtype(dtype, device)
         source = str(name_or_dir)
@@ -296,6 +310,7 @@ class SekaModel:
 
     @property
     def device(self) -> torch.device:
+        """The device of the model's weights (where prompts are sent)."""
         return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ preparing prompts
@@ -309,6 +324,8 @@ class SekaModel:
         max_length: int | None = None,
     ) -> EncodedPrompt:
         """Token ids and highlight mask of one prompt, as the model will see it."""
+        if chat is not None and not isinstance(chat, bool):
+            raise HighlightError(f"chat must be True, False or None (use the template when there is one), got {chat!r}")
         if isinstance(highlights, str):
             highlights = [highlights]
         if markers is not _UNSET and markers is not None and not isinstance(markers, Markers):
@@ -426,6 +443,11 @@ class SekaModel:
         if isinstance(router, Mapping):
             if self.experts is None:
                 raise SekaError("router={expert: weight} needs an expert set: load one with experts=")
+            if not router:
+                raise SteeringConfigError(
+                    "router={} names no expert: give at least one {expert: weight} "
+                    f"(experts: {', '.join(self.experts.names)}), or steer=False for no edit"
+                )
         elif router is not None:
             if not isinstance(router, str) or router not in ROUTERS:
                 raise SteeringConfigError(
@@ -478,6 +500,8 @@ class SekaModel:
                 raise SteeringConfigError("pass query= or query_embedding=, not both")
             return as_query_embeddings(query_embedding, n)
         if query is not None:
+            if not isinstance(query, (str, Sequence)) or isinstance(query, bytes):
+                raise SteeringConfigError(f"query must be a non-empty string, or one per prompt ({n}), got {query!r}")
             texts = [query] * n if isinstance(query, str) else list(query)
             if len(texts) != n or not all(isinstance(t, str) and t.strip() for t in texts):
                 raise SteeringConfigError(f"query must be a non-empty string, or one per prompt ({n})")
@@ -546,8 +570,11 @@ class SekaModel:
 
     # ------------------------------------------------------------------ generation
     def _generation_kwargs(self, max_new_tokens, do_sample, temperature, top_p, stop) -> dict:
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise SekaError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if not isinstance(do_sample, bool):
+            raise SekaError(f"do_sample must be True or False, got {do_sample!r}")
+        _stop_list(stop)  # checked before any work
         kwargs: dict[str, Any] = dict(
             max_new_tokens=max_new_tokens,
             do_sample=bool(do_sample),
@@ -697,7 +724,10 @@ class SekaModel:
         query_embedding: Any = None,
         routing: RoutingConfig | Mapping[str, Any] | None = None,
     ) -> Iterator[str]:
-        """Like :meth:`generate` for one prompt, yielding text pieces as tokens are produced."""
+        """Like :meth:`generate` for one prompt, yielding text pieces as tokens are produced.
+
+        Bad arguments raise here, when ``stream`` is called; generation starts when iteration does.
+        """
         from transformers import TextIteratorStreamer
 
         self.last_routing = None  # a call that fails leaves no earlier routing behind
@@ -721,43 +751,46 @@ class SekaModel:
 
         stopping = self._stop_criteria(stop, batch.input_ids.shape[1], [_Abandoned()])
 
-        def run() -> None:
-            try:
-                with torch.inference_mode(), steering:
-                    self.model.generate(
-                        input_ids=batch.input_ids, attention_mask=batch.attention_mask, streamer=streamer,
-                        stopping_criteria=stopping, **gen
-                    )
-            except BaseException as exc:  # surfaced in the consuming thread
-                failure.append(exc)
-                streamer.end()
+        def pieces() -> Iterator[str]:  # the call's checks above run now; generation starts on iteration
+            def run() -> None:
+                try:
+                    with torch.inference_mode(), steering:
+                        self.model.generate(
+                            input_ids=batch.input_ids, attention_mask=batch.attention_mask, streamer=streamer,
+                            stopping_criteria=stopping, **gen
+                        )
+                except BaseException as exc:  # surfaced in the consuming thread
+                    failure.append(exc)
+                    streamer.end()
 
-        context = copy_context()
-        worker = threading.Thread(target=context.run, args=(run,), daemon=True)
-        worker.start()
-        text, sent = "", 0  # all text so far, and how much of it was yielded
-        try:
-            for piece in streamer:
-                text += piece
-                if stop:
-                    cut = _cut_at_stop(text, stop)
-                    if len(cut) < len(text):
-                        text = cut
-                        break
-                    safe = len(text) - _pending_stop_prefix(text, stop)  # may still start a stop string
-                else:
-                    safe = len(text)
-                if safe > sent:
-                    yield text[sent:safe]
-                    sent = safe
-        finally:
-            abandoned.set()
-            worker.join()
-            self.last_routing = steering.result
-        if failure:
-            raise failure[0]
-        if len(text) > sent:
-            yield text[sent:]
+            context = copy_context()
+            worker = threading.Thread(target=context.run, args=(run,), daemon=True)
+            worker.start()
+            text, sent = "", 0  # all text so far, and how much of it was yielded
+            try:
+                for piece in streamer:
+                    text += piece
+                    if stop:
+                        cut = _cut_at_stop(text, stop)
+                        if len(cut) < len(text):
+                            text = cut
+                            break
+                        safe = len(text) - _pending_stop_prefix(text, stop)  # may still start a stop string
+                    else:
+                        safe = len(text)
+                    if safe > sent:
+                        yield text[sent:safe]
+                        sent = safe
+            finally:
+                abandoned.set()
+                worker.join()
+                self.last_routing = steering.result
+            if failure:
+                raise failure[0]
+            if len(text) > sent:
+                yield text[sent:]
+
+        return pieces()
 
     # ------------------------------------------------------------------ scoring
     def score(
@@ -907,6 +940,19 @@ class SteeringBlock:
         return False
 
 
+def _check_attn_implementation(value: Any) -> None:
+    """Refuse an attention implementation transformers does not know, before any weights load."""
+    if not isinstance(value, str) or not value:
+        raise SekaError(f"attn_implementation must be a string such as 'sdpa' or 'eager', got {value!r}")
+    if "/" in value:  # a kernel from the hub ("kernels-community/..."): transformers checks it
+        return
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    known = ["eager", *sorted(ALL_ATTENTION_FUNCTIONS.valid_keys())]
+    if value not in known:
+        raise SekaError(f"unknown attn_implementation {value!r}; choose one of {', '.join(known)}")
+
+
 def _entry_count(value: Any) -> int | None:
     """How many per-prompt entries a ``query`` / ``query_embedding`` holds: rows of a 2-D array, items
     of a list of texts or vectors, 1 for a single text or vector; None when it is not given."""
@@ -959,8 +1005,10 @@ def _pending_stop_prefix(text: str, stop: Sequence[str]) -> int:
 
 def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
     """``stop`` as a list of non-empty strings (a single string is one stop sequence)."""
-    if not stop:
+    if stop is None:
         return []
+    if not isinstance(stop, (str, Sequence)) or isinstance(stop, bytes):
+        raise SekaError(f"stop must be a string or a list of non-empty strings, got {stop!r}")
     stops = [stop] if isinstance(stop, str) else list(stop)
     if not all(isinstance(s, str) and s for s in stops):
         raise SekaError(f"stop must be a string or a list of non-empty strings, got {stop!r}")

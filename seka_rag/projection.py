@@ -85,6 +85,7 @@ class Projection:
     # ------------------------------------------------------------------ structure
     @property
     def layers(self) -> list[int]:
+        """The layers this projection holds P+ / P- for (its default edit may use fewer)."""
         return list(self.meta.layers)
 
     def row(self, layer: int) -> int:

@@ -218,7 +218,7 @@ def _matplotlib():
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise SekaError("the heat-maps need matplotlib: pip install 'seka-rag[bench]' "
+        raise SekaError("the heat-maps need matplotlib: pip install matplotlib "
                         "(or pass --no-plots)") from None
     return Figure, FigureCanvasAgg
 

@@ -542,7 +542,7 @@ def plot_suite(result: "SuiteResult | Mapping[str, Any]", path: str | Path) -> P
     """A PNG of the main table: one panel per family, one bar per method with its 95 % interval.
 
     ``result``: a :class:`SuiteResult` or its ``to_dict()`` (e.g. a ``seka-rag eval --out`` file).
-    Needs matplotlib (``pip install 'seka-rag[bench]'``).
+    Needs matplotlib (``pip install matplotlib``, or the checkout's ``[bench]`` extra).
     """
     from .sensitivity import require_matplotlib
 

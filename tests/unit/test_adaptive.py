@@ -318,6 +318,10 @@ def test_bad_call_arguments(tiny_model, expert_set):
         seka.generate(PROMPTS[0], routing={"top_k": 0}, max_new_tokens=1)
     with pytest.raises(SteeringConfigError, match="routing="):
         seka.generate(PROMPTS[0], router="projection", routing={"gain": 2.0}, max_new_tokens=1)
+    with pytest.raises(SteeringConfigError, match="names no expert"):
+        seka.generate(PROMPTS[0], router={}, max_new_tokens=1)
+    with pytest.raises(SteeringConfigError, match="query must be"):
+        seka.generate(PROMPTS[0], router="embedding", query=5, max_new_tokens=1)
     with pytest.raises(SekaError, match="no highlighted"):
         seka.route("nothing highlighted here")
     no_protos = tiny_model("llama", num_layers=2)

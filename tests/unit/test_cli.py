@@ -383,3 +383,19 @@ def test_no_progress_also_silences_transformers_bars_and_restores_them(flags, ba
     assert main(["eval", "--model", "qwen2.5-coder-0.5b", *flags]) == 0
     assert seen == [bars_during_run]
     assert hf_logging.is_progress_bar_enabled()  # the process-wide setting is put back
+
+
+def test_prompts_with_literal_markers_and_early_highlight_checks(model_dir, tmp_path, capsys):
+    code = "In C, x << 4 shifts x left. Shifts are fast."
+    assert main(["preview", "--model", str(model_dir), "--dtype", "float32", "--no-markers",
+                 "--highlight", "Shifts are fast", code]) == 0
+    assert "11 highlighted tokens" in capsys.readouterr().out  # the tiny tokenizer spells it out
+    assert main(["generate", "--model", str(model_dir), "--dtype", "float32", "--no-markers", "--raw",
+                 "--max-new-tokens", "2", "--highlight", "Shifts are fast", "--no-steer", code]) == 0
+    # mistakes in the prompt are reported before a model loads: this model path does not exist
+    missing = str(tmp_path / "no-model-here")
+    assert main(["preview", "--model", missing, code]) == 2
+    err = capsys.readouterr().err
+    assert "--no-markers" in err and r"write \<<" in err
+    assert main(["generate", "--model", missing, "--highlight", "Berlin", "Paris is big."]) == 2
+    assert "--highlight 'Berlin' does not occur in the prompt" in capsys.readouterr().err

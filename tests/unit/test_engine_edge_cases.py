@@ -217,3 +217,60 @@ def test_templates_that_drop_empty_messages_keep_highlights(helpers):
                           {"role": "user", "content": "Where is <<the tower>>?"}]):
             p = prepare_prompt(messages, tok)
             assert [p.text[a:b] for a, b in p.spans] == ["the tower"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(do_sample="no"), "do_sample must be True or False"),
+    (dict(chat="no"), "chat must be True, False or None"),
+    (dict(max_new_tokens=True), "max_new_tokens must be a positive integer"),
+    (dict(stop=5), "stop must be a string or a list"),
+    (dict(stop=""), "stop must be a string or a list"),
+    (dict(stop=[""]), "stop must be a string or a list"),
+])
+def test_wrongly_typed_generation_arguments_are_refused(raw, kwargs, message):
+    from seka_rag import SekaError
+
+    with pytest.raises(SekaError, match=message):
+        raw.generate(PROMPT, **kwargs)
+    with pytest.raises(SekaError, match=message):
+        raw.stream(PROMPT, **kwargs)  # at the call, before any iteration
+
+
+def test_stream_checks_its_arguments_when_called(raw):
+    with pytest.raises(HighlightError, match="does not occur"):
+        raw.stream(PROMPT, highlights=["Berlin"])  # no next() needed
+    pieces = raw.stream(PROMPT, max_new_tokens=3, steer=False)
+    assert "".join(pieces) == raw.generate(PROMPT, max_new_tokens=3, steer=False)
+    assert raw.generate(PROMPT, max_new_tokens=3, stop=[], steer=False) == raw.generate(PROMPT, max_new_tokens=3, steer=False)
+
+
+def test_marker_helpers_refuse_non_strings():
+    from seka_rag import Markers, escape_markers
+
+    for bad in (5, None):
+        with pytest.raises(HighlightError, match="takes a string"):
+            escape_markers(bad)
+    with pytest.raises(HighlightError, match="markers are strings"):
+        Markers(1, 2)
+
+
+def test_unbalanced_marker_message_shows_what_to_type():
+    from seka_rag.highlight import parse_markers
+
+    with pytest.raises(HighlightError) as caught:
+        parse_markers("In C, x << 4 shifts.")
+    message = str(caught.value)
+    assert r"write \<< (in Python source r" in message and "--no-markers" in message
+    assert r"\\<<" not in message  # a repr would double the backslash
+
+
+def test_model_loading_mistakes_are_said_before_any_download(tmp_path):
+    from seka_rag import SekaError, SekaModel
+
+    with pytest.raises(SekaError, match="did you mean 'smollm2-135m'"):
+        SekaModel.from_pretrained("smollm2")  # a prefix of an embedded name: no hub retries
+    (tmp_path / "model.gguf").write_bytes(b"")
+    with pytest.raises(SekaError, match="without a config.json.*gguf_file=.*model.gguf"):
+        SekaModel.from_pretrained(tmp_path)
+    with pytest.raises(SekaError, match="unknown attn_implementation 'bogus'.*sdpa"):
+        SekaModel.from_pretrained("org/some-model", attn_implementation="bogus")

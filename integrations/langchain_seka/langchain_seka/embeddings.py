@@ -36,7 +36,9 @@ class SentenceTransformerEmbeddings(BaseModel, Embeddings):
         return embed_texts(self._encoder(), texts, self.batch_size, self.normalize)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """One embedding per text (unit length unless ``normalize=False``)."""
         return self._embed(texts)
 
     def embed_query(self, text: str) -> list[float]:
+        """The embedding of one query, from the same encoder as the documents."""
         return self._embed([text])[0]

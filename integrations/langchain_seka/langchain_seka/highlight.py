@@ -122,6 +122,10 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
 
     # ------------------------------------------------------------------------------ runnable
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> dict:
+        """Format the retrieved documents in ``input`` and mark the evidence to highlight.
+
+        Returns the input dict plus ``context`` (marked up), ``context_text``, the highlighted spans and
+        the selection (see the module docstring)."""
         return self._call_with_config(self._highlight, input, config, run_type="parser", **kwargs)
 
     def with_retriever(self, retriever: Runnable) -> Runnable:

@@ -246,6 +246,7 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
     # ------------------------------------------------------------------------------ completion
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """Complete ``prompt``, steering toward its highlights; per-call settings as keyword arguments."""
         return self._complete(prompt, formatted, kwargs)
 
     def _complete(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> CompletionResponse:
@@ -256,6 +257,7 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        """Like :meth:`complete`, yielding responses with the text so far and each new ``delta``."""
         call = self._completion_call(prompt, formatted, kwargs)
         return self._completion_stream(call)
 
@@ -270,6 +272,7 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
     # ------------------------------------------------------------------------------ chat
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """Answer a chat, steering toward highlighted message text; per-call settings as keyword arguments."""
         return self._chat(messages, kwargs)
 
     def _chat(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatResponse:
@@ -283,6 +286,7 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        """Like :meth:`chat`, yielding responses with the message so far and each new ``delta``."""
         call = self._chat_call(messages, kwargs)
         return self._chat_stream(call)
 
@@ -306,20 +310,24 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
             await _in_thread(self.seka_model, kwargs["model"])
 
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        """:meth:`complete` in a worker thread (the model runs in-process)."""
         await self._aload(kwargs)
         return await self._acomplete(prompt, formatted=formatted, **kwargs)
 
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
+        """:meth:`stream_complete` as an async generator; generation runs in a worker thread."""
         await self._aload(kwargs)
         return await self._astream_complete(prompt, formatted=formatted, **kwargs)
 
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        """:meth:`chat` in a worker thread (the model runs in-process)."""
         await self._aload(kwargs)
         return await self._achat(messages, **kwargs)
 
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        """:meth:`stream_chat` as an async generator; generation runs in a worker thread."""
         await self._aload(kwargs)
         return await self._astream_chat(messages, **kwargs)
 
