@@ -146,7 +146,7 @@ def _prompt_and_highlights(args) -> tuple[str, dict]:
         if not piece.strip():
             raise SekaError("--highlight needs some text")
         if piece not in text:
-            raise SekaError(f"--highlight {piece!r} does not occur in the prompt")
+            raise SekaError(f'--highlight "{piece}" does not occur in the prompt')
     return prompt, dict(highlights=highlights, markers=markers)
 
 
@@ -1382,15 +1382,19 @@ def _library_progress_bars(*, enabled: bool):
     if enabled:
         yield
         return
+    from huggingface_hub import utils as hub_utils
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
+    hub_was_disabled = hub_utils.are_progress_bars_disabled()
     hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         if was_enabled:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # also turns the hub's bars on...
+            if hub_was_disabled:
+                hub_utils.disable_progress_bars()  # ...which were off before
 
 
 if __name__ == "__main__":

@@ -139,11 +139,11 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
 
 def _literal_hint(markers: Markers, marker: str) -> str:
     """How to write ``marker`` as text, for the shell as for Python (``repr`` would double a backslash)."""
-    off = "or turn inline markers off: markers=None in Python, --no-markers on the command line"
+    off = "turn inline markers off: markers=None in Python, --no-markers on the command line"
     if not markers.escape:
         return f"these markers have no escape string: {off}"
     literal = markers.escape + marker
-    return f"for a literal marker write {literal} (in Python source r\"{literal}\"), {off}"
+    return f"for a literal marker write {literal} (in Python source r\"{literal}\"), or {off}"
 
 
 def escape_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> str:

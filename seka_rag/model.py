@@ -8,7 +8,7 @@ import numbers
 import os
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar, copy_context
 from pathlib import Path
 from typing import Any
@@ -211,10 +211,12 @@ class SekaModel:
             if close and "/" not in name:  # a misspelt embedded name: say so now, not after hub retries
                 raise SekaError(f"no local directory or embedded model named {name!r}; did you mean {close[0]!r}? "
                                 f"(embedded: {', '.join(EMBEDDED_MODELS)}; hub ids look like 'org/name')")
-        if gguf_file is None and Path(name).is_dir() and not (Path(name) / "config.json").is_file():
+        subfolder = str(model_kwargs.get("subfolder") or "")
+        if gguf_file is None and Path(name).is_dir() and not (Path(name) / subfolder / "config.json").is_file():
             ggufs = sorted(p.name for p in Path(name).glob("*.gguf"))
             hint = f"; for a GGUF pass gguf_file= (here: {', '.join(ggufs)})" if ggufs else ""
-            raise SekaError(f"{name!r} is a directory without a config.json, so it holds no Hugging Face model{hint}")
+            where = f"{name!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
+            raise SekaError(f"{where} is a directory without a config.json, so it holds no Hugging Face model{hint}")
         _check_attn_implementation(attn_implementation)
         device = _default_device(device)
         torch_dtype = _resolve_dtype(dtype, device)
@@ -256,6 +258,7 @@ class SekaModel:
         """
         if not isinstance(adaptive, bool):
             raise SekaError(f"adaptive must be True or False, got {adaptive!r}")
+        _check_attn_implementation(attn_implementation)  # before a first conversion writes the model
         spec = embedded_model(name)
         if adaptive and experts is None:
             experts = shipped_experts_path(name)
@@ -324,8 +327,8 @@ class SekaModel:
         max_length: int | None = None,
     ) -> EncodedPrompt:
         """Token ids and highlight mask of one prompt, as the model will see it."""
-        if chat is not None and not isinstance(chat, bool):
-            raise HighlightError(f"chat must be True, False or None (use the template when there is one), got {chat!r}")
+        if chat is not None and not _is_bool(chat):
+            raise SekaError(f"chat must be True, False or None (use the template when there is one), got {chat!r}")
         if isinstance(highlights, str):
             highlights = [highlights]
         if markers is not _UNSET and markers is not None and not isinstance(markers, Markers):
@@ -334,7 +337,7 @@ class SekaModel:
             )
         prepared = prepare_prompt(
             prompt, self.tokenizer, highlights,
-            markers=self.markers if markers is _UNSET else markers, chat=chat,
+            markers=self.markers if markers is _UNSET else markers, chat=None if chat is None else bool(chat),
         )
         return encode_prompt(prepared, self.tokenizer, self.context_window if max_length is None else max_length)
 
@@ -446,7 +449,7 @@ class SekaModel:
             if not router:
                 raise SteeringConfigError(
                     "router={} names no expert: give at least one {expert: weight} "
-                    f"(experts: {', '.join(self.experts.names)}), or steer=False for no edit"
+                    f"(experts: {', '.join(self.experts.names)}); for no edit at all, pass steer=False instead"
                 )
         elif router is not None:
             if not isinstance(router, str) or router not in ROUTERS:
@@ -572,12 +575,12 @@ class SekaModel:
     def _generation_kwargs(self, max_new_tokens, do_sample, temperature, top_p, stop) -> dict:
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise SekaError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        if not isinstance(do_sample, bool):
+        if not _is_bool(do_sample):
             raise SekaError(f"do_sample must be True or False, got {do_sample!r}")
         _stop_list(stop)  # checked before any work
         kwargs: dict[str, Any] = dict(
             max_new_tokens=max_new_tokens,
-            do_sample=bool(do_sample),
+            do_sample=bool(do_sample),  # a numpy bool becomes a Python one
             pad_token_id=self.tokenizer.pad_token_id,
             # one answer per prompt, whatever the checkpoint's generation_config.json asks for
             num_return_sequences=1,
@@ -941,7 +944,10 @@ class SteeringBlock:
 
 
 def _check_attn_implementation(value: Any) -> None:
-    """Refuse an attention implementation transformers does not know, before any weights load."""
+    """Refuse an attention implementation transformers does not know, before any weights load
+    (None: transformers' own choice)."""
+    if value is None:
+        return
     if not isinstance(value, str) or not value:
         raise SekaError(f"attn_implementation must be a string such as 'sdpa' or 'eager', got {value!r}")
     if "/" in value:  # a kernel from the hub ("kernels-community/..."): transformers checks it
@@ -949,7 +955,7 @@ def _check_attn_implementation(value: Any) -> None:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     known = ["eager", *sorted(ALL_ATTENTION_FUNCTIONS.valid_keys())]
-    if value not in known:
+    if value not in known and value.removeprefix("paged|") not in known:
         raise SekaError(f"unknown attn_implementation {value!r}; choose one of {', '.join(known)}")
 
 
@@ -978,6 +984,11 @@ def _chunk(value: Any, start: int, stop: int, n: int, name: str = "query") -> An
     return value[start:stop] if hasattr(value, "shape") else list(value[start:stop])
 
 
+def _is_bool(value: Any) -> bool:
+    """True / False, numpy's included."""
+    return isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"))
+
+
 def _check_batch_size(batch_size: Any) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise SekaError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -1004,10 +1015,10 @@ def _pending_stop_prefix(text: str, stop: Sequence[str]) -> int:
 
 
 def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
-    """``stop`` as a list of non-empty strings (a single string is one stop sequence)."""
+    """``stop`` as a list of non-empty strings (a single string is one stop sequence; None, no stop)."""
     if stop is None:
         return []
-    if not isinstance(stop, (str, Sequence)) or isinstance(stop, bytes):
+    if isinstance(stop, (bytes, Mapping)) or not isinstance(stop, (str, Iterable)):
         raise SekaError(f"stop must be a string or a list of non-empty strings, got {stop!r}")
     stops = [stop] if isinstance(stop, str) else list(stop)
     if not all(isinstance(s, str) and s for s in stops):

@@ -379,7 +379,7 @@ def test_no_progress_also_silences_transformers_bars_and_restores_them(flags, ba
 
     seen = []
     monkeypatch.setattr(cli, "cmd_eval", lambda args: seen.append(hf_logging.is_progress_bar_enabled()) or 0)
-    assert hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()  # whatever HF_HUB_DISABLE_PROGRESS_BARS says, start from bars on
     assert main(["eval", "--model", "qwen2.5-coder-0.5b", *flags]) == 0
     assert seen == [bars_during_run]
     assert hf_logging.is_progress_bar_enabled()  # the process-wide setting is put back
@@ -398,4 +398,4 @@ def test_prompts_with_literal_markers_and_early_highlight_checks(model_dir, tmp_
     err = capsys.readouterr().err
     assert "--no-markers" in err and r"write \<<" in err
     assert main(["generate", "--model", missing, "--highlight", "Berlin", "Paris is big."]) == 2
-    assert "--highlight 'Berlin' does not occur in the prompt" in capsys.readouterr().err
+    assert '--highlight "Berlin" does not occur in the prompt' in capsys.readouterr().err

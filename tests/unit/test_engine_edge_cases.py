@@ -226,6 +226,7 @@ def test_templates_that_drop_empty_messages_keep_highlights(helpers):
     (dict(stop=5), "stop must be a string or a list"),
     (dict(stop=""), "stop must be a string or a list"),
     (dict(stop=[""]), "stop must be a string or a list"),
+    (dict(stop={"a": 1}), "stop must be a string or a list"),
 ])
 def test_wrongly_typed_generation_arguments_are_refused(raw, kwargs, message):
     from seka_rag import SekaError
@@ -274,3 +275,15 @@ def test_model_loading_mistakes_are_said_before_any_download(tmp_path):
         SekaModel.from_pretrained(tmp_path)
     with pytest.raises(SekaError, match="unknown attn_implementation 'bogus'.*sdpa"):
         SekaModel.from_pretrained("org/some-model", attn_implementation="bogus")
+    with pytest.raises(SekaError, match="unknown attn_implementation"):  # before an embedded model converts
+        SekaModel.default("smollm2-135m", attn_implementation="bogus", cache_dir=tmp_path / "empty-cache")
+    assert not (tmp_path / "empty-cache").exists()
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(SekaError, match="subfolder 'sub'"):
+        SekaModel.from_pretrained(tmp_path, subfolder="sub")
+
+
+def test_numpy_booleans_are_booleans(raw):
+    np = pytest.importorskip("numpy")
+    assert raw.generate(PROMPT, max_new_tokens=2, do_sample=np.False_, chat=np.False_, steer=False) == raw.generate(
+        PROMPT, max_new_tokens=2, chat=False, steer=False)

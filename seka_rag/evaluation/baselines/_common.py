@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ...errors import HighlightError, SteeringConfigError
+from ...errors import HighlightError, SekaError, SteeringConfigError
 from ...highlight import Batch, EncodedPrompt, pad_batch
 
 #: One scored row: an encoded prompt and the token ids of a continuation.
@@ -174,13 +174,13 @@ def is_single_prompt(prompt: Any) -> bool:
 
 
 def stop_list(stop: str | Sequence[str] | None) -> list[str]:
-    """``stop`` as a list of non-empty strings."""
-    if not stop:
-        return []
-    stops = [stop] if isinstance(stop, str) else list(stop)
-    if not all(isinstance(s, str) and s for s in stops):
-        raise BaselineConfigError(f"stop must be a string or a list of non-empty strings, got {stop!r}")
-    return stops
+    """``stop`` as a list of non-empty strings, checked as :meth:`SekaModel.generate` checks it."""
+    from ...model import _stop_list
+
+    try:
+        return _stop_list(stop)
+    except SekaError as exc:
+        raise BaselineConfigError(str(exc)) from None
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:
