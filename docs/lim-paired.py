@@ -3,15 +3,26 @@ JSON files (their rows pooled; each question counted once): exact match of both,
 difference and the change of log p(gold answer), with bootstrap intervals that resample questions
 (a question's gold-first / middle / last contexts share its passages), and mean answer words.
 
-Usage: python docs/lim-paired.py docs/results-lim-100-tokens.json [docs/results-lim-q12-23.json ...]
+With ``--nq PATH`` (the NQ-open file the runs read), also a length check: best-subspan EM rewards
+longer answers, so SEKA's answer is cut to the unsteered answer's word count and scored again.
+
+Usage: python docs/lim-paired.py [--nq ../shared/data/nq-open-oracle.jsonl.gz] docs/results-lim-100-tokens.json
+       [docs/results-lim-q12-23.json ...]
 """
 import json
 import sys
 
 from seka_rag.evaluation.stats import mean_ci, paired_bootstrap_diff_ci
 
+args = sys.argv[1:]
+answers = None
+if args[:1] == ["--nq"]:
+    from seka_rag.evaluation.lost_in_middle import best_subspan_em, load_nq
+
+    answers = {i: r.answers for i, r in enumerate(load_nq(args[1]))}
+    args = args[2:]
 rows = {}
-for path in sys.argv[1:]:
+for path in args:
     for r in json.load(open(path))["reports"]["lost-in-middle"]["seka"]["rows"]:
         rows[(r["question_index"], r["position"], r["policy"])] = r  # a question run twice counts once
 for policy in ("gold", "retriever", "middle"):
@@ -33,6 +44,16 @@ for policy in ("gold", "retriever", "middle"):
           f"{100*uhi:.1f}], SEKA {100*em_s:.1f} [{100*slo:.1f}, {100*shi:.1f}], diff {100*(em_s-em_u):+.1f} "
           f"[{100*dlo:+.1f}, {100*dhi:+.1f}] (won {won}, lost {lost}); dlogp {dl:+.2f} [{llo:+.2f}, {lhi:+.2f}], "
           f"rose {100*rose:.1f} %; words unsteered {wu:.1f}, SEKA {ws:.1f}")
+    if answers is not None:
+        assert all(best_subspan_em(r["generation"], answers[r["question_index"]]) == r["em"] for r in rs), "not these runs' file"
+        cut = [float(best_subspan_em(" ".join(r["generation"].split()[: max(1, len(r["generation_unsteered"].split()))]),
+                                     answers[r["question_index"]])) for r in rs]
+        em_u_rows = [float(r["em_unsteered"]) for r in rs]
+        clo, chi = paired_bootstrap_diff_ci(cut, em_u_rows, 4000, 0, clusters=qs)
+        cwon = sum(bool(a and not b) for a, b in zip(cut, em_u_rows))
+        clost = sum(bool(b and not a) for a, b in zip(cut, em_u_rows))
+        print(f"    SEKA's answer cut to the unsteered answer's length: EM {100*sum(cut)/len(cut):.1f}, diff "
+              f"{100*(sum(cut)/len(cut)-em_u):+.1f} [{100*clo:+.1f}, {100*chi:+.1f}] (won {cwon}, lost {clost})")
     for position in ("first", "middle", "last"):
         sel = [r for r in rs if r["position"] == position]
         if sel:
