@@ -140,7 +140,7 @@ def _prompt_and_highlights(args) -> tuple[str, dict]:
 
     prompt = args.prompt if args.prompt != "-" else sys.stdin.read()
     markers = None if args.no_markers else DEFAULT_MARKERS
-    text, spans = parse_markers(prompt, markers)  # unbalanced markers: said now, not after loading
+    text, _ = parse_markers(prompt, markers)  # unbalanced markers: said now, not after loading
     highlights = args.highlight or None
     for piece in highlights or ():
         if not piece.strip():
