@@ -1030,7 +1030,7 @@ def _cut_at_stop(text: str, stop: str | Sequence[str] | None) -> str:
     stop = _stop_list(stop)
     if not stop:
         return text
-    cuts = [text.find(s) for s in stop if s and s in text]
+    cuts = [text.find(s) for s in stop if s in text]  # _stop_list: no empty strings
     return text[: min(cuts)] if cuts else text
 
 

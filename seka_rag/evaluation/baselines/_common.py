@@ -184,9 +184,10 @@ def stop_list(stop: str | Sequence[str] | None) -> list[str]:
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    """``text`` cut at the first occurrence of any stop string."""
-    cuts = [text.find(s) for s in stops if s in text]
-    return text[: min(cuts)] if cuts else text
+    """``text`` cut at the first occurrence of any stop string, as :meth:`SekaModel.generate` cuts it."""
+    from ...model import _cut_at_stop
+
+    return _cut_at_stop(text, stops)
 
 
 def eos_ids(model) -> set[int]:
