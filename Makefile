@@ -96,7 +96,7 @@ build-projections: install
 # re-copies them onto an existing set in seconds (what the rebuild would give, without it).
 build-experts: install
 	$(VENV)/bin/seka-rag build-experts --model qwen2.5-coder-0.5b --triplets 160 --gain 0.5 \
-		--embedding-temperature 0.1 --embedding-gain 2.0 --out seka_rag/data/experts/qwen2.5-coder-0.5b
+		--embedding-temperature 0.1 --embedding-gain 1.0 --out seka_rag/data/experts/qwen2.5-coder-0.5b
 
 # AdaSEKA quality: four task families x (unsteered, SEKA, each expert, both routers), test items.
 eval-families: install

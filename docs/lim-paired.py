@@ -17,14 +17,25 @@ from seka_rag.evaluation.stats import mean_ci, paired_bootstrap_diff_ci
 args = sys.argv[1:]
 answers = None
 if args[:1] == ["--nq"]:
-    from seka_rag.evaluation.lost_in_middle import best_subspan_em, load_nq
+    from seka_rag.evaluation.lost_in_middle import answer_line, best_subspan_em, load_nq
 
     answers = {i: r.answers for i, r in enumerate(load_nq(args[1]))}
     args = args[2:]
 rows = {}
+settings_of = {}
+dtype_of = {}
 for path in args:
-    for r in json.load(open(path))["reports"]["lost-in-middle"]["seka"]["rows"]:
+    run = json.load(open(path))
+    # only runs of one protocol pool: same model, passages per context and answer length
+    settings_of[path] = (run["model"], run["settings"].get("nq_passages"), run["settings"].get("nq_max_new_tokens"))
+    dtype_of[path] = run["settings"].get("model_settings", {}).get("dtype")  # None: older runs did not record it
+    for r in run["reports"]["lost-in-middle"]["seka"]["rows"]:
         rows[(r["question_index"], r["position"], r["policy"])] = r  # a question run twice counts once
+if len(set(settings_of.values())) > 1 or len({d for d in dtype_of.values() if d}) > 1:
+    sys.exit("these runs differ in model, passages, answer length or dtype; pool only one protocol:\n"
+             + "\n".join(f"  {p}: {v}, dtype {dtype_of[p]}" for p, v in settings_of.items()))
+if None in dtype_of.values():
+    print("note: dtype not recorded in " + ", ".join(p for p, d in dtype_of.items() if d is None))
 for policy in ("gold", "retriever", "middle"):
     rs = [r for k, r in sorted(rows.items()) if k[2] == policy]
     if not rs:
@@ -46,7 +57,8 @@ for policy in ("gold", "retriever", "middle"):
           f"rose {100*rose:.1f} %; words unsteered {wu:.1f}, SEKA {ws:.1f}")
     if answers is not None:
         assert all(best_subspan_em(r["generation"], answers[r["question_index"]]) == r["em"] for r in rs), "not these runs' file"
-        cut = [float(best_subspan_em(" ".join(r["generation"].split()[: max(1, len(r["generation_unsteered"].split()))]),
+        cut = [float(best_subspan_em(" ".join(answer_line(r["generation"]).split()[
+                   : max(1, len(answer_line(r["generation_unsteered"]).split()))]),
                                      answers[r["question_index"]])) for r in rs]
         em_u_rows = [float(r["em_unsteered"]) for r in rs]
         clo, chi = paired_bootstrap_diff_ci(cut, em_u_rows, 4000, 0, clusters=qs)

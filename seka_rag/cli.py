@@ -92,6 +92,22 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adaptive", action="store_true", help="load the AdaSEKA expert set shipped for the model")
     p.add_argument("--experts", help="AdaSEKA expert-set directory (implies --adaptive)")
     p.add_argument("--router", choices=["attention", "embedding"], help="default AdaSEKA router (default: attention)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars or progress lines (transformers' own bars included)")
+
+
+def _loaded_settings(args, model) -> dict:
+    """How a command's model was loaded, for its --out file: weights, dtype, device, and the expert
+    set's stored routing defaults when one is attached (what a router ran with unless overridden)."""
+    from dataclasses import asdict
+
+    spec = _model_spec(args)
+    out = {"projection": spec["projection"], "gguf_file": spec["gguf_file"],
+           "attn_implementation": spec["attn_implementation"], "dtype": str(model.model.dtype).removeprefix("torch."),
+           "device": str(model.device), "experts": spec["experts"]}
+    if model.experts is not None:
+        out["expert_routing_defaults"] = asdict(model.experts.routing)
+    return out
 
 
 def _check_expert_options(model: str, adaptive: bool, experts: str | None, router: str | None,
@@ -195,7 +211,7 @@ def cmd_build_projection(args) -> int:
                          gain_pos=args.default_gain_pos, gain_neg=args.default_gain_neg,
                          default_layers=args.default_layers, chat=False if args.raw else None)
     started = time.perf_counter()
-    projection = build_projection(model, triplets, config)
+    projection = build_projection(model, triplets, config, progress=not args.no_progress)
     elapsed = time.perf_counter() - started
     kept = int(projection.head_mask.sum())
     print(f"built projection from {projection.meta.n_triplets} triplets for {len(projection.layers)} layers "
@@ -213,7 +229,7 @@ def _run_calibration(model, projection, args):
     from .calibration import CalibrationConfig, calibrate
 
     config = CalibrationConfig(scan_items=args.scan_items, select_items=args.select_items, group_size=args.group_size)
-    result = calibrate(model, projection, config)
+    result = calibrate(model, projection, config, progress=not args.no_progress)
     print(f"calibrated in {result.seconds:.0f} s on {result.best.n_cases} dev cases; "
           f"chosen: {result.best.label()} (dev share {result.best.share:.3f}, "
           f"mean first-token margin {result.best.mean_margin:+.3f})")
@@ -253,7 +269,8 @@ def cmd_eval_variants(args) -> int:
     model = load_model(**_model_spec(args, no_projection=True))
     base = Projection.load(args.projection)
     model.load_projection(base)
-    rows = evaluate_trials(model, base, trials, split=args.split, items=args.items)
+    rows = evaluate_trials(model, base, trials, split=args.split, items=args.items,
+                           progress=not args.no_progress)
     lines = [f"| stage | configuration | dev share | {args.split} share | {args.split} mean margin | {args.split} cases |",
              "|---|---|---:|---:|---:|---:|"]
     for trial, share, margin, n in rows:
@@ -286,13 +303,17 @@ def cmd_eval_conflicts(args) -> int:
     print(ConflictReport.header())
     reports = {}
     for label, steer in (("unsteered", False), ("steered", True)):
-        rep = evaluate_conflicts(model, items, steer=steer, greedy=args.greedy and steer, **_steer_kwargs(args))
+        rep = evaluate_conflicts(model, items, steer=steer, greedy=args.greedy and steer,
+                                 progress=not args.no_progress, **_steer_kwargs(args))
         reports[label] = rep.to_dict()
         print(rep.format_row(label), flush=True)
     if args.out:
         import json
 
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        reports["run"] = dict(model=model.model_id, split=args.split, items=len(items),
+                              command="seka-rag eval-conflicts " + " ".join(sys.argv[2:]),
+                              model_settings=_loaded_settings(args, model))
         Path(args.out).write_text(json.dumps(reports, indent=1))
     return 0
 
@@ -366,7 +387,7 @@ def cmd_bench(args) -> int:
     config = BenchConfig(lengths=args.lengths, runs=args.runs, decode_tokens=args.decode_tokens,
                          batch_sizes=args.batch_size, methods=methods, pasta_heads=heads)
     run_benchmark(_model_spec(args), config, args.out, memory=not args.no_memory, latency=not args.no_latency,
-                  plots=args.plots, memory_in_process=args.memory_in_process)
+                  plots=args.plots, memory_in_process=args.memory_in_process, progress=not args.no_progress)
     return 0
 
 
@@ -452,7 +473,7 @@ def cmd_build_experts(args) -> int:
     started = time.perf_counter()
     triplets = {f: family_triplets(f, triplets_per_family, seed=seed) for f in families}
     experts = build_expert_set(model, triplets, config, template=template, descriptions=FAMILY_DESCRIPTIONS,
-                               name=args.name or model.model_id)
+                               name=args.name or model.model_id, progress=not args.no_progress)
     experts.routing = routing
     seconds = time.perf_counter() - started
     experts.notes.update(families=families, triplets_per_family=triplets_per_family, seed=seed, gamma=config.gamma,
@@ -538,8 +559,9 @@ def cmd_eval_families(args) -> int:
                 kw["routing"] = {k: v for k, v in routing.items() if k in read}
         table[m] = {}
         for f in families:
-            table[m][f] = evaluate_family(model, items[f], batch_size=args.batch_size, **kw)
-            print(f"  {m} / {f}: {table[m][f].cell()}", file=sys.stderr, flush=True)
+            table[m][f] = evaluate_family(model, items[f], batch_size=args.batch_size, progress=not args.no_progress, **kw)
+            if not args.no_progress:
+                print(f"  {m} / {f}: {table[m][f].cell()}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - started
     print(f"Task families on {model.model_id} ({', '.join(f'{f}: n={len(items[f])}' for f in families)}; "
           f"share where the highlighted target wins, bootstrap 95 % intervals; {seconds:.0f} s)")
@@ -549,6 +571,7 @@ def cmd_eval_families(args) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         payload = dict(model=model.model_id, items=args.items, seed=args.seed, routing=routing, seconds=seconds,
                        command="seka-rag eval-families " + " ".join(sys.argv[2:]),
+                       model_settings=_loaded_settings(args, model),
                        reports={m: {f: r.to_dict() for f, r in rs.items()} for m, rs in table.items()})
         Path(args.out).write_text(json.dumps(payload, indent=1))
         print(f"wrote {args.out}")
@@ -580,6 +603,9 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
     table: dict = {}
     merged: dict = {}
     seen: set[str] = set()  # every method in the files, shown or not
+    source: dict[tuple[str, str], str] = {}  # (method, family) -> the file its report comes from
+    loaded: dict[str, set[str]] = {"model": set(), "dtype": set()}
+    unrecorded: list[str] = []  # files from before runs recorded their dtype
     for path in paths:
         try:
             payload = json.loads(Path(path).read_text())
@@ -601,10 +627,23 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
             if not reports:
                 continue
             contributes = True
+            for f in reports:
+                if (method, f) in source:
+                    print(f"note: {method} / {f} from {path} replaces the one from {source[method, f]}")
+                source[method, f] = path
             merged.setdefault("reports", {}).setdefault(method, {}).update(reports)
             table.setdefault(method, {}).update(
                 {f: FamilyReport(**{k: v for k, v in r.items() if k in known}) for f, r in reports.items()})
         if contributes:  # a file whose reports are all filtered out says nothing about the items shown
+            for run in runs:  # one model, loaded one way: scores of another model or dtype do not pool
+                if run.get("model"):
+                    loaded["model"].add(str(run["model"]))
+                dtype = (run.get("model_settings") or {}).get("dtype")
+                loaded["dtype"].add(str(dtype)) if dtype else unrecorded.append(path)
+            for what, values in loaded.items():
+                if len(values) > 1:
+                    raise SekaError(f"cannot merge runs of different {what}s ({' vs '.join(sorted(values))}); "
+                                    f"{path!r} differs from the files before it")
             merged.setdefault("runs", []).extend(runs)
     if methods is not None:
         missing = [m for m in methods if m not in table and not (
@@ -614,6 +653,9 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
     if not table:
         raise SekaError("nothing to merge: no report matches the --methods / --families given")
     print(format_family_table(table))
+    if unrecorded and loaded["dtype"]:
+        print(f"note: {', '.join(sorted(set(unrecorded)))} did not record its dtype; the others ran in "
+              f"{', '.join(sorted(loaded['dtype']))}")
     sizes = sorted({(f, r.n) for reports in table.values() for f, r in reports.items()})
     if len({f for f, _ in sizes}) != len(sizes):
         print(f"(caution: a family has reports of different sizes across files, {sizes}; the mean column mixes them)")
@@ -623,6 +665,7 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
     else:  # pairing item by item needs the same items in every file
         print(f"(no paired differences: the files were run on different items, seed/items {sorted(item_sets, key=str)})")
     if out:
+        merged["sources"] = {f"{m} / {f}": p for (m, f), p in source.items() if m in table and f in table[m]}
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(merged, indent=1))
         print(f"wrote {out}")
@@ -651,7 +694,7 @@ def cmd_profile_pasta(args) -> int:
     items = profiling_items(args.items, seed=args.seed)
     started = time.perf_counter()
     profile = select_pasta_heads(model, items, alpha=args.alpha, top=args.top, layers=args.layers, proxy=args.proxy,
-                                 batch_size=args.batch_size)
+                                 batch_size=args.batch_size, progress=not args.no_progress)
     seconds = time.perf_counter() - started
     save_head_profile(profile, args.out, model=model.model_id, items_seed=args.seed, seconds=round(seconds, 1),
                       command="seka-rag profile-pasta " + " ".join(sys.argv[2:]))
@@ -685,7 +728,7 @@ def _pasta_for_eval(model, args):
         started = time.perf_counter()
         try:
             profile = select_pasta_heads(model, profiling_items(args.pasta_profile_items), top=args.pasta_top,
-                                         layers=layers,
+                                         layers=layers, progress=not args.no_progress,
                                          **({} if args.pasta_alpha is None else {"alpha": args.pasta_alpha}))
         except PastaUnsupportedError as exc:
             print(f"note: pasta skipped: {exc}")
@@ -1154,14 +1197,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", help="items per family: N, or family=N pairs (default: "
                    + ", ".join(f"{f}={n}" for f, n in SUITE_DEFAULT_ITEMS.items())
                    + "; lost-in-middle counts questions, each asked with the gold passage first, middle and last)")
-    p.add_argument("--seed", type=int, default=0, help="item seed (0: the default test items)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="item seed: 0 (default) gives the test items; any other seed dev items (counterfact: dev "
+                   "entities; conflict: the dev split; lost-in-middle: NQ-open questions from 2000 on; instructions: "
+                   "the same templates reshuffled, no prompt equal to a test prompt)")
     p.add_argument("--counterfact", metavar="PATH", help="a counterfact.json (public format; default: our generated items)")
     p.add_argument("--nq", metavar="PATH", help="NQ-open oracle file for lost-in-middle (without it the family is skipped)")
     p.add_argument("--nq-policies", default="middle", help="highlight policies: middle (default), gold, retriever")
     p.add_argument("--nq-passages", type=_passage_count, default=10, help="passages per lost-in-middle context (default 10)")
     p.add_argument("--nq-first", type=_nonneg_int, default=0,
-                   help="first NQ-open question of the lost-in-middle items (default 0; the test questions start "
-                   "at 0, the dev questions of gain-scale at 2000): run further test questions in a second run")
+                   help="first NQ-open question of the lost-in-middle items (default 0), counted from 0 with "
+                   "--seed 0 (the test questions, 0-1999) and from 2000 with any other seed (the dev questions): "
+                   "run further questions in a second run")
     p.add_argument("--nq-max-new-tokens", type=_positive_int, default=LIM_MAX_NEW_TOKENS,
                    help=f"greedy answer length for lost-in-middle exact match (default {LIM_MAX_NEW_TOKENS}, the "
                    "Lost-in-the-Middle code's)")
@@ -1180,7 +1227,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nq-batch-size", type=_positive_int, default=4,
                    help="lost-in-middle prompts per forward pass (default 4: they are long; lower it to save memory)")
     p.add_argument("--per-item", action="store_true", help="keep every item's result (answers, margins) in the JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", help="write every result as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
     p.add_argument("--plot", metavar="PNG", help="bar chart of the main table (matplotlib)")
@@ -1222,7 +1268,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON, Markdown and PNGs go here (default sensitivity-results/; `make sensitivity` "
                         "writes docs/sensitivity/)")
     p.add_argument("--no-plots", action="store_true", help="skip the heat-maps (no matplotlib needed)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("gain-scale", help="a task family's score at scaled-down SEKA gains, on dev items "
@@ -1248,7 +1293,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, help="prompts per forward pass (default: 4 for the long lost-in-middle "
                    "prompts, 8 for the others)")
     p.add_argument("--out-dir", help="JSON and Markdown go here (default sensitivity-results/)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--trade-off", nargs="+", metavar="JSON",
                    help="run nothing: compare earlier gain-scale JSON files across families and print the scale "
                    "the rule picks (best mean share among the scales whose dev conflict share >= --conflict-bar)")

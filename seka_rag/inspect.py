@@ -518,7 +518,7 @@ def inspect_main(args, model=None) -> int:
                             heads="all" if args.all_heads else None)
     effects = head_effects(model.projection, config, rank_by=args.rank_by)
     result = token_amplification(model, texts, args.heads, top=args.top, min_count=args.min_count,
-                                 batch_size=args.batch_size, progress=sys.stderr.isatty(), config=config,
+                                 batch_size=args.batch_size, progress=sys.stderr.isatty() and not args.no_progress, config=config,
                                  chat=args.chat, skip_special=not args.include_special, rank_by=args.rank_by,
                                  source=args.texts)
     print(format_inspection(result, effects))

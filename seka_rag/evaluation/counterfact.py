@@ -446,7 +446,11 @@ def counterfact_report(items: Sequence[CounterfactItem], scores: Sequence[tuple[
         raise ValueError(f"{len(items)} items but {len(scores)} scores")
     if not items:
         raise ValueError("no items to report on")
-    margins = [float(new - old) for new, old in scores]
+    if tied is not None and len(tied) != len(items):
+        raise ValueError(f"{len(items)} items but {len(tied)} tie flags")
+    # two targets with the same first token score the same token: their margin is 0 by definition
+    # (scored in different batches, padding can leave a rounding difference that must not count)
+    margins = [0.0 if tied is not None and tied[i] else float(new - old) for i, (new, old) in enumerate(scores)]
     hits = [m > 0 for m in margins]
     efficacy, lo, hi = share_ci(hits, n_boot, seed)
     mean, mlo, mhi = mean_ci(margins, n_boot, seed)

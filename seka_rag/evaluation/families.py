@@ -43,6 +43,7 @@ sentences of build contexts, but never as the entity a build triplet is about.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -325,9 +326,10 @@ def conflict_family_items(n: int = DEFAULT_N, seed: int = 0, split: str | None =
     (the highlighted document is the true one) or ``"real_contradict"``. ``split`` is ``"test"``
     (the evaluation items) or ``"dev"`` (tuning and sensitivity sweeps); ``None`` (default) follows
     the seed: ``"test"`` for seed 0, ``"dev"`` for any other seed, so a dev run (``eval-families
-    --seed 1``) never scores a test case. (The other three families generate new items from the
+    --seed 1``) never scores a test case. (Context QA and distractors generate new items from the
     seed instead; their invented entities come from the test split's names for every seed, so a dev
-    run's items differ from the test items but may share an entity name with one.)
+    run's items differ from the test items but may share an entity name with one. The instruction
+    family's dev seeds draw from base items outside its test split: :func:`instruction_bases`.)
     """
     if split is None:
         split = EVAL_SPLIT if seed == 0 else "dev"
@@ -721,10 +723,34 @@ _BASES: dict[str, Callable[[random.Random], list[InstructionBase]]] = {
 }
 
 
+#: The instruction family's test split: the first this-many base items of seed 0 (4 items each, so at
+#: most 552 test items). Any other seed draws its base items from the rest, so a dev run never
+#: scores a test item's request with the same pair of instructions.
+INSTRUCTION_TEST_BASES = 138
+
+
+def _base_key(base: InstructionBase) -> tuple[str, str, frozenset[str]]:
+    return base.kind, base.request, frozenset((base.first, base.second))
+
+
 def instruction_bases(seed: int = 0) -> Iterator[InstructionBase]:
-    """Every base item once, types in round-robin order (a type drops out when its material runs out)."""
+    """The base items of ``seed``'s split, types in round-robin order.
+
+    Seed 0 (the test items) yields the first :data:`INSTRUCTION_TEST_BASES` bases of its order; any
+    other seed (dev items) yields its own order of every base item outside that test split.
+    """
+    if seed == 0:
+        yield from itertools.islice(_all_instruction_bases(0), INSTRUCTION_TEST_BASES)
+        return
+    test = {_base_key(b) for b in itertools.islice(_all_instruction_bases(0), INSTRUCTION_TEST_BASES)}
+    yield from _all_instruction_bases(seed, exclude=test)
+
+
+def _all_instruction_bases(seed: int, exclude: frozenset | set = frozenset()) -> Iterator[InstructionBase]:
+    """Every base item once (but those in ``exclude``), types in round-robin order (a type drops out
+    when its material runs out)."""
     rng = random.Random(f"family-eval-instruction-bases-{seed}")
-    pools = [iter(_BASES[kind](rng)) for kind in INSTRUCTION_TYPES]
+    pools = [iter([b for b in _BASES[kind](rng) if _base_key(b) not in exclude]) for kind in INSTRUCTION_TYPES]
     while pools:
         for pool in list(pools):
             base = next(pool, None)

@@ -38,12 +38,11 @@ from typing import Any
 
 from ..errors import SekaError
 from .lost_in_middle import DEFAULT_MAX_NEW_TOKENS as LIM_MAX_NEW_TOKENS
+from .lost_in_middle import DEV_FIRST_QUESTION
 from .stats import format_table
 
 GAIN_SCALE_FAMILIES: tuple[str, ...] = ("lost-in-middle", "instructions", "conflicts", "counterfact")
 DEFAULT_SCALES: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125)
-#: First NQ-open question of the dev items (the suite's test items start at question 0).
-DEV_FIRST_QUESTION = 2000
 #: Seed of the dev instruction items (the suite's test items use seed 0).
 DEV_SEED = 1
 

@@ -38,8 +38,8 @@ Metrics (:func:`evaluate_lost_in_middle`), per gold position and policy:
 (b) best-subspan exact match of the greedy answer (up to ``max_new_tokens``, default 100 as in the
     Lost-in-the-Middle code): any SQuAD-normalised gold answer (lower case,
     punctuation and the articles a / an / the removed, whitespace collapsed) is a substring of the
-    normalised answer, as in the Lost-in-the-Middle code — with its interval, and the unsteered EM
-    for comparison.
+    normalised first line of the answer (:func:`answer_line`), as in the Lost-in-the-Middle code —
+    with its interval, and the unsteered EM for comparison.
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ DEFAULT_PASSAGES = 10
 POSITIONS: tuple[str, ...] = ("first", "middle", "last")
 #: Highlight policies, in report order.
 POLICIES: tuple[str, ...] = ("gold", "middle", "retriever")
+#: First NQ-open question of the dev items; questions before it are the test items.
+DEV_FIRST_QUESTION = 2000
 #: Passages the retriever policy highlights by default.
 DEFAULT_K = 3
 #: Greedy answer length for exact match: 100 new tokens, as in the Lost-in-the-Middle code. A shorter
@@ -97,12 +99,19 @@ def normalize_answer(text: str) -> str:
     return " ".join(text.split())
 
 
-def best_subspan_em(prediction: str, answers: Sequence[str]) -> bool:
-    """Whether any normalised gold answer is a substring of the normalised prediction.
+def answer_line(prediction: str) -> str:
+    """The part of a generated answer that is scored: its first line (leading whitespace dropped), as
+    the Lost-in-the-Middle evaluation script cuts it, so later lines that copy the context never count."""
+    return prediction.strip().split("\n", 1)[0]
 
-    Answers that normalise to nothing (``"The"``) never match; an empty prediction never matches.
+
+def best_subspan_em(prediction: str, answers: Sequence[str]) -> bool:
+    """Whether any normalised gold answer is a substring of the normalised prediction's first line.
+
+    Only :func:`answer_line` counts. Answers that normalise to nothing (``"The"``) never match; an
+    empty prediction never matches.
     """
-    pred = normalize_answer(prediction)
+    pred = normalize_answer(answer_line(prediction))
     if not pred:
         return False
     return any(gold and gold in pred for gold in (normalize_answer(a) for a in answers))
@@ -679,6 +688,7 @@ __all__ = [
     "LostInMiddleReport",
     "NQRecord",
     "Passage",
+    "answer_line",
     "best_subspan_em",
     "build_items",
     "contains_answer",

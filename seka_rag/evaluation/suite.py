@@ -324,7 +324,7 @@ class SuiteConfig:
     nq: str | None = None  #: the NQ-open oracle file; None: lost-in-middle is skipped
     nq_policies: tuple[str, ...] = ("middle",)
     nq_passages: int = 10
-    nq_first: int = 0  #: first NQ-open question of the lost-in-middle items (test questions start at 0)
+    nq_first: int = 0  #: first NQ-open question of the lost-in-middle items, counted from 0 (seed 0, test) or 2000 (dev seeds)
     nq_max_new_tokens: int = LIM_MAX_NEW_TOKENS  #: lost-in-middle greedy answers (the Lost-in-the-Middle code's 100)
     nq_batch_size: int = 4
     n_boot: int = 2000
@@ -579,13 +579,29 @@ def plot_suite(result: "SuiteResult | Mapping[str, Any]", path: str | Path) -> P
     return path
 
 
+def lim_first_question(seed: int, nq_first: int, n: int) -> int:
+    """The first NQ-open question of a lost-in-middle run: test questions (seed 0) count from question 0
+    and stop before the dev questions at :data:`~seka_rag.evaluation.lost_in_middle.DEV_FIRST_QUESTION`;
+    any other seed counts ``nq_first`` from there, so a dev run never asks a test question."""
+    from .lost_in_middle import DEV_FIRST_QUESTION
+
+    if seed != 0:
+        return DEV_FIRST_QUESTION + nq_first
+    if nq_first + n > DEV_FIRST_QUESTION:
+        raise ValueError(f"test questions are 0-{DEV_FIRST_QUESTION - 1}; questions {nq_first}-{nq_first + n - 1} "
+                         f"reach the dev questions (a seed other than 0 runs those, counting --nq-first from "
+                         f"{DEV_FIRST_QUESTION})")
+    return nq_first
+
+
 def suite_items(family: str, n: int, config: SuiteConfig) -> list:
     """The ``n`` items of one suite family (lost-in-middle: ``n`` questions × 3 gold positions)."""
     try:
         if family == "counterfact":
             from .counterfact import counterfact_items
 
-            return counterfact_items(config.counterfact, n, config.seed)
+            # generated items: the test entities for seed 0, the dev entities for any other seed
+            return counterfact_items(config.counterfact, n, config.seed, split="test" if config.seed == 0 else "dev")
         if family == "conflict":
             from .families import conflict_family_items
 
@@ -600,7 +616,7 @@ def suite_items(family: str, n: int, config: SuiteConfig) -> list:
             if config.nq is None:
                 raise SekaError("lost-in-middle needs the NQ-open oracle file (--nq PATH)")
             return lost_in_middle_items(config.nq, n, n_passages=config.nq_passages, seed=config.seed,
-                                        first=config.nq_first)
+                                        first=lim_first_question(config.seed, config.nq_first, n))
     except (OSError, ValueError) as exc:
         raise SekaError(f"cannot build the {family} items: {exc}") from None
     raise SekaError(f"unknown family {family!r}; choose from {', '.join(SUITE_FAMILIES)}")

@@ -34,3 +34,23 @@ def test_identity_units_become_plain_key_scaling(helpers):
     mats = edit_matrices(out)
     assert list(mats) == [1]
     torch.testing.assert_close(mats[1], torch.eye(4).expand(2, 4, 4))  # (g·mult/2)·I = 1·I
+
+
+def test_first_token_scorer_starts_answers_as_the_model_would(tiny_model):
+    """Without a chat template an answer follows the prompt after a space: the scorer compares those tokens."""
+    from dataclasses import replace
+
+    from seka_rag.calibration import _FirstTokenScorer
+    from seka_rag.evaluation.conflict import conflict_cases, conflict_split
+    from seka_rag.evaluation.scoring import continuation_text, token_ids
+
+    for chat in (True, False):
+        seka = tiny_model("llama", projection=False, chat=chat)
+        cases = [c for item in conflict_split("dev", n=2) for c in conflict_cases(item)]
+        cases = [replace(c, target=t, other=o) for c, (t, o) in zip(cases, [("Paris", "Rome"), ("Berlin", "Oslo")] * 4)]
+        scorer = _FirstTokenScorer(seka, cases, batch_size=4)
+        expected = [(token_ids(seka, continuation_text(seka, c.target))[0],
+                     token_ids(seka, continuation_text(seka, c.other))[0]) for c in cases]
+        expected = [e for e in expected if e[0] != e[1]]
+        got = [(int(t), int(o)) for _, ts, os_ in scorer.batches for t, o in zip(ts, os_)]
+        assert scorer.n == len(expected) > 0 and sorted(got) == sorted(expected)

@@ -204,6 +204,8 @@ def test_eval_conflicts_prints_both_rows(model_dir, tmp_path, capsys):
 def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     import json
 
+    from dataclasses import asdict
+
     from seka_rag.adaptive import ExpertSet
 
     proj = tmp_path / "p.safetensors"
@@ -278,9 +280,13 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj)]) == 2
     assert "--out DIR is required" in capsys.readouterr().err
     # a model that steers with experts only (no single projection) runs the conflict evaluation
+    conflicts = tmp_path / "conflicts.json"
     assert main(["eval-conflicts", "--model", str(model_dir), "--experts", str(experts), "--dtype", "float32",
-                 "--split", "dev", "--items", "1"]) == 0
+                 "--split", "dev", "--items", "1", "--router", "embedding", "--out", str(conflicts)]) == 0
     capsys.readouterr()
+    run = json.loads(conflicts.read_text())["run"]  # the file says how the model was loaded and routed
+    assert run["model_settings"]["dtype"] == "float32" and run["split"] == "dev" and run["items"] == 1
+    assert run["model_settings"]["expert_routing_defaults"] == asdict(ExpertSet.load(experts).routing)
     out = tmp_path / "families.json"
     assert main(["eval-families", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
                  "--experts", str(experts), "--items", "4", "--families", "instruction", "conflict",
@@ -301,6 +307,27 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     assert main(["eval-families", "--merge", str(out), str(other), "--out", str(tmp_path / "all.json")]) == 0
     merged = capsys.readouterr().out
     assert "expert:instruction" in merged and "ada-attention" in merged
+    # the rerun replaces the first file's report, and the merge says so and records where each came from
+    assert f"note: expert:instruction / instruction from {other} replaces the one from {out}" in merged
+    sources = json.loads((tmp_path / "all.json").read_text())["sources"]
+    assert sources["expert:instruction / instruction"] == str(other) and sources["seka / conflict"] == str(out)
+    assert json.loads(other.read_text())["model_settings"]["dtype"] == "float32"
+    assert json.loads(other.read_text())["model_settings"]["expert_routing_defaults"] == asdict(
+        ExpertSet.load(experts).routing)  # the set's stored defaults, which a router runs with unless overridden
+    elsewhere = tmp_path / "bf16.json"  # the same run, as if the model had been loaded in bfloat16
+    run = json.loads(other.read_text())
+    run["model_settings"]["dtype"] = "bfloat16"
+    elsewhere.write_text(json.dumps(run))
+    assert main(["eval-families", "--merge", str(out), str(elsewhere)]) == 2
+    assert "cannot merge runs of different dtypes (bfloat16 vs float32)" in capsys.readouterr().err
+    # a file that --methods filters out entirely takes no part in the check
+    assert main(["eval-families", "--merge", str(out), str(elsewhere), "--methods", "seka"]) == 0
+    older = tmp_path / "older.json"  # written before runs recorded how the model was loaded
+    del run["model_settings"]
+    older.write_text(json.dumps(run))
+    capsys.readouterr()
+    assert main(["eval-families", "--merge", str(out), str(older)]) == 0
+    assert f"note: {older} did not record its dtype; the others ran in float32" in capsys.readouterr().out
     assert "ada-attention - seka:" in merged and "over 8 paired items" in merged  # same items in both files
     joined = json.loads((tmp_path / "all.json").read_text())["reports"]["expert:instruction"]
     assert sorted(joined) == ["conflict", "instruction"]  # a method's families join across files
@@ -399,3 +426,26 @@ def test_prompts_with_literal_markers_and_early_highlight_checks(model_dir, tmp_
     assert "--no-markers" in err and r"write \<<" in err
     assert main(["generate", "--model", missing, "--highlight", "Berlin", "Paris is big."]) == 2
     assert '--highlight "Berlin" does not occur in the prompt' in capsys.readouterr().err
+
+
+def test_every_model_command_takes_no_progress_and_it_silences_long_work(model_dir, tmp_path, capsys):
+    from seka_rag.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    loading = [name for name, p in sub.choices.items() if any(a.dest == "model" for a in p._actions)
+               and name != "compare-experts"]  # its --model only locates a set's files: no model loads, no bars
+    assert {"build-projection", "build-experts", "eval-families", "eval-conflicts", "bench", "inspect"} <= set(loading)
+    for name in loading:
+        assert any(a.dest == "no_progress" for a in sub.choices[name]._actions), name
+
+    base = ["build-projection", "--model", str(model_dir), "--triplets", "4", "--default-layers", "1",
+            "--dtype", "float32"]
+    assert main([*base, "--out", str(tmp_path / "a.safetensors")]) == 0
+    assert "keys H-" in capsys.readouterr().err  # the key-collection bar, when progress is on
+    assert main([*base, "--out", str(tmp_path / "b.safetensors"), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["eval-families", "--model", str(model_dir), "--projection", str(tmp_path / "b.safetensors"),
+                 "--dtype", "float32", "--items", "2", "--families", "conflict", "--methods", "unsteered,seka",
+                 "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "conflict" in captured.out

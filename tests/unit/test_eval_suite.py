@@ -839,3 +839,17 @@ def test_eval_merge_cli(model_dir, projection, tmp_path, capsys):
     assert "not a `seka-rag eval --out` result" in capsys.readouterr().err
     assert main(["eval", "--merge", str(first), str(first)]) == 2
     assert "conflict / unsteered was measured in more than one run" in capsys.readouterr().err
+
+
+def test_dev_seeds_take_dev_items_in_every_suite_family():
+    from seka_rag.evaluation.conflict import split_of
+    from seka_rag.evaluation.lost_in_middle import DEV_FIRST_QUESTION
+    from seka_rag.evaluation.suite import SuiteConfig, lim_first_question, suite_items
+
+    test = suite_items("counterfact", 32, SuiteConfig(seed=0))
+    dev = suite_items("counterfact", 32, SuiteConfig(seed=1))
+    assert {split_of(it.subject) for it in test} == {"test"} and {split_of(it.subject) for it in dev} == {"dev"}
+    assert lim_first_question(0, 12, 6) == 12
+    assert lim_first_question(1, 0, 6) == DEV_FIRST_QUESTION and lim_first_question(3, 5, 6) == DEV_FIRST_QUESTION + 5
+    with pytest.raises(ValueError, match="reach the dev questions"):
+        lim_first_question(0, DEV_FIRST_QUESTION - 2, 6)

@@ -218,6 +218,12 @@ def test_counterfact_report_ties_are_misses():
     assert report.to_dict()["items"][0]["margin"] == 1.0
     with pytest.raises(ValueError):
         counterfact_report(items, [(0.0, 0.0)])
+    # targets sharing a first token, scored in different batches, can differ by rounding: still a miss
+    noisy = counterfact_report(items, [(-1.0, -2.0), (-2.0 + 4.8e-7, -2.0), (-3.0, -1.0)], tied=[False, True, False])
+    assert noisy.efficacy == pytest.approx(1 / 3) and noisy.n_tied == 1
+    assert noisy.to_dict()["items"][1]["margin"] == 0.0
+    with pytest.raises(ValueError, match="tie flags"):
+        counterfact_report(items, [(0.0, 0.0)] * 3, tied=[True])
 
 
 def test_counterfact_end_to_end(model):

@@ -463,3 +463,18 @@ def test_raw_prompt_answers_start_after_a_space(tiny_model, shared_prefix):
     case = ConflictCase(prompt, item.highlight, "Rome", "Paris", "fictional", "", None, "b", "ab")
     assert score_cases(model, [case], steer=False, progress=False, shared_prefix=shared_prefix)[0] == \
         pytest.approx(want, abs=1e-4)
+
+
+def test_dev_seeds_never_reuse_a_test_instruction_base():
+    """A dev item must not ask a test item's request with the same two instructions (only fillers differing)."""
+    from seka_rag.evaluation.families import INSTRUCTION_TEST_BASES, _base_key, instruction_bases
+
+    test = [_base_key(b) for b in instruction_bases(0)]
+    assert len(test) == len(set(test)) == INSTRUCTION_TEST_BASES
+    for seed in (1, 2, 7):
+        dev = [_base_key(b) for b in instruction_bases(seed)]
+        assert dev and not set(dev) & set(test)
+        items = family_items("instruction", 48, seed=seed)
+        assert {it.group for it in items} == {"language", "number", "case", "pronoun", "yes_no"}
+    with pytest.raises(ValueError, match="at most 552 items"):
+        family_items("instruction", 556, seed=0)
