@@ -791,10 +791,7 @@ def cmd_eval(args) -> int:
                        skipped_methods=skipped, progress=not args.no_progress)
     result.settings.update(command="seka-rag eval " + " ".join(sys.argv[2:]), pasta=pasta_info,
                            spa_strength=chosen["spa"].config.strength if "spa" in chosen else None,
-                           model_settings={"projection": spec["projection"], "gguf_file": spec["gguf_file"],
-                                           "attn_implementation": spec["attn_implementation"],
-                                           "dtype": str(model.model.dtype).removeprefix("torch."),
-                                           "device": str(model.device), "experts": spec["experts"]})
+                           model_settings=_loaded_settings(args, model))
     if "seconds" in pasta_info:
         result.seconds["pasta profiling"] = pasta_info["seconds"]
     counts = ", ".join(f"{f}: {result.items[f]}" for f in result.families)
