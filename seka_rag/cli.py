@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -501,6 +502,10 @@ def _family_method_kwargs(model, method: str) -> dict:
     raise SekaError(f"unknown method {method!r}; choose from {', '.join(FAMILY_METHODS)}")
 
 
+#: ``seka-rag eval-families`` options that still act with ``--merge`` (every other one would be ignored).
+_FAMILY_MERGE_OPTIONS = ("merge", "out", "families", "methods", "no_progress", "func", "command")
+
+
 def cmd_eval_families(args) -> int:
     import json
 
@@ -512,6 +517,12 @@ def cmd_eval_families(args) -> int:
     if unknown:
         raise SekaError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)}")
     if args.merge:
+        defaults = vars(build_parser().parse_args(["eval-families"]))
+        given = sorted("--" + k.replace("_", "-") for k, v in vars(args).items()
+                       if k not in _FAMILY_MERGE_OPTIONS and v != defaults.get(k))
+        if given:
+            raise SekaError(f"--merge only joins earlier results and runs nothing, so {', '.join(given)} would be "
+                            "ignored; leave it out (the files' own settings apply)")
         methods = None if args.methods == FAMILY_DEFAULT_METHODS else [m.strip() for m in args.methods.split(",") if m.strip()]
         return _merge_family_reports(args.merge, args.out, families=args.families, methods=methods)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -606,11 +617,12 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
     source: dict[tuple[str, str], str] = {}  # (method, family) -> the file its report comes from
     loaded: dict[str, set[str]] = {"model": set(), "dtype": set()}
     unrecorded: list[str] = []  # files from before runs recorded their dtype
+    projections: set[str] = set()  # "None": the model's shipped projection
     for path in paths:
         try:
             payload = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
-            raise SekaError(f"cannot read {path!r}: {exc}") from None
+            raise SekaError(f"--merge {path}: not a readable JSON file ({exc})") from None
         reports_of = payload.get("reports") if isinstance(payload, dict) else None
         if not isinstance(reports_of, dict) or not all(
                 isinstance(r, dict) and all(isinstance(x, dict) and {"family", "n", "share"} <= set(x) for x in r.values())
@@ -640,6 +652,8 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
                     loaded["model"].add(str(run["model"]))
                 dtype = (run.get("model_settings") or {}).get("dtype")
                 loaded["dtype"].add(str(dtype)) if dtype else unrecorded.append(path)
+                if run.get("model_settings"):
+                    projections.add(str(run["model_settings"].get("projection")))
             for what, values in loaded.items():
                 if len(values) > 1:
                     raise SekaError(f"cannot merge runs of different {what}s ({' vs '.join(sorted(values))}); "
@@ -653,6 +667,9 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
     if not table:
         raise SekaError("nothing to merge: no report matches the --methods / --families given")
     print(format_family_table(table))
+    if len(projections) > 1:
+        print(f"note: the files steered with different projections ({', '.join(sorted(projections))}; None is "
+              "the shipped one): rows of one method name come from one file only")
     if unrecorded and loaded["dtype"]:
         print(f"note: {', '.join(sorted(set(unrecorded)))} did not record its dtype; the others ran in "
               f"{', '.join(sorted(loaded['dtype']))}")
@@ -1428,10 +1445,16 @@ def _library_progress_bars(*, enabled: bool):
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hub_was_disabled = hub_utils.are_progress_bars_disabled()
+    tqdm_env = os.environ.get("TQDM_DISABLE")
     hf_logging.disable_progress_bar()
+    os.environ["TQDM_DISABLE"] = "1"  # bars that bypass transformers' switch (e.g. GGUF de-quantisation)
     try:
         yield
     finally:
+        if tqdm_env is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_env
         if was_enabled:
             hf_logging.enable_progress_bar()  # also turns the hub's bars on...
             if hub_was_disabled:

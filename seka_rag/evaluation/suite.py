@@ -902,7 +902,8 @@ def run_suite(model, methods: Mapping[str, Any], config: SuiteConfig = SuiteConf
                         result.item_scores.setdefault(family, {})[name] = scores
                     for title, cols in details.items():
                         result.details.setdefault(title, {})[name] = cols
-                    bar.write(f"  {family} / {name}: {head.text()}", file=sys.stderr)
+                    if progress:  # a progress line: the table at the end holds every cell
+                        bar.write(f"  {family} / {name}: {head.text()}", file=sys.stderr)
                 result.seconds[family][name] = time.perf_counter() - t0
                 bar.update(1)
     finally:

@@ -328,6 +328,9 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval-families", "--merge", str(out), str(older)]) == 0
     assert f"note: {older} did not record its dtype; the others ran in float32" in capsys.readouterr().out
+    # a merge runs nothing: options of a run would be ignored, so they are refused
+    assert main(["eval-families", "--merge", str(out), str(other), "--model", "smollm2-135m", "--items", "3"]) == 2
+    assert "--items, --model would be ignored" in capsys.readouterr().err
     assert "ada-attention - seka:" in merged and "over 8 paired items" in merged  # same items in both files
     joined = json.loads((tmp_path / "all.json").read_text())["reports"]["expert:instruction"]
     assert sorted(joined) == ["conflict", "instruction"]  # a method's families join across files
@@ -410,6 +413,13 @@ def test_no_progress_also_silences_transformers_bars_and_restores_them(flags, ba
     assert main(["eval", "--model", "qwen2.5-coder-0.5b", *flags]) == 0
     assert seen == [bars_during_run]
     assert hf_logging.is_progress_bar_enabled()  # the process-wide setting is put back
+    import os
+
+    seen_env = []  # bars that bypass transformers' switch (GGUF conversion) go through TQDM_DISABLE
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(cli, "cmd_eval", lambda args: seen_env.append(os.environ.get("TQDM_DISABLE")) or 0)
+    assert main(["eval", "--model", "qwen2.5-coder-0.5b", *flags]) == 0
+    assert seen_env == [None if bars_during_run else "1"] and "TQDM_DISABLE" not in os.environ
 
 
 def test_prompts_with_literal_markers_and_early_highlight_checks(model_dir, tmp_path, capsys):
@@ -449,3 +459,8 @@ def test_every_model_command_takes_no_progress_and_it_silences_long_work(model_d
                  "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and "conflict" in captured.out
+    assert main(["eval", "--model", str(model_dir), "--projection", str(tmp_path / "b.safetensors"), "--dtype",
+                 "float32", "--families", "conflict", "--items", "conflict=4", "--methods", "unsteered,seka",
+                 "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "conflict" in captured.out  # no per-cell progress lines, the table stays
