@@ -502,6 +502,15 @@ def _family_method_kwargs(model, method: str) -> dict:
     raise SekaError(f"unknown method {method!r}; choose from {', '.join(FAMILY_METHODS)}")
 
 
+def _refuse_run_options_with_merge(args, command: str, kept: tuple[str, ...]) -> None:
+    """A ``--merge`` runs nothing: refuse every option of ``command`` but ``kept`` given a non-default value."""
+    defaults = vars(build_parser().parse_args([command]))
+    given = sorted("--" + k.replace("_", "-") for k, v in vars(args).items() if k not in kept and v != defaults.get(k))
+    if given:
+        raise SekaError(f"--merge only joins earlier results and runs nothing, so {', '.join(given)} would be "
+                        "ignored; leave it out (the files' own settings apply)")
+
+
 #: ``seka-rag eval-families`` options that still act with ``--merge`` (every other one would be ignored).
 _FAMILY_MERGE_OPTIONS = ("merge", "out", "families", "methods", "no_progress", "func", "command")
 
@@ -517,12 +526,7 @@ def cmd_eval_families(args) -> int:
     if unknown:
         raise SekaError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)}")
     if args.merge:
-        defaults = vars(build_parser().parse_args(["eval-families"]))
-        given = sorted("--" + k.replace("_", "-") for k, v in vars(args).items()
-                       if k not in _FAMILY_MERGE_OPTIONS and v != defaults.get(k))
-        if given:
-            raise SekaError(f"--merge only joins earlier results and runs nothing, so {', '.join(given)} would be "
-                            "ignored; leave it out (the files' own settings apply)")
+        _refuse_run_options_with_merge(args, "eval-families", _FAMILY_MERGE_OPTIONS)
         methods = None if args.methods == FAMILY_DEFAULT_METHODS else [m.strip() for m in args.methods.split(",") if m.strip()]
         return _merge_family_reports(args.merge, args.out, families=args.families, methods=methods)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -848,12 +852,7 @@ def _merge_suite_files(args) -> int:
 
     from .evaluation.suite import merge_suite_results
 
-    defaults = vars(build_parser().parse_args(["eval"]))
-    given = sorted("--" + k.replace("_", "-") for k, v in vars(args).items()
-                   if k not in _EVAL_MERGE_OPTIONS and v != defaults.get(k))
-    if given:
-        raise SekaError(f"--merge only joins earlier results and runs nothing, so {', '.join(given)} would be "
-                        "ignored; leave it out (the files' own settings apply)")
+    _refuse_run_options_with_merge(args, "eval", _EVAL_MERGE_OPTIONS)
     if args.plot:
         from .evaluation.sensitivity import require_matplotlib
 
