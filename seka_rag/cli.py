@@ -524,7 +524,8 @@ def cmd_eval_families(args) -> int:
     families = args.families or list(FAMILIES)
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
-        raise SekaError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)}")
+        raise SekaError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)} (counterfact, "
+                        "instructions with generated answers and lost-in-middle are `seka-rag eval` families)")
     if args.merge:
         _refuse_run_options_with_merge(args, "eval-families", _FAMILY_MERGE_OPTIONS)
         methods = None if args.methods == FAMILY_DEFAULT_METHODS else [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -1135,7 +1136,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "onto the experts in DIR (their projections, prototypes and routing defaults are kept; "
                         "routing options given here replace the stored ones). The projection may edit only "
                         "layers the experts were built for")
-    p.add_argument("--families", nargs="+", help="task families (default: all four)")
+    p.add_argument("--families", nargs="+", help="task families: context_qa, conflict, instruction, distractors "
+                   "(default: all four)")
     p.add_argument("--triplets", type=_positive_int, help=f"triplets per family (default {DEFAULT_TRIPLETS_PER_FAMILY})")
     p.add_argument("--seed", type=int, help=f"triplet seed (default {DEFAULT_SEED})")
     p.add_argument("--gamma", type=_share, help="cumulative singular-value share kept in P+ (default 0.9)")
@@ -1180,7 +1182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-families", help="AdaSEKA task families: methods x families table with intervals")
     _add_model_args(p)
-    p.add_argument("--families", nargs="+", help="task families (default: all four; with --merge, the ones to show)")
+    p.add_argument("--families", nargs="+", help="task families: context_qa, conflict, instruction, distractors "
+                   "(default: all four; with --merge, the ones to show)")
     p.add_argument("--items", type=_positive_int, default=152, help="items per family (default 152)")
     p.add_argument("--seed", type=int, default=0, help="item seed (0: the test items; others: dev items)")
     p.add_argument("--methods", default=FAMILY_DEFAULT_METHODS,

@@ -681,3 +681,12 @@ def test_methods_without_effect_match_unsteered(model):
         continuation_logprobs(model, rows, method=Unsteered(), gain_pos=2.0)
     texts = generate_texts(model, [prompt, prompt + " Answer."], [hl, None], method=Unsteered(), max_new_tokens=3)
     assert texts == model.generate([prompt, prompt + " Answer."], steer=False, max_new_tokens=3)
+
+
+def test_fictional_counterfact_ids_are_unique_across_seeds():
+    from seka_rag.evaluation.counterfact import fictional_counterfact_items
+
+    test = fictional_counterfact_items(6, seed=0)
+    assert [it.case_id for it in test] == [f"fictional-{i}" for i in range(6)]  # stored results keep their ids
+    dev = {it.case_id for seed in (1, 2) for it in fictional_counterfact_items(6, seed=seed, split="dev")}
+    assert len(dev) == 12 and not dev & {it.case_id for it in test}
