@@ -656,7 +656,10 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
                 if run.get("model"):
                     loaded["model"].add(str(run["model"]))
                 dtype = (run.get("model_settings") or {}).get("dtype")
-                loaded["dtype"].add(str(dtype)) if dtype else unrecorded.append(path)
+                if dtype:
+                    loaded["dtype"].add(str(dtype))
+                else:
+                    unrecorded.append(path)
                 if run.get("model_settings"):
                     projections.add(str(run["model_settings"].get("projection")))
             for what, values in loaded.items():

@@ -563,6 +563,11 @@ def split_of(subject: str) -> str:
     return real if real is not None else SPLITS[_hash_split(subject)]
 
 
+def split_for_seed(seed: int) -> str:
+    """The split an evaluation's item ``seed`` draws from: ``"test"`` for seed 0, ``"dev"`` for any other."""
+    return "test" if seed == 0 else "dev"
+
+
 def conflict_split(split: str, n: int | None = None, seed: int = 0) -> list[ConflictItem]:
     """The ``"dev"`` or ``"test"`` conflict items: half real, half fictional, disjoint by entity.
 

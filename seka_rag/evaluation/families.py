@@ -65,7 +65,7 @@ from ..data.tasks import (
     passage,
 )
 from ..data.triplets import Namer, Relation
-from .conflict import FICTIONAL_RELATIONS, conflict_cases, conflict_split
+from .conflict import FICTIONAL_RELATIONS, conflict_cases, conflict_split, split_for_seed
 from .scoring import continuation_text, progress_bar
 from .stats import format_ci, format_table, group_shares, share_ci
 
@@ -332,7 +332,7 @@ def conflict_family_items(n: int = DEFAULT_N, seed: int = 0, split: str | None =
     family's dev seeds draw from base items outside its test split: :func:`instruction_bases`.)
     """
     if split is None:
-        split = EVAL_SPLIT if seed == 0 else "dev"
+        split = split_for_seed(seed)
     check_count(n)
     if n == 0:
         return []

@@ -600,8 +600,10 @@ def suite_items(family: str, n: int, config: SuiteConfig) -> list:
         if family == "counterfact":
             from .counterfact import counterfact_items
 
+            from .conflict import split_for_seed
+
             # generated items: the test entities for seed 0, the dev entities for any other seed
-            return counterfact_items(config.counterfact, n, config.seed, split="test" if config.seed == 0 else "dev")
+            return counterfact_items(config.counterfact, n, config.seed, split=split_for_seed(config.seed))
         if family == "conflict":
             from .families import conflict_family_items
 
