@@ -65,6 +65,19 @@ class BenchConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     methods: list[str] = field(default_factory=lambda: ["seka"])
     pasta_heads: dict[int, list[int]] | None = None
+    short_run_factor: int = 4
+
+    def runs_for(self, batch_size: int, length: int) -> int:
+        """Timed runs of one shape: ``runs``, times up to ``short_run_factor`` for cheap shapes.
+
+        A shape whose tokens × batch is at most 1/16 of the largest shape's gets ``runs`` ×
+        min(``short_run_factor``, largest / (8 × its size)): its runs are short and noisy (a 0.3 s
+        prefill moves by several percent between runs on a shared machine), and the extra runs
+        cost little beside the largest shape's. ``short_run_factor=1``: every shape gets ``runs``.
+        """
+        largest = max(self.lengths) * max(self.batch_sizes)
+        factor = largest // (8 * length * batch_size)
+        return self.runs * max(1, min(self.short_run_factor, factor))
 
 
 def synthetic_prompt(tokenizer, length: int, share: float, batch_size: int = 1) -> list[EncodedPrompt]:
@@ -150,8 +163,12 @@ def _steering_for(seka, batch, method: str | bool, config: BenchConfig | None = 
 
 
 def time_prefill_and_decode(seka, batch, method: str | bool, decode_tokens: int,
-                            config: BenchConfig | None = None) -> tuple[float, float]:
-    """(prefill seconds, decode tokens per second) for one run; prefill includes any routing work.
+                            config: BenchConfig | None = None) -> tuple[float, float, float]:
+    """(prefill seconds, decode tokens per second, routing seconds) for one run.
+
+    Prefill includes any routing work; routing seconds is the part of it spent before the forward
+    pass starts (setting up the edit: the embedding router's query embedding, two-pass routing's
+    extra forward pass; near zero for the other methods).
 
     Every method runs the same greedy loop over one or more token streams sharing the attention
     mask: one stream, steered by the method's context (:func:`_steering_for`), or — for SPA — the
@@ -185,6 +202,7 @@ def time_prefill_and_decode(seka, batch, method: str | bool, decode_tokens: int,
     _sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode(), context():  # two-pass routes inside this, so inside the timed region
+        routed = time.perf_counter()
         outs = [seka.model(input_ids=ids, attention_mask=batch.attention_mask, use_cache=True, logits_to_keep=1)
                 for ids in streams]
         token = next_token([o.logits[:, -1] for o in outs])
@@ -200,11 +218,13 @@ def time_prefill_and_decode(seka, batch, method: str | bool, decode_tokens: int,
             token = next_token([o.logits[:, -1] for o in outs])
         _sync(device)
         t2 = time.perf_counter()
-    return t1 - t0, decode_tokens * batch.input_ids.shape[0] / (t2 - t1)
+    return t1 - t0, decode_tokens * batch.input_ids.shape[0] / (t2 - t1), routed - t0
 
 
 def latency_table(seka, config: BenchConfig, progress: bool = True) -> list[dict]:
     """Interleaved runs of every method, unsteered and the A/A control; medians per batch size and length."""
+    from .evaluation.stats import median_interval
+
     rows = []
     # "control" repeats the unsteered configuration: its ratio to "unsteered" is the noise floor (A/A)
     configs = ["unsteered", *config.methods, "control"]
@@ -214,14 +234,25 @@ def latency_table(seka, config: BenchConfig, progress: bool = True) -> list[dict
         for name in configs[:-1]:
             time_prefill_and_decode(seka, batches[(b, config.lengths[0], name)], name, 1, config)
     samples = {key: [] for key in batches}
-    for r in range(config.runs):
+    runs = {shape: config.runs_for(*shape) for shape in shapes}
+    started = time.perf_counter()
+    for r in range(max(runs.values())):  # rounds past `config.runs` time only the cheap shapes given more runs
         for b, n in shapes:
+            if r >= runs[(b, n)]:
+                continue
             order = configs if r % 2 == 0 else list(reversed(configs))
             for name in order:
                 samples[(b, n, name)].append(
                     time_prefill_and_decode(seka, batches[(b, n, name)], name, config.decode_tokens, config))
-        if progress:
-            print(f"  run {r + 1}/{config.runs} done", file=sys.stderr, flush=True)
+        if progress and r < config.runs:
+            spent = time.perf_counter() - started
+            left = spent / (r + 1) * (config.runs - r - 1)
+            print(f"  run {r + 1}/{config.runs} done ({spent / 60:.1f} min; about {left / 60:.1f} min of these "
+                  "runs left)", file=sys.stderr, flush=True)
+    extra = {shape: k for shape, k in runs.items() if k > config.runs}
+    if progress and extra:
+        print("  extra runs of the short prompts done: " + ", ".join(
+            f"batch {b} x {n} tokens: {k} runs" for (b, n), k in extra.items()), file=sys.stderr, flush=True)
     for b, n in shapes:
         base = samples[(b, n, "unsteered")]
         p0 = statistics.median(s[0] for s in base)
@@ -232,12 +263,17 @@ def latency_table(seka, config: BenchConfig, progress: bool = True) -> list[dict
             d1 = statistics.median(s[1] for s in steered)
             # each run times all configurations back to back: the median of the paired ratios
             # cancels slow drifts of a shared machine better than a ratio of medians
+            prefill_pairs = [s[0] / u[0] for s, u in zip(steered, base)]
+            lo, hi, coverage = median_interval(prefill_pairs)
             rows.append(dict(tokens=n, batch=b, method=name, prompt_tokens=batches[(b, n, name)].input_ids.shape[1],
                              prefill_unsteered_s=p0, prefill_steered_s=p1, prefill_ratio=p1 / p0,
-                             prefill_ratio_paired=statistics.median(s[0] / u[0] for s, u in zip(steered, base)),
+                             prefill_ratio_paired=statistics.median(prefill_pairs),
+                             prefill_ratio_paired_interval=[lo, hi], interval_coverage=coverage,
                              decode_unsteered_tps=d0, decode_steered_tps=d1, decode_ratio=d1 / d0,
                              decode_ratio_paired=statistics.median(s[1] / u[1] for s, u in zip(steered, base)),
-                             runs=config.runs))
+                             runs=runs[(b, n)], routing_s=statistics.median(s[2] for s in steered),
+                             samples=dict(prefill_unsteered_s=[u[0] for u in base], prefill_s=[s[0] for s in steered],
+                                          decode_unsteered_tps=[u[1] for u in base], decode_tps=[s[1] for s in steered])))
     return rows
 
 
@@ -308,6 +344,8 @@ def memory_table(model_spec: dict, config: BenchConfig, progress: bool = True, s
     if seka is not None and seka.device.type != "cuda":
         raise SekaError("in-process memory probes are exact only on CUDA; on CPU each probe runs in a fresh process")
     rows = []
+    total = len(config.batch_sizes) * len(config.lengths) * (len(config.methods) + 1)
+    done, started = 0, time.perf_counter()
     for b in config.batch_sizes:
         for n in config.lengths:
             res = {}
@@ -316,8 +354,11 @@ def memory_table(model_spec: dict, config: BenchConfig, progress: bool = True, s
                     res[steer] = measure_peak(seka, n, steer, config, b)
                 else:
                     res[steer] = _probe_subprocess(model_spec, n, steer, config, b)
+                done += 1
                 if progress:
-                    print(f"  memory probe batch {b}, {n} tokens, {steer} done", file=sys.stderr, flush=True)
+                    spent = time.perf_counter() - started
+                    print(f"  memory probe {done}/{total} (batch {b}, {n} tokens, {steer}) done; "
+                          f"{spent / 60:.1f} min so far", file=sys.stderr, flush=True)
             key = "peak_bytes" if "peak_bytes" in res["unsteered"] else "peak_rss_kib"
             for method in config.methods:
                 rows.append(dict(tokens=n, batch=b, method=method, metric=key, unsteered=res["unsteered"][key],
@@ -435,14 +476,24 @@ def merge_results(paths: list[str | os.PathLike]) -> dict:
 
 
 def format_latency(rows: list[dict]) -> str:
-    """Markdown: one row per prompt length and method (``control`` = unsteered timed again, A/A)."""
-    lines = ["| tokens | batch | method | prefill unsteered (s) | prefill method (s) | ratio of medians "
-             "| median paired ratio | decode unsteered (tok/s) | decode method (tok/s) | ratio of medians "
-             "| median paired ratio |",
-             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
+    """Markdown: one row per prompt length and method (``control`` = unsteered timed again, A/A).
+
+    The interval beside the median paired prefill ratio is :func:`~seka_rag.evaluation.stats.median_interval`
+    of the runs' paired ratios (order statistics; with 5 runs, their range, which covers the median
+    93.75 % of the time; the row's ``interval_coverage``). "of it, routing" is the median time the
+    method spent before its forward pass (the embedding router's query embedding, two-pass routing's
+    extra pass), part of its prefill."""
+    lines = ["| tokens | batch | method | prefill unsteered (s) | prefill method (s) | of it, routing (ms) "
+             "| ratio of medians | median paired ratio [interval] | decode unsteered (tok/s) | decode method (tok/s) "
+             "| ratio of medians | median paired ratio |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:  # files written before intervals and routing times were kept show neither
+        lo, hi = r.get("prefill_ratio_paired_interval") or (None, None)
+        interval = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
+        routing = f"{1000 * r['routing_s']:.1f}" if r.get("routing_s") is not None else "-"
         lines.append(f"| {r['tokens']} | {r['batch']} | {r['method']} | {r['prefill_unsteered_s']:.3f} | "
-                     f"{r['prefill_steered_s']:.3f} | {r['prefill_ratio']:.3f} | {r['prefill_ratio_paired']:.3f} | "
+                     f"{r['prefill_steered_s']:.3f} | {routing} | {r['prefill_ratio']:.3f} | "
+                     f"{r['prefill_ratio_paired']:.3f}{interval} | "
                      f"{r['decode_unsteered_tps']:.2f} | {r['decode_steered_tps']:.2f} | {r['decode_ratio']:.3f} | "
                      f"{r['decode_ratio_paired']:.3f} |")
     return "\n".join(lines)

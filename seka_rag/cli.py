@@ -386,7 +386,8 @@ def cmd_bench(args) -> int:
         profile, _ = load_head_profile(args.pasta_heads)
         heads = profile.heads
     config = BenchConfig(lengths=args.lengths, runs=args.runs, decode_tokens=args.decode_tokens,
-                         batch_sizes=args.batch_size, methods=methods, pasta_heads=heads)
+                         batch_sizes=args.batch_size, methods=methods, pasta_heads=heads,
+                         short_run_factor=args.short_run_factor)
     run_benchmark(_model_spec(args), config, args.out, memory=not args.no_memory, latency=not args.no_latency,
                   plots=args.plots, memory_in_process=args.memory_in_process, progress=not args.no_progress)
     return 0
@@ -524,8 +525,11 @@ def cmd_eval_families(args) -> int:
     families = args.families or list(FAMILIES)
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
-        raise SekaError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)} (counterfact, "
-                        "instructions with generated answers and lost-in-middle are `seka-rag eval` families)")
+        from .evaluation.suite import did_you_mean
+
+        raise SekaError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)}"
+                        f"{did_you_mean(unknown, FAMILIES)} (counterfact, instructions with generated answers "
+                        "and lost-in-middle are `seka-rag eval` families)")
     if args.merge:
         _refuse_run_options_with_merge(args, "eval-families", _FAMILY_MERGE_OPTIONS)
         methods = None if args.methods == FAMILY_DEFAULT_METHODS else [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -1334,6 +1338,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt lengths in tokens (default 256,1024,2048)")
     p.add_argument("--runs", type=_positive_int, default=7,
                    help="interleaved timed runs per configuration; medians are reported (default 7)")
+    p.add_argument("--short-run-factor", type=_positive_int, default=4,
+                   help="shapes (tokens x batch) at most 1/16 of the largest get up to this many times --runs, "
+                        "since their short runs are the noisiest and cost little (default 4; 1: --runs everywhere)")
     p.add_argument("--decode-tokens", type=_positive_int, default=16,
                    help="greedy tokens decoded after each prefill, for tokens/s (default 16)")
     p.add_argument("--batch-size", type=_int_list, default=[1], help="batch sizes, e.g. 1,4 (default 1)")

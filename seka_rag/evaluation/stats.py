@@ -83,6 +83,30 @@ def mean_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0,
     return sum(values) / len(values), lo, hi
 
 
+def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Distribution-free interval for the median of ``values``: ``(low, high, coverage)``.
+
+    The order statistics ``x_(j) .. x_(n+1-j)`` with the largest ``j`` whose exact binomial coverage
+    ``1 - 2 P(Binomial(n, 1/2) <= j - 1)`` is still at least ``level``; when even the whole range
+    covers less (n < 6 for 95 %), the range and its true coverage (5 values: 93.75 %). NaNs for no values.
+    """
+    xs = sorted(float(v) for v in values)
+    n = len(xs)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+
+    def coverage(j: int) -> float:  # j is 1-based: the interval [x_(j), x_(n+1-j)]
+        tail = sum(math.comb(n, i) for i in range(j)) / 2 ** n
+        return 1.0 - 2.0 * tail
+
+    j = 1
+    while j + 1 <= (n + 1) // 2 and coverage(j + 1) >= level:
+        j += 1
+    return xs[j - 1], xs[n - j], coverage(j)
+
+
 def split_by(labels: Sequence[str], values: Sequence[Any], order: Sequence[str] | None = None) -> dict[str, list]:
     """``values`` grouped by their ``labels``: ``{label: [values]}``, labels in ``order`` (those present;
     default: sorted), so reports list groups stably."""

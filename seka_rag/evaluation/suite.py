@@ -91,8 +91,24 @@ def parse_names(text: str | Sequence[str] | None, choices: Sequence[str], what: 
     names = [p.strip() for p in parts if p.strip()]
     unknown = [n for n in names if n not in choices]
     if unknown or not names:
-        raise SekaError(f"unknown {what} {unknown or names!r}; choose from {', '.join(choices)}")
+        raise SekaError(f"unknown {what} {unknown or names!r}; choose from {', '.join(choices)}"
+                        f"{did_you_mean(unknown, choices)}")
     return list(dict.fromkeys(names))
+
+
+def did_you_mean(unknown: Sequence[str], choices: Sequence[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the first of ``unknown`` with a close match among ``choices``, else ``""``
+    (``instruction`` / ``instructions`` name the scored family of ``eval-families`` and the generated
+    one of ``eval``: a one-letter slip between the two commands)."""
+    import difflib
+
+    for name in unknown:
+        close = difflib.get_close_matches(str(name).replace("-", "_").lower(),
+                                          [c.replace("-", "_") for c in choices], n=1, cutoff=0.75)
+        if close:
+            match = choices[[c.replace("-", "_") for c in choices].index(close[0])]
+            return f" (did you mean {match!r}?)"
+    return ""
 
 
 def parse_items(text: str | None, families: Sequence[str] = SUITE_FAMILIES) -> dict[str, int]:
@@ -108,7 +124,8 @@ def parse_items(text: str | None, families: Sequence[str] = SUITE_FAMILIES) -> d
         name, _, value = part.partition("=")
         name = name.strip()
         if name not in SUITE_FAMILIES:
-            raise SekaError(f"--items names unknown family {name!r}; choose from {', '.join(SUITE_FAMILIES)}")
+            raise SekaError(f"--items names unknown family {name!r}; choose from {', '.join(SUITE_FAMILIES)}"
+                            f"{did_you_mean([name], SUITE_FAMILIES)}")
         if name in out:
             out[name] = _positive(value, f"--items {name}")
     return out

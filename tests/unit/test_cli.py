@@ -121,6 +121,14 @@ def test_bench_runs_end_to_end(model_dir, tmp_path, capsys):
         (b, n, m) for b in (1, 2) for n in (32, 64) for m in (*methods, "control")
     ]
     assert all(r["prefill_unsteered_s"] > 0 and r["prefill_ratio"] > 0 and r["decode_steered_tps"] > 0 for r in rows)
+    for r in rows:  # the runs' own timings travel with each row, and the paired ratio's interval holds its median
+        assert len(r["samples"]["prefill_s"]) == len(r["samples"]["prefill_unsteered_s"]) == r["runs"] == 1
+        ratio = r["samples"]["prefill_s"][0] / r["samples"]["prefill_unsteered_s"][0]
+        assert r["prefill_ratio_paired"] == pytest.approx(ratio) and r["prefill_ratio_paired_interval"] == [ratio] * 2
+        assert 0 <= r["routing_s"] <= r["prefill_steered_s"]
+    routing = {(r["batch"], r["tokens"], r["method"]): r["routing_s"] for r in rows}
+    # two-pass routing runs a whole extra forward before its steered pass; plain SEKA has nothing to route
+    assert all(routing[(b, n, "two-pass")] > routing[(b, n, "seka")] for b in (1, 2) for n in (32, 64))
     lengths = {(r["tokens"], r["method"]): r["prompt_tokens"] for r in rows if r["batch"] == 1}
     assert lengths[(32, "seka")] == 32 and lengths[(32, "prompt-markers")] > 32  # emphasis adds its markers
     printed = capsys.readouterr().out
@@ -159,6 +167,26 @@ def test_bench_runs_end_to_end(model_dir, tmp_path, capsys):
     assert not (tmp_path / "never.json").exists()
     assert main(["bench", "--model", str(model_dir), "--no-memory", "--memory-in-process"]) == 2
     assert "with --no-memory nothing is probed" in capsys.readouterr().err
+
+
+def test_bench_gives_cheap_shapes_more_runs(model_dir, tmp_path, capsys):
+    from seka_rag.bench import BenchConfig
+
+    config = BenchConfig(lengths=[256, 1024, 2048], batch_sizes=[1, 4], runs=5)
+    assert {(b, n): config.runs_for(b, n) for b in (1, 4) for n in (256, 1024, 2048)} == {
+        (1, 256): 20, (1, 1024): 5, (1, 2048): 5, (4, 256): 5, (4, 1024): 5, (4, 2048): 5}
+    assert BenchConfig(lengths=[256, 2048], batch_sizes=[1, 4], runs=5, short_run_factor=1).runs_for(1, 256) == 5
+    assert BenchConfig(lengths=[256, 4096], batch_sizes=[4], runs=3).runs_for(4, 256) == 6  # 16x smaller: twice
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(model_dir), "--dtype", "float32", "--methods",
+                 "prompt-markers", "--lengths", "8,128", "--runs", "2", "--decode-tokens", "1", "--no-memory",
+                 "--short-run-factor", "3", "--out", str(out)]) == 0
+    import json
+
+    rows = {(r["tokens"], r["method"]): r for r in json.loads(out.read_text())["latency"]}
+    assert rows[(8, "prompt-markers")]["runs"] == 4 and rows[(128, "control")]["runs"] == 2  # 128 / (8 x 8) = 2
+    assert len(rows[(8, "control")]["samples"]["prefill_s"]) == 4
+    assert "extra runs of the short prompts done: batch 1 x 8 tokens: 4 runs" in capsys.readouterr().err
 
 
 def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_path):

@@ -12,7 +12,7 @@ from seka_rag import Projection
 from seka_rag.cli import main
 from seka_rag.errors import SekaError
 from seka_rag.evaluation.sensitivity import check_set_names, delta_values, layer_sets
-from seka_rag.evaluation.stats import format_ci, format_table, group_share_cis, mean_ci, share_ci
+from seka_rag.evaluation.stats import format_ci, format_table, group_share_cis, mean_ci, median_interval, share_ci
 from seka_rag.evaluation.suite import (
     DEFAULT_ITEMS,
     PAIRED_TITLE,
@@ -548,6 +548,27 @@ def test_parse_names_and_items():
     assert set(DEFAULT_ITEMS) == set(SUITE_FAMILIES)
     with pytest.raises(SekaError, match="positive"):
         parse_items("conflict=x")
+    # the other command's spelling of a family gets a pointer, an unrelated name none
+    with pytest.raises(SekaError, match="did you mean 'instructions'"):
+        parse_names("conflict,instruction", SUITE_FAMILIES, "families")
+    with pytest.raises(SekaError, match="did you mean 'lost-in-middle'"):
+        parse_items("lost_in_middle=3")
+    with pytest.raises(SekaError) as err:
+        parse_names("poetry", SUITE_FAMILIES, "families")
+    assert "did you mean" not in str(err.value)
+
+
+def test_median_interval_order_statistics():
+    # 5 values: the whole range, which covers the median with probability 1 - 2/32
+    assert median_interval([5, 1, 3, 2, 4]) == (1.0, 5.0, pytest.approx(0.9375))
+    # 9 values: the 2nd and 8th, coverage 1 - 2 (1 + 9) / 512
+    assert median_interval(range(9, 0, -1)) == (2.0, 8.0, pytest.approx(1 - 20 / 512))
+    lo, hi, coverage = median_interval(range(20))
+    assert (lo, hi) == (5.0, 14.0) and 0.95 <= coverage < 0.96
+    assert median_interval([2.0]) == (2.0, 2.0, 0.0)
+    assert median_interval([]) == pytest.approx((float("nan"),) * 3, nan_ok=True)
+    with pytest.raises(ValueError, match="level"):
+        median_interval([1, 2], level=1.5)
 
 
 def test_shared_report_helpers():
