@@ -31,7 +31,8 @@ examples: install
 	for ex in langchain_rag llamaindex_rag highlight_instruction agent_step; do $(PY) examples/$$ex.py || exit 1; done
 
 # Overhead of every method vs unsteered: prefill latency and decode speed (medians of 5 interleaved
-# runs, with an A/A control) and peak memory (a fresh process per configuration), JSON + PNG plots in
+# runs, up to 20 for shapes 1/16 the size of the largest or smaller; with an A/A control and an
+# interval per paired median) and peak memory (a fresh process per configuration), JSON + PNG plots in
 # docs/bench/. `bench` is the run behind docs/results.md, sized for 2 float32-only CPU cores: the
 # default model at 256 / 1k / 2k tokens, batch 1, every method (prompt emphasis, PASTA, SPA, SEKA,
 # AdaSEKA with both routers, published two-pass routing), and batch 4 at 256 / 1k for the methods
@@ -66,10 +67,11 @@ bench-full: install
 # The same overhead table on a CUDA GPU, batch 1 and 8, in one command that finishes within minutes:
 # bfloat16, SDPA attention (PASTA on eager attention, as it must), peak memory as
 # torch.cuda.max_memory_allocated reset per configuration in one process (--memory-in-process; a
-# fresh process per probe would spend most of the budget loading the model). `timeout` stops it at
+# fresh process per probe would spend most of the budget loading the model; --short-run-factor 1:
+# 5 runs for every shape, since short runs on a GPU cost mostly fixed time). `timeout` stops it at
 # 10 minutes whatever happens.
 bench-gpu: install
-	timeout 600 $(VENV)/bin/seka-rag bench --device cuda --dtype bfloat16 --runs 5 --decode-tokens 16 \
+	timeout 600 $(VENV)/bin/seka-rag bench --device cuda --dtype bfloat16 --runs 5 --short-run-factor 1 --decode-tokens 16 \
 		--methods $(BENCH_METHODS) --lengths 256,1024,2048 --batch-size 1,8 --memory-in-process \
 		--out docs/bench/overhead-qwen2.5-coder-0.5b-cuda.json --plots docs/bench/overhead-qwen2.5-coder-0.5b-cuda
 

@@ -10,8 +10,9 @@ region), ``two-pass`` (AdaSEKA routed as published: an extra full forward pass c
 routing queries before the steered pass).
 
 Latency: every method, unsteered and an unsteered A/A control interleaved in one process, medians
-of ``runs`` repetitions per batch size and prompt length; the control's ratio to unsteered shows
-the noise floor. Memory: each configuration (method × batch size × length) in a fresh subprocess;
+of ``runs`` repetitions per batch size and prompt length (more for cheap shapes,
+:meth:`BenchConfig.runs_for`), with an order-statistic interval for each paired median; the
+control's ratio to unsteered shows the noise floor. Memory: each configuration (method × batch size × length) in a fresh subprocess;
 on CPU the peak resident set size (VmHWM, reset after the model is loaded, and the whole-process
 peak), on CUDA ``torch.cuda.max_memory_allocated`` (there ``memory_in_process=True`` /
 ``--memory-in-process`` resets the peak per configuration in one process instead, which is exact on
@@ -71,9 +72,11 @@ class BenchConfig:
         """Timed runs of one shape: ``runs``, times up to ``short_run_factor`` for cheap shapes.
 
         A shape whose tokens × batch is at most 1/16 of the largest shape's gets ``runs`` ×
-        min(``short_run_factor``, largest / (8 × its size)): its runs are short and noisy (a 0.3 s
-        prefill moves by several percent between runs on a shared machine), and the extra runs
-        cost little beside the largest shape's. ``short_run_factor=1``: every shape gets ``runs``.
+        min(``short_run_factor``, ⌊largest / (8 × its size)⌋): its runs are short and noisy (a 0.3 s
+        prefill moves by several percent between runs on a shared CPU), and the extra runs cost
+        little beside the largest shape's. The cost model is the CPU's, where a run costs about its
+        tokens × batch; on a GPU, where fixed costs dominate short runs, pass ``short_run_factor=1``
+        (``--short-run-factor 1``): every shape then gets ``runs``.
         """
         largest = max(self.lengths) * max(self.batch_sizes)
         factor = largest // (8 * length * batch_size)
@@ -164,11 +167,13 @@ def _steering_for(seka, batch, method: str | bool, config: BenchConfig | None = 
 
 def time_prefill_and_decode(seka, batch, method: str | bool, decode_tokens: int,
                             config: BenchConfig | None = None) -> tuple[float, float, float]:
-    """(prefill seconds, decode tokens per second, routing seconds) for one run.
+    """(prefill seconds, decode tokens per second, set-up seconds) for one run.
 
-    Prefill includes any routing work; routing seconds is the part of it spent before the forward
-    pass starts (setting up the edit: the embedding router's query embedding, two-pass routing's
-    extra forward pass; near zero for the other methods).
+    Prefill includes any routing work. Set-up seconds is the part of it spent before the timed
+    forward pass starts: building the method's context — the embedding router's query embedding,
+    two-pass routing's extra forward pass, PASTA's switch to eager attention and its bias tables;
+    about 0.1–1 ms for SEKA. The attention router routes *inside* the forward pass, so its routing
+    is in the prefill, not in the set-up.
 
     Every method runs the same greedy loop over one or more token streams sharing the attention
     mask: one stream, steered by the method's context (:func:`_steering_for`), or — for SPA — the
@@ -202,6 +207,7 @@ def time_prefill_and_decode(seka, batch, method: str | bool, decode_tokens: int,
     _sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode(), context():  # two-pass routes inside this, so inside the timed region
+        _sync(device)
         routed = time.perf_counter()
         outs = [seka.model(input_ids=ids, attention_mask=batch.attention_mask, use_cache=True, logits_to_keep=1)
                 for ids in streams]
@@ -235,24 +241,24 @@ def latency_table(seka, config: BenchConfig, progress: bool = True) -> list[dict
             time_prefill_and_decode(seka, batches[(b, config.lengths[0], name)], name, 1, config)
     samples = {key: [] for key in batches}
     runs = {shape: config.runs_for(*shape) for shape in shapes}
-    started = time.perf_counter()
-    for r in range(max(runs.values())):  # rounds past `config.runs` time only the cheap shapes given more runs
-        for b, n in shapes:
-            if r >= runs[(b, n)]:
-                continue
-            order = configs if r % 2 == 0 else list(reversed(configs))
-            for name in order:
-                samples[(b, n, name)].append(
-                    time_prefill_and_decode(seka, batches[(b, n, name)], name, config.decode_tokens, config))
-        if progress and r < config.runs:
-            spent = time.perf_counter() - started
-            left = spent / (r + 1) * (config.runs - r - 1)
-            print(f"  run {r + 1}/{config.runs} done ({spent / 60:.1f} min; about {left / 60:.1f} min of these "
-                  "runs left)", file=sys.stderr, flush=True)
-    extra = {shape: k for shape, k in runs.items() if k > config.runs}
-    if progress and extra:
-        print("  extra runs of the short prompts done: " + ", ".join(
-            f"batch {b} x {n} tokens: {k} runs" for (b, n), k in extra.items()), file=sys.stderr, flush=True)
+    repeats = {shape: k // config.runs for shape, k in runs.items()}  # a cheap shape's passes per round
+    spent = {shape: 0.0 for shape in shapes}
+    for r in range(config.runs):
+        for shape in shapes:
+            # a cheap shape given more runs is timed several times in each round, so its extra runs
+            # are spread over the whole session like every other shape's
+            t_shape = time.perf_counter()
+            for rep in range(repeats[shape]):
+                order = configs if (r * repeats[shape] + rep) % 2 == 0 else list(reversed(configs))
+                for name in order:
+                    samples[(*shape, name)].append(
+                        time_prefill_and_decode(seka, batches[(*shape, name)], name, config.decode_tokens, config))
+            spent[shape] += time.perf_counter() - t_shape
+        if progress:
+            done = sum(spent.values())
+            print(f"  run {r + 1}/{config.runs} done ({done / 60:.1f} min; about "
+                  f"{done / (r + 1) * (config.runs - r - 1) / 60:.1f} min of latency runs left)",
+                  file=sys.stderr, flush=True)
     for b, n in shapes:
         base = samples[(b, n, "unsteered")]
         p0 = statistics.median(s[0] for s in base)
@@ -271,7 +277,7 @@ def latency_table(seka, config: BenchConfig, progress: bool = True) -> list[dict
                              prefill_ratio_paired_interval=[lo, hi], interval_coverage=coverage,
                              decode_unsteered_tps=d0, decode_steered_tps=d1, decode_ratio=d1 / d0,
                              decode_ratio_paired=statistics.median(s[1] / u[1] for s, u in zip(steered, base)),
-                             runs=runs[(b, n)], routing_s=statistics.median(s[2] for s in steered),
+                             runs=runs[(b, n)], setup_s=statistics.median(s[2] for s in steered),
                              samples=dict(prefill_unsteered_s=[u[0] for u in base], prefill_s=[s[0] for s in steered],
                                           decode_unsteered_tps=[u[1] for u in base], decode_tps=[s[1] for s in steered])))
     return rows
@@ -412,7 +418,9 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
     info = dict(model=seka.model_id, device=str(seka.device), torch_threads=torch.get_num_threads(),
                 dtype=str(next(seka.model.parameters()).dtype), config=asdict(config))
     where = "memory in this process (CUDA peak allocated)" if memory_in_process else "memory in fresh processes"
-    parts = ([f"{config.runs} interleaved runs"] if latency else []) + ([where] if memory else [])
+    most = max(config.runs_for(b, n) for b in config.batch_sizes for n in config.lengths)
+    parts = ([f"{config.runs} interleaved runs" + (f" (up to {most} for short prompts)" if most > config.runs else "")]
+             if latency else []) + ([where] if memory else [])
     print(f"seka-rag bench: {seka.model_id} on {seka.device} ({info['dtype'].removeprefix('torch.')}), "
           f"{torch.get_num_threads()} threads, batch {', '.join(map(str, config.batch_sizes))}, "
           f"{', '.join(parts)}, {int(config.highlight_share * 100)} % highlighted", flush=True)
@@ -480,20 +488,21 @@ def format_latency(rows: list[dict]) -> str:
 
     The interval beside the median paired prefill ratio is :func:`~seka_rag.evaluation.stats.median_interval`
     of the runs' paired ratios (order statistics; with 5 runs, their range, which covers the median
-    93.75 % of the time; the row's ``interval_coverage``). "of it, routing" is the median time the
-    method spent before its forward pass (the embedding router's query embedding, two-pass routing's
-    extra pass), part of its prefill."""
-    lines = ["| tokens | batch | method | prefill unsteered (s) | prefill method (s) | of it, routing (ms) "
+    93.75 % of the time; the row's ``interval_coverage``; left out below 90 % coverage, i.e. under 5
+    runs). "set-up" is the median time the method spent before its forward pass (see
+    :func:`time_prefill_and_decode`), part of its prefill; "runs" is how many runs the row's medians
+    rest on (cheap shapes get more, :meth:`BenchConfig.runs_for`)."""
+    lines = ["| tokens | batch | method | runs | prefill unsteered (s) | prefill method (s) | of it, set-up (ms) "
              "| ratio of medians | median paired ratio [interval] | decode unsteered (tok/s) | decode method (tok/s) "
              "| ratio of medians | median paired ratio |",
-             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:  # files written before intervals and routing times were kept show neither
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:  # files written before intervals and set-up times were kept show neither
         lo, hi = r.get("prefill_ratio_paired_interval") or (None, None)
-        interval = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
-        routing = f"{1000 * r['routing_s']:.1f}" if r.get("routing_s") is not None else "-"
-        lines.append(f"| {r['tokens']} | {r['batch']} | {r['method']} | {r['prefill_unsteered_s']:.3f} | "
-                     f"{r['prefill_steered_s']:.3f} | {routing} | {r['prefill_ratio']:.3f} | "
-                     f"{r['prefill_ratio_paired']:.3f}{interval} | "
+        interval = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and r.get("interval_coverage", 0) >= 0.9 else ""
+        setup = f"{1000 * r['setup_s']:.1f}" if r.get("setup_s") is not None else "-"
+        lines.append(f"| {r['tokens']} | {r['batch']} | {r['method']} | {r.get('runs', '-')} | "
+                     f"{r['prefill_unsteered_s']:.3f} | {r['prefill_steered_s']:.3f} | {setup} | "
+                     f"{r['prefill_ratio']:.3f} | {r['prefill_ratio_paired']:.3f}{interval} | "
                      f"{r['decode_unsteered_tps']:.2f} | {r['decode_steered_tps']:.2f} | {r['decode_ratio']:.3f} | "
                      f"{r['decode_ratio_paired']:.3f} |")
     return "\n".join(lines)

@@ -528,8 +528,8 @@ def cmd_eval_families(args) -> int:
         from .evaluation.suite import did_you_mean
 
         raise SekaError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)}"
-                        f"{did_you_mean(unknown, FAMILIES)} (counterfact, instructions with generated answers "
-                        "and lost-in-middle are `seka-rag eval` families)")
+                        f"{did_you_mean(unknown, FAMILIES)}; counterfact, instructions with generated answers "
+                        "and lost-in-middle are `seka-rag eval` families")
     if args.merge:
         _refuse_run_options_with_merge(args, "eval-families", _FAMILY_MERGE_OPTIONS)
         methods = None if args.methods == FAMILY_DEFAULT_METHODS else [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -1337,7 +1337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", type=_int_list, default=[256, 1024, 2048],
                    help="prompt lengths in tokens (default 256,1024,2048)")
     p.add_argument("--runs", type=_positive_int, default=7,
-                   help="interleaved timed runs per configuration; medians are reported (default 7)")
+                   help="interleaved timed runs per configuration, more for cheap shapes (--short-run-factor); "
+                        "medians are reported (default 7)")
     p.add_argument("--short-run-factor", type=_positive_int, default=4,
                    help="shapes (tokens x batch) at most 1/16 of the largest get up to this many times --runs, "
                         "since their short runs are the noisiest and cost little (default 4; 1: --runs everywhere)")

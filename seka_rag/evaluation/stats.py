@@ -90,12 +90,12 @@ def median_interval(values: Sequence[float], level: float = 0.95) -> tuple[float
     ``1 - 2 P(Binomial(n, 1/2) <= j - 1)`` is still at least ``level``; when even the whole range
     covers less (n < 6 for 95 %), the range and its true coverage (5 values: 93.75 %). NaNs for no values.
     """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
     xs = sorted(float(v) for v in values)
     n = len(xs)
     if n == 0:
         return math.nan, math.nan, math.nan
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
 
     def coverage(j: int) -> float:  # j is 1-based: the interval [x_(j), x_(n+1-j)]
         tail = sum(math.comb(n, i) for i in range(j)) / 2 ** n

@@ -97,17 +97,25 @@ def parse_names(text: str | Sequence[str] | None, choices: Sequence[str], what: 
 
 
 def did_you_mean(unknown: Sequence[str], choices: Sequence[str]) -> str:
-    """``" (did you mean 'x'?)"`` for the first of ``unknown`` with a close match among ``choices``, else ``""``
-    (``instruction`` / ``instructions`` name the scored family of ``eval-families`` and the generated
-    one of ``eval``: a one-letter slip between the two commands)."""
+    """``" ('x': did you mean 'y'?)"`` for the first of ``unknown`` with a close match among ``choices``, else
+    ``""`` (``instruction`` / ``instructions`` name the scored family of ``eval-families`` and the
+    generated one of ``eval``: a one-letter slip between the two commands). Case, ``-`` and ``_`` do
+    not count; a name is never matched to its negation (``steered`` / ``unsteered``)."""
     import difflib
 
+    choices = [str(c) for c in choices]
+
+    def key(name: str) -> str:
+        return str(name).replace("-", "_").lower()
+
+    keys = [key(c) for c in choices]
     for name in unknown:
-        close = difflib.get_close_matches(str(name).replace("-", "_").lower(),
-                                          [c.replace("-", "_") for c in choices], n=1, cutoff=0.75)
+        wanted = key(name)
+        candidates = [k for k in keys if k not in (f"un{wanted}", f"no_{wanted}", f"non_{wanted}")
+                      and wanted not in (f"un{k}", f"no_{k}", f"non_{k}")]
+        close = difflib.get_close_matches(wanted, candidates, n=1, cutoff=0.75)
         if close:
-            match = choices[[c.replace("-", "_") for c in choices].index(close[0])]
-            return f" (did you mean {match!r}?)"
+            return f" ({str(name)!r}: did you mean {choices[keys.index(close[0])]!r}?)"
     return ""
 
 

@@ -125,10 +125,10 @@ def test_bench_runs_end_to_end(model_dir, tmp_path, capsys):
         assert len(r["samples"]["prefill_s"]) == len(r["samples"]["prefill_unsteered_s"]) == r["runs"] == 1
         ratio = r["samples"]["prefill_s"][0] / r["samples"]["prefill_unsteered_s"][0]
         assert r["prefill_ratio_paired"] == pytest.approx(ratio) and r["prefill_ratio_paired_interval"] == [ratio] * 2
-        assert 0 <= r["routing_s"] <= r["prefill_steered_s"]
-    routing = {(r["batch"], r["tokens"], r["method"]): r["routing_s"] for r in rows}
+        assert 0 <= r["setup_s"] <= r["prefill_steered_s"]
+    setup = {(r["batch"], r["tokens"], r["method"]): r["setup_s"] for r in rows}
     # two-pass routing runs a whole extra forward before its steered pass; plain SEKA has nothing to route
-    assert all(routing[(b, n, "two-pass")] > routing[(b, n, "seka")] for b in (1, 2) for n in (32, 64))
+    assert all(setup[(b, n, "two-pass")] > setup[(b, n, "seka")] for b in (1, 2) for n in (32, 64))
     lengths = {(r["tokens"], r["method"]): r["prompt_tokens"] for r in rows if r["batch"] == 1}
     assert lengths[(32, "seka")] == 32 and lengths[(32, "prompt-markers")] > 32  # emphasis adds its markers
     printed = capsys.readouterr().out
@@ -186,7 +186,9 @@ def test_bench_gives_cheap_shapes_more_runs(model_dir, tmp_path, capsys):
     rows = {(r["tokens"], r["method"]): r for r in json.loads(out.read_text())["latency"]}
     assert rows[(8, "prompt-markers")]["runs"] == 4 and rows[(128, "control")]["runs"] == 2  # 128 / (8 x 8) = 2
     assert len(rows[(8, "control")]["samples"]["prefill_s"]) == 4
-    assert "extra runs of the short prompts done: batch 1 x 8 tokens: 4 runs" in capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "2 interleaved runs (up to 4 for short prompts)" in printed
+    assert "| 8 | 1 | prompt-markers | 4 |" in printed  # the table says how many runs each row rests on
 
 
 def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_path):

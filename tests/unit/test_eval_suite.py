@@ -549,9 +549,14 @@ def test_parse_names_and_items():
     with pytest.raises(SekaError, match="positive"):
         parse_items("conflict=x")
     # the other command's spelling of a family gets a pointer, an unrelated name none
-    with pytest.raises(SekaError, match="did you mean 'instructions'"):
+    with pytest.raises(SekaError, match="'instruction': did you mean 'instructions'"):
         parse_names("conflict,instruction", SUITE_FAMILIES, "families")
-    with pytest.raises(SekaError, match="did you mean 'lost-in-middle'"):
+    with pytest.raises(SekaError, match="'Lost_In_Middle': did you mean 'lost-in-middle'"):
+        parse_names("Lost_In_Middle", SUITE_FAMILIES, "families")
+    with pytest.raises(SekaError) as negated:  # never the opposite of what was asked
+        parse_names("steered", ("unsteered", "seka"), "methods")
+    assert "did you mean" not in str(negated.value)
+    with pytest.raises(SekaError, match="'lost_in_middle': did you mean 'lost-in-middle'"):
         parse_items("lost_in_middle=3")
     with pytest.raises(SekaError) as err:
         parse_names("poetry", SUITE_FAMILIES, "families")
@@ -569,6 +574,8 @@ def test_median_interval_order_statistics():
     assert median_interval([]) == pytest.approx((float("nan"),) * 3, nan_ok=True)
     with pytest.raises(ValueError, match="level"):
         median_interval([1, 2], level=1.5)
+    with pytest.raises(ValueError, match="level"):
+        median_interval([], level=0)
 
 
 def test_shared_report_helpers():
