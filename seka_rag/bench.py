@@ -242,20 +242,18 @@ def latency_table(seka, config: BenchConfig, progress: bool = True) -> list[dict
     samples = {key: [] for key in batches}
     runs = {shape: config.runs_for(*shape) for shape in shapes}
     repeats = {shape: k // config.runs for shape, k in runs.items()}  # a cheap shape's passes per round
-    spent = {shape: 0.0 for shape in shapes}
+    started = time.perf_counter()
     for r in range(config.runs):
         for shape in shapes:
             # a cheap shape given more runs is timed several times in each round, so its extra runs
             # are spread over the whole session like every other shape's
-            t_shape = time.perf_counter()
             for rep in range(repeats[shape]):
                 order = configs if (r * repeats[shape] + rep) % 2 == 0 else list(reversed(configs))
                 for name in order:
                     samples[(*shape, name)].append(
                         time_prefill_and_decode(seka, batches[(*shape, name)], name, config.decode_tokens, config))
-            spent[shape] += time.perf_counter() - t_shape
         if progress:
-            done = sum(spent.values())
+            done = time.perf_counter() - started
             print(f"  run {r + 1}/{config.runs} done ({done / 60:.1f} min; about "
                   f"{done / (r + 1) * (config.runs - r - 1) / 60:.1f} min of latency runs left)",
                   file=sys.stderr, flush=True)
