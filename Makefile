@@ -42,7 +42,9 @@ examples: install
 BENCH_METHODS ?= prompt-markers,pasta,spa,seka,ada-attention,ada-embedding,two-pass
 SMALL_METHODS ?= prompt-markers,pasta,spa,seka
 BENCH := $(VENV)/bin/seka-rag bench --runs 5 --decode-tokens 4
-BENCH_TMP := bench-results
+BENCH_TMP ?= bench-results
+# where the merged JSON and PNG plots go (`make bench BENCH_OUT=/tmp/b` keeps docs/bench/ as it is)
+BENCH_OUT ?= docs/bench
 bench: install
 	$(BENCH) --no-memory --methods $(BENCH_METHODS) --lengths 256,1024,2048 --out $(BENCH_TMP)/qwen-latency.json
 	$(BENCH) --no-latency --methods $(BENCH_METHODS) --lengths 256,1024,2048 --out $(BENCH_TMP)/qwen-memory.json
@@ -54,15 +56,15 @@ bench: install
 	$(BENCH) --model smollm2-135m --no-memory --methods $(SMALL_METHODS) --lengths 256,1024 --batch-size 4 \
 		--out $(BENCH_TMP)/smollm2-latency-b4.json
 	$(BENCH) --merge $(BENCH_TMP)/qwen-latency.json $(BENCH_TMP)/qwen-memory.json $(BENCH_TMP)/qwen-latency-b4.json \
-		--out docs/bench/overhead-qwen2.5-coder-0.5b.json --plots docs/bench/overhead-qwen2.5-coder-0.5b
+		--out $(BENCH_OUT)/overhead-qwen2.5-coder-0.5b.json --plots $(BENCH_OUT)/overhead-qwen2.5-coder-0.5b
 	$(BENCH) --merge $(BENCH_TMP)/smollm2-latency-b1.json $(BENCH_TMP)/smollm2-memory.json $(BENCH_TMP)/smollm2-latency-b4.json \
-		--out docs/bench/overhead-smollm2-135m.json --plots docs/bench/overhead-smollm2-135m
+		--out $(BENCH_OUT)/overhead-smollm2-135m.json --plots $(BENCH_OUT)/overhead-smollm2-135m
 
 bench-full: install
 	$(BENCH) --methods $(BENCH_METHODS) --batch-size 1,4 \
-		--out docs/bench/overhead-qwen2.5-coder-0.5b.json --plots docs/bench/overhead-qwen2.5-coder-0.5b
+		--out $(BENCH_OUT)/overhead-qwen2.5-coder-0.5b.json --plots $(BENCH_OUT)/overhead-qwen2.5-coder-0.5b
 	$(BENCH) --model smollm2-135m --methods $(SMALL_METHODS) --batch-size 1,4 --lengths 256,1024,2048,4096 \
-		--out docs/bench/overhead-smollm2-135m.json --plots docs/bench/overhead-smollm2-135m
+		--out $(BENCH_OUT)/overhead-smollm2-135m.json --plots $(BENCH_OUT)/overhead-smollm2-135m
 
 # The same overhead table on a CUDA GPU, batch 1 and 8, in one command that finishes within minutes:
 # bfloat16, SDPA attention (PASTA on eager attention, as it must), peak memory as

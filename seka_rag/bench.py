@@ -473,7 +473,9 @@ def merge_results(paths: list[str | os.PathLike]) -> dict:
         keyed: dict = {}
         for r in runs:
             for row in r.get(kind, []):
-                keyed[(row.get("tokens"), row.get("batch", 1), row.get("method"))] = row
+                # the first bench files measured SEKA alone at batch 1 and named neither in their rows
+                row = {"method": "seka", "batch": 1, **row}
+                keyed[(row.get("tokens"), row["batch"], row["method"])] = row
         return list(keyed.values())
 
     return dict(info=runs[0]["info"], runs=[part for p, r in zip(paths, runs) for part in parts(p, r)],

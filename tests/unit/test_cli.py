@@ -169,6 +169,25 @@ def test_bench_runs_end_to_end(model_dir, tmp_path, capsys):
     assert "with --no-memory nothing is probed" in capsys.readouterr().err
 
 
+def test_bench_merge_reads_the_first_seka_only_files(tmp_path, capsys):
+    # the first bench files measured SEKA alone at batch 1: their rows name no method and no batch
+    import json
+
+    old = dict(info=dict(model="m", device="cpu"), seconds=10.0,
+               latency=[dict(tokens=256, prefill_unsteered_s=0.5, prefill_steered_s=0.51, prefill_ratio=1.02,
+                             prefill_ratio_paired=1.01, decode_unsteered_tps=7.0, decode_steered_tps=6.9,
+                             decode_ratio=0.99, decode_ratio_paired=0.98, runs=7)],
+               memory=[dict(tokens=256, metric="peak_rss_kib", unsteered=100, steered=101, ratio=1.01, details={})])
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    merged = tmp_path / "merged.json"
+    assert main(["bench", "--merge", str(tmp_path / "old.json"), "--out", str(merged),
+                 "--plots", str(tmp_path / "old")]) == 0
+    rows = json.loads(merged.read_text())
+    assert [(r["tokens"], r["batch"], r["method"]) for r in rows["latency"] + rows["memory"]] == [(256, 1, "seka")] * 2
+    assert "| 256 | 1 | seka | 7 | 0.500 | 0.510 | - |" in capsys.readouterr().out
+    assert (tmp_path / "old-latency.png").is_file() and (tmp_path / "old-memory.png").is_file()
+
+
 def test_bench_gives_cheap_shapes_more_runs(model_dir, tmp_path, capsys):
     from seka_rag.bench import BenchConfig
 
