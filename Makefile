@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.seka-installed
 
-.PHONY: install demo test test-unit examples bench bench-full bench-gpu bench-integrations build-projections eval-conflicts eval eval-instructions sensitivity gain-trade-off clean
+.PHONY: install demo test test-unit examples bench bench-full bench-gpu bench-integrations build-projections build-experts eval-families eval-conflicts eval eval-instructions sensitivity gain-trade-off clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,8 @@ BENCH_TMP ?= bench-results
 BENCH_OUT ?= docs/bench
 bench: install
 	$(BENCH) --no-memory --methods $(BENCH_METHODS) --lengths 256,1024,2048 --out $(BENCH_TMP)/qwen-latency.json
-	$(BENCH) --no-latency --methods $(BENCH_METHODS) --lengths 256,1024,2048 --out $(BENCH_TMP)/qwen-memory.json
+	$(BENCH) --no-latency --methods $(BENCH_METHODS) --lengths 256,1024,2048 --batch-size 1,4 \
+		--out $(BENCH_TMP)/qwen-memory.json
 	$(BENCH) --no-memory --methods $(SMALL_METHODS) --lengths 256,1024 --batch-size 4 --out $(BENCH_TMP)/qwen-latency-b4.json
 	$(BENCH) --model smollm2-135m --no-memory --methods $(SMALL_METHODS) --lengths 256,1024,2048,4096 \
 		--out $(BENCH_TMP)/smollm2-latency-b1.json

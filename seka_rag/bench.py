@@ -14,7 +14,8 @@ of ``runs`` repetitions per batch size and prompt length (more for cheap shapes,
 :meth:`BenchConfig.runs_for`), with an order-statistic interval for each paired median; the
 control's ratio to unsteered shows the noise floor. Memory: each configuration (method × batch size × length) in a fresh subprocess;
 on CPU the peak resident set size (VmHWM, reset after the model is loaded, and the whole-process
-peak), on CUDA ``torch.cuda.max_memory_allocated`` (there ``memory_in_process=True`` /
+peak; glibc's mmap threshold fixed, :data:`PROBE_MMAP_THRESHOLD`, so that the peak follows live
+tensors rather than the allocator's caching), on CUDA ``torch.cuda.max_memory_allocated`` (there ``memory_in_process=True`` /
 ``--memory-in-process`` resets the peak per configuration in one process instead, which is exact on
 CUDA and saves a model load per probe). Prompts are synthetic text cut to an exact
 token count with a contiguous 10 % of it highlighted in the middle.
@@ -331,7 +332,8 @@ def measure_peak(seka, length: int, steer: str | bool, config: BenchConfig, batc
     if seka.device.type == "cuda":
         result.update(peak_bytes=torch.cuda.max_memory_allocated(seka.device), baseline_bytes=base)
     else:
-        result.update(peak_rss_kib=_rss_peak_kib(), load_peak_rss_kib=whole_peak_before, peak_reset=reset)
+        result.update(peak_rss_kib=_rss_peak_kib(), load_peak_rss_kib=whole_peak_before, peak_reset=reset,
+                      malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_"))
     return result
 
 
@@ -371,10 +373,20 @@ def memory_table(model_spec: dict, config: BenchConfig, progress: bool = True, s
     return rows
 
 
+#: glibc's mmap threshold in the CPU probes, bytes (``MALLOC_MMAP_THRESHOLD_``; a value already in the
+#: environment is kept). Fixed, every allocation above it is its own mapping, returned to the system
+#: when freed, so peak RSS follows the tensors alive at once; glibc's default threshold *adapts* to
+#: freed blocks, and then whether a freed buffer stays resident depends on the order of allocations,
+#: which moved the same configuration's peak by ±2 % between fresh processes (about 1.9 GB at 2k
+#: tokens on the default model: 1.86–1.93 GB for SEKA and unsteered alike; 1.847–1.854 GB fixed).
+PROBE_MMAP_THRESHOLD = 65536
+
+
 def _probe_subprocess(model_spec: dict, length: int, steer: str, config: BenchConfig, batch_size: int) -> dict:
     cmd = [sys.executable, "-m", "seka_rag.bench", "--probe", json.dumps(
         dict(model_spec=model_spec, length=length, steer=steer, batch_size=batch_size, config=asdict(config)))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    env = {"MALLOC_MMAP_THRESHOLD_": str(PROBE_MMAP_THRESHOLD), **os.environ, "TQDM_DISABLE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -434,6 +446,8 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
         print(format_memory(memory_rows), flush=True)
     if memory:
         info["memory_probes"] = "in-process" if memory_in_process else "fresh subprocess"
+        if not memory_in_process:
+            info["malloc_mmap_threshold"] = os.environ.get("MALLOC_MMAP_THRESHOLD_", str(PROBE_MMAP_THRESHOLD))
     result = dict(info=info, latency=latency_rows, memory=memory_rows, seconds=time.perf_counter() - started)
     print(f"total {result['seconds']:.0f} s", flush=True)
     write_outputs(result, out, plots)

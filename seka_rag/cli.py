@@ -264,8 +264,16 @@ def cmd_eval_variants(args) -> int:
     from .calibration import Trial, evaluate_trials
     from .projection import Projection
 
-    log = json.loads(Path(args.calibration_log).read_text())
-    trials = [Trial(**{**t, "units": [tuple(u) for u in t["units"]]}) for t in log["trials"] if t["stage"] in args.stages]
+    if not args.projection:  # the trials name layers and gains of the projection the calibration started from
+        raise SekaError("eval-variants needs --projection FILE: the built, uncalibrated projection that "
+                        "`seka-rag calibrate --projection FILE` read when it wrote the calibration log")
+    try:
+        log = json.loads(Path(args.calibration_log).read_text())
+        trials = [Trial(**{**t, "units": [tuple(u) for u in t["units"]]})
+                  for t in log["trials"] if t["stage"] in args.stages]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SekaError(f"--calibration-log {args.calibration_log!r} is not readable as a log written by "
+                        f"`seka-rag calibrate --calibration-log` ({type(exc).__name__}: {exc})") from None
     trials.insert(0, Trial("none", [], 0.0, 0.0, 0))  # unsteered reference
     model = load_model(**_model_spec(args, no_projection=True))
     base = Projection.load(args.projection)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -46,6 +48,20 @@ def test_user_mistakes_exit_2_with_a_message(model_dir, tmp_path, capsys):
     bad.write_bytes(b"not a projection")
     assert main(["generate", "--model", str(model_dir), "--projection", str(bad), "--dtype", "float32", "x"]) == 2
     assert "not a readable projection file" in capsys.readouterr().err
+
+
+def test_eval_variants_says_what_it_needs(model_dir, tmp_path, capsys):
+    log = tmp_path / "log.json"
+    log.write_text("{}")
+    # without --projection it says which projection the trials belong to, before loading anything
+    assert main(["eval-variants", "--model", str(model_dir), "--calibration-log", str(log)]) == 2
+    assert "eval-variants needs --projection FILE" in capsys.readouterr().err
+    proj = tmp_path / "p.safetensors"
+    proj.write_bytes(b"")
+    for bad in (tmp_path / "missing.json", log):  # a missing file, then one without trials
+        assert main(["eval-variants", "--model", str(model_dir), "--projection", str(proj),
+                     "--calibration-log", str(bad)]) == 2
+        assert "is not readable as a log written by `seka-rag calibrate" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -218,6 +234,8 @@ def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_
     rows = memory_table(spec, config, progress=False)
     assert [(r["batch"], r["tokens"], r["method"]) for r in rows] == [(2, 16, "pasta"), (2, 16, "spa")]
     assert all(r["unsteered"] > 0 and r["steered"] > 0 and r["ratio"] > 0 for r in rows)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # the probes fix glibc's mmap threshold (peaks follow live tensors)
+        assert {d["malloc_mmap_threshold"] for r in rows for d in r["details"].values()} == {"65536"}
     from seka_rag.cli import load_model
     from seka_rag.errors import SekaError
 
