@@ -31,14 +31,14 @@ examples: install
 	for ex in langchain_rag llamaindex_rag highlight_instruction agent_step; do $(PY) examples/$$ex.py || exit 1; done
 
 # Overhead of every method vs unsteered: prefill latency and decode speed (medians of 5 interleaved
-# runs, up to 20 for shapes 1/16 the size of the largest or smaller; with an A/A control and an
-# interval per paired median) and peak memory (a fresh process per configuration), JSON + PNG plots in
-# docs/bench/. `bench` is the run behind docs/results.md, sized for 2 float32-only CPU cores: the
-# default model at 256 / 1k / 2k tokens, batch 1, every method (prompt emphasis, PASTA, SPA, SEKA,
-# AdaSEKA with both routers, published two-pass routing), and batch 4 at 256 / 1k for the methods
-# of the small model; the small model at 256 .. 4k, latency at batch 1 (and batch 4 at 256 / 1k),
-# memory at batch 1 and 4. About 140 min there (latency ~70 min of it, alone on the machine). `bench-full` is the whole
-# grid (both models, batch 1 and 4 at every length) for a faster machine. Run either on a quiet machine.
+# runs, more for shapes 1/16 the size of the largest or smaller; with an A/A control and an interval
+# per paired median) and peak memory (a fresh process per configuration), JSON + PNG plots in
+# docs/bench/. `bench` fits the issue's 45 minutes on 2 CPU cores with native bfloat16 (43.9 min
+# measured, docs/bench/make-bench-bf16/; far longer in float32): both models, every method, at batch 1
+# and every length (default model 256 / 1k / 2k, small model up to 4k), latency and memory; memory at
+# batch 4 at every length; latency at batch 4 only at 256 / 1k and only for prompt emphasis, PASTA,
+# SPA and SEKA. `bench-full` is the issue's whole grid (latency at batch 4 everywhere, every method):
+# 90 min on that machine. Run either on a quiet machine.
 BENCH_METHODS ?= prompt-markers,pasta,spa,seka,ada-attention,ada-embedding,two-pass
 SMALL_METHODS ?= prompt-markers,pasta,spa,seka
 BENCH := $(VENV)/bin/seka-rag bench --runs 5 --decode-tokens 4

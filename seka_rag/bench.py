@@ -377,15 +377,18 @@ def memory_table(model_spec: dict, config: BenchConfig, progress: bool = True, s
 #: environment is kept). Fixed, every allocation above it is its own mapping, returned to the system
 #: when freed, so peak RSS follows the tensors alive at once; glibc's default threshold *adapts* to
 #: freed blocks, and then whether a freed buffer stays resident depends on the order of allocations,
-#: which moved the same configuration's peak by ±2 % between fresh processes (about 1.9 GB at 2k
-#: tokens on the default model: 1.86–1.93 GB for SEKA and unsteered alike; 1.847–1.854 GB fixed).
-PROBE_MMAP_THRESHOLD = 65536
+#: which moved the same configuration's peak by up to 2 % between fresh processes (2k tokens on the
+#: default model, three probes each of four configurations: 1.78–1.84 GiB; 1.761–1.768 GiB fixed).
+#: ``None``: glibc's own adaptive threshold (what the probes used before).
+PROBE_MMAP_THRESHOLD: int | None = 65536
 
 
 def _probe_subprocess(model_spec: dict, length: int, steer: str, config: BenchConfig, batch_size: int) -> dict:
     cmd = [sys.executable, "-m", "seka_rag.bench", "--probe", json.dumps(
         dict(model_spec=model_spec, length=length, steer=steer, batch_size=batch_size, config=asdict(config)))]
-    env = {"MALLOC_MMAP_THRESHOLD_": str(PROBE_MMAP_THRESHOLD), **os.environ, "TQDM_DISABLE": "1"}
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    if PROBE_MMAP_THRESHOLD is not None:
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(PROBE_MMAP_THRESHOLD))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe failed:\n{proc.stderr[-2000:]}")
@@ -447,7 +450,8 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
     if memory:
         info["memory_probes"] = "in-process" if memory_in_process else "fresh subprocess"
         if not memory_in_process:
-            info["malloc_mmap_threshold"] = os.environ.get("MALLOC_MMAP_THRESHOLD_", str(PROBE_MMAP_THRESHOLD))
+            info["malloc_mmap_threshold"] = os.environ.get(
+                "MALLOC_MMAP_THRESHOLD_", "glibc default" if PROBE_MMAP_THRESHOLD is None else str(PROBE_MMAP_THRESHOLD))
     result = dict(info=info, latency=latency_rows, memory=memory_rows, seconds=time.perf_counter() - started)
     print(f"total {result['seconds']:.0f} s", flush=True)
     write_outputs(result, out, plots)

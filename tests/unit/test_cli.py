@@ -226,7 +226,7 @@ def test_bench_gives_cheap_shapes_more_runs(model_dir, tmp_path, capsys):
     assert "| 8 | 1 | prompt-markers | 4 |" in printed  # the table says how many runs each row rests on
 
 
-def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_path):
+def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_path, monkeypatch):
     from seka_rag.bench import BenchConfig, memory_table
 
     spec = dict(model=str(model_dir), no_projection=True, dtype="float32")  # PASTA and SPA need no projection
@@ -236,6 +236,9 @@ def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_
     assert all(r["unsteered"] > 0 and r["steered"] > 0 and r["ratio"] > 0 for r in rows)
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # the probes fix glibc's mmap threshold (peaks follow live tensors)
         assert {d["malloc_mmap_threshold"] for r in rows for d in r["details"].values()} == {"65536"}
+        monkeypatch.setattr("seka_rag.bench.PROBE_MMAP_THRESHOLD", None)  # glibc's own adaptive threshold
+        one = BenchConfig(lengths=[16], runs=1, decode_tokens=1, methods=["spa"])
+        assert {d["malloc_mmap_threshold"] for d in memory_table(spec, one, progress=False)[0]["details"].values()} == {None}
     from seka_rag.cli import load_model
     from seka_rag.errors import SekaError
 
