@@ -33,11 +33,11 @@ examples: install
 # Overhead of every method vs unsteered: prefill latency and decode speed (medians of 5 interleaved
 # runs, more for shapes 1/16 the size of the largest or smaller; with an A/A control and an interval
 # per paired median) and peak memory (a fresh process per configuration), JSON + PNG plots in
-# docs/bench/. `bench` fits the issue's 45 minutes on 2 CPU cores with native bfloat16 (43.9 min
+# docs/bench/. `bench` fits in 45 minutes on 2 CPU cores with native bfloat16 (43.9 min
 # measured, docs/bench/make-bench-bf16/; far longer in float32): both models, every method, at batch 1
 # and every length (default model 256 / 1k / 2k, small model up to 4k), latency and memory; memory at
 # batch 4 at every length; latency at batch 4 only at 256 / 1k and only for prompt emphasis, PASTA,
-# SPA and SEKA. `bench-full` is the issue's whole grid (latency at batch 4 everywhere, every method):
+# SPA and SEKA. `bench-full` is the whole grid (latency at batch 4 everywhere, every method):
 # 90 min on that machine. Run either on a quiet machine.
 BENCH_METHODS ?= prompt-markers,pasta,spa,seka,ada-attention,ada-embedding,two-pass
 SMALL_METHODS ?= prompt-markers,pasta,spa,seka

@@ -52,12 +52,25 @@ ADAPTIVE_METHODS = ("ada-attention", "ada-embedding", "two-pass")
 _QUERY_TEXT = "What did the committee decide about the northern pier?"
 
 
+#: glibc's mmap threshold in the CPU probes, bytes (``MALLOC_MMAP_THRESHOLD_``; a value already in the
+#: environment is kept). Fixed, every allocation above it is its own mapping, returned to the system
+#: when freed, so peak RSS follows the tensors alive at once; glibc's default threshold *adapts* to
+#: freed blocks, and then whether a freed buffer stays resident depends on the order of allocations,
+#: which spread the same configuration's peak over about 2 % between fresh processes (2k tokens on the
+#: default model, three probes each of four configurations: 1.78–1.84 GiB; 1.761–1.768 GiB fixed).
+#: The default of :attr:`BenchConfig.mmap_threshold` (``None`` there: glibc's own adaptive threshold).
+PROBE_MMAP_THRESHOLD = 65536
+
+
 @dataclass
 class BenchConfig:
     """What ``seka-rag bench`` measures.
 
     ``pasta_heads``: PASTA's ``{layer: [query heads]}`` (its cost is the eager attention of every
     layer, whichever heads are chosen; default: the first eight query heads of the middle layer).
+    ``mmap_threshold``: glibc's mmap threshold (bytes) in the CPU memory probes, unless their
+    environment already sets one; ``None`` leaves glibc's adaptive default (see
+    :data:`PROBE_MMAP_THRESHOLD`).
     """
 
     lengths: list[int] = field(default_factory=lambda: [256, 1024, 2048])
@@ -68,6 +81,7 @@ class BenchConfig:
     methods: list[str] = field(default_factory=lambda: ["seka"])
     pasta_heads: dict[int, list[int]] | None = None
     short_run_factor: int = 4
+    mmap_threshold: int | None = PROBE_MMAP_THRESHOLD
 
     def runs_for(self, batch_size: int, length: int) -> int:
         """Timed runs of one shape: ``runs``, times up to ``short_run_factor`` for cheap shapes.
@@ -333,7 +347,7 @@ def measure_peak(seka, length: int, steer: str | bool, config: BenchConfig, batc
         result.update(peak_bytes=torch.cuda.max_memory_allocated(seka.device), baseline_bytes=base)
     else:
         result.update(peak_rss_kib=_rss_peak_kib(), load_peak_rss_kib=whole_peak_before, peak_reset=reset,
-                      malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_"))
+                      malloc_mmap_threshold=malloc_mmap_threshold())
     return result
 
 
@@ -373,22 +387,24 @@ def memory_table(model_spec: dict, config: BenchConfig, progress: bool = True, s
     return rows
 
 
-#: glibc's mmap threshold in the CPU probes, bytes (``MALLOC_MMAP_THRESHOLD_``; a value already in the
-#: environment is kept). Fixed, every allocation above it is its own mapping, returned to the system
-#: when freed, so peak RSS follows the tensors alive at once; glibc's default threshold *adapts* to
-#: freed blocks, and then whether a freed buffer stays resident depends on the order of allocations,
-#: which moved the same configuration's peak by up to 2 % between fresh processes (2k tokens on the
-#: default model, three probes each of four configurations: 1.78–1.84 GiB; 1.761–1.768 GiB fixed).
-#: ``None``: glibc's own adaptive threshold (what the probes used before).
-PROBE_MMAP_THRESHOLD: int | None = 65536
+
+
+def malloc_mmap_threshold() -> str:
+    """glibc's mmap threshold in this process, as set in its environment: a tunable in ``GLIBC_TUNABLES``
+    (which takes precedence), else ``MALLOC_MMAP_THRESHOLD_``, else ``"glibc default"`` (adaptive)."""
+    for item in os.environ.get("GLIBC_TUNABLES", "").split(":"):
+        if item.startswith("glibc.malloc.mmap_threshold="):
+            return item.split("=", 1)[1]
+    return os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")
 
 
 def _probe_subprocess(model_spec: dict, length: int, steer: str, config: BenchConfig, batch_size: int) -> dict:
     cmd = [sys.executable, "-m", "seka_rag.bench", "--probe", json.dumps(
         dict(model_spec=model_spec, length=length, steer=steer, batch_size=batch_size, config=asdict(config)))]
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    if PROBE_MMAP_THRESHOLD is not None:
-        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(PROBE_MMAP_THRESHOLD))
+    threshold = config.mmap_threshold
+    if threshold is not None and "mmap_threshold" not in env.get("GLIBC_TUNABLES", ""):  # the tunable would win
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(threshold))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe failed:\n{proc.stderr[-2000:]}")
@@ -449,9 +465,9 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
         print(format_memory(memory_rows), flush=True)
     if memory:
         info["memory_probes"] = "in-process" if memory_in_process else "fresh subprocess"
-        if not memory_in_process:
-            info["malloc_mmap_threshold"] = os.environ.get(
-                "MALLOC_MMAP_THRESHOLD_", "glibc default" if PROBE_MMAP_THRESHOLD is None else str(PROBE_MMAP_THRESHOLD))
+        probes = [row["details"] for row in memory_rows]
+        if probes and all(d.get("device") == "cpu" for det in probes for d in det.values()):  # RSS: the probes' own
+            info["malloc_mmap_threshold"] = next(iter(probes[0].values())).get("malloc_mmap_threshold")
     result = dict(info=info, latency=latency_rows, memory=memory_rows, seconds=time.perf_counter() - started)
     print(f"total {result['seconds']:.0f} s", flush=True)
     write_outputs(result, out, plots)
@@ -518,11 +534,13 @@ def format_latency(rows: list[dict]) -> str:
         lo, hi = r.get("prefill_ratio_paired_interval") or (None, None)
         interval = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and r.get("interval_coverage", 0) >= 0.9 else ""
         setup = f"{1000 * r['setup_s']:.1f}" if r.get("setup_s") is not None else "-"
+        paired = {k: f"{r[k]:.3f}" if r.get(k) is not None else "-"  # the first files kept ratios of medians only
+                  for k in ("prefill_ratio_paired", "decode_ratio_paired")}
         lines.append(f"| {r['tokens']} | {r['batch']} | {r['method']} | {r.get('runs', '-')} | "
                      f"{r['prefill_unsteered_s']:.3f} | {r['prefill_steered_s']:.3f} | {setup} | "
-                     f"{r['prefill_ratio']:.3f} | {r['prefill_ratio_paired']:.3f}{interval} | "
+                     f"{r['prefill_ratio']:.3f} | {paired['prefill_ratio_paired']}{interval} | "
                      f"{r['decode_unsteered_tps']:.2f} | {r['decode_steered_tps']:.2f} | {r['decode_ratio']:.3f} | "
-                     f"{r['decode_ratio_paired']:.3f} |")
+                     f"{paired['decode_ratio_paired']} |")
     return "\n".join(lines)
 
 
@@ -558,7 +576,8 @@ def plot_benchmark(result: dict, prefix: str | os.PathLike) -> list[Path]:
                 ax = fig.add_subplot(len(metrics), len(batches), i * len(batches) + j + 1)
                 methods = list(dict.fromkeys(r["method"] for r in rows))
                 for m in methods:
-                    pts = sorted((r["tokens"], r[key]) for r in rows if r["method"] == m and r.get("batch", 1) == b)
+                    pts = sorted((r["tokens"], r[key]) for r in rows  # rows of the first files lack the paired ratios
+                                 if r["method"] == m and r.get("batch", 1) == b and r.get(key) is not None)
                     style = dict(linestyle=":", color="grey") if m == "control" else {}
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m, **style)
                 ax.axhline(1.0, color="black", linewidth=0.6)

@@ -275,8 +275,8 @@ def cmd_eval_variants(args) -> int:
         raise SekaError(f"--calibration-log {args.calibration_log!r} is not readable as a log written by "
                         f"`seka-rag calibrate --calibration-log` ({type(exc).__name__}: {exc})") from None
     trials.insert(0, Trial("none", [], 0.0, 0.0, 0))  # unsteered reference
+    base = Projection.load(args.projection)  # a bad file is said before the model loads
     model = load_model(**_model_spec(args, no_projection=True))
-    base = Projection.load(args.projection)
     model.load_projection(base)
     rows = evaluate_trials(model, base, trials, split=args.split, items=args.items,
                            progress=not args.no_progress)
@@ -355,6 +355,22 @@ def cmd_demo(args) -> int:
     return 0
 
 
+_MMAP_UNSET = object()
+
+
+def _mmap_threshold(text: str) -> int | None:
+    """``--mmap-threshold``: a byte count, or ``default`` for glibc's adaptive threshold (None)."""
+    if text.strip().lower() == "default":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a byte count (0 or more) or 'default', got {text!r}")
+    return value
+
+
 def cmd_bench(args) -> int:
     from .bench import ADAPTIVE_METHODS, BenchConfig, format_latency, format_memory, merge_results, run_benchmark
 
@@ -367,6 +383,10 @@ def cmd_bench(args) -> int:
         if _default_device(args.device).type != "cuda":  # the model's own device resolution, before loading
             raise SekaError("--memory-in-process needs a CUDA device: peak RSS cannot be reset per configuration, "
                             "so CPU probes run in fresh processes")
+    if args.mmap_threshold is not _MMAP_UNSET and (args.merge or args.no_memory or args.memory_in_process):
+        why = "--merge" if args.merge else "--no-memory" if args.no_memory else "--memory-in-process"
+        raise SekaError(f"--mmap-threshold sets glibc's mmap threshold in the CPU memory probes; with {why} "
+                        "no such probe runs")
     if args.merge:
         from .bench import write_outputs
 
@@ -395,7 +415,8 @@ def cmd_bench(args) -> int:
         heads = profile.heads
     config = BenchConfig(lengths=args.lengths, runs=args.runs, decode_tokens=args.decode_tokens,
                          batch_sizes=args.batch_size, methods=methods, pasta_heads=heads,
-                         short_run_factor=args.short_run_factor)
+                         short_run_factor=args.short_run_factor,
+                         **({} if args.mmap_threshold is _MMAP_UNSET else {"mmap_threshold": args.mmap_threshold}))
     run_benchmark(_model_spec(args), config, args.out, memory=not args.no_memory, latency=not args.no_latency,
                   plots=args.plots, memory_in_process=args.memory_in_process, progress=not args.no_progress)
     return 0
@@ -1181,7 +1202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-log", required=True, help="the JSON log written by calibrate --calibration-log")
     p.add_argument("--split", default="test", choices=["dev", "test"], help="conflict split to score (default test)")
     p.add_argument("--items", type=_positive_int)
-    p.add_argument("--stages", nargs="+", default=["single", "select", "blocks", "gains"])
+    p.add_argument("--stages", nargs="+", default=["single", "select", "blocks", "gains"],
+                   choices=["scan", "single", "select", "blocks", "gains"],
+                   help="calibration stages whose trials to score (default: single select blocks gains)")
+    for action in p._actions:  # here the projection is the calibration's starting point, not a default
+        if action.dest == "projection":
+            action.help = "the built, uncalibrated projection that `calibrate --projection` read (required)"
     p.add_argument("--out", help="write the table (Markdown)")
     p.set_defaults(func=cmd_eval_variants)
 
@@ -1354,6 +1380,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="greedy tokens decoded after each prefill, for tokens/s (default 16)")
     p.add_argument("--batch-size", type=_int_list, default=[1], help="batch sizes, e.g. 1,4 (default 1)")
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-subprocess memory probes")
+    p.add_argument("--mmap-threshold", type=_mmap_threshold, default=_MMAP_UNSET, metavar="BYTES|default",
+                   help="glibc's mmap threshold in the CPU memory probes (default 65536: peak RSS follows the "
+                        "tensors alive at once; 'default': glibc's adaptive threshold, whose caching moves peaks "
+                        "by about 2 %% between processes); a MALLOC_MMAP_THRESHOLD_ already set is kept")
     p.add_argument("--memory-in-process", action="store_true",
                    help="CUDA only: probe peak memory (max_memory_allocated, reset per configuration) in this "
                         "process instead of a fresh process per configuration; saves a model load per probe")

@@ -62,6 +62,10 @@ def test_eval_variants_says_what_it_needs(model_dir, tmp_path, capsys):
         assert main(["eval-variants", "--model", str(model_dir), "--projection", str(proj),
                      "--calibration-log", str(bad)]) == 2
         assert "is not readable as a log written by `seka-rag calibrate" in capsys.readouterr().err
+    log.write_text('{"trials": []}')  # a readable log, an unreadable projection: said before the model loads
+    assert main(["eval-variants", "--model", str(tmp_path / "no-model"), "--projection", str(proj),
+                 "--calibration-log", str(log)]) == 2
+    assert "not a readable projection file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -74,6 +78,8 @@ def test_eval_variants_says_what_it_needs(model_dir, tmp_path, capsys):
     (["sensitivity", "--items", "0"], "--items: must be a positive integer"),
     (["profile-pasta", "--out", "h.json", "--top", "0"], "--top: must be a positive integer"),
     (["bench", "--decode-tokens", "0"], "--decode-tokens: must be a positive integer"),
+    (["bench", "--mmap-threshold", "lots"], "--mmap-threshold: must be a byte count (0 or more) or 'default'"),
+    (["bench", "--mmap-threshold", "default", "--no-memory"], "with --no-memory no such probe runs"),
     (["eval-conflicts", "--items", "-1"], "--items: must be a positive integer, got -1"),
     (["eval-families", "--embedding-temperature", "0"], "--embedding-temperature: must be a positive number"),
     (["gain-scale", "--first-question", "-3"], "--first-question: must be an integer >= 0"),
@@ -114,7 +120,7 @@ def test_generate_flag_conflicts_are_refused(model_dir, monkeypatch, capsys):
     assert "leave --gguf-file out" in capsys.readouterr().err
 
 
-def test_bench_runs_end_to_end(model_dir, tmp_path, capsys):
+def test_bench_runs_end_to_end(model_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "bench.json"
     proj = tmp_path / "p.safetensors"
     assert main(["build-projection", "--model", str(model_dir), "--out", str(proj), "--triplets", "4",
@@ -153,12 +159,15 @@ def test_bench_runs_end_to_end(model_dir, tmp_path, capsys):
     assert main(["bench", "--model", str(model_dir), "--projection", str(proj), "--methods", "bogus",
                  "--no-memory"]) == 2
     # memory alone (it may run beside other work), then both parts merged into one result and plots
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     mem = tmp_path / "memory.json"
     assert main(["bench", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
                  "--methods", "seka", "--lengths", "32", "--decode-tokens", "1", "--no-latency",
                  "--out", str(mem)]) == 0
     memory = json.loads(mem.read_text())
     assert memory["latency"] == [] and [(r["tokens"], r["method"]) for r in memory["memory"]] == [(32, "seka")]
+    assert memory["info"]["malloc_mmap_threshold"] == "65536"  # what the CPU probes ran with
     merged = tmp_path / "merged.json"
     assert main(["bench", "--merge", str(out), str(mem), "--out", str(merged),
                  "--plots", str(tmp_path / "plots" / "merged")]) == 0
@@ -192,15 +201,21 @@ def test_bench_merge_reads_the_first_seka_only_files(tmp_path, capsys):
     old = dict(info=dict(model="m", device="cpu"), seconds=10.0,
                latency=[dict(tokens=256, prefill_unsteered_s=0.5, prefill_steered_s=0.51, prefill_ratio=1.02,
                              prefill_ratio_paired=1.01, decode_unsteered_tps=7.0, decode_steered_tps=6.9,
-                             decode_ratio=0.99, decode_ratio_paired=0.98, runs=7)],
+                             decode_ratio=0.99, decode_ratio_paired=0.98, runs=7),
+                        # the very first files kept ratios of medians only
+                        dict(tokens=1024, batch=1, prefill_unsteered_s=2.0, prefill_steered_s=2.1, prefill_ratio=1.05,
+                             decode_unsteered_tps=6.0, decode_steered_tps=6.0, decode_ratio=1.0, runs=5)],
                memory=[dict(tokens=256, metric="peak_rss_kib", unsteered=100, steered=101, ratio=1.01, details={})])
     (tmp_path / "old.json").write_text(json.dumps(old))
     merged = tmp_path / "merged.json"
     assert main(["bench", "--merge", str(tmp_path / "old.json"), "--out", str(merged),
                  "--plots", str(tmp_path / "old")]) == 0
     rows = json.loads(merged.read_text())
-    assert [(r["tokens"], r["batch"], r["method"]) for r in rows["latency"] + rows["memory"]] == [(256, 1, "seka")] * 2
-    assert "| 256 | 1 | seka | 7 | 0.500 | 0.510 | - |" in capsys.readouterr().out
+    assert [(r["tokens"], r["batch"], r["method"]) for r in rows["latency"] + rows["memory"]] == [
+        (256, 1, "seka"), (1024, 1, "seka"), (256, 1, "seka")]
+    printed = capsys.readouterr().out
+    assert "| 256 | 1 | seka | 7 | 0.500 | 0.510 | - | 1.020 | 1.010 |" in printed
+    assert "| 1024 | 1 | seka | 5 | 2.000 | 2.100 | - | 1.050 | - | 6.00 | 6.00 | 1.000 | - |" in printed
     assert (tmp_path / "old-latency.png").is_file() and (tmp_path / "old-memory.png").is_file()
 
 
@@ -231,14 +246,23 @@ def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_
 
     spec = dict(model=str(model_dir), no_projection=True, dtype="float32")  # PASTA and SPA need no projection
     config = BenchConfig(lengths=[16], runs=1, decode_tokens=1, batch_sizes=[2], methods=["pasta", "spa"])
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     rows = memory_table(spec, config, progress=False)
     assert [(r["batch"], r["tokens"], r["method"]) for r in rows] == [(2, 16, "pasta"), (2, 16, "spa")]
     assert all(r["unsteered"] > 0 and r["steered"] > 0 and r["ratio"] > 0 for r in rows)
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # the probes fix glibc's mmap threshold (peaks follow live tensors)
-        assert {d["malloc_mmap_threshold"] for r in rows for d in r["details"].values()} == {"65536"}
-        monkeypatch.setattr("seka_rag.bench.PROBE_MMAP_THRESHOLD", None)  # glibc's own adaptive threshold
-        one = BenchConfig(lengths=[16], runs=1, decode_tokens=1, methods=["spa"])
-        assert {d["malloc_mmap_threshold"] for d in memory_table(spec, one, progress=False)[0]["details"].values()} == {None}
+    # the probes fix glibc's mmap threshold (peaks follow live tensors), unless told otherwise
+    assert {d["malloc_mmap_threshold"] for r in rows for d in r["details"].values()} == {"65536"}
+    one = BenchConfig(lengths=[16], runs=1, decode_tokens=1, methods=["spa"], mmap_threshold=None)
+
+    def thresholds(config):
+        return {d["malloc_mmap_threshold"] for d in memory_table(spec, config, progress=False)[0]["details"].values()}
+
+    assert thresholds(one) == {"glibc default"}
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")  # the user's own setting is kept
+    assert thresholds(BenchConfig(lengths=[16], runs=1, decode_tokens=1, methods=["spa"])) == {"131072"}
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=262144")  # glibc's tunable wins over both
+    assert thresholds(one) == {"262144"}
     from seka_rag.cli import load_model
     from seka_rag.errors import SekaError
 
