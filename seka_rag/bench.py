@@ -387,8 +387,6 @@ def memory_table(model_spec: dict, config: BenchConfig, progress: bool = True, s
     return rows
 
 
-
-
 def malloc_mmap_threshold() -> str:
     """glibc's mmap threshold in this process, as set in its environment: a tunable in ``GLIBC_TUNABLES``
     (which takes precedence), else ``MALLOC_MMAP_THRESHOLD_``, else ``"glibc default"`` (adaptive)."""
@@ -402,9 +400,8 @@ def _probe_subprocess(model_spec: dict, length: int, steer: str, config: BenchCo
     cmd = [sys.executable, "-m", "seka_rag.bench", "--probe", json.dumps(
         dict(model_spec=model_spec, length=length, steer=steer, batch_size=batch_size, config=asdict(config)))]
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    threshold = config.mmap_threshold
-    if threshold is not None and "mmap_threshold" not in env.get("GLIBC_TUNABLES", ""):  # the tunable would win
-        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(threshold))
+    if config.mmap_threshold is not None and malloc_mmap_threshold() == "glibc default":  # the user's setting wins
+        env["MALLOC_MMAP_THRESHOLD_"] = str(config.mmap_threshold)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe failed:\n{proc.stderr[-2000:]}")
