@@ -80,11 +80,15 @@ def _int_list(text: str | None) -> list[int] | None:
         raise argparse.ArgumentTypeError(f"expected integers like '3,5,7' or an ascending range like '14-23', got {text!r}") from None
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+_STARTING_PROJECTION = "the built, uncalibrated projection to start from (required; not the shipped one)"
+
+
+def _add_model_args(p: argparse.ArgumentParser,
+                    projection_help: str = "projection file (default: the one shipped for an embedded model)") -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"embedded model ({', '.join(EMBEDDED_MODELS)}), hub id or local directory")
     p.add_argument("--gguf-file", help="GGUF file name inside --model's directory")
-    p.add_argument("--projection", help="projection file (default: the one shipped for an embedded model)")
+    p.add_argument("--projection", help=projection_help)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
     p.add_argument("--dtype", help="float32, bfloat16 ... (default: bfloat16 on CUDA and on CPUs with native bf16, else float32)")
     p.add_argument("--cache-dir", help="where converted GGUF models are cached (embedded models, --gguf-file; "
@@ -372,7 +376,8 @@ def _mmap_threshold(text: str) -> int | None:
 
 
 def cmd_bench(args) -> int:
-    from .bench import ADAPTIVE_METHODS, BenchConfig, format_latency, format_memory, merge_results, run_benchmark
+    from .bench import (ADAPTIVE_METHODS, PROBE_MMAP_THRESHOLD, BenchConfig, format_latency, format_memory,
+                        merge_results, run_benchmark)
 
     if args.memory_in_process:
         if args.merge or args.no_memory:
@@ -416,7 +421,7 @@ def cmd_bench(args) -> int:
     config = BenchConfig(lengths=args.lengths, runs=args.runs, decode_tokens=args.decode_tokens,
                          batch_sizes=args.batch_size, methods=methods, pasta_heads=heads,
                          short_run_factor=args.short_run_factor,
-                         **({} if args.mmap_threshold is _MMAP_UNSET else {"mmap_threshold": args.mmap_threshold}))
+                         mmap_threshold=PROBE_MMAP_THRESHOLD if args.mmap_threshold is _MMAP_UNSET else args.mmap_threshold)
     run_benchmark(_model_spec(args), config, args.out, memory=not args.no_memory, latency=not args.no_latency,
                   plots=args.plots, memory_in_process=args.memory_in_process, progress=not args.no_progress)
     return 0
@@ -1192,22 +1197,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build_experts)
 
     p = sub.add_parser("calibrate", help="choose layers, construction and gains of a projection on dev data")
-    _add_model_args(p)
+    _add_model_args(p, projection_help=_STARTING_PROJECTION)
     p.add_argument("--out", required=True, help="output .safetensors file")
     _add_calibration_args(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("eval-variants", help="dev vs test share (first-token proxy) of logged calibration trials")
-    _add_model_args(p)
+    _add_model_args(p, projection_help=_STARTING_PROJECTION + ": the one `calibrate --projection` read")
     p.add_argument("--calibration-log", required=True, help="the JSON log written by calibrate --calibration-log")
     p.add_argument("--split", default="test", choices=["dev", "test"], help="conflict split to score (default test)")
     p.add_argument("--items", type=_positive_int)
     p.add_argument("--stages", nargs="+", default=["single", "select", "blocks", "gains"],
                    choices=["scan", "single", "select", "blocks", "gains"],
                    help="calibration stages whose trials to score (default: single select blocks gains)")
-    for action in p._actions:  # here the projection is the calibration's starting point, not a default
-        if action.dest == "projection":
-            action.help = "the built, uncalibrated projection that `calibrate --projection` read (required)"
     p.add_argument("--out", help="write the table (Markdown)")
     p.set_defaults(func=cmd_eval_variants)
 
