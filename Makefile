@@ -49,12 +49,12 @@ bench: install
 	$(BENCH) --no-memory --methods $(BENCH_METHODS) --lengths 256,1024,2048 --out $(BENCH_TMP)/qwen-latency.json
 	$(BENCH) --no-latency --methods $(BENCH_METHODS) --lengths 256,1024,2048 --batch-size 1,4 \
 		--out $(BENCH_TMP)/qwen-memory.json
-	$(BENCH) --no-memory --methods $(SMALL_METHODS) --lengths 256,1024 --batch-size 4 --out $(BENCH_TMP)/qwen-latency-b4.json
+	$(BENCH) --no-memory --methods $(BENCH_METHODS) --lengths 256,1024 --batch-size 4 --out $(BENCH_TMP)/qwen-latency-b4.json
 	$(BENCH) --model smollm2-135m --no-memory --methods $(SMALL_METHODS) --lengths 256,1024,2048,4096 \
 		--out $(BENCH_TMP)/smollm2-latency-b1.json
 	$(BENCH) --model smollm2-135m --no-latency --methods $(SMALL_METHODS) --lengths 256,1024,2048,4096 \
 		--batch-size 1,4 --out $(BENCH_TMP)/smollm2-memory.json
-	$(BENCH) --model smollm2-135m --no-memory --methods $(SMALL_METHODS) --lengths 256,1024 --batch-size 4 \
+	$(BENCH) --model smollm2-135m --no-memory --methods $(SMALL_METHODS) --lengths 256,1024,2048 --batch-size 4 \
 		--out $(BENCH_TMP)/smollm2-latency-b4.json
 	$(BENCH) --merge $(BENCH_TMP)/qwen-latency.json $(BENCH_TMP)/qwen-memory.json $(BENCH_TMP)/qwen-latency-b4.json \
 		--out $(BENCH_OUT)/overhead-qwen2.5-coder-0.5b.json --plots $(BENCH_OUT)/overhead-qwen2.5-coder-0.5b

@@ -12,13 +12,15 @@ routing queries before the steered pass).
 Latency: every method, unsteered and an unsteered A/A control interleaved in one process, medians
 of ``runs`` repetitions per batch size and prompt length (more for cheap shapes,
 :meth:`BenchConfig.runs_for`), with an order-statistic interval for each paired median; the
-control's ratio to unsteered shows the noise floor. Memory: each configuration (method × batch size × length) in a fresh subprocess;
-on CPU the peak resident set size (VmHWM, reset after the model is loaded, and the whole-process
-peak; glibc's mmap threshold fixed, :data:`PROBE_MMAP_THRESHOLD`, so that the peak follows live
-tensors rather than the allocator's caching), on CUDA ``torch.cuda.max_memory_allocated`` (there ``memory_in_process=True`` /
-``--memory-in-process`` resets the peak per configuration in one process instead, which is exact on
-CUDA and saves a model load per probe). Prompts are synthetic text cut to an exact
-token count with a contiguous 10 % of it highlighted in the middle.
+control's ratio to unsteered shows the noise floor. Memory: each configuration (method × batch
+size × length) in a process of its own — on CPU (Linux) forked from one loader process that holds
+the model, elsewhere a fresh interpreter that loads it (:attr:`BenchConfig.probe_start`); on CPU
+the peak resident set size (VmHWM, reset after the model is loaded, and the whole-process peak;
+glibc's mmap threshold fixed, :data:`PROBE_MMAP_THRESHOLD`, so that the peak follows live tensors
+rather than the allocator's caching), on CUDA ``torch.cuda.max_memory_allocated`` (there
+``memory_in_process=True`` / ``--memory-in-process`` resets the peak per configuration in one
+process instead, which is exact on CUDA and saves a model load per probe). Prompts are synthetic
+text cut to an exact token count with a contiguous 10 % of it highlighted in the middle.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ _QUERY_TEXT = "What did the committee decide about the northern pier?"
 #: The default of :attr:`BenchConfig.mmap_threshold` (``None`` there: glibc's own adaptive threshold).
 PROBE_MMAP_THRESHOLD = 65536
 
+#: How the CPU memory probes get their processes (:attr:`BenchConfig.probe_start`).
+PROBE_STARTS = ("fork", "spawn")
+
 
 @dataclass
 class BenchConfig:
@@ -71,6 +76,15 @@ class BenchConfig:
     ``mmap_threshold``: glibc's mmap threshold (bytes) in the CPU memory probes, unless their
     environment already sets one; ``None`` leaves glibc's adaptive default (see
     :data:`PROBE_MMAP_THRESHOLD`).
+    ``probe_start``: how each CPU memory probe gets a process of its own. ``"fork"`` (default): one
+    loader process imports the libraries and loads the model once, on one thread (a process forked
+    after OpenMP has started its threads hangs), then forks a child per configuration, which first
+    touches the library pages the loader had resident (Linux does not map them into a forked child,
+    whose RSS would otherwise start about 95 MiB lower than a fresh process's on the default model),
+    restores the thread count, runs the probe and exits. This saves the 7–8 s of interpreter start
+    and model load that each probe of the default model otherwise pays. ``"spawn"``: a fresh
+    interpreter per configuration loads the model itself (the probes before forking existed). Fork
+    is used on Linux for CPU models only; elsewhere the probes spawn.
     """
 
     lengths: list[int] = field(default_factory=lambda: [256, 1024, 2048])
@@ -82,6 +96,11 @@ class BenchConfig:
     pasta_heads: dict[int, list[int]] | None = None
     short_run_factor: int = 4
     mmap_threshold: int | None = PROBE_MMAP_THRESHOLD
+    probe_start: str = "fork"
+
+    def __post_init__(self):
+        if self.probe_start not in PROBE_STARTS:
+            raise SekaError(f"probe_start must be one of {', '.join(PROBE_STARTS)}, got {self.probe_start!r}")
 
     def runs_for(self, batch_size: int, length: int) -> int:
         """Timed runs of one shape: ``runs``, times up to ``short_run_factor`` for cheap shapes.
@@ -316,16 +335,80 @@ def _rss_peak_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def _rss_now_kib() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _resident_file_ranges() -> list[tuple[int, int]] | None:
+    """Address ranges of this process's readable file mappings (libraries' code and data) whose pages are
+    resident, from ``/proc/self/pagemap``; ``None`` where it cannot be read.
+
+    A forked child shares its parent's memory, but Linux does not copy the page-table entries of file
+    mappings that were never written: the child's RSS leaves out the library pages the parent had
+    touched (about 95 MiB once the default model is loaded) until the child touches them itself.
+    The forked probe touches these ranges first (:func:`_touch_ranges`), so its RSS starts where a
+    fresh process's stands after loading the model.
+    """
+    page = os.sysconf("SC_PAGE_SIZE")
+    ranges: list[tuple[int, int]] = []
+    try:
+        with open("/proc/self/maps") as maps, open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
+            for line in maps:
+                fields = line.split()
+                if len(fields) < 6 or not fields[5].startswith("/") or fields[5].startswith("/dev/") \
+                        or not fields[1].startswith("r"):
+                    continue
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                entries = os.pread(pagemap.fileno(), (end - start) // page * 8, start // page * 8)
+                run = None
+                for i, entry in enumerate(memoryview(entries).cast("Q")):
+                    if entry >> 63:  # bit 63: page present
+                        run = run if run is not None else start + i * page
+                    elif run is not None:
+                        ranges.append((run, start + i * page))
+                        run = None
+                if run is not None:
+                    ranges.append((run, end))
+    except OSError:
+        return None
+    return ranges
+
+
+def _touch_ranges(ranges: list[tuple[int, int]]) -> int:
+    """Read one byte of every page in ``ranges`` (readable mappings), faulting them into this process;
+    returns the bytes covered."""
+    import ctypes
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    for start, end in ranges:
+        for address in range(start, end, page):
+            ctypes.string_at(address, 1)
+    return sum(end - start for start, end in ranges)
+
+
 def memory_probe(model_spec: dict, length: int, steer: str | bool, config: BenchConfig, batch_size: int = 1) -> dict:
     """Run in a fresh process: load the model, one prefill + decode, report the peak memory."""
     from .cli import load_model
 
     seka = load_model(**model_spec)
+    _load_probe_extras(seka, steer)
+    return measure_peak(seka, length, steer, config, batch_size)
+
+
+def _load_probe_extras(seka, steer: str | bool) -> None:
+    """What a method loads besides the model, before the peak is reset: the embedding router's sentence
+    encoder, whose weights then count as loaded, like the model's."""
     if steer == "ada-embedding":
         from .embeddings import embed
 
-        embed(["warm-up"], seka.embedding_encoder)  # the encoder's weights count as loaded, like the model's
-    return measure_peak(seka, length, steer, config, batch_size)
+        embed(["warm-up"], seka.embedding_encoder)
 
 
 def measure_peak(seka, length: int, steer: str | bool, config: BenchConfig, batch_size: int = 1) -> dict:
@@ -340,51 +423,72 @@ def measure_peak(seka, length: int, steer: str | bool, config: BenchConfig, batc
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(seka.device)
         base = torch.cuda.memory_allocated(seka.device)
+    rss_at_reset = _rss_now_kib()
     reset = _reset_rss_peak()
     time_prefill_and_decode(seka, batch, steer, config.decode_tokens, config)
     result = dict(tokens=length, batch=batch_size, steer=steer, device=seka.device.type)
     if seka.device.type == "cuda":
         result.update(peak_bytes=torch.cuda.max_memory_allocated(seka.device), baseline_bytes=base)
     else:
-        result.update(peak_rss_kib=_rss_peak_kib(), load_peak_rss_kib=whole_peak_before, peak_reset=reset,
-                      malloc_mmap_threshold=malloc_mmap_threshold())
+        result.update(peak_rss_kib=_rss_peak_kib(), load_peak_rss_kib=whole_peak_before, rss_at_reset_kib=rss_at_reset,
+                      peak_reset=reset, malloc_mmap_threshold=malloc_mmap_threshold(), pid=os.getpid())
     return result
 
 
 def memory_table(model_spec: dict, config: BenchConfig, progress: bool = True, seka=None) -> list[dict]:
-    """Peak memory of every method and of unsteered, each configuration in a fresh subprocess.
+    """Peak memory of every method and of unsteered, each configuration in a process of its own (forked
+    from a loader process or a fresh interpreter, :attr:`BenchConfig.probe_start`).
 
     ``seka``: an already loaded model on a CUDA device to probe **in this process** instead —
     ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` is exact per
     configuration there (the caching allocator's reserved memory does not count), and it saves a
     model load per configuration, which keeps a GPU run of the whole grid within minutes. The
     sentence encoder of ``ada-embedding`` runs on the CPU, so no CUDA peak includes it (either way).
-    Peak RSS cannot be reset that cleanly, so on CPU the probes always run in fresh processes.
+    Peak RSS cannot be reset that cleanly, so on CPU each probe always has a process of its own.
     """
     if seka is not None and seka.device.type != "cuda":
         raise SekaError("in-process memory probes are exact only on CUDA; on CPU each probe runs in a fresh process")
+    probes = [(b, n, steer) for b in config.batch_sizes for n in config.lengths for steer in ["unsteered", *config.methods]]
+    if seka is not None:
+        results = (measure_peak(seka, n, steer, config, b) for b, n, steer in probes)
+    elif probes_fork(model_spec, config):
+        results = _forked_probes(model_spec, config, probes)
+    else:
+        results = (_probe_subprocess(model_spec, n, steer, config, b) for b, n, steer in probes)
+    res, started = {}, time.perf_counter()
+    for done, ((b, n, steer), result) in enumerate(zip(probes, results), 1):
+        res[(b, n, steer)] = result
+        if progress:
+            spent = time.perf_counter() - started
+            print(f"  memory probe {done}/{len(probes)} (batch {b}, {n} tokens, {steer}) done; "
+                  f"{spent / 60:.1f} min so far", file=sys.stderr, flush=True)
     rows = []
-    total = len(config.batch_sizes) * len(config.lengths) * (len(config.methods) + 1)
-    done, started = 0, time.perf_counter()
     for b in config.batch_sizes:
         for n in config.lengths:
-            res = {}
-            for steer in ["unsteered", *config.methods]:
-                if seka is not None:
-                    res[steer] = measure_peak(seka, n, steer, config, b)
-                else:
-                    res[steer] = _probe_subprocess(model_spec, n, steer, config, b)
-                done += 1
-                if progress:
-                    spent = time.perf_counter() - started
-                    print(f"  memory probe {done}/{total} (batch {b}, {n} tokens, {steer}) done; "
-                          f"{spent / 60:.1f} min so far", file=sys.stderr, flush=True)
-            key = "peak_bytes" if "peak_bytes" in res["unsteered"] else "peak_rss_kib"
+            base = res[(b, n, "unsteered")]
+            key = "peak_bytes" if "peak_bytes" in base else "peak_rss_kib"
             for method in config.methods:
-                rows.append(dict(tokens=n, batch=b, method=method, metric=key, unsteered=res["unsteered"][key],
-                                 steered=res[method][key], ratio=res[method][key] / res["unsteered"][key],
-                                 details={"unsteered": res["unsteered"], method: res[method]}))
+                steered = res[(b, n, method)]
+                rows.append(dict(tokens=n, batch=b, method=method, metric=key, unsteered=base[key],
+                                 steered=steered[key], ratio=steered[key] / base[key],
+                                 details={"unsteered": base, method: steered}))
     return rows
+
+
+def probes_fork(model_spec: dict, config: BenchConfig) -> bool:
+    """Whether the CPU memory probes of ``model_spec`` are forked from one loader process (see
+    :attr:`BenchConfig.probe_start`): asked for, on Linux, and the model on the CPU."""
+    from .model import _default_device
+
+    return (config.probe_start == "fork" and sys.platform.startswith("linux") and hasattr(os, "fork")
+            and _default_device(model_spec.get("device")).type == "cpu")
+
+
+def _probe_env(config: BenchConfig) -> dict:
+    env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if config.mmap_threshold is not None and malloc_mmap_threshold() == "glibc default":  # the user's setting wins
+        env["MALLOC_MMAP_THRESHOLD_"] = str(config.mmap_threshold)  # read by glibc when the process starts
+    return env
 
 
 def malloc_mmap_threshold() -> str:
@@ -399,13 +503,38 @@ def malloc_mmap_threshold() -> str:
 def _probe_subprocess(model_spec: dict, length: int, steer: str, config: BenchConfig, batch_size: int) -> dict:
     cmd = [sys.executable, "-m", "seka_rag.bench", "--probe", json.dumps(
         dict(model_spec=model_spec, length=length, steer=steer, batch_size=batch_size, config=asdict(config)))]
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    if config.mmap_threshold is not None and malloc_mmap_threshold() == "glibc default":  # the user's setting wins
-        env["MALLOC_MMAP_THRESHOLD_"] = str(config.mmap_threshold)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_probe_env(config))
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _forked_probes(model_spec: dict, config: BenchConfig, probes: list[tuple[int, int, str]]):
+    """Results of ``probes`` ((batch, tokens, method) each), in order, from one loader process that
+    forks a child per probe (:func:`_probe_loader_main`)."""
+    import tempfile
+
+    cmd = [sys.executable, "-m", "seka_rag.bench", "--probe-loader"]
+    request = json.dumps(dict(model_spec=model_spec, config=asdict(config),
+                              probes=[[n, steer, b] for b, n, steer in probes]))
+    with tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                env=_probe_env(config))
+        try:
+            proc.stdin.write(request)
+            proc.stdin.close()
+            for line in proc.stdout:
+                result = json.loads(line)
+                if "error" in result:
+                    raise RuntimeError(f"memory probe failed:\n{result['error'][-2000:]}")
+                yield result
+            if proc.wait() != 0:
+                stderr.seek(0)
+                raise RuntimeError(f"memory probe loader failed:\n{stderr.read()[-2000:]}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike | None = None, *,
@@ -461,7 +590,8 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
     if memory_rows:
         print(format_memory(memory_rows), flush=True)
     if memory:
-        info["memory_probes"] = "in-process" if memory_in_process else "fresh subprocess"
+        info["memory_probes"] = ("in-process" if memory_in_process else
+                                 "forked subprocess" if probes_fork(model_spec, config) else "fresh subprocess")
         probes = [row["details"] for row in memory_rows]
         if probes and all(d.get("device") == "cpu" for det in probes for d in det.values()):  # RSS: the probes' own
             info["malloc_mmap_threshold"] = next(iter(probes[0].values())).get("malloc_mmap_threshold")
@@ -595,7 +725,7 @@ def plot_benchmark(result: dict, prefix: str | os.PathLike) -> list[Path]:
                                        ("decode_ratio_paired", "decode tokens/s / unsteered")],
            "paired median ratio", "latency")
     how = result.get("info", {}).get("memory_probes", "fresh subprocess")
-    how = "fresh process per configuration" if how == "fresh subprocess" else "CUDA peak allocated, in one process"
+    how = "CUDA peak allocated, in one process" if how == "in-process" else "fresh process per configuration"
     panels(result.get("memory", []), [("ratio", "peak memory / unsteered")], how, "memory")
     return written
 
@@ -607,9 +737,58 @@ def _probe_main(arg: str) -> None:
     print(json.dumps(res))
 
 
+def _probe_loader_main() -> None:
+    """The loader of forked probes: read the request from stdin, load the model once, fork a child per
+    probe, print each child's result (or error) as a JSON line, in order."""
+    import traceback
+
+    spec = json.load(sys.stdin)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # no OpenMP thread pool here before forking: a child forked after one hangs
+    from .cli import load_model
+
+    seka = load_model(**spec["model_spec"])
+    if seka.device.type != "cpu":
+        print(json.dumps(dict(error=f"forked memory probes are for CPU models; this one is on {seka.device}")))
+        return
+    load_peak = _rss_peak_kib()
+    config = BenchConfig(**spec["config"])
+    for length, steer, batch_size in spec["probes"]:
+        resident = _resident_file_ranges()  # read just before forking: the mappings are the child's too
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the probe's own process; it leaves by os._exit, never back into this loop
+            try:
+                os.close(read_end)
+                touched = _touch_ranges(resident) if resident is not None else None
+                torch.set_num_threads(threads)
+                _load_probe_extras(seka, steer)
+                result = measure_peak(seka, length, steer, config, batch_size)
+                result.update(load_peak_rss_kib=load_peak, threads=torch.get_num_threads(),  # the loader's load peak
+                              loader_file_pages_kib=None if touched is None else touched // 1024)
+                text = json.dumps(result)
+            except BaseException:
+                text = json.dumps(dict(error=traceback.format_exc()))
+            try:
+                with os.fdopen(write_end, "w") as out:
+                    out.write(text)
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as inp:
+            text = inp.read()
+        _, status = os.waitpid(pid, 0)
+        if not text:
+            text = json.dumps(dict(error=f"the probe's process ended without a result (wait status {status}: "
+                                         f"{length} tokens, batch {batch_size}, {steer})"))
+        print(text, flush=True)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--probe":
         _probe_main(sys.argv[2])
+    elif len(sys.argv) == 2 and sys.argv[1] == "--probe-loader":
+        _probe_loader_main()
     else:
         print("use `seka-rag bench`", file=sys.stderr)
         sys.exit(2)

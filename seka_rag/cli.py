@@ -388,10 +388,19 @@ def cmd_bench(args) -> int:
         if _default_device(args.device).type != "cuda":  # the model's own device resolution, before loading
             raise SekaError("--memory-in-process needs a CUDA device: peak RSS cannot be reset per configuration, "
                             "so CPU probes run in fresh processes")
-    if args.mmap_threshold is not _MMAP_UNSET and (args.merge or args.no_memory or args.memory_in_process):
-        why = "--merge" if args.merge else "--no-memory" if args.no_memory else "--memory-in-process"
-        raise SekaError(f"--mmap-threshold sets glibc's mmap threshold in the CPU memory probes; with {why} "
-                        "no such probe runs")
+    for flag, given, what in (("--mmap-threshold", args.mmap_threshold is not _MMAP_UNSET,
+                               "sets glibc's mmap threshold in the CPU memory probes"),
+                              ("--probe-start", args.probe_start is not None,
+                               "chooses how the CPU memory probes get their processes")):
+        if given and (args.merge or args.no_memory or args.memory_in_process):
+            why = "--merge" if args.merge else "--no-memory" if args.no_memory else "--memory-in-process"
+            raise SekaError(f"{flag} {what}; with {why} no such probe runs")
+    if args.probe_start == "fork":
+        from .model import _default_device
+
+        if not sys.platform.startswith("linux") or _default_device(args.device).type != "cpu":
+            raise SekaError("--probe-start fork is for CPU models on Linux (a CUDA context cannot be forked); "
+                            "leave it out, and the probes spawn a fresh process each")
     if args.merge:
         from .bench import write_outputs
 
@@ -421,7 +430,8 @@ def cmd_bench(args) -> int:
     config = BenchConfig(lengths=args.lengths, runs=args.runs, decode_tokens=args.decode_tokens,
                          batch_sizes=args.batch_size, methods=methods, pasta_heads=heads,
                          short_run_factor=args.short_run_factor,
-                         mmap_threshold=PROBE_MMAP_THRESHOLD if args.mmap_threshold is _MMAP_UNSET else args.mmap_threshold)
+                         mmap_threshold=PROBE_MMAP_THRESHOLD if args.mmap_threshold is _MMAP_UNSET else args.mmap_threshold,
+                         probe_start=args.probe_start or "fork")
     run_benchmark(_model_spec(args), config, args.out, memory=not args.no_memory, latency=not args.no_latency,
                   plots=args.plots, memory_in_process=args.memory_in_process, progress=not args.no_progress)
     return 0
@@ -1381,11 +1391,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-tokens", type=_positive_int, default=16,
                    help="greedy tokens decoded after each prefill, for tokens/s (default 16)")
     p.add_argument("--batch-size", type=_int_list, default=[1], help="batch sizes, e.g. 1,4 (default 1)")
-    p.add_argument("--no-memory", action="store_true", help="skip the fresh-subprocess memory probes")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory probes (a process of their own per configuration)")
     p.add_argument("--mmap-threshold", type=_mmap_threshold, default=_MMAP_UNSET, metavar="BYTES|default",
                    help="glibc's mmap threshold in the CPU memory probes (default 65536: peak RSS follows the "
                         "tensors alive at once; 'default': glibc's adaptive threshold, whose caching moves peaks "
                         "by about 2 %% between processes); a MALLOC_MMAP_THRESHOLD_ already set is kept")
+    p.add_argument("--probe-start", choices=("fork", "spawn"), default=None,
+                   help="how each CPU memory probe gets a process of its own: 'fork' (default; Linux): forked "
+                        "from one process that loaded the model once; 'spawn': a fresh interpreter that loads the "
+                        "model itself (about 7 s more per probe on the default model)")
     p.add_argument("--memory-in-process", action="store_true",
                    help="CUDA only: probe peak memory (max_memory_allocated, reset per configuration) in this "
                         "process instead of a fresh process per configuration; saves a model load per probe")

@@ -80,6 +80,8 @@ def test_eval_variants_says_what_it_needs(model_dir, tmp_path, capsys):
     (["bench", "--decode-tokens", "0"], "--decode-tokens: must be a positive integer"),
     (["bench", "--mmap-threshold", "lots"], "--mmap-threshold: must be a byte count (0 or more) or 'default'"),
     (["bench", "--mmap-threshold", "default", "--no-memory"], "with --no-memory no such probe runs"),
+    (["bench", "--probe-start", "spawn", "--merge", "a.json"], "--probe-start chooses how the CPU memory probes"),
+    (["bench", "--probe-start", "thread"], "--probe-start: invalid choice: 'thread'"),
     (["eval-conflicts", "--items", "-1"], "--items: must be a positive integer, got -1"),
     (["eval-families", "--embedding-temperature", "0"], "--embedding-temperature: must be a positive number"),
     (["gain-scale", "--first-question", "-3"], "--first-question: must be an integer >= 0"),
@@ -251,6 +253,24 @@ def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_
     rows = memory_table(spec, config, progress=False)
     assert [(r["batch"], r["tokens"], r["method"]) for r in rows] == [(2, 16, "pasta"), (2, 16, "spa")]
     assert all(r["unsteered"] > 0 and r["steered"] > 0 and r["ratio"] > 0 for r in rows)
+    # forked from one loader (Linux): still a process of its own per configuration, each peak reset in it
+    details = [rows[0]["details"]["unsteered"], rows[0]["details"]["pasta"], rows[1]["details"]["spa"]]
+    assert len({d["pid"] for d in details}) == 3 and os.getpid() not in {d["pid"] for d in details}
+    assert all(d["peak_reset"] and d["peak_rss_kib"] >= d["rss_at_reset_kib"] > 0 for d in details)
+    import subprocess
+    import sys
+
+    fresh = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                           capture_output=True, text=True, check=True)  # this test process runs on one thread
+    assert {d["threads"] for d in details} == {int(fresh.stdout)}  # the loader's single thread is undone
+    spawned = memory_table(spec, BenchConfig(lengths=[16], runs=1, decode_tokens=1, methods=["spa"],
+                                             probe_start="spawn"), progress=False)
+    assert spawned[0]["ratio"] > 0 and "threads" not in spawned[0]["details"]["spa"]
+    # a forked probe first touches the library pages its loader had resident, so it starts where a fresh
+    # process stands after loading (without that, about a quarter of this small process's RSS is missing)
+    forked_start, fresh_start = rows[1]["details"]["spa"]["rss_at_reset_kib"], spawned[0]["details"]["spa"]["rss_at_reset_kib"]
+    assert rows[1]["details"]["spa"]["loader_file_pages_kib"] > 0
+    assert abs(forked_start - fresh_start) < 0.05 * fresh_start, (forked_start, fresh_start)
     # the probes fix glibc's mmap threshold (peaks follow live tensors), unless told otherwise
     assert {d["malloc_mmap_threshold"] for r in rows for d in r["details"].values()} == {"65536"}
     one = BenchConfig(lengths=[16], runs=1, decode_tokens=1, methods=["spa"], mmap_threshold=None)
@@ -268,6 +288,20 @@ def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_
 
     with pytest.raises(SekaError, match="exact only on CUDA"):
         memory_table(spec, config, progress=False, seka=load_model(**spec))
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_a_failing_memory_probe_says_why(model_dir, start):
+    from seka_rag.bench import BenchConfig, memory_table
+
+    spec = dict(model=str(model_dir), no_projection=True, dtype="float32")  # no projection: SEKA cannot steer
+    config = BenchConfig(lengths=[16], runs=1, decode_tokens=1, methods=["seka"], probe_start=start)
+    with pytest.raises(RuntimeError, match=r"(?s)memory probe failed.*SekaError"):
+        memory_table(spec, config, progress=False)
+    from seka_rag.errors import SekaError
+
+    with pytest.raises(SekaError, match="probe_start must be one of fork, spawn"):
+        BenchConfig(probe_start="thread")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
