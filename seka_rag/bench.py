@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import statistics
 import subprocess
 import sys
@@ -79,12 +80,14 @@ class BenchConfig:
     ``probe_start``: how each CPU memory probe gets a process of its own. ``"fork"`` (default): one
     loader process imports the libraries and loads the model once, on one thread (a process forked
     after OpenMP has started its threads hangs), then forks a child per configuration, which first
-    touches the library pages the loader had resident (Linux does not map them into a forked child,
-    whose RSS would otherwise start about 95 MiB lower than a fresh process's on the default model),
-    restores the thread count, runs the probe and exits. This saves the 7–8 s of interpreter start
+    touches the library pages the loader had resident (a forked child inherits those file mappings
+    but not their page-table entries, so its RSS would otherwise start about 95 MiB lower than a
+    fresh process's on the default model), restores the thread count, runs the probe and exits. This saves the 7–8 s of interpreter start
     and model load that each probe of the default model otherwise pays. ``"spawn"``: a fresh
     interpreter per configuration loads the model itself (the probes before forking existed). Fork
-    is used on Linux for CPU models only; elsewhere the probes spawn.
+    is used on Linux for CPU models only; elsewhere, or where ``/proc/self/pagemap`` or
+    ``/proc/self/clear_refs`` cannot be used, the probes spawn (the CLI refuses ``--probe-start fork``
+    off Linux or off the CPU; a probe's details say which way it ran, ``process``).
     """
 
     lengths: list[int] = field(default_factory=lambda: [256, 1024, 2048])
@@ -315,7 +318,7 @@ def latency_table(seka, config: BenchConfig, progress: bool = True) -> list[dict
     return rows
 
 
-# ---------------------------------------------------------------------- memory (fresh subprocesses)
+# ---------------------------------------------------------------------- memory (a process per configuration)
 def _reset_rss_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -347,23 +350,25 @@ def _rss_now_kib() -> int | None:
 
 
 def _resident_file_ranges() -> list[tuple[int, int]] | None:
-    """Address ranges of this process's readable file mappings (libraries' code and data) whose pages are
-    resident, from ``/proc/self/pagemap``; ``None`` where it cannot be read.
+    """Address ranges of this process's readable file mappings (libraries' code and data) and shared
+    anonymous memory whose pages are resident, from ``/proc/self/pagemap``; ``None`` where it cannot
+    be read.
 
-    A forked child shares its parent's memory, but Linux does not copy the page-table entries of file
-    mappings that were never written: the child's RSS leaves out the library pages the parent had
-    touched (about 95 MiB once the default model is loaded) until the child touches them itself.
-    The forked probe touches these ranges first (:func:`_touch_ranges`), so its RSS starts where a
-    fresh process's stands after loading the model.
+    A forked child inherits its parent's mappings, but Linux does not copy the page-table entries of
+    file and shared mappings without written private pages: the child's RSS leaves out the library
+    pages the parent had touched (about 95 MiB once the default model is loaded) until the child
+    touches them itself. The forked probe touches these ranges first (:func:`_touch_ranges`), so its
+    RSS starts where a fresh process's stands after loading the model. Only regular files' mappings
+    and shared anonymous memory are read (never device or sysfs mappings).
     """
     page = os.sysconf("SC_PAGE_SIZE")
     ranges: list[tuple[int, int]] = []
+    regular: dict[str, bool] = {}
     try:
         with open("/proc/self/maps") as maps, open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
             for line in maps:
-                fields = line.split()
-                if len(fields) < 6 or not fields[5].startswith("/") or fields[5].startswith("/dev/") \
-                        or not fields[1].startswith("r"):
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6 or not fields[1].startswith("r") or not _readable_mapping(fields[5].strip(), regular):
                     continue
                 start, end = (int(x, 16) for x in fields[0].split("-"))
                 entries = os.pread(pagemap.fileno(), (end - start) // page * 8, start // page * 8)
@@ -379,6 +384,21 @@ def _resident_file_ranges() -> list[tuple[int, int]] | None:
     except OSError:
         return None
     return ranges
+
+
+def _readable_mapping(path: str, regular: dict[str, bool]) -> bool:
+    """Whether a mapping (its ``/proc/self/maps`` name) may be read to fault its pages in: shared
+    anonymous memory (``/dev/zero (deleted)``) or a regular file (``regular`` caches the answers)."""
+    if path == "/dev/zero (deleted)":
+        return True
+    if not path.startswith("/"):  # [heap], [stack], [vdso], anonymous: copied by fork or not to be read
+        return False
+    if path not in regular:
+        try:
+            regular[path] = stat.S_ISREG(os.stat(path).st_mode)
+        except OSError:  # e.g. "... (deleted)": a file gone since it was mapped
+            regular[path] = False
+    return regular[path]
 
 
 def _touch_ranges(ranges: list[tuple[int, int]]) -> int:
@@ -447,16 +467,16 @@ def memory_table(model_spec: dict, config: BenchConfig, progress: bool = True, s
     Peak RSS cannot be reset that cleanly, so on CPU each probe always has a process of its own.
     """
     if seka is not None and seka.device.type != "cuda":
-        raise SekaError("in-process memory probes are exact only on CUDA; on CPU each probe runs in a fresh process")
+        raise SekaError("in-process memory probes are exact only on CUDA; on CPU each probe runs in a process of its own")
     probes = [(b, n, steer) for b in config.batch_sizes for n in config.lengths for steer in ["unsteered", *config.methods]]
     if seka is not None:
-        results = (measure_peak(seka, n, steer, config, b) for b, n, steer in probes)
+        results = ({**measure_peak(seka, n, steer, config, b), "process": "in-process"} for b, n, steer in probes)
     elif probes_fork(model_spec, config):
         results = _forked_probes(model_spec, config, probes)
     else:
         results = (_probe_subprocess(model_spec, n, steer, config, b) for b, n, steer in probes)
     res, started = {}, time.perf_counter()
-    for done, ((b, n, steer), result) in enumerate(zip(probes, results), 1):
+    for done, ((b, n, steer), result) in enumerate(zip(probes, results, strict=True), 1):
         res[(b, n, steer)] = result
         if progress:
             spent = time.perf_counter() - started
@@ -485,7 +505,7 @@ def probes_fork(model_spec: dict, config: BenchConfig) -> bool:
 
 
 def _probe_env(config: BenchConfig) -> dict:
-    env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "TQDM_DISABLE": "1"}
     if config.mmap_threshold is not None and malloc_mmap_threshold() == "glibc default":  # the user's setting wins
         env["MALLOC_MMAP_THRESHOLD_"] = str(config.mmap_threshold)  # read by glibc when the process starts
     return env
@@ -500,41 +520,83 @@ def malloc_mmap_threshold() -> str:
     return os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")
 
 
+#: A forked probe that sends nothing for this long is taken for hung and stopped (seconds; the
+#: longest probe measured, PASTA at 4 × 4k tokens on the small model, takes about 2 minutes on 2 cores).
+PROBE_TIMEOUT_S = 3600.0
+
+
+def _probe_failure(result: dict) -> Exception:
+    """The exception a failed probe's result stands for: a :class:`SekaError` (a usage error, said as
+    such) or a ``RuntimeError`` with the probe's traceback."""
+    if result.get("error_type") == "SekaError":
+        return SekaError(result["message"])
+    return RuntimeError(f"memory probe failed:\n{result['error'][-2000:]}")
+
+
 def _probe_subprocess(model_spec: dict, length: int, steer: str, config: BenchConfig, batch_size: int) -> dict:
     cmd = [sys.executable, "-m", "seka_rag.bench", "--probe", json.dumps(
         dict(model_spec=model_spec, length=length, steer=steer, batch_size=batch_size, config=asdict(config)))]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_probe_env(config))
-    if proc.returncode != 0:
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        result = None
+    if isinstance(result, dict) and "error" in result:
+        raise _probe_failure(result)
+    if proc.returncode != 0 or not isinstance(result, dict):
         raise RuntimeError(f"memory probe failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
 
 
 def _forked_probes(model_spec: dict, config: BenchConfig, probes: list[tuple[int, int, str]]):
     """Results of ``probes`` ((batch, tokens, method) each), in order, from one loader process that
-    forks a child per probe (:func:`_probe_loader_main`)."""
+    forks a child per probe (:func:`_probe_loader_main`); where the loader finds it cannot fork
+    faithfully, from a fresh process per probe, after a note on stderr."""
     import tempfile
 
     cmd = [sys.executable, "-m", "seka_rag.bench", "--probe-loader"]
     request = json.dumps(dict(model_spec=model_spec, config=asdict(config),
                               probes=[[n, steer, b] for b, n, steer in probes]))
-    with tempfile.TemporaryFile("w+") as stderr:
+    env = _probe_env(config)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer is used on both sides of each fork
+    fallback = None
+    with tempfile.TemporaryFile("w+", errors="replace") as stderr:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                env=_probe_env(config))
+                                env=env)
+
+        def failed_loader() -> RuntimeError:
+            proc.wait()
+            stderr.seek(0)
+            return RuntimeError(f"memory probe loader failed (exit status {proc.returncode}):\n{stderr.read()[-2000:]}")
+
         try:
             proc.stdin.write(request)
             proc.stdin.close()
+            received = 0
             for line in proc.stdout:
-                result = json.loads(line)
+                try:
+                    result = json.loads(line)
+                except ValueError:
+                    raise RuntimeError(f"memory probe loader sent {line[:200]!r} instead of a result") from None
                 if "error" in result:
-                    raise RuntimeError(f"memory probe failed:\n{result['error'][-2000:]}")
+                    raise _probe_failure(result)
+                if "unsupported" in result:
+                    fallback = result["unsupported"]
+                    break
+                received += 1
                 yield result
-            if proc.wait() != 0:
-                stderr.seek(0)
-                raise RuntimeError(f"memory probe loader failed:\n{stderr.read()[-2000:]}")
+            if fallback is None:
+                if proc.wait() != 0 or received != len(probes):
+                    raise failed_loader()
         finally:
-            if proc.poll() is None:
+            if proc.poll() is None:  # its probe, if one runs, dies with it (PR_SET_PDEATHSIG)
                 proc.kill()
                 proc.wait()
+    if fallback is not None:
+        print(f"  memory probes: cannot fork them faithfully here ({fallback}); each spawns a fresh process",
+              file=sys.stderr, flush=True)
+        for b, n, steer in probes:
+            yield _probe_subprocess(model_spec, n, steer, config, b)
 
 
 def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike | None = None, *,
@@ -561,7 +623,7 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
     seka = load_model(**model_spec)
     if memory and memory_in_process and seka.device.type != "cuda":
         raise SekaError(f"--memory-in-process needs a CUDA device (the model is on {seka.device}): peak RSS "
-                        "cannot be reset per configuration, so CPU probes run in fresh processes")
+                        "cannot be reset per configuration, so CPU probes run in a process of their own each")
     if any(m in ADAPTIVE_METHODS for m in config.methods) and seka.experts is None:
         raise SekaError("the AdaSEKA bench methods need an expert set: pass --adaptive or --experts DIR")
     if "pasta" in config.methods:
@@ -572,7 +634,8 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
         embed(["warm-up"], seka.embedding_encoder)  # load the sentence encoder before timing
     info = dict(model=seka.model_id, device=str(seka.device), torch_threads=torch.get_num_threads(),
                 dtype=str(next(seka.model.parameters()).dtype), config=asdict(config))
-    where = "memory in this process (CUDA peak allocated)" if memory_in_process else "memory in fresh processes"
+    where = ("memory in this process (CUDA peak allocated)" if memory_in_process else
+             "memory in a process per configuration")
     most = max(config.runs_for(b, n) for b in config.batch_sizes for n in config.lengths)
     parts = ([f"{config.runs} interleaved runs" + (f" (up to {most} for short prompts)" if most > config.runs else "")]
              if latency else []) + ([where] if memory else [])
@@ -590,8 +653,9 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
     if memory_rows:
         print(format_memory(memory_rows), flush=True)
     if memory:
+        kinds = {d.get("process") for row in memory_rows for d in row["details"].values()}
         info["memory_probes"] = ("in-process" if memory_in_process else
-                                 "forked subprocess" if probes_fork(model_spec, config) else "fresh subprocess")
+                                 "forked subprocess" if kinds == {"forked"} else "fresh subprocess")
         probes = [row["details"] for row in memory_rows]
         if probes and all(d.get("device") == "cpu" for det in probes for d in det.values()):  # RSS: the probes' own
             info["malloc_mmap_threshold"] = next(iter(probes[0].values())).get("malloc_mmap_threshold")
@@ -637,6 +701,13 @@ def merge_results(paths: list[str | os.PathLike]) -> dict:
                 # the first bench files measured SEKA alone at batch 1 and named neither in their rows
                 row = {"method": "seka", "batch": 1, **row}
                 keyed[(row.get("tokens"), row["batch"], row["method"])] = row
+                if "control_prefill_ratio" in row:  # ... and kept the A/A control's paired ratios inline
+                    keyed[(row.get("tokens"), row["batch"], "control")] = dict(
+                        tokens=row.get("tokens"), batch=row["batch"], method="control", runs=row.get("runs"),
+                        prefill_unsteered_s=row.get("prefill_unsteered_s"), prefill_steered_s=None,
+                        prefill_ratio=None, prefill_ratio_paired=row["control_prefill_ratio"],
+                        decode_unsteered_tps=row.get("decode_unsteered_tps"), decode_steered_tps=None,
+                        decode_ratio=None, decode_ratio_paired=row.get("control_decode_ratio"))
         return list(keyed.values())
 
     return dict(info=runs[0]["info"], runs=[part for p, r in zip(paths, runs) for part in parts(p, r)],
@@ -657,17 +728,18 @@ def format_latency(rows: list[dict]) -> str:
              "| ratio of medians | median paired ratio [interval] | decode unsteered (tok/s) | decode method (tok/s) "
              "| ratio of medians | median paired ratio |",
              "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    def num(key: str, digits: int = 3, scale: float = 1.0) -> str:  # "-" where a file has no such figure
+        return f"{scale * r[key]:.{digits}f}" if r.get(key) is not None else "-"
+
     for r in rows:  # files written before intervals and set-up times were kept show neither
         lo, hi = r.get("prefill_ratio_paired_interval") or (None, None)
         interval = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and r.get("interval_coverage", 0) >= 0.9 else ""
-        setup = f"{1000 * r['setup_s']:.1f}" if r.get("setup_s") is not None else "-"
-        paired = {k: f"{r[k]:.3f}" if r.get(k) is not None else "-"  # the first files kept ratios of medians only
-                  for k in ("prefill_ratio_paired", "decode_ratio_paired")}
-        lines.append(f"| {r['tokens']} | {r['batch']} | {r['method']} | {r.get('runs', '-')} | "
-                     f"{r['prefill_unsteered_s']:.3f} | {r['prefill_steered_s']:.3f} | {setup} | "
-                     f"{r['prefill_ratio']:.3f} | {paired['prefill_ratio_paired']}{interval} | "
-                     f"{r['decode_unsteered_tps']:.2f} | {r['decode_steered_tps']:.2f} | {r['decode_ratio']:.3f} | "
-                     f"{paired['decode_ratio_paired']} |")
+        # the first files kept ratios of medians only; their A/A control, paired ratios only
+        lines.append(f"| {r['tokens']} | {r['batch']} | {r['method']} | {r.get('runs') or '-'} | "
+                     f"{num('prefill_unsteered_s')} | {num('prefill_steered_s')} | {num('setup_s', 1, 1000)} | "
+                     f"{num('prefill_ratio')} | {num('prefill_ratio_paired')}{interval} | "
+                     f"{num('decode_unsteered_tps', 2)} | {num('decode_steered_tps', 2)} | {num('decode_ratio')} | "
+                     f"{num('decode_ratio_paired')} |")
     return "\n".join(lines)
 
 
@@ -725,48 +797,119 @@ def plot_benchmark(result: dict, prefix: str | os.PathLike) -> list[Path]:
                                        ("decode_ratio_paired", "decode tokens/s / unsteered")],
            "paired median ratio", "latency")
     how = result.get("info", {}).get("memory_probes", "fresh subprocess")
-    how = "CUDA peak allocated, in one process" if how == "in-process" else "fresh process per configuration"
+    how = "CUDA peak allocated, in one process" if how == "in-process" else "a process per configuration"
     panels(result.get("memory", []), [("ratio", "peak memory / unsteered")], how, "memory")
     return written
 
 
 def _probe_main(arg: str) -> None:
     spec = json.loads(arg)
-    res = memory_probe(spec["model_spec"], spec["length"], spec["steer"], BenchConfig(**spec["config"]),
-                       spec.get("batch_size", 1))
-    print(json.dumps(res))
+    try:
+        res = memory_probe(spec["model_spec"], spec["length"], spec["steer"], BenchConfig(**spec["config"]),
+                           spec.get("batch_size", 1))
+    except SekaError as exc:  # a usage error: said as such by the benchmark, not as a traceback
+        print(json.dumps(dict(error=str(exc), error_type="SekaError", message=str(exc))))
+        return
+    print(json.dumps({**res, "process": "spawned"}))
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this process when its parent ends (``PR_SET_PDEATHSIG``), so that
+    no probe outlives the benchmark that asked for it."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _read_until_closed(fd: int, timeout_s: float) -> str | None:
+    """Everything written to ``fd`` until its writers close it; ``None`` if that takes over ``timeout_s``."""
+    import select
+
+    chunks, deadline = [], time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks).decode()
+        chunks.append(chunk)
+
+
+def _wait_status_text(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        return f"exit status {code}"
+    import signal
+
+    name = signal.Signals(-code).name
+    return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
 
 
 def _probe_loader_main() -> None:
     """The loader of forked probes: read the request from stdin, load the model once, fork a child per
-    probe, print each child's result (or error) as a JSON line, in order."""
+    probe, send each child's result as a JSON line on stdout, in order; stop at the first error. A first
+    line ``{"unsupported": why}`` says the probes cannot be forked faithfully here."""
     import traceback
+
+    results = os.fdopen(os.dup(1), "w")  # the result stream; anything else written to stdout goes to stderr
+    os.dup2(2, 1)
+    _die_with_parent()
+
+    def send(result: dict) -> None:
+        results.write(json.dumps(result) + "\n")
+        results.flush()
 
     spec = json.load(sys.stdin)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # no OpenMP thread pool here before forking: a child forked after one hangs
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.monitor_interval = 0  # no tqdm monitor thread, which could hold tqdm's lock at a fork
     from .cli import load_model
 
-    seka = load_model(**spec["model_spec"])
-    if seka.device.type != "cpu":
-        print(json.dumps(dict(error=f"forked memory probes are for CPU models; this one is on {seka.device}")))
+    try:
+        seka = load_model(**spec["model_spec"])
+    except SekaError as exc:
+        send(dict(error=str(exc), error_type="SekaError", message=str(exc)))
         return
     load_peak = _rss_peak_kib()
+    if seka.device.type != "cpu":
+        send(dict(unsupported=f"the model is on {seka.device}; a CUDA context cannot be forked"))
+        return
+    if not _resident_file_ranges() or not _reset_rss_peak():
+        send(dict(unsupported="/proc/self/pagemap or /proc/self/clear_refs cannot be used"))
+        return
     config = BenchConfig(**spec["config"])
+    loader = os.getpid()
     for length, steer, batch_size in spec["probes"]:
-        resident = _resident_file_ranges()  # read just before forking: the mappings are the child's too
+        resident = _resident_file_ranges() or []  # read just before forking: the mappings are the child's too
+        loader_threads = threading.active_count()  # 1: only this thread, which the child keeps
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the probe's own process; it leaves by os._exit, never back into this loop
             try:
                 os.close(read_end)
-                touched = _touch_ranges(resident) if resident is not None else None
+                os.close(results.fileno())  # only the loader writes results: it sees the end of this pipe
+                _die_with_parent()
+                if os.getppid() != loader:  # the loader ended before the line above took effect
+                    os._exit(1)
+                touched = _touch_ranges(resident)
                 torch.set_num_threads(threads)
                 _load_probe_extras(seka, steer)
                 result = measure_peak(seka, length, steer, config, batch_size)
-                result.update(load_peak_rss_kib=load_peak, threads=torch.get_num_threads(),  # the loader's load peak
-                              loader_file_pages_kib=None if touched is None else touched // 1024)
+                result.pop("load_peak_rss_kib")  # this process loaded nothing; the loader's peak instead:
+                result.update(loader_load_peak_rss_kib=load_peak, loader_file_pages_kib=touched // 1024,
+                              loader_threads_at_fork=loader_threads, threads=torch.get_num_threads(), process="forked")
                 text = json.dumps(result)
+            except SekaError as exc:
+                text = json.dumps(dict(error=traceback.format_exc(), error_type="SekaError", message=str(exc)))
             except BaseException:
                 text = json.dumps(dict(error=traceback.format_exc()))
             try:
@@ -775,13 +918,21 @@ def _probe_loader_main() -> None:
             finally:
                 os._exit(0)
         os.close(write_end)
-        with os.fdopen(read_end) as inp:
-            text = inp.read()
+        text = _read_until_closed(read_end, PROBE_TIMEOUT_S)
+        os.close(read_end)
+        if text is None:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            send(dict(error=f"the probe of {length} tokens, batch {batch_size}, {steer} sent nothing for "
+                            f"{PROBE_TIMEOUT_S:.0f} s and was stopped (hung?)"))
+            return
         _, status = os.waitpid(pid, 0)
-        if not text:
-            text = json.dumps(dict(error=f"the probe's process ended without a result (wait status {status}: "
-                                         f"{length} tokens, batch {batch_size}, {steer})"))
-        print(text, flush=True)
+        result = json.loads(text) if text else dict(
+            error=f"the probe of {length} tokens, batch {batch_size}, {steer} ended without a result "
+                  f"({_wait_status_text(status)})")
+        send(result)
+        if "error" in result:
+            return
 
 
 if __name__ == "__main__":

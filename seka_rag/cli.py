@@ -261,6 +261,27 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _logged_trial(entry: dict):
+    """A :class:`~seka_rag.calibration.Trial` from a calibration log's entry, its fields' types checked
+    (``TypeError`` / ``ValueError`` naming the field otherwise)."""
+    from .calibration import Trial
+
+    def number(value, field: str, kind=(int, float)):
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise TypeError(f"trial field {field!r} is {value!r}, not a number")
+        return value
+
+    units = []
+    for unit in entry["units"]:
+        if not (isinstance(unit, list) and len(unit) == 3 and isinstance(unit[0], str) and isinstance(unit[1], list)):
+            raise ValueError(f"trial unit {unit!r} is not [construction, [layers], gain multiplier]")
+        units.append((unit[0], [number(layer, "layer of a unit", int) for layer in unit[1]],
+                      number(unit[2], "gain multiplier of a unit")))
+    return Trial(stage=entry["stage"], units=units, share=number(entry["share"], "share"),
+                 mean_margin=number(entry["mean_margin"], "mean_margin"),
+                 n_cases=number(entry["n_cases"], "n_cases", int))
+
+
 def cmd_eval_variants(args) -> int:
     """Dev vs test share of the calibration trials recorded in a calibration log."""
     import json
@@ -273,8 +294,7 @@ def cmd_eval_variants(args) -> int:
                         "`seka-rag calibrate --projection FILE` read when it wrote the calibration log")
     try:
         log = json.loads(Path(args.calibration_log).read_text())
-        trials = [Trial(**{**t, "units": [tuple(u) for u in t["units"]]})
-                  for t in log["trials"] if t["stage"] in args.stages]
+        trials = [_logged_trial(t) for t in log["trials"] if t["stage"] in args.stages]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SekaError(f"--calibration-log {args.calibration_log!r} is not readable as a log written by "
                         f"`seka-rag calibrate --calibration-log` ({type(exc).__name__}: {exc})") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -51,6 +52,8 @@ def test_user_mistakes_exit_2_with_a_message(model_dir, tmp_path, capsys):
 
 
 def test_eval_variants_says_what_it_needs(model_dir, tmp_path, capsys):
+    import json
+
     log = tmp_path / "log.json"
     log.write_text("{}")
     # without --projection it says which projection the trials belong to, before loading anything
@@ -62,6 +65,15 @@ def test_eval_variants_says_what_it_needs(model_dir, tmp_path, capsys):
         assert main(["eval-variants", "--model", str(model_dir), "--projection", str(proj),
                      "--calibration-log", str(bad)]) == 2
         assert "is not readable as a log written by `seka-rag calibrate" in capsys.readouterr().err
+    good = dict(stage="gains", units=[["seka", [0, 1], 1.0]], share=0.9, mean_margin=1.5, n_cases=60)
+    for bad_trial, says in ((dict(good, share="high"), "trial field 'share' is 'high', not a number"),
+                            (dict(good, units=[["seka", [0, "1"], 1.0]]), "trial field 'layer of a unit' is '1', not a number"),
+                            (dict(good, units=[["seka", 0, 1.0]]), "is not [construction, [layers], gain multiplier]"),
+                            (dict(good, n_cases=60.5), "trial field 'n_cases' is 60.5")):
+        log.write_text(json.dumps(dict(trials=[good, bad_trial])))  # said before the model loads
+        assert main(["eval-variants", "--model", str(tmp_path / "no-model"), "--projection", str(proj),
+                     "--calibration-log", str(log)]) == 2
+        assert says in capsys.readouterr().err
     log.write_text('{"trials": []}')  # a readable log, an unreadable projection: said before the model loads
     assert main(["eval-variants", "--model", str(tmp_path / "no-model"), "--projection", str(proj),
                  "--calibration-log", str(log)]) == 2
@@ -203,7 +215,8 @@ def test_bench_merge_reads_the_first_seka_only_files(tmp_path, capsys):
     old = dict(info=dict(model="m", device="cpu"), seconds=10.0,
                latency=[dict(tokens=256, prefill_unsteered_s=0.5, prefill_steered_s=0.51, prefill_ratio=1.02,
                              prefill_ratio_paired=1.01, decode_unsteered_tps=7.0, decode_steered_tps=6.9,
-                             decode_ratio=0.99, decode_ratio_paired=0.98, runs=7),
+                             decode_ratio=0.99, decode_ratio_paired=0.98, runs=7,
+                             control_prefill_ratio=0.996, control_decode_ratio=1.004),  # the A/A control inline
                         # the very first files kept ratios of medians only
                         dict(tokens=1024, batch=1, prefill_unsteered_s=2.0, prefill_steered_s=2.1, prefill_ratio=1.05,
                              decode_unsteered_tps=6.0, decode_steered_tps=6.0, decode_ratio=1.0, runs=5)],
@@ -214,9 +227,10 @@ def test_bench_merge_reads_the_first_seka_only_files(tmp_path, capsys):
                  "--plots", str(tmp_path / "old")]) == 0
     rows = json.loads(merged.read_text())
     assert [(r["tokens"], r["batch"], r["method"]) for r in rows["latency"] + rows["memory"]] == [
-        (256, 1, "seka"), (1024, 1, "seka"), (256, 1, "seka")]
+        (256, 1, "seka"), (256, 1, "control"), (1024, 1, "seka"), (256, 1, "seka")]
     printed = capsys.readouterr().out
     assert "| 256 | 1 | seka | 7 | 0.500 | 0.510 | - | 1.020 | 1.010 |" in printed
+    assert "| 256 | 1 | control | 7 | 0.500 | - | - | - | 0.996 | 7.00 | - | - | 1.004 |" in printed
     assert "| 1024 | 1 | seka | 5 | 2.000 | 2.100 | - | 1.050 | - | 6.00 | 6.00 | 1.000 | - |" in printed
     assert (tmp_path / "old-latency.png").is_file() and (tmp_path / "old-memory.png").is_file()
 
@@ -243,10 +257,12 @@ def test_bench_gives_cheap_shapes_more_runs(model_dir, tmp_path, capsys):
     assert "| 8 | 1 | prompt-markers | 4 |" in printed  # the table says how many runs each row rests on
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked probes and VmHWM resets are Linux's")
 def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_path, monkeypatch):
     from seka_rag.bench import BenchConfig, memory_table
 
-    spec = dict(model=str(model_dir), no_projection=True, dtype="float32")  # PASTA and SPA need no projection
+    # PASTA and SPA need no projection
+    spec = dict(model=str(model_dir), no_projection=True, dtype="float32", device="cpu")
     config = BenchConfig(lengths=[16], runs=1, decode_tokens=1, batch_sizes=[2], methods=["pasta", "spa"])
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
@@ -255,22 +271,26 @@ def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_
     assert all(r["unsteered"] > 0 and r["steered"] > 0 and r["ratio"] > 0 for r in rows)
     # forked from one loader (Linux): still a process of its own per configuration, each peak reset in it
     details = [rows[0]["details"]["unsteered"], rows[0]["details"]["pasta"], rows[1]["details"]["spa"]]
+    assert {d["process"] for d in details} == {"forked"} and all(d["peak_reset"] for d in details)
     assert len({d["pid"] for d in details}) == 3 and os.getpid() not in {d["pid"] for d in details}
-    assert all(d["peak_reset"] and d["peak_rss_kib"] >= d["rss_at_reset_kib"] > 0 for d in details)
     import subprocess
-    import sys
 
     fresh = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                            capture_output=True, text=True, check=True)  # this test process runs on one thread
     assert {d["threads"] for d in details} == {int(fresh.stdout)}  # the loader's single thread is undone
-    spawned = memory_table(spec, BenchConfig(lengths=[16], runs=1, decode_tokens=1, methods=["spa"],
-                                             probe_start="spawn"), progress=False)
-    assert spawned[0]["ratio"] > 0 and "threads" not in spawned[0]["details"]["spa"]
-    # a forked probe first touches the library pages its loader had resident, so it starts where a fresh
-    # process stands after loading (without that, about a quarter of this small process's RSS is missing)
-    forked_start, fresh_start = rows[1]["details"]["spa"]["rss_at_reset_kib"], spawned[0]["details"]["spa"]["rss_at_reset_kib"]
+    assert {d["loader_threads_at_fork"] for d in details} == {1}  # nothing else ran in the loader at a fork
+    # the same configurations spawned, each in a fresh interpreter that loads the model itself: a forked
+    # probe first touches the library pages its loader had resident, so it starts, and peaks, where a fresh
+    # process does (without that, about a quarter of this small process's RSS would be missing)
+    spawned = memory_table(spec, BenchConfig(lengths=[16], runs=1, decode_tokens=1, batch_sizes=[2],
+                                             methods=["pasta", "spa"], probe_start="spawn"), progress=False)
+    assert {d["process"] for r in spawned for d in r["details"].values()} == {"spawned"}
     assert rows[1]["details"]["spa"]["loader_file_pages_kib"] > 0
-    assert abs(forked_start - fresh_start) < 0.05 * fresh_start, (forked_start, fresh_start)
+    for forked, fresh in ((rows[0]["details"]["unsteered"], spawned[0]["details"]["unsteered"]),
+                          (rows[0]["details"]["pasta"], spawned[0]["details"]["pasta"]),
+                          (rows[1]["details"]["spa"], spawned[1]["details"]["spa"])):
+        for key in ("rss_at_reset_kib", "peak_rss_kib"):
+            assert abs(forked[key] - fresh[key]) < 0.05 * fresh[key], (key, forked[key], fresh[key])
     # the probes fix glibc's mmap threshold (peaks follow live tensors), unless told otherwise
     assert {d["malloc_mmap_threshold"] for r in rows for d in r["details"].values()} == {"65536"}
     one = BenchConfig(lengths=[16], runs=1, decode_tokens=1, methods=["spa"], mmap_threshold=None)
@@ -291,17 +311,40 @@ def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_
 
 
 @pytest.mark.parametrize("start", ["fork", "spawn"])
-def test_a_failing_memory_probe_says_why(model_dir, start):
+def test_a_failing_memory_probe_says_why(model_dir, tmp_path, start):
     from seka_rag.bench import BenchConfig, memory_table
+    from seka_rag.errors import SekaError
 
     spec = dict(model=str(model_dir), no_projection=True, dtype="float32")  # no projection: SEKA cannot steer
     config = BenchConfig(lengths=[16], runs=1, decode_tokens=1, methods=["seka"], probe_start=start)
-    with pytest.raises(RuntimeError, match=r"(?s)memory probe failed.*SekaError"):
+    with pytest.raises(SekaError, match="this model has no projection"):  # a usage error, said as one
         memory_table(spec, config, progress=False)
-    from seka_rag.errors import SekaError
-
+    with pytest.raises(SekaError, match="no-model"):  # a model that cannot load: said by the loader, or the probe
+        memory_table(dict(spec, model=str(tmp_path / "no-model")), config, progress=False)
     with pytest.raises(SekaError, match="probe_start must be one of fork, spawn"):
         BenchConfig(probe_start="thread")
+
+
+def test_forked_probes_touch_only_readable_files_and_say_how_a_probe_ended(monkeypatch, capsys):
+    import signal
+
+    from seka_rag import bench
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/pagemap")
+    ranges = bench._resident_file_ranges()
+    assert ranges and all(start < end for start, end in ranges)
+    assert bench._touch_ranges(ranges[:3]) == sum(end - start for start, end in ranges[:3])
+    assert bench._readable_mapping("/dev/zero (deleted)", {}) and not bench._readable_mapping("[heap]", {})
+    assert not bench._readable_mapping("/dev/null", {}) and not bench._readable_mapping("/gone.so (deleted)", {})
+    assert bench._readable_mapping(sys.executable, {})
+    assert bench._wait_status_text(0) == "exit status 0"
+    assert bench._wait_status_text(int(signal.SIGKILL)) == "killed by SIGKILL (out of memory?)"
+    from seka_rag.cli import main
+
+    monkeypatch.setattr(sys, "platform", "darwin")  # fork asked for where it is not used: refused, not ignored
+    assert main(["bench", "--probe-start", "fork", "--no-latency"]) == 2
+    assert "--probe-start fork is for CPU models on Linux" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
