@@ -35,8 +35,8 @@ examples: install
 # per paired median) and peak memory (a process per configuration, forked from one that loaded the
 # model), JSON + PNG plots in docs/bench/. `bench`: both models, every method, at batch 1 and every
 # length (default model 256 / 1k / 2k, small model up to 4k), latency and memory; memory at batch 4
-# at every length; latency at batch 4 at 256 / 1k. About 41 min on 2 CPU cores with native bfloat16
-# (its steps timed in docs/bench/make-bench-forked-bf16/; far longer in float32). `bench-full` is
+# at every length; latency at batch 4 at 256 / 1k. 39.9 min on 2 CPU cores with native bfloat16
+# (docs/bench/make-bench-forked-bf16-run2/; far longer in float32). `bench-full` is
 # the whole grid (latency at batch 4 at every length too): 90 min on such a machine before the
 # memory probes were forked. Run either on a quiet machine.
 BENCH_METHODS ?= prompt-markers,pasta,spa,seka,ada-attention,ada-embedding,two-pass

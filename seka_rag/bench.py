@@ -476,12 +476,13 @@ def memory_table(model_spec: dict, config: BenchConfig, progress: bool = True, s
     else:
         results = (_probe_subprocess(model_spec, n, steer, config, b) for b, n, steer in probes)
     res, started = {}, time.perf_counter()
-    for done, ((b, n, steer), result) in enumerate(zip(probes, results, strict=True), 1):
-        res[(b, n, steer)] = result
-        if progress:
-            spent = time.perf_counter() - started
-            print(f"  memory probe {done}/{len(probes)} (batch {b}, {n} tokens, {steer}) done; "
-                  f"{spent / 60:.1f} min so far", file=sys.stderr, flush=True)
+    with contextlib.closing(results):  # leaving early (an error, Ctrl-C) stops the loader of forked probes
+        for done, ((b, n, steer), result) in enumerate(zip(probes, results, strict=True), 1):
+            res[(b, n, steer)] = result
+            if progress:
+                spent = time.perf_counter() - started
+                print(f"  memory probe {done}/{len(probes)} (batch {b}, {n} tokens, {steer}) done; "
+                      f"{spent / 60:.1f} min so far", file=sys.stderr, flush=True)
     rows = []
     for b in config.batch_sizes:
         for n in config.lengths:
@@ -505,7 +506,9 @@ def probes_fork(model_spec: dict, config: BenchConfig) -> bool:
 
 
 def _probe_env(config: BenchConfig) -> dict:
-    env = {**os.environ, "TQDM_DISABLE": "1"}
+    # no progress bars; the tokenizer single-threaded, as it must be on both sides of a fork (spawned too,
+    # so that both ways run alike)
+    env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if config.mmap_threshold is not None and malloc_mmap_threshold() == "glibc default":  # the user's setting wins
         env["MALLOC_MMAP_THRESHOLD_"] = str(config.mmap_threshold)  # read by glibc when the process starts
     return env
@@ -520,8 +523,9 @@ def malloc_mmap_threshold() -> str:
     return os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")
 
 
-#: A forked probe that sends nothing for this long is taken for hung and stopped (seconds; the
-#: longest probe measured, PASTA at 4 × 4k tokens on the small model, takes about 2 minutes on 2 cores).
+#: A probe (a forked or spawned process) that has not finished after this many seconds is taken for
+#: hung and stopped, and the benchmark fails saying so; the longest probe measured, PASTA at 4 × 4k
+#: tokens on the small model, takes about 2 minutes on 2 cores.
 PROBE_TIMEOUT_S = 3600.0
 
 
@@ -536,7 +540,11 @@ def _probe_failure(result: dict) -> Exception:
 def _probe_subprocess(model_spec: dict, length: int, steer: str, config: BenchConfig, batch_size: int) -> dict:
     cmd = [sys.executable, "-m", "seka_rag.bench", "--probe", json.dumps(
         dict(model_spec=model_spec, length=length, steer=steer, batch_size=batch_size, config=asdict(config)))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_probe_env(config))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_probe_env(config), timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"the memory probe of {length} tokens, batch {batch_size}, {steer} did not finish in "
+                           f"{PROBE_TIMEOUT_S:g} s and was stopped (hung?)") from None
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
@@ -555,23 +563,28 @@ def _forked_probes(model_spec: dict, config: BenchConfig, probes: list[tuple[int
     import tempfile
 
     cmd = [sys.executable, "-m", "seka_rag.bench", "--probe-loader"]
-    request = json.dumps(dict(model_spec=model_spec, config=asdict(config),
+    request = json.dumps(dict(model_spec=model_spec, config=asdict(config), timeout_s=PROBE_TIMEOUT_S,
                               probes=[[n, steer, b] for b, n, steer in probes]))
-    env = _probe_env(config)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer is used on both sides of each fork
     fallback = None
     with tempfile.TemporaryFile("w+", errors="replace") as stderr:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                env=env)
+                                env=_probe_env(config))
 
         def failed_loader() -> RuntimeError:
-            proc.wait()
+            try:
+                proc.wait(timeout=60)
+                how = _wait_status_text(proc.returncode, returncode=True)
+            except subprocess.TimeoutExpired:
+                how = "still running a minute after its last result"
             stderr.seek(0)
-            return RuntimeError(f"memory probe loader failed (exit status {proc.returncode}):\n{stderr.read()[-2000:]}")
+            return RuntimeError(f"memory probe loader failed ({how}):\n{stderr.read()[-2000:]}")
 
         try:
-            proc.stdin.write(request)
-            proc.stdin.close()
+            try:
+                proc.stdin.write(request)
+                proc.stdin.close()
+            except BrokenPipeError:  # it ended before reading its request
+                raise failed_loader() from None
             received = 0
             for line in proc.stdout:
                 try:
@@ -585,9 +598,8 @@ def _forked_probes(model_spec: dict, config: BenchConfig, probes: list[tuple[int
                     break
                 received += 1
                 yield result
-            if fallback is None:
-                if proc.wait() != 0 or received != len(probes):
-                    raise failed_loader()
+            if fallback is None and received != len(probes):
+                raise failed_loader()
         finally:
             if proc.poll() is None:  # its probe, if one runs, dies with it (PR_SET_PDEATHSIG)
                 proc.kill()
@@ -803,6 +815,7 @@ def plot_benchmark(result: dict, prefix: str | os.PathLike) -> list[Path]:
 
 
 def _probe_main(arg: str) -> None:
+    _die_with_parent()
     spec = json.loads(arg)
     try:
         res = memory_probe(spec["model_spec"], spec["length"], spec["steer"], BenchConfig(**spec["config"]),
@@ -827,26 +840,32 @@ def _die_with_parent() -> None:
 
 def _read_until_closed(fd: int, timeout_s: float) -> str | None:
     """Everything written to ``fd`` until its writers close it; ``None`` if that takes over ``timeout_s``."""
-    import select
+    import selectors
 
     chunks, deadline = [], time.monotonic() + timeout_s
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            return None
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return b"".join(chunks).decode()
-        chunks.append(chunk)
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks).decode(errors="replace")
+            chunks.append(chunk)
 
 
-def _wait_status_text(status: int) -> str:
-    code = os.waitstatus_to_exitcode(status)
-    if code >= 0:
-        return f"exit status {code}"
+def _wait_status_text(status: int, returncode: bool = False) -> str:
+    """How a process ended, from its wait status (or, ``returncode=True``, a ``Popen.returncode``)."""
     import signal
 
-    name = signal.Signals(-code).name
+    code = status if returncode else os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        return f"killed by signal {-code}"
     return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
 
 
@@ -854,21 +873,28 @@ def _probe_loader_main() -> None:
     """The loader of forked probes: read the request from stdin, load the model once, fork a child per
     probe, send each child's result as a JSON line on stdout, in order; stop at the first error. A first
     line ``{"unsupported": why}`` says the probes cannot be forked faithfully here."""
+    import signal
     import traceback
 
     results = os.fdopen(os.dup(1), "w")  # the result stream; anything else written to stdout goes to stderr
     os.dup2(2, 1)
     _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the benchmark, which stops this process
 
     def send(result: dict) -> None:
         results.write(json.dumps(result) + "\n")
         results.flush()
 
+    def probe_name(length: int, batch_size: int, steer: str) -> str:
+        return f"the probe of {length} tokens, batch {batch_size}, {steer}"
+
     spec = json.load(sys.stdin)
+    timeout_s = spec.get("timeout_s", PROBE_TIMEOUT_S)
+    if not _resident_file_ranges() or not _reset_rss_peak():  # checked before the model is loaded for nothing
+        send(dict(unsupported="/proc/self/pagemap or /proc/self/clear_refs cannot be used"))
+        return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # no OpenMP thread pool here before forking: a child forked after one hangs
-    import threading
-
     from tqdm import tqdm
 
     tqdm.monitor_interval = 0  # no tqdm monitor thread, which could hold tqdm's lock at a fork
@@ -883,56 +909,65 @@ def _probe_loader_main() -> None:
     if seka.device.type != "cpu":
         send(dict(unsupported=f"the model is on {seka.device}; a CUDA context cannot be forked"))
         return
-    if not _resident_file_ranges() or not _reset_rss_peak():
-        send(dict(unsupported="/proc/self/pagemap or /proc/self/clear_refs cannot be used"))
-        return
     config = BenchConfig(**spec["config"])
     loader = os.getpid()
     for length, steer, batch_size in spec["probes"]:
-        resident = _resident_file_ranges() or []  # read just before forking: the mappings are the child's too
-        loader_threads = threading.active_count()  # 1: only this thread, which the child keeps
+        resident = _resident_file_ranges()  # read just before forking: the mappings are the child's too
+        if not resident:
+            send(dict(error=f"{probe_name(length, batch_size, steer)}: /proc/self/pagemap could not be read"))
+            return
+        # recorded: the loader's native threads when it forked (idle library pools, e.g. numpy's OpenBLAS;
+        # none of them is copied into the child, which runs on its own thread and OpenMP's new pool)
+        loader_threads = len(os.listdir("/proc/self/task"))
         read_end, write_end = os.pipe()
         pid = os.fork()
-        if pid == 0:  # the probe's own process; it leaves by os._exit, never back into this loop
+        if pid == 0:  # the probe's own process: whatever happens, it leaves by os._exit, never back here
+            code = 1
             try:
                 os.close(read_end)
                 os.close(results.fileno())  # only the loader writes results: it sees the end of this pipe
                 _die_with_parent()
                 if os.getppid() != loader:  # the loader ended before the line above took effect
                     os._exit(1)
-                touched = _touch_ranges(resident)
-                torch.set_num_threads(threads)
-                _load_probe_extras(seka, steer)
-                result = measure_peak(seka, length, steer, config, batch_size)
-                result.pop("load_peak_rss_kib")  # this process loaded nothing; the loader's peak instead:
-                result.update(loader_load_peak_rss_kib=load_peak, loader_file_pages_kib=touched // 1024,
-                              loader_threads_at_fork=loader_threads, threads=torch.get_num_threads(), process="forked")
-                text = json.dumps(result)
-            except SekaError as exc:
-                text = json.dumps(dict(error=traceback.format_exc(), error_type="SekaError", message=str(exc)))
-            except BaseException:
-                text = json.dumps(dict(error=traceback.format_exc()))
-            try:
+                try:
+                    touched = _touch_ranges(resident)
+                    torch.set_num_threads(threads)
+                    _load_probe_extras(seka, steer)
+                    result = measure_peak(seka, length, steer, config, batch_size)
+                    result.pop("load_peak_rss_kib")  # this process loaded nothing; the loader's peak instead:
+                    result.update(loader_load_peak_rss_kib=load_peak, loader_file_pages_kib=touched // 1024,
+                                  loader_threads_at_fork=loader_threads, threads=torch.get_num_threads(),
+                                  process="forked")
+                    text = json.dumps(result)
+                except SekaError as exc:
+                    text = json.dumps(dict(error=traceback.format_exc(), error_type="SekaError", message=str(exc)))
+                except BaseException:
+                    text = json.dumps(dict(error=traceback.format_exc()))
                 with os.fdopen(write_end, "w") as out:
                     out.write(text)
+                code = 0
             finally:
-                os._exit(0)
+                os._exit(code)
         os.close(write_end)
-        text = _read_until_closed(read_end, PROBE_TIMEOUT_S)
+        text = _read_until_closed(read_end, timeout_s)
         os.close(read_end)
         if text is None:
-            os.kill(pid, 9)
+            os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            send(dict(error=f"the probe of {length} tokens, batch {batch_size}, {steer} sent nothing for "
-                            f"{PROBE_TIMEOUT_S:.0f} s and was stopped (hung?)"))
+            send(dict(error=f"{probe_name(length, batch_size, steer)} did not finish in {timeout_s:g} s and was "
+                            "stopped (hung?)"))
             return
         _, status = os.waitpid(pid, 0)
-        result = json.loads(text) if text else dict(
-            error=f"the probe of {length} tokens, batch {batch_size}, {steer} ended without a result "
-                  f"({_wait_status_text(status)})")
+        try:
+            result = json.loads(text)
+        except ValueError:  # nothing, or cut short
+            result = dict(error=f"{probe_name(length, batch_size, steer)} ended without a result "
+                                f"({_wait_status_text(status)})")
         send(result)
         if "error" in result:
             return
+    results.close()
+    os._exit(0)  # nothing left to do: no interpreter shutdown that could fail after every result was sent
 
 
 if __name__ == "__main__":

@@ -264,22 +264,26 @@ def cmd_calibrate(args) -> int:
 def _logged_trial(entry: dict):
     """A :class:`~seka_rag.calibration.Trial` from a calibration log's entry, its fields' types checked
     (``TypeError`` / ``ValueError`` naming the field otherwise)."""
-    from .calibration import Trial
+    from .calibration import CONSTRUCTIONS, Trial
 
-    def number(value, field: str, kind=(int, float)):
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise TypeError(f"trial field {field!r} is {value!r}, not a number")
+    def number(value, field: str, integer: bool = False):
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            raise TypeError(f"trial field {field!r} is {value!r}, not {'an integer' if integer else 'a number'}")
         return value
 
+    if not isinstance(entry["stage"], str):
+        raise TypeError(f"trial field 'stage' is {entry['stage']!r}, not a name")
     units = []
     for unit in entry["units"]:
         if not (isinstance(unit, list) and len(unit) == 3 and isinstance(unit[0], str) and isinstance(unit[1], list)):
             raise ValueError(f"trial unit {unit!r} is not [construction, [layers], gain multiplier]")
-        units.append((unit[0], [number(layer, "layer of a unit", int) for layer in unit[1]],
+        if unit[0] not in CONSTRUCTIONS:
+            raise ValueError(f"trial unit {unit!r}: unknown construction {unit[0]!r} (known: {', '.join(CONSTRUCTIONS)})")
+        units.append((unit[0], [number(layer, "layer of a unit", integer=True) for layer in unit[1]],
                       number(unit[2], "gain multiplier of a unit")))
     return Trial(stage=entry["stage"], units=units, share=number(entry["share"], "share"),
                  mean_margin=number(entry["mean_margin"], "mean_margin"),
-                 n_cases=number(entry["n_cases"], "n_cases", int))
+                 n_cases=number(entry["n_cases"], "n_cases", integer=True))
 
 
 def cmd_eval_variants(args) -> int:
@@ -300,6 +304,11 @@ def cmd_eval_variants(args) -> int:
                         f"`seka-rag calibrate --calibration-log` ({type(exc).__name__}: {exc})") from None
     trials.insert(0, Trial("none", [], 0.0, 0.0, 0))  # unsteered reference
     base = Projection.load(args.projection)  # a bad file is said before the model loads
+    outside = sorted({layer for t in trials for _, layers, _ in t.units for layer in layers
+                      if not 0 <= layer < base.meta.num_layers})
+    if outside:
+        raise SekaError(f"--calibration-log {args.calibration_log!r} names layers {outside}, outside the "
+                        f"{base.meta.num_layers} layers of --projection {args.projection!r}: a log of another model?")
     model = load_model(**_model_spec(args, no_projection=True))
     model.load_projection(base)
     rows = evaluate_trials(model, base, trials, split=args.split, items=args.items,
