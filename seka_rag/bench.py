@@ -967,6 +967,7 @@ def _probe_loader_main() -> None:
         if "error" in result:
             return
     results.close()
+    sys.stderr.flush()
     os._exit(0)  # nothing left to do: no interpreter shutdown that could fail after every result was sent
 
 
