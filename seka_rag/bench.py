@@ -82,12 +82,13 @@ class BenchConfig:
     after OpenMP has started its threads hangs), then forks a child per configuration, which first
     touches the library pages the loader had resident (a forked child inherits those file mappings
     but not their page-table entries, so its RSS would otherwise start about 95 MiB lower than a
-    fresh process's on the default model), restores the thread count, runs the probe and exits. This saves the 7–8 s of interpreter start
-    and model load that each probe of the default model otherwise pays. ``"spawn"``: a fresh
-    interpreter per configuration loads the model itself (the probes before forking existed). Fork
-    is used on Linux for CPU models only; elsewhere, or where ``/proc/self/pagemap`` or
-    ``/proc/self/clear_refs`` cannot be used, the probes spawn (the CLI refuses ``--probe-start fork``
-    off Linux or off the CPU; a probe's details say which way it ran, ``process``).
+    fresh process's on the default model), restores the thread count, runs the probe and exits.
+    This saves the 7–8 s of interpreter start and model load that each probe of the default model
+    otherwise pays. ``"spawn"``: a fresh interpreter per configuration loads the model itself (how
+    every probe ran before forking was added). Fork is used on Linux for CPU models only; elsewhere,
+    or where ``/proc/self/pagemap`` or ``/proc/self/clear_refs`` cannot be used, the probes spawn
+    (the CLI refuses ``--probe-start fork`` off Linux or off the CPU; a probe's details say which
+    way it ran, ``process``).
     """
 
     lengths: list[int] = field(default_factory=lambda: [256, 1024, 2048])

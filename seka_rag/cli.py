@@ -416,7 +416,7 @@ def cmd_bench(args) -> int:
 
         if _default_device(args.device).type != "cuda":  # the model's own device resolution, before loading
             raise SekaError("--memory-in-process needs a CUDA device: peak RSS cannot be reset per configuration, "
-                            "so CPU probes run in fresh processes")
+                            "so CPU probes run in a process of their own each")
     for flag, given, what in (("--mmap-threshold", args.mmap_threshold is not _MMAP_UNSET,
                                "sets glibc's mmap threshold in the CPU memory probes"),
                               ("--probe-start", args.probe_start is not None,
@@ -1426,9 +1426,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "tensors alive at once; 'default': glibc's adaptive threshold, whose caching moves peaks "
                         "by about 2 %% between processes); a MALLOC_MMAP_THRESHOLD_ already set is kept")
     p.add_argument("--probe-start", choices=("fork", "spawn"), default=None,
-                   help="how each CPU memory probe gets a process of its own: 'fork' (default; Linux): forked "
-                        "from one process that loaded the model once; 'spawn': a fresh interpreter that loads the "
-                        "model itself (about 7 s more per probe on the default model)")
+                   help="how each CPU memory probe gets a process of its own: 'fork' (the default for CPU models "
+                        "on Linux, refused elsewhere): forked from one process that loaded the model once; 'spawn' "
+                        "(the default elsewhere): a fresh interpreter that loads the model itself (about 7 s more "
+                        "per probe on the default model)")
     p.add_argument("--memory-in-process", action="store_true",
                    help="CUDA only: probe peak memory (max_memory_allocated, reset per configuration) in this "
                         "process instead of a fresh process per configuration; saves a model load per probe")
