@@ -329,25 +329,25 @@ def _reset_rss_peak() -> bool:
         return False
 
 
-def _rss_peak_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _rss_now_kib() -> int | None:
+def _status_kib(field: str) -> int | None:
+    """A ``/proc/self/status`` field in kiB (``VmHWM``, ``VmRSS``); ``None`` where there is no such file."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
     return None
+
+
+def _rss_peak_kib() -> int:
+    peak = _status_kib("VmHWM")
+    if peak is not None:
+        return peak
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _resident_file_ranges() -> list[tuple[int, int]] | None:
@@ -444,7 +444,7 @@ def measure_peak(seka, length: int, steer: str | bool, config: BenchConfig, batc
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(seka.device)
         base = torch.cuda.memory_allocated(seka.device)
-    rss_at_reset = _rss_now_kib()
+    rss_at_reset = _status_kib("VmRSS")
     reset = _reset_rss_peak()
     time_prefill_and_decode(seka, batch, steer, config.decode_tokens, config)
     result = dict(tokens=length, batch=batch_size, steer=steer, device=seka.device.type)
@@ -524,6 +524,15 @@ def malloc_mmap_threshold() -> str:
     return os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")
 
 
+def _probe_name(length: int, batch_size: int, steer: str) -> str:
+    return f"the memory probe of {length} tokens, batch {batch_size}, {steer}"
+
+
+def _usage_error(exc: SekaError, details: str | None = None) -> dict:
+    """A probe's result for a usage error: said as a :class:`SekaError` by the benchmark (:func:`_probe_failure`)."""
+    return dict(error=details or str(exc), error_type="SekaError", message=str(exc))
+
+
 #: A probe (a forked or spawned process) that has not finished after this many seconds is taken for
 #: hung and stopped, and the benchmark fails saying so; the longest probe measured, PASTA at 4 × 4k
 #: tokens on the small model, takes about 2 minutes on 2 cores.
@@ -544,8 +553,8 @@ def _probe_subprocess(model_spec: dict, length: int, steer: str, config: BenchCo
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_probe_env(config), timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"the memory probe of {length} tokens, batch {batch_size}, {steer} did not finish in "
-                           f"{PROBE_TIMEOUT_S:g} s and was stopped (hung?)") from None
+        raise RuntimeError(f"{_probe_name(length, batch_size, steer)} did not finish in {PROBE_TIMEOUT_S:g} s "
+                           "and was stopped (hung?)") from None
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
@@ -822,7 +831,7 @@ def _probe_main(arg: str) -> None:
         res = memory_probe(spec["model_spec"], spec["length"], spec["steer"], BenchConfig(**spec["config"]),
                            spec.get("batch_size", 1))
     except SekaError as exc:  # a usage error: said as such by the benchmark, not as a traceback
-        print(json.dumps(dict(error=str(exc), error_type="SekaError", message=str(exc))))
+        print(json.dumps(_usage_error(exc)))
         return
     print(json.dumps({**res, "process": "spawned"}))
 
@@ -886,9 +895,6 @@ def _probe_loader_main() -> None:
         results.write(json.dumps(result) + "\n")
         results.flush()
 
-    def probe_name(length: int, batch_size: int, steer: str) -> str:
-        return f"the probe of {length} tokens, batch {batch_size}, {steer}"
-
     spec = json.load(sys.stdin)
     timeout_s = spec.get("timeout_s", PROBE_TIMEOUT_S)
     if not _resident_file_ranges() or not _reset_rss_peak():  # checked before the model is loaded for nothing
@@ -904,7 +910,7 @@ def _probe_loader_main() -> None:
     try:
         seka = load_model(**spec["model_spec"])
     except SekaError as exc:
-        send(dict(error=str(exc), error_type="SekaError", message=str(exc)))
+        send(_usage_error(exc))
         return
     load_peak = _rss_peak_kib()
     if seka.device.type != "cpu":
@@ -915,7 +921,7 @@ def _probe_loader_main() -> None:
     for length, steer, batch_size in spec["probes"]:
         resident = _resident_file_ranges()  # read just before forking: the mappings are the child's too
         if not resident:
-            send(dict(error=f"{probe_name(length, batch_size, steer)}: /proc/self/pagemap could not be read"))
+            send(dict(error=f"{_probe_name(length, batch_size, steer)}: /proc/self/pagemap could not be read"))
             return
         # recorded: the loader's native threads when it forked (idle library pools, e.g. numpy's OpenBLAS;
         # none of them is copied into the child, which runs on its own thread and OpenMP's new pool)
@@ -941,7 +947,7 @@ def _probe_loader_main() -> None:
                                   process="forked")
                     text = json.dumps(result)
                 except SekaError as exc:
-                    text = json.dumps(dict(error=traceback.format_exc(), error_type="SekaError", message=str(exc)))
+                    text = json.dumps(_usage_error(exc, traceback.format_exc()))
                 except BaseException:
                     text = json.dumps(dict(error=traceback.format_exc()))
                 with os.fdopen(write_end, "w") as out:
@@ -955,14 +961,14 @@ def _probe_loader_main() -> None:
         if text is None:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            send(dict(error=f"{probe_name(length, batch_size, steer)} did not finish in {timeout_s:g} s and was "
+            send(dict(error=f"{_probe_name(length, batch_size, steer)} did not finish in {timeout_s:g} s and was "
                             "stopped (hung?)"))
             return
         _, status = os.waitpid(pid, 0)
         try:
             result = json.loads(text)
         except ValueError:  # nothing, or cut short
-            result = dict(error=f"{probe_name(length, batch_size, steer)} ended without a result "
+            result = dict(error=f"{_probe_name(length, batch_size, steer)} ended without a result "
                                 f"({_wait_status_text(status)})")
         send(result)
         if "error" in result:
