@@ -8,6 +8,8 @@ router gives every row of the batch a weight per expert, and the highlighted key
 
 where ``M_m`` is exactly the matrix plain SEKA would apply with expert ``m`` alone (so one expert
 with weight 1 *is* SEKA with that projection; with g- = 0 this is the paper's Σ c_m U_mK U_mKᵀ).
+An expert's g± are its projection's stored gains: the set's shared gains times the expert's own
+``gain_scale`` (:func:`with_gain_scales`), which also multiplies a call's explicit gains.
 
 Routers:
 
@@ -36,7 +38,7 @@ import math
 import numbers
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +120,9 @@ class Expert:
     description: str = ""
     prototype: torch.Tensor | None = None  #: unit-norm mean sentence embedding of its build prompts
     n_prompts: int = 0
+    #: this expert's strength relative to the set's shared gains: its projection's stored g+ / g- are
+    #: the shared ones times this, and a call's explicit ``gain_pos`` / ``gain_neg`` are multiplied by it
+    gain_scale: float = 1.0
 
 
 class ExpertSet:
@@ -194,6 +199,10 @@ class ExpertSet:
                     f"layers {m.layers} vs {first.model_type}, {first.num_layers}, {first.num_kv_heads}, "
                     f"{first.head_dim}, {first.layers})"
                 )
+        for e in self.experts:
+            s = e.gain_scale
+            if isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(s) or not s > 0:
+                raise ProjectionError(f"expert {e.name!r} has gain_scale {s!r}; it must be a positive finite number")
         stems = [_file_stem(n).lower() for n in names]
         if len(set(stems)) != len(stems):
             raise ProjectionError(f"expert names {names} would share a file name; rename them")
@@ -240,7 +249,7 @@ class ExpertSet:
         cached = self._stack_cache.get(key) if key is not None else None
         if cached is not None:
             return cached
-        per_expert = [edit_matrices(e.projection, config) for e in self.experts]
+        per_expert = [edit_matrices(e.projection, _scaled_config(config, e.gain_scale)) for e in self.experts]
         layers = sorted(set().union(*[set(m) for m in per_expert]))
         edits, routes = {}, {}
         for layer in layers:
@@ -279,6 +288,7 @@ class ExpertSet:
             entries.append(dict(
                 name=e.name, file=file, description=e.description, n_prompts=e.n_prompts,
                 prototype=None if e.prototype is None else [round(float(x), 7) for x in e.prototype],
+                gain_scale=float(e.gain_scale),
             ))
         index = dict(
             format_version=FORMAT_VERSION, name=self.name, embedding_model=self.embedding_model,
@@ -316,6 +326,7 @@ class ExpertSet:
                     name=entry["name"], projection=Projection.load(index_path.parent / file),
                     description=str(entry.get("description", "")), n_prompts=int(entry.get("n_prompts", 0) or 0),
                     prototype=None if proto is None else torch.tensor(proto, dtype=torch.float32),
+                    gain_scale=entry.get("gain_scale", 1.0),
                 ))
             except (TypeError, ValueError, RuntimeError) as exc:
                 raise ProjectionError(f"{str(index_path)!r}: expert {entry.get('name')!r} is malformed: {exc}") from None
@@ -335,6 +346,49 @@ class ExpertSet:
 
     def __repr__(self) -> str:
         return f"ExpertSet({self.name!r}, experts={self.names}, model={self.meta.model_id!r})"
+
+
+def _scaled_config(config: SteeringConfig, gain_scale: float) -> SteeringConfig:
+    """``config`` with its explicit gains times an expert's ``gain_scale`` (stored gains already include it)."""
+    if gain_scale == 1.0 or (config.gain_pos is None and config.gain_neg is None):
+        return config
+
+    def times(g):  # a malformed gain is passed on unchanged, for edit_matrices to refuse
+        ok = isinstance(g, numbers.Real) and not isinstance(g, bool)
+        return g * gain_scale if ok else g
+
+    return replace(config, gain_pos=None if config.gain_pos is None else times(config.gain_pos),
+                   gain_neg=None if config.gain_neg is None else times(config.gain_neg))
+
+
+def with_gain_scales(experts: "ExpertSet", scales: Mapping[str, float]) -> "ExpertSet":
+    """A copy of ``experts`` where each named expert edits ``scales[name]`` times as strongly as the set's shared gains.
+
+    The scale replaces the expert's earlier one (it is relative to the shared gains, not to the
+    expert's current gains); experts not named keep theirs. An expert's stored g+ / g- become the
+    shared gains times its scale, so one expert at weight 1 is still SEKA with that projection at
+    its stored gains, and ``build-experts --reuse`` keeps the scales when it re-copies the shared
+    gains. Unknown names and scales that are not positive finite numbers raise
+    :class:`ProjectionError`.
+    """
+    unknown = [n for n in scales if n not in experts.names]
+    if unknown:
+        raise ProjectionError(f"no experts named {unknown}; this set has {experts.names}")
+    for name, s in scales.items():
+        if isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(s) or not s > 0:
+            raise ProjectionError(f"the gain scale of expert {name!r} must be a positive finite number, got {s!r}")
+    out = []
+    for e in experts:
+        if e.name not in scales:
+            out.append(e)
+            continue
+        new, meta = float(scales[e.name]), e.projection.meta
+        ratio = new / e.gain_scale
+        projection = replace(e.projection, meta=replace(meta, gain_pos=meta.gain_pos * ratio,
+                                                        gain_neg=meta.gain_neg * ratio))
+        out.append(replace(e, projection=projection, gain_scale=new))
+    return ExpertSet(out, name=experts.name, embedding_model=experts.embedding_model, routing=experts.routing,
+                     notes=experts.notes)
 
 
 def _config_key(config: SteeringConfig) -> tuple:

@@ -234,6 +234,8 @@ def settings_like(projection: Projection, template: Projection) -> Projection:
 def expert_set_like(experts, template: Projection):
     """``experts`` with every expert's edited layers, gains and per-layer scales re-copied from ``template``.
 
+    An expert with a ``gain_scale`` other than 1 gets the template's gains times that scale.
+
     Each expert keeps its projections (P±, U, S, head shifts and masks), description and prototype;
     the set keeps its routing defaults and notes. This is what rebuilding the set from the same
     triplets would give after the calibrated projection's settings changed (the builder computes
@@ -252,7 +254,14 @@ def expert_set_like(experts, template: Projection):
             f"the calibrated projection edits layers {missing} that the experts were not built for "
             f"(built: {experts.meta.layers}); rebuild the expert set (build-experts without --reuse)"
         )
-    refreshed = [replace_field(e, projection=settings_like(e.projection, template)) for e in experts]
+    refreshed = []
+    for e in experts:
+        projection = settings_like(e.projection, template)
+        if e.gain_scale != 1.0:  # an expert's own strength (with_gain_scales) survives the re-copy
+            meta = projection.meta
+            projection = replace_field(projection, meta=replace_field(
+                meta, gain_pos=meta.gain_pos * e.gain_scale, gain_neg=meta.gain_neg * e.gain_scale))
+        refreshed.append(replace_field(e, projection=projection))
     return ExpertSet(refreshed, name=experts.name, embedding_model=experts.embedding_model,
                      routing=experts.routing, notes=experts.notes)
 

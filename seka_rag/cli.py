@@ -470,7 +470,7 @@ _BUILD_ONLY_OPTIONS = ("families", "triplets", "seed", "gamma", "delta", "build_
 
 
 def cmd_build_experts(args) -> int:
-    from .adaptive import RoutingConfig
+    from .adaptive import RoutingConfig, with_gain_scales
     from .builder import BuildConfig, build_expert_set
     from .data.tasks import DEFAULT_SEED, DEFAULT_TRIPLETS_PER_FAMILY, FAMILIES, FAMILY_DESCRIPTIONS, family_triplets
 
@@ -500,6 +500,12 @@ def cmd_build_experts(args) -> int:
         if Path(args.reuse).name == "experts.json" and Path(args.reuse).is_file():
             args.reuse = str(Path(args.reuse).parent)  # the set is its directory (written back there)
         reused = ExpertSet.load(args.reuse)  # before the model load: a wrong path fails fast
+    if args.expert_scales:  # names checked before the model load
+        names = reused.names if reused is not None else families
+        wrong = [n for n in args.expert_scales if n not in names]
+        if wrong:
+            raise SekaError(f"--expert-scales names {wrong}, which {'this set has' if reused is not None else 'this build makes'} "
+                            f"no expert for; the experts are {', '.join(names)}")
     spec = _model_spec(args)
     spec.update(adaptive=False, experts=None, router=None)
     model = load_model(**spec)
@@ -522,19 +528,23 @@ def cmd_build_experts(args) -> int:
 
         reused.check_fits(model.geometry, model.model_id)
         experts = expert_set_like(reused, template)
+        if args.expert_scales:
+            experts = with_gain_scales(experts, args.expert_scales)
         experts.routing = experts.routing.replace(**routing_given).validate()
         if args.name:
             experts.name = args.name
         refresh = dict(command=command, gain_pos=template.meta.gain_pos, gain_neg=template.meta.gain_neg,
                        projection=args.projection or f"shipped with seka-rag for {template.meta.model_id}",
-                       expert_gains_given=args.expert_gains is not None, routing_given=routing_given)
+                       expert_gains_given=args.expert_gains is not None, routing_given=routing_given,
+                       expert_scales_given=args.expert_scales or {})
         earlier = experts.notes.get("settings_refreshed", [])
         experts.notes["settings_refreshed"] = [*(earlier if isinstance(earlier, list) else [earlier]), refresh]
         out = experts.save(args.out or args.reuse)
         meta = experts.meta
         print(f"re-copied the calibrated projection's settings onto {len(experts)} experts "
-              f"({', '.join(experts.names)}): gains {meta.gain_pos:g} / {meta.gain_neg:g}, "
+              f"({', '.join(experts.names)}): gains {template.meta.gain_pos:g} / {template.meta.gain_neg:g}, "
               f"layers {meta.default_layers} -> {out}")
+        _print_expert_scales(experts)
         return 0
     layers = args.build_layers
     if layers is None:
@@ -550,12 +560,24 @@ def cmd_build_experts(args) -> int:
     experts = build_expert_set(model, triplets, config, template=template, descriptions=FAMILY_DESCRIPTIONS,
                                name=args.name or model.model_id, progress=not args.no_progress)
     experts.routing = routing
+    if args.expert_scales:
+        experts = with_gain_scales(experts, args.expert_scales)
     seconds = time.perf_counter() - started
     experts.notes.update(families=families, triplets_per_family=triplets_per_family, seed=seed, gamma=config.gamma,
                          build_seconds=round(seconds, 1), command=command)
     out = experts.save(args.out)
     print(f"built {len(experts)} experts ({', '.join(experts.names)}) for layers {layers} in {seconds:.0f} s -> {out}")
+    _print_expert_scales(experts)
     return 0
+
+
+def _print_expert_scales(experts) -> None:
+    """One line per expert with its own strength, when any expert's differs from the shared gains."""
+    if all(e.gain_scale == 1.0 for e in experts):
+        return
+    for e in experts:
+        m = e.projection.meta
+        print(f"  {e.name}: {e.gain_scale:g} x the shared gains = {m.gain_pos:g} / {m.gain_neg:g}")
 
 
 FAMILY_METHODS = ("unsteered", "seka", "experts", "ada-attention", "ada-embedding")
@@ -967,6 +989,24 @@ def _float_list(text: str) -> list[float]:
     return values
 
 
+def _expert_scales(text: str) -> dict[str, float]:
+    """``NAME=FACTOR,NAME=FACTOR`` -> ``{name: factor}`` (positive finite factors, each name once)."""
+    scales: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        name, sep, value = part.partition("=")
+        try:
+            factor = float(value)
+        except ValueError:
+            factor = float("nan")
+        if not part or not sep or not name.strip() or not (math.isfinite(factor) and factor > 0):
+            raise argparse.ArgumentTypeError(f"expected NAME=FACTOR pairs with positive factors like "
+                                             f"'conflict=2,instruction=0.5', got {text!r}")
+        if name.strip() in scales:
+            raise argparse.ArgumentTypeError(f"expert {name.strip()!r} is named twice in {text!r}")
+        scales[name.strip()] = factor
+    return scales
+
+
 def _quantile_list(text: str) -> list[float]:
     values = _float_list(text)
     if not all(0 <= v <= 1 for v in values):
@@ -1229,6 +1269,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default embedding-router softmax temperature stored with the set (default 0.1)")
     p.add_argument("--expert-gains", type=_float_list, metavar="G_POS,G_NEG",
                    help="default g+, g- stored with every expert (default: the calibrated projection's)")
+    p.add_argument("--expert-scales", type=_expert_scales, metavar="NAME=FACTOR,...",
+                   help="give the named experts their own strength: FACTOR times the shared gains (e.g. "
+                        "'conflict=2,distractors=2'); with --reuse, experts not named keep their stored scale "
+                        "(default: 1 for a new set)")
     p.add_argument("--build-layers", type=_int_list,
                    help="layers to build (default: the calibrated projection's edited layers)")
     p.add_argument("--batch-size", type=_positive_int, help="triplets per forward pass while building (default 8)")

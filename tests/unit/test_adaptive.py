@@ -157,6 +157,45 @@ def test_one_expert_with_constant_weight_is_seka(tiny_model, family):
     torch.testing.assert_close(weights.abs(), torch.ones_like(weights))
 
 
+def test_an_experts_gain_scale_is_its_own_strength(tiny_model, tmp_path):
+    from seka_rag.adaptive import with_gain_scales
+
+    seka = tiny_model("qwen2", num_layers=2)
+    proj = seka.projection
+    experts = ExpertSet([Expert("a", proj), Expert("b", proj)])
+    scaled = with_gain_scales(experts, {"b": 2.0})
+    assert [e.gain_scale for e in scaled] == [1.0, 2.0] and [e.gain_scale for e in experts] == [1.0, 1.0]
+    assert scaled["b"].projection.meta.gain_pos == pytest.approx(2 * proj.meta.gain_pos)
+    seka.load_experts(scaled)
+    # expert b alone at weight 1 is SEKA at twice the gains; a is SEKA as it was
+    b = seka.score(PROMPTS[0], ["Rome", "Paris"], router={"b": 1.0})
+    doubled = seka.score(PROMPTS[0], ["Rome", "Paris"], router="projection",
+                         gain_pos=2 * proj.meta.gain_pos, gain_neg=2 * proj.meta.gain_neg)
+    assert b == pytest.approx(doubled, abs=1e-5)
+    assert seka.score(PROMPTS[0], ["Rome", "Paris"], router={"a": 1.0}) == pytest.approx(
+        seka.score(PROMPTS[0], ["Rome", "Paris"], router="projection"), abs=1e-5)
+    # a call's explicit gains are multiplied by each expert's scale
+    explicit = seka.score(PROMPTS[0], ["Rome", "Paris"], router={"b": 1.0}, gain_pos=0.3, gain_neg=0.1)
+    reference = seka.score(PROMPTS[0], ["Rome", "Paris"], router="projection", gain_pos=0.6, gain_neg=0.2)
+    assert explicit == pytest.approx(reference, abs=1e-5)
+    # a new scale replaces the old one (relative to the shared gains), and it survives save / load
+    again = with_gain_scales(scaled, {"b": 0.5})
+    assert again["b"].projection.meta.gain_pos == pytest.approx(proj.meta.gain_pos / 2)
+    again.save(tmp_path / "set")
+    loaded = ExpertSet.load(tmp_path / "set")
+    assert [e.gain_scale for e in loaded] == [1.0, 0.5]
+    with pytest.raises(ProjectionError, match="no experts named"):
+        with_gain_scales(experts, {"c": 2.0})
+    for bad in (0, -1.0, float("inf"), True, "2"):
+        with pytest.raises(ProjectionError, match="positive finite"):
+            with_gain_scales(experts, {"a": bad})
+    index = json.loads((tmp_path / "set" / "experts.json").read_text())
+    index["experts"][0]["gain_scale"] = "big"
+    (tmp_path / "set" / "experts.json").write_text(json.dumps(index))
+    with pytest.raises(ProjectionError, match="gain_scale 'big'"):
+        ExpertSet.load(tmp_path / "set")
+
+
 def test_gain_scales_the_mixture(tiny_model):
     seka = tiny_model("llama", num_layers=2)
     seka.load_experts(ExpertSet([Expert("only", seka.projection)]))

@@ -459,6 +459,28 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     again = ExpertSet.load(refreshed_dir)
     assert [(e.projection.meta.gain_pos, e.projection.layer_scale.tolist()) for e in again] == [(base.meta.gain_pos, [float(base.layer_scale[base.row(1)])])] * 2
     assert len(again.notes["settings_refreshed"]) == 2
+    # --expert-scales gives named experts their own strength; a later --reuse keeps it
+    scaled_dir = tmp_path / "scaled"
+    assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--reuse", str(experts), "--expert-scales", "conflict=2", "--out", str(scaled_dir)]) == 0
+    assert "conflict: 2 x the shared gains" in capsys.readouterr().out
+    assert main(["build-experts", "--model", str(model_dir), "--projection", str(other_path), "--dtype", "float32",
+                 "--reuse", str(scaled_dir)]) == 0
+    capsys.readouterr()
+    scaled = ExpertSet.load(scaled_dir)
+    assert [e.gain_scale for e in scaled] == [1.0, 2.0]
+    assert [(e.projection.meta.gain_pos, e.projection.meta.gain_neg) for e in scaled] == [(0.75, 0.125), (1.5, 0.25)]
+    assert scaled.notes["settings_refreshed"][0]["expert_scales_given"] == {"conflict": 2.0}
+    for bad, message in (("nobody=2", "names ['nobody'], which this set has no expert for"),
+                         ("conflict=0", "positive factors"), ("conflict", "NAME=FACTOR"),
+                         ("conflict=2,conflict=3", "named twice")):
+        assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj), "--reuse", str(experts),
+                     "--expert-scales", bad, "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err, bad
+    assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj), "--families", "conflict",
+                 "--expert-scales", "instruction=2", "--out", str(tmp_path / "x")]) == 2
+    assert "which this build makes no expert for" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
     # a projection editing layers the experts were not built for needs a rebuild
     elsewhere = tmp_path / "elsewhere.safetensors"
     replace(base, meta=replace(base.meta, default_layers=[0, 1])).save(elsewhere)
