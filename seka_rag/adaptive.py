@@ -50,7 +50,9 @@ from .errors import ProjectionError, SteeringConfigError
 from .projection import Projection
 from .steering import ActiveEdit, SteeringConfig, edit_matrices, expand_rows
 
-FORMAT_VERSION = 1
+#: Expert-set file format written by :meth:`ExpertSet.save`: 1, or 2 when an expert has its own
+#: ``gain_scale`` (a reader without scales would scale a call's explicit gains wrongly and drop them on --reuse).
+FORMAT_VERSION = 2
 INDEX_FILE = "experts.json"
 #: Router names accepted by ``router=`` (besides a ``{expert: weight}`` mapping).
 ROUTERS = ("attention", "embedding", "projection")
@@ -169,8 +171,18 @@ class ExpertSet:
 
     @property
     def meta(self):
-        """The first expert's projection metadata (all experts share model and layers)."""
+        """The first expert's projection metadata (all experts share model and layers).
+
+        Its ``gain_pos`` / ``gain_neg`` are that expert's own gains (the shared gains times its
+        ``gain_scale``); :attr:`shared_gains` gives the set's shared ones.
+        """
         return self.experts[0].projection.meta
+
+    @property
+    def shared_gains(self) -> tuple[float, float]:
+        """The set's shared default (g+, g-): an expert's stored gains divided by its ``gain_scale``."""
+        e = self.experts[0]
+        return e.projection.meta.gain_pos / e.gain_scale, e.projection.meta.gain_neg / e.gain_scale
 
     @property
     def has_prototypes(self) -> bool:
@@ -203,6 +215,17 @@ class ExpertSet:
             s = e.gain_scale
             if isinstance(s, bool) or not isinstance(s, numbers.Real) or not math.isfinite(s) or not s > 0:
                 raise ProjectionError(f"expert {e.name!r} has gain_scale {s!r}; it must be a positive finite number")
+        if any(e.gain_scale != 1.0 for e in self.experts):  # stored gains = shared gains x scale, for every expert
+            shared = [(e.projection.meta.gain_pos / e.gain_scale, e.projection.meta.gain_neg / e.gain_scale)
+                      for e in self.experts]
+            if not all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12) for pair in shared for a, b in zip(pair, shared[0])):
+                stored = ", ".join(f"{e.name}: {e.projection.meta.gain_pos:g} / {e.projection.meta.gain_neg:g} at "
+                                   f"scale {e.gain_scale:g}" for e in self.experts)
+                raise ProjectionError(
+                    f"the experts' stored gains are not one set of shared gains times each expert's gain_scale "
+                    f"({stored}); set scales with `seka-rag build-experts --reuse DIR --expert-scales ...` or "
+                    "seka_rag.adaptive.with_gain_scales, not by editing experts.json"
+                )
         stems = [_file_stem(n).lower() for n in names]
         if len(set(stems)) != len(stems):
             raise ProjectionError(f"expert names {names} would share a file name; rename them")
@@ -290,8 +313,9 @@ class ExpertSet:
                 prototype=None if e.prototype is None else [round(float(x), 7) for x in e.prototype],
                 gain_scale=float(e.gain_scale),
             ))
+        scaled = any(e.gain_scale != 1.0 for e in self.experts)  # format 1 readers still read unscaled sets
         index = dict(
-            format_version=FORMAT_VERSION, name=self.name, embedding_model=self.embedding_model,
+            format_version=FORMAT_VERSION if scaled else 1, name=self.name, embedding_model=self.embedding_model,
             routing=asdict(self.routing), notes=self.notes, experts=entries,
         )
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
@@ -371,6 +395,8 @@ def with_gain_scales(experts: "ExpertSet", scales: Mapping[str, float]) -> "Expe
     gains. Unknown names and scales that are not positive finite numbers raise
     :class:`ProjectionError`.
     """
+    if not isinstance(scales, Mapping):
+        raise ProjectionError(f"gain scales are a mapping {{expert name: factor}}, got {scales!r}")
     unknown = [n for n in scales if n not in experts.names]
     if unknown:
         raise ProjectionError(f"no experts named {unknown}; this set has {experts.names}")
@@ -384,6 +410,8 @@ def with_gain_scales(experts: "ExpertSet", scales: Mapping[str, float]) -> "Expe
             continue
         new, meta = float(scales[e.name]), e.projection.meta
         ratio = new / e.gain_scale
+        if not (math.isfinite(meta.gain_pos * ratio) and math.isfinite(meta.gain_neg * ratio)):
+            raise ProjectionError(f"a gain scale of {new:g} makes expert {e.name!r}'s gains infinite")
         projection = replace(e.projection, meta=replace(meta, gain_pos=meta.gain_pos * ratio,
                                                         gain_neg=meta.gain_neg * ratio))
         out.append(replace(e, projection=projection, gain_scale=new))

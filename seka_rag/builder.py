@@ -234,7 +234,8 @@ def settings_like(projection: Projection, template: Projection) -> Projection:
 def expert_set_like(experts, template: Projection):
     """``experts`` with every expert's edited layers, gains and per-layer scales re-copied from ``template``.
 
-    An expert with a ``gain_scale`` other than 1 gets the template's gains times that scale.
+    An expert with a ``gain_scale`` other than 1 gets the template's gains times that scale (what a
+    rebuild with the same ``--expert-scales`` would give).
 
     Each expert keeps its projections (P±, U, S, head shifts and masks), description and prototype;
     the set keeps its routing defaults and notes. This is what rebuilding the set from the same

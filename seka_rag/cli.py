@@ -112,6 +112,8 @@ def _loaded_settings(args, model) -> dict:
            "device": str(model.device), "experts": spec["experts"]}
     if model.experts is not None:
         out["expert_routing_defaults"] = asdict(model.experts.routing)
+        out["expert_gains"] = {e.name: {"gain_scale": e.gain_scale, "gain_pos": e.projection.meta.gain_pos,
+                                        "gain_neg": e.projection.meta.gain_neg} for e in model.experts}
     return out
 
 
@@ -999,7 +1001,7 @@ def _expert_scales(text: str) -> dict[str, float]:
         except ValueError:
             factor = float("nan")
         if not part or not sep or not name.strip() or not (math.isfinite(factor) and factor > 0):
-            raise argparse.ArgumentTypeError(f"expected NAME=FACTOR pairs with positive factors like "
+            raise argparse.ArgumentTypeError(f"expected NAME=FACTOR pairs with positive finite factors like "
                                              f"'conflict=2,instruction=0.5', got {text!r}")
         if name.strip() in scales:
             raise argparse.ArgumentTypeError(f"expert {name.strip()!r} is named twice in {text!r}")

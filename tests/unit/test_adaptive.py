@@ -189,7 +189,42 @@ def test_an_experts_gain_scale_is_its_own_strength(tiny_model, tmp_path):
     for bad in (0, -1.0, float("inf"), True, "2"):
         with pytest.raises(ProjectionError, match="positive finite"):
             with_gain_scales(experts, {"a": bad})
+    # only one explicit gain: that one is scaled, the other stays the stored (already scaled) one
+    one = seka.score(PROMPTS[0], ["Rome", "Paris"], router={"b": 1.0}, gain_pos=0.3)
+    ref = seka.score(PROMPTS[0], ["Rome", "Paris"], router="projection", gain_pos=0.6, gain_neg=2 * proj.meta.gain_neg)
+    assert one == pytest.approx(ref, abs=1e-5)
+    assert ExpertSet.load(tmp_path / "set").shared_gains == pytest.approx((proj.meta.gain_pos, proj.meta.gain_neg))
     index = json.loads((tmp_path / "set" / "experts.json").read_text())
+    assert index["format_version"] == 2  # a reader without scales must refuse it
+    experts.save(tmp_path / "plain")
+    assert json.loads((tmp_path / "plain" / "experts.json").read_text())["format_version"] == 1
+    with pytest.raises(ProjectionError, match="must be a positive finite"):
+        with_gain_scales(experts, {"a": None})
+    with pytest.raises(ProjectionError, match="mapping"):
+        with_gain_scales(experts, None)
+    with pytest.raises(ProjectionError, match="infinite"):
+        with_gain_scales(experts, {"a": 1e308})
+    # a file without the key (written before scales existed) loads at scale 1
+    for entry in index["experts"]:
+        entry.pop("gain_scale")
+    index["format_version"] = 1
+    (tmp_path / "set" / "experts.json").write_text(json.dumps(index))
+    unscaled = ExpertSet.load(tmp_path / "set")  # b keeps its halved gains as its own, unscaled
+    assert [e.gain_scale for e in unscaled] == [1.0, 1.0]
+    assert unscaled["b"].projection.meta.gain_pos == pytest.approx(proj.meta.gain_pos / 2)
+    index["experts"][1]["gain_scale"] = 0.5
+    (tmp_path / "set" / "experts.json").write_text(json.dumps(index))
+    assert [e.gain_scale for e in ExpertSet.load(tmp_path / "set")] == [1.0, 0.5]
+    plain = json.loads((tmp_path / "plain" / "experts.json").read_text())
+    for entry in plain["experts"]:
+        entry.pop("gain_scale")
+    (tmp_path / "plain" / "experts.json").write_text(json.dumps(plain))
+    assert [e.gain_scale for e in ExpertSet.load(tmp_path / "plain")] == [1.0, 1.0]
+    # a scale edited by hand, without its gains, is caught
+    index["experts"][1]["gain_scale"] = 3.0
+    (tmp_path / "set" / "experts.json").write_text(json.dumps(index))
+    with pytest.raises(ProjectionError, match="not by editing experts.json"):
+        ExpertSet.load(tmp_path / "set")
     index["experts"][0]["gain_scale"] = "big"
     (tmp_path / "set" / "experts.json").write_text(json.dumps(index))
     with pytest.raises(ProjectionError, match="gain_scale 'big'"):

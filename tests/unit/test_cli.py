@@ -466,17 +466,27 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     assert "conflict: 2 x the shared gains" in capsys.readouterr().out
     assert main(["build-experts", "--model", str(model_dir), "--projection", str(other_path), "--dtype", "float32",
                  "--reuse", str(scaled_dir)]) == 0
-    capsys.readouterr()
+    assert "conflict: 2 x the shared gains = 1.5 / 0.25" in capsys.readouterr().out  # kept, and shown
     scaled = ExpertSet.load(scaled_dir)
     assert [e.gain_scale for e in scaled] == [1.0, 2.0]
     assert [(e.projection.meta.gain_pos, e.projection.meta.gain_neg) for e in scaled] == [(0.75, 0.125), (1.5, 0.25)]
     assert scaled.notes["settings_refreshed"][0]["expert_scales_given"] == {"conflict": 2.0}
     for bad, message in (("nobody=2", "names ['nobody'], which this set has no expert for"),
-                         ("conflict=0", "positive factors"), ("conflict", "NAME=FACTOR"),
+                         ("conflict=0", "positive finite factors"), ("conflict=inf", "positive finite factors"), ("conflict", "NAME=FACTOR"),
                          ("conflict=2,conflict=3", "named twice")):
         assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj), "--reuse", str(experts),
                      "--expert-scales", bad, "--out", str(tmp_path / "x")]) == 2
         assert message in capsys.readouterr().err, bad
+    # a fresh build takes scales too, on top of --expert-gains
+    fresh = tmp_path / "fresh"
+    assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--triplets", "3", "--families", "instruction", "conflict", "--expert-gains", "3,0.25",
+                 "--expert-scales", "instruction=0.5", "--out", str(fresh)]) == 0
+    assert "instruction: 0.5 x the shared gains = 1.5 / 0.125" in capsys.readouterr().out
+    built = ExpertSet.load(fresh)
+    assert [(e.gain_scale, e.projection.meta.gain_pos, e.projection.meta.gain_neg) for e in built] == [
+        (0.5, 1.5, 0.125), (1.0, 3.0, 0.25)]
+    assert built.shared_gains == (3.0, 0.25)
     assert main(["build-experts", "--model", str(model_dir), "--projection", str(proj), "--families", "conflict",
                  "--expert-scales", "instruction=2", "--out", str(tmp_path / "x")]) == 2
     assert "which this build makes no expert for" in capsys.readouterr().err
@@ -507,6 +517,8 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     run = json.loads(conflicts.read_text())["run"]  # the file says how the model was loaded and routed
     assert run["model_settings"]["dtype"] == "float32" and run["split"] == "dev" and run["items"] == 1
     assert run["model_settings"]["expert_routing_defaults"] == asdict(ExpertSet.load(experts).routing)
+    assert {name: g["gain_scale"] for name, g in run["model_settings"]["expert_gains"].items()} == {
+        e.name: e.gain_scale for e in ExpertSet.load(experts)}
     out = tmp_path / "families.json"
     assert main(["eval-families", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
                  "--experts", str(experts), "--items", "4", "--families", "instruction", "conflict",

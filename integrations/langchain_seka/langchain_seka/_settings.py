@@ -146,7 +146,9 @@ class SekaSettings(BaseModel):
                 projection.meta.data_hash, projection.meta.construction, projection.meta.gain_pos,
                 projection.meta.gain_neg, projection.meta.default_layers)
             experts = getattr(self.model, "experts", None)
-            params["experts"] = None if experts is None else list(experts.names)
+            params["experts"] = None if experts is None else [
+                (e.name, e.projection.meta.data_hash, e.projection.meta.gain_pos, e.projection.meta.gain_neg,
+                 getattr(e, "gain_scale", 1.0)) for e in experts]
         for name in ("max_new_tokens", "do_sample", "temperature", "top_p", "stop", "gain_pos", "gain_neg",
                      "layers", "heads", "steer", "chat_template", "router", "routing", "adaptive"):
             params[name] = getattr(self, name)

@@ -115,6 +115,17 @@ def test_two_loaded_models_with_one_id_have_different_cache_keys(helpers, tokeni
     assert ChatSeka(model=a)._identifying_params != ChatSeka(model=b)._identifying_params
 
 
+def test_expert_sets_differing_only_in_strength_have_different_cache_keys(helpers, tokenizer):
+    from seka_rag.adaptive import Expert, ExpertSet, with_gain_scales
+
+    a = helpers.build_tiny_model("llama", tokenizer, seed=3)
+    b = helpers.build_tiny_model("llama", tokenizer, seed=3)
+    experts = ExpertSet([Expert("x", a.projection), Expert("y", a.projection)])
+    a.load_experts(experts)
+    b.load_experts(with_gain_scales(experts, {"y": 2.0}))
+    assert ChatSeka(model=a)._identifying_params != ChatSeka(model=b)._identifying_params
+
+
 def test_distance_metadata_means_lower_is_better():
     docs = [Document(page_content="Near doc.", metadata={"distance": 0.05}),
             Document(page_content="Far doc.", metadata={"distance": 0.95})]
