@@ -68,7 +68,7 @@ bench-full: install
 		--out $(BENCH_OUT)/overhead-smollm2-135m.json --plots $(BENCH_OUT)/overhead-smollm2-135m
 
 # The same overhead table on a CUDA GPU, batch 1 and 8, in one command that finishes within minutes:
-# bfloat16, SDPA attention (PASTA on eager attention, as it must), peak memory as
+# bfloat16, SDPA attention (PASTA on eager attention in the layers it steers, as it must), peak memory as
 # torch.cuda.max_memory_allocated reset per configuration in one process (--memory-in-process; a
 # fresh process per probe would spend most of the budget loading the model; --short-run-factor 1:
 # 5 runs for every shape, since short runs on a GPU cost mostly fixed time). `timeout` stops it at

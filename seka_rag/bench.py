@@ -2,8 +2,8 @@
 
 Methods (``--methods``, :data:`METHODS`): ``prompt-markers`` / ``prompt-important`` (prompt-only
 emphasis: the highlighted span wrapped in ``**`` or preceded by ``IMPORTANT:``, run unsteered on
-the slightly longer prompt), ``pasta`` (every layer on eager attention, α applied to the chosen
-heads), ``spa`` (two prefills and two decode passes per token: the prompt and the prompt with its
+the slightly longer prompt), ``pasta`` (eager attention in the layers of the chosen heads, α
+applied to those heads; SDPA elsewhere), ``spa`` (two prefills and two decode passes per token: the prompt and the prompt with its
 highlight masked), ``seka`` (the single projection), ``ada-attention`` (AdaSEKA, router inside
 the forward pass), ``ada-embedding`` (AdaSEKA, the query embedding computed inside the timed
 region), ``two-pass`` (AdaSEKA routed as published: an extra full forward pass computes the
@@ -72,8 +72,8 @@ PROBE_STARTS = ("fork", "spawn")
 class BenchConfig:
     """What ``seka-rag bench`` measures.
 
-    ``pasta_heads``: PASTA's ``{layer: [query heads]}`` (its cost is the eager attention of every
-    layer, whichever heads are chosen; default: the first eight query heads of the middle layer).
+    ``pasta_heads``: PASTA's ``{layer: [query heads]}`` (its cost is eager attention in each layer
+    that has a chosen head; default: :func:`pasta_config_for`'s two heads in each of four layers).
     ``mmap_threshold``: glibc's mmap threshold (bytes) in the CPU memory probes, unless their
     environment already sets one; ``None`` leaves glibc's adaptive default (see
     :data:`PROBE_MMAP_THRESHOLD`).
@@ -167,19 +167,27 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+#: Where the benchmark's default PASTA heads sit, as shares of the model's depth: the layers that
+#: head profiling picked on the default model (13, 16, 19 and 22 of its 24; two heads each).
+#: PASTA's cost grows with the number of layers it steers, since only those run eager attention.
+PASTA_DEPTHS = (0.55, 0.67, 0.79, 0.92)
+
+
 def pasta_config_for(seka, heads: dict[int, list[int]] | None = None):
-    """PASTA's settings for the benchmark (α = 0.01; ``heads`` or eight heads of the middle layer)."""
+    """PASTA's settings for the benchmark: α = 0.01 on ``heads``, or by default the first two query
+    heads of the layers at :data:`PASTA_DEPTHS` of the model's depth."""
     from .evaluation.baselines.pasta import PastaConfig
 
     if heads is None:
         geom = seka.geometry
-        heads = {geom.num_layers // 2: list(range(min(8, geom.num_query_heads)))}
+        layers = sorted({min(geom.num_layers - 1, round(geom.num_layers * d)) for d in PASTA_DEPTHS})
+        heads = {layer: list(range(min(2, geom.num_query_heads))) for layer in layers}
     return PastaConfig(heads={int(k): list(v) for k, v in heads.items()})
 
 
 def _steering_for(seka, batch, method: str | bool, config: BenchConfig | None = None):
     """The context a method's forwards run in (``False`` / ``"unsteered"`` / prompt-only: none); two-pass
-    runs its routing pass here, PASTA switches the model to its eager attention."""
+    runs its routing pass here, PASTA switches the model to its attention function (eager in steered layers)."""
     if method in (False, "unsteered", "control") or str(method).startswith("prompt-"):
         return seka.steering(batch.highlight_mask, steer=False)
     if method in (True, "seka"):
@@ -209,7 +217,7 @@ def time_prefill_and_decode(seka, batch, method: str | bool, decode_tokens: int,
 
     Prefill includes any routing work. Set-up seconds is the part of it spent before the timed
     forward pass starts: building the method's context — the embedding router's query embedding,
-    two-pass routing's extra forward pass, PASTA's switch to eager attention and its bias tables;
+    two-pass routing's extra forward pass, PASTA's switch of attention function and its bias tables;
     about 0.1–1 ms for SEKA. The attention router routes *inside* the forward pass, so its routing
     is in the prefill, not in the set-up.
 

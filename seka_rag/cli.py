@@ -1488,8 +1488,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: prompt-markers, prompt-important, pasta, spa, seka, ada-attention, "
                         "ada-embedding, two-pass (default: seka)")
     p.add_argument("--pasta-heads", metavar="FILE",
-                   help="PASTA head profile from `seka-rag profile-pasta` (default: 8 heads of the middle layer; "
-                        "PASTA's cost is its eager attention, whichever heads)")
+                   help="PASTA head profile from `seka-rag profile-pasta` (default: 2 heads in each of 4 layers, where "
+                        "profiling put them on the default model; PASTA's cost is eager attention in each layer "
+                        "with a chosen head)")
     p.add_argument("--plots", metavar="PREFIX", help="write PREFIX-latency.png and PREFIX-memory.png (matplotlib)")
     p.add_argument("--out", default="bench-results/overhead.json",
                    help="results JSON (default bench-results/overhead.json; missing folders are created)")

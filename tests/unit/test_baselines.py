@@ -120,7 +120,7 @@ def test_pasta_matches_manual_attention(tiny_model):
                                          with_kwargs=True)
     post = attn.o_proj.register_forward_pre_hook(lambda m, a: seen.update(out=a[0]))
     try:
-        with pasta_attention(seka):  # the same eager kernels, no PASTA call active
+        with pasta(seka, batch.highlight_mask, PastaConfig(alpha=1.0, heads={0: selected})):  # eager, bias 0
             _logits(seka, batch)
         plain = seen["out"]
         with pasta(seka, batch.highlight_mask, PastaConfig(alpha=alpha, heads={0: selected})):
@@ -151,6 +151,45 @@ def test_pasta_matches_manual_attention(tiny_model):
     unsel = [h for h in range(H) if h not in selected]
     assert torch.equal(got[:, :, unsel], plain.view(b, t, H, d)[:, :, unsel])  # other heads untouched
     assert (got[real][:, selected] - plain.view(b, t, H, d)[real][:, selected]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_only_steered_layers_run_eager_attention(tiny_model, family, monkeypatch):
+    """Layers without selected heads keep the model's SDPA kernel (bit for bit); only steered ones pay for eager."""
+    import importlib
+
+    pasta_module = importlib.import_module("seka_rag.evaluation.baselines.pasta")  # the module, not the function
+
+    seka = tiny_model(family, projection=False)
+    layers = seka.model.model.layers
+    assert len(layers) >= 2
+    batch = _batch(seka, (PROMPT, SECOND))
+    first = {}
+    hook = layers[0].register_forward_hook(lambda m, a, out: first.update(h=(out[0] if isinstance(out, tuple) else out)))
+    calls = []
+    eager_for = pasta_module._eager_function
+    sdpa = pasta_module._sdpa_function()
+
+    def spy_eager(module):
+        fn = eager_for(module)
+        return lambda *a, **kw: (calls.append(("eager", module)), fn(*a, **kw))[1]
+
+    monkeypatch.setattr(pasta_module, "_eager_function", spy_eager)
+    monkeypatch.setattr(pasta_module, "_sdpa_function",
+                        lambda: lambda module, *a, **kw: (calls.append(("sdpa", module)), sdpa(module, *a, **kw))[1])
+    try:
+        _logits(seka, batch)
+        unsteered_first = first["h"].clone()
+        last = len(layers) - 1
+        with pasta(seka, batch.highlight_mask, PastaConfig(alpha=0.05, heads={last: [0]})):
+            _logits(seka, batch)
+    finally:
+        hook.remove()
+    steered_module = layers[last].self_attn
+    assert [kind for kind, m in calls if m is steered_module] == ["eager"]
+    assert {kind for kind, m in calls if m is not steered_module} == {"sdpa"}
+    assert len(calls) == len(layers)
+    assert torch.equal(first["h"], unsteered_first)  # a layer PASTA does not steer is computed as without it
 
 
 @pytest.mark.parametrize("family, window", [("qwen3", None), ("gemma3_text", 6)])

@@ -3,8 +3,9 @@
 * :mod:`.prompting` — the highlighted text emphasised visibly in the prompt (``**…**`` or an
   ``IMPORTANT:`` note), no steering.
 * :mod:`.pasta` — PASTA (Zhang et al., 2023): in selected heads, the attention to non-highlighted
-  prompt tokens is scaled by α and renormalised; a registered eager attention function
-  (``"seka_pasta"``), heads chosen by profiling on synthetic dev items.
+  prompt tokens is scaled by α and renormalised; a registered attention function
+  (``"seka_pasta"``: eager attention in the layers with selected heads, SDPA elsewhere), heads
+  chosen by profiling on synthetic dev items.
 * :mod:`.spa` — SPA (Tian & Zhang, 2024): logits interpolated between the prompt and the prompt with
   the highlighted tokens masked; two forward passes per step.
 * :mod:`.methods` — every method (also unsteered, SEKA, AdaSEKA) behind one interface for

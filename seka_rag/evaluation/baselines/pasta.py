@@ -9,20 +9,24 @@ before the softmax, which is what this module does::
 
 How it hooks attention (transformers ≥ 5)
     Importing this module registers an attention function named :data:`PASTA_ATTENTION`
-    (``"seka_pasta"``) in ``transformers.AttentionInterface`` and the eager mask builder under the
-    same name in ``transformers.masking_utils.AttentionMaskInterface``. The function wraps each
-    family's own ``eager_attention_forward`` (so Gemma's scaling and soft-capping, sliding-window
-    masks, GQA ``repeat_kv`` are all the model's own code): when a PASTA call is active in the
-    current context and the module is a decoder layer with selected heads, it adds the per-head
-    bias (batch, heads, 1, keys) to the additive float mask; otherwise it is plain eager attention.
+    (``"seka_pasta"``) in ``transformers.AttentionInterface`` and SDPA's mask builder under the
+    same name in ``transformers.masking_utils.AttentionMaskInterface``. When a PASTA call is active
+    in the current context and the module is a decoder layer with selected heads, the function
+    turns the mask into an additive float one, adds the per-head bias (batch, heads, 1, keys) and
+    runs the family's own ``eager_attention_forward`` (so Gemma's scaling and soft-capping,
+    sliding-window masks, GQA ``repeat_kv`` are all the model's own code). Every other call —
+    layers without selected heads, and calls outside a PASTA block — runs transformers' SDPA
+    kernel, exactly as the model would without PASTA.
 
-    PASTA must materialise the attention logits, so SDPA / FlashAttention kernels cannot run it.
-    :func:`pasta` switches the model to ``"seka_pasta"`` on entry (``set_attn_implementation``)
-    and back to its previous implementation when the last PASTA block on that model exits
-    (reference counted, thread-safe). While any PASTA block is open, *other* calls on the same
-    model (other threads) run eager attention too — numerically equal to SDPA up to float
-    rounding, but slower. Load the model with ``attn_implementation="seka_pasta"`` (after
-    importing this module) to skip the switching altogether.
+    PASTA must materialise the attention logits of the layers it steers, so SDPA / FlashAttention
+    kernels cannot run those layers: they pay eager attention's time and its (batch, heads,
+    queries, keys) memory, the others do not. :func:`pasta` switches the model to
+    ``"seka_pasta"`` on entry (``set_attn_implementation``) and back to its previous implementation
+    when the last PASTA block on that model exits (reference counted, thread-safe). While any
+    PASTA block is open, *other* calls on the same model (other threads) run SDPA in every layer,
+    numerically equal to the model's own attention up to float rounding. Load the model with
+    ``attn_implementation="seka_pasta"`` (after importing this module) to skip the switching
+    altogether.
 
 Which keys, which queries
     Every query — the prompt's during prefill and each generated token's during decoding — has its
@@ -235,8 +239,9 @@ def _additive_mask(attention_mask: torch.Tensor | None, module: nn.Module, query
                    key: torch.Tensor) -> torch.Tensor | None:
     """The mask as eager attention needs it: additive float, causal when the module is causal.
 
-    Masks built for SDPA (boolean, or None meaning "causal") reach this function only when a
-    forward started before the model was switched to PASTA attention; convert them.
+    PASTA attention builds SDPA's masks (boolean, or None meaning "causal" — or, for a layer
+    within its sliding window, "causal"); a steered layer converts them here. A float mask (a
+    forward started under eager attention) passes through.
     """
     q_len, k_len = query.shape[2], key.shape[2]
     if attention_mask is None:
@@ -257,28 +262,34 @@ def pasta_attention_forward(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eager attention plus PASTA's per-head bias when a PASTA call is active (registered as ``"seka_pasta"``)."""
-    attention_mask = _additive_mask(attention_mask, module, query, key)
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Eager attention plus PASTA's per-head bias in a steered layer, else SDPA (registered as ``"seka_pasta"``)."""
     state = _ACTIVE_PASTA.get()
-    if state is not None:
-        layer = state.modules.get(id(module))
-        bias = None if layer is None else state.bias(layer, query, key)
-        if bias is not None:
-            if attention_mask is None:
-                attention_mask = bias.to(query.dtype)
-            else:
-                attention_mask = attention_mask[..., : key.shape[2]] + bias.to(attention_mask.dtype)
+    layer = None if state is None else state.modules.get(id(module))
+    bias = None if layer is None else state.bias(layer, query, key)
+    if bias is None:  # not steered here: the kernel the model runs without PASTA
+        return _sdpa_function()(module, query, key, value, attention_mask, **kwargs)
+    attention_mask = _additive_mask(attention_mask, module, query, key)
+    if attention_mask is None:
+        attention_mask = bias.to(query.dtype)
+    else:
+        attention_mask = attention_mask[..., : key.shape[2]] + bias.to(attention_mask.dtype)
     return _eager_function(module)(module, query, key, value, attention_mask, **kwargs)
+
+
+def _sdpa_function() -> Callable:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward
 
 
 def register_pasta_attention() -> None:
     """Register :data:`PASTA_ATTENTION` with transformers (idempotent; done on import)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(PASTA_ATTENTION, pasta_attention_forward)
-    AttentionMaskInterface.register(PASTA_ATTENTION, eager_mask)
+    AttentionMaskInterface.register(PASTA_ATTENTION, sdpa_mask)
 
 
 register_pasta_attention()
