@@ -656,14 +656,19 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
                         "cannot be reset per configuration, so CPU probes run in a process of their own each")
     if any(m in ADAPTIVE_METHODS for m in config.methods) and seka.experts is None:
         raise SekaError("the AdaSEKA bench methods need an expert set: pass --adaptive or --experts DIR")
+    pasta_heads = None
     if "pasta" in config.methods:
-        pasta_config_for(seka, config.pasta_heads).head_table(seka.geometry.num_layers, seka.geometry.num_query_heads)
+        pasta_heads = pasta_config_for(seka, config.pasta_heads).head_table(seka.geometry.num_layers,
+                                                                            seka.geometry.num_query_heads)
     if "ada-embedding" in config.methods:
         from .embeddings import embed
 
         embed(["warm-up"], seka.embedding_encoder)  # load the sentence encoder before timing
     info = dict(model=seka.model_id, device=str(seka.device), torch_threads=torch.get_num_threads(),
                 dtype=str(next(seka.model.parameters()).dtype), config=asdict(config))
+    if pasta_heads is not None:  # the heads PASTA steered (the default depends on the model), eager only there
+        info["pasta"] = {"heads": {str(k): list(v) for k, v in pasta_heads.items()},
+                         "eager_attention": "in the layers of these heads only"}
     where = ("memory in this process (CUDA peak allocated)" if memory_in_process else
              "memory in a process per configuration")
     most = max(config.runs_for(b, n) for b in config.batch_sizes for n in config.lengths)

@@ -153,14 +153,13 @@ def test_pasta_matches_manual_attention(tiny_model):
     assert (got[real][:, selected] - plain.view(b, t, H, d)[real][:, selected]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
-def test_only_steered_layers_run_eager_attention(tiny_model, family, monkeypatch):
-    """Layers without selected heads keep the model's SDPA kernel (bit for bit); only steered ones pay for eager."""
+@pytest.mark.parametrize("family, base", [("llama", "sdpa"), ("gemma3_text", "sdpa"), ("llama", "eager")])
+def test_only_steered_layers_run_eager_attention(tiny_model, family, base, monkeypatch):
+    """Layers without selected heads keep the model's own kernel (bit for bit); only steered ones pay for eager."""
     import importlib
 
     pasta_module = importlib.import_module("seka_rag.evaluation.baselines.pasta")  # the module, not the function
-
-    seka = tiny_model(family, projection=False)
+    seka = tiny_model(family, attn_implementation=base, projection=False)
     layers = seka.model.model.layers
     assert len(layers) >= 2
     batch = _batch(seka, (PROMPT, SECOND))
@@ -182,12 +181,14 @@ def test_only_steered_layers_run_eager_attention(tiny_model, family, monkeypatch
         unsteered_first = first["h"].clone()
         last = len(layers) - 1
         with pasta(seka, batch.highlight_mask, PastaConfig(alpha=0.05, heads={last: [0]})):
+            assert _impl(seka) == (pasta_module.PASTA_ATTENTION_EAGER if base == "eager" else PASTA_ATTENTION)
             _logits(seka, batch)
     finally:
         hook.remove()
+    assert _impl(seka) == base  # restored
     steered_module = layers[last].self_attn
     assert [kind for kind, m in calls if m is steered_module] == ["eager"]
-    assert {kind for kind, m in calls if m is not steered_module} == {"sdpa"}
+    assert {kind for kind, m in calls if m is not steered_module} == {base}
     assert len(calls) == len(layers)
     assert torch.equal(first["h"], unsteered_first)  # a layer PASTA does not steer is computed as without it
 
@@ -276,7 +277,7 @@ def test_pasta_threads_do_not_leak(qwen2):
     real = batch.attention_mask.bool()
     for i, got in results.items():
         assert len(got) == 4
-        for g in got:  # the unsteered thread may run eager while another thread holds PASTA
+        for g in got:  # the unsteered thread runs SDPA in every layer while another thread holds PASTA
             assert torch.allclose(g[real], expected[i][real], atol=1e-5)
     assert _impl(qwen2) == "sdpa" and not pasta_active()
 
@@ -290,18 +291,32 @@ def test_pasta_unsupported_model(tiny_model, monkeypatch):
     assert not pasta_active()
 
 
-def test_pasta_attention_accepts_sdpa_style_masks(tiny_model):
-    """A forward already under way when the model switches brings a boolean (or no) mask: same result."""
+def test_steered_layers_turn_sdpa_masks_into_eager_ones(tiny_model):
+    """A steered layer gets SDPA's boolean (or no) mask and runs eager attention on the additive equivalent."""
+    import importlib
+
+    pasta_module = importlib.import_module("seka_rag.evaluation.baselines.pasta")
     seka = tiny_model("llama", projection=False)
     module = seka.model.model.layers[0].self_attn
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, n, 5, 16, generator=gen) for n in (4, 2, 2))
     allowed = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
     as_float = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
-    ref, _ = pasta_attention_forward(module, q, k, v, as_float, scaling=0.25)
-    for mask in (allowed, None):
-        got, _ = pasta_attention_forward(module, q, k, v, mask, scaling=0.25)
-        assert torch.equal(got, ref)
+    for mask in (allowed, None, as_float):
+        converted = pasta_module._additive_mask(mask, module, q, k)
+        assert converted.dtype == q.dtype and torch.equal(converted.expand_as(as_float), as_float)
+    eager = pasta_module._eager_function(module)
+    ref, _ = eager(module, q, k, v, as_float, scaling=0.25)
+    state = pasta_module.PastaState(model=seka.model, modules={id(module): 0},
+                                    head_bias={0: torch.zeros(4)}, penalised=torch.zeros(1, 5, dtype=torch.bool))
+    token = pasta_module._ACTIVE_PASTA.set(state)  # a PASTA call steering layer 0 with a zero bias
+    try:
+        for mask in (allowed, None):
+            state.seen.clear()
+            got, _ = pasta_attention_forward(module, q, k, v, mask, scaling=0.25)
+            assert torch.equal(got, ref)
+    finally:
+        pasta_module._ACTIVE_PASTA.reset(token)
 
 
 # ------------------------------------------------------------------------------------------ SPA

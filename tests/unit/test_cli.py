@@ -164,10 +164,13 @@ def test_bench_runs_end_to_end(model_dir, tmp_path, capsys, monkeypatch):
                  "--plots", str(tmp_path / "plots" / "tiny")]) == 0
     import json
 
-    rows = json.loads(out.read_text())["latency"]
+    result = json.loads(out.read_text())
+    rows = result["latency"]
     assert [(r["batch"], r["tokens"], r["method"]) for r in rows] == [
         (b, n, m) for b in (1, 2) for n in (32, 64) for m in (*methods, "control")
     ]
+    assert result["info"]["pasta"]["heads"] and all(  # the heads PASTA steered are recorded, as layer -> heads
+        isinstance(h, list) and h for h in result["info"]["pasta"]["heads"].values())
     assert all(r["prefill_unsteered_s"] > 0 and r["prefill_ratio"] > 0 and r["decode_steered_tps"] > 0 for r in rows)
     for r in rows:  # the runs' own timings travel with each row, and the paired ratio's interval holds its median
         assert len(r["samples"]["prefill_s"]) == len(r["samples"]["prefill_unsteered_s"]) == r["runs"] == 1

@@ -29,6 +29,7 @@ from .methods import (
 from .pasta import (
     DEFAULT_ALPHA,
     PASTA_ATTENTION,
+    PASTA_ATTENTION_EAGER,
     HeadProfile,
     PastaConfig,
     PastaUnsupportedError,
@@ -51,6 +52,7 @@ __all__ = [
     "HeadProfile",
     "Method",
     "PASTA_ATTENTION",
+    "PASTA_ATTENTION_EAGER",
     "Pasta",
     "PastaConfig",
     "PastaUnsupportedError",

@@ -16,15 +16,17 @@ How it hooks attention (transformers ≥ 5)
     runs the family's own ``eager_attention_forward`` (so Gemma's scaling and soft-capping,
     sliding-window masks, GQA ``repeat_kv`` are all the model's own code). Every other call —
     layers without selected heads, and calls outside a PASTA block — runs transformers' SDPA
-    kernel, exactly as the model would without PASTA.
+    kernel, exactly as the model would without PASTA. A model whose own attention is eager is
+    switched to the twin :data:`PASTA_ATTENTION_EAGER` (``"seka_pasta_eager"``) instead, which
+    keeps eager attention and eager's masks wherever PASTA does not steer.
 
     PASTA must materialise the attention logits of the layers it steers, so SDPA / FlashAttention
     kernels cannot run those layers: they pay eager attention's time and its (batch, heads,
     queries, keys) memory, the others do not. :func:`pasta` switches the model to
     ``"seka_pasta"`` on entry (``set_attn_implementation``) and back to its previous implementation
     when the last PASTA block on that model exits (reference counted, thread-safe). While any
-    PASTA block is open, *other* calls on the same model (other threads) run SDPA in every layer,
-    numerically equal to the model's own attention up to float rounding. Load the model with
+    PASTA block is open, *other* calls on the same model (other threads) run the model's own
+    kernel family in every layer (SDPA for a model on flash attention: equal up to float rounding). Load the model with
     ``attn_implementation="seka_pasta"`` (after importing this module) to skip the switching
     altogether.
 
@@ -82,8 +84,13 @@ from ._common import (
 )
 from ..scoring import continuation_text
 
-#: Name of the attention implementation this module registers with transformers.
+#: Name of the attention implementation this module registers with transformers (layers PASTA does
+#: not steer run SDPA, with SDPA's masks).
 PASTA_ATTENTION = "seka_pasta"
+#: The same for a model whose own attention is eager: layers PASTA does not steer stay eager, with
+#: eager's float masks (so a forward that outlives the switch back to eager still gets its masks).
+PASTA_ATTENTION_EAGER = "seka_pasta_eager"
+_PASTA_NAMES = (PASTA_ATTENTION, PASTA_ATTENTION_EAGER)
 
 #: The paper's scaling coefficient.
 DEFAULT_ALPHA = 0.01
@@ -255,6 +262,22 @@ def _additive_mask(attention_mask: torch.Tensor | None, module: nn.Module, query
     return attention_mask
 
 
+def _steered_or(unsteered: Callable, module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                value: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any):
+    """Eager attention plus PASTA's per-head bias in a steered layer; ``unsteered`` attention anywhere else."""
+    state = _ACTIVE_PASTA.get()
+    layer = None if state is None else state.modules.get(id(module))
+    bias = None if layer is None else state.bias(layer, query, key)
+    if bias is None:  # not steered here: the kernel the model runs without PASTA
+        return unsteered(module, query, key, value, attention_mask, **kwargs)
+    attention_mask = _additive_mask(attention_mask, module, query, key)
+    if attention_mask is None:
+        attention_mask = bias.to(query.dtype)
+    else:
+        attention_mask = attention_mask[..., : key.shape[2]] + bias.to(attention_mask.dtype)
+    return _eager_function(module)(module, query, key, value, attention_mask, **kwargs)
+
+
 def pasta_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -264,32 +287,37 @@ def pasta_attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Eager attention plus PASTA's per-head bias in a steered layer, else SDPA (registered as ``"seka_pasta"``)."""
-    state = _ACTIVE_PASTA.get()
-    layer = None if state is None else state.modules.get(id(module))
-    bias = None if layer is None else state.bias(layer, query, key)
-    if bias is None:  # not steered here: the kernel the model runs without PASTA
-        return _sdpa_function()(module, query, key, value, attention_mask, **kwargs)
-    attention_mask = _additive_mask(attention_mask, module, query, key)
-    if attention_mask is None:
-        attention_mask = bias.to(query.dtype)
-    else:
-        attention_mask = attention_mask[..., : key.shape[2]] + bias.to(attention_mask.dtype)
-    return _eager_function(module)(module, query, key, value, attention_mask, **kwargs)
+    return _steered_or(_sdpa_function(), module, query, key, value, attention_mask, **kwargs)
+
+
+def pasta_eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """As :func:`pasta_attention_forward`, with eager attention where PASTA does not steer (``"seka_pasta_eager"``)."""
+    return _steered_or(_eager_function(module), module, query, key, value, attention_mask, **kwargs)
 
 
 def _sdpa_function() -> Callable:
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    """The attention function transformers runs for ``"sdpa"`` (any override registered under that name included)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    return sdpa_attention_forward
+    return ALL_ATTENTION_FUNCTIONS["sdpa"]
 
 
 def register_pasta_attention() -> None:
-    """Register :data:`PASTA_ATTENTION` with transformers (idempotent; done on import)."""
+    """Register :data:`PASTA_ATTENTION` and :data:`PASTA_ATTENTION_EAGER` with transformers (idempotent; done on import)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
     AttentionInterface.register(PASTA_ATTENTION, pasta_attention_forward)
     AttentionMaskInterface.register(PASTA_ATTENTION, sdpa_mask)
+    AttentionInterface.register(PASTA_ATTENTION_EAGER, pasta_eager_attention_forward)
+    AttentionMaskInterface.register(PASTA_ATTENTION_EAGER, eager_mask)
 
 
 register_pasta_attention()
@@ -343,20 +371,24 @@ def _set_implementation(hf: nn.Module, name: str) -> None:
 
 @contextmanager
 def pasta_attention(model) -> Iterator[None]:
-    """Run the block with the model on :data:`PASTA_ATTENTION` (eager math), then restore it.
+    """Run the block with the model on PASTA's attention function, then restore its own.
 
-    Reference counted per model: the first block to enter switches, the last to leave restores
-    the previous implementation. Raises :class:`PastaUnsupportedError` when the model's attention
-    does not dispatch through ``AttentionInterface``.
+    :data:`PASTA_ATTENTION` for a model on SDPA (or any other implementation),
+    :data:`PASTA_ATTENTION_EAGER` for a model on eager attention: either way, layers PASTA does not
+    steer keep the model's kernel family and masks. Reference counted per model: the first block to
+    enter switches, the last to leave restores the previous implementation. Raises
+    :class:`PastaUnsupportedError` when the model's attention does not dispatch through
+    ``AttentionInterface``.
     """
     hf = _hf(model)
     with _SWITCH_LOCK:
         entry = _SWITCHED.get(hf)
         if entry is None:
             previous = _implementations(hf)[0]
-            if previous != PASTA_ATTENTION:
-                _set_implementation(hf, PASTA_ATTENTION)
-                if any(impl != PASTA_ATTENTION for impl in _implementations(hf)):
+            if previous not in _PASTA_NAMES:
+                target = PASTA_ATTENTION_EAGER if previous == "eager" else PASTA_ATTENTION
+                _set_implementation(hf, target)
+                if any(impl != target for impl in _implementations(hf)):
                     _set_implementation(hf, previous)
                     raise PastaUnsupportedError(
                         f"{type(hf).__name__} does not dispatch attention through transformers' "
@@ -371,7 +403,7 @@ def pasta_attention(model) -> Iterator[None]:
             entry[0] -= 1
             if entry[0] == 0:
                 del _SWITCHED[hf]
-                if entry[1] != PASTA_ATTENTION:
+                if entry[1] not in _PASTA_NAMES:
                     _set_implementation(hf, entry[1])
 
 
@@ -689,7 +721,7 @@ def select_pasta_heads(
             for batch, t, o in batches:
                 with torch.inference_mode():
                     if cfg is None:
-                        with pasta_attention(model):  # the same (eager) kernels as the steered runs
+                        with pasta_attention(model):  # the model's own kernel in every layer (no PASTA call)
                             logits = forward_logits(model, batch, 1)
                     else:
                         with pasta(model, batch.highlight_mask, cfg):
@@ -725,6 +757,7 @@ def select_pasta_heads(
 __all__ = [
     "DEFAULT_ALPHA",
     "PASTA_ATTENTION",
+    "PASTA_ATTENTION_EAGER",
     "HeadProfile",
     "PastaConfig",
     "PastaState",
@@ -733,6 +766,7 @@ __all__ = [
     "pasta_active",
     "pasta_attention",
     "pasta_attention_forward",
+    "pasta_eager_attention_forward",
     "pasta_generate",
     "pasta_score",
     "pasta_scorer",
