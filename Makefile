@@ -35,10 +35,12 @@ examples: install
 # per paired median) and peak memory (a process per configuration, forked from one that loaded the
 # model), JSON + PNG plots in docs/bench/. `bench`: both models, every method, at batch 1 and every
 # length (default model 256 / 1k / 2k, small model up to 4k), latency and memory; memory at batch 4
-# at every length; latency at batch 4 at 256 / 1k. 39.9 min on 2 CPU cores with native bfloat16
-# (docs/bench/make-bench-forked-bf16-run2/; far longer in float32). `bench-full` is
-# the whole grid (latency at batch 4 at every length too): 90 min on such a machine before the
-# memory probes were forked. Run either on a quiet machine.
+# at every length; latency at batch 4 at 256 / 1k (and 2k on the small model). 38.3 min on 2 CPU
+# cores with native bfloat16 (docs/bench/make-bench-pasta-steered-bf16/; far longer in float32).
+# `bench-full` is the whole grid (latency at batch 4 at every length too): 90 min on such a machine
+# before the memory probes were forked and PASTA ran eager attention only in its steered layers;
+# its latency rounds alone need at least 50 min (docs/bench/grid-lower-bound.py). Run either on a
+# quiet machine.
 BENCH_METHODS ?= prompt-markers,pasta,spa,seka,ada-attention,ada-embedding,two-pass
 SMALL_METHODS ?= prompt-markers,pasta,spa,seka
 BENCH := $(VENV)/bin/seka-rag bench --runs 5 --decode-tokens 4
@@ -54,7 +56,7 @@ bench: install
 		--out $(BENCH_TMP)/smollm2-latency-b1.json
 	$(BENCH) --model smollm2-135m --no-latency --methods $(SMALL_METHODS) --lengths 256,1024,2048,4096 \
 		--batch-size 1,4 --out $(BENCH_TMP)/smollm2-memory.json
-	$(BENCH) --model smollm2-135m --no-memory --methods $(SMALL_METHODS) --lengths 256,1024 --batch-size 4 \
+	$(BENCH) --model smollm2-135m --no-memory --methods $(SMALL_METHODS) --lengths 256,1024,2048 --batch-size 4 \
 		--out $(BENCH_TMP)/smollm2-latency-b4.json
 	$(BENCH) --merge $(BENCH_TMP)/qwen-latency.json $(BENCH_TMP)/qwen-memory.json $(BENCH_TMP)/qwen-latency-b4.json \
 		--out $(BENCH_OUT)/overhead-qwen2.5-coder-0.5b.json --plots $(BENCH_OUT)/overhead-qwen2.5-coder-0.5b
