@@ -278,28 +278,26 @@ def _steered_or(unsteered: Callable, module: nn.Module, query: torch.Tensor, key
     return _eager_function(module)(module, query, key, value, attention_mask, **kwargs)
 
 
-def pasta_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Eager attention plus PASTA's per-head bias in a steered layer, else SDPA (registered as ``"seka_pasta"``)."""
-    return _steered_or(_sdpa_function(), module, query, key, value, attention_mask, **kwargs)
+def _pasta_forward(name: str, unsteered: Callable[[nn.Module], Callable], doc: str) -> Callable:
+    """An attention function for transformers: PASTA in steered layers, ``unsteered(module)`` elsewhere."""
+
+    def forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return _steered_or(unsteered(module), module, query, key, value, attention_mask, **kwargs)
+
+    forward.__name__ = forward.__qualname__ = name
+    forward.__doc__ = doc
+    return forward
 
 
-def pasta_eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """As :func:`pasta_attention_forward`, with eager attention where PASTA does not steer (``"seka_pasta_eager"``)."""
-    return _steered_or(_eager_function(module), module, query, key, value, attention_mask, **kwargs)
+#: Eager attention plus PASTA's per-head bias in a steered layer, else SDPA (registered as ``"seka_pasta"``).
+pasta_attention_forward = _pasta_forward(
+    "pasta_attention_forward", lambda module: _sdpa_function(),
+    "Eager attention plus PASTA's per-head bias in a steered layer, else SDPA (registered as ``\"seka_pasta\"``).")
+#: The same with eager attention where PASTA does not steer (registered as ``"seka_pasta_eager"``).
+pasta_eager_attention_forward = _pasta_forward(
+    "pasta_eager_attention_forward", lambda module: _eager_function(module),
+    "As :func:`pasta_attention_forward`, with eager attention where PASTA does not steer (``\"seka_pasta_eager\"``).")
 
 
 def _sdpa_function() -> Callable:
