@@ -3,11 +3,11 @@
 Methods (``--methods``, :data:`METHODS`): ``prompt-markers`` / ``prompt-important`` (prompt-only
 emphasis: the highlighted span wrapped in ``**`` or preceded by ``IMPORTANT:``, run unsteered on
 the slightly longer prompt), ``pasta`` (eager attention in the layers of the chosen heads, α
-applied to those heads; SDPA elsewhere), ``spa`` (two prefills and two decode passes per token: the prompt and the prompt with its
-highlight masked), ``seka`` (the single projection), ``ada-attention`` (AdaSEKA, router inside
-the forward pass), ``ada-embedding`` (AdaSEKA, the query embedding computed inside the timed
-region), ``two-pass`` (AdaSEKA routed as published: an extra full forward pass computes the
-routing queries before the steered pass).
+applied to those heads; SDPA elsewhere), ``spa`` (two prefills and two decode passes per token:
+the prompt and the prompt with its highlight masked), ``seka`` (the single projection),
+``ada-attention`` (AdaSEKA, router inside the forward pass), ``ada-embedding`` (AdaSEKA, the query
+embedding computed inside the timed region), ``two-pass`` (AdaSEKA routed as published: an extra
+full forward pass computes the routing queries before the steered pass).
 
 Latency: every method, unsteered and an unsteered A/A control interleaved in one process, medians
 of ``runs`` repetitions per batch size and prompt length (more for cheap shapes,

@@ -506,8 +506,9 @@ def cmd_build_experts(args) -> int:
         names = reused.names if reused is not None else families
         wrong = [n for n in args.expert_scales if n not in names]
         if wrong:
-            raise SekaError(f"--expert-scales names {wrong}, which {'this set has' if reused is not None else 'this build makes'} "
-                            f"no expert for; the experts are {', '.join(names)}")
+            whose = "this set has" if reused is not None else "this build makes"
+            raise SekaError(f"--expert-scales names {wrong}, which {whose} no expert for; "
+                            f"the experts are {', '.join(names)}")
     spec = _model_spec(args)
     spec.update(adaptive=False, experts=None, router=None)
     model = load_model(**spec)
