@@ -385,6 +385,12 @@ def _scaled_config(config: SteeringConfig, gain_scale: float) -> SteeringConfig:
                    gain_neg=None if config.gain_neg is None else times(config.gain_neg))
 
 
+def gains_times(projection: Projection, factor: float) -> Projection:
+    """``projection`` with its stored default g+ / g- multiplied by ``factor`` (the tensors are shared)."""
+    meta = projection.meta
+    return replace(projection, meta=replace(meta, gain_pos=meta.gain_pos * factor, gain_neg=meta.gain_neg * factor))
+
+
 def with_gain_scales(experts: "ExpertSet", scales: Mapping[str, float]) -> "ExpertSet":
     """A copy of ``experts`` where each named expert edits ``scales[name]`` times as strongly as the set's shared gains.
 
@@ -412,9 +418,7 @@ def with_gain_scales(experts: "ExpertSet", scales: Mapping[str, float]) -> "Expe
         ratio = new / e.gain_scale
         if not (math.isfinite(meta.gain_pos * ratio) and math.isfinite(meta.gain_neg * ratio)):
             raise ProjectionError(f"a gain scale of {new:g} makes expert {e.name!r}'s gains infinite")
-        projection = replace(e.projection, meta=replace(meta, gain_pos=meta.gain_pos * ratio,
-                                                        gain_neg=meta.gain_neg * ratio))
-        out.append(replace(e, projection=projection, gain_scale=new))
+        out.append(replace(e, projection=gains_times(e.projection, ratio), gain_scale=new))
     return ExpertSet(out, name=experts.name, embedding_model=experts.embedding_model, routing=experts.routing,
                      notes=experts.notes)
 

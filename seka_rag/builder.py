@@ -255,14 +255,11 @@ def expert_set_like(experts, template: Projection):
             f"the calibrated projection edits layers {missing} that the experts were not built for "
             f"(built: {experts.meta.layers}); rebuild the expert set (build-experts without --reuse)"
         )
-    refreshed = []
-    for e in experts:
-        projection = settings_like(e.projection, template)
-        if e.gain_scale != 1.0:  # an expert's own strength (with_gain_scales) survives the re-copy
-            meta = projection.meta
-            projection = replace_field(projection, meta=replace_field(
-                meta, gain_pos=meta.gain_pos * e.gain_scale, gain_neg=meta.gain_neg * e.gain_scale))
-        refreshed.append(replace_field(e, projection=projection))
+    from .adaptive import gains_times
+
+    # an expert's own strength (with_gain_scales) survives the re-copy
+    refreshed = [replace_field(e, projection=gains_times(settings_like(e.projection, template), e.gain_scale))
+                 for e in experts]
     return ExpertSet(refreshed, name=experts.name, embedding_model=experts.embedding_model,
                      routing=experts.routing, notes=experts.notes)
 

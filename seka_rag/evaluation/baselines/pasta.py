@@ -22,12 +22,12 @@ How it hooks attention (transformers ≥ 5)
 
     PASTA must materialise the attention logits of the layers it steers, so SDPA / FlashAttention
     kernels cannot run those layers: they pay eager attention's time and its (batch, heads,
-    queries, keys) memory, the others do not. :func:`pasta` switches the model to
-    ``"seka_pasta"`` on entry (``set_attn_implementation``) and back to its previous implementation
-    when the last PASTA block on that model exits (reference counted, thread-safe). While any
-    PASTA block is open, *other* calls on the same model (other threads) run the model's own
-    kernel family in every layer (SDPA for a model on flash attention: equal up to float rounding). Load the model with
-    ``attn_implementation="seka_pasta"`` (after importing this module) to skip the switching
+    queries, keys) memory, the others do not. :func:`pasta` switches the model to one of the two on
+    entry (``set_attn_implementation``) and back to its previous implementation when the last
+    PASTA block on that model exits (reference counted, thread-safe). While any PASTA block is
+    open, *other* calls on the same model (other threads) run the model's own kernel family in
+    every layer (SDPA for a model on flash attention: equal up to float rounding). Load the model
+    with ``attn_implementation="seka_pasta"`` (after importing this module) to skip the switching
     altogether.
 
 Which keys, which queries
