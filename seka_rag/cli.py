@@ -75,9 +75,13 @@ def _int_list(text: str | None) -> list[int] | None:
                 out.extend(range(int(a), int(b) + 1))
             elif part.strip():
                 out.append(int(part))
-        return out
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like '3,5,7' or an ascending range like '14-23', got {text!r}") from None
+        out = None
+    if out is None:
+        raise argparse.ArgumentTypeError(f"expected integers like '3,5,7' or an ascending range like '14-23', got {text!r}")
+    if not out:
+        raise argparse.ArgumentTypeError("names no layer (to turn steering off, use --no-steer where the command has it)")
+    return out
 
 
 _STARTING_PROJECTION = "the built, uncalibrated projection to start from (required; not the shipped one)"
@@ -407,8 +411,8 @@ def _mmap_threshold(text: str) -> int | None:
 
 
 def cmd_bench(args) -> int:
-    from .bench import (ADAPTIVE_METHODS, PROBE_MMAP_THRESHOLD, BenchConfig, format_latency, format_memory,
-                        merge_results, run_benchmark)
+    from .bench import (ADAPTIVE_METHODS, METHODS as BENCH_METHODS, PROBE_MMAP_THRESHOLD, BenchConfig,
+                        format_latency, format_memory, merge_results, run_benchmark)
 
     if args.memory_in_process:
         if args.merge or args.no_memory:
@@ -448,7 +452,7 @@ def cmd_bench(args) -> int:
         if not values or min(values) < 1:
             raise SekaError(f"{flag} must be positive, got {values}")
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]  # run_benchmark rejects unknown ones
+    methods = _as_spelled(args.methods, BENCH_METHODS)  # run_benchmark rejects unknown ones
     if any(m in ADAPTIVE_METHODS for m in methods) and not args.experts:
         args.adaptive = True
     heads = None
@@ -488,7 +492,7 @@ def cmd_build_experts(args) -> int:
                             "drop them, or rebuild without --reuse")
     elif args.out is None:
         raise SekaError("--out DIR is required (it defaults to the --reuse directory only with --reuse)")
-    families = args.families or list(FAMILIES)
+    families = _as_spelled(args.families, FAMILIES) if args.families else list(FAMILIES)
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise SekaError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)}")
@@ -583,6 +587,30 @@ def _print_expert_scales(experts) -> None:
         print(f"  {e.name}: {e.gain_scale:g} x the shared gains = {m.gain_pos:g} / {m.gain_neg:g}")
 
 
+#: Names that one subcommand spells differently from another (``bench`` / ``eval-families``: ada-*, ``eval``:
+#: adaseka-*; ``gain-scale``: conflicts, the others: conflict). Every command takes either spelling.
+_SPELLINGS = (("ada-attention", "adaseka-attention"), ("ada-embedding", "adaseka-embedding"),
+              ("conflict", "conflicts"))
+
+
+def _as_spelled(names, known) -> list[str]:
+    """``names`` (a comma-separated string, or a list of such strings) split, each spelt as ``known`` spells it."""
+    parts = names.split(",") if isinstance(names, str) else [p for n in names for p in str(n).split(",")]
+    out = []
+    for name in (p.strip() for p in parts if p.strip()):
+        if name not in known:
+            for a, b in _SPELLINGS:
+                if name in (a, b) and (b if name == a else a) in known:
+                    name = b if name == a else a
+        out.append(name)
+    return out
+
+
+def _gain_scale_family(value: str) -> str:
+    """``gain-scale --family``, spelt as that command spells it (``conflict`` → ``conflicts``)."""
+    return (_as_spelled(value, _GAIN_SCALE_ITEMS) or [value])[0]
+
+
 FAMILY_METHODS = ("unsteered", "seka", "experts", "ada-attention", "ada-embedding")
 FAMILY_DEFAULT_METHODS = "unsteered,seka,experts,ada-attention,ada-embedding"
 
@@ -620,7 +648,8 @@ def cmd_eval_families(args) -> int:
     from .data.tasks import FAMILIES
     from .evaluation.families import evaluate_family, family_items, format_family_table
 
-    families = args.families or list(FAMILIES)
+    families = _as_spelled(args.families, FAMILIES) if args.families else list(FAMILIES)
+    args.families = families if args.families else None
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         from .evaluation.suite import did_you_mean
@@ -630,9 +659,9 @@ def cmd_eval_families(args) -> int:
                         "and lost-in-middle are `seka-rag eval` families")
     if args.merge:
         _refuse_run_options_with_merge(args, "eval-families", _FAMILY_MERGE_OPTIONS)
-        methods = None if args.methods == FAMILY_DEFAULT_METHODS else [m.strip() for m in args.methods.split(",") if m.strip()]
+        methods = None if args.methods == FAMILY_DEFAULT_METHODS else _as_spelled(args.methods, FAMILY_METHODS)
         return _merge_family_reports(args.merge, args.out, families=args.families, methods=methods)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = _as_spelled(args.methods, FAMILY_METHODS)
     bad = [m for m in methods if m not in FAMILY_METHODS and not m.startswith("expert:")]
     if bad:
         raise SekaError(f"unknown methods {bad}; choose from {', '.join(FAMILY_METHODS)} or expert:NAME")
@@ -883,8 +912,10 @@ def cmd_eval(args) -> int:
 
     if args.merge:
         return _merge_suite_files(args)
-    families = parse_names(args.families, SUITE_FAMILIES, "families")
-    methods = parse_names(args.methods, SUITE_METHODS, "methods")
+    families = parse_names(None if args.families is None else _as_spelled(args.families, SUITE_FAMILIES),
+                           SUITE_FAMILIES, "families")
+    methods = parse_names(None if args.methods is None else _as_spelled(args.methods, SUITE_METHODS),
+                          SUITE_METHODS, "methods")
     policies = parse_names(args.nq_policies, POLICIES, "lost-in-middle policies")
     items = parse_items(args.items, families)
     if args.nq_first and "lost-in-middle" not in families:
@@ -1312,7 +1343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval-families", help="AdaSEKA task families: methods x families table with intervals")
     _add_model_args(p)
     p.add_argument("--families", nargs="+", help="task families: context_qa, conflict, instruction, distractors "
-                   "(default: all four; with --merge, the ones to show)")
+                   "(space- or comma-separated; default: all four; with --merge, the ones to show)")
     p.add_argument("--items", type=_positive_int, default=152, help="items per family (default 152)")
     p.add_argument("--seed", type=int, default=0, help="item seed (0: the test items; others: dev items)")
     p.add_argument("--methods", default=FAMILY_DEFAULT_METHODS,
@@ -1418,7 +1449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gain-scale", help="a task family's score at scaled-down SEKA gains, on dev items "
                        "(long contexts, instructions, conflicts, CounterFact format); --trade-off picks a factor")
     _add_model_args(p)
-    p.add_argument("--family", choices=list(_GAIN_SCALE_ITEMS), help="the family to sweep (required unless --trade-off)")
+    p.add_argument("--family", choices=list(_GAIN_SCALE_ITEMS), type=_gain_scale_family,
+                   help="the family to sweep (required unless --trade-off)")
     p.add_argument("--scales", type=_float_list,
                    help="multiples of the projection's default gains (default 1,0.5,0.25,0.125)")
     p.add_argument("--items", type=_positive_int,

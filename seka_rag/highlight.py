@@ -248,6 +248,10 @@ class PreparedPrompt:
     routing_text: str = ""  #: the prompt's own text outside the highlights (no chat template)
 
 
+#: Message roles a prompt's messages may have (what chat templates render; a typo such as "usr" is an error).
+MESSAGE_ROLES = ("system", "user", "assistant", "tool", "developer", "function", "ipython")
+
+
 def _as_messages(prompt: Prompt) -> list[dict] | None:
     if isinstance(prompt, str):
         return None
@@ -256,6 +260,10 @@ def _as_messages(prompt: Prompt) -> list[dict] | None:
             if "role" not in m or not isinstance(m.get("content"), str):
                 raise HighlightError(
                     f"message {i} must be a dict with a 'role' and a string 'content'"
+                )
+            if m["role"] not in MESSAGE_ROLES:
+                raise HighlightError(
+                    f"message {i} has role {m['role']!r}; roles are {', '.join(repr(r) for r in MESSAGE_ROLES)}"
                 )
         return [dict(m) for m in prompt]
     raise HighlightError(

@@ -6,6 +6,7 @@ import difflib
 import hashlib
 import numbers
 import os
+import re
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -211,6 +212,9 @@ class SekaModel:
             if close and "/" not in name:  # a misspelt embedded name: say so now, not after hub retries
                 raise SekaError(f"no local directory or embedded model named {name!r}; did you mean {close[0]!r}? "
                                 f"(embedded: {', '.join(EMBEDDED_MODELS)}; hub ids look like 'org/name')")
+        if gguf_file is None and not Path(name).exists() and _looks_like_path(name):
+            raise SekaError(f"no directory {name!r}: give an existing model directory, an embedded model's name "
+                            f"({', '.join(EMBEDDED_MODELS)}) or a hub id ('org/name')")
         subfolder = str(model_kwargs.get("subfolder") or "")
         if gguf_file is None and Path(name).is_dir() and not (Path(name) / subfolder / "config.json").is_file():
             ggufs = sorted(p.name for p in Path(name).glob("*.gguf"))
@@ -361,6 +365,13 @@ class SekaModel:
                 "for a list of prompts, highlights must be a list with one entry per prompt "
                 "(each a list of highlights, or None)"
             )
+        flat = [i for i, h in enumerate(highlights) if isinstance(h, str)]
+        if flat:  # ["a", "b"] for two prompts: "a" in the first and "b" in the second, or both in both?
+            raise HighlightError(
+                f"for a list of prompts, highlights holds one list per prompt; entry {flat[0]} is a string "
+                f"({highlights[flat[0]]!r}): write [[...], [...]] (e.g. [['a'], ['b']], or [['a', 'b']] * "
+                f"{len(prompts)} for both in every prompt), or mark the highlights inline"
+            )
         return [self.encode(p, h, chat=chat, markers=markers, max_length=max_length) for p, h in zip(prompts, highlights)]
 
     # ------------------------------------------------------------------ steering
@@ -391,7 +402,8 @@ class SekaModel:
     ) -> "SteeringBlock":
         """Context manager: edit the keys at ``highlight_mask`` (batch, tokens) during the block.
 
-        Does nothing when ``steer`` is False or no token is highlighted. With an expert set, ``router``
+        Does nothing when ``steer`` is False (the other settings are still checked, so a bad value is an
+        error either way) or no token is highlighted. With an expert set, ``router``
         picks AdaSEKA's router (default: the model's); ``query_index`` (batch,) is each row's last
         prompt token (default: the last position, as in a left-padded prompt batch) and ``rows`` the
         encoded prompts (the embedding router's default query is their text outside the highlights).
@@ -406,6 +418,8 @@ class SekaModel:
             raise SteeringConfigError(f"steer must be True or False, got {steer!r}")
         router = self._resolve_router(router, query, query_embedding, routing)
         if not steer:
+            if self.projection is not None and any(v is not None for v in (gain_pos, gain_neg, layers, heads)):
+                self._steering_matrices(gain_pos, gain_neg, layers, heads)  # a bad value is an error all the same
             return SteeringBlock(self)
         anything = bool(highlight_mask.any())
         if router is None:
@@ -734,6 +748,9 @@ class SekaModel:
         from transformers import TextIteratorStreamer
 
         self.last_routing = None  # a call that fails leaves no earlier routing behind
+        if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+            raise SekaError(f"stream takes one prompt (a string or a list of messages), got a list of {len(prompt)} "
+                            "strings: stream them one by one, or use generate([...]) for a batch")
         gen = self._generation_kwargs(max_new_tokens, do_sample, temperature, top_p, stop)
         enc = self.encode(prompt, highlights, chat=chat, markers=markers, max_length=self._prompt_budget(max_new_tokens))
         batch = pad_batch([enc], self.tokenizer.pad_token_id).to(self.device)
@@ -941,6 +958,12 @@ class SteeringBlock:
             self.result = self.edit.result(self.owner.experts.names, self.edit.highlight.shape[0])
         self.owner.last_routing = self.result
         return False
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether ``name`` can only mean a local path (a hub id is ``"org/name"``, one slash, no leading dot)."""
+    return (name.startswith(("/", "./", "../", "~", "\\")) or name.endswith(("/", os.sep)) or name.count("/") > 1
+            or bool(re.match(r"^[A-Za-z]:[\\/]", name)))
 
 
 def _check_attn_implementation(value: Any) -> None:

@@ -163,6 +163,9 @@ class Projection:
     def load(cls, path: str | os.PathLike) -> "Projection":
         """Read a projection file written by :meth:`save`. Corrupt files raise :class:`ProjectionError`."""
         path = Path(path)
+        if path.is_dir():
+            raise ProjectionError(f"{str(path)!r} is a directory, not a projection file (the .safetensors file "
+                                  "that seka-rag build-projection writes)")
         if not path.is_file():
             raise ProjectionError(f"projection file {str(path)!r} does not exist")
         try:

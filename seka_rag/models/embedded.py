@@ -9,6 +9,7 @@ directory (``cache_dir=`` argument, ``SEKA_RAG_CACHE`` environment variable, def
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -73,9 +74,12 @@ def embedded_model(name: str) -> EmbeddedModel:
     """The embedded (offline) model registered as ``name``, or an error listing the known names."""
     try:
         return EMBEDDED_MODELS[name]
-    except KeyError:
+    except (KeyError, TypeError):
+        close = difflib.get_close_matches(str(name), list(EMBEDDED_MODELS), n=1, cutoff=0.6) or [
+            known for known in EMBEDDED_MODELS if isinstance(name, str) and name and known.startswith(name.lower())]
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise SekaError(
-            f"no embedded model named {name!r}; available: {', '.join(EMBEDDED_MODELS)}"
+            f"no embedded model named {name!r}; {hint}available: {', '.join(EMBEDDED_MODELS)}"
         ) from None
 
 

@@ -68,6 +68,13 @@ def tiny_seka(helpers, tokenizer):
 
 
 @pytest.fixture(scope="session")
+def tiny_long_seka(helpers, tokenizer):
+    """``tiny_seka`` with an 8,192-token window: room for LlamaIndex's synthesizer templates (``Seka`` refuses
+    a ``context_window`` larger than the model's)."""
+    return helpers.build_tiny_model("llama", tokenizer, seed=3, context_window=8192)
+
+
+@pytest.fixture(scope="session")
 def tiny_plain_seka(helpers, plain_tokenizer):
     """The same tiny model with a tokenizer that has no chat template."""
     return helpers.build_tiny_model("llama", plain_tokenizer, seed=3)

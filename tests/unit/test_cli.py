@@ -127,6 +127,10 @@ def test_eval_variants_says_what_it_needs(model_dir, tmp_path, capsys):
     (["sensitivity", "--gains-pos=nan"], "expected finite numbers"),
     (["preview", "--router", "embedding", "a <<b>> c"], "--router needs an expert set: add --adaptive"),
     (["eval-families", "--model", "smollm2-135m"], "no AdaSEKA expert set is shipped for 'smollm2-135m'"),
+    # each command takes the other commands' spellings, and eval-families also comma-separated families
+    (["eval-families", "--methods", "seka,adaseka-attention", "--families", "conflicts,instruction", "--items", "2000"],
+     "--items: the conflict family has at most"),
+    (["generate", "a <<b>> c", "--layers", ""], "names no layer"),
 ])
 def test_bad_numbers_are_refused_before_any_model_loads(args, message, monkeypatch, capsys):
     from seka_rag import cli
@@ -699,3 +703,16 @@ def test_every_model_command_takes_no_progress_and_it_silences_long_work(model_d
                  "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and "conflict" in captured.out  # no per-cell progress lines, the table stays
+
+
+def test_every_command_takes_the_other_commands_spellings():
+    from seka_rag.bench import METHODS as BENCH_METHODS
+    from seka_rag.cli import _as_spelled, _gain_scale_family
+    from seka_rag.evaluation.suite import SUITE_FAMILIES, SUITE_METHODS
+
+    assert _as_spelled("seka,ada-attention,adaseka-embedding", SUITE_METHODS) == [
+        "seka", "adaseka-attention", "adaseka-embedding"]
+    assert _as_spelled(["adaseka-attention", "pasta,seka"], BENCH_METHODS) == ["ada-attention", "pasta", "seka"]
+    assert _as_spelled("conflicts", SUITE_FAMILIES) == ["conflict"]
+    assert _gain_scale_family("conflict") == "conflicts"
+    assert _as_spelled("nonsense", SUITE_METHODS) == ["nonsense"]  # left for the command to refuse

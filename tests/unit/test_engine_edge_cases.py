@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from seka_rag import HighlightError, SteeringConfigError
+from seka_rag import HighlightError, SekaError, SteeringConfigError
 from seka_rag.adaptive import Expert, ExpertSet
 
 PROMPT = "The capital of France is Paris. The capital of"
@@ -287,3 +287,41 @@ def test_numpy_booleans_are_booleans(raw):
     np = pytest.importorskip("numpy")
     assert raw.generate(PROMPT, max_new_tokens=2, do_sample=np.False_, chat=np.False_, steer=False) == raw.generate(
         PROMPT, max_new_tokens=2, chat=False, steer=False)
+
+
+# ------------------------------------------------------------------------------ user mistakes (a fresh-user run)
+def test_a_flat_highlight_list_for_a_batch_is_refused(raw):
+    with pytest.raises(HighlightError, match="one list per prompt"):
+        raw.generate([PROMPT, PROMPT], highlights=["France", "Paris"], max_new_tokens=1)
+    out = raw.generate([PROMPT, PROMPT], highlights=[["France"], ["Paris"]], max_new_tokens=1)
+    assert len(out) == 2
+
+
+def test_stream_says_it_takes_one_prompt(raw):
+    with pytest.raises(SekaError, match="stream takes one prompt"):
+        raw.stream([PROMPT, PROMPT])
+
+
+def test_a_misspelt_message_role_is_refused(tiny_model):
+    seka = tiny_model("llama")
+    with pytest.raises(HighlightError, match="role 'usr'"):
+        seka.generate([{"role": "usr", "content": "hi <<x>>"}], max_new_tokens=1)
+
+
+def test_steer_false_still_checks_the_other_settings(tiny_model):
+    seka = tiny_model("llama")
+    with pytest.raises(SteeringConfigError):
+        seka.generate("Where is <<the tower>>?", steer=False, layers=[99], max_new_tokens=1)
+    assert isinstance(seka.generate("Where is <<the tower>>?", steer=False, gain_pos=3.0, max_new_tokens=1), str)
+
+
+def test_a_missing_local_path_and_a_misspelt_embedded_name_say_so(tmp_path):
+    from seka_rag import SekaModel
+    from seka_rag.models.embedded import embedded_model
+
+    with pytest.raises(SekaError, match="no directory"):
+        SekaModel.from_pretrained(str(tmp_path / "no-such-model"))
+    with pytest.raises(SekaError, match="did you mean 'smollm2-135m'"):
+        embedded_model("smollm2")
+    with pytest.raises(SekaError, match="did you mean 'smollm2-135m'"):
+        SekaModel.default("smollm2")

@@ -171,8 +171,8 @@ def _good_tensors(projection):
 def test_missing_file(tmp_path):
     with pytest.raises(ProjectionError, match="does not exist"):
         Projection.load(tmp_path / "nope.safetensors")
-    with pytest.raises(ProjectionError, match="does not exist"):
-        Projection.load(tmp_path)  # a directory
+    with pytest.raises(ProjectionError, match="is a directory, not a projection file"):
+        Projection.load(tmp_path)
 
 
 @pytest.mark.parametrize(

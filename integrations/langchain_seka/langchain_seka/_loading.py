@@ -16,6 +16,7 @@ already carries an expert set.
 
 from __future__ import annotations
 
+import difflib
 import threading
 
 from seka_rag import SekaError, SekaModel
@@ -81,10 +82,13 @@ def shared_model(name: str | None = None, *, adaptive: bool = False) -> SekaMode
                         "register one loaded with experts= (or SekaModel.default(..., adaptive=True)), "
                         "or leave adaptive unset"
                     )
+                close = difflib.get_close_matches(name, list(EMBEDDED_MODELS), n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}? " if close else ""
                 raise SekaError(
-                    f"no model named {name!r}: use one of the embedded models "
+                    f"no model named {name!r}: {hint}use one of the embedded models "
                     f"({', '.join(EMBEDDED_MODELS)}), pass a SekaModel object, or register one "
-                    "with langchain_seka.register_model(name, model)"
+                    "with langchain_seka.register_model(name, model) (the LangChain and LlamaIndex wrappers "
+                    "share that registry)"
                 )
             model = SekaModel.default(name, adaptive=True) if adaptive else SekaModel.default(name)
             _models[key] = model

@@ -6,8 +6,11 @@ A pydantic mixin: the fields, their per-call overrides, and the translation into
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
@@ -15,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_valid
 from seka_rag import Markers, SekaError, SekaModel
 
 from ._loading import model_label, resolve_model
+from ._text import as_markers
 
 #: Per-call keyword arguments that override a setting of the same name (``max_tokens`` is an alias).
 OVERRIDABLE = (
@@ -26,7 +30,7 @@ OVERRIDABLE = (
 #: override the fields of the same name; ``query`` / ``query_embedding`` exist only per call).
 ROUTING_ARGS = ("router", "routing", "query", "query_embedding")
 
-__all__ = ["OVERRIDABLE", "ROUTING_ARGS", "SekaSettings", "routing_kwargs", "usage_counts"]
+__all__ = ["OVERRIDABLE", "ROUTING_ARGS", "SekaSettings", "call_digest", "routing_kwargs", "usage_counts"]
 
 
 class SekaSettings(BaseModel):
@@ -89,12 +93,7 @@ class SekaSettings(BaseModel):
     @field_validator("markers")
     @classmethod
     def _check_markers(cls, value: Any) -> Any:
-        if value is None or value == "model" or isinstance(value, Markers):
-            return value
-        if isinstance(value, (tuple, list)) and len(value) in (2, 3) and all(isinstance(v, str) for v in value):
-            return Markers(*value)  # raises HighlightError (a ValueError) for empty or equal strings
-        raise ValueError(f"markers must be 'model', None, a Markers, or a (start, end) or (start, end, escape) "
-                         f"tuple of strings, got {value!r}")
+        return as_markers(value)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -141,17 +140,14 @@ class SekaSettings(BaseModel):
         """Every setting that can change the output (LangChain's cache key; tracing)."""
         params = {"model_name": self.model_name}
         if isinstance(self.model, SekaModel):  # two loaded models may share an id: tell their projections apart
-            projection = self.model.projection
-            params["projection"] = None if projection is None else (
-                projection.meta.data_hash, projection.meta.construction, projection.meta.gain_pos,
-                projection.meta.gain_neg, projection.meta.default_layers)
-            experts = getattr(self.model, "experts", None)
-            params["experts"] = None if experts is None else [
-                (e.name, e.projection.meta.data_hash, e.projection.meta.gain_pos, e.projection.meta.gain_neg,
-                 getattr(e, "gain_scale", 1.0)) for e in experts]
-        for name in ("max_new_tokens", "do_sample", "temperature", "top_p", "stop", "gain_pos", "gain_neg",
+            identity = model_identity(self.model)
+            params["projection"], params["experts"] = identity["projection"], identity["experts"]
+        for name in ("max_new_tokens", "do_sample", "temperature", "top_p", "gain_pos", "gain_neg",
                      "layers", "heads", "steer", "chat_template", "router", "routing", "adaptive"):
             params[name] = getattr(self, name)
+        # not under "stop": LangChain writes the per-call stop there, over whatever this returns, and
+        # the field applies whenever no stop is given per call
+        params["stop_setting"] = self.stop
         params["markers"] = self._serialize_markers(self.markers)
         return params
 
@@ -205,6 +201,61 @@ class SekaSettings(BaseModel):
         elif isinstance(routing, Mapping) and self.routing:
             routing = {**self.routing, **routing}
         return routing_kwargs(router, query_embedding, query, routing)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-ready data, written out in full (arrays as lists of numbers, not abbreviated)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, SekaModel):
+        return {"model": model_identity(value)}
+    if isinstance(value, Markers):
+        return {"markers": [value.start, value.end, value.escape]}
+    if isinstance(getattr(value, "page_content", None), str):
+        return {"page_content": value.page_content, "metadata": _plain(getattr(value, "metadata", None))}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_plain(v) for v in value), key=repr)
+    if hasattr(value, "tolist"):  # torch tensors, numpy arrays
+        data = value.detach().cpu() if hasattr(value, "detach") else value
+        return {"array": data.tolist(), "shape": list(getattr(value, "shape", ()))}
+    if is_dataclass(value) and not isinstance(value, type):
+        return {type(value).__name__: _plain(asdict(value))}
+    return repr(value)
+
+
+def call_digest(kwargs: Mapping[str, Any]) -> str | None:
+    """A digest of a call's own keyword arguments, for LangChain's cache key (None when there are none).
+
+    LangChain puts per-call arguments into a chat model's cache key with ``repr``, which abbreviates
+    arrays of more than 1,000 numbers (``[0.1, 0.2, ..., 0.9]``: two vectors could share a key), and leaves them out
+    of a text LLM's key altogether (a call with ``highlights=`` would get the unsteered call's cached
+    answer). The digest writes every value in full and hashes it.
+    """
+    if not kwargs:
+        return None
+    text = json.dumps(_plain(dict(kwargs)), sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def model_identity(model: Any) -> Any:
+    """What tells two models apart in a cache key: the name, and for a loaded model its projection and experts."""
+    if not isinstance(model, SekaModel):
+        return model_label(model)
+    projection = model.projection
+    experts = getattr(model, "experts", None)
+    return {
+        "model_name": model_label(model),
+        "projection": None if projection is None else (
+            projection.meta.data_hash, projection.meta.construction, projection.meta.gain_pos,
+            projection.meta.gain_neg, projection.meta.default_layers),
+        "experts": None if experts is None else [
+            (e.name, e.projection.meta.data_hash, e.projection.meta.gain_pos, e.projection.meta.gain_neg,
+             getattr(e, "gain_scale", 1.0)) for e in experts],
+    }
 
 
 def _stop_list(stop: Any) -> list[str] | None:

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from seka_rag import HighlightError, Markers, SekaError
@@ -32,6 +32,9 @@ Span = tuple[int, int]
 
 __all__ = [
     "Span",
+    "as_document_list",
+    "as_highlight_list",
+    "as_markers",
     "escape_markers",
     "mark_up",
     "merge_whitespace_gaps",
@@ -179,6 +182,61 @@ def sentence_spans(text: str) -> list[Span]:
         start = m.end()
     add(start, len(text))
     return spans
+
+
+def is_scored_document(value: Any) -> bool:
+    """A ``(Document, score)`` pair, as ``similarity_search_with_score`` returns (by duck typing)."""
+    return (isinstance(value, tuple) and len(value) == 2 and isinstance(getattr(value[0], "page_content", None), str)
+            and isinstance(value[1], (int, float)) and not isinstance(value[1], bool))
+
+
+def as_document_list(documents: Any, single: tuple[type, ...] = ()) -> list[Any]:
+    """``documents=`` as a list: a lone document becomes a list of one.
+
+    A lone document is a string, a LangChain ``Document`` (anything with a ``page_content`` string),
+    a ``(Document, score)`` pair, or an instance of one of the ``single`` types (the caller's own
+    document types, e.g. LlamaIndex nodes). Without this a string would be read character by
+    character, and a pydantic document field by field. ``None`` gives ``[]``; anything else that is
+    not a list-like collection is a :class:`~seka_rag.SekaError`.
+    """
+    if documents is None:
+        return []
+    if (isinstance(documents, str) or isinstance(getattr(documents, "page_content", None), str)
+            or is_scored_document(documents) or (single and isinstance(documents, single))):
+        return [documents]
+    if isinstance(documents, (Mapping, bytes)) or not isinstance(documents, Iterable):
+        raise SekaError(f"documents= takes a document or a list of documents (LangChain Documents, "
+                        f"(Document, score) pairs or strings), got {type(documents).__name__}")
+    return list(documents)
+
+
+def as_highlight_list(highlights: Any) -> list[Any]:
+    """``highlights=`` as a list: one substring becomes a list of one; ``None`` gives ``[]``.
+
+    Anything that is not a string or a list-like collection (of substrings or spans) is a
+    :class:`~seka_rag.SekaError`, instead of a ``TypeError`` from deep inside.
+    """
+    if highlights is None:
+        return []
+    if isinstance(highlights, str):
+        return [highlights]
+    if isinstance(highlights, (Mapping, bytes)) or not isinstance(highlights, Iterable):
+        raise SekaError(f"highlights= takes a substring, or a list of substrings or spans, "
+                        f"got {type(highlights).__name__}")
+    return list(highlights)
+
+
+def as_markers(value: Any, *, allow_model: bool = True, allow_none: bool = True) -> Any:
+    """A ``markers`` setting checked and normalised: a ``Markers``, a ``(start, end)`` or ``(start, end,
+    escape)`` tuple of strings (made a ``Markers``), ``None`` (no inline markers; if ``allow_none``) or
+    ``"model"`` (the model's own; if ``allow_model``). Raises ``ValueError`` (pydantic reports it as a
+    validation error) for anything else."""
+    if isinstance(value, Markers) or (value is None and allow_none) or (allow_model and value == "model"):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) in (2, 3) and all(isinstance(v, str) for v in value):
+        return Markers(*value)  # raises HighlightError (a ValueError) for empty or equal strings
+    allowed = ["'model'"] * allow_model + ["None"] * allow_none + ["a Markers", "a (start, end) or (start, end, escape) tuple of strings"]
+    raise ValueError(f"markers must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
 
 
 def document_text(document: Any) -> str:

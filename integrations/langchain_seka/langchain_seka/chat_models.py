@@ -23,7 +23,8 @@ from seka_rag.highlight import has_chat_template, parse_markers
 from ._loading import model_label
 from ._messages import document_highlights, to_engine_messages
 from ._compat import HostedModelArguments
-from ._settings import SekaSettings, routing_info, usage_counts
+from ._settings import SekaSettings, call_digest, routing_info, usage_counts
+from ._text import as_document_list, as_highlight_list
 from .llms import langsmith_params
 
 __all__ = ["ChatSeka"]
@@ -170,6 +171,15 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return langsmith_params(self, "chat", stop, kwargs)
 
+    def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        """LangChain's invocation parameters (and cache key) plus a digest of the per-call arguments
+        written out in full (LangChain's own ``repr`` abbreviates an array of more than 1,000 numbers)."""
+        params = super()._get_invocation_params(stop=stop, **kwargs)
+        digest = call_digest({k: v for k, v in kwargs.items() if k != "stream"})
+        if digest is not None:
+            params["call_digest"] = digest
+        return params
+
     # ------------------------------------------------------------------------------ preparing calls
     def _prepare(self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Call:
         kwargs = dict(kwargs)
@@ -183,9 +193,8 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         gen = self.generation_kwargs(kwargs, stop)
         gen["markers"] = markers
         prompt: Any = to_engine_messages(messages, markers)
-        if isinstance(highlights, str):
-            highlights = [highlights]
-        highlights = list(highlights) if highlights is not None else []
+        highlights = as_highlight_list(highlights)
+        documents = as_document_list(documents)
         if len(prompt) == 1:  # a single message (e.g. invoke("text")): (start, end) spans refer to it
             highlights = [(0, *h) if isinstance(h, (tuple, list)) and len(h) == 2 else h for h in highlights]
         if documents:
@@ -310,7 +319,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         try:
             messages = [self._convert_input(i).to_messages() for i in inputs]
         except Exception:
-            if shared:
+            if shared and not return_exceptions:
                 raise
             # a bad input among per-input configs: LangChain's own batching reports it (per input)
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)

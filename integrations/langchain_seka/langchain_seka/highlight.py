@@ -53,13 +53,13 @@ from typing import Any, Literal
 
 from langchain_core.documents import Document
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableParallel, RunnablePassthrough, RunnableSerializable
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from seka_rag import Markers, SekaError
-from seka_rag.highlight import DEFAULT_MARKERS
+from seka_rag.highlight import DEFAULT_MARKERS, merge_spans
 
 from ._select import check_policy, select
-from ._text import escape_markers, mark_up
+from ._text import as_markers, escape_markers, mark_up
 
 __all__ = ["SCORE_KEYS", "SekaHighlight"]
 
@@ -91,8 +91,9 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
     )
     higher_is_better: bool | None = Field(
         default=None,
-        description="False when the score is a distance. None: True, except for scores read from a "
-        "'distance' metadata key (lower is better there).",
+        description="False when the score is a distance, e.g. the (Document, score) pairs of FAISS's and Chroma's "
+        "similarity_search_with_score. None: True, except for scores read from a 'distance' metadata key "
+        "(lower is better there).",
     )
     encoder: Any = Field(
         default=None,
@@ -109,9 +110,19 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
         description="Metadata key to sort the documents by (ascending) before formatting, e.g. their "
         "original position; None keeps the order they arrive in. Does not change what is highlighted.",
     )
-    markers: Markers = Field(default=DEFAULT_MARKERS, description="The model's inline markers.")
+    markers: Markers | None = Field(
+        default=DEFAULT_MARKERS,
+        description="The inline markers written around the highlights: the model's (a Markers or a (start, end) "
+        "pair, e.g. ('[[', ']]') with ChatSeka(markers=('[[', ']]'))), or None to leave the context unmarked "
+        "and pass the output's 'highlights' to ChatSeka's highlights= instead.",
+    )
     question_key: str = "question"
     documents_key: str = "documents"
+
+    @field_validator("markers", mode="before")
+    @classmethod
+    def _check_markers(cls, value: Any) -> Any:
+        return as_markers(value, allow_model=False)
 
     @model_validator(mode="after")
     def _check(self) -> "SekaHighlight":
@@ -227,7 +238,10 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
             parts += [before, doc.page_content, after]
             length += len(before) + len(doc.page_content) + len(after)
         context_text = "".join(parts)
-        context, exact = mark_up(context_text, spans, self.markers)
+        if self.markers is None:  # unmarked: the highlights travel as texts (highlights=)
+            context, exact = context_text, merge_spans([(s, e) for s, e in spans if e > s])
+        else:
+            context, exact = mark_up(context_text, spans, self.markers)
         if isinstance(question, str):  # read literally by the model: a << in the question is not a highlight
             out["question_text"] = question
             question = escape_markers(question, self.markers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -16,9 +17,15 @@ from seka_rag import SekaError, SekaModel
 from ._loading import model_label
 from ._messages import document_highlights
 from ._compat import HostedModelArguments
-from ._settings import SekaSettings, routing_info, usage_counts
+from ._settings import SekaSettings, call_digest, routing_info, usage_counts
+from ._text import as_document_list, as_highlight_list
 
 __all__ = ["SekaLLM"]
+
+#: the digest of the running generate call's own arguments (see SekaLLM.generate)
+_CALL_DIGEST: ContextVar[str | None] = ContextVar("langchain_seka_llm_call", default=None)
+#: LangChain's own keyword arguments of generate: not part of what the model is asked
+_LANGCHAIN_ARGS = frozenset({"tags", "metadata", "run_name", "run_id"})
 
 
 class SekaLLM(SekaSettings, HostedModelArguments, LLM):
@@ -50,10 +57,35 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return self.identifying_params()
+        params = self.identifying_params()
+        digest = _CALL_DIGEST.get()
+        if digest is not None:  # inside generate / agenerate: that call's own arguments
+            params["call_digest"] = digest
+        return params
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return langsmith_params(self, "llm", stop, kwargs)
+
+    # LangChain builds a text LLM's cache key from the fields and `stop` only: the call's own
+    # arguments (highlights=, documents=, gains, router, ...) join it through _identifying_params
+    def generate(self, prompts: list[str], stop: list[str] | None = None, callbacks: Any = None,
+                 **kwargs: Any) -> LLMResult:
+        """LangChain's ``generate``, with this call's arguments (``highlights=``, ``documents=``, gains,
+        router...) in the cache key, so a cached answer is only reused for the same arguments."""
+        token = _CALL_DIGEST.set(call_digest({k: v for k, v in kwargs.items() if k not in _LANGCHAIN_ARGS}))
+        try:
+            return super().generate(prompts, stop=stop, callbacks=callbacks, **kwargs)
+        finally:
+            _CALL_DIGEST.reset(token)
+
+    async def agenerate(self, prompts: list[str], stop: list[str] | None = None, callbacks: Any = None,
+                        **kwargs: Any) -> LLMResult:
+        """LangChain's ``agenerate``, with this call's arguments in the cache key (see :meth:`generate`)."""
+        token = _CALL_DIGEST.set(call_digest({k: v for k, v in kwargs.items() if k not in _LANGCHAIN_ARGS}))
+        try:
+            return await super().agenerate(prompts, stop=stop, callbacks=callbacks, **kwargs)
+        finally:
+            _CALL_DIGEST.reset(token)
 
     def _prepare(self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]):
         kwargs = dict(kwargs)
@@ -65,9 +97,8 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         markers = self.inline_markers(model, kwargs)
         gen = self.generation_kwargs(kwargs, stop)
         gen["markers"] = markers
-        if isinstance(highlights, str):
-            highlights = [highlights]
-        highlights = list(highlights) if highlights is not None else []
+        highlights = as_highlight_list(highlights)
+        documents = as_document_list(documents)
         if documents:
             highlights += document_highlights(documents, [prompt], markers)
         name = model_label(override if override is not None else self.model)

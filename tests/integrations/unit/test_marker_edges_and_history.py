@@ -64,8 +64,8 @@ def test_transcript_parses_each_message_on_its_own(tiny_plain_seka, spy_on):
     assert "x = a << 2" in text and "y = b >> 1?" in text and highlights == []
 
 
-@pytest.mark.filterwarnings("ignore:prompt of")  # the synthesizer's long template is cut to the tiny window
-def test_llamaindex_query_and_metadata_reach_the_model_literally(tiny_seka, spy):
+def test_llamaindex_query_and_metadata_reach_the_model_literally(tiny_long_seka, spy_on):
+    spy = spy_on(tiny_long_seka)
     query = "What do x << 2 and y >> 1 compute?"
     nodes = [NodeWithScore(node=TextNode(text="The answer is 42.", metadata={"title": "Shifts: a << b, c >> d"}),
                            score=0.9)]
@@ -73,9 +73,9 @@ def test_llamaindex_query_and_metadata_reach_the_model_literally(tiny_seka, spy)
     post = SekaHighlightPostprocessor(policy="top_k", k=1)
     out = post.postprocess_nodes(nodes, bundle)
     post._escape_query(bundle)  # a second pass over the same bundle escapes it once only
-    get_response_synthesizer(response_mode="compact", llm=Seka(model=tiny_seka, max_tokens=2,
+    get_response_synthesizer(response_mode="compact", llm=Seka(model=tiny_long_seka, max_tokens=2,
                                                                 context_window=1500)).synthesize(bundle, out)
-    text, highlights = _seen(tiny_seka, spy.last)
+    text, highlights = _seen(tiny_long_seka, spy.last)
     assert f"Query: {query}" in text and "title: Shifts: a << b, c >> d" in text
     assert highlights == ["The answer is 42."]
     assert nodes[0].node.metadata["title"] == "Shifts: a << b, c >> d"  # the caller's node is untouched

@@ -229,13 +229,13 @@ def test_automatic_routing_rules(adaptive, tiny_seka):
     assert automatic_routing(adaptive, {"router": "embedding"}, text) == {"query": QUESTION}
 
 
-def test_engine_errors_surface_unchanged(adaptive, tiny_seka):
+def test_engine_errors_surface_unchanged(adaptive, tiny_long_seka):
     with pytest.raises(SteeringConfigError, match="router='embedding'"):
         _seka(adaptive, router="attention").complete("<<hi>>", query_embedding=[1.0, 0.0, 0.0])
     with pytest.raises(SteeringConfigError, match="3"):
         _seka(adaptive, router="embedding").complete("<<hi>>", query_embedding=[1.0, 0.0])
     with pytest.raises(SekaError, match="expert set"):
-        _seka(tiny_seka, router="embedding").complete("<<hi>>")
+        _seka(tiny_long_seka, router="embedding").complete("<<hi>>")
     with pytest.raises(SteeringConfigError, match="router must be one of"):
         _seka(adaptive, router="cosine").complete("<<hi>>")
 

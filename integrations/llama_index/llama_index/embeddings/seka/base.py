@@ -7,25 +7,56 @@ from the network.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from langchain_seka._select import embed_texts, load_encoder
 
 __all__ = ["SentenceTransformerEmbedding"]
 
+#: ``model_name`` of the default model (the offline all-MiniLM-L6-v2)
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (offline)"
+
 
 class SentenceTransformerEmbedding(BaseEmbedding):
-    """Embeddings from a sentence-transformers model: an object, a local path, or None (offline MiniLM)."""
+    """Embeddings from a sentence-transformers model: an object, a local directory, or None (offline MiniLM).
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+    ``model_name=`` names the model as LlamaIndex's own embedding classes do: a sentence-transformers
+    model directory (the same as ``model=``; nothing is downloaded), or the default. Misspelt
+    arguments are errors. The async methods run the encoder in a worker thread, so the event loop
+    stays free while the model loads and encodes.
+    """
 
-    model: Any = Field(default=None, exclude=True, description="SentenceTransformer, model directory, or None.")
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
+
+    model: Any = Field(default=None, exclude=True,
+                       description="SentenceTransformer object, model directory, or None (the offline MiniLM).")
     normalize: bool = Field(default=True, description="Unit-length vectors.")
-    model_name: str = Field(default="all-MiniLM-L6-v2 (offline)")
+    model_name: str = Field(
+        default=DEFAULT_MODEL_NAME,
+        description="The model: a sentence-transformers model directory (loaded like model=), or the default "
+        "offline all-MiniLM-L6-v2.",
+    )
     _loaded: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _resolve_model(self) -> "SentenceTransformerEmbedding":
+        named = self.model_name != DEFAULT_MODEL_NAME
+        if self.model is None and named:
+            self.model = self.model_name  # a directory: loaded on first use
+        elif isinstance(self.model, (str, os.PathLike)):
+            if named and os.fspath(self.model) != self.model_name:
+                raise ValueError(f"model={os.fspath(self.model)!r} and model_name={self.model_name!r} name "
+                                 "different models: give one of them")
+            self.model_name = os.fspath(self.model)
+        elif self.model is not None and not named:  # a model object: report what it is
+            self.model_name = getattr(getattr(self.model, "tokenizer", None), "name_or_path", None) or type(
+                self.model).__name__
+        return self
 
     @classmethod
     def class_name(cls) -> str:
@@ -49,7 +80,10 @@ class SentenceTransformerEmbedding(BaseEmbedding):
         return self._embed(texts)
 
     async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._get_query_embedding(query)
+        return await asyncio.to_thread(self._get_query_embedding, query)
 
     async def _aget_text_embedding(self, text: str) -> list[float]:
-        return self._get_text_embedding(text)
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self._get_text_embeddings, texts)

@@ -21,7 +21,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     TextBlock,
 )
-from llama_index.core.bridge.pydantic import ConfigDict, Field
+from llama_index.core.bridge.pydantic import ConfigDict, Field, model_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.schema import BaseNode, NodeWithScore
@@ -30,7 +30,14 @@ from langchain_seka._compat import HostedModelArguments
 from langchain_seka._loading import model_label
 from langchain_seka._routing import automatic_routing
 from langchain_seka._settings import SekaSettings, routing_info, usage_counts
-from langchain_seka._text import document_text, escape_markers, mark_up, parse_lenient, texts_in_prompt
+from langchain_seka._text import (
+    as_document_list,
+    document_text,
+    escape_markers,
+    mark_up,
+    parse_lenient,
+    texts_in_prompt,
+)
 from seka_rag import Markers, SekaError, SekaModel
 from seka_rag.highlight import has_chat_template
 
@@ -106,8 +113,19 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
                               extra="forbid")
 
     context_window: int | None = Field(
-        default=None, description="Override the model's context window reported in metadata."
+        default=None, ge=1,
+        description="Report a smaller context window than the model's in metadata (LlamaIndex packs "
+        "prompts to fit it); larger than the model's is an error.",
     )
+
+    @model_validator(mode="after")
+    def _no_batch_size(self) -> "Seka":
+        if self.batch_size != type(self).model_fields["batch_size"].default:  # (the default survives to_dict)
+            raise ValueError(
+                "Seka answers one prompt per call (LlamaIndex's LLM interface has no batched completion), so "
+                "batch_size would do nothing here; it applies to LangChain's ChatSeka / SekaLLM batch"
+            )
+        return self
 
     @classmethod
     def class_name(cls) -> str:
@@ -118,6 +136,12 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
     def metadata(self) -> LLMMetadata:
         """Context window, output size, model name, and whether it is a chat model (loads the model)."""
         model = self.seka_model()
+        if self.context_window is not None and self.context_window > model.context_window:
+            raise SekaError(
+                f"context_window={self.context_window} is larger than the model's {model.context_window} tokens: "
+                "LlamaIndex would pack prompts the model cannot read (their start would be cut off); "
+                "leave it unset, or set at most the model's window"
+            )
         return LLMMetadata(
             context_window=self.context_window or model.context_window,
             num_output=self.max_new_tokens,
@@ -134,7 +158,7 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
     def _settings(self, kwargs: dict[str, Any]) -> tuple[SekaModel, str, dict, list, dict, list, Markers | None]:
         kwargs = dict(kwargs)
         highlights = kwargs.pop("highlights", None)
-        documents = _document_texts(kwargs.pop("documents", None) or [])
+        documents = _document_texts(kwargs.pop("documents", None))
         routing = self.routing_request(kwargs)
         override = kwargs.pop("model", None)
         model = self.seka_model(override)
@@ -358,29 +382,50 @@ async def _in_thread(fn: Callable, *args: Any, **kwargs: Any) -> Any:
 
 
 async def _athread_iter(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
-    """Drive a blocking iterator in a worker thread; yield its items without blocking the event loop."""
+    """Drive a blocking iterator in a worker thread; yield its items without blocking the event loop.
+
+    When the consumer stops early (``break``, ``aclose()``, cancellation), the worker closes the
+    iterator at its next item, which stops generation, instead of generating to the end.
+    """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
     ctx = contextvars.copy_context()
+    stopped = threading.Event()
+
+    def send(message: tuple[Any, BaseException | None]) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, message)
+        except RuntimeError:  # the event loop has closed: nobody is listening
+            stopped.set()
 
     def pump() -> None:
+        iterator = make()
         try:
-            for item in make():
-                loop.call_soon_threadsafe(queue.put_nowait, (item, None))
+            for item in iterator:
+                if stopped.is_set():
+                    break
+                send((item, None))
         except BaseException as exc:  # surfaced in the consumer
-            loop.call_soon_threadsafe(queue.put_nowait, (done, exc))
+            send((done, exc))
         else:
-            loop.call_soon_threadsafe(queue.put_nowait, (done, None))
+            send((done, None))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
 
     threading.Thread(target=ctx.run, args=(pump,), daemon=True, name="seka-astream").start()
-    while True:
-        item, error = await queue.get()
-        if item is done:
-            if error is not None:
-                raise error
-            return
-        yield item
+    try:
+        while True:
+            item, error = await queue.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stopped.set()
 
 
 #: Blocks that carry nothing for the model to read (a cache hint) or that a chat history may hold
@@ -413,10 +458,8 @@ def _literal_if_assistant(message: ChatMessage, markers: Markers | None) -> Chat
 
 def _document_texts(documents: Any) -> list[str]:
     """``documents=``: LlamaIndex nodes (``NodeWithScore`` or ``BaseNode``), LangChain Documents or strings."""
-    if isinstance(documents, (str, BaseNode, NodeWithScore)):
-        documents = [documents]
     texts = []
-    for doc in documents:
+    for doc in as_document_list(documents, single=(BaseNode, NodeWithScore)):
         if isinstance(doc, NodeWithScore):
             doc = doc.node
         if isinstance(doc, BaseNode):

@@ -27,13 +27,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from llama_index.core.bridge.pydantic import ConfigDict, Field, model_validator
+from llama_index.core.bridge.pydantic import ConfigDict, Field, field_validator, model_validator
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
 from langchain_seka._routing import remember_query
 from langchain_seka._select import check_policy, select
-from langchain_seka._text import escape_markers, mark_up, merge_whitespace_gaps
+from langchain_seka._text import as_markers, escape_markers, mark_up, merge_whitespace_gaps
 from seka_rag import Markers
 from seka_rag.highlight import DEFAULT_MARKERS
 
@@ -65,9 +65,23 @@ class SekaHighlightPostprocessor(BaseNodePostprocessor):
     threshold: float | None = Field(default=None)
     higher_is_better: bool = Field(default=True, description="False when scores are distances.")
     encoder: Any = Field(default=None, exclude=True, description="Sentence encoder for the sentences policy.")
-    markers: Markers = Field(default=DEFAULT_MARKERS, exclude=True, description="The model's inline markers.")
+    markers: Markers = Field(
+        default=DEFAULT_MARKERS, exclude=True,
+        description="The inline markers the Seka LLM reads: a Markers or a (start, end) pair, the same as Seka's.",
+    )
     metadata_key: str = Field(default="seka_highlights", description="Metadata key recording the highlighted texts.")
     escape_query: bool = Field(default=True, description="Escape marker strings in the query bundle's text.")
+
+    @field_validator("markers", mode="before")
+    @classmethod
+    def _check_markers(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError(
+                "markers=None: the postprocessor tells the Seka LLM what to highlight by marking the nodes' text, so "
+                "it needs a marker pair; give it the same pair as Seka (e.g. ('[[', ']]') on both when texts hold "
+                "code with << / >>)"
+            )
+        return as_markers(value, allow_model=False, allow_none=False)
 
     @model_validator(mode="after")
     def _check(self) -> "SekaHighlightPostprocessor":
@@ -111,13 +125,13 @@ class SekaHighlightPostprocessor(BaseNodePostprocessor):
                 marked, exact = mark_up(text, spans, self.markers, per_word=True)
                 out[i] = self._copy(nodes[i], marked, [text[s:e] for s, e in merge_whitespace_gaps(text, exact)],
                                     metadata)
-            elif self.markers is not None and (escape_markers(text, self.markers) != text or metadata):
+            elif escape_markers(text, self.markers) != text or metadata:
                 out[i] = self._copy(nodes[i], escape_markers(text, self.markers), None, metadata)
         return out
 
     def _escape_query(self, query_bundle: QueryBundle | None) -> None:
         """Escape the query's marker strings in place, once per bundle (see the class docstring)."""
-        if not self.escape_query or self.markers is None or query_bundle is None:
+        if not self.escape_query or query_bundle is None:
             return
         if getattr(query_bundle, "_seka_escaped", False):
             return
@@ -129,8 +143,6 @@ class SekaHighlightPostprocessor(BaseNodePostprocessor):
 
     def _escaped_metadata(self, node: Any) -> dict[str, Any]:
         """The string metadata values the LLM sees whose marker strings need escaping, escaped."""
-        if self.markers is None:
-            return {}
         hidden = set(getattr(node, "excluded_llm_metadata_keys", ()) or ())
         return {k: escape_markers(v, self.markers) for k, v in (getattr(node, "metadata", None) or {}).items()
                 if k not in hidden and isinstance(v, str) and escape_markers(v, self.markers) != v}

@@ -1,0 +1,208 @@
+"""Per-call arguments and settings reach the model as a user means them, and cached answers respect them.
+
+A lone document or highlight is one item (not a string read character by character); a value of the
+wrong kind is a clear error; every argument that changes the answer is part of LangChain's cache key;
+the markers setting takes the same forms everywhere; an async stream the consumer leaves stops
+generating; LlamaIndex settings that would do nothing are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from langchain_core.caches import InMemoryCache
+from langchain_core.documents import Document
+from langchain_core.messages import AIMessage
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from pydantic import ValidationError
+
+from langchain_seka import ChatSeka, SekaHighlight, SekaLLM
+from langchain_seka._settings import call_digest
+from llama_index.embeddings.seka import SentenceTransformerEmbedding
+from llama_index.llms.seka import Seka
+from llama_index.postprocessor.seka_highlight import SekaHighlightPostprocessor
+from seka_rag import Markers, SekaError
+
+PROMPT = "Doc 1: The tower is in Paris. Doc 2: The tower is in Rome. Where is the tower?"
+EVIDENCE = "The tower is in Rome."
+
+
+# ------------------------------------------------------------------------------ one document, one highlight
+@pytest.mark.parametrize("cls", [ChatSeka, SekaLLM])
+@pytest.mark.parametrize("single", [EVIDENCE, Document(page_content=EVIDENCE), (Document(page_content=EVIDENCE), 0.9)])
+def test_a_lone_document_is_one_document(cls, single, tiny_seka, spy):
+    llm = cls(model=tiny_seka, max_tokens=2)
+    llm.invoke(PROMPT, documents=[EVIDENCE])
+    as_list = spy.last["highlights"]
+    llm.invoke(PROMPT, documents=single)
+    assert spy.last["highlights"] == as_list
+    assert EVIDENCE in as_list
+
+
+def test_a_lone_langchain_document_is_one_document_in_llamaindex(tiny_seka, spy):
+    Seka(model=tiny_seka, max_tokens=2).complete(PROMPT, documents=Document(page_content=EVIDENCE))
+    assert spy.last["highlights"] == [EVIDENCE]
+
+
+@pytest.mark.parametrize("cls", [ChatSeka, SekaLLM])
+@pytest.mark.parametrize("argument", ["documents", "highlights"])
+def test_a_value_that_is_no_list_is_a_clear_error(cls, argument, tiny_seka):
+    with pytest.raises(SekaError, match=f"{argument}= takes"):
+        cls(model=tiny_seka, max_tokens=2).invoke(PROMPT, **{argument: 5})
+
+
+def test_llamaindex_documents_that_are_no_list_are_a_clear_error(tiny_seka):
+    with pytest.raises(SekaError, match="documents= takes"):
+        Seka(model=tiny_seka, max_tokens=2).complete(PROMPT, documents=5)
+
+
+# ------------------------------------------------------------------------------ cache keys
+def test_text_llm_cache_key_holds_the_call_arguments(tiny_seka, spy):
+    llm = SekaLLM(model=tiny_seka, max_tokens=2, cache=InMemoryCache())
+    llm.invoke(PROMPT)
+    llm.invoke(PROMPT, highlights=[EVIDENCE])  # not the unsteered call's cached answer
+    assert len(spy.calls) == 2 and spy.last["highlights"] == [EVIDENCE]
+    llm.invoke(PROMPT, highlights=[EVIDENCE])  # the same call again: cached
+    llm.invoke(PROMPT, highlights=[EVIDENCE], gain_pos=3.0)  # another gain: not cached
+    assert len(spy.calls) == 3
+
+
+@pytest.mark.parametrize("cls", [ChatSeka, SekaLLM])
+def test_the_stop_setting_is_part_of_the_cache_key(cls, tiny_seka, spy):
+    cache = InMemoryCache()
+    cls(model=tiny_seka, max_tokens=2, cache=cache).invoke(PROMPT)
+    cls(model=tiny_seka, max_tokens=2, cache=cache, stop=["tower"]).invoke(PROMPT)
+    assert len(spy.calls) == 2 and spy.last["kwargs"]["stop"] == ["tower"]
+    cls(model=tiny_seka, max_tokens=2, cache=cache, stop=["tower"]).invoke(PROMPT)
+    assert len(spy.calls) == 2
+
+
+def test_call_digest_writes_long_vectors_in_full():
+    a, b = np.zeros(2048), np.zeros(2048)
+    b[1000] = 1.0
+    assert repr(a) == repr(b)  # numpy abbreviates more than 1,000 numbers: what LangChain's own key would hold
+    assert call_digest({"query_embedding": a}) != call_digest({"query_embedding": b})
+    assert call_digest({"query_embedding": a}) == call_digest({"query_embedding": np.zeros(2048)})
+    assert call_digest({}) is None
+
+
+def test_chat_model_cache_key_tells_query_embeddings_apart(tiny_seka):
+    chat = ChatSeka(model=tiny_seka)
+    a, b = np.zeros(2048), np.zeros(2048)
+    b[1000] = 1.0
+    assert chat._get_invocation_params(query_embedding=a)["call_digest"] != \
+        chat._get_invocation_params(query_embedding=b)["call_digest"]
+    assert "call_digest" not in chat._get_invocation_params()
+
+
+def test_batch_with_one_config_returns_a_bad_input_as_its_exception(tiny_seka):
+    out = ChatSeka(model=tiny_seka, max_tokens=2).batch(["hello", 123], return_exceptions=True)
+    assert isinstance(out[0], AIMessage) and isinstance(out[1], ValueError)
+    with pytest.raises(ValueError):
+        ChatSeka(model=tiny_seka, max_tokens=2).batch(["hello", 123])
+
+
+# ------------------------------------------------------------------------------ markers
+def test_highlighter_takes_a_marker_pair_or_none():
+    docs = [Document(page_content="The tower is in Rome."), Document(page_content="Bridges are long.")]
+    paired = SekaHighlight(policy="top_k", k=1, markers=("[[", "]]")).invoke({"question": "q", "documents": docs})
+    assert paired["context"].count("[[") == 1 and "<<" not in paired["context"]
+    assert SekaHighlight(markers=("[[", "]]")).markers == Markers("[[", "]]")
+    unmarked = SekaHighlight(policy="top_k", k=1, markers=None).invoke({"question": "q", "documents": docs})
+    assert unmarked["context"] == unmarked["context_text"] == paired["context_text"]
+    assert unmarked["highlights"] == paired["highlights"] == ["The tower is in Rome."]
+    with pytest.raises(ValidationError, match="markers must be"):
+        SekaHighlight(markers="[[")
+
+
+def test_postprocessor_takes_a_marker_pair_and_explains_none():
+    post = SekaHighlightPostprocessor(policy="all", markers=("[[", "]]"))
+    assert post.markers == Markers("[[", "]]")
+    out = post.postprocess_nodes([NodeWithScore(node=TextNode(text="Rome."), score=1.0)], QueryBundle("q"))
+    assert out[0].node.get_content() == "[[Rome.]]"
+    with pytest.raises(ValidationError, match="needs a marker pair"):
+        SekaHighlightPostprocessor(markers=None)
+
+
+# ------------------------------------------------------------------------------ LlamaIndex LLM
+def test_llamaindex_refuses_settings_that_would_do_nothing(tiny_seka):
+    with pytest.raises(ValidationError, match="batch_size would do nothing"):
+        Seka(model=tiny_seka, batch_size=64)
+    assert Seka.from_dict(Seka(model=tiny_seka).to_dict()).batch_size == 8  # a round trip still loads
+    with pytest.raises(SekaError, match="larger than the model's"):
+        Seka(model=tiny_seka, context_window=tiny_seka.context_window + 1).metadata
+    assert Seka(model=tiny_seka, context_window=100).metadata.context_window == 100
+
+
+def test_async_stream_stops_generating_when_the_consumer_leaves(tiny_seka, monkeypatch):
+    produced, closed = [], threading.Event()
+
+    def slow_stream(prompt, highlights=None, **kwargs):
+        try:
+            for i in range(500):
+                time.sleep(0.005)
+                produced.append(i)
+                yield f"t{i} "
+        finally:
+            closed.set()
+
+    monkeypatch.setattr(tiny_seka, "stream", slow_stream)
+
+    async def first_delta() -> str:
+        gen = await Seka(model=tiny_seka, max_tokens=500).astream_complete("hello")
+        async for response in gen:
+            delta = response.delta
+            break
+        await gen.aclose()
+        return delta
+
+    assert asyncio.run(first_delta()) == "t0 "
+    assert closed.wait(5), "the engine's stream was never closed"
+    assert len(produced) < 100
+
+
+# ------------------------------------------------------------------------------ LlamaIndex embeddings
+class _Encoder:
+    """A stand-in sentence-transformers model that records the threads it encodes in."""
+
+    def __init__(self):
+        self.threads: list[int] = []
+
+    def encode(self, texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True):
+        self.threads.append(threading.get_ident())
+        return np.ones((len(texts), 3), dtype=np.float32)
+
+
+def test_embedding_model_name_chooses_the_model(monkeypatch, tmp_path):
+    import langchain_seka._select as select
+
+    loaded = []
+    monkeypatch.setattr(select, "_load_sentence_transformer", lambda path: loaded.append(str(path)) or _Encoder())
+    import llama_index.embeddings.seka.base as base
+
+    monkeypatch.setattr(base, "load_encoder", select.load_encoder)
+    emb = SentenceTransformerEmbedding(model_name=str(tmp_path))
+    assert emb.get_text_embedding("x") == [1.0, 1.0, 1.0] and loaded == [str(tmp_path)]
+    assert SentenceTransformerEmbedding(model=str(tmp_path)).model_name == str(tmp_path)
+    with pytest.raises(ValidationError, match="name different models"):
+        SentenceTransformerEmbedding(model=str(tmp_path), model_name="other")
+    with pytest.raises(ValidationError):
+        SentenceTransformerEmbedding(modle="x")
+
+
+def test_embedding_async_methods_leave_the_event_loop_free():
+    encoder = _Encoder()
+    emb = SentenceTransformerEmbedding(model=encoder)
+
+    async def run() -> int:
+        await emb.aget_query_embedding("q")
+        await emb.aget_text_embedding_batch(["a", "b", "c"])
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(run())
+    assert encoder.threads and loop_thread not in encoder.threads
+    assert len(encoder.threads) == 2  # the batch is one encoder call, not one per text
