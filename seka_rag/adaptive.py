@@ -445,7 +445,10 @@ def _route_factors(projection: Projection, layer: int, top_k: int | None) -> tor
     if top_k is None:
         k = projection.pos[row].float().diagonal(dim1=-2, dim2=-1).sum(-1).round().clamp(min=1)  # rank of P+
     else:
-        k = torch.full((m.num_kv_heads,), float(min(top_k, m.head_dim)))
+        if top_k > m.head_dim:
+            raise SteeringConfigError(f"top_k={top_k} is more singular directions than a head has ({m.head_dim}); "
+                                      f"give at most {m.head_dim}, or None for each head's P+ rank")
+        k = torch.full((m.num_kv_heads,), float(top_k))
     keep = (torch.arange(m.head_dim)[None, :] < k[:, None]).float()
     return u * (s * keep)[:, None, :]
 

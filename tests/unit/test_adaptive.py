@@ -390,6 +390,8 @@ def test_bad_call_arguments(tiny_model, expert_set):
         seka.generate(PROMPTS[0], routing={"temperature": 0}, max_new_tokens=1)
     with pytest.raises(SteeringConfigError, match="top_k"):
         seka.generate(PROMPTS[0], routing={"top_k": 0}, max_new_tokens=1)
+    with pytest.raises(SteeringConfigError, match="more singular directions than a head has"):
+        seka.generate(PROMPTS[0], routing={"top_k": seka.geometry.head_dim + 1}, max_new_tokens=1)
     with pytest.raises(SteeringConfigError, match="routing="):
         seka.generate(PROMPTS[0], router="projection", routing={"gain": 2.0}, max_new_tokens=1)
     with pytest.raises(SteeringConfigError, match="names no expert"):
