@@ -80,8 +80,15 @@ def _int_list(text: str | None) -> list[int] | None:
     if out is None:
         raise argparse.ArgumentTypeError(f"expected integers like '3,5,7' or an ascending range like '14-23', got {text!r}")
     if not out:
-        raise argparse.ArgumentTypeError("names no layer (to turn steering off, use --no-steer where the command has it)")
+        raise argparse.ArgumentTypeError("is empty: give at least one number")
     return out
+
+
+def _layer_list(text: str | None) -> list[int] | None:
+    """A layer list (``_int_list``); an empty one says how to turn steering off instead."""
+    if text is not None and not text.replace(",", "").strip():
+        raise argparse.ArgumentTypeError("names no layer (to turn steering off, use --no-steer where the command has it)")
+    return _int_list(text)
 
 
 _STARTING_PROJECTION = "the built, uncalibrated projection to start from (required; not the shipped one)"
@@ -149,7 +156,7 @@ def _model_spec(args, no_projection: bool = False) -> dict:
 def _add_steer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gain-pos", type=_finite_float, help="g+ (default: the projection's)")
     p.add_argument("--gain-neg", type=_finite_float, help="g- (default: the projection's)")
-    p.add_argument("--layers", type=_int_list, help="layers to edit, e.g. 14-23 (default: the projection's)")
+    p.add_argument("--layers", type=_layer_list, help="layers to edit, e.g. 14-23 (default: the projection's)")
 
 
 def _steer_kwargs(args) -> dict:

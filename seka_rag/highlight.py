@@ -14,6 +14,7 @@ offsets of the rendered prompt, and the fast tokenizer's offset mapping turns th
 
 from __future__ import annotations
 
+import difflib
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -248,8 +249,10 @@ class PreparedPrompt:
     routing_text: str = ""  #: the prompt's own text outside the highlights (no chat template)
 
 
-#: Message roles a prompt's messages may have (what chat templates render; a typo such as "usr" is an error).
-MESSAGE_ROLES = ("system", "user", "assistant", "tool", "developer", "function", "ipython")
+#: Message roles that chat templates use. Any other role is passed to the template as it is, except a near
+#: miss of one of these ("usr", "asistant", "User"), which is an error that names the role meant.
+KNOWN_ROLES = ("system", "user", "assistant", "tool", "developer", "function", "ipython", "model", "observation",
+               "environment", "tool_response", "chatbot")
 
 
 def _as_messages(prompt: Prompt) -> list[dict] | None:
@@ -261,10 +264,12 @@ def _as_messages(prompt: Prompt) -> list[dict] | None:
                 raise HighlightError(
                     f"message {i} must be a dict with a 'role' and a string 'content'"
                 )
-            if m["role"] not in MESSAGE_ROLES:
-                raise HighlightError(
-                    f"message {i} has role {m['role']!r}; roles are {', '.join(repr(r) for r in MESSAGE_ROLES)}"
-                )
+            role = m["role"]
+            if not isinstance(role, str) or not role:
+                raise HighlightError(f"message {i} has role {role!r}; a role is a non-empty string such as 'user'")
+            close = [] if role in KNOWN_ROLES else difflib.get_close_matches(role.lower(), KNOWN_ROLES, n=1, cutoff=0.7)
+            if close and close[0] != role:  # "usr", "asistant", "User": a slip, not a role of some template
+                raise HighlightError(f"message {i} has role {role!r}; did you mean {close[0]!r}?")
         return [dict(m) for m in prompt]
     raise HighlightError(
         "a prompt must be a string or a non-empty list of {'role': ..., 'content': ...} messages, "

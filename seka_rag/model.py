@@ -197,6 +197,8 @@ class SekaModel:
 
         from .architectures import spec_for
 
+        if isinstance(name_or_dir, str) and name_or_dir.startswith("~"):
+            name_or_dir = os.path.expanduser(name_or_dir)  # transformers would read "~" as part of a hub id
         name = str(name_or_dir)
         if gguf_file is None and not Path(name).exists():
             if name in EMBEDDED_MODELS:  # an embedded model's name: load it, as the CLI's --model does
@@ -357,7 +359,7 @@ class SekaModel:
         enc = self.encode(prompt, highlights, chat=chat, markers=markers)
         return [self.tokenizer.decode([t]) for t, on in zip(enc.input_ids, enc.highlight) if on]
 
-    def _encode_many(self, prompts, highlights, chat, markers, max_length) -> list[EncodedPrompt]:
+    def _encode_many(self, prompts, highlights, chat, markers, max_length, batch: bool = True) -> list[EncodedPrompt]:
         if highlights is None:
             highlights = [None] * len(prompts)
         elif not isinstance(highlights, Sequence) or isinstance(highlights, str) or len(highlights) != len(prompts):
@@ -365,7 +367,7 @@ class SekaModel:
                 "for a list of prompts, highlights must be a list with one entry per prompt "
                 "(each a list of highlights, or None)"
             )
-        flat = [i for i, h in enumerate(highlights) if isinstance(h, str)]
+        flat = [i for i, h in enumerate(highlights) if isinstance(h, str)] if batch else []
         if flat:  # ["a", "b"] for two prompts: "a" in the first and "b" in the second, or both in both?
             raise HighlightError(
                 f"for a list of prompts, highlights holds one list per prompt; entry {flat[0]} is a string "
@@ -418,8 +420,13 @@ class SekaModel:
             raise SteeringConfigError(f"steer must be True or False, got {steer!r}")
         router = self._resolve_router(router, query, query_embedding, routing)
         if not steer:
-            if self.projection is not None and any(v is not None for v in (gain_pos, gain_neg, layers, heads)):
-                self._steering_matrices(gain_pos, gain_neg, layers, heads)  # a bad value is an error all the same
+            if any(v is not None for v in (gain_pos, gain_neg, layers, heads)):  # a bad value is an error all the same
+                if router is None and self.projection is not None:
+                    self._steering_matrices(gain_pos, gain_neg, layers, heads)
+                elif router is not None:  # against the experts, as the steered call would be
+                    config = SteeringConfig(gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads)
+                    self.experts.stacked(config, self._routing_settings(routing), want_route=router == "attention",
+                                         device=self.device)
             return SteeringBlock(self)
         anything = bool(highlight_mask.any())
         if router is None:
@@ -694,7 +701,8 @@ class SekaModel:
         if single:
             highlights = [highlights]
         gen = self._generation_kwargs(max_new_tokens, do_sample, temperature, top_p, stop)
-        encoded = self._encode_many(prompts, highlights, chat, markers, self._prompt_budget(max_new_tokens))
+        encoded = self._encode_many(prompts, highlights, chat, markers, self._prompt_budget(max_new_tokens),
+                                    batch=not single)
         steer_kw = dict(steer=steer, gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads,
                         router=router, routing=routing)
         outputs: list[str] = []

@@ -131,6 +131,7 @@ def test_eval_variants_says_what_it_needs(model_dir, tmp_path, capsys):
     (["eval-families", "--methods", "seka,adaseka-attention", "--families", "conflicts,instruction", "--items", "2000"],
      "--items: the conflict family has at most"),
     (["generate", "a <<b>> c", "--layers", ""], "names no layer"),
+    (["bench", "--lengths", ""], "argument --lengths: is empty"),
 ])
 def test_bad_numbers_are_refused_before_any_model_loads(args, message, monkeypatch, capsys):
     from seka_rag import cli

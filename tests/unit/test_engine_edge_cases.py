@@ -297,15 +297,23 @@ def test_a_flat_highlight_list_for_a_batch_is_refused(raw):
     assert len(out) == 2
 
 
+def test_one_prompt_takes_one_highlight_string(raw):
+    assert isinstance(raw.generate(PROMPT, "Paris", max_new_tokens=1), str)
+    assert isinstance(raw.generate(PROMPT, highlights="Paris", max_new_tokens=1), str)
+
+
 def test_stream_says_it_takes_one_prompt(raw):
     with pytest.raises(SekaError, match="stream takes one prompt"):
         raw.stream([PROMPT, PROMPT])
 
 
-def test_a_misspelt_message_role_is_refused(tiny_model):
+def test_a_misspelt_message_role_is_refused_and_other_roles_pass(tiny_model):
     seka = tiny_model("llama")
-    with pytest.raises(HighlightError, match="role 'usr'"):
-        seka.generate([{"role": "usr", "content": "hi <<x>>"}], max_new_tokens=1)
+    for typo, meant in (("usr", "user"), ("asistant", "assistant"), ("User", "user")):
+        with pytest.raises(HighlightError, match=f"role '{typo}'; did you mean '{meant}'"):
+            seka.generate([{"role": typo, "content": "hi <<x>>"}], max_new_tokens=1)
+    for role in ("observation", "model", "critic"):  # roles of some templates, or the user's own: the template's call
+        seka.encode([{"role": "user", "content": "hi <<x>>"}, {"role": role, "content": "42"}])
 
 
 def test_steer_false_still_checks_the_other_settings(tiny_model):
@@ -313,6 +321,19 @@ def test_steer_false_still_checks_the_other_settings(tiny_model):
     with pytest.raises(SteeringConfigError):
         seka.generate("Where is <<the tower>>?", steer=False, layers=[99], max_new_tokens=1)
     assert isinstance(seka.generate("Where is <<the tower>>?", steer=False, gain_pos=3.0, max_new_tokens=1), str)
+
+
+def test_steer_false_checks_settings_against_the_experts_the_call_would_use(tiny_model, helpers):
+    seka = tiny_model("llama")
+    seka.load_projection(helpers.random_projection(seka.geometry, layers=[0], model_id=seka.model_id))
+    seka.load_experts(ExpertSet([Expert(f"e{i}", helpers.random_projection(seka.geometry, seed=20 + i,
+                                                                         model_id=seka.model_id))
+                                 for i in range(2)]))
+    prompt = "Where is <<the tower>>?"
+    assert isinstance(seka.generate(prompt, layers=[1], max_new_tokens=1), str)  # the experts cover layer 1
+    assert isinstance(seka.generate(prompt, steer=False, layers=[1], max_new_tokens=1), str)
+    with pytest.raises(SteeringConfigError):
+        seka.generate(prompt, steer=False, layers=[1], router="projection", max_new_tokens=1)
 
 
 def test_a_missing_local_path_and_a_misspelt_embedded_name_say_so(tmp_path):

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -187,7 +188,7 @@ def sentence_spans(text: str) -> list[Span]:
 def is_scored_document(value: Any) -> bool:
     """A ``(Document, score)`` pair, as ``similarity_search_with_score`` returns (by duck typing)."""
     return (isinstance(value, tuple) and len(value) == 2 and isinstance(getattr(value[0], "page_content", None), str)
-            and isinstance(value[1], (int, float)) and not isinstance(value[1], bool))
+            and isinstance(value[1], numbers.Real) and not isinstance(value[1], bool))  # numpy scores too
 
 
 def as_document_list(documents: Any, single: tuple[type, ...] = ()) -> list[Any]:

@@ -33,7 +33,8 @@ EVIDENCE = "The tower is in Rome."
 
 # ------------------------------------------------------------------------------ one document, one highlight
 @pytest.mark.parametrize("cls", [ChatSeka, SekaLLM])
-@pytest.mark.parametrize("single", [EVIDENCE, Document(page_content=EVIDENCE), (Document(page_content=EVIDENCE), 0.9)])
+@pytest.mark.parametrize("single", [EVIDENCE, Document(page_content=EVIDENCE), (Document(page_content=EVIDENCE), 0.9),
+                                    (Document(page_content=EVIDENCE), np.float32(0.3))])  # FAISS scores are numpy
 def test_a_lone_document_is_one_document(cls, single, tiny_seka, spy):
     llm = cls(model=tiny_seka, max_tokens=2)
     llm.invoke(PROMPT, documents=[EVIDENCE])
@@ -152,17 +153,21 @@ def test_async_stream_stops_generating_when_the_consumer_leaves(tiny_seka, monke
 
     monkeypatch.setattr(tiny_seka, "stream", slow_stream)
 
-    async def first_delta() -> str:
+    async def first_delta() -> tuple[str, bool, int]:
         gen = await Seka(model=tiny_seka, max_tokens=500).astream_complete("hello")
         async for response in gen:
             delta = response.delta
             break
         await gen.aclose()
-        return delta
+        # the event loop stays alive meanwhile (its closing would stop the worker on its own)
+        was_closed = await asyncio.to_thread(closed.wait, 5)
+        await asyncio.sleep(0.2)
+        return delta, was_closed, len(produced)
 
-    assert asyncio.run(first_delta()) == "t0 "
-    assert closed.wait(5), "the engine's stream was never closed"
-    assert len(produced) < 100
+    delta, was_closed, n_produced = asyncio.run(first_delta())
+    assert delta == "t0 "
+    assert was_closed, "the engine's stream was never closed"
+    assert n_produced < 100
 
 
 # ------------------------------------------------------------------------------ LlamaIndex embeddings
