@@ -1566,6 +1566,14 @@ _NO_ROUTER_OPTION = ("eval", "eval-families", "bench")
 def check_ignored_options(args) -> None:
     """Refuse AdaSEKA options a subcommand would silently ignore."""
     command = getattr(args, "command", None)
+    if command == "preview":  # it tokenizes the prompt and uses no projection or expert
+        given = [flag for flag, value in (("--projection", getattr(args, "projection", None)),
+                                          ("--adaptive", getattr(args, "adaptive", False)),
+                                          ("--experts", getattr(args, "experts", None)),
+                                          ("--router", getattr(args, "router", None))) if value]
+        if given:
+            raise SekaError(f"`seka-rag preview` only shows which tokens the highlights cover (no edit runs), so "
+                            f"{', '.join(given)} would be ignored; leave {'them' if len(given) > 1 else 'it'} out")
     if command in _NO_EXPERT_OPTIONS:
         given = [flag for flag, value in (("--adaptive", getattr(args, "adaptive", False)),
                                           ("--experts", getattr(args, "experts", None)),

@@ -125,7 +125,9 @@ def test_eval_variants_says_what_it_needs(model_dir, tmp_path, capsys):
     (["build-projection", "--out", "p.safetensors", "--build-layers", "20-21", "--default-layers", "25"],
      "--default-layers [25] are not among --build-layers [20, 21]"),
     (["sensitivity", "--gains-pos=nan"], "expected finite numbers"),
-    (["preview", "--router", "embedding", "a <<b>> c"], "--router needs an expert set: add --adaptive"),
+    (["preview", "--router", "embedding", "a <<b>> c"], "so --router would be ignored"),
+    (["generate", "--router", "embedding", "a <<b>> c"], "--router needs an expert set: add --adaptive"),
+    (["preview", "--projection", "p.safetensors", "--adaptive", "a <<b>> c"], "so --projection, --adaptive would be"),
     (["eval-families", "--model", "smollm2-135m"], "no AdaSEKA expert set is shipped for 'smollm2-135m'"),
     # each command takes the other commands' spellings, and eval-families also comma-separated families
     (["eval-families", "--methods", "seka,adaseka-attention", "--families", "conflicts,instruction", "--items", "2000"],
