@@ -219,6 +219,11 @@ def cmd_build_projection(args) -> int:
     if args.projection:
         raise SekaError("build-projection builds a new projection from the model, so --projection would be ignored; "
                         "to calibrate an existing one, run `seka-rag calibrate --projection FILE`")
+    if not args.calibrate:
+        given = ["--" + k.replace("_", "-") for k, v in _CALIBRATION_DEFAULTS.items() if getattr(args, k) != v]
+        if given:
+            raise SekaError(f"{', '.join(given)} {'set' if len(given) > 1 else 'sets'} up the calibration, which runs "
+                            "only with --calibrate: add it, or leave them out")
     if args.build_layers is not None and args.default_layers is not None:
         outside = sorted(set(args.default_layers) - set(args.build_layers))
         if outside:  # found now, not after every key has been collected
@@ -238,7 +243,31 @@ def cmd_build_projection(args) -> int:
         projection = _run_calibration(model, projection, args)
     out = projection.save(args.out)
     print(f"wrote {out}")
+    if not args.calibrate:
+        print(f"It edits {_edited_layers(projection)} by default at g+ {projection.meta.gain_pos}, g- "
+              f"{projection.meta.gain_neg} (the paper's gains), which may not steer this model well: check with "
+              f"`seka-rag eval-conflicts --model {args.model} --projection {out} --items 40`, and choose layers and "
+              f"gains on dev data with `seka-rag calibrate --model {args.model} --projection {out} --out FILE` "
+              "(or build with --calibrate).")
     return 0
+
+
+def _edited_layers(projection) -> str:
+    layers = projection.meta.default_layers if projection.meta.default_layers is not None else projection.layers
+    return f"layer{'s' if len(layers) > 1 else ''} {_layer_ranges(layers)}"
+
+
+def _layer_ranges(layers) -> str:
+    """``[0, 1, 2, 5]`` → ``"0-2, 5"``."""
+    out, start = [], None
+    layers = sorted(layers)
+    for i, layer in enumerate(layers):
+        if start is None:
+            start = layer
+        if i + 1 == len(layers) or layers[i + 1] != layer + 1:
+            out.append(str(start) if start == layer else f"{start}-{layer}")
+            start = None
+    return ", ".join(out)
 
 
 def _run_calibration(model, projection, args):
@@ -252,6 +281,21 @@ def _run_calibration(model, projection, args):
           f"chosen: {result.best.label()} (dev share {result.best.share:.3f}, "
           f"mean first-token margin {result.best.mean_margin:+.3f})")
     print(result.table())
+    chosen = result.projection
+    edited = chosen.meta.default_layers if chosen.meta.default_layers is not None else chosen.layers
+    by_scale: dict[float, list[int]] = {}
+    for layer in edited:
+        by_scale.setdefault(round(float(chosen.layer_scale[chosen.row(layer)]), 6), []).append(layer)
+    print("effective gains: " + "; ".join(
+        f"layer{'s' if len(ls) > 1 else ''} {_layer_ranges(ls)} at g+ {chosen.meta.gain_pos * k:g}, "
+        f"g- {chosen.meta.gain_neg * k:g}" for k, ls in by_scale.items()))
+    model_flag, out = f"--model {args.model}", args.out
+    print("These gains are the strongest that decide short dev conflicts; generated answers may need less (they "
+          f"can repeat the prompt or invent text). Read a few with `seka-rag generate {model_flag} --projection {out} "
+          "--compare PROMPT`, and choose a factor on dev items of several families: for F in conflicts counterfact "
+          f"instructions, `seka-rag gain-scale {model_flag} --projection {out} --family F --out-dir DIR`; then "
+          f"`seka-rag gain-scale --trade-off DIR/*.json --apply {out} --write {out}` "
+          "(docs/steering-quality.md, \"Default gains lowered to a quarter\").")
     if args.calibration_log:
         Path(args.calibration_log).parent.mkdir(parents=True, exist_ok=True)
         Path(args.calibration_log).write_text(json.dumps(
@@ -358,9 +402,9 @@ def cmd_eval_conflicts(args) -> int:
     print(ConflictReport.header())
     reports = {}
     for label, steer in (("unsteered", False), ("steered", True)):
-        rep = evaluate_conflicts(model, items, steer=steer, greedy=args.greedy and steer,
+        rep = evaluate_conflicts(model, items, steer=steer, greedy=args.greedy,
                                  progress=not args.no_progress, **_steer_kwargs(args))
-        reports[label] = rep.to_dict()
+        reports[label] = rep.to_dict(include_cases=args.greedy)  # the answers, to read them
         print(rep.format_row(label), flush=True)
     if args.out:
         import json
@@ -1229,10 +1273,17 @@ def cmd_compare_experts(args) -> int:
     return 0
 
 
+#: Defaults of the calibration options (build-projection applies them only with --calibrate).
+_CALIBRATION_DEFAULTS = {"scan_items": 16, "select_items": 40, "group_size": 1, "calibration_log": None}
+
+
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scan-items", type=_positive_int, default=16, help="dev items for the per-layer scan")
-    p.add_argument("--select-items", type=_positive_int, default=40, help="dev items for selection and gains")
-    p.add_argument("--group-size", type=_positive_int, default=1, help="layers per scanned unit")
+    p.add_argument("--scan-items", type=_positive_int, default=16,
+                   help="dev conflict items (x 4 cases) for the per-layer scan (default 16)")
+    p.add_argument("--select-items", type=_positive_int, default=40,
+                   help="dev conflict items (x 4 cases) for choosing layers and gains (default 40)")
+    p.add_argument("--group-size", type=_positive_int, default=1,
+                   help="adjacent layers scanned as one unit (default 1; 2 halves the scan on deep models)")
     p.add_argument("--calibration-log", help="write every measured trial as JSON")
 
 
@@ -1343,7 +1394,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["dev", "test"],
                    help="conflict split: dev (calibration) or test (default)")
     p.add_argument("--items", type=_positive_int, help="first N items of the split (default: all)")
-    p.add_argument("--greedy", action="store_true", help="also check the steered greedy answers")
+    p.add_argument("--greedy", action="store_true",
+                   help="also generate greedy answers, unsteered and steered: 'greedy' counts those containing the "
+                        "highlighted answer, 'only' those containing it and not the other document's (--out then "
+                        "stores every case with its answer)")
     p.add_argument("--out", help="write the reports as JSON")
     p.set_defaults(func=cmd_eval_conflicts)
 

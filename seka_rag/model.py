@@ -380,8 +380,8 @@ class SekaModel:
     def _steering_matrices(self, gain_pos, gain_neg, layers, heads) -> dict[int, torch.Tensor]:
         if self.projection is None:
             raise SekaError(
-                "this model has no projection: pass projection= when loading, call "
-                "load_projection(), or build one with `seka-rag build-projection`"
+                "this model has no projection: pass projection= when loading (--projection FILE on the command "
+                "line), call load_projection(), or build one with `seka-rag build-projection`"
             )
         config = SteeringConfig(gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads)
         return edit_matrices(self.projection, config)

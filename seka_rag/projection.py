@@ -8,6 +8,7 @@ with the metadata as JSON under the ``"seka"`` key; nothing is ever unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -49,6 +50,15 @@ class ProjectionMeta:
     format_version: int = FORMAT_VERSION
 
 
+def _same_model(a: str, b: str) -> bool:
+    """Whether two model ids name one model: equal, or one directory written two ways (``mymodel``,
+    ``./mymodel/``, its absolute path)."""
+    if a == b:
+        return True
+    paths = [Path(x).expanduser() for x in (a, b)]
+    return all(p.is_dir() for p in paths) and paths[0].resolve() == paths[1].resolve()
+
+
 def _usual_permissions(path: Path) -> None:
     """safetensors creates files readable by their owner only; give them the umask's usual mode."""
     try:
@@ -81,6 +91,35 @@ class Projection:
         if self.layer_scale is None:
             self.layer_scale = torch.ones(len(self.meta.layers))
         self.validate()
+
+    def __repr__(self) -> str:  # the tensors are megabytes: name what the projection is instead
+        m = self.meta
+        edited = m.default_layers if m.default_layers is not None else m.layers
+        scales = sorted({round(float(x), 4) for x in self.layer_scale[[self.row(i) for i in edited]]})
+        return (f"Projection(model_id={m.model_id!r}, construction={m.construction!r}, layers={len(m.layers)} of "
+                f"{m.num_layers}, default_layers={edited}, gain_pos={m.gain_pos}, gain_neg={m.gain_neg}, "
+                f"layer_scale={scales[0] if len(scales) == 1 else scales}, heads kept="
+                f"{int(self.head_mask.sum())}/{self.head_mask.numel()}, n_triplets={m.n_triplets})")
+
+    def fingerprint(self) -> str:
+        """A digest of everything that decides the edit (metadata and every tensor), e.g. for a cache key.
+
+        Computed once and kept until a tensor is changed in place (PyTorch's version counters tell).
+        """
+        state = (tuple(id(getattr(self, name)) for name in _TENSORS),
+                 tuple(getattr(self, name)._version for name in _TENSORS),
+                 json.dumps(asdict(self.meta), sort_keys=True, default=str))
+        cached = self.__dict__.get("_fingerprint")
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        digest = hashlib.sha256(state[2].encode())
+        for name in _TENSORS:
+            t = getattr(self, name).detach().cpu().contiguous()
+            digest.update(name.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
+        value = digest.hexdigest()
+        self.__dict__["_fingerprint"] = (state, value)
+        return value
 
     # ------------------------------------------------------------------ structure
     @property
@@ -138,11 +177,12 @@ class Projection:
                 f"this projection was built for {m.model_id!r} and does not fit the model "
                 f"({'; '.join(problems)}); build one for this model with `seka-rag build-projection`"
             )
-        if model_id and m.model_id and model_id != m.model_id:
+        if model_id and m.model_id and not _same_model(model_id, m.model_id):
             import warnings
 
             warnings.warn(
-                f"projection built for {m.model_id!r} is applied to {model_id!r} (same shapes)",
+                f"projection built for {m.model_id!r} is applied to {model_id!r} (same shapes; if this is the "
+                "same model at another path, nothing is wrong)",
                 stacklevel=3,
             )
 

@@ -672,7 +672,9 @@ class ConflictReport:
     bootstrap 95% intervals over items (an item's four cases resampled together). ``groups`` breaks them down by kind ("real", "fictional")
     and, for real facts, by whether the highlighted document agrees with the model's likely prior
     ("real_agree") or contradicts it ("real_contradict"). ``greedy_share`` (with ``greedy=True``)
-    is the fraction of greedy generations containing the target answer.
+    is the fraction of greedy generations containing the target answer, and ``greedy_only_share``
+    the fraction containing it but not the other document's answer (an answer that repeats both
+    documents counts in the first, not the second).
     """
 
     n: int
@@ -687,6 +689,7 @@ class ConflictReport:
     margins: list[float] = field(default_factory=list, repr=False)
     cases: list[ConflictCase] = field(default_factory=list, repr=False)
     generations: list[str] | None = field(default=None, repr=False)
+    greedy_only_share: float | None = None
 
     def to_dict(self, include_cases: bool = False) -> dict[str, Any]:
         """JSON-ready summary; ``include_cases=True`` adds every case with its margin (and generation)."""
@@ -697,6 +700,7 @@ class ConflictReport:
             "mean_margin": self.mean_margin,
             "margin_ci": list(self.margin_ci),
             "greedy_share": self.greedy_share,
+            "greedy_only_share": self.greedy_only_share,
             "steer": self.steer,
             "settings": dict(self.settings),
             "groups": {k: {**g.to_dict(), "share_ci": list(g.share_ci), "margin_ci": list(g.margin_ci)}
@@ -716,11 +720,12 @@ class ConflictReport:
         """Column names matching :meth:`format_row`."""
         return (
             f"{'config':<{label_width}} {'n':>5} {'share':>6} {'share 95% CI':>15} {'margin':>7} "
-            f"{'margin 95% CI':>17} {'fict':>6} {'real':>6} {'agree':>6} {'contra':>6} {'greedy':>6}"
+            f"{'margin 95% CI':>17} {'fict':>6} {'real':>6} {'agree':>6} {'contra':>6} {'greedy':>6} {'only':>6}"
         )
 
     def format_row(self, label: str | None = None, label_width: int = 16) -> str:
-        """One table line: share and margin with CIs, per-group shares, greedy share."""
+        """One table line: share and margin with CIs, per-group shares, greedy shares (containing the
+        highlighted answer; containing it and not the other)."""
         if label is None:
             label = "steer" if self.steer else "no-steer"
             extra = ",".join(f"{k}={v}" for k, v in self.settings.items() if v is not None and k != "steer")
@@ -736,7 +741,7 @@ class ConflictReport:
             f"{'[' + f(self.share_ci[0]) + ',' + f(self.share_ci[1]) + ']':>15} {self.mean_margin:>+7.3f} "
             f"{'[' + format(self.margin_ci[0], '+.2f') + ',' + format(self.margin_ci[1], '+.2f') + ']':>17} "
             f"{f(g['fictional'].share):>6} {f(g['real'].share):>6} {f(g['real_agree'].share):>6} "
-            f"{f(g['real_contradict'].share):>6} {f(self.greedy_share):>6}"
+            f"{f(g['real_contradict'].share):>6} {f(self.greedy_share):>6} {f(self.greedy_only_share):>6}"
         )
 
     def __str__(self) -> str:
@@ -900,7 +905,7 @@ def evaluate_conflicts(
 
     ``steer_kwargs`` (``gain_pos``, ``gain_neg``, ``layers``, ``heads``) go to every model call.
     ``greedy=True`` also generates an answer per case and counts those containing the target
-    (case-insensitive). Bootstrap intervals use ``n_boot`` resamples seeded with ``seed``.
+    (case-insensitive), and those containing it but not the other answer. Bootstrap intervals use ``n_boot`` resamples seeded with ``seed``.
     ``shared_prefix`` selects the scoring path (see :func:`score_cases`).
     """
     cases, item_of = [], []
@@ -922,6 +927,7 @@ def evaluate_conflicts(
             progress=progress, **steer_kwargs,
         )
         hits = [c.target.lower() in g.lower() for c, g in zip(cases, generations)]
+        only = [c.target.lower() in g.lower() and c.other.lower() not in g.lower() for c, g in zip(cases, generations)]
     overall = _group_stats(margins, hits, n_boot, seed, item_of)
     groups = {}
     for name, member in GROUPS.items():
@@ -935,4 +941,5 @@ def evaluate_conflicts(
         n=overall.n, share=overall.share, share_ci=overall.share_ci, mean_margin=overall.mean_margin,
         margin_ci=overall.margin_ci, groups=groups, greedy_share=overall.greedy_share, steer=steer,
         settings=settings, margins=list(margins), cases=cases, generations=generations,
+        greedy_only_share=None if hits is None else sum(only) / len(only),
     )

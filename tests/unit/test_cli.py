@@ -28,7 +28,9 @@ def test_build_projection_then_generate_and_preview(model_dir, tmp_path, capsys)
                  "--default-layers", "1", "--dtype", "float32"]) == 0
     proj = Projection.load(out)
     assert proj.meta.default_layers == [1] and proj.meta.n_triplets > 0
-    assert "built projection" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "built projection" in printed
+    assert "It edits layer 1 by default at g+ 2.0" in printed and "seka-rag calibrate --model" in printed
 
     prompt = "Doc 1: The tower is in Paris. Doc 2: <<The tower is in Rome.>> Where is the tower?"
     assert main(["generate", "--model", str(model_dir), "--projection", str(out), "--dtype", "float32",
@@ -134,6 +136,8 @@ def test_eval_variants_says_what_it_needs(model_dir, tmp_path, capsys):
      "--items: the conflict family has at most"),
     (["generate", "a <<b>> c", "--layers", ""], "names no layer"),
     (["bench", "--lengths", ""], "argument --lengths: is empty"),
+    (["build-projection", "--out", "p.safetensors", "--scan-items", "4", "--calibration-log", "l.json"],
+     "--scan-items, --calibration-log set up the calibration, which runs only with --calibrate"),
 ])
 def test_bad_numbers_are_refused_before_any_model_loads(args, message, monkeypatch, capsys):
     from seka_rag import cli
@@ -719,3 +723,18 @@ def test_every_command_takes_the_other_commands_spellings():
     assert _as_spelled("conflicts", SUITE_FAMILIES) == ["conflict"]
     assert _gain_scale_family("conflict") == "conflicts"
     assert _as_spelled("nonsense", SUITE_METHODS) == ["nonsense"]  # left for the command to refuse
+
+
+def test_calibrate_prints_the_effective_gains_and_the_next_step(model_dir, tmp_path, capsys):
+    base, out = tmp_path / "base.safetensors", tmp_path / "cal.safetensors"
+    assert main(["build-projection", "--model", str(model_dir), "--out", str(base), "--triplets", "6",
+                 "--dtype", "float32", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["calibrate", "--model", str(model_dir), "--projection", str(base), "--out", str(out),
+                 "--scan-items", "2", "--select-items", "2", "--dtype", "float32", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    chosen = Projection.load(out)
+    layer = chosen.meta.default_layers[0]
+    expected = chosen.meta.gain_pos * float(chosen.layer_scale[chosen.row(layer)])
+    assert "effective gains: layer" in printed and f"g+ {expected:g}" in printed
+    assert f"seka-rag gain-scale --model {model_dir} --projection {out}" in printed

@@ -292,3 +292,22 @@ def test_greedy_and_serialisation(tiny_model, items):
 def test_evaluate_needs_items(tiny_model):
     with pytest.raises(ValueError):
         evaluate_conflicts(tiny_model, [], progress=False)
+
+
+def test_greedy_only_share_leaves_out_answers_that_repeat_both_documents(tiny_model, items, monkeypatch):
+    from seka_rag.evaluation import conflict
+
+    def answers(model, cases, **kwargs):  # crafted answers: the target alone, both answers, neither
+        out = []
+        for i, c in enumerate(cases):
+            out.append([f"It is {c.target}.", f"{c.other}, then {c.target.upper()}", "I do not know."][i % 3])
+        return out
+
+    monkeypatch.setattr(conflict, "generate_cases", answers)
+    report = evaluate_conflicts(tiny_model, items[:3], steer=False, greedy=True, progress=False)
+    n = report.n
+    kinds = [i % 3 for i in range(n)]
+    assert report.greedy_share == pytest.approx(sum(k in (0, 1) for k in kinds) / n)
+    assert report.greedy_only_share == pytest.approx(sum(k == 0 for k in kinds) / n)
+    assert report.to_dict()["greedy_only_share"] == report.greedy_only_share
+    assert report.format_row("x").split()[-2:] == [f"{report.greedy_share:.3f}", f"{report.greedy_only_share:.3f}"]

@@ -303,3 +303,24 @@ def test_package_source_never_unpickles():
         if forbidden.search(line)
     ]
     assert hits == []
+
+
+def test_repr_names_the_projection_not_its_tensors(helpers, tiny_model):
+    seka = tiny_model("llama")
+    text = repr(seka.projection)
+    assert text.startswith("Projection(model_id=") and "tensor(" not in text and len(text) < 400
+
+
+def test_one_directory_written_two_ways_is_one_model(tmp_path, tiny_model, monkeypatch):
+    import warnings
+
+    seka = tiny_model("llama")
+    (tmp_path / "mymodel").mkdir()
+    monkeypatch.chdir(tmp_path)
+    seka.projection.meta.model_id = str(tmp_path / "mymodel")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for spelling in ("mymodel", "./mymodel/", str(tmp_path / "mymodel") + "/"):
+            seka.projection.check_fits(seka.geometry, spelling)
+    with pytest.warns(UserWarning, match="same shapes"):
+        seka.projection.check_fits(seka.geometry, "other-model")

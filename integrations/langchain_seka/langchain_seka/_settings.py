@@ -249,12 +249,11 @@ def model_identity(model: Any) -> Any:
     experts = getattr(model, "experts", None)
     return {
         "model_name": model_label(model),
-        "projection": None if projection is None else (
-            projection.meta.data_hash, projection.meta.construction, projection.meta.gain_pos,
-            projection.meta.gain_neg, projection.meta.default_layers),
+        "dtype": str(getattr(model.model, "dtype", "")),
+        # every tensor and setting of the edit (two projections may differ only in, say, layer_scale)
+        "projection": None if projection is None else projection.fingerprint(),
         "experts": None if experts is None else [
-            (e.name, e.projection.meta.data_hash, e.projection.meta.gain_pos, e.projection.meta.gain_neg,
-             getattr(e, "gain_scale", 1.0)) for e in experts],
+            (e.name, e.projection.fingerprint(), getattr(e, "gain_scale", 1.0)) for e in experts],
     }
 
 

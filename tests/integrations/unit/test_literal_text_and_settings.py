@@ -8,6 +8,7 @@ model; stop strings, cache keys, distance scores and constructor typos behave as
 from __future__ import annotations
 
 import pytest
+import torch
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.prompts import ChatPromptTemplate
@@ -113,6 +114,16 @@ def test_two_loaded_models_with_one_id_have_different_cache_keys(helpers, tokeni
     b = helpers.build_tiny_model("llama", tokenizer, seed=3, projection={"gain_pos": 5.0})
     assert a.model_id == b.model_id
     assert ChatSeka(model=a)._identifying_params != ChatSeka(model=b)._identifying_params
+
+
+def test_projections_differing_only_in_layer_scale_have_different_cache_keys(helpers, tokenizer):
+    # what a calibrated projection and its uncalibrated source can differ in (a fresh user's find)
+    a = helpers.build_tiny_model("llama", tokenizer, seed=3)
+    b = helpers.build_tiny_model("llama", tokenizer, seed=3, projection={"layer_scale": torch.full((2,), 6.0)})
+    assert a.projection.meta == b.projection.meta
+    assert ChatSeka(model=a)._identifying_params != ChatSeka(model=b)._identifying_params
+    b.projection.layer_scale.fill_(1.0)  # changed in place: the key follows
+    assert ChatSeka(model=a)._identifying_params == ChatSeka(model=b)._identifying_params
 
 
 def test_expert_sets_differing_only_in_strength_have_different_cache_keys(helpers, tokenizer):
