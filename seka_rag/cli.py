@@ -1544,7 +1544,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="steered vs unsteered answers on a few conflicts")
     _add_model_args(p)
     _add_steer_args(p)
-    p.add_argument("--max-new-tokens", type=_positive_int, default=12)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=24,
+                   help="new tokens per answer (default 24: room for a model that restates the sentence)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="overhead benchmark: latency, decode speed, peak memory")
