@@ -159,6 +159,20 @@ def _add_steer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=_layer_list, help="layers to edit, e.g. 14-23 (default: the projection's)")
 
 
+def _model_flags(args) -> str:
+    """The model-loading options of this command line, to repeat in a suggested next command (shell-quoted)."""
+    import shlex
+
+    parts = ["--model", args.model]
+    for flag, attr in (("--gguf-file", "gguf_file"), ("--device", "device"), ("--dtype", "dtype"),
+                       ("--cache-dir", "cache_dir")):
+        if getattr(args, attr, None):
+            parts += [flag, str(getattr(args, attr))]
+    if getattr(args, "attn_implementation", "sdpa") != "sdpa":
+        parts += ["--attn-implementation", args.attn_implementation]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def _steer_kwargs(args) -> dict:
     return dict(gain_pos=args.gain_pos, gain_neg=args.gain_neg, layers=args.layers)
 
@@ -244,11 +258,15 @@ def cmd_build_projection(args) -> int:
     out = projection.save(args.out)
     print(f"wrote {out}")
     if not args.calibrate:
-        print(f"It edits {_edited_layers(projection)} by default at g+ {projection.meta.gain_pos}, g- "
-              f"{projection.meta.gain_neg} (the paper's gains), which may not steer this model well: check with "
-              f"`seka-rag eval-conflicts --model {args.model} --projection {out} --items 40`, and choose layers and "
-              f"gains on dev data with `seka-rag calibrate --model {args.model} --projection {out} --out FILE` "
-              "(or build with --calibrate).")
+        import shlex
+
+        model, path = _model_flags(args), shlex.quote(str(out))
+        paper = " (the paper's gains)" if (projection.meta.gain_pos, projection.meta.gain_neg) == (2.0, 0.5) else ""
+        print(f"It edits {_edited_layers(projection)} by default at g+ {projection.meta.gain_pos:g}, g- "
+              f"{projection.meta.gain_neg:g}{paper}, which may not "
+              f"steer this model well: check with `seka-rag eval-conflicts {model} --projection {path} --items 40`, "
+              f"and choose layers and gains on dev data with `seka-rag calibrate {model} --projection {path} "
+              "--out FILE` (or build with --calibrate).")
     return 0
 
 
@@ -289,13 +307,15 @@ def _run_calibration(model, projection, args):
     print("effective gains: " + "; ".join(
         f"layer{'s' if len(ls) > 1 else ''} {_layer_ranges(ls)} at g+ {chosen.meta.gain_pos * k:g}, "
         f"g- {chosen.meta.gain_neg * k:g}" for k, ls in by_scale.items()))
-    model_flag, out = f"--model {args.model}", args.out
+    import shlex
+
+    model_flag, out = _model_flags(args), shlex.quote(str(args.out))
     print("These gains are the strongest that decide short dev conflicts; generated answers may need less (they "
           f"can repeat the prompt or invent text). Read a few with `seka-rag generate {model_flag} --projection {out} "
           "--compare PROMPT`, and choose a factor on dev items of several families: for F in conflicts counterfact "
           f"instructions, `seka-rag gain-scale {model_flag} --projection {out} --family F --out-dir DIR`; then "
-          f"`seka-rag gain-scale --trade-off DIR/*.json --apply {out} --write {out}` "
-          "(docs/steering-quality.md, \"Default gains lowered to a quarter\").")
+          f"`seka-rag gain-scale --trade-off DIR/*.json --apply {out} --write {out}` (add --conflict-bar B below "
+          "0.95 if this model's dev conflict share stays under it; docs/steering-quality.md, \"Your own model\").")
     if args.calibration_log:
         Path(args.calibration_log).parent.mkdir(parents=True, exist_ok=True)
         Path(args.calibration_log).write_text(json.dumps(
@@ -404,7 +424,7 @@ def cmd_eval_conflicts(args) -> int:
     for label, steer in (("unsteered", False), ("steered", True)):
         rep = evaluate_conflicts(model, items, steer=steer, greedy=args.greedy,
                                  progress=not args.no_progress, **_steer_kwargs(args))
-        reports[label] = rep.to_dict(include_cases=args.greedy)  # the answers, to read them
+        reports[label] = rep.to_dict(include_cases=args.per_case)
         print(rep.format_row(label), flush=True)
     if args.out:
         import json
@@ -1396,8 +1416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=_positive_int, help="first N items of the split (default: all)")
     p.add_argument("--greedy", action="store_true",
                    help="also generate greedy answers, unsteered and steered: 'greedy' counts those containing the "
-                        "highlighted answer, 'only' those containing it and not the other document's (--out then "
-                        "stores every case with its answer)")
+                        "highlighted answer, 'only' those containing it and not the other document's")
+    p.add_argument("--per-case", action="store_true",
+                   help="with --out: store every case (prompt, answers, margin, and with --greedy the generated answer)")
     p.add_argument("--out", help="write the reports as JSON")
     p.set_defaults(func=cmd_eval_conflicts)
 

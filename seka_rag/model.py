@@ -241,7 +241,9 @@ class SekaModel:
         except OSError as exc:  # not found locally / offline hub
             raise SekaError(f"could not load model {str(name_or_dir)!r}: {exc}") from None
         model.to(device)
-        return cls(model, tokenizer, projection, model_id=model_id or str(name_or_dir), experts=experts, router=router)
+        if model_id is None:  # a local directory by its full path, however it was written (./m, m/, ~/m)
+            model_id = str(Path(name).resolve()) if Path(name).is_dir() else str(name_or_dir)
+        return cls(model, tokenizer, projection, model_id=model_id, experts=experts, router=router)
 
     @classmethod
     def default(

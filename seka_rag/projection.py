@@ -50,6 +50,13 @@ class ProjectionMeta:
     format_version: int = FORMAT_VERSION
 
 
+def _layer_span(layers: list[int]) -> str:
+    """``[16, 17, 18, 19]`` → ``"16-19"``; anything else as the list."""
+    if len(layers) > 2 and list(layers) == list(range(layers[0], layers[0] + len(layers))):
+        return f"{layers[0]}-{layers[-1]}"
+    return str(list(layers))
+
+
 def _same_model(a: str, b: str) -> bool:
     """Whether two model ids name one model: equal, or one directory written two ways (``mymodel``,
     ``./mymodel/``, its absolute path)."""
@@ -94,31 +101,41 @@ class Projection:
 
     def __repr__(self) -> str:  # the tensors are megabytes: name what the projection is instead
         m = self.meta
-        edited = m.default_layers if m.default_layers is not None else m.layers
-        scales = sorted({round(float(x), 4) for x in self.layer_scale[[self.row(i) for i in edited]]})
+        try:
+            edited = m.default_layers if m.default_layers is not None else m.layers
+            scales = sorted({round(float(self.layer_scale[m.layers.index(i)]), 4) for i in edited if i in m.layers})
+            scale = scales[0] if len(scales) == 1 else scales
+            default = "all" if m.default_layers is None else _layer_span(m.default_layers)
+            heads = f"{int(self.head_mask.sum())}/{self.head_mask.numel()}"
+        except Exception:  # a repr never raises, whatever was changed by hand
+            default, scale, heads = m.default_layers, "?", "?"
         return (f"Projection(model_id={m.model_id!r}, construction={m.construction!r}, layers={len(m.layers)} of "
-                f"{m.num_layers}, default_layers={edited}, gain_pos={m.gain_pos}, gain_neg={m.gain_neg}, "
-                f"layer_scale={scales[0] if len(scales) == 1 else scales}, heads kept="
-                f"{int(self.head_mask.sum())}/{self.head_mask.numel()}, n_triplets={m.n_triplets})")
+                f"{m.num_layers}, default_layers={default}, gain_pos={m.gain_pos}, gain_neg={m.gain_neg}, "
+                f"layer_scale={scale}, heads_kept={heads}, n_triplets={m.n_triplets})")
 
     def fingerprint(self) -> str:
         """A digest of everything that decides the edit (metadata and every tensor), e.g. for a cache key.
 
-        Computed once and kept until a tensor is changed in place (PyTorch's version counters tell).
+        The same in every process for the same projection. It is kept between calls while the same
+        tensor objects are in place, unchanged by in-place operations (their version counters); a
+        change made through ``.data`` or a NumPy view bypasses those counters, so after one, assign
+        the tensor anew.
         """
-        state = (tuple(id(getattr(self, name)) for name in _TENSORS),
-                 tuple(getattr(self, name)._version for name in _TENSORS),
-                 json.dumps(asdict(self.meta), sort_keys=True, default=str))
+        tensors = tuple(getattr(self, name) for name in _TENSORS)
+        meta_json = json.dumps(asdict(self.meta), sort_keys=True, default=str)
+        versions = None if any(t.is_inference() for t in tensors) else tuple(t._version for t in tensors)
         cached = self.__dict__.get("_fingerprint")
-        if cached is not None and cached[0] == state:
-            return cached[1]
-        digest = hashlib.sha256(state[2].encode())
-        for name in _TENSORS:
-            t = getattr(self, name).detach().cpu().contiguous()
+        if (versions is not None and cached is not None and cached[2] == meta_json and cached[1] == versions
+                and all(a is b for a, b in zip(cached[0], tensors))):
+            return cached[3]
+        digest = hashlib.sha256(meta_json.encode())
+        for name, tensor in zip(_TENSORS, tensors):
+            t = tensor.detach().cpu().contiguous()
             digest.update(name.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())
             digest.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
         value = digest.hexdigest()
-        self.__dict__["_fingerprint"] = (state, value)
+        if versions is not None:  # inference-mode tensors keep no version counter: never cached
+            self.__dict__["_fingerprint"] = (tensors, versions, meta_json, value)
         return value
 
     # ------------------------------------------------------------------ structure

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SekaError
+from ..projection import _same_model
 from .lost_in_middle import DEFAULT_MAX_NEW_TOKENS as LIM_MAX_NEW_TOKENS
 from .lost_in_middle import DEV_FIRST_QUESTION
 from .stats import format_table
@@ -302,7 +303,7 @@ def merge_results(results: Sequence[GainScaleResult]) -> dict[str, GainScaleResu
     settings (items, seed, questions, passages, policies, ...; the batch size may differ).
     """
     models = {r.model for r in results}
-    if len(models) > 1:
+    if any(not _same_model(a, b) for a in models for b in models):
         raise SekaError(f"gain-scale results of different models: {sorted(models)}")
     merged: dict[str, GainScaleResult] = {}
     for r in results:
@@ -386,7 +387,7 @@ def apply_scale(projection, result: TradeOff, files: Sequence[str] = ()):
     if result.pick is None:
         raise SekaError("the trade-off picked no scale (none keeps the conflict bar); nothing to apply")
     meta = projection.meta
-    if result.model and meta.model_id and result.model != meta.model_id:
+    if result.model and meta.model_id and not _same_model(result.model, meta.model_id):
         raise SekaError(f"the sweeps ran on {result.model!r}, the projection is for {meta.model_id!r}")
     if result.default_gains is None:
         raise SekaError("the gain-scale files do not say which default gains they scaled; rerun the sweeps")

@@ -30,7 +30,8 @@ def test_build_projection_then_generate_and_preview(model_dir, tmp_path, capsys)
     assert proj.meta.default_layers == [1] and proj.meta.n_triplets > 0
     printed = capsys.readouterr().out
     assert "built projection" in printed
-    assert "It edits layer 1 by default at g+ 2.0" in printed and "seka-rag calibrate --model" in printed
+    assert "It edits layer 1 by default at g+ 2, g- 0.5 (the paper's gains)" in printed
+    assert f"seka-rag calibrate --model {model_dir} --dtype float32 --projection {out}" in printed
 
     prompt = "Doc 1: The tower is in Paris. Doc 2: <<The tower is in Rome.>> Where is the tower?"
     assert main(["generate", "--model", str(model_dir), "--projection", str(out), "--dtype", "float32",
@@ -737,4 +738,23 @@ def test_calibrate_prints_the_effective_gains_and_the_next_step(model_dir, tmp_p
     layer = chosen.meta.default_layers[0]
     expected = chosen.meta.gain_pos * float(chosen.layer_scale[chosen.row(layer)])
     assert "effective gains: layer" in printed and f"g+ {expected:g}" in printed
-    assert f"seka-rag gain-scale --model {model_dir} --projection {out}" in printed
+    assert f"seka-rag gain-scale --model {model_dir} --dtype float32 --projection {out}" in printed
+
+
+def test_eval_conflicts_greedy_answers_unsteered_and_steered(model_dir, tmp_path, capsys):
+    import json
+
+    proj, out = tmp_path / "p.safetensors", tmp_path / "conflicts.json"
+    assert main(["build-projection", "--model", str(model_dir), "--out", str(proj), "--triplets", "4",
+                 "--dtype", "float32", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval-conflicts", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--items", "2", "--greedy", "--per-case", "--out", str(out), "--no-progress"]) == 0
+    header, *rows = [line for line in capsys.readouterr().out.splitlines() if line.split()[:1] in
+                     (["config"], ["unsteered"], ["steered"])]
+    assert header.split()[-2:] == ["greedy", "only"] and len(rows) == 2
+    assert all(row.split()[-1] != "-" for row in rows)  # both runs generated answers
+    saved = json.loads(out.read_text())
+    for label in ("unsteered", "steered"):
+        assert saved[label]["greedy_only_share"] is not None
+        assert len(saved[label]["cases"]) == 8 and all("generation" in c for c in saved[label]["cases"])

@@ -115,6 +115,16 @@ def unregister_model(name: str) -> SekaModel | None:
     return plain if plain is not None else adaptive
 
 
+def loaded_model(name: str | None = None, *, adaptive: bool = False) -> SekaModel | None:
+    """The shared model ``name`` if it is loaded or registered already (never loads it), else None."""
+    name = name or DEFAULT_MODEL
+    if _check_adaptive(adaptive):
+        registered = _models.get(name)
+        if registered is not None and registered.experts is not None:
+            return registered
+    return _models.get(_key(name, adaptive))
+
+
 def is_loaded(name: str | None = None, *, adaptive: bool = False) -> bool:
     """Whether the shared model ``name`` (its AdaSEKA form with ``adaptive=True``) is loaded or registered."""
     name = name or DEFAULT_MODEL

@@ -16,8 +16,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 from seka_rag import Markers, SekaError, SekaModel
+from seka_rag import __version__ as seka_rag_version
 
-from ._loading import model_label, resolve_model
+from ._loading import loaded_model, model_label, resolve_model
 from ._text import as_markers
 
 #: Per-call keyword arguments that override a setting of the same name (``max_tokens`` is an alias).
@@ -139,9 +140,12 @@ class SekaSettings(BaseModel):
     def identifying_params(self) -> dict[str, Any]:
         """Every setting that can change the output (LangChain's cache key; tracing)."""
         params = {"model_name": self.model_name}
-        if isinstance(self.model, SekaModel):  # two loaded models may share an id: tell their projections apart
-            identity = model_identity(self.model)
-            params["projection"], params["experts"] = identity["projection"], identity["experts"]
+        # two models may share a name (a registered one replaced, a shipped projection upgraded): the key
+        # holds what the model edits with, once the model is loaded or registered, and the library version
+        model = self.model if isinstance(self.model, SekaModel) else loaded_model(self.model, adaptive=self.adaptive)
+        if model is not None:
+            params.update({k: v for k, v in model_identity(model).items() if k != "model_name"})
+        params["seka_rag_version"] = seka_rag_version
         for name in ("max_new_tokens", "do_sample", "temperature", "top_p", "gain_pos", "gain_neg",
                      "layers", "heads", "steer", "chat_template", "router", "routing", "adaptive"):
             params[name] = getattr(self, name)
@@ -254,6 +258,8 @@ def model_identity(model: Any) -> Any:
         "projection": None if projection is None else projection.fingerprint(),
         "experts": None if experts is None else [
             (e.name, e.projection.fingerprint(), getattr(e, "gain_scale", 1.0)) for e in experts],
+        "expert_routing": None if experts is None else _plain(getattr(experts, "routing", None)),
+        "default_router": _plain(getattr(model, "router", None)),
     }
 
 

@@ -126,6 +126,54 @@ def test_projections_differing_only_in_layer_scale_have_different_cache_keys(hel
     assert ChatSeka(model=a)._identifying_params == ChatSeka(model=b)._identifying_params
 
 
+def test_a_registered_name_keys_on_the_model_it_names(helpers, tokenizer):
+    from langchain_seka import register_model
+    from langchain_seka._loading import unregister_model
+
+    a = helpers.build_tiny_model("llama", tokenizer, seed=3)
+    b = helpers.build_tiny_model("llama", tokenizer, seed=3, projection={"layer_scale": torch.full((2,), 6.0)})
+    try:
+        register_model("mine-test", a)
+        before = ChatSeka(model="mine-test")._identifying_params
+        register_model("mine-test", b)  # the gains were lowered (or raised) and the model registered again
+        assert ChatSeka(model="mine-test")._identifying_params != before
+    finally:
+        unregister_model("mine-test")
+
+
+def test_dtype_and_routing_defaults_are_part_of_the_cache_key(helpers, tokenizer):
+    from seka_rag.adaptive import Expert, ExpertSet, RoutingConfig
+
+    a = helpers.build_tiny_model("llama", tokenizer, seed=3)
+    b = helpers.build_tiny_model("llama", tokenizer, seed=3)
+    b.model.to(torch.float64)
+    assert ChatSeka(model=a)._identifying_params != ChatSeka(model=b)._identifying_params
+    c = helpers.build_tiny_model("llama", tokenizer, seed=3)
+    experts = [Expert("x", a.projection), Expert("y", a.projection)]
+    a.load_experts(ExpertSet(experts))
+    c.load_experts(ExpertSet(experts, routing=RoutingConfig(gain=3.0)))
+    assert ChatSeka(model=a)._identifying_params != ChatSeka(model=c)._identifying_params
+
+
+def test_a_model_loaded_in_inference_mode_works_through_the_wrappers(helpers, tokenizer):
+    with torch.inference_mode():
+        seka = helpers.build_tiny_model("llama", tokenizer, seed=3)
+    assert isinstance(ChatSeka(model=seka, max_new_tokens=2).invoke("hello <<x>>").content, str)
+    key = ChatSeka(model=seka)._identifying_params
+    assert ChatSeka(model=seka)._identifying_params == key
+
+
+def test_a_replaced_projection_tensor_changes_the_key(helpers, tokenizer):
+    seka = helpers.build_tiny_model("llama", tokenizer, seed=3)
+    chat = ChatSeka(model=seka)
+    n = len(seka.projection.layers)
+    seka.projection.layer_scale = torch.full((n,), 1.0)
+    first = chat._identifying_params
+    for value in (2.0, 8.0):  # the freed tensor's id may be reused by the next one
+        seka.projection.layer_scale = torch.full((n,), value)
+    assert chat._identifying_params != first
+
+
 def test_expert_sets_differing_only_in_strength_have_different_cache_keys(helpers, tokenizer):
     from seka_rag.adaptive import Expert, ExpertSet, with_gain_scales
 
