@@ -212,7 +212,7 @@ def settings_like(projection: Projection, template: Projection) -> Projection:
     from dataclasses import asdict
 
     t = template.meta
-    edited = t.default_layers if t.default_layers is not None else t.layers
+    edited = template.edited_layers
     default_layers = [layer for layer in edited if layer in projection.meta.layers]
     if not default_layers:
         raise SekaError(

@@ -271,21 +271,10 @@ def cmd_build_projection(args) -> int:
 
 
 def _edited_layers(projection) -> str:
-    layers = projection.meta.default_layers if projection.meta.default_layers is not None else projection.layers
-    return f"layer{'s' if len(layers) > 1 else ''} {_layer_ranges(layers)}"
+    from .projection import layer_ranges
 
-
-def _layer_ranges(layers) -> str:
-    """``[0, 1, 2, 5]`` → ``"0-2, 5"``."""
-    out, start = [], None
-    layers = sorted(layers)
-    for i, layer in enumerate(layers):
-        if start is None:
-            start = layer
-        if i + 1 == len(layers) or layers[i + 1] != layer + 1:
-            out.append(str(start) if start == layer else f"{start}-{layer}")
-            start = None
-    return ", ".join(out)
+    layers = projection.edited_layers
+    return f"layer{'s' if len(layers) > 1 else ''} {layer_ranges(layers)}"
 
 
 def _run_calibration(model, projection, args):
@@ -299,13 +288,14 @@ def _run_calibration(model, projection, args):
           f"chosen: {result.best.label()} (dev share {result.best.share:.3f}, "
           f"mean first-token margin {result.best.mean_margin:+.3f})")
     print(result.table())
+    from .projection import layer_ranges
+
     chosen = result.projection
-    edited = chosen.meta.default_layers if chosen.meta.default_layers is not None else chosen.layers
     by_scale: dict[float, list[int]] = {}
-    for layer in edited:
+    for layer in chosen.edited_layers:
         by_scale.setdefault(round(float(chosen.layer_scale[chosen.row(layer)]), 6), []).append(layer)
     print("effective gains: " + "; ".join(
-        f"layer{'s' if len(ls) > 1 else ''} {_layer_ranges(ls)} at g+ {chosen.meta.gain_pos * k:g}, "
+        f"layer{'s' if len(ls) > 1 else ''} {layer_ranges(ls)} at g+ {chosen.meta.gain_pos * k:g}, "
         f"g- {chosen.meta.gain_neg * k:g}" for k, ls in by_scale.items()))
     import shlex
 
@@ -626,8 +616,7 @@ def cmd_build_experts(args) -> int:
         return 0
     layers = args.build_layers
     if layers is None:
-        meta = template.meta
-        layers = meta.default_layers if meta.default_layers is not None else meta.layers
+        layers = template.edited_layers
     routing = RoutingConfig(**routing_given).validate()  # before the long build; unset fields: its defaults
     triplets_per_family = DEFAULT_TRIPLETS_PER_FAMILY if args.triplets is None else args.triplets
     seed = DEFAULT_SEED if args.seed is None else args.seed
@@ -1298,13 +1287,15 @@ _CALIBRATION_DEFAULTS = {"scan_items": 16, "select_items": 40, "group_size": 1, 
 
 
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scan-items", type=_positive_int, default=16,
-                   help="dev conflict items (x 4 cases) for the per-layer scan (default 16)")
-    p.add_argument("--select-items", type=_positive_int, default=40,
-                   help="dev conflict items (x 4 cases) for choosing layers and gains (default 40)")
-    p.add_argument("--group-size", type=_positive_int, default=1,
-                   help="adjacent layers scanned as one unit (default 1; 2 halves the scan on deep models)")
-    p.add_argument("--calibration-log", help="write every measured trial as JSON")
+    d = _CALIBRATION_DEFAULTS
+    p.add_argument("--scan-items", type=_positive_int, default=d["scan_items"],
+                   help=f"dev conflict items (x 4 cases) for the per-layer scan (default {d['scan_items']})")
+    p.add_argument("--select-items", type=_positive_int, default=d["select_items"],
+                   help=f"dev conflict items (x 4 cases) for choosing layers and gains (default {d['select_items']})")
+    p.add_argument("--group-size", type=_positive_int, default=d["group_size"],
+                   help=f"adjacent layers scanned as one unit (default {d['group_size']}; 2 halves the scan on deep "
+                        "models)")
+    p.add_argument("--calibration-log", default=d["calibration_log"], help="write every measured trial as JSON")
 
 
 def build_parser() -> argparse.ArgumentParser:

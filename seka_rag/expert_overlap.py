@@ -62,7 +62,7 @@ def _layers(a: Projection, b: Projection, layers: Sequence[int] | None) -> list[
         if missing:
             raise ProjectionError(f"layers {missing} are not in both projections (they cover {a.layers} and {b.layers})")
         return chosen
-    default = a.meta.default_layers if a.meta.default_layers is not None else a.layers
+    default = a.edited_layers
     shared = [i for i in default if i in b.layers]
     if not shared:
         raise ProjectionError(f"the projections share no edited layer ({default} vs {b.layers})")

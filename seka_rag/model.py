@@ -938,9 +938,8 @@ class SekaModel:
         if self.projection is None:
             proj = "none"
         else:
-            meta = self.projection.meta
-            edited = meta.default_layers if meta.default_layers is not None else meta.layers
-            proj = f"{len(edited)} of {meta.num_layers} layers edited by default"
+            edited = self.projection.edited_layers
+            proj = f"{len(edited)} of {self.projection.meta.num_layers} layers edited by default"
         experts = "" if self.experts is None else f", experts={self.experts.names}, router={self.router!r}"
         return f"SekaModel({self.model_id!r}, device={self.device}, projection={proj}{experts})"
 

@@ -50,11 +50,17 @@ class ProjectionMeta:
     format_version: int = FORMAT_VERSION
 
 
-def _layer_span(layers: list[int]) -> str:
-    """``[16, 17, 18, 19]`` → ``"16-19"``; anything else as the list."""
-    if len(layers) > 2 and list(layers) == list(range(layers[0], layers[0] + len(layers))):
-        return f"{layers[0]}-{layers[-1]}"
-    return str(list(layers))
+def layer_ranges(layers) -> str:
+    """Layer indices written as ranges: ``[0, 1, 2, 5]`` → ``"0-2, 5"``."""
+    out, start = [], None
+    layers = sorted(layers)
+    for i, layer in enumerate(layers):
+        if start is None:
+            start = layer
+        if i + 1 == len(layers) or layers[i + 1] != layer + 1:
+            out.append(str(start) if start == layer else f"{start}-{layer}")
+            start = None
+    return ", ".join(out)
 
 
 def _same_model(a: str, b: str) -> bool:
@@ -102,10 +108,10 @@ class Projection:
     def __repr__(self) -> str:  # the tensors are megabytes: name what the projection is instead
         m = self.meta
         try:
-            edited = m.default_layers if m.default_layers is not None else m.layers
-            scales = sorted({round(float(self.layer_scale[m.layers.index(i)]), 4) for i in edited if i in m.layers})
+            scales = sorted({round(float(self.layer_scale[m.layers.index(i)]), 4)
+                             for i in self.edited_layers if i in m.layers})
             scale = scales[0] if len(scales) == 1 else scales
-            default = "all" if m.default_layers is None else _layer_span(m.default_layers)
+            default = "all" if m.default_layers is None else layer_ranges(m.default_layers)
             heads = f"{int(self.head_mask.sum())}/{self.head_mask.numel()}"
         except Exception:  # a repr never raises, whatever was changed by hand
             default, scale, heads = m.default_layers, "?", "?"
@@ -139,6 +145,12 @@ class Projection:
         return value
 
     # ------------------------------------------------------------------ structure
+    @property
+    def edited_layers(self) -> list[int]:
+        """The layers edited by default: ``meta.default_layers``, or every layer the projection holds."""
+        m = self.meta
+        return list(m.default_layers) if m.default_layers is not None else list(m.layers)
+
     @property
     def layers(self) -> list[int]:
         """The layers this projection holds P+ / P- for (its default edit may use fewer)."""
