@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import numbers
 import os
@@ -44,6 +43,7 @@ from .models.embedded import (
     DEFAULT_MODEL,
     EMBEDDED_MODELS,
     cache_root,
+    closest_embedded,
     embedded_model,
     ensure_converted,
     save_converted,
@@ -208,11 +208,9 @@ class SekaModel:
                 return cls.default(name, projection=_UNSET if projection is None else projection, device=device,
                                    dtype=dtype, attn_implementation=attn_implementation, cache_dir=cache_dir,
                                    experts=experts, router=router)
-            close = difflib.get_close_matches(name, list(EMBEDDED_MODELS), n=1, cutoff=0.8) or [
-                known for known in EMBEDDED_MODELS if name and known.startswith(name.lower())
-            ]
+            close = closest_embedded(name, cutoff=0.8)
             if close and "/" not in name:  # a misspelt embedded name: say so now, not after hub retries
-                raise SekaError(f"no local directory or embedded model named {name!r}; did you mean {close[0]!r}? "
+                raise SekaError(f"no local directory or embedded model named {name!r}; did you mean {close!r}? "
                                 f"(embedded: {', '.join(EMBEDDED_MODELS)}; hub ids look like 'org/name')")
         if gguf_file is None and not Path(name).exists() and _looks_like_path(name):
             raise SekaError(f"no directory {name!r}: give an existing model directory, an embedded model's name "

@@ -70,14 +70,22 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir).expanduser()
 
 
+def closest_embedded(name: object, cutoff: float = 0.6) -> str | None:
+    """The embedded model's name that ``name`` most likely misspells (a close match, or a name it
+    begins), or None."""
+    if not isinstance(name, str) or not name:
+        return None
+    close = difflib.get_close_matches(name, list(EMBEDDED_MODELS), n=1, cutoff=cutoff)
+    return close[0] if close else next((known for known in EMBEDDED_MODELS if known.startswith(name.lower())), None)
+
+
 def embedded_model(name: str) -> EmbeddedModel:
     """The embedded (offline) model registered as ``name``, or an error listing the known names."""
     try:
         return EMBEDDED_MODELS[name]
     except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(name), list(EMBEDDED_MODELS), n=1, cutoff=0.6) or [
-            known for known in EMBEDDED_MODELS if isinstance(name, str) and name and known.startswith(name.lower())]
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        close = closest_embedded(name)
+        hint = f"did you mean {close!r}? " if close else ""
         raise SekaError(
             f"no embedded model named {name!r}; {hint}available: {', '.join(EMBEDDED_MODELS)}"
         ) from None

@@ -16,11 +16,10 @@ already carries an expert set.
 
 from __future__ import annotations
 
-import difflib
 import threading
 
 from seka_rag import SekaError, SekaModel
-from seka_rag.models.embedded import DEFAULT_MODEL, EMBEDDED_MODELS
+from seka_rag.models.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, closest_embedded
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -82,8 +81,8 @@ def shared_model(name: str | None = None, *, adaptive: bool = False) -> SekaMode
                         "register one loaded with experts= (or SekaModel.default(..., adaptive=True)), "
                         "or leave adaptive unset"
                     )
-                close = difflib.get_close_matches(name, list(EMBEDDED_MODELS), n=1, cutoff=0.6)
-                hint = f"did you mean {close[0]!r}? " if close else ""
+                close = closest_embedded(name)
+                hint = f"did you mean {close!r}? " if close else ""
                 raise SekaError(
                     f"no model named {name!r}: {hint}use one of the embedded models "
                     f"({', '.join(EMBEDDED_MODELS)}), pass a SekaModel object, or register one "
