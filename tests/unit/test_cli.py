@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -190,8 +191,13 @@ def test_bench_runs_end_to_end(model_dir, tmp_path, capsys, monkeypatch):
         assert r["prefill_ratio_paired"] == pytest.approx(ratio) and r["prefill_ratio_paired_interval"] == [ratio] * 2
         assert 0 <= r["setup_s"] <= r["prefill_steered_s"]
     setup = {(r["batch"], r["tokens"], r["method"]): r["setup_s"] for r in rows}
-    # two-pass routing runs a whole extra forward before its steered pass; plain SEKA has nothing to route
-    assert all(setup[(b, n, "two-pass")] > setup[(b, n, "seka")] for b in (1, 2) for n in (32, 64))
+    # two-pass routing runs a whole extra forward before its steered pass; plain SEKA has nothing to route.
+    # One run per shape: compared by the median over the four shapes, so one scheduling stall of a loaded
+    # machine in one shape cannot turn it around (the likely cause of a failure seen once, with a long
+    # evaluation running beside the tests)
+    shapes = [(b, n) for b in (1, 2) for n in (32, 64)]
+    assert statistics.median(setup[(*s, "two-pass")] for s in shapes) > statistics.median(
+        setup[(*s, "seka")] for s in shapes)
     lengths = {(r["tokens"], r["method"]): r["prompt_tokens"] for r in rows if r["batch"] == 1}
     assert lengths[(32, "seka")] == 32 and lengths[(32, "prompt-markers")] > 32  # emphasis adds its markers
     printed = capsys.readouterr().out
