@@ -262,7 +262,7 @@ def cmd_build_projection(args) -> int:
 
         model, path = _model_flags(args), shlex.quote(str(out))
         paper = " (the paper's gains)" if (projection.meta.gain_pos, projection.meta.gain_neg) == (2.0, 0.5) else ""
-        print(f"It edits {_edited_layers(projection)} by default at g+ {projection.meta.gain_pos:g}, g- "
+        print(f"It edits {_layers_text(projection.edited_layers)} by default at g+ {projection.meta.gain_pos:g}, g- "
               f"{projection.meta.gain_neg:g}{paper}, which may not "
               f"steer this model well: check with `seka-rag eval-conflicts {model} --projection {path} --items 40`, "
               f"and choose layers and gains on dev data with `seka-rag calibrate {model} --projection {path} "
@@ -270,10 +270,10 @@ def cmd_build_projection(args) -> int:
     return 0
 
 
-def _edited_layers(projection) -> str:
+def _layers_text(layers) -> str:
+    """``"layer 5"`` / ``"layers 16-23"``."""
     from .projection import layer_ranges
 
-    layers = projection.edited_layers
     return f"layer{'s' if len(layers) > 1 else ''} {layer_ranges(layers)}"
 
 
@@ -288,14 +288,12 @@ def _run_calibration(model, projection, args):
           f"chosen: {result.best.label()} (dev share {result.best.share:.3f}, "
           f"mean first-token margin {result.best.mean_margin:+.3f})")
     print(result.table())
-    from .projection import layer_ranges
-
     chosen = result.projection
     by_scale: dict[float, list[int]] = {}
     for layer in chosen.edited_layers:
         by_scale.setdefault(round(float(chosen.layer_scale[chosen.row(layer)]), 6), []).append(layer)
     print("effective gains: " + "; ".join(
-        f"layer{'s' if len(ls) > 1 else ''} {layer_ranges(ls)} at g+ {chosen.meta.gain_pos * k:g}, "
+        f"{_layers_text(ls)} at g+ {chosen.meta.gain_pos * k:g}, "
         f"g- {chosen.meta.gain_neg * k:g}" for k, ls in by_scale.items()))
     import shlex
 
@@ -651,19 +649,14 @@ def _print_expert_scales(experts) -> None:
 #: adaseka-*; ``gain-scale``: conflicts, the others: conflict). Every command takes either spelling.
 _SPELLINGS = (("ada-attention", "adaseka-attention"), ("ada-embedding", "adaseka-embedding"),
               ("conflict", "conflicts"))
+_OTHER_SPELLING = {**dict(_SPELLINGS), **{b: a for a, b in _SPELLINGS}}
 
 
 def _as_spelled(names, known) -> list[str]:
     """``names`` (a comma-separated string, or a list of such strings) split, each spelt as ``known`` spells it."""
     parts = names.split(",") if isinstance(names, str) else [p for n in names for p in str(n).split(",")]
-    out = []
-    for name in (p.strip() for p in parts if p.strip()):
-        if name not in known:
-            for a, b in _SPELLINGS:
-                if name in (a, b) and (b if name == a else a) in known:
-                    name = b if name == a else a
-        out.append(name)
-    return out
+    names = [p.strip() for p in parts if p.strip()]
+    return [_OTHER_SPELLING[n] if n not in known and _OTHER_SPELLING.get(n) in known else n for n in names]
 
 
 def _gain_scale_family(value: str) -> str:
@@ -1633,21 +1626,17 @@ _NO_ROUTER_OPTION = ("eval", "eval-families", "bench")
 def check_ignored_options(args) -> None:
     """Refuse AdaSEKA options a subcommand would silently ignore."""
     command = getattr(args, "command", None)
+    expert_flags = ("--adaptive", "--experts", "--router")
+    given = [flag for flag in ("--projection", *expert_flags) if getattr(args, flag[2:], None)]
+    why = None
     if command == "preview":  # it tokenizes the prompt and uses no projection or expert
-        given = [flag for flag, value in (("--projection", getattr(args, "projection", None)),
-                                          ("--adaptive", getattr(args, "adaptive", False)),
-                                          ("--experts", getattr(args, "experts", None)),
-                                          ("--router", getattr(args, "router", None))) if value]
-        if given:
-            raise SekaError(f"`seka-rag preview` only shows which tokens the highlights cover (no edit runs), so "
-                            f"{', '.join(given)} would be ignored; leave {'them' if len(given) > 1 else 'it'} out")
-    if command in _NO_EXPERT_OPTIONS:
-        given = [flag for flag, value in (("--adaptive", getattr(args, "adaptive", False)),
-                                          ("--experts", getattr(args, "experts", None)),
-                                          ("--router", getattr(args, "router", None))) if value]
-        if given:
-            raise SekaError(f"`seka-rag {command}` works on the single projection and never loads an expert set, "
-                            f"so {', '.join(given)} would be ignored; leave {'them' if len(given) > 1 else 'it'} out")
+        why = "only shows which tokens the highlights cover (no edit runs)"
+    elif command in _NO_EXPERT_OPTIONS:
+        given = [flag for flag in given if flag in expert_flags]
+        why = "works on the single projection and never loads an expert set"
+    if why and given:
+        raise SekaError(f"`seka-rag {command}` {why}, so {', '.join(given)} would be ignored; "
+                        f"leave {'them' if len(given) > 1 else 'it'} out")
     if command in _NO_ROUTER_OPTION and getattr(args, "router", None):
         raise SekaError(f"`seka-rag {command}` names the router in each method (ada-attention, ada-embedding), "
                         "so --router would be ignored; leave it out")

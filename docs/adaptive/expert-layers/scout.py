@@ -42,7 +42,7 @@ def main() -> None:
     flat = Projection(meta=proj.meta, pos=proj.pos, neg=proj.neg, u_pos=proj.u_pos, s_pos=proj.s_pos,
                       u_neg=proj.u_neg, s_neg=proj.s_neg, head_shift=proj.head_shift,
                       head_mask=proj.head_mask, layer_scale=torch.full_like(proj.layer_scale, scale))
-    model = SekaModel.default(projection=flat)
+    model.load_projection(flat)  # the same model, now with the scale on every layer
     items = family_items(args.family, args.items, seed=args.seed)
     rows = []
     runs = ([("unsteered", None)] if args.unsteered else []) + [(w, window(w)) for w in args.windows.split(",")]

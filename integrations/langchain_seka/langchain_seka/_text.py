@@ -191,6 +191,18 @@ def is_scored_document(value: Any) -> bool:
             and isinstance(value[1], numbers.Real) and not isinstance(value[1], bool))  # numpy scores too
 
 
+def _as_list(value: Any, one: bool, what: str) -> list[Any]:
+    """``value`` as a list: ``[]`` for None, ``[value]`` when it is ``one`` item, else its items; a value that is
+    no list-like collection is a :class:`~seka_rag.SekaError` saying ``what`` was expected."""
+    if value is None:
+        return []
+    if one:
+        return [value]
+    if isinstance(value, (Mapping, bytes)) or not isinstance(value, Iterable):
+        raise SekaError(f"{what}, got {type(value).__name__}")
+    return list(value)
+
+
 def as_document_list(documents: Any, single: tuple[type, ...] = ()) -> list[Any]:
     """``documents=`` as a list: a lone document becomes a list of one.
 
@@ -200,15 +212,10 @@ def as_document_list(documents: Any, single: tuple[type, ...] = ()) -> list[Any]
     character, and a pydantic document field by field. ``None`` gives ``[]``; anything else that is
     not a list-like collection is a :class:`~seka_rag.SekaError`.
     """
-    if documents is None:
-        return []
-    if (isinstance(documents, str) or isinstance(getattr(documents, "page_content", None), str)
-            or is_scored_document(documents) or (single and isinstance(documents, single))):
-        return [documents]
-    if isinstance(documents, (Mapping, bytes)) or not isinstance(documents, Iterable):
-        raise SekaError(f"documents= takes a document or a list of documents (LangChain Documents, "
-                        f"(Document, score) pairs or strings), got {type(documents).__name__}")
-    return list(documents)
+    one = (isinstance(documents, str) or isinstance(getattr(documents, "page_content", None), str)
+           or is_scored_document(documents) or bool(single and isinstance(documents, single)))
+    return _as_list(documents, one, "documents= takes a document or a list of documents (LangChain Documents, "
+                                    "(Document, score) pairs or strings)")
 
 
 def as_highlight_list(highlights: Any) -> list[Any]:
@@ -217,14 +224,8 @@ def as_highlight_list(highlights: Any) -> list[Any]:
     Anything that is not a string or a list-like collection (of substrings or spans) is a
     :class:`~seka_rag.SekaError`, instead of a ``TypeError`` from deep inside.
     """
-    if highlights is None:
-        return []
-    if isinstance(highlights, str):
-        return [highlights]
-    if isinstance(highlights, (Mapping, bytes)) or not isinstance(highlights, Iterable):
-        raise SekaError(f"highlights= takes a substring, or a list of substrings or spans, "
-                        f"got {type(highlights).__name__}")
-    return list(highlights)
+    return _as_list(highlights, isinstance(highlights, str),
+                    "highlights= takes a substring, or a list of substrings or spans")
 
 
 def as_markers(value: Any, *, allow_model: bool = True, allow_none: bool = True) -> Any:
