@@ -126,6 +126,17 @@ class Expert:
     #: the shared ones times this, and a call's explicit ``gain_pos`` / ``gain_neg`` are multiplied by it
     gain_scale: float = 1.0
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.projection, Projection):
+            hint = " (load a file with Projection.load(path))" if isinstance(self.projection, (str, os.PathLike)) else ""
+            raise ProjectionError(f"expert {self.name!r} needs a Projection, got {type(self.projection).__name__}{hint}")
+        if self.prototype is not None and not isinstance(self.prototype, torch.Tensor):
+            try:  # a list or a NumPy vector, e.g. straight from a sentence encoder
+                self.prototype = torch.as_tensor(self.prototype, dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError):
+                raise ProjectionError(f"expert {self.name!r}: prototype must be a vector of numbers, "
+                                      f"got {type(self.prototype).__name__}") from None
+
 
 class ExpertSet:
     """A named collection of expert projections for one model, stored as safetensors + JSON.
@@ -140,13 +151,16 @@ class ExpertSet:
         *,
         name: str = "",
         embedding_model: str = DEFAULT_EMBEDDING_MODEL,
-        routing: RoutingConfig = RoutingConfig(),
+        routing: RoutingConfig | Mapping[str, Any] | None = None,
         notes: dict | None = None,
     ):
+        if isinstance(experts, (str, bytes, os.PathLike)) or not isinstance(experts, (Sequence, ExpertSet)):
+            raise ProjectionError(f"ExpertSet takes a list of Expert objects, got {type(experts).__name__} "
+                                  "(to read a saved set, use ExpertSet.load(directory))")
         self.experts = list(experts)
         self.name = name
         self.embedding_model = embedding_model
-        self.routing = routing
+        self.routing = _as_routing_config(routing)
         self.notes = dict(notes or {})
         self._stack_cache: dict = {}
         self.validate()
@@ -163,11 +177,31 @@ class ExpertSet:
     def __iter__(self):
         return iter(self.experts)
 
-    def __getitem__(self, name: str) -> Expert:
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def __getitem__(self, name: str | int) -> Expert:
+        """The expert named ``name`` (or at position ``name``, in the order of routing weights)."""
+        if isinstance(name, int) and not isinstance(name, bool):
+            return self.experts[name]
         for e in self.experts:
             if e.name == name:
                 return e
         raise KeyError(f"no expert named {name!r}; this set has {self.names}")
+
+    def select(self, names: Sequence[str]) -> "ExpertSet":
+        """A set of the named experts only, in the order given, keeping routing defaults, embedding model and notes.
+
+        The attention router normalises its coefficients over the experts present, so fewer experts
+        can change every row's weights; an expert keeps its projection, gains and prototype.
+        """
+        if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+            raise ProjectionError(f"select takes a non-empty list of expert names, got {names!r}")
+        unknown = [n for n in names if n not in self.names]
+        if unknown:
+            raise ProjectionError(f"no experts named {unknown}; this set has {self.names}")
+        return ExpertSet([self[n] for n in names], name=self.name, embedding_model=self.embedding_model,
+                         routing=self.routing, notes=self.notes)
 
     @property
     def meta(self):
@@ -262,11 +296,12 @@ class ExpertSet:
                 device: torch.device | str = "cpu") -> "StackedExperts":
         """Per edited layer, every expert's edit matrix (and routing factors) stacked on a leading axis.
 
-        Cached per (settings, device): a call with the same settings reuses the tensors already on
-        the model's device. An expert that edits nothing in a layer or head gets no routing weight there.
+        Cached per (settings, device, experts' fingerprints): a call with the same settings reuses the
+        tensors already on the model's device. An expert that edits nothing in a layer or head gets no routing weight there.
         """
-        try:
-            key = (_config_key(config), routing.top_k, bool(want_route), str(device))
+        try:  # the experts' fingerprints: an expert's tensors or gains changed in place are picked up
+            key = (_config_key(config), routing.top_k, bool(want_route), str(device),
+                   tuple((e.projection.fingerprint(), e.gain_scale) for e in self.experts))
         except (TypeError, ValueError):
             key = None  # malformed settings: edit_matrices below raises the proper error
         cached = self._stack_cache.get(key) if key is not None else None
@@ -301,9 +336,23 @@ class ExpertSet:
 
     # ------------------------------------------------------------------ I/O
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``experts.json`` and one ``<name>.safetensors`` per expert into ``directory``."""
+        """Write ``experts.json`` and one ``<name>.safetensors`` per expert into ``directory``.
+
+        Saving over an expert set replaces it: the earlier set's expert files that this set does not
+        write are removed. Other files in the directory are left alone.
+        """
         directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise ProjectionError(f"{str(directory)!r} is a file; an expert set is saved into a directory")
         directory.mkdir(parents=True, exist_ok=True)
+        stale = set()
+        if (directory / INDEX_FILE).is_file():  # the set being replaced
+            try:
+                old = json.loads((directory / INDEX_FILE).read_text())
+                stale = {e["file"] for e in old.get("experts", []) if isinstance(e, dict) and isinstance(e.get("file"), str)
+                         and Path(e["file"]).name == e["file"]}
+            except (ValueError, AttributeError, TypeError):
+                stale = set()
         entries = []
         for e in self.experts:
             file = f"{_file_stem(e.name)}.safetensors"
@@ -319,13 +368,20 @@ class ExpertSet:
             routing=asdict(self.routing), notes=self.notes, experts=entries,
         )
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
+        for file in stale - {entry["file"] for entry in entries}:
+            (directory / file).unlink(missing_ok=True)
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "ExpertSet":
         """Read an expert set written by :meth:`save` (a directory holding ``experts.json``)."""
+        if not isinstance(directory, (str, os.PathLike)):
+            raise ProjectionError(f"an expert set is loaded from a directory path, got {type(directory).__name__}")
         directory = Path(directory)
         index_path = directory / INDEX_FILE if directory.is_dir() else directory
+        if index_path.suffix == ".safetensors":
+            raise ProjectionError(f"{str(directory)!r} is a projection file, not an expert set: load it with "
+                                  "Projection.load (projection=), or give the expert set's directory")
         if not index_path.is_file():
             raise ProjectionError(f"{str(directory)!r} is not an expert set: no {INDEX_FILE} there")
         try:
@@ -335,7 +391,9 @@ class ExpertSet:
         if not isinstance(index, dict) or not isinstance(index.get("experts"), list):
             raise ProjectionError(f"{str(index_path)!r} has no list of experts")
         version = index.get("format_version", 0)
-        if isinstance(version, int) and version > FORMAT_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ProjectionError(f"{str(index_path)!r} has format_version {version!r}; it must be an integer")
+        if version > FORMAT_VERSION:
             raise ProjectionError(f"{str(index_path)!r} uses expert-set format {version}; upgrade seka-rag")
         experts = []
         for entry in index["experts"]:
@@ -423,6 +481,20 @@ def with_gain_scales(experts: "ExpertSet", scales: Mapping[str, float]) -> "Expe
                      notes=experts.notes)
 
 
+def _as_routing_config(routing: Any) -> RoutingConfig:
+    """``routing=`` of an :class:`ExpertSet`: a :class:`RoutingConfig`, a dict of its fields, or None (defaults)."""
+    if routing is None:
+        return RoutingConfig()
+    if isinstance(routing, RoutingConfig):
+        return routing
+    if isinstance(routing, Mapping):
+        try:
+            return RoutingConfig().replace(**{str(k): v for k, v in routing.items()})
+        except (SteeringConfigError, TypeError) as exc:
+            raise ProjectionError(f"invalid routing settings: {exc}") from None
+    raise ProjectionError(f"routing must be a RoutingConfig or a dict of its fields, got {type(routing).__name__}")
+
+
 def _config_key(config: SteeringConfig) -> tuple:
     heads = config.heads
     if isinstance(heads, Mapping):
@@ -482,7 +554,10 @@ class RoutingResult:
         return [self.experts[int(i)] if ok else None for i, ok in zip(best.tolist(), steered.tolist())]
 
     def summary(self, row: int = 0) -> dict[str, float]:
-        """``{expert: mean weight}`` of one row."""
+        """``{expert: mean weight}`` of one row (NaN weights: the row was not steered)."""
+        rows = self.weights.shape[0]
+        if isinstance(row, bool) or not isinstance(row, int) or not -rows <= row < rows:
+            raise IndexError(f"row {row!r} is out of range: this result has {rows} row{'s' if rows != 1 else ''}")
         return {n: round(float(w), 4) for n, w in zip(self.experts, self.expert_weights()[row])}
 
     @staticmethod
@@ -618,9 +693,13 @@ def fixed_weights(mapping: Mapping[str, float], names: Sequence[str], rows: int)
 def as_query_embeddings(value: Any, rows: int) -> torch.Tensor:
     """``query_embedding=`` as a (rows, dim) tensor: one vector for a single prompt, or one per prompt."""
     try:
-        t = torch.as_tensor(value, dtype=torch.float32)
+        if isinstance(value, (list, tuple)) and value and all(hasattr(v, "shape") for v in value):
+            # one tensor / array per prompt, e.g. from a retriever's embeddings
+            t = torch.stack([torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in value])
+        else:
+            t = torch.as_tensor(value, dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError):
-        raise SteeringConfigError("query_embedding must be a list of floats (or one list per prompt)") from None
+        raise SteeringConfigError("query_embedding must be a vector of floats (or one vector per prompt)") from None
     if t.dim() == 1:
         t = t[None, :]
     if t.dim() != 2 or t.shape[0] not in (1, rows) or t.shape[1] == 0:

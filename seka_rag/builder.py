@@ -10,7 +10,9 @@ masked off. Forward passes are batched and stop at the last layer needed (no LM 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,18 +42,43 @@ class BuildConfig:
     default_layers: Sequence[int] | None = None  #: layers edited by default (None: all built)
 
     def validate(self, num_layers: int) -> list[int]:
-        """Check the settings against a model of ``num_layers`` layers; return the layers to build."""
+        """Check the settings against a model of ``num_layers`` layers; return the layers to build.
+
+        Everything is checked here, before any key is collected (a build of the default model takes
+        minutes), so a bad setting fails at once.
+        """
+        for name in ("gamma", "delta", "gain_pos", "gain_neg"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise SekaError(f"{name} must be a finite number, got {v!r}")
         if not 0.0 < self.gamma <= 1.0:
             raise SekaError(f"gamma must be in (0, 1], got {self.gamma}")
         if self.delta < 0:
             raise SekaError(f"delta must be >= 0, got {self.delta}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise SekaError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        layers = list(range(num_layers)) if self.layers is None else sorted({int(i) for i in self.layers})
+        if self.chat is not None and not isinstance(self.chat, bool):
+            raise SekaError(f"chat must be True, False or None, got {self.chat!r}")
+        layers = list(range(num_layers)) if self.layers is None else _layer_indices("layers", self.layers)
         bad = [i for i in layers if not 0 <= i < num_layers]
         if bad or not layers:
             raise SekaError(f"layers {bad or layers} are not valid layer indices (0..{num_layers - 1})")
+        if self.default_layers is not None:
+            default = _layer_indices("default_layers", self.default_layers)
+            outside = [i for i in default if i not in layers]
+            if outside or not default:
+                raise SekaError(f"default_layers {outside or default} must be a non-empty subset of the layers "
+                                f"built ({layers})")
         return layers
+
+
+def _layer_indices(name: str, value) -> list[int]:
+    """A list of layer indices, sorted and without repeats; a string or non-integers are refused."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, set, frozenset, range)) or not all(
+        isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in value
+    ):
+        raise SekaError(f"{name} must be a list of layer indices, got {value!r}")
+    return sorted({int(i) for i in value})
 
 
 class _StopForward(Exception):
@@ -164,6 +191,8 @@ def projections_from_keys(h: torch.Tensor, h_pos: torch.Tensor, h_neg: torch.Ten
 def build_projection(seka_model, triplets: Sequence[Triplet], config: BuildConfig = BuildConfig(), *,
                      progress: bool = True) -> Projection:
     """Build a :class:`Projection` for ``seka_model`` from contrastive triplets."""
+    if not isinstance(config, BuildConfig):
+        raise SekaError(f"config must be a BuildConfig, got {type(config).__name__} (e.g. BuildConfig(gamma=0.8))")
     if not triplets:
         raise SekaError("building a projection needs at least one triplet")
     geom = seka_model.geometry
@@ -211,6 +240,7 @@ def settings_like(projection: Projection, template: Projection) -> Projection:
     """
     from dataclasses import asdict
 
+    _check_same_model(projection, template)
     t = template.meta
     edited = template.edited_layers
     default_layers = [layer for layer in edited if layer in projection.meta.layers]
@@ -231,6 +261,19 @@ def settings_like(projection: Projection, template: Projection) -> Projection:
                       head_mask=projection.head_mask, layer_scale=scale)
 
 
+def _check_same_model(projection: Projection, template: Projection) -> None:
+    """Refuse a template built for another model: its layers, gains and scales mean nothing here."""
+    if not isinstance(template, Projection):
+        raise SekaError(f"the template must be a Projection (the model's calibrated one), got {type(template).__name__}")
+    a, b = projection.meta, template.meta
+    if (a.model_type, a.num_layers, a.num_kv_heads, a.head_dim) != (b.model_type, b.num_layers, b.num_kv_heads, b.head_dim):
+        raise SekaError(
+            f"the template projection was built for {b.model_id!r} ({b.model_type}, {b.num_layers} layers, "
+            f"{b.num_kv_heads} KV heads, head dim {b.head_dim}), not for this model ({a.model_type}, "
+            f"{a.num_layers} layers, {a.num_kv_heads} KV heads, head dim {a.head_dim}): use this model's own projection"
+        )
+
+
 def expert_set_like(experts, template: Projection):
     """``experts`` with every expert's edited layers, gains and per-layer scales re-copied from ``template``.
 
@@ -247,6 +290,7 @@ def expert_set_like(experts, template: Projection):
 
     from .adaptive import ExpertSet
 
+    _check_same_model(experts.experts[0].projection, template)
     t = template.meta
     edited = t.default_layers if t.default_layers is not None else t.layers
     missing = sorted(set(edited) - set(experts.meta.layers))
@@ -282,8 +326,14 @@ def build_expert_set(seka_model, families: dict[str, Sequence[Triplet]], config:
         raise SekaError("with encoder=, name its model with embedding_model= (stored with the set: queries "
                         "must be embedded with the model that made the prototypes)")
 
+    if not isinstance(families, Mapping):
+        raise SekaError(f"families must be a dict {{expert name: triplets}}, got {type(families).__name__}")
     if not families:
         raise SekaError("an expert set needs at least one family of triplets")
+    if template is not None:  # before minutes of key collection, not after
+        if not isinstance(template, Projection):
+            raise SekaError(f"template must be a Projection (the model's calibrated one), got {type(template).__name__}")
+        template.check_fits(seka_model.geometry)
     experts = []
     for family, triplets in families.items():
         if progress:

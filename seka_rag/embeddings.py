@@ -47,7 +47,12 @@ def load_sentence_transformer(path: str | os.PathLike) -> Any:
     except ImportError:  # pragma: no cover - depends on the environment
         raise SekaError("sentence embeddings need sentence-transformers: pip install 'sentence-transformers>=3,<7'") from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return SentenceTransformer(str(path), device="cpu", local_files_only=True)
+    try:
+        return SentenceTransformer(str(path), device="cpu", local_files_only=True)
+    except OSError as exc:  # not a directory here, and nothing is downloaded
+        where = "no such directory" if not Path(path).expanduser().exists() else str(exc).splitlines()[0]
+        raise SekaError(f"could not load a sentence-transformers model from {str(path)!r} ({where}); give a local "
+                        "model directory (nothing is downloaded), or None for the offline all-MiniLM-L6-v2") from None
 
 
 def default_encoder() -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .architectures import geometry, text_config
-from .errors import HighlightError, SekaError, SteeringConfigError
+from .errors import HighlightError, ProjectionError, SekaError, SteeringConfigError
 from .highlight import (
     DEFAULT_MARKERS,
     Batch,
@@ -192,6 +192,11 @@ class SekaModel:
         ``model_kwargs`` (``revision``, ``token``, ``trust_remote_code``, ``subfolder``,
         ``local_files_only``, ...) go to the config, the tokenizer and the weights alike; the rest
         go to ``AutoModelForCausalLM.from_pretrained`` only.
+
+        ``experts=`` (an :class:`~seka_rag.adaptive.ExpertSet` or its directory) turns on AdaSEKA,
+        and ``router=`` (``"attention"``, the default, or ``"embedding"``) is then the default router
+        of every call. Without a projection or an expert set the model generates unsteered, and a
+        highlighted call says how to get one.
         """
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -264,6 +269,9 @@ class SekaModel:
         """
         if not isinstance(adaptive, bool):
             raise SekaError(f"adaptive must be True or False, got {adaptive!r}")
+        if router is not None and not adaptive and experts is None:
+            raise SekaError(f"router={router!r} chooses among AdaSEKA experts: pass adaptive=True (the expert set "
+                            "shipped for this model) or experts=DIR as well")
         _check_attn_implementation(attn_implementation)  # before a first conversion writes the model
         spec = embedded_model(name)
         if adaptive and experts is None:
@@ -284,6 +292,9 @@ class SekaModel:
 
     def load_projection(self, projection: Projection | str | os.PathLike) -> Projection:
         """Attach a projection (object or file); raises :class:`ProjectionError` if it does not fit."""
+        if isinstance(projection, ExpertSet):
+            raise ProjectionError("that is an AdaSEKA expert set, not a projection: pass it as experts= "
+                                  "(or call load_experts)")
         if not isinstance(projection, Projection):
             projection = Projection.load(projection)
         projection.check_fits(self.geometry, self.model_id)
@@ -304,7 +315,11 @@ class SekaModel:
         self._last_routing.set(value)
 
     def load_experts(self, experts: ExpertSet | str | os.PathLike, *, router: str | None = None) -> ExpertSet:
-        """Attach an AdaSEKA expert set (object or directory) and make ``router`` the default router."""
+        """Attach an AdaSEKA expert set (object or directory) and make ``router`` the default router
+        (``"attention"`` unless given; ``"embedding"`` needs the set's prototype embeddings)."""
+        if isinstance(experts, Projection):
+            raise ProjectionError("that is a single projection, not an expert set: pass it as projection= "
+                                  "(or call load_projection)")
         if not isinstance(experts, ExpertSet):
             experts = ExpertSet.load(experts)
         experts.check_fits(self.geometry, self.model_id)
@@ -418,7 +433,11 @@ class SekaModel:
         """
         if not isinstance(steer, bool):
             raise SteeringConfigError(f"steer must be True or False, got {steer!r}")
+        if not isinstance(highlight_mask, torch.Tensor) or highlight_mask.dim() != 2:
+            got = tuple(highlight_mask.shape) if isinstance(highlight_mask, torch.Tensor) else type(highlight_mask).__name__
+            raise SteeringConfigError(f"highlight_mask must be a (batch, tokens) tensor, got {got}")
         router = self._resolve_router(router, query, query_embedding, routing)
+        self._check_router_inputs(router, query, query_embedding, routing, highlight_mask.shape[0])
         if not steer:
             if any(v is not None for v in (gain_pos, gain_neg, layers, heads)):  # a bad value is an error all the same
                 if router is None and self.projection is not None:
@@ -448,8 +467,8 @@ class SekaModel:
         if isinstance(router, Mapping):
             weights = fixed_weights(router, self.experts.names, n)
         elif router == "embedding":
-            weights = embedding_weights(self._query_embeddings(n, query, query_embedding, rows),
-                                        self.experts.prototypes(), settings)
+            prototypes = self.experts.prototypes()  # raises before any query is embedded
+            weights = embedding_weights(self._query_embeddings(n, query, query_embedding, rows), prototypes, settings)
         if query_index is None:
             query_index = torch.full((n,), mask.shape[1] - 1, dtype=torch.long)
         edit = AdaptiveEdit(
@@ -507,6 +526,23 @@ class SekaModel:
                 )
         return router
 
+    def _check_router_inputs(self, router, query, query_embedding, routing, n: int) -> None:
+        """Check what the router of a call will read (weights, settings, query) without computing anything,
+        so a mistake is an error even when the call ends up steering nothing (``steer=False``, no highlight)."""
+        if router is None:
+            return
+        self._routing_settings(routing)
+        if isinstance(router, Mapping):
+            fixed_weights(router, self.experts.names, 1)
+        elif router == "embedding":
+            prototypes = self.experts.prototypes()
+            if query_embedding is not None:
+                if query is not None:
+                    raise SteeringConfigError("pass query= or query_embedding=, not both")
+                embedding_weights(as_query_embeddings(query_embedding, n), prototypes, RoutingConfig())
+            elif query is not None:
+                _query_texts(query, n)
+
     def _routing_settings(self, routing) -> RoutingConfig:
         base = self.experts.routing
         if routing is None:
@@ -524,11 +560,7 @@ class SekaModel:
                 raise SteeringConfigError("pass query= or query_embedding=, not both")
             return as_query_embeddings(query_embedding, n)
         if query is not None:
-            if not isinstance(query, (str, Sequence)) or isinstance(query, bytes):
-                raise SteeringConfigError(f"query must be a non-empty string, or one per prompt ({n}), got {query!r}")
-            texts = [query] * n if isinstance(query, str) else list(query)
-            if len(texts) != n or not all(isinstance(t, str) and t.strip() for t in texts):
-                raise SteeringConfigError(f"query must be a non-empty string, or one per prompt ({n})")
+            texts = _query_texts(query, n)
         elif rows is not None:
             # the encoder reads ~256 word pieces: keep the end of the prompt, where the question usually is
             texts = [(r.routing_text or r.text)[-_ROUTING_TEXT_CHARS:] for r in rows]
@@ -566,8 +598,13 @@ class SekaModel:
     ) -> RoutingResult:
         """The expert weights AdaSEKA gives ``prompt`` (one steered prefill, no generation).
 
-        The prompt is cut to fit the window as :meth:`generate` with ``max_new_tokens`` would cut it,
-        so a long prompt is routed as that call would route it.
+        ``router`` (default: the model's), ``query`` / ``query_embedding`` (the embedding router's
+        query; default: the prompt outside its highlights), ``routing`` (router parameters) and the
+        gain / layer / head settings are those of :meth:`generate`. The prompt is cut to fit the
+        window as :meth:`generate` with ``max_new_tokens`` would cut it, so a long prompt is routed
+        as that call would route it. Raises :class:`HighlightError` when nothing is highlighted and
+        :class:`SekaError` when the call would use the single projection (``router="projection"``, or
+        a model without experts): there is nothing to route then.
         """
         enc = self.encode(prompt, highlights, chat=chat, markers=markers, max_length=self._prompt_budget(max_new_tokens))
         if not any(enc.highlight):
@@ -696,7 +733,8 @@ class SekaModel:
             )
         prompts = [prompt] if single else list(prompt)
         self.last_routing = None  # a call that fails or has nothing to do leaves no earlier routing behind
-        if not prompts:
+        if not prompts:  # nothing to generate, but a misspelt router or setting is still an error
+            self._check_router_inputs(self._resolve_router(router, None, None, routing), None, None, routing, 1)
             return []
         if single:
             highlights = [highlights]
@@ -855,6 +893,8 @@ class SekaModel:
                     f"score has one prompt, so {name} takes one entry, not {rows}: every continuation is "
                     "scored under the same edit (score_encoded takes one per row)"
                 )
+        if isinstance(query, (list, tuple)) and len(query) == 1:
+            query = query[0]  # the one prompt's query, for every continuation's row
         cont_ids = []
         for c in continuations:
             if not isinstance(c, str) or not c:
@@ -989,6 +1029,16 @@ def _check_attn_implementation(value: Any) -> None:
         raise SekaError(f"unknown attn_implementation {value!r}; choose one of {', '.join(known)}")
 
 
+def _query_texts(query: Any, n: int) -> list[str]:
+    """``query=`` as one text per row: a string for every row, or a list with one per prompt."""
+    if not isinstance(query, (str, Sequence)) or isinstance(query, bytes):
+        raise SteeringConfigError(f"query must be a non-empty string, or one per prompt ({n}), got {query!r}")
+    texts = [query] * n if isinstance(query, str) else list(query)
+    if len(texts) != n or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise SteeringConfigError(f"query must be a non-empty string, or one per prompt ({n})")
+    return texts
+
+
 def _entry_count(value: Any) -> int | None:
     """How many per-prompt entries a ``query`` / ``query_embedding`` holds: rows of a 2-D array, items
     of a list of texts or vectors, 1 for a single text or vector; None when it is not given."""
@@ -1006,6 +1056,11 @@ def _chunk(value: Any, start: int, stop: int, n: int, name: str = "query") -> An
 
     One entry for every prompt is kept whole; any other count is an error here, whatever the batch
     size (a batch that happens to hold as many rows must not take another batch's entries)."""
+    texts = isinstance(value, (str, bytes, Mapping)) or (
+        isinstance(value, Sequence) and any(isinstance(v, (str, bytes)) for v in value))
+    if name == "query_embedding" and texts:
+        raise SteeringConfigError("query_embedding must be a vector of numbers (or one per prompt); "
+                                  "for a text, pass query= instead")
     rows = _entry_count(value)
     if rows is None or rows == 1:
         return value

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +49,31 @@ class ProjectionMeta:
     n_triplets: int = 0
     notes: dict = field(default_factory=dict)  #: free-form (e.g. calibration results)
     format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        """Check each field's type, so a wrong one fails here with its name, not deep inside a later call."""
+        for name in ("model_type", "model_id"):
+            if not isinstance(getattr(self, name), str):
+                raise ProjectionError(f"projection metadata {name} must be a string, got {getattr(self, name)!r}")
+        for name in ("num_layers", "num_kv_heads", "head_dim"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ProjectionError(f"projection metadata {name} must be a positive integer, got {v!r}")
+        for name in ("layers", "default_layers"):
+            v = getattr(self, name)
+            if v is None and name == "default_layers":
+                continue
+            if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple, range)) or not all(
+                isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in v
+            ):
+                raise ProjectionError(f"projection metadata {name} must be a list of layer indices, got {v!r}")
+            setattr(self, name, [int(i) for i in v])
+        for name in ("gamma", "delta", "gain_pos", "gain_neg"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise ProjectionError(f"projection metadata {name} must be a finite number, got {v!r}")
+        if not isinstance(self.notes, dict):
+            raise ProjectionError(f"projection metadata notes must be a dict, got {type(self.notes).__name__}")
 
 
 def layer_ranges(layers) -> str:
@@ -168,6 +194,8 @@ class Projection:
     def validate(self) -> None:
         """Check tensor shapes against the metadata (layers, KV heads, head size); raise :class:`ProjectionError`."""
         m = self.meta
+        if not isinstance(m, ProjectionMeta):
+            raise ProjectionError(f"a projection's meta must be a ProjectionMeta, got {type(m).__name__}")
         n, h, d = len(m.layers), m.num_kv_heads, m.head_dim
         shapes = {
             "pos": (n, h, d, d), "neg": (n, h, d, d), "u_pos": (n, h, d, d), "u_neg": (n, h, d, d),
@@ -219,6 +247,9 @@ class Projection:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the projection as safetensors with JSON metadata."""
         path = Path(path)
+        if path.is_dir():
+            raise ProjectionError(f"{str(path)!r} is a directory: a projection is saved as one file "
+                                  "(e.g. DIR/projection.safetensors)")
         path.parent.mkdir(parents=True, exist_ok=True)
         # cloned: safetensors refuses tensors that share memory (e.g. one U passed as both u_pos and u_neg)
         tensors = {name: getattr(self, name).detach().cpu().clone(memory_format=torch.contiguous_format)
@@ -231,6 +262,8 @@ class Projection:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Projection":
         """Read a projection file written by :meth:`save`. Corrupt files raise :class:`ProjectionError`."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise ProjectionError(f"a projection is loaded from a file path, got {type(path).__name__}")
         path = Path(path)
         if path.is_dir():
             raise ProjectionError(f"{str(path)!r} is a directory, not a projection file (the .safetensors file "
@@ -262,7 +295,11 @@ class Projection:
             raise ProjectionError(f"{str(path)!r} lacks tensors {missing}")
         tensors["head_mask"] = tensors["head_mask"].bool()
         try:
-            return cls(meta=ProjectionMeta(**meta_dict), **{k: tensors.get(k) for k in _TENSORS})
+            meta = ProjectionMeta(**meta_dict)
+        except (ProjectionError, TypeError) as exc:
+            raise ProjectionError(f"{str(path)!r} has invalid projection metadata: {exc}") from None
+        try:
+            return cls(meta=meta, **{k: tensors.get(k) for k in _TENSORS})
         except ProjectionError:
             raise
         except (TypeError, ValueError, AttributeError) as exc:

@@ -132,6 +132,8 @@ class ActiveEdit:
     highlight: torch.Tensor  # (batch, tokens) bool
     done: set[int] = field(default_factory=set)
     _weights: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    #: whether a forward pass spanning the whole mask (the prefill) has reached a hook yet
+    started: bool = False
 
     @property
     def layers(self) -> set[int]:
@@ -213,7 +215,7 @@ class KeyEditor:
         edit = self._current(layer_index)
         if edit is None or not edit.wants_query(layer_index):
             return None
-        if output.shape[self._query_token_dim] != edit.highlight.shape[1]:
+        if not self._is_prefill(edit, output, self._query_token_dim):
             return None  # a decode step
         edit.observe_query(layer_index, output, self._query_layout)
         return None
@@ -222,11 +224,30 @@ class KeyEditor:
         edit = self._current(layer_index)
         if edit is None or layer_index not in edit.layers:
             return None
-        if output.shape[self._token_dim] != edit.highlight.shape[1]:
+        if not self._is_prefill(edit, output, self._token_dim):
             return None  # a decode step: cached prompt keys already carry the edit
         edit.done.add(layer_index)
         matrices = edit.matrices_for(layer_index, output)
         return edit_keys(output, matrices, edit.weights(output, self._layout), self._layout, self.geometry.head_dim)
+
+    @staticmethod
+    def _is_prefill(edit: ActiveEdit, output: torch.Tensor, token_dim: int) -> bool:
+        """Whether ``output`` spans the edit's prompt (the prefill); False for a later decode step.
+
+        The first forward pass inside a block must be the prompt's: a mask of another length or
+        batch size is a caller's mistake, and editing nothing in silence would hide it.
+        """
+        rows, tokens = edit.highlight.shape
+        if output.shape[token_dim] == tokens and output.shape[0] % rows == 0:
+            edit.started = True
+            return True
+        if edit.started:
+            return False
+        raise SteeringConfigError(
+            f"the highlight mask is {rows} x {tokens} (rows x tokens) but the first forward pass in the steering "
+            f"block has {output.shape[0]} x {output.shape[token_dim]}: build the mask from the same padded batch "
+            "you pass to the model (SekaModel.encode + pad_batch), and open one block per prompt batch"
+        )
 
     @contextmanager
     def apply(self, matrices: dict[int, torch.Tensor], highlight: torch.Tensor) -> Iterator[None]:

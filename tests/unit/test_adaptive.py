@@ -531,3 +531,159 @@ def test_stacked_tensors_are_cached(tiny_model, expert_set):
     assert seka.experts._stack_cache.keys() == cached.keys()
     seka.route(PROMPTS[2], gain_pos=1.0)
     assert len(seka.experts._stack_cache) == len(cached) + 1
+
+
+def test_changing_an_expert_in_place_changes_the_edit(tiny_model, expert_set):
+    """The stacked-tensor cache follows the experts: gains or tensors changed after a call take effect."""
+    seka = tiny_model("llama", num_layers=2)
+    experts = expert_set(seka)
+    seka.load_experts(experts)
+    unsteered = seka.score(PROMPTS[0], ["Rome"], steer=False)
+    first = seka.score(PROMPTS[0], ["Rome"], router={"e0": 1.0})
+    assert first != pytest.approx(unsteered, abs=1e-6)
+    experts["e0"].projection.meta.gain_pos *= 3
+    stronger = seka.score(PROMPTS[0], ["Rome"], router={"e0": 1.0})
+    assert stronger != pytest.approx(first, abs=1e-6)
+    experts["e0"].projection.pos.mul_(0)
+    experts["e0"].projection.neg.mul_(0)
+    assert seka.score(PROMPTS[0], ["Rome"], router={"e0": 1.0}) == pytest.approx(unsteered, abs=1e-5)
+
+
+def test_router_inputs_are_checked_when_nothing_is_steered(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka, prototypes=torch.eye(3)))
+    plain = "nothing highlighted here"
+    cases = [
+        (dict(steer=False, routing={"gian": 1}), "unknown routing settings"),
+        (dict(steer=False, router={"zz": 1.0}), "not in the set"),
+        (dict(steer=False, router="embedding", query_embedding=[1.0] * 10), "dimensions"),
+        (dict(steer=False, router="embedding", query=""), "query must be"),
+        (dict(router={"e0": float("nan")}), "finite"),
+        (dict(router="embedding", query_embedding=[1.0] * 10), "dimensions"),
+    ]
+    for kwargs, message in cases:
+        prompt = PROMPTS[0] if kwargs.get("steer") is False else plain
+        with pytest.raises(SteeringConfigError, match=message):
+            seka.generate(prompt, max_new_tokens=1, **kwargs)
+    with pytest.raises(SteeringConfigError, match="dimensions"):
+        seka.score(PROMPTS[0], ["a"], steer=False, router="embedding", query_embedding=[1.0] * 7)
+    with pytest.raises(SteeringConfigError, match="router must be one of"):
+        seka.generate([], router="atention")
+    assert seka.generate([]) == []
+
+
+def test_expert_set_select_contains_and_index(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    experts = expert_set(seka, prototypes=torch.eye(3), gain=0.5)
+    experts.notes["built"] = "today"
+    sub = experts.select(["e2", "e0"])
+    assert sub.names == ["e2", "e0"] and sub.routing == experts.routing and sub.notes == experts.notes
+    assert sub.embedding_model == experts.embedding_model
+    assert "e1" in experts and "e1" not in sub and experts[0] is experts["e0"]
+    with pytest.raises(ProjectionError, match="no experts named"):
+        experts.select(["e9"])
+    with pytest.raises(ProjectionError, match="non-empty list"):
+        experts.select("e0")
+
+
+def test_expert_and_set_constructors_refuse_wrong_types_clearly(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    proj = seka.projection
+    import numpy as np
+
+    assert isinstance(Expert("a", proj, prototype=np.ones(4)).prototype, torch.Tensor)
+    assert Expert("a", proj, prototype=[1.0, 0.0]).prototype.dtype == torch.float32
+    with pytest.raises(ProjectionError, match="needs a Projection.*Projection.load"):
+        Expert("a", "x.safetensors")
+    with pytest.raises(ProjectionError, match="prototype must be a vector"):
+        Expert("a", proj, prototype=object())
+    assert ExpertSet([Expert("a", proj)], routing={"gain": 0.5}).routing.gain == 0.5
+    assert ExpertSet([Expert("a", proj)], routing=None).routing == RoutingConfig()
+    with pytest.raises(ProjectionError, match="invalid routing settings"):
+        ExpertSet([Expert("a", proj)], routing={"gian": 0.5})
+    with pytest.raises(ProjectionError, match="ExpertSet.load"):
+        ExpertSet("some/dir")
+    experts = expert_set(seka)
+    for wrong in (list(experts), 5):
+        with pytest.raises(SekaError, match="directory path|expert set"):
+            seka.load_experts(wrong)
+    with pytest.raises(ProjectionError, match="not a projection: pass it as experts="):
+        seka.load_projection(experts)
+    with pytest.raises(ProjectionError, match="not an expert set: pass it as projection="):
+        seka.load_experts(proj)
+
+
+def test_expert_set_save_replaces_an_earlier_set_and_load_names_wrong_files(tiny_model, tmp_path, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    expert_set(seka, n=3).save(tmp_path / "set")
+    (tmp_path / "set" / "README.txt").write_text("mine")
+    expert_set(seka, n=1).save(tmp_path / "set")
+    assert sorted(p.name for p in (tmp_path / "set").iterdir()) == ["README.txt", "e0.safetensors", "experts.json"]
+    assert ExpertSet.load(tmp_path / "set").names == ["e0"]
+    with pytest.raises(ProjectionError, match="projection file, not an expert set"):
+        ExpertSet.load(tmp_path / "set" / "e0.safetensors")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ProjectionError, match="is a file"):
+        expert_set(seka, n=1).save(tmp_path / "file")
+    index = json.loads((tmp_path / "set" / "experts.json").read_text())
+    index["format_version"] = "2"
+    (tmp_path / "set" / "experts.json").write_text(json.dumps(index))
+    with pytest.raises(ProjectionError, match="format_version '2'"):
+        ExpertSet.load(tmp_path / "set")
+
+
+def test_query_arguments_in_every_reasonable_shape(tiny_model, expert_set):
+    import numpy as np
+
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka, prototypes=torch.eye(3)), router="embedding")
+    pair = [PROMPTS[0], PROMPTS[2]]
+    highlights = [None, None]
+    as_tensors = seka.generate(pair, highlights, query_embedding=[torch.tensor([1.0, 0, 0]), torch.tensor([0, 1.0, 0])],
+                               max_new_tokens=1)
+    weights = seka.last_routing.expert_weights()
+    as_arrays = seka.generate(pair, highlights, query_embedding=[np.array([1.0, 0, 0]), np.array([0, 1.0, 0])],
+                              max_new_tokens=1)
+    assert as_tensors == as_arrays
+    torch.testing.assert_close(seka.last_routing.expert_weights(), weights)
+    with pytest.raises(SteeringConfigError, match="for a text, pass query="):
+        seka.generate(PROMPTS[0], query_embedding=["a"] * 3, max_new_tokens=1)
+    seka.embedding_encoder = lambda texts: torch.tensor([[1.0, 2.0, 3.0]] * len(texts))
+    one = seka.score(PROMPTS[0], ["a", "b"], query="towers")
+    assert seka.score(PROMPTS[0], ["a", "b"], query=["towers"]) == pytest.approx(one)
+
+
+def test_routing_summary_names_a_missing_row(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka))
+    result = seka.route(PROMPTS[0])
+    assert set(result.summary(-1)) == {"e0", "e1", "e2"}
+    with pytest.raises(IndexError, match="1 row"):
+        result.summary(3)
+
+
+def test_low_level_block_refuses_a_mask_that_does_not_match_the_input(tiny_model, expert_set):
+    from seka_rag.highlight import pad_batch
+
+    seka = tiny_model("llama", num_layers=2)
+    enc = seka.encode(PROMPTS[0])
+    batch = pad_batch([enc], seka.tokenizer.pad_token_id)
+    with pytest.raises(SteeringConfigError, match="highlight_mask must be a"):
+        seka.steering([[True, False]])
+    with pytest.raises(SteeringConfigError, match="highlight_mask must be a"):
+        seka.steering(torch.ones(5, dtype=torch.bool))
+    short = batch.highlight_mask[:, :-2]
+    with pytest.raises(SteeringConfigError, match="first forward pass"), torch.inference_mode(), seka.steering(short):
+        seka.model(input_ids=batch.input_ids)
+    seka.load_experts(expert_set(seka))
+    three = torch.cat([batch.input_ids] * 3)
+    two_rows = torch.cat([batch.highlight_mask] * 2)
+    with pytest.raises(SteeringConfigError, match="2 x"), torch.inference_mode(), seka.steering(two_rows):
+        seka.model(input_ids=three)
+
+
+def test_default_router_without_experts_points_to_adaptive():
+    from seka_rag import SekaModel
+
+    with pytest.raises(SekaError, match="adaptive=True"):
+        SekaModel.default("smollm2-135m", router="attention")

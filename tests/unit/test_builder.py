@@ -75,3 +75,40 @@ def test_bad_build_settings(tiny_model, triplets):
         build_projection(seka, triplets, BuildConfig(layers=[7]), progress=False)
     with pytest.raises(SekaError, match="at least one triplet"):
         build_projection(seka, [], progress=False)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(gain_pos=float("nan")), "gain_pos must be a finite number"),
+    (dict(gamma="0.9"), "gamma must be a finite number"),
+    (dict(layers="12"), "layers must be a list of layer indices"),
+    (dict(layers=[0], default_layers=[1]), "default_layers"),
+    (dict(default_layers=[]), "default_layers"),
+    (dict(chat="yes"), "chat must be"),
+])
+def test_build_settings_fail_before_any_key_is_collected(tiny_model, triplets, monkeypatch, settings, message):
+    import seka_rag.builder as builder
+
+    seka = tiny_model("llama", projection=False)
+    monkeypatch.setattr(builder, "collect_answer_keys", lambda *a, **k: pytest.fail("keys were collected"))
+    with pytest.raises(SekaError, match=message):
+        build_projection(seka, triplets, BuildConfig(**settings), progress=False)
+
+
+def test_builder_refuses_wrong_argument_types_and_another_models_template(tiny_model, triplets, helpers):
+    from seka_rag.adaptive import Expert, ExpertSet
+    from seka_rag.builder import build_expert_set, expert_set_like, settings_like
+
+    seka = tiny_model("llama", num_layers=2)
+    with pytest.raises(SekaError, match="config must be a BuildConfig"):
+        build_projection(seka, triplets, {"gamma": 0.8}, progress=False)
+    with pytest.raises(SekaError, match="families must be a dict"):
+        build_expert_set(seka, [triplets, triplets], progress=False)
+    other = tiny_model("qwen2", num_layers=3)
+    with pytest.raises(SekaError, match="not for this model"):
+        settings_like(seka.projection, other.projection)
+    with pytest.raises(SekaError, match="not for this model"):
+        expert_set_like(ExpertSet([Expert("a", seka.projection)]), other.projection)
+    from seka_rag import ProjectionError
+
+    with pytest.raises(ProjectionError, match="does not fit"):
+        build_expert_set(seka, {"a": triplets}, template=other.projection, prototypes=False, progress=False)

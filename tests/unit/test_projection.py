@@ -150,8 +150,29 @@ def test_invalid_in_memory_projections(projection):
         Projection(meta=ProjectionMeta(**{**meta, "layers": [2, 2]}), **kw)
     with pytest.raises(ProjectionError, match="default layers"):
         Projection(meta=ProjectionMeta(**{**meta, "default_layers": [1]}), **kw)
-    with pytest.raises(ProjectionError, match="gains"):
+    with pytest.raises(ProjectionError, match="gain_pos must be a finite number"):
         Projection(meta=ProjectionMeta(**{**meta, "gain_pos": float("inf")}), **kw)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("gain_pos", "2", "gain_pos must be a finite number"),
+    ("layers", "01", "layers must be a list of layer indices"),
+    ("default_layers", [0.5], "default_layers must be a list of layer indices"),
+    ("num_layers", "2", "num_layers must be a positive integer"),
+    ("model_id", None, "model_id must be a string"),
+    ("notes", [], "notes must be a dict"),
+])
+def test_projection_meta_refuses_wrong_types_by_name(projection, field, value, message):
+    with pytest.raises(ProjectionError, match=message):
+        ProjectionMeta(**{**asdict(projection.meta), field: value})
+
+
+def test_projection_save_and_load_refuse_wrong_paths(projection, tmp_path):
+    with pytest.raises(ProjectionError, match="is a directory"):
+        projection.save(tmp_path)
+    for wrong in (None, {}, ["a.safetensors"]):
+        with pytest.raises(ProjectionError, match="loaded from a file path"):
+            Projection.load(wrong)
 
 
 def _write(path: Path, tensors: dict, meta: dict | str | None):
