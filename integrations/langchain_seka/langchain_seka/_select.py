@@ -70,8 +70,33 @@ def load_encoder(model: Any = None) -> Any:
     return model
 
 
+#: ``model_name`` of the embeddings classes' default model (the offline all-MiniLM-L6-v2)
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (offline)"
+
+
+def resolve_model_name(model: Any, model_name: str, default_name: str) -> tuple[Any, str]:
+    """``(model, model_name)`` of an embeddings class that takes either: ``model_name=`` a model directory
+    (loaded like ``model=``), ``model=`` a directory or an object, or neither (the offline default)."""
+    named = model_name != default_name
+    if model is None and named:
+        return model_name, model_name  # a directory: loaded on first use
+    if isinstance(model, (str, os.PathLike)):
+        if named and os.fspath(model) != model_name:
+            raise ValueError(f"model={os.fspath(model)!r} and model_name={model_name!r} name different models: "
+                             "give one of them")
+        return model, os.fspath(model)
+    if model is not None and not named:  # a model object: report what it is
+        return model, getattr(getattr(model, "tokenizer", None), "name_or_path", None) or type(model).__name__
+    return model, model_name
+
+
 def embed_texts(encoder: Any, texts: Sequence[str], batch_size: int, normalize: bool) -> list[list[float]]:
     """Embeddings of ``texts`` as plain float lists (what both frameworks' embedding classes return)."""
+    texts = list(texts) if isinstance(texts, (list, tuple)) else texts
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        got = type(texts).__name__ if not isinstance(texts, list) else type(next(t for t in texts if not isinstance(t, str))).__name__
+        raise SekaError(f"embeddings take text strings, got {got}; for a dict input, pick the text field first "
+                        "(e.g. itemgetter('question') | retriever)")
     vectors = encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=normalize, convert_to_numpy=True)
     return [[float(x) for x in row] for row in vectors]
 
@@ -180,8 +205,7 @@ def select(
 def _select_sentences(texts, question, k, threshold, encoder) -> Selection:
     if not question or not str(question).strip():
         raise SekaError(
-            "the 'sentences' policy needs the question: pass {'question': ..., 'documents': ...} "
-            "(or a query bundle in LlamaIndex)"
+            "the 'sentences' policy needs the question: pass {'question': ..., 'documents': ...}"
         )
     candidates = [(i, span) for i, text in enumerate(texts) for span in sentence_spans(text)]
     if not candidates:

@@ -224,8 +224,16 @@ def as_highlight_list(highlights: Any) -> list[Any]:
     Anything that is not a string or a list-like collection (of substrings or spans) is a
     :class:`~seka_rag.SekaError`, instead of a ``TypeError`` from deep inside.
     """
-    return _as_list(highlights, isinstance(highlights, str),
-                    "highlights= takes a substring, or a list of substrings or spans")
+    items = _as_list(highlights, isinstance(highlights, str),
+                     "highlights= takes a substring, or a list of substrings or spans")
+    nested = next((h for h in items if isinstance(h, (list, tuple)) and h and all(isinstance(x, str) for x in h)), None)
+    if nested is not None:  # [["a"], ["b"]]: one list per input, as the engine's generate takes for a batch
+        raise SekaError(
+            f"highlights= is one list for the whole call (batch() gives every input the same one), but it holds "
+            f"a list ({nested!r}); for a highlight per input, mark it inline in each input (<<...>>), or put "
+            "SekaHighlight before the prompt in the chain"
+        )
+    return items
 
 
 def as_markers(value: Any, *, allow_model: bool = True, allow_none: bool = True) -> Any:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from ._select import embed_texts, load_encoder
+from ._select import DEFAULT_MODEL_NAME, embed_texts, load_encoder, resolve_model_name
 
 __all__ = ["SentenceTransformerEmbeddings"]
 
@@ -23,9 +23,19 @@ class SentenceTransformerEmbeddings(BaseModel, Embeddings):
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", protected_namespaces=())
 
     model: Any = Field(default=None, description="SentenceTransformer, model directory, or None (offline MiniLM).")
+    model_name: str = Field(
+        default=DEFAULT_MODEL_NAME,
+        description="The model by name, as HuggingFaceEmbeddings takes it: a sentence-transformers model directory "
+        "(loaded like model=; nothing is downloaded), or the default offline all-MiniLM-L6-v2.",
+    )
     normalize: bool = Field(default=True, description="Unit-length vectors (cosine = dot product).")
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=32, ge=1, description="Texts encoded per batch.")
     _loaded: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _resolve_model(self) -> "SentenceTransformerEmbeddings":
+        self.model, self.model_name = resolve_model_name(self.model, self.model_name, DEFAULT_MODEL_NAME)
+        return self
 
     def _encoder(self) -> Any:
         if self._loaded is None:

@@ -52,7 +52,14 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from langchain_core.documents import Document
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableParallel, RunnablePassthrough, RunnableSerializable
+from langchain_core.runnables import (
+    Runnable,
+    RunnableConfig,
+    RunnableLambda,
+    RunnableParallel,
+    RunnablePassthrough,
+    RunnableSerializable,
+)
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from seka_rag import Markers, SekaError
@@ -102,7 +109,8 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
     )
     document_template: str = Field(
         default="Document {index}: {content}",
-        description="How one document is written: {index} (1-based), {content}, and metadata fields.",
+        description="How one document is written: {index} (1-based), {content}, and metadata fields (a field "
+        "no document has is an error; one some documents lack is left empty in those).",
     )
     separator: str = Field(default="\n", description="Between formatted documents.")
     order_by: str | None = Field(
@@ -116,8 +124,12 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
         "pair, e.g. ('[[', ']]') with ChatSeka(markers=('[[', ']]'))), or None to leave the context unmarked "
         "and pass the output's 'highlights' to ChatSeka's highlights= instead.",
     )
-    question_key: str = "question"
-    documents_key: str = "documents"
+    question_key: str = Field(
+        default="question",
+        description="Input key of the question (e.g. 'input' in create_retrieval_chain-style chains); it comes "
+        "back under the same key with marker strings escaped.",
+    )
+    documents_key: str = Field(default="documents", description="Input key of the retrieved documents.")
 
     @field_validator("markers", mode="before")
     @classmethod
@@ -140,17 +152,56 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
         return self._call_with_config(self._highlight, input, config, run_type="parser", **kwargs)
 
     def with_retriever(self, retriever: Runnable) -> Runnable:
-        """``{"question": passthrough, "documents": retriever} | self``: question string in, output dict out."""
+        """``{"question": passthrough, "documents": retriever} | self``: question string in, output dict out.
+
+        The input is the question string itself (what a retriever takes). For a dict input (a
+        question beside history, say), compose it yourself:
+        ``{"question": itemgetter("question"), "documents": itemgetter("question") | retriever,
+        "history": itemgetter("history")} | highlight``.
+        """
+
+        def question_only(question: Any) -> Any:
+            if not isinstance(question, str):
+                raise SekaError(
+                    f"with_retriever takes the question string (what the retriever reads), got "
+                    f"{type(question).__name__}; for a dict input build the step yourself: "
+                    f"{{{self.question_key!r}: itemgetter({self.question_key!r}), {self.documents_key!r}: "
+                    f"itemgetter({self.question_key!r}) | retriever, ...}} | SekaHighlight(...)"
+                )
+            return question
+
         parallel = RunnableParallel({self.question_key: RunnablePassthrough(), self.documents_key: retriever})
-        return parallel | self
+        return RunnableLambda(question_only, name="question") | parallel | self
 
     # ------------------------------------------------------------------------------ work
+    def _check_template_fields(self, docs: list[Document]) -> None:
+        """Refuse a template field that no document has (a typo); one some documents lack is left empty there."""
+        try:
+            named = {f for _, f, _, _ in string.Formatter().parse(self.document_template) if f}
+        except ValueError as exc:
+            raise SekaError(f"document_template {self.document_template!r} is not a valid template: {exc}") from None
+        have = set().union(*(d.metadata for d in docs)) if docs else set()
+        unknown = sorted(f for f in named if f.split(".")[0].split("[")[0] not in have | {"index", "content"})
+        if unknown and docs:
+            raise SekaError(
+                f"document_template names {', '.join('{' + f + '}' for f in unknown)}, which no document's metadata "
+                f"has (their fields: {sorted(map(str, have))}); a field only some documents have is left empty in "
+                "the others"
+            )
+
     def _split_input(self, input: Any) -> tuple[dict, str | None, list]:
         if isinstance(input, dict):
             if self.documents_key not in input:
                 raise SekaError(
                     f"SekaHighlight expects a dict with {self.documents_key!r} (and {self.question_key!r}); "
                     f"got keys {sorted(input)}"
+                )
+            others = sorted(str(k) for k in input if k != self.documents_key)
+            if self.question_key not in input and others:  # the question under another name: never write "None"
+                hint = f"; set question_key={others[0]!r}" if len(others) == 1 else ""
+                raise SekaError(
+                    f"SekaHighlight reads the question from {self.question_key!r}, which the input lacks "
+                    f"(keys: {sorted(map(str, input))}){hint}"
                 )
             return dict(input), input.get(self.question_key), list(input[self.documents_key] or [])
         if isinstance(input, Sequence) and not isinstance(input, str):
@@ -222,6 +273,7 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
             self.policy, [d.page_content for d in docs], scores, question=question, k=self.k,
             threshold=self.threshold, higher_is_better=self._direction(sources), encoder=self.encoder,
         )
+        self._check_template_fields(docs)
         parts: list[str] = []
         spans: list[tuple[int, int]] = []
         length = 0
@@ -231,7 +283,10 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
                 length += len(self.separator)
             fields = _Missing({k: v for k, v in doc.metadata.items() if isinstance(k, str)})
             fields.update(index=i + 1, content="\x00")
-            block = string.Formatter().vformat(self.document_template, (), fields)
+            try:
+                block = string.Formatter().vformat(self.document_template, (), fields)
+            except (IndexError, ValueError, AttributeError, KeyError) as exc:
+                raise SekaError(f"document_template {self.document_template!r} is not a valid template: {exc}") from None
             before, _, after = block.partition("\x00")
             start = length + len(before)
             spans.extend((start + s, start + e) for s, e in selection.spans.get(i, []))
@@ -256,6 +311,6 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
                 "highlighted_documents": selection.documents,
             }
         )
-        if question is None and not isinstance(input, dict):
+        if question is None and (not isinstance(input, dict) or self.question_key not in input):
             out.pop(self.question_key)
         return out

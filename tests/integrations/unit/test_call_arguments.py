@@ -211,3 +211,41 @@ def test_embedding_async_methods_leave_the_event_loop_free():
     loop_thread = asyncio.run(run())
     assert encoder.threads and loop_thread not in encoder.threads
     assert len(encoder.threads) == 2  # the batch is one encoder call, not one per text
+
+
+def test_langchain_embeddings_take_model_name_too(monkeypatch, tmp_path):
+    import langchain_seka._select as select
+    from langchain_seka import SentenceTransformerEmbeddings
+
+    loaded = []
+    monkeypatch.setattr(select, "_load_sentence_transformer", lambda path: loaded.append(str(path)) or _Encoder())
+    emb = SentenceTransformerEmbeddings(model_name=str(tmp_path))
+    assert emb.embed_query("x") == [1.0, 1.0, 1.0] and loaded == [str(tmp_path)]
+    assert SentenceTransformerEmbeddings(model=str(tmp_path)).model_name == str(tmp_path)
+    with pytest.raises(ValidationError, match="name different models"):
+        SentenceTransformerEmbeddings(model=str(tmp_path), model_name="other")
+    with pytest.raises(SekaError, match="take text strings, got dict"):
+        SentenceTransformerEmbeddings(model=_Encoder()).embed_query({"question": "x"})
+
+
+@pytest.mark.parametrize("cls", ["langchain", "llamaindex"])
+def test_a_missing_embedding_directory_is_named_not_looked_up_online(cls, tmp_path):
+    from langchain_seka import SentenceTransformerEmbeddings
+
+    missing = str(tmp_path / "nowhere")
+    emb = SentenceTransformerEmbeddings(model_name=missing) if cls == "langchain" else SentenceTransformerEmbedding(
+        model_name=missing)
+    with pytest.raises(SekaError, match="no such directory.*nothing is downloaded"):
+        emb.embed_query("x") if cls == "langchain" else emb.get_query_embedding("x")
+
+
+@pytest.mark.parametrize("cls", [ChatSeka, SekaLLM])
+def test_one_highlight_list_per_input_is_refused_with_the_way_to_do_it(cls, tiny_seka):
+    with pytest.raises(SekaError, match="one list for the whole call.*mark it inline"):
+        cls(model=tiny_seka, max_tokens=2).batch([PROMPT, PROMPT], highlights=[["Paris."], ["Rome."]])
+
+
+def test_sentences_policy_without_a_query_names_llamaindex_arguments():
+    pp = SekaHighlightPostprocessor(policy="sentences", k=1, encoder=lambda texts: np.ones((len(texts), 3)))
+    with pytest.raises(SekaError, match="query_str="):
+        pp.postprocess_nodes([NodeWithScore(node=TextNode(text="A. B."), score=1.0)])

@@ -136,3 +136,29 @@ def test_lcel_retriever_highlight_prompt_chat(tiny_seka, spy):
     # retriever | highlight (bare list) also composes
     head = retriever | highlight | RunnableLambda(lambda d: d["context"])
     assert head.invoke(QUESTION).startswith("Document 1: <<")
+
+
+def test_a_question_under_another_key_is_named_not_written_as_none():
+    with pytest.raises(SekaError, match="question_key='input'"):
+        SekaHighlight().invoke({"input": QUESTION, "documents": DOCS})
+    out = SekaHighlight(question_key="input").invoke({"input": "What is 1 << 4?", "documents": DOCS})
+    assert out["input"] == "What is 1 \\<< 4?" and "question" not in out
+    assert "question" not in SekaHighlight().invoke({"documents": DOCS})  # documents alone: no question written
+
+
+def test_a_template_field_no_document_has_is_an_error():
+    docs = [Document(page_content="A.", metadata={"source": "x"}), Document(page_content="B.")]
+    with pytest.raises(SekaError, match=r"names \{sorce\}, which no document's metadata has \(their fields: \['source'\]\)"):
+        SekaHighlight(policy="all", document_template="[{sorce}] {content}").invoke(docs)
+    assert SekaHighlight(policy="all", document_template="[{source}] {content}").invoke(docs)["context_text"] == (
+        "[x] A.\n[] B.")
+    with pytest.raises(SekaError, match="not a valid template"):
+        SekaHighlight(policy="all", document_template="{content} {").invoke(docs)
+
+
+def test_with_retriever_takes_the_question_string():
+    store = InMemoryVectorStore.from_documents(DOCS, DeterministicFakeEmbedding(size=8))
+    step = SekaHighlight(policy="all").with_retriever(store.as_retriever())
+    assert step.invoke(QUESTION)["question"] == QUESTION
+    with pytest.raises(SekaError, match="with_retriever takes the question string"):
+        step.invoke({"question": QUESTION})

@@ -8,18 +8,14 @@ from the network.
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from langchain_seka._select import embed_texts, load_encoder
+from langchain_seka._select import DEFAULT_MODEL_NAME, embed_texts, load_encoder, resolve_model_name
 
 __all__ = ["SentenceTransformerEmbedding"]
-
-#: ``model_name`` of the default model (the offline all-MiniLM-L6-v2)
-DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (offline)"
 
 
 class SentenceTransformerEmbedding(BaseEmbedding):
@@ -45,17 +41,7 @@ class SentenceTransformerEmbedding(BaseEmbedding):
 
     @model_validator(mode="after")
     def _resolve_model(self) -> "SentenceTransformerEmbedding":
-        named = self.model_name != DEFAULT_MODEL_NAME
-        if self.model is None and named:
-            self.model = self.model_name  # a directory: loaded on first use
-        elif isinstance(self.model, (str, os.PathLike)):
-            if named and os.fspath(self.model) != self.model_name:
-                raise ValueError(f"model={os.fspath(self.model)!r} and model_name={self.model_name!r} name "
-                                 "different models: give one of them")
-            self.model_name = os.fspath(self.model)
-        elif self.model is not None and not named:  # a model object: report what it is
-            self.model_name = getattr(getattr(self.model, "tokenizer", None), "name_or_path", None) or type(
-                self.model).__name__
+        self.model, self.model_name = resolve_model_name(self.model, self.model_name, DEFAULT_MODEL_NAME)
         return self
 
     @classmethod

@@ -34,7 +34,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, Te
 from langchain_seka._routing import remember_query
 from langchain_seka._select import check_policy, select
 from langchain_seka._text import as_markers, escape_markers, mark_up, merge_whitespace_gaps
-from seka_rag import Markers
+from seka_rag import Markers, SekaError
 from seka_rag.highlight import DEFAULT_MARKERS
 
 __all__ = ["SekaHighlightPostprocessor"]
@@ -112,6 +112,9 @@ class SekaHighlightPostprocessor(BaseNodePostprocessor):
         texts = [nodes[i].node.get_content(metadata_mode=MetadataMode.NONE) for i in text_nodes]
         scores = [nodes[i].score for i in text_nodes]
         question = query_bundle.query_str if query_bundle is not None else None
+        if self.policy == "sentences" and (not question or not question.strip()) and texts:
+            raise SekaError("the 'sentences' policy needs the query: call postprocess_nodes(nodes, query_str=...) "
+                            "or pass query_bundle= (a query engine does this for you)")
         selection = select(
             self.policy, texts, scores, question=question, k=self.k, threshold=self.threshold,
             higher_is_better=self.higher_is_better, encoder=self.encoder,
