@@ -665,7 +665,9 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
 
         embed(["warm-up"], seka.embedding_encoder)  # load the sentence encoder before timing
     info = dict(model=seka.model_id, device=str(seka.device), torch_threads=torch.get_num_threads(),
-                dtype=str(next(seka.model.parameters()).dtype), config=asdict(config))
+                dtype=str(next(seka.model.parameters()).dtype), config=asdict(config),
+                loaded={k: str(v) for k, v in model_spec.items() if v not in (None, False)},  # projection, experts ...
+                command=" ".join(["seka-rag" if sys.argv[0].endswith("seka-rag") else sys.argv[0], *sys.argv[1:]]))
     if pasta_heads is not None:  # the heads PASTA steered (the default depends on the model), eager only there
         info["pasta"] = {"heads": {str(k): list(v) for k, v in pasta_heads.items()},
                          "eager_attention": "in the layers of these heads only"}
@@ -723,9 +725,10 @@ def merge_results(paths: list[str | os.PathLike]) -> dict:
             raise SekaError(f"--merge: cannot read bench results {str(path)!r}: {exc}") from None
         if not isinstance(runs[-1], dict) or "info" not in runs[-1]:
             raise SekaError(f"--merge: {str(path)!r} is not a `seka-rag bench --out` file")
-    models = {r["info"].get("model") for r in runs}
-    if len(models) > 1:
-        raise SekaError(f"--merge: the files measure different models: {sorted(map(str, models))}")
+    for what in ("model", "dtype", "device"):  # ratios from different set-ups do not belong in one table
+        seen = {r["info"].get(what) for r in runs}
+        if len(seen) > 1:
+            raise SekaError(f"--merge: the files measure different {what}s: {sorted(map(str, seen))}")
     def parts(path, result) -> list[dict]:  # a file that is itself a merge keeps its own parts
         return result.get("runs") or [dict(file=str(path), info=result["info"], seconds=result.get("seconds"))]
 

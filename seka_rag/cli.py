@@ -95,7 +95,10 @@ _STARTING_PROJECTION = "the built, uncalibrated projection to start from (requir
 
 
 def _add_model_args(p: argparse.ArgumentParser,
-                    projection_help: str = "projection file (default: the one shipped for an embedded model)") -> None:
+                    projection_help: str = "projection file (default: the one shipped for an embedded model)",
+                    experts: bool = True) -> None:
+    """The options that load a model; ``experts=False`` for commands that never load an expert set: their
+    --adaptive / --experts / --router are left out of the help, and refused with the reason when given."""
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"embedded model ({', '.join(EMBEDDED_MODELS)}), hub id or local directory")
     p.add_argument("--gguf-file", help="GGUF file name inside --model's directory")
@@ -105,9 +108,12 @@ def _add_model_args(p: argparse.ArgumentParser,
     p.add_argument("--cache-dir", help="where converted GGUF models are cached (embedded models, --gguf-file; "
                    "default: $SEKA_RAG_CACHE or ~/.cache/seka-rag); for a hub id, the Hugging Face hub cache")
     p.add_argument("--attn-implementation", default="sdpa", help="sdpa (default), eager, flash_attention_2")
-    p.add_argument("--adaptive", action="store_true", help="load the AdaSEKA expert set shipped for the model")
-    p.add_argument("--experts", help="AdaSEKA expert-set directory (implies --adaptive)")
-    p.add_argument("--router", choices=["attention", "embedding"], help="default AdaSEKA router (default: attention)")
+    hidden = argparse.SUPPRESS
+    p.add_argument("--adaptive", action="store_true",
+                   help="load the AdaSEKA expert set shipped for the model" if experts else hidden)
+    p.add_argument("--experts", help="AdaSEKA expert-set directory (implies --adaptive)" if experts else hidden)
+    p.add_argument("--router", choices=["attention", "embedding"],
+                   help="default AdaSEKA router (default: attention)" if experts else hidden)
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars or progress lines (transformers' own bars included)")
 
@@ -368,6 +374,7 @@ def cmd_eval_variants(args) -> int:
         raise SekaError(f"--calibration-log {args.calibration_log!r} is not readable as a log written by "
                         f"`seka-rag calibrate --calibration-log` ({type(exc).__name__}: {exc})") from None
     trials.insert(0, Trial("none", [], 0.0, 0.0, 0))  # unsteered reference
+    _conflict_items(args.split, args.items)  # a count beyond the split is said before the model loads
     base = Projection.load(args.projection)  # a bad file is said before the model loads
     outside = sorted({layer for t in trials for _, layers, _ in t.units for layer in layers
                       if not 0 <= layer < base.meta.num_layers})
@@ -385,17 +392,28 @@ def cmd_eval_variants(args) -> int:
         lines.append(f"| {trial.stage} | {trial.label() or 'unsteered'} | {dev} | {share:.3f} | {margin:+.3f} | {n} |")
     print("\n".join(lines))
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("\n".join(lines) + "\n")
+        print(f"wrote {args.out}")
     return 0
 
 
-def cmd_eval_conflicts(args) -> int:
-    from .evaluation.conflict import ConflictReport, conflict_split, evaluate_conflicts
+def _conflict_items(split: str, n: int | None) -> list:
+    """The conflict split's first ``n`` items; a count beyond the split is a usage error (before any model loads)."""
+    from .evaluation.conflict import conflict_split
 
-    try:  # before the model loads: a count beyond the split is a usage error
-        items = conflict_split(args.split, n=args.items)
+    try:
+        return conflict_split(split, n=n)
     except ValueError as exc:
         raise SekaError(f"--items: {exc}") from None
+
+
+def cmd_eval_conflicts(args) -> int:
+    from .evaluation.conflict import ConflictReport, evaluate_conflicts
+
+    if args.per_case and not args.out:
+        raise SekaError("--per-case stores every case's answers in the --out file: give --out FILE as well")
+    items = _conflict_items(args.split, args.items)
     model = load_model(**_model_spec(args))
     steer = _steer_kwargs(args)  # check the options now, not after the whole unsteered pass
     if model.router is None or model.router == "projection":  # steering with the single projection
@@ -422,6 +440,7 @@ def cmd_eval_conflicts(args) -> int:
                               command="seka-rag eval-conflicts " + " ".join(sys.argv[2:]),
                               model_settings=_loaded_settings(args, model))
         Path(args.out).write_text(json.dumps(reports, indent=1))
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -498,6 +517,7 @@ def cmd_bench(args) -> int:
     if args.merge:
         from .bench import write_outputs
 
+        _refuse_run_options_with_merge(args, "bench", ("merge", "out", "plots", "no_progress", "func", "command"))
         result = merge_results(args.merge)
         if result["latency"]:
             print(format_latency(result["latency"]))
@@ -512,6 +532,9 @@ def cmd_bench(args) -> int:
             raise SekaError(f"{flag} must be positive, got {values}")
 
     methods = _as_spelled(args.methods, BENCH_METHODS)  # run_benchmark rejects unknown ones
+    if args.pasta_heads and "pasta" not in methods:
+        raise SekaError("--pasta-heads sets the heads of the pasta method, which this run does not measure; "
+                        "leave it out or add pasta to --methods")
     if any(m in ADAPTIVE_METHODS for m in methods) and not args.experts:
         args.adaptive = True
     heads = None
@@ -572,6 +595,9 @@ def cmd_build_experts(args) -> int:
             whose = "this set has" if reused is not None else "this build makes"
             raise SekaError(f"--expert-scales names {wrong}, which {whose} no expert for; "
                             f"the experts are {', '.join(names)}")
+    if args.expert_gains is not None and (len(args.expert_gains) != 2 or any(
+            not (g >= 0 and g < float("inf")) for g in args.expert_gains)):  # before the model loads
+        raise SekaError(f"--expert-gains takes two non-negative numbers G_POS,G_NEG, got {args.expert_gains}")
     spec = _model_spec(args)
     spec.update(adaptive=False, experts=None, router=None)
     model = load_model(**spec)
@@ -582,8 +608,6 @@ def cmd_build_experts(args) -> int:
     if args.expert_gains is not None:
         if template is None:
             raise SekaError("--expert-gains replaces the calibrated projection's gains: pass --projection too")
-        if len(args.expert_gains) != 2 or any(not (g >= 0 and g < float("inf")) for g in args.expert_gains):
-            raise SekaError(f"--expert-gains takes two non-negative numbers G_POS,G_NEG, got {args.expert_gains}")
         from dataclasses import replace
 
         template = replace(template, meta=replace(template.meta, gain_pos=args.expert_gains[0],
@@ -701,6 +725,10 @@ def cmd_eval_families(args) -> int:
     from .data.tasks import FAMILIES
     from .evaluation.families import evaluate_family, family_items, format_family_table
 
+    if args.families is not None and not _as_spelled(args.families, FAMILIES):
+        raise SekaError(f"--families names no family; choose from {', '.join(FAMILIES)} (or leave it out for all)")
+    if not _as_spelled(args.methods, FAMILY_METHODS):
+        raise SekaError(f"--methods names no method; choose from {', '.join(FAMILY_METHODS)} or expert:NAME")
     families = _as_spelled(args.families, FAMILIES) if args.families else list(FAMILIES)
     args.families = families if args.families else None
     unknown = [f for f in families if f not in FAMILIES]
@@ -710,14 +738,17 @@ def cmd_eval_families(args) -> int:
         raise SekaError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)}"
                         f"{did_you_mean(unknown, FAMILIES)}; counterfact, instructions with generated answers "
                         "and lost-in-middle are `seka-rag eval` families")
-    if args.merge:
-        _refuse_run_options_with_merge(args, "eval-families", _FAMILY_MERGE_OPTIONS)
-        methods = None if args.methods == FAMILY_DEFAULT_METHODS else _as_spelled(args.methods, FAMILY_METHODS)
-        return _merge_family_reports(args.merge, args.out, families=args.families, methods=methods)
     methods = _as_spelled(args.methods, FAMILY_METHODS)
     bad = [m for m in methods if m not in FAMILY_METHODS and not m.startswith("expert:")]
     if bad:
-        raise SekaError(f"unknown methods {bad}; choose from {', '.join(FAMILY_METHODS)} or expert:NAME")
+        from .evaluation.suite import did_you_mean
+
+        raise SekaError(f"unknown methods {bad}; choose from {', '.join(FAMILY_METHODS)} or expert:NAME"
+                        f"{did_you_mean(bad, FAMILY_METHODS)}")
+    if args.merge:
+        _refuse_run_options_with_merge(args, "eval-families", _FAMILY_MERGE_OPTIONS)
+        return _merge_family_reports(args.merge, args.out, families=args.families,
+                                     methods=None if args.methods == FAMILY_DEFAULT_METHODS else methods)
     if any(m in ("experts", "ada-attention", "ada-embedding") or m.startswith("expert:") for m in methods):
         args.adaptive = True
     try:  # before the model loads: a count beyond what a family has is a usage error
@@ -813,6 +844,9 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
         except (OSError, ValueError) as exc:
             raise SekaError(f"--merge {path}: not a readable JSON file ({exc})") from None
         reports_of = payload.get("reports") if isinstance(payload, dict) else None
+        if isinstance(payload, dict) and {"table", "families", "methods"} & set(payload):
+            raise SekaError(f"{path!r} is a `seka-rag eval --out` file, not an `eval-families --out` one; "
+                            "merge it with `seka-rag eval --merge`")
         if not isinstance(reports_of, dict) or not all(
                 isinstance(r, dict) and all(isinstance(x, dict) and {"family", "n", "share"} <= set(x) for x in r.values())
                 for r in reports_of.values()):
@@ -852,9 +886,9 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
                                     f"{path!r} differs from the files before it")
             merged.setdefault("runs", []).extend(runs)
     if methods is not None:
-        missing = [m for m in methods if m not in table and not (
-            m == "experts" and any(k.startswith("expert:") for k in table))]
-        if missing and table:
+        missing = [m for m in methods if m not in seen and not (
+            m == "experts" and any(k.startswith("expert:") for k in seen))]
+        if missing:
             raise SekaError(f"--methods {missing}: no such method in the merged files (they hold {sorted(seen)})")
     if not table:
         raise SekaError("nothing to merge: no report matches the --methods / --families given")
@@ -894,13 +928,13 @@ def _check_file(path: str | None, flag: str) -> None:
 
 
 def cmd_profile_pasta(args) -> int:
-    from .evaluation.baselines import profiling_items, select_pasta_heads
+    from .evaluation.baselines import select_pasta_heads
     from .evaluation.suite import save_head_profile
 
     spec = _model_spec(args)
     spec.update(adaptive=False, experts=None, router=None)
+    items = _pasta_profiling_items(args.items, "--items", seed=args.seed)  # before the model loads
     model = load_model(**spec)
-    items = profiling_items(args.items, seed=args.seed)
     started = time.perf_counter()
     profile = select_pasta_heads(model, items, alpha=args.alpha, top=args.top, layers=args.layers, proxy=args.proxy,
                                  batch_size=args.batch_size, progress=not args.no_progress)
@@ -915,9 +949,19 @@ def cmd_profile_pasta(args) -> int:
     return 0
 
 
+def _pasta_profiling_items(n: int, flag: str, seed: int | None = None) -> list:
+    """The dev conflict cases PASTA's heads are profiled on; a count beyond them is a usage error."""
+    from .evaluation.baselines import profiling_items
+
+    try:
+        return profiling_items(n) if seed is None else profiling_items(n, seed=seed)
+    except ValueError as exc:
+        raise SekaError(f"{flag}: {exc}") from None
+
+
 def _pasta_for_eval(model, args):
     """(PastaConfig or None, what was done) for ``seka-rag eval``: a saved profile, or a small one profiled now."""
-    from .evaluation.baselines import PastaUnsupportedError, profiling_items, select_pasta_heads
+    from .evaluation.baselines import PastaUnsupportedError, select_pasta_heads
     from .evaluation.suite import PASTA_PROFILE_STRIDE, load_head_profile
 
     if args.pasta_heads:
@@ -936,7 +980,8 @@ def _pasta_for_eval(model, args):
               f"profiles once with more, then pass --pasta-heads FILE)", flush=True)
         started = time.perf_counter()
         try:
-            profile = select_pasta_heads(model, profiling_items(args.pasta_profile_items), top=args.pasta_top,
+            profile = select_pasta_heads(model, _pasta_profiling_items(args.pasta_profile_items,
+                                                                       "--pasta-profile-items"), top=args.pasta_top,
                                          layers=layers, progress=not args.no_progress,
                                          **({} if args.pasta_alpha is None else {"alpha": args.pasta_alpha}))
         except PastaUnsupportedError as exc:
@@ -971,8 +1016,10 @@ def cmd_eval(args) -> int:
                           SUITE_METHODS, "methods")
     policies = parse_names(args.nq_policies, POLICIES, "lost-in-middle policies")
     items = parse_items(args.items, families)
-    if args.nq_first and "lost-in-middle" not in families:
-        raise SekaError("--nq-first picks the lost-in-middle questions, and this run has no lost-in-middle family")
+    _refuse_unused_eval_options(args, families, methods)
+    if args.families is not None and "lost-in-middle" in families and not args.nq:
+        raise SekaError("the lost-in-middle family reads real passages: give --nq PATH (the NQ-open oracle file, "
+                        "e.g. ../shared/data/nq-open-oracle.jsonl.gz), or leave the family out")
     for path, flag in ((args.nq, "--nq"), (args.counterfact, "--counterfact"), (args.pasta_heads, "--pasta-heads")):
         _check_file(path, flag)
     config = SuiteConfig(families=tuple(families), items=items, seed=args.seed, batch_size=args.batch_size,
@@ -985,12 +1032,17 @@ def cmd_eval(args) -> int:
 
         require_matplotlib()
     eval_items, skipped_families = build_suite_items(config)  # bad data files fail before the model loads
+    if "pasta" in methods and not args.pasta_heads:
+        _pasta_profiling_items(args.pasta_profile_items, "--pasta-profile-items")
     spec = _model_spec(args)
     if any(m in ADASEKA_METHODS for m in methods) and not spec["adaptive"] and args.model in EMBEDDED_MODELS:
         from .model import shipped_experts_path
 
         if (shipped_experts_path(args.model) / "experts.json").is_file():
             spec["adaptive"] = True  # AdaSEKA asked for: use the expert set shipped for this model
+    if all(m in ADASEKA_METHODS for m in methods) and not spec["adaptive"]:
+        raise SekaError(f"{', '.join(methods)} need an AdaSEKA expert set, and none is shipped for {args.model!r}: "
+                        f"build one (`seka-rag build-experts --model {args.model} --out DIR`) and pass --experts DIR")
     model = load_model(**spec)
     if spec["adaptive"]:
         print(f"AdaSEKA expert set: {', '.join(model.experts.names)}")
@@ -1010,6 +1062,32 @@ def cmd_eval(args) -> int:
     print(f"\nEvaluation suite on {model.model_id} ({counts}; seed {args.seed}; "
           f"{result.seconds['total']:.0f} s{profiling}); cells: mean [95 % CI] (n)")
     return _write_suite_result(result, args)
+
+
+#: ``seka-rag eval`` options that only a family / a method reads: (option, family or method, what reads it).
+_EVAL_SCOPED_OPTIONS = (
+    ("counterfact", "counterfact", "the counterfact family"),
+    *((o, "lost-in-middle", "the lost-in-middle family") for o in
+      ("nq", "nq_policies", "nq_passages", "nq_first", "nq_max_new_tokens", "nq_batch_size")),
+    ("max_new_tokens", "instructions", "the instructions family"),
+    *((o, "pasta", "the pasta method") for o in
+      ("pasta_heads", "pasta_profile_items", "pasta_profile_layers", "pasta_top", "pasta_alpha")),
+    ("spa_strength", "spa", "the spa method"),
+)
+
+
+def _refuse_unused_eval_options(args, families: list[str], methods: list[str]) -> None:
+    """Refuse ``seka-rag eval`` options that no family or method of this run reads (before the model loads)."""
+    defaults = vars(build_parser().parse_args(["eval"]))
+    given = {o for o, _, _ in _EVAL_SCOPED_OPTIONS if getattr(args, o) != defaults.get(o)}
+    unread = [(o, who) for o, scope, who in _EVAL_SCOPED_OPTIONS if o in given and scope not in (*families, *methods)]
+    if args.pasta_heads:  # a stored profile: the on-the-fly profiling settings would do nothing
+        unread += [(o, "on-the-fly profiling (not with --pasta-heads)") for o in
+                   ("pasta_profile_items", "pasta_profile_layers", "pasta_top") if o in given]
+    if unread:
+        flags = ", ".join(f"--{o.replace('_', '-')} (read by {who})" for o, who in unread)
+        raise SekaError(f"{flags} would be ignored by this run (families: {', '.join(families)}; methods: "
+                        f"{', '.join(methods)}); leave {'it' if len(unread) == 1 else 'them'} out")
 
 
 def _write_suite_result(result, args) -> int:
@@ -1139,9 +1217,13 @@ _GAIN_SCALE_ITEMS = {"lost-in-middle": 8, "instructions": 8, "conflicts": 40, "c
 def _gain_scale_trade_off(args, gs) -> int:
     given = [flag for attr, (flag, _) in _GAIN_SCALE_OPTIONS.items() if getattr(args, attr) is not None]
     given += ["--em"] if args.em else []
+    defaults = vars(build_parser().parse_args(["gain-scale"]))
+    kept = {"trade_off", "conflict_bar", "apply", "write", "no_progress", "func", "command", "family", "em",
+            *_GAIN_SCALE_OPTIONS}
+    given += sorted("--" + k.replace("_", "-") for k, v in vars(args).items() if k not in kept and v != defaults.get(k))
     if args.family or given:
-        raise SekaError(f"--trade-off compares earlier files and runs nothing; leave out "
-                        f"{', '.join((['--family'] if args.family else []) + given)}")
+        raise SekaError(f"--trade-off compares earlier files and runs nothing (--apply names the projection to "
+                        f"rescale); leave out {', '.join((['--family'] if args.family else []) + given)}")
     bar = 0.95 if args.conflict_bar is None else args.conflict_bar
     if not 0 <= bar <= 1:
         raise SekaError(f"--conflict-bar is a share between 0 and 1, got {bar}")
@@ -1244,8 +1326,13 @@ def cmd_compare_experts(args) -> int:
 
     if args.experts:
         directory = Path(args.experts)
+        if directory.name == "experts.json" and directory.is_file():  # the set's index file: its directory
+            directory = directory.parent
     elif args.model in EMBEDDED_MODELS:
         directory = shipped_experts_path(args.model)
+        if not (directory / "experts.json").is_file():
+            raise SekaError(f"no expert set is shipped for {args.model!r}: build one with `seka-rag build-experts "
+                            f"--model {args.model} --out DIR` and pass --experts DIR")
     else:
         raise SekaError(f"no expert set is shipped for {args.model!r}: pass --experts DIR")
     if not (directory / "experts.json").is_file():
@@ -1257,6 +1344,16 @@ def cmd_compare_experts(args) -> int:
         if path is not None:
             _check_file(str(path), "--projection")
             reference = Projection.load(path)
+    if reference is not None:
+        a, b = experts.meta, reference.meta
+        if (a.model_type, a.num_layers, a.num_kv_heads, a.head_dim) != (b.model_type, b.num_layers, b.num_kv_heads,
+                                                                        b.head_dim):
+            embedded = next((n for n, spec in EMBEDDED_MODELS.items() if spec.model_id == a.model_id), None)
+            model_hint = f"--model {embedded} (the set's model), " if embedded else ""
+            raise SekaError(
+                f"the expert set was built for {a.model_id!r} and the reference projection for {b.model_id!r}: "
+                f"pass {model_hint}--projection FILE of the set's model, or --projection none to compare the experts only"
+            )
     rows = expert_overlaps(experts, reference, layers=args.layers)
 
     def shown(p) -> str:  # relative to the working directory where it is inside it
@@ -1320,7 +1417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_preview)
 
     p = sub.add_parser("build-projection", help="build a projection from synthetic contrastive triplets")
-    _add_model_args(p)
+    _add_model_args(p, experts=False)
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--triplets", type=_positive_int, default=400, help="contrastive triplets (default 400)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic triplets (default 0)")
@@ -1344,7 +1441,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.tasks import DEFAULT_SEED, DEFAULT_TRIPLETS_PER_FAMILY
 
     p = sub.add_parser("build-experts", help="build an AdaSEKA expert set: one projection per task family")
-    _add_model_args(p)
+    _add_model_args(p, experts=False)
     p.add_argument("--out", help="output directory (experts.json + one .safetensors per expert); "
                                  "with --reuse it defaults to the --reuse directory, overwritten in place")
     p.add_argument("--reuse", metavar="DIR",
@@ -1376,13 +1473,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build_experts)
 
     p = sub.add_parser("calibrate", help="choose layers, construction and gains of a projection on dev data")
-    _add_model_args(p, projection_help=_STARTING_PROJECTION)
+    _add_model_args(p, projection_help=_STARTING_PROJECTION, experts=False)
     p.add_argument("--out", required=True, help="output .safetensors file")
     _add_calibration_args(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("eval-variants", help="dev vs test share (first-token proxy) of logged calibration trials")
-    _add_model_args(p, projection_help=_STARTING_PROJECTION + ": the one `calibrate --projection` read")
+    _add_model_args(p, projection_help=_STARTING_PROJECTION + ": the one `calibrate --projection` read", experts=False)
     p.add_argument("--calibration-log", required=True, help="the JSON log written by calibrate --calibration-log")
     p.add_argument("--split", default="test", choices=["dev", "test"], help="conflict split to score (default test)")
     p.add_argument("--items", type=_positive_int)
@@ -1478,7 +1575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("profile-pasta", help="choose PASTA's heads on dev conflict cases and save the profile (JSON)")
-    _add_model_args(p)
+    _add_model_args(p, experts=False)
     p.add_argument("--out", required=True, help="output JSON file (pass it to `seka-rag eval --pasta-heads`)")
     p.add_argument("--items", type=_positive_int, default=16, help="dev conflict cases to profile on (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dev cases' sample (default 0)")
@@ -1492,7 +1589,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_profile_pasta)
 
     p = sub.add_parser("sensitivity", help="sweep gains, layer sets and the head threshold on dev data; tables, heat-maps")
-    _add_model_args(p)
+    _add_model_args(p, experts=False)
     p.add_argument("--items", type=_positive_int, default=16, help="dev conflict items (x 4 cases; default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dev items' sample (default 0)")
     p.add_argument("--gains-pos", type=_float_list, default=[1.0, 2.0, 4.0, 8.0, 16.0], help="g+ values")
@@ -1514,7 +1611,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gain-scale", help="a task family's score at scaled-down SEKA gains, on dev items "
                        "(long contexts, instructions, conflicts, CounterFact format); --trade-off picks a factor")
-    _add_model_args(p)
+    _add_model_args(p, experts=False)
     p.add_argument("--family", choices=list(_GAIN_SCALE_ITEMS), type=_gain_scale_family,
                    help="the family to sweep (required unless --trade-off)")
     p.add_argument("--scales", type=_float_list,
@@ -1609,7 +1706,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .inspect import add_inspect_parser
 
-    add_inspect_parser(sub, _add_model_args)
+    add_inspect_parser(sub, lambda parser: _add_model_args(parser, experts=False))
     return parser
 
 
@@ -1621,6 +1718,14 @@ _DIRECTORY_OUTS = ("build-experts",)
 _NO_EXPERT_OPTIONS = ("build-projection", "calibrate", "eval-variants", "profile-pasta", "sensitivity", "gain-scale",
                       "inspect")
 _NO_ROUTER_OPTION = ("eval", "eval-families", "bench")
+
+
+def check_empty_options(args) -> None:
+    """Refuse an option given as an empty string (``--out ""``): it would act as if it were left out."""
+    empty = sorted("--" + k.replace("_", "-") for k, v in vars(args).items() if v == "" and k != "prompt")
+    if empty:
+        raise SekaError(f"{', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty: give a value, or leave "
+                        f"{'it' if len(empty) == 1 else 'them'} out for the default")
 
 
 def check_ignored_options(args) -> None:
@@ -1645,19 +1750,25 @@ def check_ignored_options(args) -> None:
 def check_output_paths(args) -> None:
     """Refuse output paths that cannot be written, before any model loads or work starts.
 
-    A file output (``--out``, ``--json``) must not be an existing directory; a directory output
+    A file output (``--out``, ``--json``, ``--markdown``, ``--plot``, ``--write``, ...) must not be an
+    existing directory (for ``--plots``, a prefix, neither may its parent be a file); a directory output
     (``--out-dir``, ``build-experts --out``) must not be an existing file; and no parent of either
     may be an existing file. Parents that do not exist yet are created when the output is written.
     """
-    for attr, flag in (("out", "--out"), ("json", "--json"), ("out_dir", "--out-dir")):
+    outputs = (("out", "--out"), ("json", "--json"), ("out_dir", "--out-dir"), ("markdown", "--markdown"),
+               ("plot", "--plot"), ("plots", "--plots"), ("write", "--write"))
+    command = getattr(args, "command", None)
+    if command != "eval-variants":  # where --calibration-log is read, not written
+        outputs += (("calibration_log", "--calibration-log"),)
+    for attr, flag in outputs:
         value = getattr(args, attr, None)
         if not isinstance(value, str) or not value:
             continue
         path = Path(value)
-        if attr == "out_dir" or getattr(args, "command", None) in _DIRECTORY_OUTS:
+        if attr == "out_dir" or (attr == "out" and command in _DIRECTORY_OUTS):
             if path.exists() and not path.is_dir():
                 raise SekaError(f"{flag} {value!r} is a file; give a directory")
-        elif path.is_dir():
+        elif path.is_dir() and attr != "plots":  # --plots is a prefix: DIR-latency.png is fine
             raise SekaError(f"{flag} {value!r} is a directory; give a file name inside it")
         for parent in path.parents:
             if parent.exists():
@@ -1673,6 +1784,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse has printed the usage error (or --help)
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        check_empty_options(args)
         check_ignored_options(args)
         check_output_paths(args)
         with _library_progress_bars(enabled=not getattr(args, "no_progress", False)):

@@ -465,25 +465,37 @@ def _layer_list(text: str) -> list[int]:
     return _int_list(text)
 
 
+def _finite_float(text: str) -> float:
+    from .cli import _finite_float as parse  # the CLI's number checks, for one wording everywhere
+
+    return parse(text)
+
+
+def _positive_int(text: str) -> int:
+    from .cli import _positive_int as parse
+
+    return parse(text)
+
+
 def add_inspect_parser(subparsers, add_model_args) -> argparse.ArgumentParser:
     """Add the ``inspect`` subcommand to ``subparsers``; ``add_model_args(parser)`` adds the model options."""
     p = subparsers.add_parser("inspect", help="which tokens' keys the edit amplifies most, in the most affected heads")
     add_model_args(p)
-    p.add_argument("--heads", type=int, default=6, help="inspect the N most affected heads (default 6)")
-    p.add_argument("--top", type=int, default=15, help="most / least amplified tokens shown per head (default 15)")
+    p.add_argument("--heads", type=_positive_int, default=6, help="inspect the N most affected heads (default 6)")
+    p.add_argument("--top", type=_positive_int, default=15, help="most / least amplified tokens shown per head (default 15)")
     p.add_argument("--texts", help="text file, one text per line (default: our synthetic contexts, "
                                    f"generate_triplets({DEFAULT_TEXT_COUNT}, seed={DEFAULT_TEXT_SEED}))")
-    p.add_argument("--min-count", type=int, default=3, help="ignore tokens seen fewer times (default 3)")
+    p.add_argument("--min-count", type=_positive_int, default=3, help="ignore tokens seen fewer times (default 3)")
     p.add_argument("--rank-by", choices=RANK_BY, default="rms",
                    help="head ranking: rms = ‖M‖_F/√d (default), spectral = ‖M‖₂, "
                         "shift = the head's key shift")
-    p.add_argument("--gain-pos", type=float, help="g+ (default: the projection's)")
-    p.add_argument("--gain-neg", type=float, help="g- (default: the projection's)")
+    p.add_argument("--gain-pos", type=_finite_float, help="g+ (default: the projection's)")
+    p.add_argument("--gain-neg", type=_finite_float, help="g- (default: the projection's)")
     p.add_argument("--layers", type=_layer_list, help="edited layers, e.g. 14-23 (default: the projection's)")
     p.add_argument("--all-heads", action="store_true", help="ignore the head mask (edit every head of the layers)")
     p.add_argument("--chat", action="store_true", help="run each text through the chat template")
     p.add_argument("--include-special", action="store_true", help="measure special tokens (BOS...) too")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="texts per forward pass (default 8)")
     p.add_argument("--json", metavar="OUT", help="also write the head ranking and the token tables as JSON")
     p.set_defaults(func=inspect_main)
     return p

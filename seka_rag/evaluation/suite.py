@@ -134,8 +134,10 @@ def parse_items(text: str | None, families: Sequence[str] = SUITE_FAMILIES) -> d
         if name not in SUITE_FAMILIES:
             raise SekaError(f"--items names unknown family {name!r}; choose from {', '.join(SUITE_FAMILIES)}"
                             f"{did_you_mean([name], SUITE_FAMILIES)}")
-        if name in out:
-            out[name] = _positive(value, f"--items {name}")
+        if name not in out:
+            raise SekaError(f"--items names {name!r}, which this run does not evaluate (families: "
+                            f"{', '.join(families)}); add it to --families or leave it out of --items")
+        out[name] = _positive(value, f"--items {name}")
     return out
 
 
@@ -599,6 +601,8 @@ def plot_suite(result: "SuiteResult | Mapping[str, Any]", path: str | Path) -> P
     fig.suptitle(f"{data.get('model', '')}: headline metric per family", fontsize=9)
     fig.tight_layout()
     path = Path(path)
+    if not path.suffix:  # matplotlib would add ".png" itself; say the name it really writes
+        path = path.with_suffix(".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path

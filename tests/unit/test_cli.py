@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -121,6 +122,28 @@ def test_eval_variants_says_what_it_needs(model_dir, tmp_path, capsys):
      "never loads an expert set, so --experts, --router would be ignored"),
     (["sensitivity", "--adaptive"], "so --adaptive would be ignored"),
     (["profile-pasta", "--out", "h.json", "--router", "attention"], "so --router would be ignored"),
+    (["inspect", "--adaptive"], "so --adaptive would be ignored"),
+    # options no family or method of an eval run reads, and runs that would evaluate nothing
+    (["eval", "--families", "conflict", "--methods", "seka", "--spa-strength", "3", "--max-new-tokens", "5"],
+     "--max-new-tokens (read by the instructions family), --spa-strength (read by the spa method) would be ignored"),
+    (["eval", "--families", "conflict", "--items", "counterfact=2"], "--items names 'counterfact', which this run"),
+    (["eval", "--families", "lost-in-middle", "--methods", "seka"], "give --nq PATH"),
+    (["eval", "--methods", "pasta", "--families", "conflict", "--pasta-heads", "h.json", "--pasta-top", "4"],
+     "--pasta-top (read by on-the-fly profiling (not with --pasta-heads))"),
+    (["eval", "--methods", "pasta", "--families", "conflict", "--pasta-profile-items", "100000"],
+     "--pasta-profile-items: the conflict family has at most"),
+    (["eval-families", "--methods", ","], "--methods names no method"),
+    (["eval", "--out", ""], "--out is empty"),
+    (["eval-families", "--merge", "a.json", "--methods", "sekaa"], "unknown methods ['sekaa']"),
+    (["profile-pasta", "--out", "h.json", "--items", "100000"], "--items: the conflict family has at most"),
+    (["eval-conflicts", "--per-case"], "--per-case stores every case's answers in the --out file"),
+    (["eval-variants", "--projection", "p", "--calibration-log", "l.json", "--items", "100000"], "--calibration-log"),
+    (["bench", "--methods", "seka", "--pasta-heads", "h.json"], "--pasta-heads sets the heads of the pasta method"),
+    (["bench", "--merge", "a.json", "--runs", "50"], "--merge only joins earlier results and runs nothing, so --runs"),
+    (["inspect", "--gain-pos", "nan"], "argument --gain-pos: must be a finite number"),
+    (["build-experts", "--out", "d", "--expert-gains", "1"], "--expert-gains takes two non-negative numbers"),
+    (["compare-experts", "--experts", ""], "--experts is empty"),
+    (["compare-experts", "--model", "smollm2-135m"], "no expert set is shipped for 'smollm2-135m'"),
     (["eval-families", "--router", "embedding"], "names the router in each method"),
     (["eval-families", "--methods", "seka,ada-embedding", "--gain", "0.5"], "--gain would be ignored"),
     (["build-projection", "--out", "p.safetensors", "--projection", "x.safetensors"], "--projection would be ignored"),
@@ -605,9 +628,11 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     assert sorted(shown) == ["seka", "unsteered"] and all(sorted(r) == ["conflict"] for r in shown.values())
     capsys.readouterr()
     assert main(["eval-families", "--merge", str(out), "--methods", "nothing-like-this"]) == 2
-    assert "nothing to merge" in capsys.readouterr().err
+    assert "unknown methods ['nothing-like-this']" in capsys.readouterr().err
     assert main(["eval-families", "--merge", str(out), "--methods", "seka,no-such-method"]) == 2
-    assert "--methods ['no-such-method']: no such method" in capsys.readouterr().err
+    assert "unknown methods ['no-such-method']" in capsys.readouterr().err
+    assert main(["eval-families", "--merge", str(out), "--methods", "expert:nobody"]) == 2
+    assert "--methods ['expert:nobody']: no such method" in capsys.readouterr().err
     assert main(["eval-families", "--merge", str(out), "--methods", "experts"]) == 0  # every expert:NAME row
     assert "expert:instruction" in capsys.readouterr().out
     # a file whose reports are all filtered out does not stop the paired differences
@@ -764,3 +789,42 @@ def test_eval_conflicts_greedy_answers_unsteered_and_steered(model_dir, tmp_path
     for label in ("unsteered", "steered"):
         assert saved[label]["greedy_only_share"] is not None
         assert len(saved[label]["cases"]) == 8 and all("generation" in c for c in saved[label]["cases"])
+
+
+@pytest.mark.parametrize("command", ["build-projection", "calibrate", "profile-pasta", "sensitivity", "gain-scale",
+                                     "inspect", "build-experts"])
+def test_commands_without_experts_leave_the_expert_options_out_of_their_help(command, capsys):
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--model" in text and not any(flag in text for flag in ("--adaptive", "--experts EXPERTS", "--router"))
+
+
+def test_an_eval_file_given_to_eval_families_merge_is_named(capsys):
+    results = Path(__file__).resolve().parents[2] / "docs" / "results.json"
+    assert main(["eval-families", "--merge", str(results)]) == 2
+    assert "is a `seka-rag eval --out` file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["eval", "--merge", "a.json", "--markdown", "{dir}"],
+                                  ["gain-scale", "--trade-off", "a.json", "--apply", "p", "--write", "{dir}"],
+                                  ["calibrate", "--out", "p.safetensors", "--calibration-log", "{dir}"]])
+def test_every_output_path_is_checked_before_work(args, tmp_path, capsys):
+    assert main([a.format(dir=tmp_path) for a in args]) == 2
+    assert "is a directory; give a file name inside it" in capsys.readouterr().err
+
+
+def test_bench_merge_refuses_files_of_different_dtypes(tmp_path, capsys):
+    for name, dtype in (("a", "torch.bfloat16"), ("b", "torch.float32")):
+        (tmp_path / f"{name}.json").write_text(json.dumps(dict(info=dict(model="m", dtype=dtype, device="cpu"),
+                                                               latency=[], memory=[])))
+    assert main(["bench", "--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
+    assert "different dtypes" in capsys.readouterr().err
+
+
+def test_plot_names_the_file_matplotlib_writes(tmp_path):
+    pytest.importorskip("matplotlib")
+    from seka_rag.evaluation.suite import plot_suite
+
+    results = json.loads((Path(__file__).resolve().parents[2] / "docs" / "results.json").read_text())
+    written = plot_suite(results, tmp_path / "chart")
+    assert written == tmp_path / "chart.png" and written.is_file()
