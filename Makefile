@@ -58,9 +58,9 @@ bench: install
 		--batch-size 1,4 --out $(BENCH_TMP)/smollm2-memory.json
 	$(BENCH) --model smollm2-135m --no-memory --methods $(SMALL_METHODS) --lengths 256,1024,2048 --batch-size 4 \
 		--out $(BENCH_TMP)/smollm2-latency-b4.json
-	$(BENCH) --merge $(BENCH_TMP)/qwen-latency.json $(BENCH_TMP)/qwen-memory.json $(BENCH_TMP)/qwen-latency-b4.json \
+	$(VENV)/bin/seka-rag bench --merge $(BENCH_TMP)/qwen-latency.json $(BENCH_TMP)/qwen-memory.json $(BENCH_TMP)/qwen-latency-b4.json \
 		--out $(BENCH_OUT)/overhead-qwen2.5-coder-0.5b.json --plots $(BENCH_OUT)/overhead-qwen2.5-coder-0.5b
-	$(BENCH) --merge $(BENCH_TMP)/smollm2-latency-b1.json $(BENCH_TMP)/smollm2-memory.json $(BENCH_TMP)/smollm2-latency-b4.json \
+	$(VENV)/bin/seka-rag bench --merge $(BENCH_TMP)/smollm2-latency-b1.json $(BENCH_TMP)/smollm2-memory.json $(BENCH_TMP)/smollm2-latency-b4.json \
 		--out $(BENCH_OUT)/overhead-smollm2-135m.json --plots $(BENCH_OUT)/overhead-smollm2-135m
 
 bench-full: install
