@@ -182,8 +182,8 @@ class ExpertSet:
 
     def __getitem__(self, name: str | int) -> Expert:
         """The expert named ``name`` (or at position ``name``, in the order of routing weights)."""
-        if isinstance(name, int) and not isinstance(name, bool):
-            return self.experts[name]
+        if isinstance(name, numbers.Integral) and not isinstance(name, bool):
+            return self.experts[int(name)]
         for e in self.experts:
             if e.name == name:
                 return e
@@ -296,12 +296,13 @@ class ExpertSet:
                 device: torch.device | str = "cpu") -> "StackedExperts":
         """Per edited layer, every expert's edit matrix (and routing factors) stacked on a leading axis.
 
-        Cached per (settings, device, experts' fingerprints): a call with the same settings reuses the
-        tensors already on the model's device. An expert that edits nothing in a layer or head gets no routing weight there.
+        Cached per (settings, device, each expert's edit stamp): a call with the same settings reuses the
+        tensors already on the model's device, and an expert whose gains, layers or tensors changed
+        (replaced, or modified in place) is stacked anew. An expert that edits nothing in a layer or head gets no routing weight there.
         """
-        try:  # the experts' fingerprints: an expert's tensors or gains changed in place are picked up
+        try:  # each expert's edit stamp: tensors or gains changed in place are picked up
             key = (_config_key(config), routing.top_k, bool(want_route), str(device),
-                   tuple((e.projection.fingerprint(), e.gain_scale) for e in self.experts))
+                   tuple((_edit_stamp(e.projection), e.gain_scale) for e in self.experts))
         except (TypeError, ValueError):
             key = None  # malformed settings: edit_matrices below raises the proper error
         cached = self._stack_cache.get(key) if key is not None else None
@@ -495,6 +496,17 @@ def _as_routing_config(routing: Any) -> RoutingConfig:
     raise ProjectionError(f"routing must be a RoutingConfig or a dict of its fields, got {type(routing).__name__}")
 
 
+def _edit_stamp(projection: Projection) -> tuple:
+    """What decides an expert's stacked edit, cheaply: its stored gains and layers, and the identity and
+    version counter of each tensor read (inference-mode tensors keep no counter: identity only)."""
+    m = projection.meta
+    tensors = (projection.pos, projection.neg, projection.u_pos, projection.s_pos, projection.head_mask,
+               projection.layer_scale)
+    return (id(projection), m.gain_pos, m.gain_neg, tuple(m.layers),
+            None if m.default_layers is None else tuple(m.default_layers),
+            tuple((id(t), None if t.is_inference() else t._version) for t in tensors))
+
+
 def _config_key(config: SteeringConfig) -> tuple:
     heads = config.heads
     if isinstance(heads, Mapping):
@@ -556,7 +568,7 @@ class RoutingResult:
     def summary(self, row: int = 0) -> dict[str, float]:
         """``{expert: mean weight}`` of one row (NaN weights: the row was not steered)."""
         rows = self.weights.shape[0]
-        if isinstance(row, bool) or not isinstance(row, int) or not -rows <= row < rows:
+        if isinstance(row, bool) or not isinstance(row, numbers.Integral) or not -rows <= row < rows:
             raise IndexError(f"row {row!r} is out of range: this result has {rows} row{'s' if rows != 1 else ''}")
         return {n: round(float(w), 4) for n, w in zip(self.experts, self.expert_weights()[row])}
 
@@ -693,7 +705,7 @@ def fixed_weights(mapping: Mapping[str, float], names: Sequence[str], rows: int)
 def as_query_embeddings(value: Any, rows: int) -> torch.Tensor:
     """``query_embedding=`` as a (rows, dim) tensor: one vector for a single prompt, or one per prompt."""
     try:
-        if isinstance(value, (list, tuple)) and value and all(hasattr(v, "shape") for v in value):
+        if isinstance(value, (list, tuple)) and value and all(getattr(v, "ndim", 0) >= 1 for v in value):
             # one tensor / array per prompt, e.g. from a retriever's embeddings
             t = torch.stack([torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in value])
         else:

@@ -666,8 +666,9 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
         embed(["warm-up"], seka.embedding_encoder)  # load the sentence encoder before timing
     info = dict(model=seka.model_id, device=str(seka.device), torch_threads=torch.get_num_threads(),
                 dtype=str(next(seka.model.parameters()).dtype), config=asdict(config),
-                loaded={k: str(v) for k, v in model_spec.items() if v not in (None, False)},  # projection, experts ...
-                command=" ".join(["seka-rag" if sys.argv[0].endswith("seka-rag") else sys.argv[0], *sys.argv[1:]]))
+                loaded={k: str(v) for k, v in model_spec.items() if v is not None and v is not False})
+    if Path(sys.argv[0]).name == "seka-rag":  # run from the command line: record it
+        info["command"] = " ".join(["seka-rag", *sys.argv[1:]])
     if pasta_heads is not None:  # the heads PASTA steered (the default depends on the model), eager only there
         info["pasta"] = {"heads": {str(k): list(v) for k, v in pasta_heads.items()},
                          "eager_attention": "in the layers of these heads only"}

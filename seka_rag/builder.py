@@ -74,6 +74,8 @@ class BuildConfig:
 
 def _layer_indices(name: str, value) -> list[int]:
     """A list of layer indices, sorted and without repeats; a string or non-integers are refused."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # a NumPy array or a tensor of indices
+        value = value.tolist()
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, set, frozenset, range)) or not all(
         isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in value
     ):

@@ -63,6 +63,8 @@ class ProjectionMeta:
             v = getattr(self, name)
             if v is None and name == "default_layers":
                 continue
+            if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):  # a NumPy array or a tensor of indices
+                v = v.tolist()
             if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple, range)) or not all(
                 isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in v
             ):

@@ -246,7 +246,9 @@ class KeyEditor:
         raise SteeringConfigError(
             f"the highlight mask is {rows} x {tokens} (rows x tokens) but the first forward pass in the steering "
             f"block has {output.shape[0]} x {output.shape[token_dim]}: build the mask from the same padded batch "
-            "you pass to the model (SekaModel.encode + pad_batch), and open one block per prompt batch"
+            "you pass to the model (SekaModel.encode + pad_batch) and open one block per prompt batch; the prompt "
+            "must go through in one forward pass (assisted / prompt-lookup decoding, prefill_chunk_size and a "
+            "pre-filled cache are not supported inside a steering block)"
         )
 
     @contextmanager

@@ -687,3 +687,27 @@ def test_default_router_without_experts_points_to_adaptive():
 
     with pytest.raises(SekaError, match="adaptive=True"):
         SekaModel.default("smollm2-135m", router="attention")
+
+
+def test_query_embedding_as_a_list_of_numpy_scalars_is_one_vector(tiny_model, expert_set):
+    import numpy as np
+
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka, prototypes=torch.eye(3)), router="embedding")
+    vector = np.array([0.2, 1.0, 0.1], dtype=np.float32)
+    seka.route(PROMPTS[0], query_embedding=vector)
+    expected = seka.last_routing.expert_weights()
+    seka.route(PROMPTS[0], query_embedding=list(vector))
+    torch.testing.assert_close(seka.last_routing.expert_weights(), expected)
+    assert seka.last_routing.summary(np.int64(0)) == seka.last_routing.summary(0)
+
+
+def test_the_stacked_cache_hashes_nothing_per_call(tiny_model, expert_set, monkeypatch):
+    from seka_rag import Projection
+    from seka_rag.steering import SteeringConfig
+
+    seka = tiny_model("llama", num_layers=2)
+    experts = expert_set(seka)
+    first = experts.stacked(SteeringConfig(), experts.routing, True)
+    monkeypatch.setattr(Projection, "fingerprint", lambda self: pytest.fail("a cache hit hashed a projection"))
+    assert experts.stacked(SteeringConfig(), experts.routing, True) is first

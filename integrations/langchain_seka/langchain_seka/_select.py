@@ -92,11 +92,13 @@ def resolve_model_name(model: Any, model_name: str, default_name: str) -> tuple[
 
 def embed_texts(encoder: Any, texts: Sequence[str], batch_size: int, normalize: bool) -> list[list[float]]:
     """Embeddings of ``texts`` as plain float lists (what both frameworks' embedding classes return)."""
-    texts = list(texts) if isinstance(texts, (list, tuple)) else texts
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        got = type(texts).__name__ if not isinstance(texts, list) else type(next(t for t in texts if not isinstance(t, str))).__name__
-        raise SekaError(f"embeddings take text strings, got {got}; for a dict input, pick the text field first "
-                        "(e.g. itemgetter('question') | retriever)")
+    if isinstance(texts, (str, bytes)) or not hasattr(texts, "__iter__"):
+        raise SekaError(f"embed_documents takes a list of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    odd = next((t for t in texts if not isinstance(t, str)), None)
+    if odd is not None:
+        raise SekaError(f"embeddings take text strings, got {type(odd).__name__}; for a dict input, pick the text "
+                        "field first (e.g. itemgetter('question') | retriever)")
     vectors = encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=normalize, convert_to_numpy=True)
     return [[float(x) for x in row] for row in vectors]
 
