@@ -200,8 +200,12 @@ class ExpertSet:
         unknown = [n for n in names if n not in self.names]
         if unknown:
             raise ProjectionError(f"no experts named {unknown}; this set has {self.names}")
-        return ExpertSet([self[n] for n in names], name=self.name, embedding_model=self.embedding_model,
-                         routing=self.routing, notes=self.notes)
+        return self.with_experts([self[n] for n in names])
+
+    def with_experts(self, experts: Sequence[Expert]) -> "ExpertSet":
+        """A set of ``experts`` that keeps this set's name, embedding model, routing defaults and notes."""
+        return ExpertSet(experts, name=self.name, embedding_model=self.embedding_model, routing=self.routing,
+                         notes=self.notes)
 
     @property
     def meta(self):
@@ -478,8 +482,7 @@ def with_gain_scales(experts: "ExpertSet", scales: Mapping[str, float]) -> "Expe
         if not (math.isfinite(meta.gain_pos * ratio) and math.isfinite(meta.gain_neg * ratio)):
             raise ProjectionError(f"a gain scale of {new:g} makes expert {e.name!r}'s gains infinite")
         out.append(replace(e, projection=gains_times(e.projection, ratio), gain_scale=new))
-    return ExpertSet(out, name=experts.name, embedding_model=experts.embedding_model, routing=experts.routing,
-                     notes=experts.notes)
+    return experts.with_experts(out)
 
 
 def _as_routing_config(routing: Any) -> RoutingConfig:

@@ -290,8 +290,6 @@ def expert_set_like(experts, template: Projection):
     """
     from dataclasses import replace as replace_field
 
-    from .adaptive import ExpertSet
-
     _check_same_model(experts.experts[0].projection, template)
     t = template.meta
     edited = t.default_layers if t.default_layers is not None else t.layers
@@ -306,8 +304,7 @@ def expert_set_like(experts, template: Projection):
     # an expert's own strength (with_gain_scales) survives the re-copy
     refreshed = [replace_field(e, projection=gains_times(settings_like(e.projection, template), e.gain_scale))
                  for e in experts]
-    return ExpertSet(refreshed, name=experts.name, embedding_model=experts.embedding_model,
-                     routing=experts.routing, notes=experts.notes)
+    return experts.with_experts(refreshed)
 
 
 def build_expert_set(seka_model, families: dict[str, Sequence[Triplet]], config: BuildConfig = BuildConfig(), *,
