@@ -53,7 +53,7 @@ FAMILY_DESCRIPTIONS: dict[str, str] = {
     "context_qa": "context-QA evidence: a short context with the fact that answers a question",
     "conflict": "conflicting evidence: two documents (or an older and a newer statement) disagree",
     "instruction": "instructions (language, number format, case, pronoun, length, format) among other text",
-    "distractors": "a relevant passage among 6-10 distractor passages at varied positions",
+    "distractors": "a relevant passage among 5-9 distractor passages at varied positions",
 }
 
 #: Split the build triplets' main entities come from; the evaluation items use the other one.
@@ -328,7 +328,7 @@ def _instruction_stream(seed: int) -> Iterator[BuiltTriplet]:
 
 
 # ---------------------------------------------------------------------------------------------
-# distractors: the relevant passage among 6-10 others
+# distractors: the relevant passage among 5-9 others (6-10 passages in all)
 
 
 def passage(namer: Namer, rng: random.Random, rel: Relation, subject: str, answer: str,

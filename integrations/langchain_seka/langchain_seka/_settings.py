@@ -74,7 +74,7 @@ class SekaSettings(BaseModel):
     routing: dict[str, Any] | None = Field(
         default=None,
         description="AdaSEKA router parameters (seka_rag.adaptive.RoutingConfig fields: gain, top_k, "
-        "temperature, embedding_temperature, embedding_top1) over the expert set's defaults.",
+        "temperature, signed, embedding_gain, embedding_temperature, embedding_top1) over the expert set's defaults.",
     )
     adaptive: bool = Field(
         default=False,
