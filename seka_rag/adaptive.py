@@ -514,7 +514,8 @@ def _config_key(config: SteeringConfig) -> tuple:
     heads = config.heads
     if isinstance(heads, Mapping):
         heads = tuple(sorted((int(k), tuple(int(h) for h in v)) for k, v in heads.items()))
-    layers = None if config.layers is None else tuple(config.layers)
+    layers = config.layers.tolist() if hasattr(config.layers, "tolist") else config.layers
+    layers = None if layers is None else tuple(int(i) for i in layers)
     return (config.gain_pos, config.gain_neg, layers, heads)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from .architectures import decoder_layers, layer_module
 from .data.triplets import Triplet, triplet_prompts, triplets_hash
 from .errors import SekaError
-from .highlight import EncodedPrompt, Markers, has_chat_template, pad_batch
+from .highlight import EncodedPrompt, Markers, _outside_stacklevel, has_chat_template, pad_batch
 from .projection import Projection, ProjectionMeta
 
 #: Markers that cannot occur in natural text, used to place the answer span inside built prompts.
@@ -124,10 +125,14 @@ def collect_answer_keys(seka_model, prompts: Sequence[str], layers: Sequence[int
         lambda mod, a, out, i=i: capture(i, mod, a, out)) for i in layers]
     out: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
     counts: list[int] = []
+    too_long = 0
     try:
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
-            rows = [_up_to_answer(seka_model.encode(p, chat=chat, markers=_ANSWER_MARKERS))
+            # cut after the answer first (later tokens cannot change its keys), then fit the window
+            rows = [_up_to_answer(seka_model.encode(p, chat=chat, markers=_ANSWER_MARKERS, max_length=sys.maxsize))
                     for p in prompts[start:start + batch_size]]
+            too_long += sum(len(r.input_ids) > seka_model.context_window for r in rows)
+            rows = [_fit_window(r, seka_model.context_window) for r in rows]
             counts.extend(sum(r.highlight) for r in rows)
             batch = pad_batch(rows, seka_model.tokenizer.pad_token_id, side="left").to(seka_model.device)
             current_mask[:] = [batch.highlight_mask]
@@ -143,6 +148,12 @@ def collect_answer_keys(seka_model, prompts: Sequence[str], layers: Sequence[int
     finally:
         for h in handles:
             h.remove()
+    if too_long:
+        import warnings
+
+        warnings.warn(f"{desc}: {too_long} of {len(prompts)} prompts are longer than the model's window of "
+                      f"{seka_model.context_window} tokens up to their answer; their first tokens were dropped",
+                      stacklevel=_outside_stacklevel())
     return {i: torch.cat(v) for i, v in out.items()}, counts
 
 
@@ -150,6 +161,14 @@ def _up_to_answer(row: EncodedPrompt) -> EncodedPrompt:
     """Drop the tokens after the answer: under causal attention they cannot change its keys."""
     end = max((i for i, on in enumerate(row.highlight) if on), default=len(row.highlight) - 1) + 1
     return EncodedPrompt(row.input_ids[:end], row.highlight[:end], row.text)
+
+
+def _fit_window(row: EncodedPrompt, window: int) -> EncodedPrompt:
+    """``row`` without its first tokens when it is longer than ``window``."""
+    if len(row.input_ids) <= window:
+        return row
+    cut = len(row.input_ids) - window
+    return EncodedPrompt(row.input_ids[cut:], row.highlight[cut:], row.text, cut)
 
 
 def _split_rows(keys: torch.Tensor, counts: Sequence[int]) -> list[torch.Tensor]:
@@ -197,6 +216,10 @@ def build_projection(seka_model, triplets: Sequence[Triplet], config: BuildConfi
         raise SekaError(f"config must be a BuildConfig, got {type(config).__name__} (e.g. BuildConfig(gamma=0.8))")
     if not triplets:
         raise SekaError("building a projection needs at least one triplet")
+    odd = next((t for t in triplets if not isinstance(t, Triplet)), None)
+    if odd is not None:
+        raise SekaError(f"triplets are seka_rag.data.triplets.Triplet(context, question, answer, unrelated_question) "
+                        f"objects, got {type(odd).__name__} (e.g. Triplet(*row) for a tuple in that order)")
     geom = seka_model.geometry
     layers = config.validate(geom.num_layers)
     chat = config.chat

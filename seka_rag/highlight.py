@@ -15,7 +15,10 @@ offsets of the rendered prompt, and the fast tokenizer's offset mapping turns th
 from __future__ import annotations
 
 import difflib
+import numbers
+import os
 import re
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -222,7 +225,7 @@ def find_substring_spans(text: str, needle: str) -> list[Span]:
 
 
 def _check_span(span: Sequence[int], length: int, where: str) -> Span:
-    if not all(isinstance(x, int) and not isinstance(x, bool) for x in span):
+    if not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in span):
         raise HighlightError(f"highlight span {tuple(span)!r} must hold integer character offsets")
     s, e = int(span[0]), int(span[1])
     if 0 <= s <= length and 0 <= e <= length and s >= e:
@@ -247,6 +250,9 @@ class PreparedPrompt:
     add_special_tokens: bool = True
     chat: bool = False
     routing_text: str = ""  #: the prompt's own text outside the highlights (no chat template)
+    #: characters at the start that a too-long prompt keeps (the chat template's opening and system
+    #: messages): its tokens are dropped right after them instead
+    keep_head: int = 0
 
 
 #: Message roles that chat templates use. Any other role is passed to the template as it is, except a near
@@ -401,17 +407,25 @@ def prepare_prompt(
                 found = found or bool(occ)
             if not found:
                 shown = h if len(h) <= 60 else h[:57] + "..."
-                raise HighlightError(f"highlight {shown!r} does not occur in the prompt")
+                hint = ""
+                if markers is not None and (markers.start in h or markers.end in h):
+                    hint = (" (highlights are matched against the prompt with its markers removed: give the text "
+                            "without them)")
+                raise HighlightError(f"highlight {shown!r} does not occur in the prompt{hint}")
         elif isinstance(h, tuple | list) and len(h) == 2 and messages is None:
             spans_per_content[0].append(_check_span(h, len(clean[0]), "the prompt"))
         elif isinstance(h, tuple | list) and len(h) == 3 and messages is not None:
+            if isinstance(h[0], bool) or not isinstance(h[0], numbers.Integral):
+                raise HighlightError(f"highlight span {tuple(h)!r}: the message index must be an integer")
             idx = int(h[0])
             if not 0 <= idx < len(clean):
                 raise HighlightError(f"highlight span names message {idx}, but there are {len(clean)}")
             spans_per_content[idx].append(_check_span(h[1:], len(clean[idx]), f"message {idx}"))
         else:
             form = "(start, end)" if messages is None else "(message_index, start, end)"
-            raise HighlightError(f"cannot use {h!r} as a highlight: give a substring or a {form} span")
+            nested = " (one prompt takes a flat list of highlights)" if isinstance(h, list) and h and all(
+                isinstance(x, str) for x in h) else ""
+            raise HighlightError(f"cannot use {h!r} as a highlight: give a substring or a {form} span{nested}")
 
     outside = "\n".join(
         t for t in (_outside_spans(text, spans) for text, spans in zip(clean, spans_per_content)) if t
@@ -435,7 +449,10 @@ def prepare_prompt(
                 "highlights cannot be placed; pass chat=False and format the prompt yourself"
             )
         spans.extend((start + s, start + e) for s, e in content_spans)
-    return PreparedPrompt(rendered, merge_spans(spans), add_special_tokens=False, chat=True, routing_text=outside)
+    first = next((i for i, m in enumerate(messages) if m.get("role") != "system"), None)
+    keep_head = (starts[first] or 0) if first is not None else 0  # the opening and system messages stay
+    return PreparedPrompt(rendered, merge_spans(spans), add_special_tokens=False, chat=True, routing_text=outside,
+                          keep_head=keep_head)
 
 
 def _outside_spans(text: str, spans: Sequence[Span]) -> str:
@@ -464,8 +481,10 @@ def encode_prompt(
 ) -> EncodedPrompt:
     """Tokenize a prepared prompt and mark the tokens overlapping a highlighted span.
 
-    Prompts longer than ``max_length`` lose their first tokens (with a warning); a highlight whose
-    tokens are all dropped raises :class:`HighlightError`.
+    Prompts longer than ``max_length`` lose tokens from their start (with a warning): from right
+    after the chat template's opening and system messages for a chat prompt (which are kept), else
+    after any leading special tokens (BOS). A highlight whose tokens are all dropped raises
+    :class:`HighlightError`. The warning points at the first caller outside seka-rag.
     """
     if not prepared.spans:
         ids = tokenizer(prepared.text, add_special_tokens=prepared.add_special_tokens)["input_ids"]
@@ -493,7 +512,11 @@ def encode_prompt(
     truncated = 0
     if max_length is not None and len(ids) > max_length:
         truncated = len(ids) - max_length
-        lost = set(covering[:truncated]) - set(covering[truncated:]) - {-1}
+        head = _head_tokens(prepared, tokenizer, len(ids))
+        if head + 1 >= max_length:  # the head alone does not fit: cut from the very start
+            head = 0
+        dropped = covering[head:head + truncated]
+        lost = set(dropped) - set(covering[:head] + covering[head + truncated:]) - {-1}
         if lost:
             s, e = prepared.spans[min(lost)]
             shown = prepared.text[s:e] if e - s <= 60 else prepared.text[s : s + 57] + "..."
@@ -502,14 +525,47 @@ def encode_prompt(
                 f"than the {max_length} tokens it may use (the model's window, less any tokens reserved "
                 "for the answer); shorten the prompt or move the highlight later"
             )
-        ids, covering = ids[truncated:], covering[truncated:]
+        ids = ids[:head] + ids[head + truncated:]
+        covering = covering[:head] + covering[head + truncated:]
+        where = (f"the {truncated} tokens after the first {head} (the chat template's opening and any system "
+                 "message, kept) were dropped" if prepared.chat and head else
+                 f"the first {truncated} tokens{' after the first ' + str(head) + ' (special tokens, kept)' if head else ''}"
+                 " were dropped")
         warnings.warn(
             f"prompt of {len(ids) + truncated} tokens is longer than the {max_length} tokens it may use "
-            f"(the model's window, less any tokens reserved for the answer); the first {truncated} tokens "
-            "were dropped",
-            stacklevel=4,
+            f"(the model's window, less any tokens reserved for the answer); {where}",
+            stacklevel=_outside_stacklevel(),
         )
     return EncodedPrompt(list(ids), [c >= 0 for c in covering], prepared.text, truncated, prepared.routing_text)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _outside_stacklevel() -> int:
+    """The ``stacklevel`` of a warning raised by this module's caller that names the first frame outside
+    seka-rag (the user's call of generate / score / encode / build_projection ...), however deep the path."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _head_tokens(prepared: PreparedPrompt, tokenizer, n_tokens: int) -> int:
+    """How many leading tokens a truncation keeps: those ending by ``prepared.keep_head`` characters
+    (the chat opening and system messages), leading special tokens included; 0 without offsets."""
+    if not getattr(tokenizer, "is_fast", False):
+        return 0
+    enc = tokenizer(prepared.text, add_special_tokens=prepared.add_special_tokens, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    if len(offsets) != n_tokens:
+        return 0
+    head = 0
+    for _, end in offsets:
+        if end > prepared.keep_head:
+            break
+        head += 1
+    return head
 
 
 def _covering_span(offsets, special, spans: Sequence[Span]) -> list[int]:

@@ -369,9 +369,15 @@ class SekaModel:
         *,
         chat: bool | None = None,
         markers: Markers | None = _UNSET,
+        max_new_tokens: int | None = None,
     ) -> list[str]:
-        """The tokens a highlight covers, in order — to preview what will be steered."""
-        enc = self.encode(prompt, highlights, chat=chat, markers=markers)
+        """The tokens a highlight covers, in order — to preview what will be steered.
+
+        A prompt longer than the model's window is cut as :meth:`generate` with ``max_new_tokens``
+        would cut it (None: to the whole window, as :meth:`encode` does).
+        """
+        budget = None if max_new_tokens is None else self._prompt_budget(max_new_tokens)
+        enc = self.encode(prompt, highlights, chat=chat, markers=markers, max_length=budget)
         return [self.tokenizer.decode([t]) for t, on in zip(enc.input_ids, enc.highlight) if on]
 
     def _encode_many(self, prompts, highlights, chat, markers, max_length, batch: bool = True) -> list[EncodedPrompt]:
@@ -425,6 +431,10 @@ class SekaModel:
         prompt token (default: the last position, as in a left-padded prompt batch) and ``rows`` the
         encoded prompts (the embedding router's default query is their text outside the highlights).
         After the block, ``.result`` (and :attr:`last_routing`) holds the routing weights.
+
+        A mask of fewer rows than the model's batch is repeated to fit it when the batch is a whole
+        multiple (as ``generate`` expands rows for beams or ``num_return_sequences``); build one mask
+        row per prompt row otherwise.
 
         One block steers **one generation**: the first forward pass (the prompt's prefill) edits the
         highlighted keys, which the KV cache then carries through the decode steps; later full-length
@@ -879,6 +889,10 @@ class SekaModel:
         batch_size: int = 8,
     ) -> list[float]:
         """Log-probability of each continuation right after the prompt (summed over its tokens).
+
+        In bfloat16 (the default on CPUs with native bf16 and on CUDA) a score can move by a few tenths
+        of a nat with ``batch_size``, since padding changes the kernels' rounding; compare scores
+        from calls with the same batch size, or load the model with ``dtype="float32"``.
 
         With the chat template the continuation follows the assistant-turn opening. Without it (a raw
         prompt, ``chat=False``) it is appended exactly as given, as in text completion: include its

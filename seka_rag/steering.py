@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -58,11 +59,12 @@ def edit_matrices(projection: Projection, config: SteeringConfig = SteeringConfi
         if isinstance(g, bool) or not isinstance(g, numbers.Real) or not math.isfinite(g):
             raise SteeringConfigError(f"{name} must be a finite number, got {g!r}")
     if config.layers is not None:
-        if isinstance(config.layers, (str, bytes)) or not isinstance(config.layers, Sequence | set | range):
+        given = config.layers.tolist() if hasattr(config.layers, "tolist") else config.layers  # NumPy / torch
+        if isinstance(given, (str, bytes)) or not isinstance(given, Sequence | set | range):
             raise SteeringConfigError(f"layers must be a list of layer indices, got {config.layers!r}")
-        if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in config.layers):
-            raise SteeringConfigError(f"layers must be integers, got {list(config.layers)!r}")
-        layers = list(config.layers)
+        if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in given):
+            raise SteeringConfigError(f"layers must be integers, got {list(given)!r}")
+        layers = list(given)
         if not layers:
             raise SteeringConfigError("layers is empty, so nothing would be steered: pass steer=False to turn steering off")
     elif meta.default_layers is not None:
@@ -82,11 +84,33 @@ def edit_matrices(projection: Projection, config: SteeringConfig = SteeringConfi
             "pass heads='all', layers=[...], or steer=False"
         )
     g_pos, g_neg = float(g_pos), float(g_neg)
+    _warn_if_sign_flips(projection, rows, g_pos, g_neg)
     out = {}
     for layer, row in zip(layers, rows):
         m = projection.layer_scale[row] * (g_pos * projection.pos[row] + g_neg * projection.neg[row]) / 2
         out[int(layer)] = m * heads[row][:, None, None].to(m.dtype)
     return out
+
+
+def _warn_if_sign_flips(projection: Projection, rows: Sequence[int], g_pos: float, g_neg: float) -> None:
+    """Warn when a negative gain turns the keys' projected part around instead of weakening it.
+
+    The edit scales a key's P± part by ``1 + layer_scale · g / 2``: from 1 down to 0 as ``g`` goes from 0 to
+    ``−2 / layer_scale``, and negative (a flipped part, up to larger than before) beyond.
+    """
+    if g_pos >= 0 and g_neg >= 0:
+        return
+    scale = max(float(projection.layer_scale[r]) for r in rows)
+    for name, g in (("gain_pos", g_pos), ("gain_neg", g_neg)):
+        if 1 + scale * g / 2 < 0:
+            from .highlight import _outside_stacklevel
+
+            warnings.warn(
+                f"{name}={g:g} with the per-layer scale {scale:g} multiplies the keys' projected part by "
+                f"1 + {scale:g}·({g:g})/2 = {1 + scale * g / 2:g}: a flipped key, not a weaker highlight "
+                f"(negative gains weaken it down to {-2 / scale:.3g} here)",
+                stacklevel=_outside_stacklevel(),
+            )
 
 
 def _head_mask(projection: Projection, heads: HeadSelection, layers: Sequence[int]) -> torch.Tensor:

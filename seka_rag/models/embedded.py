@@ -84,8 +84,11 @@ def embedded_model(name: str) -> EmbeddedModel:
     try:
         return EMBEDDED_MODELS[name]
     except (KeyError, TypeError):
-        close = closest_embedded(name)
-        hint = f"did you mean {close!r}? " if close else ""
+        by_id = next((n for n, m in EMBEDDED_MODELS.items() if isinstance(name, str)
+                      and m.model_id.lower() == name.lower()), None)
+        close = by_id or closest_embedded(name)
+        hint = (f"{name!r} is embedded as {by_id!r}: use that name. " if by_id else
+                f"did you mean {close!r}? " if close else "")
         raise SekaError(
             f"no embedded model named {name!r}; {hint}available: {', '.join(EMBEDDED_MODELS)}"
         ) from None

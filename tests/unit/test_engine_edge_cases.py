@@ -346,3 +346,49 @@ def test_a_missing_local_path_and_a_misspelt_embedded_name_say_so(tmp_path):
         embedded_model("smollm2")
     with pytest.raises(SekaError, match="did you mean 'smollm2-135m'"):
         SekaModel.default("smollm2")
+
+
+def test_span_and_layer_numbers_of_any_integer_type(tiny_model):
+    import numpy as np
+
+    seka = tiny_model("llama", num_layers=2)
+    text = "The tower is in Rome."
+    plain = seka.encode(text, [(16, 20)], chat=False)
+    assert seka.encode(text, [(np.int64(16), np.int64(20))], chat=False).highlight == plain.highlight
+    messages = [{"role": "user", "content": text}]
+    with pytest.raises(HighlightError, match="message index must be an integer"):
+        seka.encode(messages, [(0.9, 16, 20)])
+    with pytest.raises(HighlightError, match="message index must be an integer"):
+        seka.encode(messages, [("0", 16, 20)])
+    assert seka.score(text + " <<x>>", ["a"], layers=np.array([0, 1])) == seka.score(text + " <<x>>", ["a"],
+                                                                                       layers=[0, 1])
+
+
+def test_highlight_mistakes_name_the_likely_cause(tiny_model):
+    seka = tiny_model("llama", num_layers=2)
+    with pytest.raises(HighlightError, match="with its markers removed"):
+        seka.encode("The tower is in <<Rome>>.", ["<<Rome>>"])
+    with pytest.raises(HighlightError, match="one prompt takes a flat list"):
+        seka.encode("The tower is in Rome.", [["Rome"]])
+
+
+def test_preview_cuts_a_long_prompt_as_generate_would(tiny_model):
+    import warnings
+
+    small = tiny_model("llama", context_window=24)
+    prompt = "<<Doc 1>>: " + "The tower is in Paris. " * 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert small.highlighted_tokens(prompt, chat=False)  # fits the whole window
+        with pytest.raises(HighlightError, match="truncated away"):
+            small.highlighted_tokens(prompt, chat=False, max_new_tokens=16)
+
+
+def test_builder_and_embedded_names_say_what_they_take(tiny_model):
+    from seka_rag import SekaModel
+    from seka_rag.builder import build_projection
+
+    with pytest.raises(SekaError, match=r"Triplet\(context, question, answer, unrelated_question\)"):
+        build_projection(tiny_model("llama", projection=False), [("ctx", "q", "a", "u")], progress=False)
+    with pytest.raises(SekaError, match="is embedded as 'smollm2-135m'"):
+        SekaModel.default("HuggingFaceTB/SmolLM2-135M-Instruct")

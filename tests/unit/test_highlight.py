@@ -395,15 +395,35 @@ class TestTruncation:
             warnings.simplefilter("ignore")
             small.generate(prompt, max_new_tokens=4)
 
-    def test_truncation_keeps_the_end_and_warns(self, seka, tokenizer):
+    def test_truncation_keeps_the_end_and_the_bos_token_and_warns(self, seka, tokenizer):
         prompt = "The tower is in Paris. " * 10 + "<<Rome>>"
         full = seka.encode(prompt, chat=False)
-        with pytest.warns(UserWarning, match="dropped"):
+        assert full.input_ids[0] == tokenizer.bos_token_id
+        with pytest.warns(UserWarning, match="the first .* tokens after the first 1 .special tokens, kept. were dropped"):
             enc = seka.encode(prompt, chat=False, max_length=10)
-        assert enc.input_ids == full.input_ids[-10:]
-        assert enc.highlight == full.highlight[-10:]
+        assert enc.input_ids == full.input_ids[:1] + full.input_ids[-9:]
+        assert enc.highlight == full.highlight[:1] + full.highlight[-9:]
         assert enc.truncated == len(full.input_ids) - 10
         assert stripped_runs(enc, tokenizer) == ["Rome"]
+
+    def test_a_long_chat_keeps_its_opening_and_system_message(self, seka, tokenizer):
+        messages = [{"role": "system", "content": "Always answer in French."},
+                    {"role": "user", "content": "The tower is in Paris. " * 20 + "Where is <<the tower>>?"}]
+        full = seka.encode(messages, max_length=10_000)
+        system_end = tokenizer.decode(full.input_ids).index("Always answer in French.") + len("Always answer in French.")
+        with pytest.warns(UserWarning, match="chat template's opening and any system message, kept"):
+            enc = seka.encode(messages, max_length=40)
+        assert len(enc.input_ids) == 40
+        text = tokenizer.decode(enc.input_ids)
+        assert text.startswith(tokenizer.decode(full.input_ids)[:system_end])  # the head, intact
+        assert text.endswith(tokenizer.decode(full.input_ids[-10:]))  # and the end of the user message
+        assert stripped_runs(enc, tokenizer) == ["the tower"]
+
+    def test_the_truncation_warning_names_the_callers_line(self, tiny_model):
+        small = tiny_model("llama", context_window=24)
+        with pytest.warns(UserWarning, match="dropped") as caught:
+            small.generate("The tower is in Paris. " * 10 + "<<Rome>>", chat=False, max_new_tokens=1)
+        assert caught[0].filename == __file__  # not a line inside seka-rag
 
     def test_no_truncation_no_warning(self, seka):
         with warnings.catch_warnings():

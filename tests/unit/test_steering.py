@@ -644,3 +644,17 @@ def test_key_editor_on_a_bare_base_model(tiny_model, helpers):
     with pytest.raises(ValueError):
         with editor.apply({}, torch.zeros(3, dtype=torch.bool)):
             pass
+
+
+def test_a_negative_gain_that_flips_the_keys_warns(tiny_model):
+    import warnings
+
+    seka = tiny_model("llama", num_layers=2)
+    prompt = "Doc 1: The tower is in Paris.\nDoc 2: <<The tower is in Rome.>>\nWhere is the tower?"
+    scale = float(seka.projection.layer_scale.max())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # down to -2 / scale: a weaker highlight, no warning
+        seka.score(prompt, ["Rome"], gain_pos=-1.9 / scale, gain_neg=0.0)
+    with pytest.warns(UserWarning, match="gain_pos=.* a flipped key, not a weaker highlight") as caught:
+        seka.score(prompt, ["Rome"], gain_pos=-4 / scale, gain_neg=0.0)
+    assert caught[0].filename == __file__
