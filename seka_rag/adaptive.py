@@ -515,7 +515,11 @@ def _config_key(config: SteeringConfig) -> tuple:
     if isinstance(heads, Mapping):
         heads = tuple(sorted((int(k), tuple(int(h) for h in v)) for k, v in heads.items()))
     layers = config.layers.tolist() if hasattr(config.layers, "tolist") else config.layers
-    layers = None if layers is None else tuple(int(i) for i in layers)
+    if layers is not None:
+        if isinstance(layers, (str, bytes)) or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool)
+                                                       for i in layers):
+            raise TypeError("not a list of layer indices")  # no key: edit_matrices says what is wrong
+        layers = tuple(int(i) for i in layers)
     return (config.gain_pos, config.gain_neg, layers, heads)
 
 

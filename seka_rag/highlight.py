@@ -305,7 +305,11 @@ def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[
         templated = tokenizer.apply_chat_template(probe, **options)
     except Exception:  # a template that validates contents; fall back to searching
         templated = None
-    if templated is not None and all(templated.count(s) == 1 for s in sentinels):
+    # each content once, in message order (a template may move one, e.g. fold the system message into
+    # the last user turn: then contents are searched for instead)
+    placed = (templated is not None and all(templated.count(s) == 1 for s in sentinels)
+              and [templated.index(s) for s in sentinels] == sorted(templated.index(s) for s in sentinels))
+    if placed:
         starts, text, cursor = [], [], 0
         for m, s in zip(messages, sentinels):
             at = templated.index(s, cursor)
@@ -319,7 +323,7 @@ def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[
     # The template transforms contents (e.g. trims them): locate each one in order, never inside the
     # template's own text before it (a system header can repeat words of the message).
     gaps = None
-    if templated is not None and all(templated.count(s) == 1 for s in sentinels):
+    if placed:
         ends = [0] + [templated.index(s) + len(s) for s in sentinels]
         gaps = [templated.index(s) - ends[i] for i, s in enumerate(sentinels)]
     starts, cursor = [], 0
@@ -472,7 +476,7 @@ class EncodedPrompt:
     input_ids: list[int]
     highlight: list[bool]
     text: str
-    truncated: int = 0  #: tokens dropped from the left
+    truncated: int = 0  #: tokens dropped from the start (after any kept head: chat opening, system messages, BOS)
     routing_text: str = ""  #: the prompt's text outside the highlights (the embedding router's default query)
 
 
@@ -513,7 +517,7 @@ def encode_prompt(
     if max_length is not None and len(ids) > max_length:
         truncated = len(ids) - max_length
         head = _head_tokens(prepared, tokenizer, len(ids))
-        if head + 1 >= max_length:  # the head alone does not fit: cut from the very start
+        if head + 1 >= max_length:  # the head would leave fewer than two tokens: cut from the very start
             head = 0
         dropped = covering[head:head + truncated]
         lost = set(dropped) - set(covering[:head] + covering[head + truncated:]) - {-1}
@@ -527,7 +531,7 @@ def encode_prompt(
             )
         ids = ids[:head] + ids[head + truncated:]
         covering = covering[:head] + covering[head + truncated:]
-        where = (f"the {truncated} tokens after the first {head} (the chat template's opening and any system "
+        where = (f"the {truncated} tokens after the first {head} (the prompt's opening up to its first non-system "
                  "message, kept) were dropped" if prepared.chat and head else
                  f"the first {truncated} tokens{' after the first ' + str(head) + ' (special tokens, kept)' if head else ''}"
                  " were dropped")
@@ -554,8 +558,13 @@ def _outside_stacklevel() -> int:
 def _head_tokens(prepared: PreparedPrompt, tokenizer, n_tokens: int) -> int:
     """How many leading tokens a truncation keeps: those ending by ``prepared.keep_head`` characters
     (the chat opening and system messages), leading special tokens included; 0 without offsets."""
-    if not getattr(tokenizer, "is_fast", False):
-        return 0
+    if not getattr(tokenizer, "is_fast", False):  # no offsets: the head's own tokens, if they prefix the prompt's
+        full = tokenizer(prepared.text, add_special_tokens=prepared.add_special_tokens)["input_ids"]
+        head = tokenizer(prepared.text[:prepared.keep_head], add_special_tokens=prepared.add_special_tokens)["input_ids"]
+        if prepared.keep_head and full[:len(head)] == head:
+            return len(head)
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        return next((i for i, t in enumerate(full) if t not in special), len(full))
     enc = tokenizer(prepared.text, add_special_tokens=prepared.add_special_tokens, return_offsets_mapping=True)
     offsets = enc["offset_mapping"]
     if len(offsets) != n_tokens:

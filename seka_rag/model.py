@@ -376,7 +376,7 @@ class SekaModel:
         A prompt longer than the model's window is cut as :meth:`generate` with ``max_new_tokens``
         would cut it (None: to the whole window, as :meth:`encode` does).
         """
-        budget = None if max_new_tokens is None else self._prompt_budget(max_new_tokens)
+        budget = None if max_new_tokens is None else self._prompt_budget(_check_max_new_tokens(max_new_tokens))
         enc = self.encode(prompt, highlights, chat=chat, markers=markers, max_length=budget)
         return [self.tokenizer.decode([t]) for t, on in zip(enc.input_ids, enc.highlight) if on]
 
@@ -616,7 +616,8 @@ class SekaModel:
         :class:`SekaError` when the call would use the single projection (``router="projection"``, or
         a model without experts): there is nothing to route then.
         """
-        enc = self.encode(prompt, highlights, chat=chat, markers=markers, max_length=self._prompt_budget(max_new_tokens))
+        budget = self._prompt_budget(_check_max_new_tokens(max_new_tokens))
+        enc = self.encode(prompt, highlights, chat=chat, markers=markers, max_length=budget)
         if not any(enc.highlight):
             raise HighlightError("nothing to route: the prompt has no highlighted tokens")
         batch = pad_batch([enc], self.tokenizer.pad_token_id).to(self.device)
@@ -641,8 +642,7 @@ class SekaModel:
 
     # ------------------------------------------------------------------ generation
     def _generation_kwargs(self, max_new_tokens, do_sample, temperature, top_p, stop) -> dict:
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise SekaError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        _check_max_new_tokens(max_new_tokens)
         if not _is_bool(do_sample):
             raise SekaError(f"do_sample must be True or False, got {do_sample!r}")
         _stop_list(stop)  # checked before any work
@@ -1081,6 +1081,12 @@ def _chunk(value: Any, start: int, stop: int, n: int, name: str = "query") -> An
     if rows != n:
         raise SteeringConfigError(f"{name} has {rows} entries for {n} prompts: give one per prompt, or one for all")
     return value[start:stop] if hasattr(value, "shape") else list(value[start:stop])
+
+
+def _check_max_new_tokens(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SekaError(f"max_new_tokens must be a positive integer, got {value!r}")
+    return value
 
 
 def _is_bool(value: Any) -> bool:

@@ -84,33 +84,34 @@ def edit_matrices(projection: Projection, config: SteeringConfig = SteeringConfi
             "pass heads='all', layers=[...], or steer=False"
         )
     g_pos, g_neg = float(g_pos), float(g_neg)
-    _warn_if_sign_flips(projection, rows, g_pos, g_neg)
     out = {}
     for layer, row in zip(layers, rows):
         m = projection.layer_scale[row] * (g_pos * projection.pos[row] + g_neg * projection.neg[row]) / 2
         out[int(layer)] = m * heads[row][:, None, None].to(m.dtype)
+    if g_pos < 0 or g_neg < 0:
+        _warn_if_keys_flip(out, g_pos, g_neg, max(float(projection.layer_scale[r]) for r in rows))
     return out
 
 
-def _warn_if_sign_flips(projection: Projection, rows: Sequence[int], g_pos: float, g_neg: float) -> None:
-    """Warn when a negative gain turns the keys' projected part around instead of weakening it.
+def _warn_if_keys_flip(matrices: dict[int, torch.Tensor], g_pos: float, g_neg: float, scale: float) -> None:
+    """Warn when negative gains turn part of the keys around instead of weakening the highlight.
 
-    The edit scales a key's P± part by ``1 + layer_scale · g / 2``: from 1 down to 0 as ``g`` goes from 0 to
-    ``−2 / layer_scale``, and negative (a flipped part, up to larger than before) beyond.
+    The edit multiplies a key by ``I + M``; along each eigenvector of the symmetric ``M`` that is
+    ``1 + λ``: below 1 weakens, below 0 flips the key's part there (and can make it larger than before).
+    With one gain negative and P+ / P- apart, ``λ`` reaches ``layer_scale · g / 2``, so flipping starts
+    below ``g = −2 / layer_scale``; where P+ and P- overlap, two negative gains add up.
     """
-    if g_pos >= 0 and g_neg >= 0:
-        return
-    scale = max(float(projection.layer_scale[r]) for r in rows)
-    for name, g in (("gain_pos", g_pos), ("gain_neg", g_neg)):
-        if 1 + scale * g / 2 < 0:
-            from .highlight import _outside_stacklevel
+    m = torch.stack(list(matrices.values())).float()
+    smallest = 1 + float(torch.linalg.eigvalsh((m + m.transpose(-1, -2)) / 2).min())
+    if smallest < 0:
+        from .highlight import _outside_stacklevel
 
-            warnings.warn(
-                f"{name}={g:g} with the per-layer scale {scale:g} multiplies the keys' projected part by "
-                f"1 + {scale:g}·({g:g})/2 = {1 + scale * g / 2:g}: a flipped key, not a weaker highlight "
-                f"(negative gains weaken it down to {-2 / scale:.3g} here)",
-                stacklevel=_outside_stacklevel(),
-            )
+        warnings.warn(
+            f"gain_pos={g_pos:g}, gain_neg={g_neg:g} turn part of the keys around: the edit multiplies it by "
+            f"{smallest:.2f} < 0 (per-layer scale up to {scale:g}), which is not a weaker highlight; a negative gain "
+            f"weakens it down to {-2 / scale:.3g} here while the other gain is not negative",
+            stacklevel=_outside_stacklevel(),
+        )
 
 
 def _head_mask(projection: Projection, heads: HeadSelection, layers: Sequence[int]) -> torch.Tensor:

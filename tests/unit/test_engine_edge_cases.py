@@ -392,3 +392,12 @@ def test_builder_and_embedded_names_say_what_they_take(tiny_model):
         build_projection(tiny_model("llama", projection=False), [("ctx", "q", "a", "u")], progress=False)
     with pytest.raises(SekaError, match="is embedded as 'smollm2-135m'"):
         SekaModel.default("HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+@pytest.mark.parametrize("value", [-5, 1.5, True])
+def test_preview_and_route_check_max_new_tokens(tiny_model, value):
+    seka = tiny_model("llama", num_layers=2)
+    with pytest.raises(SekaError, match="max_new_tokens must be a positive integer"):
+        seka.highlighted_tokens("The tower is in <<Rome>>.", max_new_tokens=value)
+    with pytest.raises(SekaError, match="max_new_tokens must be a positive integer"):
+        seka.route("The tower is in <<Rome>>.", max_new_tokens=value)

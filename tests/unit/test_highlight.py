@@ -411,7 +411,7 @@ class TestTruncation:
                     {"role": "user", "content": "The tower is in Paris. " * 20 + "Where is <<the tower>>?"}]
         full = seka.encode(messages, max_length=10_000)
         system_end = tokenizer.decode(full.input_ids).index("Always answer in French.") + len("Always answer in French.")
-        with pytest.warns(UserWarning, match="chat template's opening and any system message, kept"):
+        with pytest.warns(UserWarning, match="the prompt's opening up to its first non-system message, kept"):
             enc = seka.encode(messages, max_length=40)
         assert len(enc.input_ids) == 40
         text = tokenizer.decode(enc.input_ids)
@@ -532,3 +532,43 @@ class TestBadInputs:
         # callers catching ValueError keep working
         with pytest.raises(ValueError):
             seka_plain.encode(DOCS, ["Berlin"])
+
+
+def test_a_template_that_moves_the_system_message_is_searched_not_a_crash(helpers):
+    from seka_rag.highlight import prepare_prompt
+
+    # Mistral-v0.3 style: the system message is folded into the last user turn
+    folded = ("{% for m in messages %}{% if m['role'] == 'user' %}{% if loop.last and messages[0]['role'] == 'system' %}"
+              "[INST] {{ messages[0]['content'] }}\n\n{{ m['content'] }} [/INST]{% else %}[INST] {{ m['content'] }} [/INST]"
+              "{% endif %}{% elif m['role'] == 'assistant' %}{{ m['content'] }}</s>{% endif %}{% endfor %}")
+    tokenizer = helpers.make_tokenizer(folded)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there."},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Where is <<Rome>>?"}]
+    prepared = prepare_prompt(messages, tokenizer)
+    assert [prepared.text[s:e] for s, e in prepared.spans] == ["Rome"]
+
+
+def test_a_tokenizer_without_offsets_still_keeps_the_bos_token(tokenizer):
+    import warnings
+
+    from seka_rag.highlight import encode_prompt, prepare_prompt
+
+    class Slow:  # the same tokenizer, reporting no offset mapping
+        is_fast = False
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+    slow = Slow(tokenizer)
+    prepared = prepare_prompt("The tower is in Paris. " * 10, slow, chat=False)
+    full = encode_prompt(prepared, slow)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cut = encode_prompt(prepared, slow, max_length=10)
+    assert cut.input_ids == full.input_ids[:1] + full.input_ids[-9:] and cut.input_ids[0] == tokenizer.bos_token_id

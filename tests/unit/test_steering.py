@@ -655,6 +655,23 @@ def test_a_negative_gain_that_flips_the_keys_warns(tiny_model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # down to -2 / scale: a weaker highlight, no warning
         seka.score(prompt, ["Rome"], gain_pos=-1.9 / scale, gain_neg=0.0)
-    with pytest.warns(UserWarning, match="gain_pos=.* a flipped key, not a weaker highlight") as caught:
+    with pytest.warns(UserWarning, match="turn part of the keys around.*not a weaker highlight") as caught:
         seka.score(prompt, ["Rome"], gain_pos=-4 / scale, gain_neg=0.0)
     assert caught[0].filename == __file__
+
+
+def test_two_negative_gains_that_flip_together_warn(tiny_model):
+    import warnings
+    from dataclasses import replace
+
+    from seka_rag.steering import SteeringConfig, edit_matrices
+
+    seka = tiny_model("llama", num_layers=2)
+    proj = replace(seka.projection, neg=seka.projection.pos.clone())  # P- = P+: the two edits overlap fully
+    g = -1.9 / float(proj.layer_scale.max())  # each alone weakens only (factor 0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        edit_matrices(proj, SteeringConfig(gain_pos=g, gain_neg=0.0))
+        edit_matrices(proj, SteeringConfig(gain_pos=0.0, gain_neg=g))
+    with pytest.warns(UserWarning, match="turn part of the keys around"):  # together: factor 1 - 1.9 < 0
+        edit_matrices(proj, SteeringConfig(gain_pos=g, gain_neg=g))
