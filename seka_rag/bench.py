@@ -779,7 +779,13 @@ def format_latency(rows: list[dict]) -> str:
                      f"{num('prefill_ratio')} | {num('prefill_ratio_paired')}{interval} | "
                      f"{num('decode_unsteered_tps', 2)} | {num('decode_steered_tps', 2)} | {num('decode_ratio')} | "
                      f"{num('decode_ratio_paired')} |")
-    return "\n".join(lines)
+    notes = []
+    if any(r["method"] == "control" for r in rows):
+        notes.append("control: unsteered timed a second time in each round (A/A): its ratios show the timing noise")
+    if any(r.get("prefill_ratio_paired_interval") and r.get("interval_coverage", 0) < 0.9 for r in rows):
+        notes.append("no [interval] where a row has fewer than 5 runs: the range of its paired ratios would cover "
+                     "the median less than 90 % of the time")
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def format_memory(rows: list[dict]) -> str:

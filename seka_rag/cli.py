@@ -123,10 +123,18 @@ def _loaded_settings(args, model) -> dict:
     set's stored routing defaults when one is attached (what a router ran with unless overridden)."""
     from dataclasses import asdict
 
+    from . import __version__
+
     spec = _model_spec(args)
     out = {"projection": spec["projection"], "gguf_file": spec["gguf_file"],
            "attn_implementation": spec["attn_implementation"], "dtype": str(model.model.dtype).removeprefix("torch."),
-           "device": str(model.device), "experts": spec["experts"]}
+           "device": str(model.device), "experts": spec["experts"], "seka_rag_version": __version__}
+    if model.projection is not None:  # what the single projection edits by default, and which one it is
+        p = model.projection
+        out["projection_defaults"] = {
+            "gain_pos": p.meta.gain_pos, "gain_neg": p.meta.gain_neg, "layers": p.edited_layers,
+            "layer_scale": {str(layer): round(float(p.layer_scale[p.row(layer)]), 6) for layer in p.edited_layers},
+            "fingerprint": p.fingerprint()}
     if model.experts is not None:
         out["expert_routing_defaults"] = asdict(model.experts.routing)
         out["expert_gains"] = {e.name: {"gain_scale": e.gain_scale, "gain_pos": e.projection.meta.gain_pos,
@@ -1533,7 +1541,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--families", help="comma-separated: counterfact, conflict, instructions, lost-in-middle (default: all)")
     p.add_argument("--methods", help="comma-separated: unsteered, prompt-markers, prompt-important, pasta, spa, seka, "
                    "adaseka-attention, adaseka-embedding (default: all)")
-    p.add_argument("--items", help="items per family: N, or family=N pairs (default: "
+    p.add_argument("--items", help="items per family: N, or family=N pairs (conflict counts cases, four per item: "
+                   "a multiple of 4; default: "
                    + ", ".join(f"{f}={n}" for f, n in SUITE_DEFAULT_ITEMS.items())
                    + "; lost-in-middle counts questions, each asked with the gold passage first, middle and last)")
     p.add_argument("--seed", type=int, default=0,

@@ -127,7 +127,7 @@ def parse_items(text: str | None, families: Sequence[str] = SUITE_FAMILIES) -> d
         return out
     text = str(text).strip()
     if "=" not in text:
-        return {f: _positive(text, "--items") for f in families}
+        return _whole_conflict_items({f: _positive(text, "--items") for f in families})
     for part in text.split(","):
         name, _, value = part.partition("=")
         name = name.strip()
@@ -138,7 +138,18 @@ def parse_items(text: str | None, families: Sequence[str] = SUITE_FAMILIES) -> d
             raise SekaError(f"--items names {name!r}, which this run does not evaluate (families: "
                             f"{', '.join(families)}); add it to --families or leave it out of --items")
         out[name] = _positive(value, f"--items {name}")
-    return out
+    return _whole_conflict_items(out)
+
+
+def _whole_conflict_items(counts: dict[str, int]) -> dict[str, int]:
+    """Refuse a conflict count that would split an item: the family counts cases, four per item (both
+    document orders x either document highlighted), and only whole items are counterbalanced."""
+    n = counts.get("conflict")
+    if n is not None and n % 4:
+        raise SekaError(f"--items: the conflict family counts cases, four per item (both document orders x either "
+                        f"document highlighted), so give a multiple of 4, e.g. conflict={4 * (n // 4 + 1)} "
+                        f"({n // 4 + 1} items); {n} would leave an item without its counterbalancing cases")
+    return counts
 
 
 def _positive(text: str, what: str) -> int:
@@ -301,8 +312,9 @@ def suite_methods(model, names: Sequence[str], *, pasta: Any = None, spa_strengt
         elif name in ADASEKA_METHODS:
             router = name.split("-", 1)[1]
             if experts is None:
-                skipped[name] = ("the model has no AdaSEKA expert set (pass --adaptive for an embedded model's "
-                                 "shipped set, or --experts DIR)")
+                skipped[name] = ("the model has no AdaSEKA expert set (the command line loads the one shipped for the "
+                                 "default model by itself; for another model build one with `seka-rag build-experts` "
+                                 "and pass --experts DIR)")
             elif router == "embedding" and not experts.has_prototypes:
                 skipped[name] = "the expert set has no prototypes for the embedding router"
             else:
@@ -483,9 +495,30 @@ class SuiteResult:
             return ["", f"* {note}" if markdown else note]
         return []
 
+    def setup_line(self) -> str:
+        """How the model ran: dtype, device, the single projection's default edit, seka-rag's version ("" if
+        the run recorded none of it)."""
+        ms = self.settings.get("model_settings") or {}
+        parts = []
+        if ms.get("dtype"):
+            parts.append(f"{ms['dtype']} on {ms.get('device', '?')}")
+        p = ms.get("projection_defaults")
+        if p:
+            from ..projection import layer_ranges
+
+            scales = sorted(set((p.get("layer_scale") or {}).values()))
+            scale = f" x per-layer scale {scales[0]:g}" if len(scales) == 1 and scales[0] != 1 else (
+                " x per-layer scales" if len(scales) > 1 else "")
+            parts.append(f"SEKA g+ {p['gain_pos']:g}, g- {p['gain_neg']:g}{scale} on layers {layer_ranges(p['layers'])}")
+        if ms.get("seka_rag_version"):
+            parts.append(f"seka-rag {ms['seka_rag_version']}")
+        return "; ".join(parts)
+
     def text(self) -> str:
         """The whole result as plain text (what ``seka-rag eval`` prints)."""
-        parts = [self.main_table(), "", *self.legend(), *self._paired_section(markdown=False)]
+        setup = self.setup_line()
+        parts = [*([f"Setup: {setup}", ""] if setup else []), self.main_table(), "", *self.legend(),
+                 *self._paired_section(markdown=False)]
         for title, table in self.detail_tables():
             parts += ["", title, table]
         notes = self.notes()
@@ -495,11 +528,22 @@ class SuiteResult:
 
     def markdown(self) -> str:
         """The whole result as a Markdown document."""
-        counts = ", ".join(f"{f} {self.items[f]}" + (" questions × 3 gold positions" if f == "lost-in-middle" else "")
-                           for f in self.families)
+        def count(f: str) -> str:
+            n = self.items[f]
+            if f == "lost-in-middle":
+                return f"{f} {n} question{'s' if n != 1 else ''} × 3 gold positions"
+            items = f"{n // 4} item{'s' if n // 4 != 1 else ''} × 4"
+            return f"{f} {n} case{'s' if n != 1 else ''} ({items})" if f == "conflict" else f"{f} {n}"
+
+        counts = ", ".join(count(f) for f in self.families)
+        setup = self.setup_line()
+        profiling = self.seconds.get("pasta profiling")
+        took = f"{self.seconds.get('total', 0):.0f} s in all" + (f" + {profiling:.0f} s PASTA profiling" if profiling else "")
         parts = [f"# Evaluation suite: {self.model}", "",
                  f"Items: {counts}; seed {self.settings.get('seed', 0)}; cells are `mean [95 % CI] (n)`, "
-                 f"percentile-bootstrap intervals over items; {self.seconds.get('total', 0):.0f} s in all.", "",
+                 "percentile-bootstrap intervals over the family's units (items; a conflict item's four cases "
+                 f"together; a lost-in-middle question's three contexts together); {took}."
+                 + (f" Setup: {setup}." if setup else ""), "",
                  self.main_table(markdown=True), "", *(f"* {line}" for line in self.legend())]
         parts += self._paired_section(markdown=True)
         for title, table in self.detail_tables(markdown=True):
@@ -579,9 +623,11 @@ def plot_suite(result: "SuiteResult | Mapping[str, Any]", path: str | Path) -> P
     methods = [m for m in data["methods"] if m in data["table"]]
     if not families or not methods:
         raise SekaError("nothing to plot: the result has no measured cell")
-    fig = Figure(figsize=(3.3 * len(families), 3.8))
+    fig = Figure(figsize=(max(5.5, 3.3 * len(families)), 3.8))  # room for the title with one family
     Canvas(fig)
-    colours = [f"C{i}" for i in range(len(methods))]
+    # one colour per method name, whatever else a run holds, so that figures of several runs agree
+    known = list(SUITE_METHODS) + [m for m in methods if m not in SUITE_METHODS]
+    colours = [f"C{known.index(m) % 10}" for m in methods]
     for i, fam in enumerate(families):
         ax = fig.add_subplot(1, len(families), i + 1)
         for j, m in enumerate(methods):
@@ -593,11 +639,12 @@ def plot_suite(result: "SuiteResult | Mapping[str, Any]", path: str | Path) -> P
             ax.bar(j, mean, color=colours[j], yerr=[[mean - lo], [hi - mean]], capsize=2)
         ax.set_xticks(range(len(methods)))
         ax.set_xticklabels(methods, rotation=60, ha="right", fontsize=7)
-        ax.set_title(fam, fontsize=9)
+        sizes = sorted({data["table"][m][fam]["n"] for m in methods if data["table"][m].get(fam)})
+        ax.set_title(f"{fam} (n = {', '.join(map(str, sizes))})", fontsize=9)
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
         if i == 0:
-            ax.set_ylabel("% (bars: 95 % CI)")
+            ax.set_ylabel("% (whiskers: 95 % CI)")
     fig.suptitle(f"{data.get('model', '')}: headline metric per family", fontsize=9)
     fig.tight_layout()
     path = Path(path)

@@ -112,6 +112,10 @@ def test_eval_every_method_without_experts_or_nq(model_dir, projection, tmp_path
         assert set(data["seconds"]["conflict"]) >= {method}
     assert data["table"]["unsteered"]["conflict"]["mean"] == 0.5  # counterbalanced by construction
     assert data["table"]["seka"]["instructions"]["n"] == 5
+    setup = data["settings"]["model_settings"]  # what the steering ran with, to tie the table to its settings
+    assert setup["projection_defaults"]["fingerprint"] and setup["seka_rag_version"]
+    assert "Setup: float32 on cpu; SEKA g+ " in printed and "Setup: float32 on cpu; SEKA g+ " in md.read_text()
+    assert "conflict 4 cases (1 item × 4)" in md.read_text()
     assert data["reports"]["instructions"]["spa"]["settings"]["method"] == "spa"
     assert "outputs" not in data["reports"]["instructions"]["spa"]  # --per-item not given
     assert data["settings"]["pasta"]["profiled_now"] and data["settings"]["pasta"]["heads"]
@@ -542,7 +546,10 @@ def test_parse_names_and_items():
     with pytest.raises(SekaError, match="unknown things"):
         parse_names(" , ", ("a",), "things")
     assert parse_items(None) == DEFAULT_ITEMS
-    assert parse_items("7", ["conflict"]) == {"conflict": 7}
+    assert parse_items("8", ["conflict"]) == {"conflict": 8}
+    with pytest.raises(SekaError, match="counts cases, four per item .* multiple of 4, e.g. conflict=8"):
+        parse_items("7", ["conflict"])  # an item without its counterbalancing cases
+    assert parse_items("7", ["counterfact"]) == {"counterfact": 7}
     assert parse_items("conflict=8,instructions=5") == {**DEFAULT_ITEMS, "conflict": 8, "instructions": 5}
     with pytest.raises(SekaError, match="'lost-in-middle', which this run does not evaluate"):
         parse_items("lost-in-middle=2", ["conflict"])  # a count for a family left out would be ignored
