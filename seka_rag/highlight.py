@@ -481,7 +481,7 @@ class EncodedPrompt:
 
 
 def encode_prompt(
-    prepared: PreparedPrompt, tokenizer, max_length: int | None = None
+    prepared: PreparedPrompt, tokenizer, max_length: int | None = None, *, warn: bool = True
 ) -> EncodedPrompt:
     """Tokenize a prepared prompt and mark the tokens overlapping a highlighted span.
 
@@ -535,11 +535,12 @@ def encode_prompt(
                  "message, kept) were dropped" if prepared.chat and head else
                  f"the first {truncated} tokens{' after the first ' + str(head) + ' (special tokens, kept)' if head else ''}"
                  " were dropped")
-        warnings.warn(
-            f"prompt of {len(ids) + truncated} tokens is longer than the {max_length} tokens it may use "
-            f"(the model's window, less any tokens reserved for the answer); {where}",
-            stacklevel=_outside_stacklevel(),
-        )
+        if warn:
+            warnings.warn(
+                f"prompt of {len(ids) + truncated} tokens is longer than the {max_length} tokens it may use "
+                f"(the model's window, less any tokens reserved for the answer); {where}",
+                stacklevel=_outside_stacklevel(),
+            )
     return EncodedPrompt(list(ids), [c >= 0 for c in covering], prepared.text, truncated, prepared.routing_text)
 
 

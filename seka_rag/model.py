@@ -346,8 +346,12 @@ class SekaModel:
         chat: bool | None = None,
         markers: Markers | None = _UNSET,
         max_length: int | None = None,
+        warn: bool = True,
     ) -> EncodedPrompt:
-        """Token ids and highlight mask of one prompt, as the model will see it."""
+        """Token ids and highlight mask of one prompt, as the model will see it.
+
+        ``warn=False`` leaves out the warning for a truncated prompt (e.g. when only counting tokens; the
+        ``truncated`` field still says how many were dropped)."""
         if chat is not None and not _is_bool(chat):
             raise SekaError(f"chat must be True, False or None (use the template when there is one), got {chat!r}")
         if isinstance(highlights, str):
@@ -360,7 +364,8 @@ class SekaModel:
             prompt, self.tokenizer, highlights,
             markers=self.markers if markers is _UNSET else markers, chat=None if chat is None else bool(chat),
         )
-        return encode_prompt(prepared, self.tokenizer, self.context_window if max_length is None else max_length)
+        return encode_prompt(prepared, self.tokenizer, self.context_window if max_length is None else max_length,
+                             warn=warn)
 
     def highlighted_tokens(
         self,
@@ -724,8 +729,12 @@ class SekaModel:
         query_embedding: Any = None,
         routing: RoutingConfig | Mapping[str, Any] | None = None,
         batch_size: int = 8,
+        cancel: threading.Event | None = None,
     ) -> str | list[str]:
         """Generate a continuation of ``prompt`` (or of each prompt in a list, batched).
+
+        ``cancel``: a :class:`threading.Event` another thread may set to stop generating after the
+        current token (the text so far is returned; e.g. when an async caller gives up on the call).
 
         A plain-text prompt goes through the chat template when the tokenizer has one
         (``chat=False`` sends it raw). Returns the new text only, cut at the first ``stop`` string.
@@ -767,7 +776,7 @@ class SekaModel:
             with torch.inference_mode(), block:
                 out = self.model.generate(
                     input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    stopping_criteria=self._stop_criteria(stop, batch.input_ids.shape[1]), **gen
+                    stopping_criteria=self._stop_criteria(stop, batch.input_ids.shape[1], _cancelled(cancel)), **gen
                 )
             routed.append(block.result if block.result is not None else len(rows))
             new = out[:, batch.input_ids.shape[1] :]
@@ -1081,6 +1090,21 @@ def _chunk(value: Any, start: int, stop: int, n: int, name: str = "query") -> An
     if rows != n:
         raise SteeringConfigError(f"{name} has {rows} entries for {n} prompts: give one per prompt, or one for all")
     return value[start:stop] if hasattr(value, "shape") else list(value[start:stop])
+
+
+def _cancelled(event: threading.Event | None) -> list:
+    """A stopping criterion that ends generation once ``event`` is set (none without an event)."""
+    if event is None:
+        return []
+    if not hasattr(event, "is_set"):
+        raise SekaError(f"cancel must be a threading.Event, got {type(event).__name__}")
+    from transformers import StoppingCriteria
+
+    class _Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return [_Cancelled()]
 
 
 def _check_max_new_tokens(value: Any) -> int:

@@ -401,3 +401,29 @@ def test_preview_and_route_check_max_new_tokens(tiny_model, value):
         seka.highlighted_tokens("The tower is in <<Rome>>.", max_new_tokens=value)
     with pytest.raises(SekaError, match="max_new_tokens must be a positive integer"):
         seka.route("The tower is in <<Rome>>.", max_new_tokens=value)
+
+
+def test_generate_stops_when_its_cancel_event_is_set(tiny_model):
+    import threading
+
+    seka = tiny_model("llama", num_layers=2)
+    prompt = "The tower is in <<Rome>>. Where is the tower?"
+    passes = []
+    event = threading.Event()
+    handles = [seka.model.register_forward_hook(lambda *args: passes.append(1)),
+               seka.model.register_forward_hook(lambda *args: event.set() if cancelling and len(passes) >= 3 else None)]
+    try:
+        cancelling = False
+        seka.generate(prompt, max_new_tokens=12, chat=False)
+        uncancelled = len(passes)
+        passes.clear()
+        cancelling = True
+        seka.generate(prompt, max_new_tokens=12, chat=False, cancel=event)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if uncancelled <= 4:
+        pytest.skip("the tiny model ends its answer within four tokens")
+    assert len(passes) <= 4 < uncancelled
+    with pytest.raises(SekaError, match="cancel must be a threading.Event"):
+        seka.generate(prompt, max_new_tokens=2, cancel=True)

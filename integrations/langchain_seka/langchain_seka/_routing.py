@@ -53,17 +53,17 @@ def clear_queries() -> None:
 
 
 def recall_query(prompt_text: str | Sequence[str]) -> tuple[str, list[float] | None] | None:
-    """The remembered query whose text occurs in ``prompt_text`` (a text, or several: e.g. a chat's
-    message contents), the longest if several do (newest on ties); None if none does."""
+    """The newest remembered query whose text occurs in ``prompt_text`` (a text, or several: e.g. a
+    chat's message contents); None if none does.
+
+    The newest, not the longest: an earlier query also occurs in a prompt that quotes it (a retrieved
+    FAQ entry, a chat history), and the request being answered is the one retrieved last.
+    """
     texts = [prompt_text] if isinstance(prompt_text, str) else list(prompt_text)
-    best: _Entry | None = None
-    for entry in _RECENT.get():  # newest first
-        found = any(entry[0] in t for t in texts)
-        if found and (best is None or len(entry[0]) > len(best[0])):
-            best = entry
-    if best is None:
-        return None
-    return best[0], None if best[1] is None else list(best[1])
+    for query, vector in _RECENT.get():  # newest first
+        if any(query in t for t in texts):
+            return query, None if vector is None else list(vector)
+    return None
 
 
 def automatic_routing(model: Any, engine_kwargs: dict[str, Any], prompt_text: str | Sequence[str]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +59,20 @@ class Selection:
 # ------------------------------------------------------------------------------------------- encoders
 # the offline encoder is the engine's (seka_rag.embeddings): one copy per process for both frameworks
 from seka_rag.embeddings import default_encoder, offline_encoder_path  # noqa: E402
-from seka_rag.embeddings import load_sentence_transformer as _load_sentence_transformer  # noqa: E402
+from seka_rag.embeddings import load_sentence_transformer as _load_from_disk  # noqa: E402
+
+_loaded_encoders: dict[str, Any] = {}
+_loading_lock = threading.Lock()
+
+
+def _load_sentence_transformer(path: Any) -> Any:
+    """A sentence-transformers model from a local directory, loaded once per process and path (a
+    ``policy="sentences"`` step or an embeddings object given a directory would otherwise reload it)."""
+    key = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    with _loading_lock:
+        if key not in _loaded_encoders:
+            _loaded_encoders[key] = _load_from_disk(path)
+        return _loaded_encoders[key]
 
 
 def load_encoder(model: Any = None) -> Any:

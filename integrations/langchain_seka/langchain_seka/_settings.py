@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from typing import Any
@@ -315,11 +314,10 @@ def usage_counts(
     the tokenizer's count of the returned text, at most ``max_new_tokens`` (the engine returns
     text, not token ids, so this is an estimate when decoding is not reversible).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        enc = model.encode(
-            prompt, highlights, chat=chat, max_length=max(1, model.context_window - max_new_tokens), **encode_kwargs
-        )
+    enc = model.encode(  # the call itself warned about any truncation: no second warning (and no
+        # process-wide warnings.catch_warnings, which concurrent calls would leave switched off)
+        prompt, highlights, chat=chat, max_length=max(1, model.context_window - max_new_tokens), warn=False,
+        **encode_kwargs)
     output = len(model.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
     output = min(output, max_new_tokens)  # re-tokenising decoded text can overshoot (e.g. partial UTF-8)
     return {

@@ -8,18 +8,19 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
-from langchain_core.runnables.config import get_config_list, run_in_executor
+from langchain_core.runnables.config import get_config_list
 from pydantic import Field
 
 from seka_rag import HighlightError, SekaModel
 from seka_rag.highlight import has_chat_template, parse_markers
 
+from ._cancel import cancel_kwargs, run_cancellable
 from ._loading import model_label
 from ._messages import document_highlights, to_engine_messages
 from ._compat import HostedModelArguments
@@ -223,7 +224,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         first = calls[0]
         return first.model.generate(
             [c.prompt for c in calls], [c.highlights for c in calls],
-            batch_size=self.batch_size, **first.gen, **first.routing,
+            batch_size=self.batch_size, **first.gen, **first.routing, **cancel_kwargs(),
         )
 
     def _generation(self, call: _Call, text: str, routing: dict[str, Any] | None = None) -> ChatGeneration:
@@ -255,9 +256,20 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         plan = _BATCH.get()
         planned = plan.text_for(call) if plan is not None and plan.owner is self else None
         if planned is None:
-            text = call.model.generate(call.prompt, call.highlights, **call.gen, **call.routing)
+            text = call.model.generate(call.prompt, call.highlights, **call.gen, **call.routing, **cancel_kwargs())
             planned = text, routing_info(call.model)
         return ChatResult(generations=[self._generation(call, *planned)])
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        """:meth:`_generate` in a worker thread; a cancelled or timed-out call stops generating."""
+        return await run_cancellable(self._generate, messages, stop, run_manager.get_sync() if run_manager else None,
+                                     **kwargs)
 
     def _stream(
         self,
@@ -360,7 +372,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         **kwargs: Any,
     ) -> list[AIMessage]:
         """:meth:`batch` in a worker thread (the model runs in process; the event loop stays free)."""
-        return await run_in_executor(None, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
+        return await run_cancellable(self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
 
 
 def _plain_transcript(messages: list[dict], highlights: list, markers) -> tuple[str, list]:

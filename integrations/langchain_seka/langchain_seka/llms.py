@@ -9,11 +9,11 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LLM, LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from langchain_core.runnables.config import run_in_executor
 from pydantic import Field
 
 from seka_rag import SekaError, SekaModel
 
+from ._cancel import cancel_kwargs, run_cancellable
 from ._loading import model_label
 from ._messages import document_highlights
 from ._compat import HostedModelArguments
@@ -122,7 +122,7 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         **kwargs: Any,
     ) -> str:
         model, _, highlights, gen, routing = self._prepare(prompt, stop, kwargs)
-        return model.generate(prompt, highlights, **gen, **routing)
+        return model.generate(prompt, highlights, **gen, **routing, **cancel_kwargs())
 
     def _generate(
         self,
@@ -141,11 +141,11 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         prepared = [self._prepare(p, stop, kwargs) for p in prompts]
         model, name, _, gen, routing = prepared[0]
         if len(prompts) == 1:
-            texts = [model.generate(prompts[0], prepared[0][2], **gen, **routing)]
+            texts = [model.generate(prompts[0], prepared[0][2], **gen, **routing, **cancel_kwargs())]
         else:
             texts = model.generate(
-                list(prompts), [p[2] for p in prepared], batch_size=self.batch_size, **gen, **routing
-            )
+                list(prompts), [p[2] for p in prepared], batch_size=self.batch_size, **gen, **routing,
+                **cancel_kwargs())
         generations = [
             [self._generation(model, name, prompt, p[2], gen, text, row)]
             for row, (prompt, p, text) in enumerate(zip(prompts, prepared, texts))
@@ -175,9 +175,8 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         **kwargs: Any,
     ) -> LLMResult:
         """:meth:`_generate` in a worker thread: the same batching, streaming and usage as the sync calls."""
-        return await run_in_executor(
-            None, self._generate, prompts, stop, run_manager.get_sync() if run_manager else None, **kwargs
-        )
+        return await run_cancellable(self._generate, prompts, stop, run_manager.get_sync() if run_manager else None,
+                                     **kwargs)
 
     def _stream(
         self,

@@ -249,3 +249,58 @@ def test_sentences_policy_without_a_query_names_llamaindex_arguments():
     pp = SekaHighlightPostprocessor(policy="sentences", k=1, encoder=lambda texts: np.ones((len(texts), 3)))
     with pytest.raises(SekaError, match="query_str="):
         pp.postprocess_nodes([NodeWithScore(node=TextNode(text="A. B."), score=1.0)])
+
+
+def test_an_encoder_directory_is_loaded_once_per_process(monkeypatch, tmp_path):
+    import langchain_seka._select as select
+
+    class Model(_Encoder):  # looks like a sentence-transformers model
+        def similarity(self, a, b):  # pragma: no cover - never called here
+            return None
+
+    loads = []
+    monkeypatch.setattr(select, "_load_from_disk", lambda path: loads.append(path) or Model())
+    monkeypatch.setattr(select, "_loaded_encoders", {})
+    for _ in range(3):
+        select.as_encoder(str(tmp_path))(["a sentence"])
+    SentenceTransformerEmbedding(model_name=str(tmp_path)).get_text_embedding("x")
+    assert len(loads) == 1
+
+
+def test_token_counts_leave_the_warning_filters_alone(tiny_seka):
+    import warnings
+
+    from langchain_seka._settings import usage_counts
+
+    before = list(warnings.filters)
+    counts = usage_counts(tiny_seka, "The tower is in <<Rome>>. " * 40, None, chat=None, max_new_tokens=4, text="")
+    assert counts["input_tokens"] <= tiny_seka.context_window - 4 and warnings.filters == before
+
+
+@pytest.mark.parametrize("which", ["chat", "llm", "llamaindex"])
+def test_a_cancelled_async_call_tells_the_generation_to_stop(tiny_seka, monkeypatch, which):
+    seen = []
+
+    def generate(*args, cancel=None, **kwargs):  # stands in for a long generation
+        seen.append(cancel)
+        assert cancel is not None and cancel.wait(5)  # set by the cancellation, not by the timeout
+        return "stopped"
+
+    monkeypatch.setattr(tiny_seka, "generate", generate)
+
+    async def run():
+        if which == "chat":
+            call = ChatSeka(model=tiny_seka, max_tokens=300).ainvoke(PROMPT)
+        elif which == "llm":
+            call = SekaLLM(model=tiny_seka, max_tokens=300).ainvoke(PROMPT)
+        else:
+            call = Seka(model=tiny_seka, max_new_tokens=300).acomplete(PROMPT)
+        task = asyncio.ensure_future(call)
+        while not seen:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert len(seen) == 1 and seen[0].is_set()

@@ -207,8 +207,11 @@ def test_remembered_queries():
     assert recall_query("anything") is None
     remember_query("tower", [1.0, 2.0])
     remember_query("Where is the tower?", None)
-    assert recall_query("Q: Where is the tower?") == ("Where is the tower?", None)  # the longest match
+    assert recall_query("Q: Where is the tower?") == ("Where is the tower?", None)  # the newest match
     assert recall_query(["a tower", "other"]) == ("tower", [1.0, 2.0])
+    remember_query("How do I reset my password?", [0.0, 1.0])  # a later request whose document quotes the first
+    assert recall_query("FAQ: 'Where is the tower?' ... How do I reset my password?") == (
+        "How do I reset my password?", [0.0, 1.0])
     for i in range(MAX_REMEMBERED + 2):
         remember_query(f"q{i}?", [float(i + 1)])
     assert recall_query("tower") is None  # bounded: old entries fall out

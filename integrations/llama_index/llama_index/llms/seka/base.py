@@ -28,6 +28,7 @@ from llama_index.core.schema import BaseNode, NodeWithScore
 
 from langchain_seka._compat import HostedModelArguments
 from langchain_seka._loading import model_label
+from langchain_seka._cancel import cancel_kwargs, run_cancellable
 from langchain_seka._routing import automatic_routing
 from langchain_seka._settings import SekaSettings, routing_info, usage_counts
 from langchain_seka._text import (
@@ -208,7 +209,8 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
         return _Call(model, name, prompt, [*highlights, *extra] or None, gen, routing, markers)
 
     def _run(self, call: _Call) -> str:
-        return call.model.generate(call.prompt, call.highlights, markers=None, **call.gen, **call.routing)
+        return call.model.generate(call.prompt, call.highlights, markers=None, **call.gen, **call.routing,
+                                   **cancel_kwargs())
 
     def _run_stream(self, call: _Call) -> Iterator[str]:
         for piece in call.model.stream(call.prompt, call.highlights, markers=None, **call.gen, **call.routing):
@@ -377,8 +379,8 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
 
 
 async def _in_thread(fn: Callable, *args: Any, **kwargs: Any) -> Any:
-    ctx = contextvars.copy_context()
-    return await asyncio.get_running_loop().run_in_executor(None, lambda: ctx.run(fn, *args, **kwargs))
+    """``fn`` in a worker thread, in a copy of this context; a cancelled call stops generating."""
+    return await run_cancellable(fn, *args, **kwargs)
 
 
 async def _athread_iter(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:

@@ -1,0 +1,38 @@
+"""Async calls that stop generating when their caller gives up (a cancelled task, a timeout).
+
+The model runs in a worker thread; cancelling the awaiting task does not stop that thread, so
+:func:`run_cancellable` hands it a :class:`threading.Event` through a context variable, which the
+engine call sites pass on as ``SekaModel.generate(cancel=...)`` (:func:`cancel_kwargs`), and sets it
+when the task is cancelled: generation ends after the current token instead of running to
+``max_new_tokens`` for nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import Callable
+from typing import Any
+
+_CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("seka_cancel", default=None)
+
+
+def cancel_kwargs() -> dict[str, Any]:
+    """``{"cancel": event}`` inside :func:`run_cancellable`, else ``{}`` (for ``SekaModel.generate``)."""
+    event = _CANCEL.get()
+    return {} if event is None else {"cancel": event}
+
+
+async def run_cancellable(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a worker thread, in a copy of the caller's context; if the awaiting task
+    is cancelled, the generation inside is told to stop before the cancellation goes on."""
+    event = threading.Event()
+    ctx = contextvars.copy_context()
+    ctx.run(_CANCEL.set, event)
+    future = asyncio.get_running_loop().run_in_executor(None, lambda: ctx.run(fn, *args, **kwargs))
+    try:
+        return await future
+    except asyncio.CancelledError:
+        event.set()
+        raise
