@@ -765,9 +765,14 @@ class SekaModel:
         outputs: list[str] = []
         routed: list[RoutingResult | None] = []
         bs = _check_batch_size(batch_size)
+        cancelled = _cancelled(cancel)  # checks its type now
         n = len(encoded)
         for start in range(0, n, bs):
             rows = encoded[start : start + bs]
+            if cancel is not None and cancel.is_set():  # the caller gave up: no further batches
+                outputs.extend("" for _ in rows)
+                routed.append(len(rows))
+                continue
             batch = pad_batch(rows, self.tokenizer.pad_token_id, side="left").to(self.device)
             block = self.steering(
                 batch.highlight_mask, rows=rows, query=_chunk(query, start, start + bs, n),
@@ -776,7 +781,7 @@ class SekaModel:
             with torch.inference_mode(), block:
                 out = self.model.generate(
                     input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    stopping_criteria=self._stop_criteria(stop, batch.input_ids.shape[1], _cancelled(cancel)), **gen
+                    stopping_criteria=self._stop_criteria(stop, batch.input_ids.shape[1], cancelled), **gen
                 )
             routed.append(block.result if block.result is not None else len(rows))
             new = out[:, batch.input_ids.shape[1] :]
@@ -805,10 +810,13 @@ class SekaModel:
         query: str | Sequence[str] | None = None,
         query_embedding: Any = None,
         routing: RoutingConfig | Mapping[str, Any] | None = None,
+        cancel: threading.Event | None = None,
     ) -> Iterator[str]:
         """Like :meth:`generate` for one prompt, yielding text pieces as tokens are produced.
 
         Bad arguments raise here, when ``stream`` is called; generation starts when iteration does.
+        Generation stops when the consumer stops iterating, or when ``cancel`` (a
+        :class:`threading.Event`) is set.
         """
         from transformers import TextIteratorStreamer
 
@@ -834,7 +842,7 @@ class SekaModel:
             def __call__(self, input_ids, scores, **kwargs):
                 return torch.full((input_ids.shape[0],), abandoned.is_set(), dtype=torch.bool, device=input_ids.device)
 
-        stopping = self._stop_criteria(stop, batch.input_ids.shape[1], [_Abandoned()])
+        stopping = self._stop_criteria(stop, batch.input_ids.shape[1], [_Abandoned(), *_cancelled(cancel)])
 
         def pieces() -> Iterator[str]:  # the call's checks above run now; generation starts on iteration
             def run() -> None:

@@ -781,6 +781,14 @@ ITEM_SETTINGS: dict[str, tuple[str, ...]] = {
 #: ``settings["model_settings"]``; a run's AdaSEKA expert set matters only to the AdaSEKA methods).
 MODEL_SETTINGS: tuple[str, ...] = ("projection", "gguf_file", "dtype", "device", "attn_implementation")
 
+
+def _projection_fingerprint(run: "SuiteResult") -> str | None:
+    return ((run.settings.get("model_settings") or {}).get("projection_defaults") or {}).get("fingerprint")
+
+
+def _seka_rag_version(run: "SuiteResult") -> str | None:
+    return (run.settings.get("model_settings") or {}).get("seka_rag_version")
+
 #: Run settings that belong to one method: runs that both measured the method must agree on them.
 METHOD_SETTINGS: dict[str, str] = {"spa_strength": "spa", "pasta": "pasta"}
 
@@ -847,6 +855,11 @@ def merge_suite_results(results: Sequence["SuiteResult | Mapping[str, Any]"]) ->
         values = {str(r.settings["model_settings"].get(key)) for r in runs if "model_settings" in r.settings}
         if len(values) > 1:
             raise SekaError(f"cannot merge runs of differently loaded models: {key} {' vs '.join(sorted(values))}")
+    for what, recorded in (("projection", _projection_fingerprint), ("seka-rag version", _seka_rag_version)):
+        values = {str(recorded(r)) for r in runs if recorded(r) is not None}  # runs that recorded it
+        if len(values) > 1:
+            raise SekaError(f"cannot merge runs that steered with a different {what} ({' vs '.join(sorted(values))}): "
+                            "the table would describe every row with the first run's settings")
     for key, method in METHOD_SETTINGS.items():
         values = {json.dumps(r.settings.get(key), sort_keys=True) for r in runs if method in r.table}
         if len(values) > 1:

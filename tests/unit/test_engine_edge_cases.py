@@ -427,3 +427,19 @@ def test_generate_stops_when_its_cancel_event_is_set(tiny_model):
     assert len(passes) <= 4 < uncancelled
     with pytest.raises(SekaError, match="cancel must be a threading.Event"):
         seka.generate(prompt, max_new_tokens=2, cancel=True)
+
+
+def test_stream_stops_when_its_cancel_event_is_set(tiny_model):
+    import threading
+
+    seka = tiny_model("llama", num_layers=2)
+    prompt = "The tower is in <<Rome>>. Where is the tower?"
+    full = list(seka.stream(prompt, max_new_tokens=12, chat=False))
+    event = threading.Event()
+    pieces = []
+    for piece in seka.stream(prompt, max_new_tokens=12, chat=False, cancel=event):
+        pieces.append(piece)
+        event.set()  # after the first piece: generation ends within a token
+    if len("".join(full)) <= len("".join(full[:2])):
+        pytest.skip("the tiny model's answer is too short to tell")
+    assert len("".join(pieces)) < len("".join(full))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -889,3 +890,18 @@ def test_dev_seeds_take_dev_items_in_every_suite_family():
     assert lim_first_question(1, 0, 6) == DEV_FIRST_QUESTION and lim_first_question(3, 5, 6) == DEV_FIRST_QUESTION + 5
     with pytest.raises(ValueError, match="reach the dev questions"):
         lim_first_question(0, DEV_FIRST_QUESTION - 2, 6)
+
+
+def test_merge_refuses_runs_steered_with_different_projections():
+    from seka_rag.evaluation.suite import merge_suite_results
+
+    base = json.loads((Path(__file__).resolve().parents[2] / "docs" / "results-lim-q24-35.json").read_text())
+    runs = []
+    for method, print_ in (("unsteered", "aaaa"), ("seka", "bbbb")):
+        run = json.loads(json.dumps(base))
+        run["methods"] = [method]
+        run["table"] = {method: run["table"][method]}
+        run["settings"].setdefault("model_settings", {})["projection_defaults"] = {"fingerprint": print_}
+        runs.append(run)
+    with pytest.raises(SekaError, match="different projection"):
+        merge_suite_results(runs)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("seka_cancel", default=None)
@@ -36,3 +36,30 @@ async def run_cancellable(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> 
     except asyncio.CancelledError:
         event.set()
         raise
+
+
+class GenerationCancelled(Exception):
+    """Raised in the worker thread when its async caller gave up: a cut-short answer must not reach the
+    LLM cache or the callbacks as if it were the answer (the caller already has its CancelledError)."""
+
+
+def check_cancelled() -> None:
+    """Raise :class:`GenerationCancelled` if this call's async caller has given up."""
+    event = _CANCEL.get()
+    if event is not None and event.is_set():
+        raise GenerationCancelled("the async call was cancelled; its generation was stopped")
+
+
+def generate(model: Any, *args: Any, **kwargs: Any) -> Any:
+    """``model.generate(*args, **kwargs)`` that stops when the async caller gives up, and then raises
+    :class:`GenerationCancelled` instead of returning the cut-short text."""
+    check_cancelled()
+    out = model.generate(*args, **kwargs, **cancel_kwargs())
+    check_cancelled()
+    return out
+
+
+def stream(model: Any, *args: Any, **kwargs: Any) -> Iterator[str]:
+    """``model.stream(*args, **kwargs)``, stopped (and ended with :class:`GenerationCancelled`) like :func:`generate`."""
+    yield from model.stream(*args, **kwargs, **cancel_kwargs())
+    check_cancelled()

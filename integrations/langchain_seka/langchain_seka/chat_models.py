@@ -20,7 +20,8 @@ from pydantic import Field
 from seka_rag import HighlightError, SekaModel
 from seka_rag.highlight import has_chat_template, parse_markers
 
-from ._cancel import cancel_kwargs, run_cancellable
+from . import _cancel as cancellable
+from ._cancel import run_cancellable
 from ._loading import model_label
 from ._messages import document_highlights, to_engine_messages
 from ._compat import HostedModelArguments
@@ -222,9 +223,9 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         (its per-prompt form), so the batch stays one batched pass.
         """
         first = calls[0]
-        return first.model.generate(
-            [c.prompt for c in calls], [c.highlights for c in calls],
-            batch_size=self.batch_size, **first.gen, **first.routing, **cancel_kwargs(),
+        return cancellable.generate(
+            first.model, [c.prompt for c in calls], [c.highlights for c in calls],
+            batch_size=self.batch_size, **first.gen, **first.routing,
         )
 
     def _generation(self, call: _Call, text: str, routing: dict[str, Any] | None = None) -> ChatGeneration:
@@ -256,7 +257,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         plan = _BATCH.get()
         planned = plan.text_for(call) if plan is not None and plan.owner is self else None
         if planned is None:
-            text = call.model.generate(call.prompt, call.highlights, **call.gen, **call.routing, **cancel_kwargs())
+            text = cancellable.generate(call.model, call.prompt, call.highlights, **call.gen, **call.routing)
             planned = text, routing_info(call.model)
         return ChatResult(generations=[self._generation(call, *planned)])
 
@@ -280,7 +281,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         call = self._prepare(messages, stop, kwargs)
         pieces: list[str] = []
-        for piece in call.model.stream(call.prompt, call.highlights, **call.gen, **call.routing):
+        for piece in cancellable.stream(call.model, call.prompt, call.highlights, **call.gen, **call.routing):
             if not piece:
                 continue
             pieces.append(piece)

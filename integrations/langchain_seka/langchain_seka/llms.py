@@ -13,7 +13,8 @@ from pydantic import Field
 
 from seka_rag import SekaError, SekaModel
 
-from ._cancel import cancel_kwargs, run_cancellable
+from . import _cancel as cancellable
+from ._cancel import run_cancellable
 from ._loading import model_label
 from ._messages import document_highlights
 from ._compat import HostedModelArguments
@@ -122,7 +123,7 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         **kwargs: Any,
     ) -> str:
         model, _, highlights, gen, routing = self._prepare(prompt, stop, kwargs)
-        return model.generate(prompt, highlights, **gen, **routing, **cancel_kwargs())
+        return cancellable.generate(model, prompt, highlights, **gen, **routing)
 
     def _generate(
         self,
@@ -141,11 +142,10 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         prepared = [self._prepare(p, stop, kwargs) for p in prompts]
         model, name, _, gen, routing = prepared[0]
         if len(prompts) == 1:
-            texts = [model.generate(prompts[0], prepared[0][2], **gen, **routing, **cancel_kwargs())]
+            texts = [cancellable.generate(model, prompts[0], prepared[0][2], **gen, **routing)]
         else:
-            texts = model.generate(
-                list(prompts), [p[2] for p in prepared], batch_size=self.batch_size, **gen, **routing,
-                **cancel_kwargs())
+            texts = cancellable.generate(
+                model, list(prompts), [p[2] for p in prepared], batch_size=self.batch_size, **gen, **routing)
         generations = [
             [self._generation(model, name, prompt, p[2], gen, text, row)]
             for row, (prompt, p, text) in enumerate(zip(prompts, prepared, texts))
@@ -187,7 +187,7 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
     ) -> Iterator[GenerationChunk]:
         model, name, highlights, gen, routing = self._prepare(prompt, stop, kwargs)
         pieces: list[str] = []
-        for piece in model.stream(prompt, highlights, **gen, **routing):
+        for piece in cancellable.stream(model, prompt, highlights, **gen, **routing):
             if not piece:
                 continue
             pieces.append(piece)

@@ -304,3 +304,36 @@ def test_a_cancelled_async_call_tells_the_generation_to_stop(tiny_seka, monkeypa
 
     asyncio.run(run())
     assert len(seen) == 1 and seen[0].is_set()
+
+
+def test_a_cancelled_abatch_caches_no_cut_short_answer(tiny_seka, monkeypatch):
+    from langchain_core.globals import set_llm_cache
+
+    started = threading.Event()
+
+    def generate(prompt, *args, cancel=None, **kwargs):  # a long generation, cut short when cancelled
+        if cancel is None:
+            out = "FULL ANSWER"
+        else:
+            started.set()
+            assert cancel.wait(5)
+            out = "cut short"
+        return [out] * len(prompt) if isinstance(prompt, list) and not isinstance(prompt[0], dict) else out
+
+    monkeypatch.setattr(tiny_seka, "generate", generate)
+    chat = ChatSeka(model=tiny_seka, max_tokens=300, cache=True)
+    set_llm_cache(InMemoryCache())
+    try:
+        async def run():
+            task = asyncio.ensure_future(chat.abatch([PROMPT, PROMPT + " Again?"]))
+            while not started.is_set():
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.3)  # the worker thread ends its cut-short batch
+
+        asyncio.run(run())
+        assert [m.content for m in chat.batch([PROMPT, PROMPT + " Again?"])] == ["FULL ANSWER"] * 2
+    finally:
+        set_llm_cache(None)

@@ -28,7 +28,8 @@ from llama_index.core.schema import BaseNode, NodeWithScore
 
 from langchain_seka._compat import HostedModelArguments
 from langchain_seka._loading import model_label
-from langchain_seka._cancel import cancel_kwargs, run_cancellable
+from langchain_seka import _cancel as cancellable
+from langchain_seka._cancel import run_cancellable
 from langchain_seka._routing import automatic_routing
 from langchain_seka._settings import SekaSettings, routing_info, usage_counts
 from langchain_seka._text import (
@@ -209,8 +210,8 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
         return _Call(model, name, prompt, [*highlights, *extra] or None, gen, routing, markers)
 
     def _run(self, call: _Call) -> str:
-        return call.model.generate(call.prompt, call.highlights, markers=None, **call.gen, **call.routing,
-                                   **cancel_kwargs())
+        return cancellable.generate(call.model, call.prompt, call.highlights, markers=None, **call.gen,
+                                    **call.routing)
 
     def _run_stream(self, call: _Call) -> Iterator[str]:
         for piece in call.model.stream(call.prompt, call.highlights, markers=None, **call.gen, **call.routing):
