@@ -1,10 +1,11 @@
 """Async calls that stop generating when their caller gives up (a cancelled task, a timeout).
 
 The model runs in a worker thread; cancelling the awaiting task does not stop that thread, so
-:func:`run_cancellable` hands it a :class:`threading.Event` through a context variable, which the
-engine call sites pass on as ``SekaModel.generate(cancel=...)`` (:func:`cancel_kwargs`), and sets it
-when the task is cancelled: generation ends after the current token instead of running to
-``max_new_tokens`` for nobody.
+:func:`run_cancellable` hands it a :class:`threading.Event` through a context variable and sets it
+when the task is cancelled. Every engine call goes through :func:`generate` / :func:`stream`, which
+pass the event on (``SekaModel.generate(cancel=...)``), so generation ends after the current token
+instead of running to ``max_new_tokens`` for nobody, and then raise :class:`GenerationCancelled`, so
+the cut-short text never reaches LangChain's cache or the callbacks as an answer.
 """
 
 from __future__ import annotations
