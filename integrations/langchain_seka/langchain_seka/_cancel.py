@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 _CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("seka_cancel", default=None)
@@ -64,3 +64,50 @@ def stream(model: Any, *args: Any, **kwargs: Any) -> Iterator[str]:
     """``model.stream(*args, **kwargs)``, stopped (and ended with :class:`GenerationCancelled`) like :func:`generate`."""
     yield from model.stream(*args, **kwargs, **cancel_kwargs())
     check_cancelled()
+
+
+async def athread_iter(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+    """Drive a blocking iterator in a worker thread; yield its items without blocking the event loop.
+
+    When the consumer stops early (``break``, ``aclose()``, cancellation), the worker closes the
+    iterator at its next item, which stops generation, instead of generating to the end.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+    ctx = contextvars.copy_context()
+    stopped = threading.Event()
+
+    def send(message: tuple[Any, BaseException | None]) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, message)
+        except RuntimeError:  # the event loop has closed: nobody is listening
+            stopped.set()
+
+    def pump() -> None:
+        iterator = make()
+        try:
+            for item in iterator:
+                if stopped.is_set():
+                    break
+                send((item, None))
+        except BaseException as exc:  # surfaced in the consumer
+            send((done, exc))
+        else:
+            send((done, None))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    threading.Thread(target=ctx.run, args=(pump,), daemon=True, name="seka-astream").start()
+    try:
+        while True:
+            item, error = await queue.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stopped.set()

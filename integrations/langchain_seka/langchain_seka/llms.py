@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -14,7 +14,7 @@ from pydantic import Field
 from seka_rag import SekaError, SekaModel
 
 from . import _cancel as cancellable
-from ._cancel import run_cancellable
+from ._cancel import athread_iter, run_cancellable
 from ._loading import model_label
 from ._messages import document_highlights
 from ._compat import HostedModelArguments
@@ -152,8 +152,8 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         ]
         return _result(generations, name)
 
-    def _generate_streamed(self, prompts: list[str], stop, run_manager, kwargs: dict[str, Any]) -> LLMResult:
-        """``streaming=True``: the prompt through :meth:`_stream`, so every token reaches the callbacks."""
+    @staticmethod
+    def _check_one_streamed(prompts: list[str]) -> None:
         if len(prompts) != 1:
             # LangChain hands a batch's _generate one run manager: the tokens of every prompt would
             # be reported to the first prompt's run
@@ -161,6 +161,10 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
                 f"streaming=True streams one prompt at a time, got {len(prompts)}: call invoke per prompt, "
                 "or batch with streaming=False (one batched forward pass)"
             )
+
+    def _generate_streamed(self, prompts: list[str], stop, run_manager, kwargs: dict[str, Any]) -> LLMResult:
+        """``streaming=True``: the prompt through :meth:`_stream`, so every token reaches the callbacks."""
+        self._check_one_streamed(prompts)
         text, info = "", {}
         for chunk in self._stream(prompts[0], stop, run_manager, **kwargs):
             text += chunk.text
@@ -174,9 +178,31 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        """:meth:`_generate` in a worker thread: the same batching, streaming and usage as the sync calls."""
+        """:meth:`_generate` in a worker thread: the same batching and usage as the sync calls. With
+        ``streaming=True`` the prompt goes through :meth:`_astream`, so async token callbacks run on
+        this event loop as each token arrives."""
+        if self.streaming:
+            self._check_one_streamed(prompts)
+            text, info = "", {}
+            async for chunk in self._astream(prompts[0], stop, run_manager, **kwargs):
+                text += chunk.text
+                info = chunk.generation_info or info
+            return _result([[Generation(text=text, generation_info=info)]], info.get("model_name"))
         return await run_cancellable(self._generate, prompts, stop, run_manager.get_sync() if run_manager else None,
                                      **kwargs)
+
+    async def _astream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[GenerationChunk]:
+        """:meth:`_stream` driven in a worker thread; the async callbacks get each token on this loop."""
+        async for chunk in athread_iter(lambda: self._stream(prompt, stop, None, **kwargs)):
+            if run_manager is not None and chunk.text:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
 
     def _stream(
         self,

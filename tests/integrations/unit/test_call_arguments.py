@@ -337,3 +337,27 @@ def test_a_cancelled_abatch_caches_no_cut_short_answer(tiny_seka, monkeypatch):
         assert [m.content for m in chat.batch([PROMPT, PROMPT + " Again?"])] == ["FULL ANSWER"] * 2
     finally:
         set_llm_cache(None)
+
+
+@pytest.mark.parametrize("how", ["astream", "ainvoke streaming"])
+def test_async_token_callbacks_of_sekallm_run_on_the_callers_loop(tiny_seka, how):
+    from langchain_core.callbacks import AsyncCallbackHandler
+
+    seen = []
+
+    class Tokens(AsyncCallbackHandler):
+        async def on_llm_new_token(self, token, **kwargs):
+            seen.append(asyncio.get_running_loop())
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        if how == "astream":
+            llm = SekaLLM(model=tiny_seka, max_tokens=6)
+            pieces = [p async for p in llm.astream(PROMPT, config={"callbacks": [Tokens()]})]
+        else:
+            llm = SekaLLM(model=tiny_seka, max_tokens=6, streaming=True)
+            pieces = [await llm.ainvoke(PROMPT, config={"callbacks": [Tokens()]})]
+        return loop, pieces
+
+    loop, pieces = asyncio.run(run())
+    assert "".join(pieces) and seen and all(s is loop for s in seen)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +26,7 @@ from llama_index.core.schema import BaseNode, NodeWithScore
 from langchain_seka._compat import HostedModelArguments
 from langchain_seka._loading import model_label
 from langchain_seka import _cancel as cancellable
-from langchain_seka._cancel import run_cancellable
+from langchain_seka._cancel import athread_iter, run_cancellable
 from langchain_seka._routing import automatic_routing
 from langchain_seka._settings import SekaSettings, routing_info, usage_counts
 from langchain_seka._text import (
@@ -367,7 +364,7 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
         call = self._completion_call(prompt, formatted, kwargs)
-        return _athread_iter(lambda: self._completion_stream(call))
+        return athread_iter(lambda: self._completion_stream(call))
 
     @llm_chat_callback()
     async def _achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -376,7 +373,7 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
     @llm_chat_callback()
     async def _astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         call = self._chat_call(messages, kwargs)
-        return _athread_iter(lambda: self._chat_stream(call))
+        return athread_iter(lambda: self._chat_stream(call))
 
 
 async def _in_thread(fn: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -384,51 +381,6 @@ async def _in_thread(fn: Callable, *args: Any, **kwargs: Any) -> Any:
     return await run_cancellable(fn, *args, **kwargs)
 
 
-async def _athread_iter(make: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
-    """Drive a blocking iterator in a worker thread; yield its items without blocking the event loop.
-
-    When the consumer stops early (``break``, ``aclose()``, cancellation), the worker closes the
-    iterator at its next item, which stops generation, instead of generating to the end.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    done = object()
-    ctx = contextvars.copy_context()
-    stopped = threading.Event()
-
-    def send(message: tuple[Any, BaseException | None]) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, message)
-        except RuntimeError:  # the event loop has closed: nobody is listening
-            stopped.set()
-
-    def pump() -> None:
-        iterator = make()
-        try:
-            for item in iterator:
-                if stopped.is_set():
-                    break
-                send((item, None))
-        except BaseException as exc:  # surfaced in the consumer
-            send((done, exc))
-        else:
-            send((done, None))
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-
-    threading.Thread(target=ctx.run, args=(pump,), daemon=True, name="seka-astream").start()
-    try:
-        while True:
-            item, error = await queue.get()
-            if item is done:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stopped.set()
 
 
 #: Blocks that carry nothing for the model to read (a cache hint) or that a chat history may hold
