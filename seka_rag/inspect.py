@@ -220,7 +220,8 @@ def token_amplification(seka_model, texts: Sequence[str] | None = None, heads=6,
     """Which tokens' keys the edit amplifies most, in each of ``heads``.
 
     ``texts``: the texts to run (None: :func:`default_texts`); each is encoded raw (``chat=True``:
-    through the chat template), special tokens skipped unless ``skip_special=False``.
+    through the chat template), special tokens skipped unless ``skip_special=False``, and each text's
+    first token left out (at position 0 a key depends on that token alone, so it would rank by position).
     ``heads``: an int ``n`` (the ``n`` most affected heads by :func:`head_effects` with ``rank_by``),
     or a list of :class:`HeadEffect` / ``(layer, kv_head)`` pairs; each must be edited and unmasked
     under ``config``. ``M`` is built from ``projection`` (default: the model's) and ``config``.
@@ -285,7 +286,9 @@ def token_amplification(seka_model, texts: Sequence[str] | None = None, heads=6,
         for start in tqdm(range(0, len(texts), batch_size), desc="inspect", disable=not progress, leave=False):
             rows = [seka_model.encode(t, chat=chat, markers=None) for t in texts[start:start + batch_size]]
             batch = pad_batch(rows, seka_model.tokenizer.pad_token_id, side="left")
-            keep = batch.attention_mask.bool()
+            # a text's first token is left out: at position 0 its key depends on that token alone (and
+            # sits where attention sinks), so it would rank by its position, not by what the edit does
+            keep = batch.attention_mask.bool() & (batch.attention_mask.cumsum(-1) > 1)
             if special:
                 keep &= ~torch.isin(batch.input_ids, torch.tensor(sorted(special)))
             ids = batch.input_ids[keep].tolist()
@@ -433,7 +436,8 @@ def format_inspection(result: TokenAmplification, effects: Sequence[HeadEffect] 
     out = [f"SEKA key amplification — {result.model_id or 'model'}   "
            f"g+ = {result.gain_pos:g}, g- = {result.gain_neg:g}",
            f"texts: {result.source}; {result.texts} texts, {result.tokens} token occurrences"
-           f"{' (special tokens skipped)' if result.skip_special else ''}; tokens seen >= {result.min_count} times",
+           f" ({'special tokens and ' if result.skip_special else ''}each text's first token skipped); tokens seen "
+           f">= {result.min_count} times",
            "ratio = ‖k + M k‖ / ‖k‖ (pre-RoPE key, edited / unedited);  P+ share = ‖P+ k‖² / ‖k‖²;  "
            "␣ space, ↵ newline, ⇥ tab"]
     if effects:

@@ -320,3 +320,10 @@ def test_inspect_command(tiny_model, tmp_path, capsys):
     with pytest.raises(InspectionError, match="cannot read texts"):
         inspect_main(missing, model=seka)
     assert isinstance(HeadEffect(0, 0, 0.0, 0.0, 0.0, 0.0, 0, 1.0, False).key, tuple)
+
+
+def test_each_texts_first_token_is_left_out(tiny_model):
+    seka = tiny_model("llama")
+    ids = seka.encode(TEXTS[1], chat=False, markers=None).input_ids
+    result = token_amplification(seka, [TEXTS[1]], [(0, 1)], top=5, min_count=1, skip_special=False, progress=False)
+    assert result.heads[0].occurrences == len(ids) - 1  # position 0 (here the BOS token) is not measured
