@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .architectures import decoder_layers, layer_module
 from .data.triplets import Triplet, triplet_prompts, triplets_hash
 from .errors import SekaError
-from .highlight import EncodedPrompt, Markers, _outside_stacklevel, has_chat_template, pad_batch
+from .highlight import EncodedPrompt, Markers, _outside_stacklevel, has_chat_template, leading_special_tokens, pad_batch
 from .projection import Projection, ProjectionMeta
 
 #: Markers that cannot occur in natural text, used to place the answer span inside built prompts.
@@ -126,14 +126,13 @@ def collect_answer_keys(seka_model, prompts: Sequence[str], layers: Sequence[int
     out: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
     counts: list[int] = []
     too_long = 0
-    special = set(getattr(seka_model.tokenizer, "all_special_ids", []) or [])
     try:
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
             # cut after the answer first (later tokens cannot change its keys), then fit the window
             rows = [_up_to_answer(seka_model.encode(p, chat=chat, markers=_ANSWER_MARKERS, max_length=sys.maxsize))
                     for p in prompts[start:start + batch_size]]
             too_long += sum(len(r.input_ids) > seka_model.context_window for r in rows)
-            rows = [_fit_window(r, seka_model.context_window, special) for r in rows]
+            rows = [_fit_window(r, seka_model.context_window, seka_model.tokenizer) for r in rows]
             counts.extend(sum(r.highlight) for r in rows)
             batch = pad_batch(rows, seka_model.tokenizer.pad_token_id, side="left").to(seka_model.device)
             current_mask[:] = [batch.highlight_mask]
@@ -164,13 +163,13 @@ def _up_to_answer(row: EncodedPrompt) -> EncodedPrompt:
     return EncodedPrompt(row.input_ids[:end], row.highlight[:end], row.text)
 
 
-def _fit_window(row: EncodedPrompt, window: int, special: set[int]) -> EncodedPrompt:
+def _fit_window(row: EncodedPrompt, window: int, tokenizer) -> EncodedPrompt:
     """``row`` cut to ``window`` tokens: its leading special tokens (BOS, the template's first marker) stay, the
     tokens after them go, as a too-long prompt is cut at inference."""
     if len(row.input_ids) <= window:
         return row
     cut = len(row.input_ids) - window
-    head = next((i for i, t in enumerate(row.input_ids) if t not in special), len(row.input_ids))
+    head = leading_special_tokens(row.input_ids, tokenizer)
     head = head if head + 1 < window else 0
     return EncodedPrompt(row.input_ids[:head] + row.input_ids[head + cut:],
                          row.highlight[:head] + row.highlight[head + cut:], row.text, cut)

@@ -406,14 +406,20 @@ def cmd_eval_variants(args) -> int:
     return 0
 
 
+def _counted(flag: str, make, *args, **kwargs):
+    """``make(*args, **kwargs)``: items a command will use, made before any model loads; a count beyond
+    what there is (the ``ValueError`` of the item makers) is a usage error naming ``flag``."""
+    try:
+        return make(*args, **kwargs)
+    except ValueError as exc:
+        raise SekaError(f"{flag}: {exc}") from None
+
+
 def _conflict_items(split: str, n: int | None) -> list:
-    """The conflict split's first ``n`` items; a count beyond the split is a usage error (before any model loads)."""
+    """The conflict split's first ``n`` items (a count beyond the split is a usage error)."""
     from .evaluation.conflict import conflict_split
 
-    try:
-        return conflict_split(split, n=n)
-    except ValueError as exc:
-        raise SekaError(f"--items: {exc}") from None
+    return _counted("--items", conflict_split, split, n=n)
 
 
 def cmd_eval_conflicts(args) -> int:
@@ -759,10 +765,7 @@ def cmd_eval_families(args) -> int:
                                      methods=None if args.methods == FAMILY_DEFAULT_METHODS else methods)
     if any(m in ("experts", "ada-attention", "ada-embedding") or m.startswith("expert:") for m in methods):
         args.adaptive = True
-    try:  # before the model loads: a count beyond what a family has is a usage error
-        items = {f: family_items(f, args.items, seed=args.seed) for f in families}
-    except ValueError as exc:
-        raise SekaError(f"--items: {exc}") from None
+    items = {f: _counted("--items", family_items, f, args.items, seed=args.seed) for f in families}
     routing = {k: v for k, v in (("gain", args.gain), ("temperature", args.temperature), ("top_k", args.top_k),
                                  ("embedding_temperature", args.embedding_temperature),
                                  ("embedding_gain", args.embedding_gain)) if v is not None}
@@ -958,13 +961,10 @@ def cmd_profile_pasta(args) -> int:
 
 
 def _pasta_profiling_items(n: int, flag: str, seed: int | None = None) -> list:
-    """The dev conflict cases PASTA's heads are profiled on; a count beyond them is a usage error."""
+    """The dev conflict cases PASTA's heads are profiled on (a count beyond them is a usage error)."""
     from .evaluation.baselines import profiling_items
 
-    try:
-        return profiling_items(n) if seed is None else profiling_items(n, seed=seed)
-    except ValueError as exc:
-        raise SekaError(f"{flag}: {exc}") from None
+    return _counted(flag, profiling_items, n, **({} if seed is None else {"seed": seed}))
 
 
 def _pasta_for_eval(model, args):
@@ -1299,10 +1299,7 @@ def cmd_gain_scale(args) -> int:
     elif family == "conflicts":
         from .evaluation.conflict import conflict_split
 
-        try:  # the items exist before minutes go into loading the model
-            conflict_split("dev", n=n_items)
-        except ValueError as exc:
-            raise SekaError(f"conflict dev items: {exc}") from None
+        _counted("conflict dev items", conflict_split, "dev", n=n_items)  # before minutes of model loading
         kwargs.update(n_items=n_items)
     else:
         kwargs.update(n_items=n_items, seed=seed)

@@ -490,6 +490,7 @@ def encode_prompt(
     after any leading special tokens (BOS). A highlight whose tokens are all dropped raises
     :class:`HighlightError`. The warning points at the first caller outside seka-rag.
     """
+    offsets = None  # read only where highlights need them; a truncation reads them then
     if not prepared.spans:
         ids = tokenizer(prepared.text, add_special_tokens=prepared.add_special_tokens)["input_ids"]
         covering: list[int] = [-1] * len(ids)
@@ -502,8 +503,8 @@ def encode_prompt(
             return_offsets_mapping=True,
             return_special_tokens_mask=True,
         )
-        ids = list(enc["input_ids"])
-        covering = _covering_span(enc["offset_mapping"], enc["special_tokens_mask"], prepared.spans)
+        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+        covering = _covering_span(offsets, enc["special_tokens_mask"], prepared.spans)
         missing = set(range(len(prepared.spans))) - set(covering)
         if missing:
             s, e = prepared.spans[min(missing)]
@@ -516,7 +517,7 @@ def encode_prompt(
     truncated = 0
     if max_length is not None and len(ids) > max_length:
         truncated = len(ids) - max_length
-        head = _head_tokens(prepared, tokenizer, len(ids))
+        head = _head_tokens(prepared, tokenizer, ids, offsets)
         if head + 1 >= max_length:  # the head would leave fewer than two tokens: cut from the very start
             head = 0
         dropped = covering[head:head + truncated]
@@ -556,19 +557,25 @@ def _outside_stacklevel() -> int:
     return level
 
 
-def _head_tokens(prepared: PreparedPrompt, tokenizer, n_tokens: int) -> int:
+def leading_special_tokens(ids: Sequence[int], tokenizer) -> int:
+    """How many of ``ids`` at the start are the tokenizer's special tokens (a BOS, a template's first marker)."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    return next((i for i, t in enumerate(ids) if t not in special), len(ids))
+
+
+def _head_tokens(prepared: PreparedPrompt, tokenizer, ids: Sequence[int], offsets) -> int:
     """How many leading tokens a truncation keeps: those ending by ``prepared.keep_head`` characters
-    (the chat opening and system messages), leading special tokens included; 0 without offsets."""
-    if not getattr(tokenizer, "is_fast", False):  # no offsets: the head's own tokens, if they prefix the prompt's
-        full = tokenizer(prepared.text, add_special_tokens=prepared.add_special_tokens)["input_ids"]
+    (the chat opening and system messages), leading special tokens included. ``offsets``: the prompt's
+    offset mapping if it was read already (else read here, on a fast tokenizer)."""
+    if offsets is None and getattr(tokenizer, "is_fast", False):
+        offsets = tokenizer(prepared.text, add_special_tokens=prepared.add_special_tokens,
+                            return_offsets_mapping=True)["offset_mapping"]
+    if offsets is None:  # no offsets: the head's own tokens, if they prefix the prompt's
         head = tokenizer(prepared.text[:prepared.keep_head], add_special_tokens=prepared.add_special_tokens)["input_ids"]
-        if prepared.keep_head and full[:len(head)] == head:
+        if prepared.keep_head and list(ids[:len(head)]) == list(head):
             return len(head)
-        special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        return next((i for i, t in enumerate(full) if t not in special), len(full))
-    enc = tokenizer(prepared.text, add_special_tokens=prepared.add_special_tokens, return_offsets_mapping=True)
-    offsets = enc["offset_mapping"]
-    if len(offsets) != n_tokens:
+        return leading_special_tokens(ids, tokenizer)
+    if len(offsets) != len(ids):
         return 0
     head = 0
     for _, end in offsets:

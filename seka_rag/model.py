@@ -452,7 +452,9 @@ class SekaModel:
             got = tuple(highlight_mask.shape) if isinstance(highlight_mask, torch.Tensor) else type(highlight_mask).__name__
             raise SteeringConfigError(f"highlight_mask must be a (batch, tokens) tensor, got {got}")
         router = self._resolve_router(router, query, query_embedding, routing)
-        self._check_router_inputs(router, query, query_embedding, routing, highlight_mask.shape[0])
+        anything = bool(highlight_mask.any())
+        if not (steer and anything):  # nothing will be routed: check what the router would have read
+            self._check_router_inputs(router, query, query_embedding, routing, highlight_mask.shape[0])
         if not steer:
             if any(v is not None for v in (gain_pos, gain_neg, layers, heads)):  # a bad value is an error all the same
                 if router is None and self.projection is not None:
@@ -462,7 +464,6 @@ class SekaModel:
                     self.experts.stacked(config, self._routing_settings(routing), want_route=router == "attention",
                                          device=self.device)
             return SteeringBlock(self)
-        anything = bool(highlight_mask.any())
         if router is None:
             if self.projection is None and not anything:
                 return SteeringBlock(self)  # nothing to steer, nothing to complain about
