@@ -113,6 +113,16 @@ ROUTER_SETTINGS: dict[str, frozenset[str]] = {
 }
 
 
+def check_expert_names(names: Sequence[Any]) -> None:
+    """Expert names must be distinct non-empty strings that do not share a file name when saved."""
+    names = list(names)
+    if len(set(names)) != len(names) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ProjectionError(f"expert names must be distinct non-empty strings, got {names}")
+    stems = [_file_stem(n).lower() for n in names]
+    if len(set(stems)) != len(stems):
+        raise ProjectionError(f"expert names {names} would share a file name; rename them")
+
+
 @dataclass
 class Expert:
     """One projection of an expert set, with what it was built from."""
@@ -234,8 +244,7 @@ class ExpertSet:
         if not all(isinstance(e, Expert) for e in self.experts):
             raise ProjectionError("an expert set holds Expert objects (name, projection, ...)")
         names = self.names
-        if len(set(names)) != len(names) or not all(isinstance(n, str) and n.strip() for n in names):
-            raise ProjectionError(f"expert names must be distinct non-empty strings, got {names}")
+        check_expert_names(names)
         first = self.experts[0].projection.meta
         for e in self.experts:
             if not isinstance(e.projection, Projection):
@@ -264,9 +273,6 @@ class ExpertSet:
                     f"({stored}); set scales with `seka-rag build-experts --reuse DIR --expert-scales ...` or "
                     "seka_rag.adaptive.with_gain_scales, not by editing experts.json"
                 )
-        stems = [_file_stem(n).lower() for n in names]
-        if len(set(stems)) != len(stems):
-            raise ProjectionError(f"expert names {names} would share a file name; rename them")
         protos = [e.prototype for e in self.experts if e.prototype is not None]
         if protos:
             if len(protos) != len(self.experts):
@@ -707,6 +713,9 @@ def fixed_weights(mapping: Mapping[str, float], names: Sequence[str], rows: int)
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
             raise SteeringConfigError(f"the weight of expert {n!r} must be a finite number, got {v!r}")
         values.append(float(v))
+    if not any(values):
+        raise SteeringConfigError(f"router={dict(mapping)!r} gives every expert weight 0, so nothing would be "
+                                  "steered: pass steer=False for no edit at all")
     return torch.tensor(values, dtype=torch.float32)[None, :].expand(rows, -1).clone()
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -213,17 +214,26 @@ def projections_from_keys(h: torch.Tensor, h_pos: torch.Tensor, h_neg: torch.Ten
     return dict(pos=pos, neg=neg, u_pos=u_pos, s_pos=s_pos, u_neg=u_neg, s_neg=s_neg, head_shift=shift)
 
 
-def build_projection(seka_model, triplets: Sequence[Triplet], config: BuildConfig = BuildConfig(), *,
-                     progress: bool = True) -> Projection:
-    """Build a :class:`Projection` for ``seka_model`` from contrastive triplets."""
-    if not isinstance(config, BuildConfig):
-        raise SekaError(f"config must be a BuildConfig, got {type(config).__name__} (e.g. BuildConfig(gamma=0.8))")
+def _triplet_list(triplets: Any) -> list[Triplet]:
+    """``triplets`` as a list (a generator is read once), every entry a :class:`Triplet`."""
+    if isinstance(triplets, (str, bytes, Mapping)) or not isinstance(triplets, Iterable):
+        raise SekaError(f"triplets must be a list of Triplet objects, got {type(triplets).__name__}")
+    triplets = list(triplets)
     if not triplets:
         raise SekaError("building a projection needs at least one triplet")
     odd = next((t for t in triplets if not isinstance(t, Triplet)), None)
     if odd is not None:
         raise SekaError(f"triplets are seka_rag.data.triplets.Triplet(context, question, answer, unrelated_question) "
                         f"objects, got {type(odd).__name__} (e.g. Triplet(*row) for a tuple in that order)")
+    return triplets
+
+
+def build_projection(seka_model, triplets: Sequence[Triplet], config: BuildConfig = BuildConfig(), *,
+                     progress: bool = True) -> Projection:
+    """Build a :class:`Projection` for ``seka_model`` from contrastive triplets."""
+    if not isinstance(config, BuildConfig):
+        raise SekaError(f"config must be a BuildConfig, got {type(config).__name__} (e.g. BuildConfig(gamma=0.8))")
+    triplets = _triplet_list(triplets)
     geom = seka_model.geometry
     layers = config.validate(geom.num_layers)
     chat = config.chat
@@ -356,6 +366,10 @@ def build_expert_set(seka_model, families: dict[str, Sequence[Triplet]], config:
         raise SekaError(f"families must be a dict {{expert name: triplets}}, got {type(families).__name__}")
     if not families:
         raise SekaError("an expert set needs at least one family of triplets")
+    from .adaptive import check_expert_names
+
+    check_expert_names(list(families))  # before minutes of key collection, not after
+    families = {family: _triplet_list(triplets) for family, triplets in families.items()}
     if template is not None:  # before minutes of key collection, not after
         if not isinstance(template, Projection):
             raise SekaError(f"template must be a Projection (the model's calibrated one), got {type(template).__name__}")
@@ -363,7 +377,7 @@ def build_expert_set(seka_model, families: dict[str, Sequence[Triplet]], config:
     experts = []
     for family, triplets in families.items():
         if progress:
-            print(f"building expert {family!r} from {len(triplets)} triplets", flush=True)
+            print(f"building expert {family!r} from {len(triplets)} triplets", file=sys.stderr, flush=True)
         projection = build_projection(seka_model, triplets, config, progress=progress)
         if template is not None:
             projection = settings_like(projection, template)

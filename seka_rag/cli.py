@@ -1547,7 +1547,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "entities; conflict: the dev split; lost-in-middle: NQ-open questions from 2000 on; instructions: "
                    "the same templates reshuffled, no prompt equal to a test prompt)")
     p.add_argument("--counterfact", metavar="PATH", help="a counterfact.json (public format; default: our generated items)")
-    p.add_argument("--nq", metavar="PATH", help="NQ-open oracle file for lost-in-middle (without it the family is skipped)")
+    p.add_argument("--nq", metavar="PATH", help="NQ-open oracle file for lost-in-middle (without it the family is skipped): JSON lines, "
+                        "gzipped or not, one {\"question\", \"answers\": [...], \"ctxs\": [{\"title\", \"text\", "
+                        "\"isgold\"}]} per line, as the Lost in the Middle study's qa_data/nq-open-oracle.jsonl.gz")
     p.add_argument("--nq-policies", default="middle", help="highlight policies: middle (default), gold, retriever")
     p.add_argument("--nq-passages", type=_passage_count, default=10, help="passages per lost-in-middle context (default 10)")
     p.add_argument("--nq-first", type=_nonneg_int, default=0,
@@ -1610,8 +1612,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unit-scale", action="store_true", help="ignore the projection's per-layer gain factors")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per forward pass (default 8)")
     p.add_argument("--out-dir", default="sensitivity-results",
-                   help="JSON, Markdown and PNGs go here (default sensitivity-results/; `make sensitivity` "
-                        "writes docs/sensitivity/)")
+                   help="JSON, Markdown and PNGs go here (default sensitivity-results/; in a checkout, `make "
+                        "sensitivity` writes docs/sensitivity/)")
     p.add_argument("--no-plots", action="store_true", help="skip the heat-maps (no matplotlib needed)")
     p.set_defaults(func=cmd_sensitivity)
 

@@ -31,3 +31,15 @@ class ModelIntegrityError(SekaError):
 
 class InspectionError(SekaError):
     """Bad arguments to ``seka-rag inspect`` / :mod:`seka_rag.inspect` (heads, texts, counts)."""
+
+
+def missing_extra(exc: ModuleNotFoundError, package: str, extra: str) -> ModuleNotFoundError:
+    """The error to raise when importing an integration failed: names the extra to install when the
+    missing module is the framework ``package`` (e.g. ``"langchain_core"``), else ``exc`` itself."""
+    if exc.name and (exc.name == package or exc.name.startswith(package + ".")):
+        return ModuleNotFoundError(
+            f"this integration needs {package.replace('_', '-').replace('.', '-')}: pip install \"seka-rag[{extra}]\" "
+            f"(from a checkout: pip install \".[{extra}]\")",
+            name=exc.name,
+        )
+    return exc

@@ -20,7 +20,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -51,6 +51,9 @@ class Markers:
             raise HighlightError("highlight markers must be non-empty strings")
         if self.start == self.end:
             raise HighlightError("the start and end highlight markers must differ")
+        if self.escape in (self.start, self.end):
+            raise HighlightError(f"the escape {self.escape!r} must differ from the markers: it would make every "
+                                 "marker literal text")
 
 
 DEFAULT_MARKERS = Markers()
@@ -109,7 +112,7 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
     out: list[str] = []
     spans: list[Span] = []
     open_at: int | None = None
-    open_piece = 0
+    open_piece = open_pos = 0
     length = 0
     start, end = markers.start, markers.end
     for kind, pos, piece in marker_events(text, markers):
@@ -122,7 +125,7 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
                     f"nested highlight marker {start!r} at character {pos}: highlights cannot be "
                     f"nested ({_literal_hint(markers, start)})"
                 )
-            open_at, open_piece = length, len(out)
+            open_at, open_piece, open_pos = length, len(out), pos
         else:
             if open_at is None:
                 raise HighlightError(
@@ -135,7 +138,7 @@ def parse_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> tuple
             open_at = None
     if open_at is not None:
         raise HighlightError(
-            f"unbalanced highlight marker: {start!r} opened but never closed with {end!r} "
+            f"unbalanced highlight marker: {start!r} at character {open_pos} opened but never closed with {end!r} "
             f"({_literal_hint(markers, start)})"
         )
     return "".join(out), spans
@@ -273,14 +276,37 @@ def _as_messages(prompt: Prompt) -> list[dict] | None:
             role = m["role"]
             if not isinstance(role, str) or not role:
                 raise HighlightError(f"message {i} has role {role!r}; a role is a non-empty string such as 'user'")
+            if role.strip().lower() in _OTHER_NAMES:  # LangChain's / other APIs' names for the template roles
+                raise HighlightError(f"message {i} has role {role!r}; chat templates call it "
+                                     f"{_OTHER_NAMES[role.strip().lower()]!r}")
             close = [] if role in KNOWN_ROLES else difflib.get_close_matches(role.lower(), KNOWN_ROLES, n=1, cutoff=0.7)
             if close and close[0] != role:  # "usr", "asistant", "User": a slip, not a role of some template
                 raise HighlightError(f"message {i} has role {role!r}; did you mean {close[0]!r}?")
         return [dict(m) for m in prompt]
-    raise HighlightError(
-        "a prompt must be a string or a non-empty list of {'role': ..., 'content': ...} messages, "
-        f"not {type(prompt).__name__}"
-    )
+    raise HighlightError(_not_a_prompt(prompt))
+
+
+#: Role names other APIs use (LangChain's message types, a few chat UIs) for the template roles.
+_OTHER_NAMES = {"human": "user", "ai": "assistant", "bot": "assistant", "gpt": "assistant"}
+
+
+def _not_a_prompt(prompt: Any) -> str:
+    """Why ``prompt`` is not one prompt, with the likely fix for the common shapes."""
+    what = "a prompt must be a string or a non-empty list of {'role': ..., 'content': ...} messages"
+    if isinstance(prompt, Mapping) and "content" in prompt:
+        return f"{what}; this is one message: wrap it in a list, [{{'role': ..., 'content': ...}}]"
+    if isinstance(prompt, (list, tuple)) and prompt:
+        if all(isinstance(p, tuple) and len(p) == 2 for p in prompt):
+            return f"{what}; (role, text) pairs are not messages here: write [{{'role': role, 'content': text}}, ...]"
+        if all(isinstance(p, (str, list, tuple)) for p in prompt):
+            return (f"{what}, not a list of {len(prompt)} prompts: this call takes one prompt "
+                    "(generate takes a list of prompts)")
+        if any(isinstance(m, Mapping) for m in prompt):
+            bad = next(i for i, m in enumerate(prompt) if not isinstance(m, dict))
+            return f"{what}; entry {bad} of the messages is a {type(prompt[bad]).__name__}, not a dict"
+    if isinstance(prompt, (list, tuple)) and not prompt:
+        return f"{what}, not an empty list"
+    return f"{what}, not {type(prompt).__name__}"
 
 
 def has_chat_template(tokenizer) -> bool:
@@ -297,7 +323,12 @@ def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[
     options = dict(tokenize=False, add_generation_prompt=not continue_last)
     if continue_last:
         options["continue_final_message"] = True
-    rendered = tokenizer.apply_chat_template(messages, **options)
+    try:
+        rendered = tokenizer.apply_chat_template(messages, **options)
+    except Exception as exc:  # a template that validates the conversation (roles must alternate, no system role)
+        if type(exc).__module__.split(".")[0] != "jinja2" and "template" not in type(exc).__name__.lower():
+            raise
+        raise HighlightError(f"the model's chat template failed on these messages: {exc}") from None
     # Exact placement: render again with unique sentinels in place of each content.
     sentinels = [f"\x00SEKA{i}\x00" for i in range(len(messages))]
     probe = [dict(m, content=s) for m, s in zip(messages, sentinels)]

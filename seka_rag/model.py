@@ -24,6 +24,7 @@ from .highlight import (
     Highlight,
     Markers,
     Prompt,
+    _not_a_prompt,
     encode_prompt,
     pad_batch,
     prepare_prompt,
@@ -140,6 +141,11 @@ class SekaModel:
         experts: ExpertSet | str | os.PathLike | None = None,
         router: str | None = None,
     ):
+        _check_model_and_tokenizer(model, tokenizer)
+        if markers is not None and not isinstance(markers, Markers):
+            raise HighlightError(f"markers must be a Markers(start, end) or None (no inline markers), not {markers!r}")
+        if context_window is not None and not _is_count(context_window):
+            raise SekaError(f"context_window must be a positive integer (None: the model's), got {context_window!r}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.geometry = geometry(model)
@@ -202,6 +208,17 @@ class SekaModel:
 
         from .architectures import spec_for
 
+        if not isinstance(name_or_dir, (str, os.PathLike)):
+            raise SekaError(f"name_or_dir must be a model directory, hub id or embedded model's name, got {name_or_dir!r}")
+        if "torch_dtype" in model_kwargs:  # transformers' older name of dtype=
+            if dtype is not None:
+                raise SekaError("pass dtype= only (torch_dtype is its older name)")
+            dtype = model_kwargs.pop("torch_dtype")
+        if isinstance(dtype, str) and dtype == "auto":
+            raise SekaError("dtype='auto' is not supported: leave dtype unset (bfloat16 where the hardware runs it "
+                            "fast, else float32) or name one, e.g. 'float32'")
+        for key in model_kwargs:  # a slip in one of seka-rag's own arguments: say so before anything loads
+            _refuse_misspelt_argument(key, cls.from_pretrained)
         if isinstance(name_or_dir, str) and name_or_dir.startswith("~"):
             name_or_dir = os.path.expanduser(name_or_dir)  # transformers would read "~" as part of a hub id
         name = str(name_or_dir)
@@ -243,6 +260,12 @@ class SekaModel:
             )
         except OSError as exc:  # not found locally / offline hub
             raise SekaError(f"could not load model {str(name_or_dir)!r}: {exc}") from None
+        except TypeError as exc:  # a keyword the model class does not take reaches its __init__
+            unknown = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+            if unknown is None or unknown.group(1) not in model_kwargs:
+                raise
+            raise SekaError(f"from_pretrained() got an unexpected keyword argument {unknown.group(1)!r}: it is not "
+                            f"one of seka-rag's arguments, and the model class does not take it either ({exc})") from None
         model.to(device)
         if model_id is None:  # a local directory by its full path, however it was written (./m, m/, ~/m)
             model_id = str(Path(name).resolve()) if Path(name).is_dir() else str(name_or_dir)
@@ -352,14 +375,9 @@ class SekaModel:
 
         ``warn=False`` leaves out the warning for a truncated prompt (e.g. when only counting tokens; the
         ``truncated`` field still says how many were dropped)."""
-        if chat is not None and not _is_bool(chat):
-            raise SekaError(f"chat must be True, False or None (use the template when there is one), got {chat!r}")
+        _check_prompt_options(chat, markers)
         if isinstance(highlights, str):
             highlights = [highlights]
-        if markers is not _UNSET and markers is not None and not isinstance(markers, Markers):
-            raise HighlightError(
-                f"markers must be a Markers(start, end) or None (no inline markers), not {markers!r}"
-            )
         prepared = prepare_prompt(
             prompt, self.tokenizer, highlights,
             markers=self.markers if markers is _UNSET else markers, chat=None if chat is None else bool(chat),
@@ -400,7 +418,16 @@ class SekaModel:
                 f"({highlights[flat[0]]!r}): write [[...], [...]] (e.g. [['a'], ['b']], or [['a', 'b']] * "
                 f"{len(prompts)} for both in every prompt), or mark the highlights inline"
             )
-        return [self.encode(p, h, chat=chat, markers=markers, max_length=max_length) for p, h in zip(prompts, highlights)]
+        _check_prompt_options(chat, markers)  # the call's options: an error here is no one prompt's
+        encoded = []
+        for i, (p, h) in enumerate(zip(prompts, highlights)):
+            try:
+                encoded.append(self.encode(p, h, chat=chat, markers=markers, max_length=max_length))
+            except SekaError as exc:
+                if len(prompts) == 1:
+                    raise
+                raise type(exc)(f"prompt {i}: {exc}") from None  # which of the batch's prompts is wrong
+        return encoded
 
     # ------------------------------------------------------------------ steering
     def _steering_matrices(self, gain_pos, gain_neg, layers, heads) -> dict[int, torch.Tensor]:
@@ -446,8 +473,9 @@ class SekaModel:
         forward passes inside the same block run unedited. Open a new block for each call of
         ``model(...)`` / ``model.generate(...)`` on a fresh prompt.
         """
-        if not isinstance(steer, bool):
+        if not _is_bool(steer):
             raise SteeringConfigError(f"steer must be True or False, got {steer!r}")
+        steer = bool(steer)
         if not isinstance(highlight_mask, torch.Tensor) or highlight_mask.dim() != 2:
             got = tuple(highlight_mask.shape) if isinstance(highlight_mask, torch.Tensor) else type(highlight_mask).__name__
             raise SteeringConfigError(f"highlight_mask must be a (batch, tokens) tensor, got {got}")
@@ -455,8 +483,15 @@ class SekaModel:
         anything = bool(highlight_mask.any())
         if not (steer and anything):  # nothing will be routed: check what the router would have read
             self._check_router_inputs(router, query, query_embedding, routing, highlight_mask.shape[0])
+        settings_given = [name for name, v in (("gain_pos", gain_pos), ("gain_neg", gain_neg), ("layers", layers),
+                                                ("heads", heads)) if v is not None]
+        if settings_given and router is None and self.projection is None:
+            raise SteeringConfigError(
+                f"this model has no projection, so {', '.join(settings_given)} would change nothing: load one "
+                "(projection= when loading, or load_projection()), or leave them out"
+            )
         if not steer:
-            if any(v is not None for v in (gain_pos, gain_neg, layers, heads)):  # a bad value is an error all the same
+            if settings_given:  # a bad value is an error all the same
                 if router is None and self.projection is not None:
                     self._steering_matrices(gain_pos, gain_neg, layers, heads)
                 elif router is not None:  # against the experts, as the steered call would be
@@ -648,7 +683,7 @@ class SekaModel:
 
     # ------------------------------------------------------------------ generation
     def _generation_kwargs(self, max_new_tokens, do_sample, temperature, top_p, stop) -> dict:
-        _check_max_new_tokens(max_new_tokens)
+        max_new_tokens = _check_max_new_tokens(max_new_tokens)
         if not _is_bool(do_sample):
             raise SekaError(f"do_sample must be True or False, got {do_sample!r}")
         _stop_list(stop)  # checked before any work
@@ -661,9 +696,9 @@ class SekaModel:
             num_beams=1,
         )
         if temperature is not None and (
-            isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature >= 0
+            isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 <= temperature < float("inf")
         ):
-            raise SekaError(f"temperature must be a number >= 0, got {temperature!r}")
+            raise SekaError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, numbers.Real) or not 0 < top_p <= 1):
             raise SekaError(f"top_p must be in (0, 1], got {top_p!r}")
         if do_sample:
@@ -731,11 +766,14 @@ class SekaModel:
         routing: RoutingConfig | Mapping[str, Any] | None = None,
         batch_size: int = 8,
         cancel: threading.Event | None = None,
+        progress: bool | None = None,
     ) -> str | list[str]:
         """Generate a continuation of ``prompt`` (or of each prompt in a list, batched).
 
         ``cancel``: a :class:`threading.Event` another thread may set to stop generating after the
         current token (the text so far is returned; e.g. when an async caller gives up on the call).
+        ``progress``: a progress bar over the batches (None: when there is more than one batch and
+        stderr is a terminal).
 
         A plain-text prompt goes through the chat template when the tokenizer has one
         (``chat=False`` sends it raw). Returns the new text only, cut at the first ``stop`` string.
@@ -746,6 +784,8 @@ class SekaModel:
         (given without it, they are checked, and a warning says the call decodes greedily).
         """
         single = _is_single_prompt(prompt)
+        if isinstance(prompt, Mapping):
+            raise HighlightError(_not_a_prompt(prompt))
         if not single and (isinstance(prompt, (str, bytes, Mapping)) or not isinstance(prompt, Sequence)):
             raise HighlightError(
                 "prompt must be a string, a list of {'role': ..., 'content': ...} messages, or a list of "
@@ -753,11 +793,23 @@ class SekaModel:
             )
         prompts = [prompt] if single else list(prompt)
         self.last_routing = None  # a call that fails or has nothing to do leaves no earlier routing behind
-        if not prompts:  # nothing to generate, but a misspelt router or setting is still an error
-            self._check_router_inputs(self._resolve_router(router, None, None, routing), None, None, routing, 1)
+        if not prompts:  # nothing to generate, but every setting is checked as for a batch
+            self._generation_kwargs(_check_max_new_tokens(max_new_tokens), do_sample, temperature, top_p,
+                                    _stop_list(stop))
+            _check_batch_size(batch_size)
+            _cancelled(cancel)
+            _progress_bar(0, progress, "")
+            _check_prompt_options(chat, markers)
+            if highlights is not None and (not isinstance(highlights, Sequence) or len(highlights)):
+                raise HighlightError("for a list of prompts, highlights must be a list with one entry per prompt "
+                                     "(each a list of highlights, or None): here, an empty list")
+            self.steering(torch.zeros((1, 1), dtype=torch.bool), steer=steer, gain_pos=gain_pos, gain_neg=gain_neg,
+                          layers=layers, heads=heads, router=router, routing=routing)
             return []
         if single:
             highlights = [highlights]
+        max_new_tokens = _check_max_new_tokens(max_new_tokens)
+        stop = _stop_list(stop)  # once: a generator of stop strings is read here
         gen = self._generation_kwargs(max_new_tokens, do_sample, temperature, top_p, stop)
         encoded = self._encode_many(prompts, highlights, chat, markers, self._prompt_budget(max_new_tokens),
                                     batch=not single)
@@ -768,25 +820,27 @@ class SekaModel:
         bs = _check_batch_size(batch_size)
         cancelled = _cancelled(cancel)  # checks its type now
         n = len(encoded)
-        for start in range(0, n, bs):
-            rows = encoded[start : start + bs]
-            if cancel is not None and cancel.is_set():  # the caller gave up: no further batches
-                outputs.extend("" for _ in rows)
-                routed.append(len(rows))
-                continue
-            batch = pad_batch(rows, self.tokenizer.pad_token_id, side="left").to(self.device)
-            block = self.steering(
-                batch.highlight_mask, rows=rows, query=_chunk(query, start, start + bs, n),
-                query_embedding=_chunk(query_embedding, start, start + bs, n, "query_embedding"), **steer_kw,
-            )
-            with torch.inference_mode(), block:
-                out = self.model.generate(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    stopping_criteria=self._stop_criteria(stop, batch.input_ids.shape[1], cancelled), **gen
+        with _progress_bar(-(-n // bs), progress, "generate") as bar:
+            for start in range(0, n, bs):
+                rows = encoded[start : start + bs]
+                if cancel is not None and cancel.is_set():  # the caller gave up: no further batches
+                    outputs.extend("" for _ in rows)
+                    routed.append(len(rows))
+                    continue
+                batch = pad_batch(rows, self.tokenizer.pad_token_id, side="left").to(self.device)
+                block = self.steering(
+                    batch.highlight_mask, rows=rows, query=_chunk(query, start, start + bs, n),
+                    query_embedding=_chunk(query_embedding, start, start + bs, n, "query_embedding"), **steer_kw,
                 )
-            routed.append(block.result if block.result is not None else len(rows))
-            new = out[:, batch.input_ids.shape[1] :]
-            outputs.extend(_cut_at_stop(t, stop) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True))
+                with torch.inference_mode(), block:
+                    out = self.model.generate(
+                        input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                        stopping_criteria=self._stop_criteria(stop, batch.input_ids.shape[1], cancelled), **gen
+                    )
+                routed.append(block.result if block.result is not None else len(rows))
+                new = out[:, batch.input_ids.shape[1] :]
+                outputs.extend(_cut_at_stop(t, stop) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True))
+                bar.update(1)
         self.last_routing = RoutingResult.concat(routed)
         return outputs[0] if single else outputs
 
@@ -825,6 +879,8 @@ class SekaModel:
         if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
             raise SekaError(f"stream takes one prompt (a string or a list of messages), got a list of {len(prompt)} "
                             "strings: stream them one by one, or use generate([...]) for a batch")
+        max_new_tokens = _check_max_new_tokens(max_new_tokens)
+        stop = _stop_list(stop)  # once: a generator of stop strings is read here
         gen = self._generation_kwargs(max_new_tokens, do_sample, temperature, top_p, stop)
         enc = self.encode(prompt, highlights, chat=chat, markers=markers, max_length=self._prompt_budget(max_new_tokens))
         batch = pad_batch([enc], self.tokenizer.pad_token_id).to(self.device)
@@ -834,7 +890,6 @@ class SekaModel:
         )
         from transformers import StoppingCriteria
 
-        stop = _stop_list(stop)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failure: list[BaseException] = []
         abandoned = threading.Event()  # set when the consumer stops reading: generation ends early
@@ -905,8 +960,12 @@ class SekaModel:
         query_embedding: Any = None,
         routing: RoutingConfig | Mapping[str, Any] | None = None,
         batch_size: int = 8,
+        progress: bool | None = None,
     ) -> list[float]:
         """Log-probability of each continuation right after the prompt (summed over its tokens).
+
+        ``progress``: a progress bar over the batches (None: when there is more than one batch and
+        stderr is a terminal).
 
         In bfloat16 (the default on CPUs with native bf16 and on CUDA) a score can move by a few tenths
         of a nat with ``batch_size``, since padding changes the kernels' rounding; compare scores
@@ -937,7 +996,7 @@ class SekaModel:
         return self.score_encoded(
             [(enc, ids) for ids in cont_ids], steer=steer, gain_pos=gain_pos, gain_neg=gain_neg,
             layers=layers, heads=heads, router=router, query=query, query_embedding=query_embedding,
-            routing=routing, batch_size=batch_size,
+            routing=routing, batch_size=batch_size, progress=progress,
         )
 
     def score_encoded(
@@ -954,41 +1013,46 @@ class SekaModel:
         query_embedding: Any = None,
         routing: RoutingConfig | Mapping[str, Any] | None = None,
         batch_size: int = 8,
+        progress: bool | None = None,
     ) -> list[float]:
         """Score (encoded prompt, continuation token ids) pairs in left-padded batches.
 
         AdaSEKA's attention router reads each row's last *prompt* token, not the continuation's.
+        ``progress`` as in :meth:`score`.
         """
         scores: list[float] = []
         routed: list[RoutingResult | None] = []
         self.last_routing = None  # a call that fails leaves no earlier routing behind
         bs = _check_batch_size(batch_size)
         n = len(rows)
-        for start in range(0, n, bs):
-            chunk = rows[start : start + bs]
-            joined = [
-                EncodedPrompt(enc.input_ids + ids, enc.highlight + [False] * len(ids), enc.text, enc.truncated,
-                              enc.routing_text)
-                for enc, ids in chunk
-            ]
-            batch = pad_batch(joined, self.tokenizer.pad_token_id, side="left").to(self.device)
-            keep = max(len(ids) for _, ids in chunk) + 1
-            width = batch.input_ids.shape[1]
-            last_prompt = torch.tensor([width - 1 - len(ids) for _, ids in chunk], dtype=torch.long)
-            block = self.steering(
-                batch.highlight_mask, steer=steer, gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads,
-                router=router, routing=routing, query=_chunk(query, start, start + bs, n),
-                query_embedding=_chunk(query_embedding, start, start + bs, n, "query_embedding"), query_index=last_prompt, rows=joined,
-            )
-            with torch.inference_mode(), block:
-                logits = self._forward_logits(batch, keep)
-            routed.append(block.result if block.result is not None else len(chunk))
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            for i, (_, ids) in enumerate(chunk):
-                width_i = len(ids)
-                target = torch.tensor(ids, device=logprobs.device)
-                picked = logprobs[i, keep - 1 - width_i : keep - 1].gather(-1, target[:, None])
-                scores.append(float(picked.sum()))
+        with _progress_bar(-(-n // bs), progress, "score") as bar:
+            for start in range(0, n, bs):
+                chunk = rows[start : start + bs]
+                joined = [
+                    EncodedPrompt(enc.input_ids + ids, enc.highlight + [False] * len(ids), enc.text, enc.truncated,
+                                  enc.routing_text)
+                    for enc, ids in chunk
+                ]
+                batch = pad_batch(joined, self.tokenizer.pad_token_id, side="left").to(self.device)
+                keep = max(len(ids) for _, ids in chunk) + 1
+                width = batch.input_ids.shape[1]
+                last_prompt = torch.tensor([width - 1 - len(ids) for _, ids in chunk], dtype=torch.long)
+                block = self.steering(
+                    batch.highlight_mask, steer=steer, gain_pos=gain_pos, gain_neg=gain_neg, layers=layers,
+                    heads=heads, router=router, routing=routing, query=_chunk(query, start, start + bs, n),
+                    query_embedding=_chunk(query_embedding, start, start + bs, n, "query_embedding"),
+                    query_index=last_prompt, rows=joined,
+                )
+                with torch.inference_mode(), block:
+                    logits = self._forward_logits(batch, keep)
+                routed.append(block.result if block.result is not None else len(chunk))
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                for i, (_, ids) in enumerate(chunk):
+                    width_i = len(ids)
+                    target = torch.tensor(ids, device=logprobs.device)
+                    picked = logprobs[i, keep - 1 - width_i : keep - 1].gather(-1, target[:, None])
+                    scores.append(float(picked.sum()))
+                bar.update(1)
         self.last_routing = RoutingResult.concat(routed)
         return scores
 
@@ -1116,10 +1180,68 @@ def _cancelled(event: threading.Event | None) -> list:
     return [_Cancelled()]
 
 
+def _refuse_misspelt_argument(key: str, method: Any) -> None:
+    """Raise when ``key`` (passed on to transformers) looks like a slip for one of ``method``'s own arguments."""
+    import difflib
+    import inspect
+
+    if key == "adaptive":
+        raise SekaError("adaptive=True belongs to SekaModel.default(); with from_pretrained, pass experts=DIR")
+    ours = [p for p in inspect.signature(method).parameters if p not in ("cls", "self", "model_kwargs")]
+    close = difflib.get_close_matches(key, ours, n=1, cutoff=0.85)
+    if close:
+        raise SekaError(f"unknown argument {key!r}; did you mean {close[0]!r}?")
+
+
+def _check_model_and_tokenizer(model: Any, tokenizer: Any) -> None:
+    """What ``SekaModel(model, tokenizer)`` needs: a loaded causal LM and its own tokenizer."""
+    from transformers import GenerationMixin
+
+    if isinstance(model, (str, os.PathLike)):
+        raise SekaError(f"SekaModel() wraps a loaded model; to load {str(model)!r}, use SekaModel.from_pretrained()")
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        hint = " (model and tokenizer swapped?)" if hasattr(tokenizer, "config") else ""
+        raise SekaError(f"model must be a loaded Hugging Face causal LM, got {type(model).__name__}{hint}")
+    if not isinstance(model, GenerationMixin):
+        raise SekaError(f"{type(model).__name__} has no language-model head: load the model with "
+                        "AutoModelForCausalLM (or SekaModel.from_pretrained)")
+    if not callable(tokenizer) or not hasattr(tokenizer, "decode") or not hasattr(tokenizer, "pad_token_id"):
+        raise SekaError(f"tokenizer must be the model's Hugging Face tokenizer, got {type(tokenizer).__name__}")
+    embeddings = model.get_input_embeddings()
+    rows = getattr(embeddings, "num_embeddings", None)
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        raise SekaError(f"the tokenizer has {len(tokenizer)} tokens but the model embeds only {rows}: it belongs to "
+                        "another model (load both from the same checkpoint)")
+
+
+def _progress_bar(batches: int, progress: Any, desc: str):
+    """A tqdm bar over a call's batches: ``progress`` True / False, or None for a bar when there is more
+    than one batch and stderr is a terminal."""
+    from tqdm.auto import tqdm
+
+    if progress is not None and not _is_bool(progress):
+        raise SekaError(f"progress must be True, False or None (a bar for calls of several batches), got {progress!r}")
+    disable = (not progress) if progress is not None else (None if batches > 1 else True)
+    return tqdm(total=batches, desc=desc, unit="batch", disable=disable, leave=False)
+
+
+def _check_prompt_options(chat: Any, markers: Any) -> None:
+    """``chat=`` and per-call ``markers=``, checked before any prompt is read."""
+    if chat is not None and not _is_bool(chat):
+        raise SekaError(f"chat must be True, False or None (use the template when there is one), got {chat!r}")
+    if markers is not _UNSET and markers is not None and not isinstance(markers, Markers):
+        raise HighlightError(f"markers must be a Markers(start, end) or None (no inline markers), not {markers!r}")
+
+
+def _is_count(value: Any) -> bool:
+    """A positive whole number: a Python or NumPy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not _is_bool(value) and value >= 1
+
+
 def _check_max_new_tokens(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not _is_count(value):
         raise SekaError(f"max_new_tokens must be a positive integer, got {value!r}")
-    return value
+    return int(value)
 
 
 def _is_bool(value: Any) -> bool:
@@ -1128,9 +1250,9 @@ def _is_bool(value: Any) -> bool:
 
 
 def _check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not _is_count(batch_size):
         raise SekaError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return batch_size
+    return int(batch_size)
 
 
 def _is_single_prompt(prompt: Any) -> bool:

@@ -129,6 +129,8 @@ class Projection:
     layer_scale: torch.Tensor | None = None  #: (n_layers,) per-layer gain multiplier (calibration); ones if None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.meta, ProjectionMeta):  # before anything reads its fields
+            raise ProjectionError(f"a projection's meta must be a ProjectionMeta, got {type(self.meta).__name__}")
         if self.layer_scale is None:
             self.layer_scale = torch.ones(len(self.meta.layers))
         self.validate()
@@ -209,8 +211,13 @@ class Projection:
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ProjectionError(f"projection tensor {name!r} has shape {got}, expected {shape}")
+            if t.is_meta:
+                raise ProjectionError(f"projection tensor {name!r} is on the meta device (it holds no values)")
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise ProjectionError(f"projection tensor {name!r} contains non-finite values")
+        if self.head_mask.dtype != torch.bool:
+            raise ProjectionError(f"projection tensor 'head_mask' must be boolean (a head is edited or not), "
+                                  f"got {self.head_mask.dtype}")
         if len(set(m.layers)) != n or any(not 0 <= i < m.num_layers for i in m.layers):
             raise ProjectionError(f"projection layer indices {m.layers} are invalid for {m.num_layers} layers")
         if m.default_layers is not None and not set(m.default_layers) <= set(m.layers):

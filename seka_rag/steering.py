@@ -32,7 +32,8 @@ from .architectures import ModelGeometry, decoder_layers, geometry, layer_module
 from .errors import SteeringConfigError
 from .projection import Projection
 
-#: ``heads=`` per call: None (the projection's head mask), "all", or {layer: [kv heads]}.
+#: ``heads=`` per call: None (the projection's head mask), "all", or {layer: [kv heads]} (exactly those
+#: heads: a layer the dict leaves out is not edited).
 HeadSelection = None | str | Mapping[int, Sequence[int]]
 
 
@@ -77,7 +78,7 @@ def edit_matrices(projection: Projection, config: SteeringConfig = SteeringConfi
             f"(built: {list(meta.layers)}) or steer=False"
         )
     rows = [projection.row(int(layer)) for layer in layers]  # raises for layers not in it
-    heads = _head_mask(projection, config.heads, layers)
+    heads = _head_mask(projection, config.heads, layers, explicit_layers=config.layers is not None)
     if config.layers is None and config.heads is None and not bool(heads[rows].any()):
         raise SteeringConfigError(
             f"the projection's head mask selects no head in layers {layers}, so nothing would be steered: "
@@ -114,7 +115,10 @@ def _warn_if_keys_flip(matrices: dict[int, torch.Tensor], g_pos: float, g_neg: f
         )
 
 
-def _head_mask(projection: Projection, heads: HeadSelection, layers: Sequence[int]) -> torch.Tensor:
+def _head_mask(projection: Projection, heads: HeadSelection, layers: Sequence[int], *,
+               explicit_layers: bool = False) -> torch.Tensor:
+    """The (layers, kv_heads) mask of one call: a ``{layer: [heads]}`` dict edits exactly the heads it names,
+    so a layer it leaves out is not edited (an error when the call also lists that layer in ``layers=``)."""
     if heads is None:
         return projection.head_mask
     n_kv = projection.meta.num_kv_heads
@@ -131,6 +135,7 @@ def _head_mask(projection: Projection, heads: HeadSelection, layers: Sequence[in
                 f"heads names layer {layer!r}, which is not among the edited layers {list(layers)}; "
                 "layers left out of heads= are not edited"
             )
+        hs = hs.tolist() if hasattr(hs, "tolist") and not isinstance(hs, (str, bytes)) else hs  # NumPy / torch
         if isinstance(hs, (str, bytes)) or not isinstance(hs, Sequence | set | range):
             raise SteeringConfigError(f"heads[{layer}] must be a list of KV head indices, got {hs!r}")
         for h in hs:
@@ -140,6 +145,12 @@ def _head_mask(projection: Projection, heads: HeadSelection, layers: Sequence[in
     if not mask.any():
         raise SteeringConfigError(
             f"heads={heads!r} selects no head, so nothing would be steered: pass steer=False to turn steering off"
+        )
+    unnamed = [int(layer) for layer in layers if layer not in heads]
+    if explicit_layers and unnamed:
+        raise SteeringConfigError(
+            f"layers= lists {unnamed}, which heads= does not name, so they would not be edited: a heads dict edits "
+            f"exactly the heads it names; add them to heads= (e.g. {{{unnamed[0]}: [0, 1]}}) or leave them out of layers="
         )
     return mask
 

@@ -20,6 +20,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from ..errors import SekaError
+
 
 @dataclass(frozen=True)
 class Triplet:
@@ -34,6 +36,13 @@ class Triplet:
     answer: str
     unrelated_question: str
     relation: str = ""  #: which relation template produced it (for diversity statistics)
+
+    def __post_init__(self) -> None:
+        for name in ("context", "question", "answer", "unrelated_question", "relation"):
+            if not isinstance(getattr(self, name), str):
+                raise SekaError(f"Triplet.{name} must be a string, got {getattr(self, name)!r}")
+        if not self.answer.strip() or self.answer not in self.context:
+            raise SekaError(f"a Triplet's answer must occur in its context: {self.answer!r} is not in {self.context!r}")
 
 
 # ---------------------------------------------------------------------------------------------

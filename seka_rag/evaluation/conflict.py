@@ -793,7 +793,7 @@ def score_cases(
     scores = [[0.0, 0.0] for _ in cases]
     chunks = [rows[s : s + bs] for s in range(0, len(rows), bs)]
     for chunk in progress_bar(chunks, len(chunks), "conflict scoring", progress):
-        got = model.score_encoded([(r[2], r[3]) for r in chunk], steer=steer, batch_size=bs, **steer_kwargs)
+        got = model.score_encoded([(r[2], r[3]) for r in chunk], steer=steer, batch_size=bs, progress=False, **steer_kwargs)
         for r, s in zip(chunk, got):
             scores[r[0]][r[1]] = s
     return [t - o for t, o in scores]
@@ -880,7 +880,7 @@ def generate_cases(
     for chunk in progress_bar(chunks, len(chunks), "conflict generation", progress):
         texts = model.generate(
             [cases[i].prompt for i in chunk], highlights=[[cases[i].highlight] for i in chunk],
-            steer=steer, max_new_tokens=max_new_tokens, batch_size=bs, **steer_kwargs,
+            steer=steer, max_new_tokens=max_new_tokens, batch_size=bs, progress=False, **steer_kwargs,
         )
         for i, text in zip(chunk, texts):
             out[i] = text

@@ -93,7 +93,7 @@ def _resolve(method: Any, steer_kwargs: dict[str, Any]) -> tuple[str, Any, dict[
 
 def _row_scorer(model, kind: str, method: Any, kwargs: dict[str, Any]) -> Callable[..., list[float]]:
     if kind in ("seka", "unsteered", "prompt"):
-        return lambda rows, batch_size: model.score_encoded(rows, batch_size=batch_size, **kwargs)
+        return lambda rows, batch_size: model.score_encoded(rows, batch_size=batch_size, progress=False, **kwargs)
     from .baselines import Pasta, Spa, pasta_scorer, spa_scorer
 
     if isinstance(method, Pasta):
@@ -197,7 +197,7 @@ def generate_texts(
         hs = [list(highlights[i]) if highlights[i] else None for i in chunk]
         if method is None:
             texts = model.generate(ps, hs, max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat,
-                                   stop=stop, **steer_kwargs)
+                                   stop=stop, progress=False, **steer_kwargs)
         else:
             texts = method.generate(model, ps, hs, max_new_tokens=max_new_tokens, chat=chat, stop=stop,
                                     batch_size=batch_size)

@@ -225,7 +225,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         first = calls[0]
         return cancellable.generate(
             first.model, [c.prompt for c in calls], [c.highlights for c in calls],
-            batch_size=self.batch_size, **first.gen, **first.routing,
+            batch_size=self.batch_size, progress=False, **first.gen, **first.routing,
         )
 
     def _generation(self, call: _Call, text: str, routing: dict[str, Any] | None = None) -> ChatGeneration:

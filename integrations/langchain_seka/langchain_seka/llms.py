@@ -145,7 +145,7 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
             texts = [cancellable.generate(model, prompts[0], prepared[0][2], **gen, **routing)]
         else:
             texts = cancellable.generate(
-                model, list(prompts), [p[2] for p in prepared], batch_size=self.batch_size, **gen, **routing)
+                model, list(prompts), [p[2] for p in prepared], batch_size=self.batch_size, progress=False, **gen, **routing)
         generations = [
             [self._generation(model, name, prompt, p[2], gen, text, row)]
             for row, (prompt, p, text) in enumerate(zip(prompts, prepared, texts))

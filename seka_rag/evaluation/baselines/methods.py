@@ -65,7 +65,7 @@ class Unsteered:
 
     def generate(self, model, prompts, highlights=None, *, max_new_tokens=64, chat=None, stop=None, batch_size=8):
         return list(model.generate(list(prompts), highlights, steer=False, max_new_tokens=max_new_tokens, chat=chat,
-                                   stop=stop, batch_size=batch_size))
+                                   stop=stop, batch_size=batch_size, progress=False))
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class PromptEmphasis:
         highlights = [None] * len(prompts) if highlights is None else highlights
         texts = [emphasize_prompt(p, h, self.style) for p, h in zip(prompts, highlights)]
         return list(model.generate(texts, None, steer=False, max_new_tokens=max_new_tokens, chat=chat, stop=stop,
-                                   batch_size=batch_size))
+                                   batch_size=batch_size, progress=False))
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ class Seka:
 
     def generate(self, model, prompts, highlights=None, *, max_new_tokens=64, chat=None, stop=None, batch_size=8):
         return list(model.generate(list(prompts), highlights, max_new_tokens=max_new_tokens, chat=chat, stop=stop,
-                                   batch_size=batch_size, **dict(self.options)))
+                                   batch_size=batch_size, progress=False, **dict(self.options)))
 
 
 def score_items_with(method: Method, model, items: Sequence[Any], *, batch_size: int = 8,
