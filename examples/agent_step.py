@@ -24,7 +24,7 @@ from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 
 from langchain_seka import ChatSeka
-from langchain_seka._text import mark_up
+from seka_rag import mark_highlight
 
 PRICES = {"desk lamp": 12, "office chair": 85}
 
@@ -51,7 +51,7 @@ def highlight_tool_results(messages: list[BaseMessage], tools: tuple[str, ...] =
     out = []
     for message in messages:
         if isinstance(message, ToolMessage) and message.name in tools:
-            marked, _ = mark_up(message.content, [(0, len(message.content))])  # escapes stray markers
+            marked = mark_highlight(message.content)  # the whole result, stray markers in it escaped
             message = message.model_copy(update={"content": marked})
         out.append(message)
     return out

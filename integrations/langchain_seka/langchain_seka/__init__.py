@@ -54,7 +54,13 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'langchain_seka' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    try:
+        imported = importlib.import_module(module, __name__)
+    except ModuleNotFoundError as exc:
+        from seka_rag.errors import missing_extra
+
+        raise missing_extra(exc, "langchain_core", "langchain") from exc
+    value = getattr(imported, name)
     globals()[name] = value
     return value
 
