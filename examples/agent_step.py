@@ -50,9 +50,9 @@ def highlight_tool_results(messages: list[BaseMessage], tools: tuple[str, ...] =
     """Chain component: wrap the content of the named tools' messages in highlight markers."""
     out = []
     for message in messages:
-        if isinstance(message, ToolMessage) and message.name in tools:
-            marked = mark_highlight(message.content)  # the whole result, stray markers in it escaped
-            message = message.model_copy(update={"content": marked})
+        if isinstance(message, ToolMessage) and message.name in tools and message.content.strip():
+            # the whole result is highlighted; marker strings inside it are escaped
+            message = message.model_copy(update={"content": mark_highlight(message.content)})
         out.append(message)
     return out
 

@@ -38,8 +38,8 @@ def missing_extra(exc: ModuleNotFoundError, package: str, extra: str) -> ModuleN
     missing module is the framework ``package`` (e.g. ``"langchain_core"``), else ``exc`` itself."""
     if exc.name and (exc.name == package or exc.name.startswith(package + ".")):
         return ModuleNotFoundError(
-            f"this integration needs {package.replace('_', '-').replace('.', '-')}: pip install \"seka-rag[{extra}]\" "
-            f"(from a checkout: pip install \".[{extra}]\")",
+            f"this integration needs {package.replace('_', '-').replace('.', '-')}: install seka-rag with its "
+            f"[{extra}] extra (in a checkout of seka-rag: pip install \".[{extra}]\")",
             name=exc.name,
         )
     return exc

@@ -264,7 +264,9 @@ KNOWN_ROLES = ("system", "user", "assistant", "tool", "developer", "function", "
                "environment", "tool_response", "chatbot")
 
 
-def _as_messages(prompt: Prompt) -> list[dict] | None:
+def _as_messages(prompt: Prompt, template: str | None = None) -> list[dict] | None:
+    """``prompt`` as a list of message dicts (None for plain text), checked; ``template``, the chat template's
+    source, tells a role it uses (``'human'`` in a ShareGPT-style template) from another API's name for one."""
     if isinstance(prompt, str):
         return None
     if isinstance(prompt, Sequence) and all(isinstance(m, dict) for m in prompt) and prompt:
@@ -276,9 +278,10 @@ def _as_messages(prompt: Prompt) -> list[dict] | None:
             role = m["role"]
             if not isinstance(role, str) or not role:
                 raise HighlightError(f"message {i} has role {role!r}; a role is a non-empty string such as 'user'")
-            if role.strip().lower() in _OTHER_NAMES:  # LangChain's / other APIs' names for the template roles
-                raise HighlightError(f"message {i} has role {role!r}; chat templates call it "
-                                     f"{_OTHER_NAMES[role.strip().lower()]!r}")
+            other = _OTHER_NAMES.get(role.strip().lower())  # LangChain's / other APIs' name for a template role
+            if other is not None and not any(q + role + q in (template or "") for q in "'\""):
+                raise HighlightError(f"message {i} has role {role!r}; chat templates call it {other!r} "
+                                     "(this model's template does not name that role)")
             close = [] if role in KNOWN_ROLES else difflib.get_close_matches(role.lower(), KNOWN_ROLES, n=1, cutoff=0.7)
             if close and close[0] != role:  # "usr", "asistant", "User": a slip, not a role of some template
                 raise HighlightError(f"message {i} has role {role!r}; did you mean {close[0]!r}?")
@@ -295,8 +298,10 @@ def _not_a_prompt(prompt: Any) -> str:
     what = "a prompt must be a string or a non-empty list of {'role': ..., 'content': ...} messages"
     if isinstance(prompt, Mapping) and "content" in prompt:
         return f"{what}; this is one message: wrap it in a list, [{{'role': ..., 'content': ...}}]"
+    if _is_role_text_pairs([prompt]):
+        return f"{what}; a (role, text) pair is not a message here: write [{{'role': role, 'content': text}}]"
     if isinstance(prompt, (list, tuple)) and prompt:
-        if all(isinstance(p, tuple) and len(p) == 2 for p in prompt):
+        if _is_role_text_pairs(prompt):
             return f"{what}; (role, text) pairs are not messages here: write [{{'role': role, 'content': text}}, ...]"
         if all(isinstance(p, (str, list, tuple)) for p in prompt):
             return (f"{what}, not a list of {len(prompt)} prompts: this call takes one prompt "
@@ -307,6 +312,12 @@ def _not_a_prompt(prompt: Any) -> str:
     if isinstance(prompt, (list, tuple)) and not prompt:
         return f"{what}, not an empty list"
     return f"{what}, not {type(prompt).__name__}"
+
+
+def _is_role_text_pairs(prompt: Any) -> bool:
+    """Whether ``prompt`` is a list of LangChain-style ``(role, text)`` tuples."""
+    return (isinstance(prompt, (list, tuple)) and bool(prompt)
+            and all(isinstance(p, tuple) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in prompt))
 
 
 def has_chat_template(tokenizer) -> bool:
@@ -328,7 +339,9 @@ def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[
     except Exception as exc:  # a template that validates the conversation (roles must alternate, no system role)
         if type(exc).__module__.split(".")[0] != "jinja2" and "template" not in type(exc).__name__.lower():
             raise
-        raise HighlightError(f"the model's chat template failed on these messages: {exc}") from None
+        if type(exc).__name__ == "TemplateSyntaxError":
+            raise HighlightError(f"the model's chat template is not valid Jinja: {exc}") from exc
+        raise HighlightError(f"the model's chat template failed on these messages: {exc}") from exc
     # Exact placement: render again with unique sentinels in place of each content.
     sentinels = [f"\x00SEKA{i}\x00" for i in range(len(messages))]
     probe = [dict(m, content=s) for m, s in zip(messages, sentinels)]
@@ -400,7 +413,8 @@ def prepare_prompt(
     ``chat=None`` uses the chat template when the tokenizer has one; a list of messages always
     needs one.
     """
-    messages = _as_messages(prompt)
+    template = getattr(tokenizer, "chat_template", None)
+    messages = _as_messages(prompt, template if isinstance(template, str) else None)
     if highlights is not None and (isinstance(highlights, str) or not isinstance(highlights, Sequence)):
         raise HighlightError(
             "highlights must be a list of substrings or (start, end) spans, "

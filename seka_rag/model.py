@@ -24,6 +24,7 @@ from .highlight import (
     Highlight,
     Markers,
     Prompt,
+    _is_role_text_pairs,
     _not_a_prompt,
     encode_prompt,
     pad_batch,
@@ -144,6 +145,8 @@ class SekaModel:
         _check_model_and_tokenizer(model, tokenizer)
         if markers is not None and not isinstance(markers, Markers):
             raise HighlightError(f"markers must be a Markers(start, end) or None (no inline markers), not {markers!r}")
+        if isinstance(context_window, float) and context_window.is_integer():
+            context_window = int(context_window)  # 2048.0, e.g. read from a JSON config
         if context_window is not None and not _is_count(context_window):
             raise SekaError(f"context_window must be a positive integer (None: the model's), got {context_window!r}")
         self.model = model.eval()
@@ -424,9 +427,9 @@ class SekaModel:
             try:
                 encoded.append(self.encode(p, h, chat=chat, markers=markers, max_length=max_length))
             except SekaError as exc:
-                if len(prompts) == 1:
-                    raise
-                raise type(exc)(f"prompt {i}: {exc}") from None  # which of the batch's prompts is wrong
+                if len(prompts) > 1:  # which of the batch's prompts is wrong
+                    exc.args = (f"prompt {i}: {exc}", *exc.args[1:])
+                raise
         return encoded
 
     # ------------------------------------------------------------------ steering
@@ -784,7 +787,7 @@ class SekaModel:
         (given without it, they are checked, and a warning says the call decodes greedily).
         """
         single = _is_single_prompt(prompt)
-        if isinstance(prompt, Mapping):
+        if isinstance(prompt, Mapping) or _is_role_text_pairs(prompt):  # one message / a LangChain-style chat
             raise HighlightError(_not_a_prompt(prompt))
         if not single and (isinstance(prompt, (str, bytes, Mapping)) or not isinstance(prompt, Sequence)):
             raise HighlightError(
@@ -798,7 +801,7 @@ class SekaModel:
                                     _stop_list(stop))
             _check_batch_size(batch_size)
             _cancelled(cancel)
-            _progress_bar(0, progress, "")
+            _check_progress(progress)
             _check_prompt_options(chat, markers)
             if highlights is not None and (not isinstance(highlights, Sequence) or len(highlights)):
                 raise HighlightError("for a list of prompts, highlights must be a list with one entry per prompt "
@@ -826,6 +829,7 @@ class SekaModel:
                 if cancel is not None and cancel.is_set():  # the caller gave up: no further batches
                     outputs.extend("" for _ in rows)
                     routed.append(len(rows))
+                    bar.update(1)
                     continue
                 batch = pad_batch(rows, self.tokenizer.pad_token_id, side="left").to(self.device)
                 block = self.steering(
@@ -1194,24 +1198,29 @@ def _refuse_misspelt_argument(key: str, method: Any) -> None:
 
 
 def _check_model_and_tokenizer(model: Any, tokenizer: Any) -> None:
-    """What ``SekaModel(model, tokenizer)`` needs: a loaded causal LM and its own tokenizer."""
-    from transformers import GenerationMixin
-
+    """What ``SekaModel(model, tokenizer)`` needs: a loaded causal LM (compiled or not) and its own tokenizer."""
     if isinstance(model, (str, os.PathLike)):
         raise SekaError(f"SekaModel() wraps a loaded model; to load {str(model)!r}, use SekaModel.from_pretrained()")
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         hint = " (model and tokenizer swapped?)" if hasattr(tokenizer, "config") else ""
         raise SekaError(f"model must be a loaded Hugging Face causal LM, got {type(model).__name__}{hint}")
-    if not isinstance(model, GenerationMixin):
+    if not callable(getattr(model, "generate", None)):
         raise SekaError(f"{type(model).__name__} has no language-model head: load the model with "
                         "AutoModelForCausalLM (or SekaModel.from_pretrained)")
     if not callable(tokenizer) or not hasattr(tokenizer, "decode") or not hasattr(tokenizer, "pad_token_id"):
-        raise SekaError(f"tokenizer must be the model's Hugging Face tokenizer, got {type(tokenizer).__name__}")
-    embeddings = model.get_input_embeddings()
-    rows = getattr(embeddings, "num_embeddings", None)
-    if isinstance(rows, int) and len(tokenizer) > rows:
-        raise SekaError(f"the tokenizer has {len(tokenizer)} tokens but the model embeds only {rows}: it belongs to "
-                        "another model (load both from the same checkpoint)")
+        hint = " (for a processor, pass processor.tokenizer)" if hasattr(tokenizer, "tokenizer") else ""
+        raise SekaError(f"tokenizer must be the model's Hugging Face tokenizer, got {type(tokenizer).__name__}{hint}")
+    # the base vocabulary, not len(tokenizer): a checkpoint may add tokens it never embeds (Gemma 3's image token)
+    vocabulary = getattr(tokenizer, "vocab_size", None)
+    rows = getattr(model.get_input_embeddings(), "num_embeddings", None)
+    if isinstance(rows, int) and isinstance(vocabulary, int) and vocabulary > rows:
+        raise SekaError(f"the tokenizer's vocabulary has {vocabulary} tokens but the model embeds only {rows}: it "
+                        "belongs to another model (load both from the same checkpoint)")
+
+
+def _check_progress(progress: Any) -> None:
+    if progress is not None and not _is_bool(progress):
+        raise SekaError(f"progress must be True, False or None (a bar for calls of several batches), got {progress!r}")
 
 
 def _progress_bar(batches: int, progress: Any, desc: str):
@@ -1219,8 +1228,7 @@ def _progress_bar(batches: int, progress: Any, desc: str):
     than one batch and stderr is a terminal."""
     from tqdm.auto import tqdm
 
-    if progress is not None and not _is_bool(progress):
-        raise SekaError(f"progress must be True, False or None (a bar for calls of several batches), got {progress!r}")
+    _check_progress(progress)
     disable = (not progress) if progress is not None else (None if batches > 1 else True)
     return tqdm(total=batches, desc=desc, unit="batch", disable=disable, leave=False)
 

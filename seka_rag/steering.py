@@ -33,7 +33,7 @@ from .errors import SteeringConfigError
 from .projection import Projection
 
 #: ``heads=`` per call: None (the projection's head mask), "all", or {layer: [kv heads]} (exactly those
-#: heads: a layer the dict leaves out is not edited).
+#: heads: a layer the dict leaves out is not edited, and a layer listed in an explicit ``layers=`` must have some).
 HeadSelection = None | str | Mapping[int, Sequence[int]]
 
 
@@ -146,11 +146,11 @@ def _head_mask(projection: Projection, heads: HeadSelection, layers: Sequence[in
         raise SteeringConfigError(
             f"heads={heads!r} selects no head, so nothing would be steered: pass steer=False to turn steering off"
         )
-    unnamed = [int(layer) for layer in layers if layer not in heads]
+    unnamed = [int(layer) for layer in layers if not mask[projection.row(int(layer))].any()]
     if explicit_layers and unnamed:
         raise SteeringConfigError(
-            f"layers= lists {unnamed}, which heads= does not name, so they would not be edited: a heads dict edits "
-            f"exactly the heads it names; add them to heads= (e.g. {{{unnamed[0]}: [0, 1]}}) or leave them out of layers="
+            f"layers= lists {unnamed}, where heads= selects no head, so they would not be edited: a heads dict edits "
+            f"exactly the heads it names; add them to heads= (e.g. {{{unnamed[0]}: [0]}}) or leave them out of layers="
         )
     return mask
 

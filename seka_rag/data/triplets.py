@@ -41,8 +41,12 @@ class Triplet:
         for name in ("context", "question", "answer", "unrelated_question", "relation"):
             if not isinstance(getattr(self, name), str):
                 raise SekaError(f"Triplet.{name} must be a string, got {getattr(self, name)!r}")
-        if not self.answer.strip() or self.answer not in self.context:
-            raise SekaError(f"a Triplet's answer must occur in its context: {self.answer!r} is not in {self.context!r}")
+        if not self.answer.strip():
+            raise SekaError("a Triplet's answer must be some text of its context, not empty")
+        if self.answer not in self.context:
+            context = self.context if len(self.context) <= 80 else self.context[:77] + "..."
+            raise SekaError(f"a Triplet's answer must occur in its context (case-sensitively): {self.answer!r} is not "
+                            f"in {context!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,22 +79,39 @@ def test_constructor_checks_what_it_wraps(seka, tokenizer):
 def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused(seka, tokenizer):
     import transformers
 
-    small = transformers.LlamaConfig(vocab_size=len(tokenizer) - 10, hidden_size=32, intermediate_size=64,
+    small = transformers.LlamaConfig(vocab_size=tokenizer.vocab_size - 10, hidden_size=32, intermediate_size=64,
                                      num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)
-    with pytest.raises(SekaError, match=f"tokenizer has {len(tokenizer)} tokens but the model embeds only"):
+    with pytest.raises(SekaError, match=f"vocabulary has {tokenizer.vocab_size} tokens but the model embeds only"):
         SekaModel(transformers.LlamaForCausalLM(small), tokenizer)
+
+
+def test_added_tokens_beyond_the_embeddings_and_compiled_models_are_accepted(seka, helpers):
+    # a checkpoint may add tokens it never embeds (Gemma 3's image token): not another model's tokenizer
+    extra = helpers.make_tokenizer()
+    extra.add_special_tokens({"additional_special_tokens": ["<|image|>"]})
+    assert len(extra) > seka.model.get_input_embeddings().num_embeddings
+    wrapped = SekaModel(seka.model, extra, seka.projection, model_id="tiny-llama")
+    assert wrapped.generate(PROMPT, max_new_tokens=2) == seka.generate(PROMPT, max_new_tokens=2)
+    compiled = SekaModel(torch.compile(seka.model, backend="eager"), seka.tokenizer, seka.projection,
+                         model_id="tiny-llama")
+    assert compiled.generate(PROMPT, max_new_tokens=2) == seka.generate(PROMPT, max_new_tokens=2)
 
 
 # ------------------------------------------------------------------ steering settings
 def test_heads_dict_leaving_out_an_explicit_layer_is_an_error(seka):
     projection = seka.projection
-    with pytest.raises(SteeringConfigError, match=r"layers= lists \[1\], which heads= does not name"):
+    with pytest.raises(SteeringConfigError, match=r"layers= lists \[1\], where heads= selects no head"):
         edit_matrices(projection, SteeringConfig(layers=[0, 1], heads={0: [0]}))
-    with pytest.raises(SteeringConfigError, match="which heads= does not name"):
+    with pytest.raises(SteeringConfigError, match=r"layers= lists \[1\], where heads= selects no head"):
+        edit_matrices(projection, SteeringConfig(layers=[0, 1], heads={0: [0], 1: []}))
+    with pytest.raises(SteeringConfigError, match="where heads= selects no head"):
         seka.generate(PROMPT, layers=[0, 1], heads={0: [0]}, max_new_tokens=1)
-    # without layers=, a heads dict edits exactly the heads it names (documented)
+    # a heads dict edits exactly the heads it names
     matrices = edit_matrices(projection, SteeringConfig(layers=[0, 1], heads={0: [0], 1: [1]}))
     assert float(matrices[1][0].abs().sum()) == 0 and float(matrices[1][1].abs().sum()) > 0
+    # without layers=, the layers it leaves out are not edited (documented)
+    matrices = edit_matrices(projection, SteeringConfig(heads={0: [0]}))
+    assert float(matrices[1].abs().sum()) == 0 and float(matrices[0][0].abs().sum()) > 0
     # head lists may be NumPy arrays or tensors, as layers may
     a = edit_matrices(projection, SteeringConfig(layers=[0], heads={0: np.array([0, 1])}))
     b = edit_matrices(projection, SteeringConfig(layers=[0], heads={0: [0, 1]}))
@@ -259,11 +276,34 @@ def test_a_missing_framework_names_the_extra():
 
     err = missing_extra(ModuleNotFoundError("No module named 'langchain_core'", name="langchain_core"),
                         "langchain_core", "langchain")
-    assert 'pip install "seka-rag[langchain]"' in str(err) and "langchain-core" in str(err)
+    assert 'pip install ".[langchain]"' in str(err) and "langchain-core" in str(err)
     err = missing_extra(ModuleNotFoundError("x", name="llama_index.core.llms"), "llama_index.core", "llamaindex")
     assert "llama-index-core" in str(err) and "[llamaindex]" in str(err)
     other = ModuleNotFoundError("No module named 'numpyy'", name="numpyy")
     assert missing_extra(other, "langchain_core", "langchain") is other  # anything else is passed on
+
+
+@pytest.mark.parametrize("statement, extra", [
+    ("from langchain_seka import ChatSeka", "[langchain]"),
+    ("from llama_index.llms.seka import Seka", "[llamaindex]"),
+    ("from llama_index.postprocessor.seka_highlight import SekaHighlightPostprocessor", "[llamaindex]"),
+    ("from llama_index.embeddings.seka import SentenceTransformerEmbedding", "[llamaindex]"),
+])
+def test_each_integration_names_its_extra_when_its_framework_is_missing(statement, extra):
+    import subprocess
+    import sys
+
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'langchain_core' or name.startswith('llama_index.core'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    run = subprocess.run([sys.executable, "-c", blocker + statement], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert f'pip install ".{extra}"' in run.stderr, run.stderr[-2000:]
 
 
 def test_infinite_temperature_and_malformed_projections_are_refused(seka):
@@ -279,3 +319,56 @@ def test_infinite_temperature_and_malformed_projections_are_refused(seka):
         Projection(**{**fields, "meta": dataclasses.asdict(p.meta)})
     with pytest.raises(ProjectionError, match="'head_mask' must be boolean"):
         Projection(**{**fields, "head_mask": p.head_mask.float() * 0.5})
+
+
+def test_a_template_that_names_a_role_may_use_it(helpers):
+    sharegpt = ("{% for m in messages %}{% if m['role'] == 'human' %}Human: {{ m['content'] }}\n"
+                "{% elif m['role'] == 'gpt' %}GPT: {{ m['content'] }}\n{% endif %}{% endfor %}GPT:")
+    seka = helpers.build_tiny_model("llama", helpers.make_tokenizer(sharegpt))
+    messages = [{"role": "human", "content": "Doc <<A>>"}]
+    assert seka.highlighted_tokens(messages)  # the template's own role, not a slip for 'user'
+    with pytest.raises(HighlightError, match="chat templates call it 'assistant'"):
+        seka.highlighted_tokens([{"role": "ai", "content": "Doc <<A>>"}])
+
+
+def test_langchain_style_pairs_given_to_generate(seka):
+    with pytest.raises(HighlightError, match=r"\(role, text\) pairs are not messages"):
+        seka.generate([("system", "be brief"), ("user", "hi")], max_new_tokens=1)
+    with pytest.raises(HighlightError, match=r"a \(role, text\) pair is not a message"):
+        seka.score(("user", "hi"), ["a"])
+
+
+def test_batch_errors_keep_their_class_and_traceback(seka):
+    with pytest.raises(HighlightError) as info:
+        seka.generate(["a b c", "d e f"], [["a"], ["zzz"]], max_new_tokens=1)
+    assert str(info.value).startswith("prompt 1: ")
+    # the traceback still reaches the line in highlight.py that found the mistake
+    assert any(str(entry.path).endswith("highlight.py") for entry in info.traceback)
+
+
+def test_template_errors_other_than_the_messages(helpers):
+    broken = "{% for m in messages %}{{ m['content'] }"  # unclosed tag
+    seka = helpers.build_tiny_model("llama", helpers.make_tokenizer(broken))
+    with pytest.raises(HighlightError, match="not valid Jinja"):
+        seka.generate([{"role": "user", "content": "hi"}], max_new_tokens=1)
+
+
+def test_progress_default_shows_a_bar_on_a_terminal_only_for_several_batches(seka, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for prompts, expect in (([PROMPT] * 3, True), ([PROMPT], False), ([], False)):
+        term = Terminal()
+        monkeypatch.setattr(sys, "stderr", term)
+        seka.generate(prompts, max_new_tokens=1, batch_size=1)
+        monkeypatch.undo()
+        assert ("generate" in term.getvalue()) is expect, (prompts, term.getvalue())
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    seka.generate([], max_new_tokens=1, progress=True)  # nothing to do: no bar left behind
+    monkeypatch.undo()
+    assert term.getvalue() == ""

@@ -55,7 +55,8 @@ class SekaSettings(BaseModel):
     gain_pos: float | None = Field(default=None, description="SEKA g+ (None: the projection's default).")
     gain_neg: float | None = Field(default=None, description="SEKA g- (None: the projection's default).")
     layers: list[int] | None = Field(default=None, description="Layers to edit (None: the projection's).")
-    heads: Any = Field(default=None, description="KV heads to edit: None, 'all' or {layer: [heads]}.")
+    heads: Any = Field(default=None, description="KV heads to edit: None, 'all' or {layer: [heads]} (exactly those heads; "
+                                                "other layers are not edited).")
     steer: bool = Field(default=True, description="False: ignore every highlight (plain generation).")
     chat_template: bool | None = Field(
         default=None,
