@@ -308,7 +308,9 @@ def _run_calibration(model, projection, args):
         by_scale.setdefault(round(float(chosen.layer_scale[chosen.row(layer)]), 6), []).append(layer)
     print("effective gains: " + "; ".join(
         f"{_layers_text(ls)} at g+ {chosen.meta.gain_pos * k:g}, "
-        f"g- {chosen.meta.gain_neg * k:g}" for k, ls in by_scale.items()))
+        f"g- {chosen.meta.gain_neg * k:g}" for k, ls in by_scale.items())
+        + f" (stored g+ {chosen.meta.gain_pos:g}, g- {chosen.meta.gain_neg:g} times each layer's scale; --gain-pos, "
+          "gain_pos= and set-gains take the stored value)")
     import shlex
 
     model_flag, out = _model_flags(args), shlex.quote(str(args.out))
@@ -1249,6 +1251,10 @@ def _gain_scale_trade_off(args, gs) -> int:
         print("note: no conflicts file given, so no scale was held to the conflict bar")
     print("pick: " + ("none (no scale keeps the conflict bar)" if result.pick is None
                       else f"x{result.pick:g} of the projection's default gains"))
+    if result.pick is not None and result.pick >= 1:
+        print("note: the pick keeps the full gains; if the answers you read still repeat the prompt or invent text, "
+              "try lower gains per call (gain_pos= / gain_neg=, or `seka-rag generate --gain-pos G --gain-neg G "
+              "--compare ...`) and store the ones you choose with `seka-rag set-gains FILE --gain-pos G --gain-neg G`")
     if args.apply:
         from .projection import Projection
 
@@ -1316,6 +1322,25 @@ def cmd_gain_scale(args) -> int:
     print(result.text())
     for path in gs.write_outputs(result, args.out_dir or "sensitivity-results", _model_slug(args.model)):
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_set_gains(args) -> int:
+    """``seka-rag set-gains``: store default gains chosen by hand in a projection file."""
+    from .projection import Projection
+
+    if args.gain_pos is None and args.gain_neg is None:
+        raise SekaError("give --gain-pos and/or --gain-neg (the stored gains, before the per-layer scale)")
+    _check_file(args.projection, "the projection")
+    projection = Projection.load(args.projection)
+    changed = projection.with_gains(args.gain_pos, args.gain_neg)
+    out = changed.save(args.out or args.projection)
+    old, new = projection.meta, changed.meta
+    scales = sorted({round(float(changed.layer_scale[changed.row(i)]), 6) for i in changed.edited_layers})
+    effective = (f"; effective on the edited layers (x per-layer scale {', '.join(f'{k:g}' for k in scales)}): "
+                 + ", ".join(f"g+ {new.gain_pos * k:g}, g- {new.gain_neg * k:g}" for k in scales)) if scales != [1.0] else ""
+    print(f"wrote {out}: default gains {old.gain_pos:g} / {old.gain_neg:g} -> {new.gain_pos:g} / {new.gain_neg:g}"
+          f"{effective}")
     return 0
 
 
@@ -1700,6 +1725,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-results/overhead.json",
                    help="results JSON (default bench-results/overhead.json; missing folders are created)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("set-gains", help="store default gains chosen by hand in a projection file (no model is loaded)")
+    p.add_argument("projection", help="projection file (.safetensors)")
+    p.add_argument("--gain-pos", type=_finite_float, help="new default g+ (the stored gain, before the per-layer scale)")
+    p.add_argument("--gain-neg", type=_finite_float, help="new default g- (the stored gain, before the per-layer scale)")
+    p.add_argument("--out", help="where to write the changed projection (default: over the input file)")
+    p.set_defaults(func=cmd_set_gains)
 
     p = sub.add_parser("compare-experts", help="how different an expert set's projections are: subspace overlaps "
                                                "and edit distances (no model is loaded)")

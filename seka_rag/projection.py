@@ -315,6 +315,25 @@ class Projection:
             raise ProjectionError(f"{str(path)!r} has invalid projection metadata: {exc}") from None
 
     # ------------------------------------------------------------------ derived
+    def with_gains(self, gain_pos: float | None = None, gain_neg: float | None = None) -> "Projection":
+        """A copy whose default gains (``meta.gain_pos`` / ``meta.gain_neg``, before the per-layer scale) are
+        the given ones; None keeps one as it is. The previous gains are recorded in ``meta.notes["gain_history"]``."""
+        new = {}
+        for name, value in (("gain_pos", gain_pos), ("gain_neg", gain_neg)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ProjectionError(f"{name} must be a finite number, got {value!r}")
+            new[name] = float(value)
+        notes = dict(self.meta.notes)
+        notes["gain_history"] = [*notes.get("gain_history", []), [self.meta.gain_pos, self.meta.gain_neg]]
+        meta = ProjectionMeta(**{**asdict(self.meta), **new, "notes": notes})
+        return Projection(
+            meta=meta, pos=self.pos, neg=self.neg, u_pos=self.u_pos, s_pos=self.s_pos,
+            u_neg=self.u_neg, s_neg=self.s_neg, head_shift=self.head_shift,
+            head_mask=self.head_mask, layer_scale=self.layer_scale,
+        )
+
     def with_delta(self, delta: float) -> "Projection":
         """A copy whose head mask keeps the heads with key shift >= ``delta``."""
         meta = ProjectionMeta(**{**asdict(self.meta), "delta": float(delta)})

@@ -828,3 +828,28 @@ def test_plot_names_the_file_matplotlib_writes(tmp_path):
     results = json.loads((Path(__file__).resolve().parents[2] / "docs" / "results.json").read_text())
     written = plot_suite(results, tmp_path / "chart")
     assert written == tmp_path / "chart.png" and written.is_file()
+
+
+def test_set_gains_stores_hand_chosen_gains(tmp_path, tiny_model, helpers, capsys):
+    from seka_rag import Projection, ProjectionError
+
+    seka = tiny_model("llama", projection=False)
+    original = helpers.random_projection(seka.geometry, model_id="tiny-llama")
+    original.layer_scale = torch.full_like(original.layer_scale, 4.0)
+    path = original.save(tmp_path / "p.safetensors")
+    assert main(["set-gains", str(path), "--gain-pos", "0.5", "--out", str(tmp_path / "q.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    changed = Projection.load(tmp_path / "q.safetensors")
+    assert (changed.meta.gain_pos, changed.meta.gain_neg) == (0.5, original.meta.gain_neg)
+    assert changed.meta.notes["gain_history"] == [[original.meta.gain_pos, original.meta.gain_neg]]
+    assert torch.equal(changed.pos, original.pos) and torch.equal(changed.layer_scale, original.layer_scale)
+    assert f"-> 0.5 / {original.meta.gain_neg:g}" in printed and "g+ 2," in printed  # 0.5 x scale 4
+    assert main(["set-gains", str(path), "--gain-neg", "0.25"]) == 0  # in place by default
+    assert Projection.load(path).meta.gain_neg == 0.25
+    capsys.readouterr()
+    assert main(["set-gains", str(path), "--gain-pos", "nan"]) == 2
+    assert "must be a finite number" in capsys.readouterr().err
+    assert main(["set-gains", str(path)]) == 2
+    assert "give --gain-pos and/or --gain-neg" in capsys.readouterr().err
+    with pytest.raises(ProjectionError, match="finite number"):
+        original.with_gains(gain_pos=float("inf"))
