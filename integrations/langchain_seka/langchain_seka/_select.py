@@ -2,7 +2,8 @@
 
 Both integrations call :func:`select` with the documents' texts and retriever scores (or ranks):
 
-* ``"top_k"`` — the ``k`` best documents by score (by rank when the retriever gave no scores);
+* ``"top_k"`` — the ``k`` best documents by score (by rank when the retriever gave no scores; with
+  ``threshold``, the ``k`` best of those whose score passes it);
 * ``"threshold"`` — every document whose score passes ``threshold`` (needs scores);
 * ``"sentences"`` — inside the documents, the ``k`` sentences most similar to the question
   (cosine similarity of sentence embeddings; only those at or above ``threshold`` when it is set);
@@ -17,8 +18,10 @@ list of strings to a 2-D array of vectors.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,11 +89,15 @@ def load_encoder(model: Any = None) -> Any:
 
 #: ``model_name`` of the embeddings classes' default model (the offline all-MiniLM-L6-v2)
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2 (offline)"
+#: hub names of that model, which load the offline copy (as HuggingFaceEmbeddings users write them)
+_DEFAULT_MODEL_ALIASES = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
 
 
 def resolve_model_name(model: Any, model_name: str, default_name: str) -> tuple[Any, str]:
     """``(model, model_name)`` of an embeddings class that takes either: ``model_name=`` a model directory
     (loaded like ``model=``), ``model=`` a directory or an object, or neither (the offline default)."""
+    if model is None and model_name in _DEFAULT_MODEL_ALIASES and not os.path.exists(model_name):
+        model_name = default_name  # the hub name of the bundled model: that is the offline default
     named = model_name != default_name
     if model is None and named:
         return model_name, model_name  # a directory: loaded on first use
@@ -109,10 +116,13 @@ def embed_texts(encoder: Any, texts: Sequence[str], batch_size: int, normalize: 
     if isinstance(texts, (str, bytes)) or not hasattr(texts, "__iter__"):
         raise SekaError(f"embed_documents takes a list of strings, got {type(texts).__name__}")
     texts = list(texts)
-    odd = next((t for t in texts if not isinstance(t, str)), None)
+    odd = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if odd is not None:
-        raise SekaError(f"embeddings take text strings, got {type(odd).__name__}; for a dict input, pick the text "
-                        "field first (e.g. itemgetter('question') | retriever)")
+        raise SekaError(f"embeddings take text strings, got {type(texts[odd]).__name__} (text {odd}); for a dict "
+                        "input, pick the text field first (e.g. itemgetter('question') | retriever)")
+    if not normalize and any(type(m).__name__ == "Normalize" for m in getattr(encoder, "_modules", {}).values()):
+        raise SekaError("normalize=False cannot give raw vectors with this model: its own last module normalises "
+                        "them (all-MiniLM-L6-v2's does); leave normalize=True")
     vectors = encoder.encode(list(texts), batch_size=batch_size, normalize_embeddings=normalize, convert_to_numpy=True)
     return [[float(x) for x in row] for row in vectors]
 
@@ -153,9 +163,14 @@ def check_policy(policy: str, k: int | None, threshold: float | None) -> None:
         raise SekaError(f"k must be a positive integer, got {k!r}")
     if policy == "threshold" and threshold is None:
         raise SekaError("the 'threshold' policy needs threshold= (the minimum retriever score)")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
                                   or not math.isfinite(threshold)):
         raise SekaError(f"threshold must be a finite number, got {threshold!r}")
+    if threshold is not None and policy in ("all", "none"):
+        raise SekaError(f"threshold does nothing with the {policy!r} policy: it applies to 'threshold', 'top_k' "
+                        "(the k best among those passing it) and 'sentences' (a minimum cosine similarity)")
+    if threshold is not None and policy == "sentences" and not -1 <= threshold <= 1:
+        raise SekaError(f"with the 'sentences' policy, threshold is a cosine similarity in [-1, 1], got {threshold!r}")
 
 
 def _full_span(text: str) -> list[Span]:
@@ -195,19 +210,31 @@ def select(
         raise SekaError(f"got {len(scores)} scores for {len(texts)} documents")
     if not texts or policy == "none":
         return Selection({})
+    nan = [i for i, s in enumerate(scores) if s is not None and math.isnan(float(s))]
+    if nan and policy in ("top_k", "threshold"):
+        raise SekaError(f"document {nan[0]}'s retriever score is NaN, so it cannot be ranked")
+    unscored = [i for i, s in enumerate(scores) if s is None]
+    if policy == "top_k" and threshold is None and unscored and len(unscored) < len(scores):
+        warnings.warn(
+            f"documents {unscored[:5]} have no retriever score while the others do, so top_k ranks them all by "
+            "position (the order they came in); give every document a score to rank by score",
+            UserWarning, stacklevel=3,
+        )
     if policy == "all":
         chosen = range(len(texts))
-    elif policy == "top_k":
+    elif policy == "top_k" and threshold is None:
         chosen = _ranked(scores, higher_is_better)[: k or 1]
-    elif policy == "threshold":
-        if any(s is None for s in scores):
+    elif policy in ("top_k", "threshold"):
+        if unscored:
             raise SekaError(
-                "the 'threshold' policy needs a retriever score for every document; use a retriever "
+                f"threshold= needs a retriever score for every document; use a retriever "
                 "that returns scores (e.g. (document, score) pairs, or a score in the metadata), "
-                "or the 'top_k' policy, which falls back to rank"
+                "or the 'top_k' policy without threshold, which falls back to rank"
             )
         ok = (lambda s: s >= threshold) if higher_is_better else (lambda s: s <= threshold)
-        chosen = [i for i, s in enumerate(scores) if ok(float(s))]
+        passing = [i for i, s in enumerate(scores) if ok(float(s))]
+        chosen = passing if policy == "threshold" else [i for i in _ranked(scores, higher_is_better)
+                                                         if i in passing][: k or 1]
     else:  # sentences
         return _select_sentences(texts, question, k or 1, threshold, encoder)
     out: dict[int, list[Span]] = {}

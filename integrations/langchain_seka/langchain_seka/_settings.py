@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from seka_rag import Markers, SekaError, SekaModel
 from seka_rag import __version__ as seka_rag_version
@@ -69,7 +70,8 @@ class SekaSettings(BaseModel):
         "query embedding against the experts' prototypes), 'projection' (the single projection, no "
         "experts) or {expert: weight}. None: the model's default router. Needs a model with an "
         "expert set (adaptive=True, or a SekaModel loaded with SekaModel.default(name, "
-        "adaptive=True) or experts=...). Passed to the engine, which validates it.",
+        "adaptive=True) or experts=...). A router name is checked here; weights and the expert set are checked by "
+        "the engine.",
     )
     routing: dict[str, Any] | None = Field(
         default=None,
@@ -96,10 +98,59 @@ class SekaSettings(BaseModel):
     def _check_markers(cls, value: Any) -> Any:
         return as_markers(value)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_length_setting(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "max_tokens" in data and "max_new_tokens" in data:
+            raise ValueError("give max_tokens or max_new_tokens (the same setting), not both")
+        return data
+
     @field_validator("stop", mode="before")
     @classmethod
     def _one_stop_string(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value  # one sequence, as per call
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, value: Any) -> Any:
+        if value is not None and not all(value):
+            raise ValueError("stop sequences must be non-empty strings")
+        return value
+
+    @field_validator("gain_pos", "gain_neg", "temperature")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        return value
+
+    @field_validator("layers")
+    @classmethod
+    def _check_layers(cls, value: Any) -> Any:
+        if value is not None and (not value or any(i < 0 for i in value)):
+            raise ValueError(f"layers must be a non-empty list of layer indices >= 0 (None: the projection's), got {value!r}")
+        return value
+
+    @field_validator("heads")
+    @classmethod
+    def _check_heads(cls, value: Any) -> Any:
+        if value is None or value == "all":
+            return value
+        if not isinstance(value, Mapping) or not all(
+                isinstance(k, int) and not isinstance(v, (str, bytes)) and hasattr(v, "__iter__")
+                for k, v in value.items()):
+            raise ValueError(f"heads must be None, 'all' or {{layer: [KV heads]}}, got {value!r}")
+        return value
+
+    @field_validator("router")
+    @classmethod
+    def _check_router(cls, value: Any) -> Any:
+        from seka_rag.adaptive import ROUTERS
+
+        if value is None or (isinstance(value, str) and value in ROUTERS) or isinstance(value, Mapping):
+            return value
+        raise ValueError(f"router must be one of {', '.join(map(repr, ROUTERS))} or an {{expert: weight}} dict, "
+                         f"got {value!r}")
 
     @field_serializer("markers")
     def _serialize_markers(self, value: Any) -> Any:
@@ -156,7 +207,11 @@ class SekaSettings(BaseModel):
         return params
 
     def get_token_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` by the model's own tokenizer (loads the model), for token counting."""
+        """Token ids of ``text`` by the model's own tokenizer (loads the model), for token counting; a
+        ``custom_get_token_ids`` given to the LangChain wrapper is used instead."""
+        custom = getattr(self, "custom_get_token_ids", None)
+        if custom is not None:
+            return custom(text)
         return self.seka_model().tokenizer.encode(text, add_special_tokens=False)
 
     def generation_kwargs(self, overrides: dict[str, Any] | None = None, stop: list[str] | None = None) -> dict[str, Any]:
@@ -167,7 +222,9 @@ class SekaSettings(BaseModel):
         """
         overrides = dict(overrides or {})
         if "max_tokens" in overrides:
-            overrides.setdefault("max_new_tokens", overrides.pop("max_tokens"))
+            if "max_new_tokens" in overrides:
+                raise SekaError("give max_tokens or max_new_tokens (the same setting), not both")
+            overrides["max_new_tokens"] = overrides.pop("max_tokens")
         unknown = sorted(set(overrides) - set(OVERRIDABLE))
         if unknown:
             raise SekaError(
@@ -176,7 +233,7 @@ class SekaSettings(BaseModel):
                 f"{', '.join(ROUTING_ARGS)}"
             )
         values = {name: getattr(self, name) for name in OVERRIDABLE}
-        values.update(overrides)
+        values.update(self._validated(overrides))
         do_sample = values["do_sample"]
         if do_sample is None:  # sampling settings given: sample (temperature 0 means greedy)
             temperature = values["temperature"]
@@ -187,6 +244,21 @@ class SekaSettings(BaseModel):
         values["stop"] = _stop_list(self.stop if stop is None else stop)
         values["chat"] = values.pop("chat_template")  # the engine's name
         return values
+
+    def _validated(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Per-call values checked (and coerced) as the fields of the same name are at construction."""
+        from pydantic import ValidationError
+
+        probe = self.model_copy()
+        out = {}
+        for name, value in overrides.items():
+            try:
+                self.__pydantic_validator__.validate_assignment(probe, name, value)
+            except ValidationError as exc:
+                problem = exc.errors()[0].get("msg", str(exc))
+                raise SekaError(f"{'max_tokens' if name == 'max_new_tokens' else name}={value!r}: {problem}") from None
+            out[name] = getattr(probe, name)
+        return out
 
     def routing_request(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Pop the per-call routing arguments (:data:`ROUTING_ARGS`) from ``kwargs``; the engine kwargs.

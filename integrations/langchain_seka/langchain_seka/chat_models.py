@@ -173,6 +173,32 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return langsmith_params(self, "chat", stop, kwargs)
 
+    def _combine_llm_outputs(self, llm_outputs: list[dict | None]) -> dict:
+        """The batch's token usage summed (LangChain's default drops every llm_output)."""
+        totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+        names = []
+        for output in llm_outputs:
+            if output:
+                for key in totals:
+                    totals[key] += output.get("token_usage", {}).get(key, 0)
+                names.append(output.get("model_name"))
+        combined: dict[str, Any] = {"token_usage": totals}
+        if names and all(n == names[0] for n in names):
+            combined["model_name"] = names[0]
+        return combined
+
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
+        """Prompt tokens of ``messages`` exactly as a call sends them: chat template applied, markers removed
+        (what ``usage_metadata["input_tokens"]`` reports, without the window's truncation)."""
+        if tools:
+            raise NotImplementedError("ChatSeka does not support tool calling, so it cannot count tool schemas")
+        if self.custom_get_token_ids is not None:
+            return super().get_num_tokens_from_messages(messages)
+        call = self._prepare(messages, None, {})
+        encoded = call.model.encode(call.prompt, call.highlights, chat=call.gen["chat"], markers=call.gen["markers"],
+                                    max_length=10**9, warn=False)
+        return len(encoded.input_ids)
+
     def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
         """LangChain's invocation parameters (and cache key) plus a digest of the per-call arguments
         written out in full (LangChain's own ``repr`` abbreviates an array of more than 1,000 numbers)."""
@@ -259,7 +285,12 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         if planned is None:
             text = cancellable.generate(call.model, call.prompt, call.highlights, **call.gen, **call.routing)
             planned = text, routing_info(call.model)
-        return ChatResult(generations=[self._generation(call, *planned)])
+        generation = self._generation(call, *planned)
+        usage = generation.message.usage_metadata or {}
+        token_usage = {k: usage.get(k, 0) for k in ("input_tokens", "output_tokens", "total_tokens")}
+        # llm_output too, as SekaLLM fills it: older handlers read token usage there, not in usage_metadata
+        return ChatResult(generations=[generation],
+                          llm_output={"token_usage": token_usage, "model_name": call.model_name})
 
     async def _agenerate(
         self,

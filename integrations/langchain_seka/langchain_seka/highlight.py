@@ -47,6 +47,8 @@ cosine similarity ``>= threshold``), ``"all"``, ``"none"``.
 
 from __future__ import annotations
 
+import decimal
+import numbers
 import string
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -74,6 +76,28 @@ __all__ = ["SCORE_KEYS", "SekaHighlight"]
 SCORE_KEYS = ("score", "relevance_score", "similarity_score", "similarity", "_score", "distance")
 
 
+def _as_score(value: Any) -> float | None:
+    """A metadata value as a score: any real number (NumPy's and 0-d tensors' included), else None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, numbers.Real) or isinstance(value, decimal.Decimal):
+        return float(value)
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a 0-d torch / NumPy array
+        item = value.item()
+        return float(item) if isinstance(item, numbers.Real) and not isinstance(item, bool) else None
+    return None
+
+
+def _as_list(documents: Any) -> list:
+    """The documents of one input as a list: a lone string, Document or (Document, score) pair counts as one."""
+    if documents is None:
+        return []
+    if isinstance(documents, (str, Document)) or (
+            isinstance(documents, tuple) and len(documents) == 2 and isinstance(documents[0], Document)):
+        return [documents]
+    return list(documents)
+
+
 class _Missing(dict):
     def __missing__(self, key: str) -> str:
         return ""
@@ -90,8 +114,9 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
     k: int = Field(default=1, ge=1, description="top_k: documents to highlight; sentences: sentences to highlight.")
     threshold: float | None = Field(
         default=None,
-        description="threshold: minimum retriever score (maximum if higher_is_better=False); "
-        "sentences: minimum cosine similarity (optional).",
+        description="threshold: minimum retriever score (maximum if higher_is_better=False); top_k: the same, "
+        "optional (the k best of the documents passing it); sentences: minimum cosine similarity in [-1, 1] "
+        "(optional).",
     )
     score_key: str | None = Field(
         default=None, description=f"Metadata key of the retriever score (None: the first of {SCORE_KEYS} present)."
@@ -139,8 +164,8 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
     @model_validator(mode="after")
     def _check(self) -> "SekaHighlight":
         check_policy(self.policy, self.k, self.threshold)
-        if "{content}" not in self.document_template:
-            raise SekaError("document_template must contain {content}")
+        if self.document_template.count("{content}") != 1:
+            raise SekaError("document_template must contain {content} exactly once")
         return self
 
     # ------------------------------------------------------------------------------ runnable
@@ -149,7 +174,10 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
 
         Returns the input dict plus ``context`` (marked up), ``context_text``, the highlighted spans and
         the selection (see the module docstring)."""
-        return self._call_with_config(self._highlight, input, config, run_type="parser", **kwargs)
+        if kwargs:  # bind(k=2) / invoke(x, k=2): settings are fields here
+            raise SekaError(f"SekaHighlight takes no per-call arguments ({', '.join(sorted(kwargs))}): its settings "
+                            "are fields, e.g. SekaHighlight(policy='top_k', k=2)")
+        return self._call_with_config(self._highlight, input, config, run_type="parser")
 
     def with_retriever(self, retriever: Runnable) -> Runnable:
         """``{"question": passthrough, "documents": retriever} | self``: question string in, output dict out.
@@ -203,7 +231,7 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
                     f"SekaHighlight reads the question from {self.question_key!r}, which the input lacks "
                     f"(keys: {sorted(map(str, input))}){hint}"
                 )
-            return dict(input), input.get(self.question_key), list(input[self.documents_key] or [])
+            return dict(input), input.get(self.question_key), _as_list(input[self.documents_key])
         if isinstance(input, Sequence) and not isinstance(input, str):
             return {}, None, list(input)
         raise SekaError(
@@ -217,9 +245,9 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
             return float(given), None
         keys = [self.score_key] if self.score_key else SCORE_KEYS
         for key in keys:
-            value = doc.metadata.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value), key
+            value = _as_score(doc.metadata.get(key))
+            if value is not None:
+                return value, key
         return None, None
 
     def _direction(self, sources: list[str | None]) -> bool:
@@ -266,6 +294,9 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
             score, source = self._score(item, given)
             scores.append(score)
             sources.append(source)
+        if self.score_key and docs and all(s is None for s in scores) and self.policy in ("top_k", "threshold"):
+            raise SekaError(f"score_key={self.score_key!r}: no document has a number under metadata[{self.score_key!r}] "
+                            f"(their keys: {sorted(set().union(*(map(str, d.metadata) for d in docs)))})")
         if self.order_by is not None:
             docs, scores = self._ordered(docs, scores)
 

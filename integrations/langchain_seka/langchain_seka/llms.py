@@ -9,6 +9,7 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LLM, LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from langchain_core.runnables.config import get_config_list
 from pydantic import Field
 
 from seka_rag import SekaError, SekaModel
@@ -18,7 +19,7 @@ from ._cancel import athread_iter, run_cancellable
 from ._loading import model_label
 from ._messages import document_highlights
 from ._compat import HostedModelArguments
-from ._settings import SekaSettings, call_digest, routing_info, usage_counts
+from ._settings import SekaSettings, _stop_list, call_digest, routing_info, usage_counts
 from ._text import as_document_list, as_highlight_list
 
 __all__ = ["SekaLLM"]
@@ -55,6 +56,32 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
     @property
     def _llm_type(self) -> str:
         return "seka"
+
+    def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:
+        """Not supported: there is no constrained decoding or tool calling to enforce a schema."""
+        raise NotImplementedError(
+            "SekaLLM does not support with_structured_output (no tool calling or JSON mode): ask for JSON in the "
+            "prompt and parse it with an output parser, e.g. langchain_core.output_parsers.JsonOutputParser"
+        )
+
+    def batch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False,
+              **kwargs: Any) -> list[str]:
+        """Every prompt in one batched engine call; with ``return_exceptions=True`` a failing batch is
+        retried prompt by prompt, so only the bad prompts come back as exceptions (LangChain's own LLM
+        batching returns the batch's one error for every prompt)."""
+        if not return_exceptions or len(inputs) < 2:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        out = super().batch(inputs, config, return_exceptions=True, **kwargs)
+        if not any(isinstance(o, Exception) for o in out):
+            return out
+        configs = get_config_list(config, len(inputs))
+        return [super(SekaLLM, self).batch([x], c, return_exceptions=True, **kwargs)[0]
+                for x, c in zip(inputs, configs)]
+
+    async def abatch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False,
+                     **kwargs: Any) -> list[str]:
+        """:meth:`batch` in a worker thread (the model runs in process; the event loop stays free)."""
+        return await run_cancellable(self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -245,7 +272,7 @@ def langsmith_params(settings: Any, model_type: str, stop: list[str] | None, kwa
     temperature = kwargs.get("temperature", settings.temperature)
     if temperature is not None:
         params["ls_temperature"] = temperature
-    stops = stop if stop is not None else settings.stop
+    stops = _stop_list(stop) if stop is not None else settings.stop  # a bad per-call stop: a SekaError here
     if stops:
         params["ls_stop"] = [stops] if isinstance(stops, str) else list(stops)
     return params

@@ -83,7 +83,18 @@ def test_policy_top_k_uses_scores_then_rank():
     assert select("top_k", DOCS, [0.1, 0.9, 0.5], k=2).documents == [1, 2]
     assert select("top_k", DOCS, [0.1, 0.9, 0.5], k=1, higher_is_better=False).documents == [0]
     assert select("top_k", DOCS, None, k=2).documents == [0, 1]  # rank
-    assert select("top_k", DOCS, [0.3, None, 0.2], k=1).documents == [0]  # incomplete scores: rank
+    with pytest.warns(UserWarning, match=r"documents \[1\] have no retriever score"):
+        assert select("top_k", DOCS, [0.3, None, 0.2], k=2).documents == [0, 1]  # incomplete scores: rank
+    with pytest.raises(SekaError, match="NaN"):
+        select("top_k", DOCS, [0.3, float("nan"), 0.2], k=1)
+    # with a threshold, top_k keeps the k best of the documents passing it
+    assert select("top_k", DOCS, [0.1, 0.9, 0.5], k=2, threshold=0.6).documents == [1]
+    with pytest.raises(SekaError, match="needs a retriever score"):
+        select("top_k", DOCS, [0.3, None, 0.2], k=1, threshold=0.1)
+    with pytest.raises(SekaError, match="does nothing with the 'all' policy"):
+        select("all", DOCS, None, threshold=0.5)
+    with pytest.raises(SekaError, match=r"cosine similarity in \[-1, 1\]"):
+        select("sentences", DOCS, None, question="q", threshold=5.0)
     assert select("top_k", DOCS, None, k=1).spans == {0: [(0, len(DOCS[0]))]}
 
 

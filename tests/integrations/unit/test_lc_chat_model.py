@@ -130,8 +130,10 @@ def test_query_embedding_and_router_go_to_the_engine(tiny_seka, spy):
     assert spy.last["kwargs"]["query_embedding"] == [0.1, 0.2]
     with pytest.raises(SteeringConfigError, match="router='embedding'"):
         chat.bind(query="where?").invoke("hi")
-    with pytest.raises(SteeringConfigError, match="router must be one of"):
-        ChatSeka(model=tiny_seka, max_tokens=2, router=object()).invoke("hi")
+    with pytest.raises(ValueError, match="router must be one of"):  # refused when the wrapper is built
+        ChatSeka(model=tiny_seka, max_tokens=2, router=object())
+    with pytest.raises(SekaError, match="router must be one of"):  # and per call
+        chat.invoke("hi", router="bogus")
     with pytest.raises(SekaError, match="expert set"):
         ChatSeka(model=tiny_seka, max_tokens=2, router="attention").invoke("<<hi>>")
     chat.invoke("<<hi>>", router="projection")

@@ -239,8 +239,10 @@ def test_engine_errors_surface_unchanged(adaptive, tiny_long_seka):
         _seka(adaptive, router="embedding").complete("<<hi>>", query_embedding=[1.0, 0.0])
     with pytest.raises(SekaError, match="expert set"):
         _seka(tiny_long_seka, router="embedding").complete("<<hi>>")
-    with pytest.raises(SteeringConfigError, match="router must be one of"):
-        _seka(adaptive, router="cosine").complete("<<hi>>")
+    with pytest.raises(ValueError, match="router must be one of"):  # refused when the wrapper is built
+        _seka(adaptive, router="cosine")
+    with pytest.raises(SekaError, match="router must be one of"):  # and per call
+        _seka(adaptive).complete("<<hi>>", router="cosine")
 
 
 # ------------------------------------------------------------------------------ LangChain: per call
@@ -309,8 +311,8 @@ def test_chat_engine_errors_surface_unchanged(adaptive, tiny_seka):
         SekaLLM(model=adaptive, max_tokens=2).invoke("hi", query="where?")
     with pytest.raises(SekaError, match="expert set"):
         ChatSeka(model=tiny_seka, router="attention", max_tokens=2).invoke("<<hi>>")
-    with pytest.raises(SteeringConfigError, match="router must be one of"):
-        ChatSeka(model=adaptive, router=object(), max_tokens=2).invoke("hi")
+    with pytest.raises(ValueError, match="router must be one of"):
+        ChatSeka(model=adaptive, router=object(), max_tokens=2)
     with pytest.raises(SteeringConfigError, match="unknown routing settings"):
         ChatSeka(model=adaptive, max_tokens=2).invoke("<<hi>>", routing={"gian": 1.0})
 

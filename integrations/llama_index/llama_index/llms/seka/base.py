@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,8 @@ from langchain_seka._text import (
 )
 from seka_rag import Markers, SekaError, SekaModel
 from seka_rag.highlight import has_chat_template
+
+from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt  # noqa: E402
 
 __all__ = ["Seka"]
 
@@ -125,6 +127,18 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
                 "batch_size would do nothing here; it applies to LangChain's ChatSeka / SekaLLM batch"
             )
         return self
+
+    def predict_and_call(self, *args: Any, **kwargs: Any) -> Any:
+        """Not supported: the in-process model has no function calling (and LlamaIndex's ReAct fallback
+        fails on it in llama-index-core 0.14)."""
+        raise NotImplementedError(
+            "Seka does not support function calling (predict_and_call): describe the tools in the prompt and parse "
+            "the reply yourself, or use an agent framework with a function-calling model"
+        )
+
+    async def apredict_and_call(self, *args: Any, **kwargs: Any) -> Any:
+        """Not supported: see :meth:`predict_and_call`."""
+        return self.predict_and_call(*args, **kwargs)
 
     @classmethod
     def class_name(cls) -> str:
@@ -244,13 +258,32 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
         if not isinstance(prompt, str):
             raise SekaError(f"the prompt must be a string, got {type(prompt).__name__}")
         if not formatted:
-            prompt = self.completion_to_prompt(prompt)
+            rewritten = self.completion_to_prompt(prompt)
+            highlights = kwargs.get("highlights")
+            if rewritten != prompt and isinstance(highlights, (list, tuple)) and any(
+                    isinstance(h, (tuple, list)) for h in highlights):
+                raise SekaError(
+                    "completion_to_prompt rewrites the prompt, so (start, end) spans of it would land elsewhere: "
+                    "highlight substrings (or use inline << >> markers), or pass formatted=True"
+                )
+            prompt = rewritten
         return self._prepare_text(prompt, kwargs)
 
     def _chat_call(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> _Call:
+        if isinstance(messages, (str, ChatMessage)) or not isinstance(messages, Sequence):
+            raise SekaError(f"chat takes a list of ChatMessage objects, got {type(messages).__name__}")
         for i, message in enumerate(messages):
+            if not isinstance(message, ChatMessage):
+                hint = " (write ChatMessage(role=..., content=...))" if isinstance(message, Mapping) else ""
+                raise SekaError(f"message {i} is a {type(message).__name__}, not a ChatMessage{hint}")
             _check_text_only(message, i)
-        if self._needs_transcript(kwargs):
+        transcript = self._needs_transcript(kwargs)
+        if not transcript and self.messages_to_prompt is not generic_messages_to_prompt:  # the user's own
+            raise SekaError(
+                "messages_to_prompt= is used only for a model without a chat template (or with "
+                "chat_template=False); this model renders chats with its own template, so it would do nothing"
+            )
+        if transcript:
             highlights = kwargs.get("highlights")
             if isinstance(highlights, (list, tuple)) and any(isinstance(h, (tuple, list)) for h in highlights):
                 raise SekaError(

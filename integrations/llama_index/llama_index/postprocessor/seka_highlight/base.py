@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from llama_index.core.bridge.pydantic import ConfigDict, Field, field_validator, model_validator
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import Document, MetadataMode, NodeWithScore, QueryBundle, TextNode
 
 from langchain_seka._routing import remember_query
 from langchain_seka._select import check_policy, select
@@ -38,6 +38,12 @@ from seka_rag import Markers, SekaError
 from seka_rag.highlight import DEFAULT_MARKERS
 
 __all__ = ["SekaHighlightPostprocessor"]
+
+
+def _holds_text(node: Any) -> bool:
+    """A node whose text the synthesizer writes into the prompt: a TextNode, or a Document (a plain Node
+    subclass in llama-index-core 0.14, which an index built from documents retrieves as they are)."""
+    return isinstance(node, (TextNode, Document)) and isinstance(getattr(node, "text", None), str)
 
 
 class SekaHighlightPostprocessor(BaseNodePostprocessor):
@@ -62,7 +68,7 @@ class SekaHighlightPostprocessor(BaseNodePostprocessor):
 
     policy: Literal["top_k", "threshold", "sentences", "all", "none"] = Field(default="top_k")
     k: int = Field(default=1, ge=1, description="top_k: nodes; sentences: sentences.")
-    threshold: float | None = Field(default=None)
+    threshold: float | None = Field(default=None, description="threshold: minimum score (maximum with higher_is_better=False); top_k: the same, optional (the k best passing it); sentences: minimum cosine similarity in [-1, 1].")
     higher_is_better: bool = Field(default=True, description="False when scores are distances.")
     encoder: Any = Field(default=None, exclude=True, description="Sentence encoder for the sentences policy.")
     markers: Markers = Field(
@@ -108,7 +114,7 @@ class SekaHighlightPostprocessor(BaseNodePostprocessor):
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
         self._remember(query_bundle)
-        text_nodes = [i for i, n in enumerate(nodes) if isinstance(n.node, TextNode)]
+        text_nodes = [i for i, n in enumerate(nodes) if _holds_text(n.node)]
         texts = [nodes[i].node.get_content(metadata_mode=MetadataMode.NONE) for i in text_nodes]
         scores = [nodes[i].score for i in text_nodes]
         question = query_bundle.query_str if query_bundle is not None else None
