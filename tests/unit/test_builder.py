@@ -112,3 +112,51 @@ def test_builder_refuses_wrong_argument_types_and_another_models_template(tiny_m
 
     with pytest.raises(ProjectionError, match="does not fit"):
         build_expert_set(seka, {"a": triplets}, template=other.projection, prototypes=False, progress=False)
+
+
+# Guards added after a mutation-testing review: each fails on a plausible bug the suite let through.
+def _diag_keys(weights, n_layers=1):
+    """Keys whose cross-covariance with themselves is diag(weights): n = d samples along the axes."""
+    d = len(weights)
+    x = torch.diag(torch.tensor(weights, dtype=torch.float32).sqrt() * d ** 0.5)  # X^T X / n = diag(w)
+    return x[None, :, None, :].expand(n_layers, d, 1, d).clone()  # (layers, n, heads, d)
+
+
+def test_gamma_cut_keeps_the_fewest_directions_reaching_the_share():
+    h = _diag_keys([4.0, 3.0, 2.0, 1.0])  # cumulative shares 0.4, 0.7, 0.9, 1.0
+    parts = projections_from_keys(h, h.clone(), h.clone(), gamma=0.65)
+    # P+: the top directions up to the share (two), P-: the tail directions after it
+    torch.testing.assert_close(parts["pos"][0, 0], torch.diag(torch.tensor([1.0, 1.0, 0.0, 0.0])), atol=1e-5, rtol=0)
+    torch.testing.assert_close(parts["neg"][0, 0], torch.diag(torch.tensor([0.0, 0.0, 1.0, 1.0])), atol=1e-5, rtol=0)
+
+
+def test_singular_values_are_of_the_mean_cross_covariance():
+    torch.manual_seed(0)
+    h, hp, hn = (torch.randn(1, 30, 2, 8) for _ in range(3))
+    parts = projections_from_keys(h, hp, hn, gamma=0.9)
+    torch.testing.assert_close(parts["s_pos"], torch.linalg.svdvals(torch.einsum("lnhd,lnhe->lhde", h, hp) / 30))
+    torch.testing.assert_close(parts["s_neg"], torch.linalg.svdvals(torch.einsum("lnhd,lnhe->lhde", h, hn) / 30))
+    # the router weighs experts by these: a set built from twice the samples must not weigh twice as much
+    twice = projections_from_keys(*(torch.cat([t, t], 1) for t in (h, hp, hn)), gamma=0.9)
+    torch.testing.assert_close(twice["s_pos"], parts["s_pos"])
+
+
+def test_singular_vectors_point_the_way_the_mean_key_lies():
+    torch.manual_seed(0)
+    h = torch.randn(2, 40, 2, 8) + 3.0  # keys with a clear non-zero mean
+    hp, hn = h + 0.1 * torch.randn_like(h), h + 0.1 * torch.randn_like(h)
+    parts = projections_from_keys(h, hp, hn, gamma=0.9)
+    assert (torch.einsum("lhdk,lhd->lhk", parts["u_pos"], hp.mean(1)) >= 0).all()
+    assert (torch.einsum("lhdk,lhd->lhk", parts["u_neg"], hn.mean(1)) >= 0).all()
+    assert torch.einsum("lhdk,lhd->lhk", parts["u_pos"], hp.mean(1))[..., 0].gt(0).all()
+
+
+def test_delta_keeps_exactly_the_heads_that_move_enough(tiny_model, triplets):
+    seka = tiny_model("llama", projection=False)
+    built = build_projection(seka, triplets, BuildConfig(delta=0.0), progress=False)
+    shifts = built.head_shift.flatten().sort().values
+    delta = float((shifts[len(shifts) // 2 - 1] + shifts[len(shifts) // 2]) / 2)  # between two heads' shifts
+    masked = build_projection(seka, triplets, BuildConfig(delta=delta), progress=False)
+    assert torch.equal(masked.head_mask, masked.head_shift >= delta)
+    assert 0 < int(masked.head_mask.sum()) < masked.head_mask.numel()  # some heads kept, some left alone
+    assert torch.equal(masked.with_delta(0.0).head_mask, torch.ones_like(masked.head_mask))

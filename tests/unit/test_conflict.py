@@ -311,3 +311,15 @@ def test_greedy_only_share_leaves_out_answers_that_repeat_both_documents(tiny_mo
     assert report.greedy_only_share == pytest.approx(sum(k == 0 for k in kinds) / n)
     assert report.to_dict()["greedy_only_share"] == report.greedy_only_share
     assert report.format_row("x").split()[-2:] == [f"{report.greedy_share:.3f}", f"{report.greedy_only_share:.3f}"]
+
+
+def test_cluster_bootstrap_pools_clusters_by_size():
+    # clusters of unequal size: resampling clusters averages the pooled values, not the cluster means
+    lo, hi = bootstrap_ci([1.0] * 9 + [0.0], n_boot=2000, clusters=[0] * 9 + [1], level=0.4)
+    assert lo == pytest.approx(0.9) and hi == pytest.approx(0.9)
+
+
+def test_unsteered_conflict_share_interval_resamples_items(tiny_model, items):
+    report = evaluate_conflicts(tiny_model, items, steer=False, progress=False, batch_size=5)
+    assert report.share == pytest.approx(0.5)
+    assert report.share_ci == pytest.approx((0.5, 0.5))  # every item wins exactly 2 of its 4 cases

@@ -690,3 +690,13 @@ def test_fictional_counterfact_ids_are_unique_across_seeds():
     assert [it.case_id for it in test] == [f"fictional-{i}" for i in range(6)]  # stored results keep their ids
     dev = {it.case_id for seed in (1, 2) for it in fictional_counterfact_items(6, seed=seed, split="dev")}
     assert len(dev) == 12 and not dev & {it.case_id for it in test}
+
+
+@pytest.mark.parametrize("prediction, answers", [
+    ("Paris", ["The"]),  # a gold answer that normalises to nothing matches nothing
+    ("Rome", ["The", "Paris"]),
+    ("Rome.\nDocument [2] says Paris", ["Paris"]),  # only the answer's first line is scored
+    ("\n  Rome\nParis", ["Paris"]),
+])
+def test_best_subspan_em_misses(prediction, answers):
+    assert best_subspan_em(prediction, answers) is False

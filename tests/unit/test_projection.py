@@ -345,3 +345,10 @@ def test_one_directory_written_two_ways_is_one_model(tmp_path, tiny_model, monke
             seka.projection.check_fits(seka.geometry, spelling)
     with pytest.warns(UserWarning, match="same shapes"):
         seka.projection.check_fits(seka.geometry, "other-model")
+
+
+def test_round_trip_keeps_a_calibrated_layer_scale(tiny_model, helpers, tmp_path):
+    seka = tiny_model("llama", num_layers=3)
+    p = helpers.random_projection(seka.geometry, layers=[2, 0], layer_scale=torch.tensor([0.5, 3.0]))
+    loaded = Projection.load(p.save(tmp_path / "p.safetensors"))
+    assert torch.equal(loaded.layer_scale, torch.tensor([0.5, 3.0]))

@@ -675,3 +675,19 @@ def test_two_negative_gains_that_flip_together_warn(tiny_model):
         edit_matrices(proj, SteeringConfig(gain_pos=0.0, gain_neg=g))
     with pytest.warns(UserWarning, match="turn part of the keys around"):  # together: factor 1 - 1.9 < 0
         edit_matrices(proj, SteeringConfig(gain_pos=g, gain_neg=g))
+
+
+def test_edited_layers_use_their_own_row_of_head_mask_and_scale(tiny_model, helpers):
+    # a projection whose default layers are not its first rows (a mutation-testing review found that
+    # reading the mask or the per-layer scale from the wrong row went unnoticed)
+    seka = tiny_model("llama", num_layers=3)
+    p = helpers.random_projection(seka.geometry, default_layers=[2],
+                                  head_mask=[[True, True], [True, True], [False, True]],
+                                  layer_scale=torch.tensor([1.0, 1.0, 3.0]))
+    out = edit_matrices(p)
+    assert list(out) == [2]
+    torch.testing.assert_close(out[2], helpers.edit_matrix(p, 2))
+    assert out[2][0].abs().max() == 0  # head 0 of layer 2 is masked
+    out = edit_matrices(p, SteeringConfig(layers=[2, 0]))
+    torch.testing.assert_close(out[2], helpers.edit_matrix(p, 2))
+    torch.testing.assert_close(out[0], helpers.edit_matrix(p, 0))
