@@ -621,6 +621,7 @@ class AdaptiveEdit(ActiveEdit):
 
     @property
     def layers(self) -> set[int]:
+        """The model layers this edit changes (the experts' stacked layers)."""
         return set(self.stacked.layers)
 
     def wants_query(self, layer: int) -> bool:

@@ -173,6 +173,7 @@ class ActiveEdit:
 
     @property
     def layers(self) -> set[int]:
+        """The model layers this edit changes."""
         return set(self.matrices)
 
     def wants_query(self, layer: int) -> bool:

@@ -638,6 +638,7 @@ class GroupStats:
     greedy_share: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as plain JSON-ready data."""
         return asdict(self)
 
 

@@ -230,10 +230,12 @@ class ItemScores:
             raise SekaError(f"ItemScores: {len(self.values)} values but {len(self.units)} units")
 
     def to_dict(self) -> dict[str, Any]:
+        """The scores as plain JSON-ready data (what :meth:`from_dict` reads)."""
         return {"values": list(self.values), "units": list(self.units)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ItemScores":
+        """Scores written by :meth:`to_dict` (a stored run's per-item results)."""
         return cls(tuple(float(v) for v in data["values"]), tuple(str(u) for u in data["units"]))
 
 

@@ -46,6 +46,7 @@ class SentenceTransformerEmbedding(BaseEmbedding):
 
     @classmethod
     def class_name(cls) -> str:
+        """The name LlamaIndex records for this class when it serialises it."""
         return "SekaSentenceTransformerEmbedding"
 
     def _encoder(self) -> Any:

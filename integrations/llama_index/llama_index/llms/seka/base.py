@@ -142,6 +142,7 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
 
     @classmethod
     def class_name(cls) -> str:
+        """The name LlamaIndex records for this class when it serialises it."""
         return "Seka_llm"
 
     # ------------------------------------------------------------------------------ metadata

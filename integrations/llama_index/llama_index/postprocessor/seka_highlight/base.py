@@ -96,6 +96,7 @@ class SekaHighlightPostprocessor(BaseNodePostprocessor):
 
     @classmethod
     def class_name(cls) -> str:
+        """The name LlamaIndex records for this class when it serialises it."""
         return "SekaHighlightPostprocessor"
 
     @staticmethod
