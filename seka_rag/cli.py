@@ -1251,7 +1251,7 @@ def _gain_scale_trade_off(args, gs) -> int:
         print("note: no conflicts file given, so no scale was held to the conflict bar")
     print("pick: " + ("none (no scale keeps the conflict bar)" if result.pick is None
                       else f"x{result.pick:g} of the projection's default gains"))
-    if result.pick is not None and result.pick >= 1:
+    if result.pick == 1:
         print("note: the pick keeps the full gains; if the answers you read still repeat the prompt or invent text, "
               "try lower gains per call (gain_pos= / gain_neg=, or `seka-rag generate --gain-pos G --gain-neg G "
               "--compare ...`) and store the ones you choose with `seka-rag set-gains FILE --gain-pos G --gain-neg G`")
@@ -1329,16 +1329,24 @@ def cmd_set_gains(args) -> int:
     """``seka-rag set-gains``: store default gains chosen by hand in a projection file."""
     from .projection import Projection
 
+    from .steering import edit_matrices
+
     if args.gain_pos is None and args.gain_neg is None:
         raise SekaError("give --gain-pos and/or --gain-neg (the stored gains, before the per-layer scale)")
-    _check_file(args.projection, "the projection")
+    if not args.projection or not Path(args.projection).is_file():
+        raise SekaError(f"no projection file {args.projection!r} (give the .safetensors file to change)")
     projection = Projection.load(args.projection)
     changed = projection.with_gains(args.gain_pos, args.gain_neg)
+    if changed.edited_layers:
+        edit_matrices(changed)  # warns here, once, if these gains would turn keys around
     out = changed.save(args.out or args.projection)
     old, new = projection.meta, changed.meta
-    scales = sorted({round(float(changed.layer_scale[changed.row(i)]), 6) for i in changed.edited_layers})
-    effective = (f"; effective on the edited layers (x per-layer scale {', '.join(f'{k:g}' for k in scales)}): "
-                 + ", ".join(f"g+ {new.gain_pos * k:g}, g- {new.gain_neg * k:g}" for k in scales)) if scales != [1.0] else ""
+    by_scale: dict[float, list[int]] = {}
+    for layer in changed.edited_layers:
+        by_scale.setdefault(round(float(changed.layer_scale[changed.row(layer)]), 6), []).append(layer)
+    effective = "; effective gains: " + "; ".join(
+        f"{_layers_text(ls)} at g+ {new.gain_pos * k:g}, g- {new.gain_neg * k:g}" for k, ls in by_scale.items()
+    ) if by_scale and set(by_scale) != {1.0} else ""
     print(f"wrote {out}: default gains {old.gain_pos:g} / {old.gain_neg:g} -> {new.gain_pos:g} / {new.gain_neg:g}"
           f"{effective}")
     return 0

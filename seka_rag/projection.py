@@ -264,7 +264,14 @@ class Projection:
         tensors = {name: getattr(self, name).detach().cpu().clone(memory_format=torch.contiguous_format)
                    for name in _TENSORS}
         tensors["head_mask"] = tensors["head_mask"].to(torch.uint8)
-        save_file(tensors, str(path), metadata={"seka": json.dumps(asdict(self.meta))})
+        # written beside the target and moved over it: a failed write never leaves a half-written file
+        # where a good projection was (set-gains rewrites a file in place)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            save_file(tensors, str(partial), metadata={"seka": json.dumps(asdict(self.meta))})
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
         _usual_permissions(path)
         return path
 
@@ -318,6 +325,8 @@ class Projection:
     def with_gains(self, gain_pos: float | None = None, gain_neg: float | None = None) -> "Projection":
         """A copy whose default gains (``meta.gain_pos`` / ``meta.gain_neg``, before the per-layer scale) are
         the given ones; None keeps one as it is. The previous gains are recorded in ``meta.notes["gain_history"]``."""
+        if gain_pos is None and gain_neg is None:
+            raise ProjectionError("with_gains needs gain_pos and/or gain_neg")
         new = {}
         for name, value in (("gain_pos", gain_pos), ("gain_neg", gain_neg)):
             if value is None:

@@ -853,3 +853,9 @@ def test_set_gains_stores_hand_chosen_gains(tmp_path, tiny_model, helpers, capsy
     assert "give --gain-pos and/or --gain-neg" in capsys.readouterr().err
     with pytest.raises(ProjectionError, match="finite number"):
         original.with_gains(gain_pos=float("inf"))
+    with pytest.raises(ProjectionError, match="needs gain_pos and/or gain_neg"):
+        original.with_gains()
+    with pytest.warns(UserWarning, match="turn part of the keys around"):  # said when the gains are stored
+        assert main(["set-gains", str(path), "--gain-neg", "-1"]) == 0
+    assert main(["set-gains", str(tmp_path)]) == 2  # a directory, not a projection file
+    assert not list(tmp_path.glob(".*partial"))  # written beside the file and moved over it

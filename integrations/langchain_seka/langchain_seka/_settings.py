@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from typing import Any
@@ -136,11 +137,18 @@ class SekaSettings(BaseModel):
     def _check_heads(cls, value: Any) -> Any:
         if value is None or value == "all":
             return value
-        if not isinstance(value, Mapping) or not all(
-                isinstance(k, int) and not isinstance(v, (str, bytes)) and hasattr(v, "__iter__")
-                for k, v in value.items()):
+        if not isinstance(value, Mapping):
             raise ValueError(f"heads must be None, 'all' or {{layer: [KV heads]}}, got {value!r}")
-        return value
+        out = {}
+        for key, heads in value.items():
+            if isinstance(key, str) and key.strip().isdigit():  # a JSON / YAML config's keys are strings
+                key = int(key)
+            if isinstance(key, bool) or not isinstance(key, numbers.Integral):
+                raise ValueError(f"heads: the keys are layer numbers, got {key!r}")
+            if isinstance(heads, (str, bytes)) or not hasattr(heads, "__iter__"):
+                raise ValueError(f"heads[{key}] must be a list of KV head numbers, got {heads!r}")
+            out[int(key)] = heads
+        return out
 
     @field_validator("router")
     @classmethod
@@ -225,6 +233,9 @@ class SekaSettings(BaseModel):
             if "max_new_tokens" in overrides:
                 raise SekaError("give max_tokens or max_new_tokens (the same setting), not both")
             overrides["max_new_tokens"] = overrides.pop("max_tokens")
+            given_as = {"max_new_tokens": "max_tokens"}
+        else:
+            given_as = {}
         unknown = sorted(set(overrides) - set(OVERRIDABLE))
         if unknown:
             raise SekaError(
@@ -233,7 +244,7 @@ class SekaSettings(BaseModel):
                 f"{', '.join(ROUTING_ARGS)}"
             )
         values = {name: getattr(self, name) for name in OVERRIDABLE}
-        values.update(self._validated(overrides))
+        values.update(self._validated(overrides, given_as))
         do_sample = values["do_sample"]
         if do_sample is None:  # sampling settings given: sample (temperature 0 means greedy)
             temperature = values["temperature"]
@@ -245,18 +256,20 @@ class SekaSettings(BaseModel):
         values["chat"] = values.pop("chat_template")  # the engine's name
         return values
 
-    def _validated(self, overrides: dict[str, Any]) -> dict[str, Any]:
+    def _validated(self, overrides: dict[str, Any], given_as: Mapping[str, str] = {}) -> dict[str, Any]:
         """Per-call values checked (and coerced) as the fields of the same name are at construction."""
         from pydantic import ValidationError
 
         probe = self.model_copy()
         out = {}
         for name, value in overrides.items():
+            if name not in ("do_sample", "steer", "chat_template") and _holds_bool(value):
+                raise SekaError(f"{name}={value!r}: a number is expected, not True / False")
             try:
                 self.__pydantic_validator__.validate_assignment(probe, name, value)
             except ValidationError as exc:
                 problem = exc.errors()[0].get("msg", str(exc))
-                raise SekaError(f"{'max_tokens' if name == 'max_new_tokens' else name}={value!r}: {problem}") from None
+                raise SekaError(f"{given_as.get(name, name)}={value!r}: {problem}") from None
             out[name] = getattr(probe, name)
         return out
 
@@ -277,6 +290,13 @@ class SekaSettings(BaseModel):
         elif isinstance(routing, Mapping) and self.routing:
             routing = {**self.routing, **routing}
         return routing_kwargs(router, query_embedding, query, routing)
+
+
+def _holds_bool(value: Any) -> bool:
+    """Whether ``value`` is, or is a list holding, True / False (which pydantic would read as 1 / 0)."""
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value)
 
 
 def _plain(value: Any) -> Any:

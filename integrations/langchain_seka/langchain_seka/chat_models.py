@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list
 from pydantic import Field
 
-from seka_rag import HighlightError, SekaModel
+from seka_rag import HighlightError, SekaError, SekaModel
 from seka_rag.highlight import has_chat_template, parse_markers
 
 from . import _cancel as cancellable
@@ -178,10 +179,12 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
         names = []
         for output in llm_outputs:
-            if output:
+            if output and "token_usage" in output:
                 for key in totals:
-                    totals[key] += output.get("token_usage", {}).get(key, 0)
+                    totals[key] += output["token_usage"].get(key, 0)
                 names.append(output.get("model_name"))
+        if not names:  # streamed or cached: usage is in each message's usage_metadata only
+            return {}
         combined: dict[str, Any] = {"token_usage": totals}
         if names and all(n == names[0] for n in names):
             combined["model_name"] = names[0]
@@ -191,12 +194,18 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         """Prompt tokens of ``messages`` exactly as a call sends them: chat template applied, markers removed
         (what ``usage_metadata["input_tokens"]`` reports, without the window's truncation)."""
         if tools:
-            raise NotImplementedError("ChatSeka does not support tool calling, so it cannot count tool schemas")
+            warnings.warn("ChatSeka does not support tool calling: tool schemas are not counted", UserWarning,
+                          stacklevel=2)
+        if not messages:
+            return 0
         if self.custom_get_token_ids is not None:
             return super().get_num_tokens_from_messages(messages)
-        call = self._prepare(messages, None, {})
-        encoded = call.model.encode(call.prompt, call.highlights, chat=call.gen["chat"], markers=call.gen["markers"],
-                                    max_length=10**9, warn=False)
+        try:
+            call = self._prepare(messages, None, {})
+            encoded = call.model.encode(call.prompt, call.highlights, chat=call.gen["chat"],
+                                        markers=call.gen["markers"], max_length=10**9, warn=False)
+        except SekaError:  # e.g. trim_messages cut a message inside a highlight: count the text as it is
+            return super().get_num_tokens_from_messages(messages)
         return len(encoded.input_ids)
 
     def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:

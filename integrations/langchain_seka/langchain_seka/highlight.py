@@ -93,7 +93,8 @@ def _as_list(documents: Any) -> list:
     if documents is None:
         return []
     if isinstance(documents, (str, Document)) or (
-            isinstance(documents, tuple) and len(documents) == 2 and isinstance(documents[0], Document)):
+            isinstance(documents, tuple) and len(documents) == 2 and isinstance(documents[0], Document)
+            and _as_score(documents[1]) is not None):  # one (Document, score) pair, not two documents
         return [documents]
     return list(documents)
 

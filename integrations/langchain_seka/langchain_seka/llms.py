@@ -12,7 +12,7 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from langchain_core.runnables.config import get_config_list
 from pydantic import Field
 
-from seka_rag import SekaError, SekaModel
+from seka_rag import HighlightError, SekaError, SekaModel
 
 from . import _cancel as cancellable
 from ._cancel import athread_iter, run_cancellable
@@ -69,12 +69,16 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         """Every prompt in one batched engine call; with ``return_exceptions=True`` a failing batch is
         retried prompt by prompt, so only the bad prompts come back as exceptions (LangChain's own LLM
         batching returns the batch's one error for every prompt)."""
-        if not return_exceptions or len(inputs) < 2:
+        configs = get_config_list(config, len(inputs))
+        if (not return_exceptions or len(inputs) < 2 or self.streaming
+                or any(c.get("max_concurrency") for c in configs)):  # LangChain's chunks come back through here
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         out = super().batch(inputs, config, return_exceptions=True, **kwargs)
-        if not any(isinstance(o, Exception) for o in out):
+        error = next((o for o in out if isinstance(o, Exception)), None)
+        if not isinstance(error, HighlightError):  # none, or a setting's error: the same for every prompt
             return out
-        configs = get_config_list(config, len(inputs))
+        # one prompt's own mistake (its markers, its highlights): find which, prompt by prompt (each
+        # prompt then has a failed run for the batch and a run of its own)
         return [super(SekaLLM, self).batch([x], c, return_exceptions=True, **kwargs)[0]
                 for x, c in zip(inputs, configs)]
 

@@ -32,6 +32,8 @@ def test_a_lone_document_is_one_document():
     assert out["highlights"] == ["one doc"]
     out = SekaHighlight().invoke({"question": "q", "documents": (Document("paired"), 0.4)})
     assert out["highlights"] == ["paired"]
+    out = SekaHighlight(policy="all").invoke({"question": "q", "documents": (Document("a"), Document("b"))})
+    assert out["highlights"] == ["a", "b"]  # two documents, not a (document, score) pair
 
 
 def test_scores_that_cannot_rank_are_refused_or_flagged():
@@ -90,13 +92,48 @@ def test_per_call_values_are_checked_like_fields(tiny_seka, spy):
 
 
 def test_constructors_refuse_settings_that_cannot_work(tiny_seka):
-    bad = [dict(stop=[""]), dict(gain_pos=float("nan")), dict(temperature=float("inf")), dict(layers=[]),
-           dict(layers=[-1]), dict(heads="some"), dict(heads=[0, 1]), dict(router="bogus"),
-           dict(max_tokens=3, max_new_tokens=5)]
+    bad = [(dict(stop=[""]), "non-empty"), (dict(gain_pos=float("nan")), "finite"),
+           (dict(temperature=float("inf")), "finite"), (dict(layers=[]), "non-empty list"),
+           (dict(layers=[-1]), ">= 0"), (dict(heads="some"), "heads must be"), (dict(heads=[0, 1]), "heads must be"),
+           (dict(heads={"x": [0]}), "layer numbers"), (dict(router="bogus"), "router must be one of"),
+           (dict(max_tokens=3, max_new_tokens=5), "not both")]
     for cls in (ChatSeka, SekaLLM):
-        for kwargs in bad:
-            with pytest.raises(ValueError):
+        for kwargs, message in bad:
+            with pytest.raises(ValueError, match=message):
                 cls(model=tiny_seka, **kwargs)
+
+
+def test_heads_keys_from_configs_and_numpy_are_layer_numbers(tiny_seka):
+    for heads in ({"0": [0], "1": [1]}, {np.int64(0): [0], np.int64(1): [1]}):
+        chat = ChatSeka(model=tiny_seka, max_tokens=2, heads=heads)
+        assert chat.heads == {0: [0], 1: [1]}
+        assert chat.invoke(P).content == ChatSeka(model=tiny_seka, max_tokens=2, heads={0: [0], 1: [1]}).invoke(P).content
+    from llama_index.llms.seka import Seka
+
+    saved = Seka(model="smollm2-135m", heads={0: [0], 1: [1]}).to_json()  # JSON writes the keys as strings
+    assert Seka.from_json(saved).heads == {0: [0], 1: [1]}
+
+
+def test_per_call_true_and_false_are_not_numbers(tiny_seka):
+    chat = ChatSeka(model=tiny_seka, max_tokens=2)
+    for kwargs in (dict(gain_pos=True), dict(temperature=True), dict(layers=[True])):
+        with pytest.raises(SekaError, match="not True / False"):
+            chat.invoke(P, **kwargs)
+    with pytest.raises(SekaError, match="max_new_tokens=0"):
+        chat.invoke(P, max_new_tokens=0)  # named as given (max_tokens is the alias)
+
+
+def test_token_counting_works_inside_trim_messages(tiny_seka, tiny_plain_seka):
+    from langchain_core.messages import trim_messages
+
+    for model in (tiny_seka, tiny_plain_seka):
+        chat = ChatSeka(model=model, max_tokens=2)
+        assert chat.get_num_tokens_from_messages([]) == 0
+        kept = trim_messages([SystemMessage("Be brief."), HumanMessage(P)], max_tokens=30, token_counter=chat,
+                             strategy="last", include_system=True, allow_partial=True)
+        assert kept and kept[0].content == "Be brief."  # partial cuts inside << >> are counted, not refused
+    with pytest.warns(UserWarning, match="tool schemas are not counted"):
+        ChatSeka(model=tiny_seka).get_num_tokens_from_messages([HumanMessage("hi")], tools=[{"name": "t"}])
 
 
 def test_token_counts_match_what_a_call_reports(tiny_seka):
@@ -121,14 +158,35 @@ def test_chat_llm_output_carries_token_usage(tiny_seka):
     assert [e["token_usage"]["output_tokens"] for e in ends] == [2, 2]
     assert result.llm_output["token_usage"]["total_tokens"] == sum(e["token_usage"]["total_tokens"] for e in ends)
     assert result.llm_output["model_name"] == "tiny-llama"
+    streamed = ChatSeka(model=tiny_seka, max_tokens=2, streaming=True).generate([[HumanMessage(P)]])
+    assert streamed.llm_output == {}  # usage is in the message's usage_metadata, not a row of zeros
+    assert streamed.generations[0][0].message.usage_metadata["output_tokens"] == 2
 
 
 def test_llm_batch_returns_each_prompts_own_error(tiny_seka):
     from seka_rag import HighlightError
 
+    from langchain_core.callbacks import BaseCallbackHandler
+
     llm = SekaLLM(model=tiny_seka, max_tokens=2)
     out = llm.batch(["Doc: <<ok>>", "Doc: <<unclosed"], return_exceptions=True)
     assert isinstance(out[0], str) and isinstance(out[1], HighlightError)
+
+    starts = []
+
+    class Handler(BaseCallbackHandler):
+        def on_llm_start(self, serialized, prompts, **kwargs):
+            starts.extend(prompts)
+
+    out = llm.batch(["hello", "a <<b", "world"], {"callbacks": [Handler()], "max_concurrency": 2},
+                    return_exceptions=True)
+    # LangChain's chunks come back through batch: the failing chunk's prompts have a failed batch run and
+    # their own run (the batch fails while reading its prompts, before generating); nothing runs a third time
+    assert isinstance(out[1], HighlightError) and starts.count("hello") == 2 and starts.count("world") == 1
+    # a setting's error is the same for every prompt: no prompt-by-prompt retry
+    assert all(isinstance(o, SekaError) for o in llm.batch(["a", "b"], return_exceptions=True, temperature="x"))
+    streaming = SekaLLM(model=tiny_seka, max_tokens=2, streaming=True)
+    assert all(isinstance(o, SekaError) for o in streaming.batch(["a", "b"], return_exceptions=True))
     with pytest.raises(NotImplementedError, match="JsonOutputParser"):
         llm.with_structured_output(dict)
 
@@ -143,6 +201,11 @@ def test_postprocessor_highlights_document_nodes():
              NodeWithScore(node=LlamaDocument(text="The tower is in Rome."), score=0.9)]
     out = SekaHighlightPostprocessor().postprocess_nodes(nodes, QueryBundle("Where is the tower?"))
     assert [n.node.metadata.get("seka_highlights") for n in out] == [None, ["The tower is in Rome."]]
+    from llama_index.core.schema import ImageDocument
+
+    with_image = [NodeWithScore(node=ImageDocument(), score=0.99), *nodes]
+    out = SekaHighlightPostprocessor().postprocess_nodes(with_image, QueryBundle("Where is the tower?"))
+    assert out[2].node.metadata.get("seka_highlights") == ["The tower is in Rome."]  # no text: not a candidate
 
 
 def test_llamaindex_llm_refuses_what_it_would_ignore(tiny_seka):

@@ -43,7 +43,8 @@ __all__ = ["SekaHighlightPostprocessor"]
 def _holds_text(node: Any) -> bool:
     """A node whose text the synthesizer writes into the prompt: a TextNode, or a Document (a plain Node
     subclass in llama-index-core 0.14, which an index built from documents retrieves as they are)."""
-    return isinstance(node, (TextNode, Document)) and isinstance(getattr(node, "text", None), str)
+    text = getattr(node, "text", None)
+    return isinstance(node, (TextNode, Document)) and isinstance(text, str) and bool(text.strip())
 
 
 class SekaHighlightPostprocessor(BaseNodePostprocessor):
