@@ -1050,12 +1050,7 @@ class SekaModel:
                 with torch.inference_mode(), block:
                     logits = self._forward_logits(batch, keep)
                 routed.append(block.result if block.result is not None else len(chunk))
-                logprobs = torch.log_softmax(logits.float(), dim=-1)
-                for i, (_, ids) in enumerate(chunk):
-                    width_i = len(ids)
-                    target = torch.tensor(ids, device=logprobs.device)
-                    picked = logprobs[i, keep - 1 - width_i : keep - 1].gather(-1, target[:, None])
-                    scores.append(float(picked.sum()))
+                scores.extend(continuation_logprobs(logits, [ids for _, ids in chunk]))
                 bar.update(1)
         self.last_routing = RoutingResult.concat(routed)
         return scores
@@ -1182,6 +1177,20 @@ def _cancelled(event: threading.Event | None) -> list:
             return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
 
     return [_Cancelled()]
+
+
+def continuation_logprobs(logits: torch.Tensor, continuations: Sequence[Sequence[int]]) -> list[float]:
+    """Summed log-probability of each row's continuation, from the logits of a left-padded batch's last
+    positions (``logits[:, -k:]`` for ``k`` = the longest continuation + 1: the last prompt token's and the
+    continuation's own, of which the last one predicts nothing)."""
+    keep = logits.shape[1]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    out = []
+    for i, ids in enumerate(continuations):
+        target = torch.tensor(list(ids), device=logprobs.device)
+        picked = logprobs[i, keep - 1 - len(ids) : keep - 1].gather(-1, target[:, None])
+        out.append(float(picked.sum()))
+    return out
 
 
 def _refuse_misspelt_argument(key: str, method: Any) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from ...errors import HighlightError, SekaError, SteeringConfigError
 from ...highlight import Batch, EncodedPrompt, pad_batch
+from ...model import continuation_logprobs
 
 #: One scored row: an encoded prompt and the token ids of a continuation.
 Row = tuple[EncodedPrompt, list[int]]
@@ -102,12 +103,7 @@ def score_rows(
         keep = max(len(ids) for _, ids in chunk) + 1
         with torch.inference_mode():
             logits = logits_fn(batch, keep, chunk)
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        for i, (_, ids) in enumerate(chunk):
-            n = len(ids)
-            target = torch.tensor(ids, device=logprobs.device)
-            picked = logprobs[i, keep - 1 - n : keep - 1].gather(-1, target[:, None])
-            scores.append(float(picked.sum()))
+        scores.extend(continuation_logprobs(logits[:, -keep:], [ids for _, ids in chunk]))
     return scores
 
 
