@@ -228,6 +228,23 @@ def tiny_model(tokenizer, plain_tokenizer):
     return factory
 
 
+@pytest.fixture(scope="session")
+def saved_model_dir(tmp_path_factory, tiny_model):
+    """Factory: ``saved_model_dir(context_window=None)`` → a directory holding a tiny llama and its tokenizer,
+    as ``from_pretrained`` and the CLI's ``--model DIR`` read them (no projection)."""
+
+    def factory(context_window: int | None = None):
+        seka = tiny_model("llama", projection=False)
+        if context_window is not None:
+            seka.model.config.max_position_embeddings = context_window
+        path = tmp_path_factory.mktemp("tiny-llama")
+        seka.model.save_pretrained(path)
+        seka.tokenizer.save_pretrained(path)
+        return path
+
+    return factory
+
+
 # ---------------------------------------------------------------------------------------- helpers
 def key_modules(seka: SekaModel):
     spec = seka.geometry.spec

@@ -16,12 +16,8 @@ from seka_rag.cli import main
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_model):
-    seka = tiny_model("llama", projection=False)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    seka.model.save_pretrained(path)
-    seka.tokenizer.save_pretrained(path)
-    return path
+def model_dir(saved_model_dir):
+    return saved_model_dir()
 
 
 def test_build_projection_then_generate_and_preview(model_dir, tmp_path, capsys):

@@ -31,13 +31,8 @@ from seka_rag.evaluation.suite import (
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_model):
-    seka = tiny_model("llama", projection=False)
-    seka.model.config.max_position_embeddings = 4096  # room for the instruction and lost-in-middle prompts
-    path = tmp_path_factory.mktemp("tiny-llama-long")
-    seka.model.save_pretrained(path)
-    seka.tokenizer.save_pretrained(path)
-    return path
+def model_dir(saved_model_dir):
+    return saved_model_dir(context_window=4096)  # room for the instruction and lost-in-middle prompts
 
 
 @pytest.fixture(scope="module")
