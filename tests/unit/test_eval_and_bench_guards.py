@@ -1,0 +1,142 @@
+"""Guards added after mutation testing of the evaluation code and the benchmark's statistics (plausible
+one-line bugs planted one at a time that no test caught): instruction checkers' edge cases, CounterFact
+ties, SPA's interpolation and PASTA's divergence proxy, and the benchmark's paired ratios."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from seka_rag import bench
+from seka_rag.bench import BenchConfig
+from seka_rag.evaluation import counterfact as cf
+from seka_rag.evaluation.baselines import SpaConfig, select_pasta_heads, spa_generate
+from seka_rag.evaluation.baselines.spa import interpolate, masked_ids
+from seka_rag.evaluation.families import FamilyItem
+from seka_rag.evaluation.instructions import InstructionItem, check, language_scores
+
+PROMPT = "Doc 1: The tower is in Paris.\nDoc 2: <<The tower is in Rome.>>\nWhere is the tower?"
+
+
+def _item(kind, **params):
+    return InstructionItem(kind, "prompt", "instruction", "question", "Alex", "bakery", 1, 3, **params)
+
+
+# ------------------------------------------------------------------------------ instruction checkers
+def test_four_word_answers_need_one_hit():  # "answers of at most 4 words need 1 hit"
+    assert check("language", "Rue du Port Vieux", _item("language", language="French")) is True  # 4 words, 'du'
+    assert check("language", "Rue du Port Vieux Nord", _item("language", language="French")) is False  # 5 words
+
+
+def test_a_tie_between_languages_fails():  # the asked language must lead, a tie fails
+    assert language_scores("En la casa")["French"] == language_scores("En la casa")["Spanish"] == 2
+    assert check("language", "En la casa", _item("language", language="French")) is False
+    assert check("language", "En la casa", _item("language", language="Spanish")) is False
+
+
+def test_json_non_empty_scalars_pass():  # 0 and false are values (only null / "" / [] / {} are empty)
+    assert check("json", '{"answer": 0}') is True
+    assert check("json", '{"answer": false}') is True
+
+
+def test_diacritics_add_one_count_per_language():
+    assert language_scores("Größe über Bär")["German"] == 1  # no German function word; four diacritic letters
+
+
+# ------------------------------------------------------------------------------ CounterFact
+def test_evaluate_counterfact_scores_shared_first_tokens_as_ties(monkeypatch):
+    items = [cf.make_item("X", f"X{i} is", "New York", "New Delhi") for i in range(2)]
+    monkeypatch.setattr(cf, "first_token_ids", lambda model, item, chat=None: (7, 7))  # both start with " New"
+    # scored in different batches, the same token can differ by rounding
+    monkeypatch.setattr(cf, "score_counterfact", lambda model, items, **kw: [(-2.0 + 5e-7, -2.0)] * len(items))
+    report = cf.evaluate_counterfact(object(), items, progress=False, n_boot=20)
+    assert report.margins == [0.0, 0.0] and report.efficacy == 0.0 and report.n_tied == 2
+
+
+# ------------------------------------------------------------------------------ SPA / PASTA
+@pytest.fixture(scope="module")
+def qwen2(tiny_model):
+    return tiny_model("qwen2", context_window=4096)
+
+
+@pytest.fixture(scope="module")
+def items():
+    docs = ("The tower is in Paris.", "The tower is in Rome.")
+    out = []
+    for first, second in (docs, docs[::-1]):
+        prompt = f"Doc 1: {first}\nDoc 2: {second}\nWhere is the tower?"
+        for hl, target, other in ((docs[0], "Paris", "Rome"), (docs[1], "Rome", "Paris")):
+            out.append(FamilyItem("conflict", prompt, hl, target, (other,), "tiny", "tower"))
+    return out
+
+
+def test_spa_generate_takes_the_argmax_of_the_interpolated_logits(qwen2):
+    enc = qwen2.encode(PROMPT)
+    ids = torch.tensor([enc.input_ids])
+    mask = torch.tensor([enc.highlight])
+    with torch.inference_mode():
+        orig = qwen2.model(input_ids=ids).logits[0, -1]
+        bare = qwen2.model(input_ids=masked_ids(ids, mask, qwen2.tokenizer.pad_token_id)).logits[0, -1]
+    expected = {w: int(interpolate(orig, bare, w).argmax()) for w in (0.0, 1.0, 3.0, 10.0)}
+    assert len(set(expected.values())) > 1  # the strengths disagree on the first token
+    for w, token in expected.items():
+        got = spa_generate(qwen2, PROMPT, config=SpaConfig(strength=w), max_new_tokens=1)
+        assert got == qwen2.tokenizer.decode([token], skip_special_tokens=True), w
+
+
+def test_divergence_proxy_is_the_margin_of_the_first_differing_token(qwen2, items):
+    # Paris / Rome are two tokens each here and differ in the first: the divergence proxy scores that
+    # token, so it must equal the full proxy on items whose answers are those first tokens alone
+    from seka_rag.evaluation.scoring import continuation_text
+
+    tok = qwen2.tokenizer
+
+    def first(text):
+        return tok.decode(tok(continuation_text(qwen2, text), add_special_tokens=False)["input_ids"][:1])
+
+    short = [FamilyItem(it.family, it.prompt, it.highlight, first(it.target), (first(it.others[0]),), it.group,
+                        it.unit) for it in items]
+    assert all(len(tok(continuation_text(qwen2, a), add_special_tokens=False)["input_ids"]) == 1
+               for it in short for a in (it.target, *it.others))
+    div = select_pasta_heads(qwen2, items, alpha=0.05, top=2, progress=False)
+    full = select_pasta_heads(qwen2, short, alpha=0.05, top=2, proxy="full", progress=False)
+    assert max(abs(s) for s in full.scores.values()) > 1e-2
+    assert div.scores == pytest.approx(full.scores, abs=1e-4)
+    assert div.selected[0][:2] == full.selected[0][:2]
+
+
+def test_latency_rows_pair_each_run_with_its_own_unsteered_run(monkeypatch):
+    # (prefill seconds, decode tokens/s, set-up seconds) of the 4 timed runs, in run order
+    plan = {
+        "unsteered": [(1.0, 10.0, 0.0), (2.0, 20.0, 0.0), (4.0, 40.0, 0.0), (8.0, 80.0, 0.0)],
+        "seka": [(2.0, 5.0, 0.0), (3.0, 20.0, 0.0), (5.0, 20.0, 0.0), (9.0, 40.0, 0.0)],
+        "control": [(1.0, 10.0, 0.0), (2.0, 20.0, 0.0), (4.0, 40.0, 0.0), (8.0, 80.0, 0.0)],
+    }
+    calls = defaultdict(int)
+
+    def fake_time(seka, batch, method, decode_tokens, config):
+        if decode_tokens != config.decode_tokens:  # the warm-up pass
+            return (1.0, 1.0, 0.0)
+        i = calls[method]
+        calls[method] += 1
+        return plan[method][i]
+
+    monkeypatch.setattr(bench, "time_prefill_and_decode", fake_time)
+    monkeypatch.setattr(bench, "bench_batch", lambda seka, config, n, b, c: SimpleNamespace(input_ids=torch.zeros(b, n)))
+    config = BenchConfig(lengths=[8], runs=4, decode_tokens=2, batch_sizes=[1], methods=["seka"])
+    rows = {r["method"]: r for r in bench.latency_table(None, config, progress=False)}
+    seka = rows["seka"]
+    # paired prefill ratios 2, 1.5, 1.25, 1.125: median 1.375 (the mean would be 1.46875; the ratio of
+    # medians 4 / 3; pairing run i with another run's unsteered time gives other numbers)
+    assert seka["prefill_ratio_paired"] == pytest.approx(1.375)
+    assert seka["prefill_ratio_paired_interval"] == [1.125, 2.0]  # 4 runs: their range
+    assert seka["prefill_ratio"] == pytest.approx(4 / 3)
+    # paired decode ratios (steered / unsteered tokens per second) 0.5, 1, 0.5, 0.5: median 0.5
+    assert seka["decode_ratio_paired"] == pytest.approx(0.5)
+    assert seka["decode_ratio"] == pytest.approx(statistics.median([5, 20, 20, 40]) / statistics.median([10, 20, 40, 80]))
+    assert rows["control"]["prefill_ratio_paired"] == rows["control"]["decode_ratio_paired"] == 1.0
+    assert seka["runs"] == 4 and seka["prompt_tokens"] == 8
