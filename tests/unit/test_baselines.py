@@ -40,7 +40,7 @@ from seka_rag.evaluation.baselines import (
 )
 from seka_rag.evaluation.baselines._common import output_cache
 from seka_rag.evaluation.baselines.pasta import pasta_attention_forward
-from seka_rag.evaluation.baselines.spa import masked_ids
+from seka_rag.evaluation.baselines.spa import interpolate, masked_ids
 from seka_rag.evaluation.conflict import split_of
 from seka_rag.evaluation.families import FamilyItem, score_items
 from seka_rag.highlight import EncodedPrompt, pad_batch
@@ -530,3 +530,39 @@ def test_methods_side_by_side(qwen2, items):
     assert Pasta(PastaConfig(0.1, {0: [1]})).settings() == {"method": "pasta", "alpha": 0.1, "heads": {"0": [1]}}
     with pytest.raises(BaselineConfigError, match="style"):
         PromptEmphasis("loud")
+
+
+# Guards added after mutation testing: SPA generation honours its strength; PASTA's divergence proxy sign.
+def test_spa_generate_takes_the_argmax_of_the_interpolated_logits(qwen2):
+    enc = qwen2.encode(PROMPT)
+    ids = torch.tensor([enc.input_ids])
+    mask = torch.tensor([enc.highlight])
+    with torch.inference_mode():
+        orig = qwen2.model(input_ids=ids).logits[0, -1]
+        bare = qwen2.model(input_ids=masked_ids(ids, mask, qwen2.tokenizer.pad_token_id)).logits[0, -1]
+    expected = {w: int(interpolate(orig, bare, w).argmax()) for w in (0.0, 1.0, 3.0, 10.0)}
+    assert len(set(expected.values())) > 1  # the strengths disagree on the first token
+    for w, token in expected.items():
+        got = spa_generate(qwen2, PROMPT, config=SpaConfig(strength=w), max_new_tokens=1)
+        assert got == qwen2.tokenizer.decode([token], skip_special_tokens=True), w
+
+
+def test_divergence_proxy_is_the_margin_of_the_first_differing_token(qwen2, items):
+    # Paris / Rome are two tokens each here and differ in the first: the divergence proxy scores that
+    # token, so it must equal the full proxy on items whose answers are those first tokens alone
+    from seka_rag.evaluation.scoring import continuation_text
+
+    tok = qwen2.tokenizer
+
+    def first(text):
+        return tok.decode(tok(continuation_text(qwen2, text), add_special_tokens=False)["input_ids"][:1])
+
+    short = [FamilyItem(it.family, it.prompt, it.highlight, first(it.target), (first(it.others[0]),), it.group,
+                        it.unit) for it in items]
+    assert all(len(tok(continuation_text(qwen2, a), add_special_tokens=False)["input_ids"]) == 1
+               for it in short for a in (it.target, *it.others))
+    div = select_pasta_heads(qwen2, items, alpha=0.05, top=2, progress=False)
+    full = select_pasta_heads(qwen2, short, alpha=0.05, top=2, proxy="full", progress=False)
+    assert max(abs(s) for s in full.scores.values()) > 1e-2
+    assert div.scores == pytest.approx(full.scores, abs=1e-4)
+    assert div.selected[0][:2] == full.selected[0][:2]

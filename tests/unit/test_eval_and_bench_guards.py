@@ -1,6 +1,6 @@
 """Guards added after mutation testing of the evaluation code and the benchmark's statistics (plausible
 one-line bugs planted one at a time that no test caught): instruction checkers' edge cases, CounterFact
-ties, SPA's interpolation and PASTA's divergence proxy, and the benchmark's paired ratios."""
+ties and the benchmark's paired ratios (SPA's and PASTA's are in test_baselines.py)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,7 @@ import torch
 from seka_rag import bench
 from seka_rag.bench import BenchConfig
 from seka_rag.evaluation import counterfact as cf
-from seka_rag.evaluation.baselines import SpaConfig, select_pasta_heads, spa_generate
-from seka_rag.evaluation.baselines.spa import interpolate, masked_ids
-from seka_rag.evaluation.families import FamilyItem
 from seka_rag.evaluation.instructions import InstructionItem, check, language_scores
-
-PROMPT = "Doc 1: The tower is in Paris.\nDoc 2: <<The tower is in Rome.>>\nWhere is the tower?"
-
 
 def _item(kind, **params):
     return InstructionItem(kind, "prompt", "instruction", "question", "Alex", "bakery", 1, 3, **params)
@@ -57,58 +51,7 @@ def test_evaluate_counterfact_scores_shared_first_tokens_as_ties(monkeypatch):
     assert report.margins == [0.0, 0.0] and report.efficacy == 0.0 and report.n_tied == 2
 
 
-# ------------------------------------------------------------------------------ SPA / PASTA
-@pytest.fixture(scope="module")
-def qwen2(tiny_model):
-    return tiny_model("qwen2", context_window=4096)
-
-
-@pytest.fixture(scope="module")
-def items():
-    docs = ("The tower is in Paris.", "The tower is in Rome.")
-    out = []
-    for first, second in (docs, docs[::-1]):
-        prompt = f"Doc 1: {first}\nDoc 2: {second}\nWhere is the tower?"
-        for hl, target, other in ((docs[0], "Paris", "Rome"), (docs[1], "Rome", "Paris")):
-            out.append(FamilyItem("conflict", prompt, hl, target, (other,), "tiny", "tower"))
-    return out
-
-
-def test_spa_generate_takes_the_argmax_of_the_interpolated_logits(qwen2):
-    enc = qwen2.encode(PROMPT)
-    ids = torch.tensor([enc.input_ids])
-    mask = torch.tensor([enc.highlight])
-    with torch.inference_mode():
-        orig = qwen2.model(input_ids=ids).logits[0, -1]
-        bare = qwen2.model(input_ids=masked_ids(ids, mask, qwen2.tokenizer.pad_token_id)).logits[0, -1]
-    expected = {w: int(interpolate(orig, bare, w).argmax()) for w in (0.0, 1.0, 3.0, 10.0)}
-    assert len(set(expected.values())) > 1  # the strengths disagree on the first token
-    for w, token in expected.items():
-        got = spa_generate(qwen2, PROMPT, config=SpaConfig(strength=w), max_new_tokens=1)
-        assert got == qwen2.tokenizer.decode([token], skip_special_tokens=True), w
-
-
-def test_divergence_proxy_is_the_margin_of_the_first_differing_token(qwen2, items):
-    # Paris / Rome are two tokens each here and differ in the first: the divergence proxy scores that
-    # token, so it must equal the full proxy on items whose answers are those first tokens alone
-    from seka_rag.evaluation.scoring import continuation_text
-
-    tok = qwen2.tokenizer
-
-    def first(text):
-        return tok.decode(tok(continuation_text(qwen2, text), add_special_tokens=False)["input_ids"][:1])
-
-    short = [FamilyItem(it.family, it.prompt, it.highlight, first(it.target), (first(it.others[0]),), it.group,
-                        it.unit) for it in items]
-    assert all(len(tok(continuation_text(qwen2, a), add_special_tokens=False)["input_ids"]) == 1
-               for it in short for a in (it.target, *it.others))
-    div = select_pasta_heads(qwen2, items, alpha=0.05, top=2, progress=False)
-    full = select_pasta_heads(qwen2, short, alpha=0.05, top=2, proxy="full", progress=False)
-    assert max(abs(s) for s in full.scores.values()) > 1e-2
-    assert div.scores == pytest.approx(full.scores, abs=1e-4)
-    assert div.selected[0][:2] == full.selected[0][:2]
-
-
+# ------------------------------------------------------------------------------ benchmark
 def test_latency_rows_pair_each_run_with_its_own_unsteered_run(monkeypatch):
     # (prefill seconds, decode tokens/s, set-up seconds) of the 4 timed runs, in run order
     plan = {
