@@ -54,3 +54,42 @@ def test_first_token_scorer_starts_answers_as_the_model_would(tiny_model):
         expected = [e for e in expected if e[0] != e[1]]
         got = [(int(t), int(o)) for _, ts, os_ in scorer.batches for t, o in zip(ts, os_)]
         assert scorer.n == len(expected) > 0 and sorted(got) == sorted(expected)
+
+
+def test_calibration_search_rules_with_a_scorer_that_prefers_stronger_edits(monkeypatch, helpers):
+    """A fake first-token scorer whose margin is the edit's total norm: every rule of the search is then
+    predictable (dev split; greedy selection accepts a better trial; the gain sweep scales the winner
+    before the sweep, not the sweep's own best; the stored per-layer scale is the winning multiplier)."""
+    from types import SimpleNamespace
+
+    import seka_rag.calibration as cal
+
+    splits = []
+    real_split = cal.conflict_split
+    monkeypatch.setattr(cal, "conflict_split",
+                        lambda split, *a, **k: splits.append(split) or real_split(split, *a, **k))
+
+    class NormScorer:
+        def __init__(self, model, cases, batch_size):
+            self.n = len(cases)
+
+        def margins(self, matrices):
+            total = sum(float(m.double().norm()) for m in matrices.values()) if matrices else 0.0
+            return torch.full((4,), total)
+
+    monkeypatch.setattr(cal, "_FirstTokenScorer", NormScorer)
+    geom = SimpleNamespace(num_layers=4, num_kv_heads=2, head_dim=4, model_type="llama")
+    proj = helpers.random_projection(geom)
+    config = CalibrationConfig(scan_items=1, select_items=2, constructions=("seka",), candidates=3, max_layers=2,
+                               late_blocks=(), multipliers=(1.0,), refine=(2.0, 3.0))
+    result = calibrate(None, proj, config, progress=False)
+    assert splits and set(splits) == {"dev"}  # calibration never looks at the test split
+    selected = [t for t in result.trials if t.stage == "select"]
+    assert selected and len(selected[0].units) == 2  # a stronger edit than the best single: accepted
+    before_sweep = selected[0]
+    sweep = [t for t in result.trials if t.stage == "gains"]
+    assert [t.units for t in sweep] == [before_sweep.scaled(2.0), before_sweep.scaled(3.0)]
+    assert result.best is sweep[-1]
+    layers = [layer for _, ls, _ in result.best.units for layer in ls]
+    assert result.projection.meta.default_layers == sorted(layers)
+    assert [float(result.projection.layer_scale[proj.row(layer)]) for layer in layers] == [3.0, 3.0]

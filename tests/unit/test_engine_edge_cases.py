@@ -443,3 +443,20 @@ def test_stream_stops_when_its_cancel_event_is_set(tiny_model):
     if len("".join(full)) <= len("".join(full[:2])):
         pytest.skip("the tiny model's answer is too short to tell")
     assert len("".join(pieces)) < len("".join(full))
+
+
+def test_cut_at_stop_cuts_at_the_earliest_stop_string_whatever_the_list_order():
+    from seka_rag.model import _cut_at_stop
+
+    assert _cut_at_stop("a STOP b END c", ["END", "STOP"]) == "a "
+    assert _cut_at_stop("a STOP b END c", ["STOP", "END"]) == "a "
+    assert _cut_at_stop("a b c", ["END"]) == "a b c"
+
+
+def test_pending_stop_prefix_is_the_longest_over_all_stop_strings():
+    from seka_rag.model import _pending_stop_prefix
+
+    # "XY" may still become "XYZ"; a later, shorter candidate ("Y" of "YQ") must not shrink what is held back
+    assert _pending_stop_prefix("abcXY", ["XYZ", "YQ"]) == 2
+    assert _pending_stop_prefix("abcXY", ["YQ", "XYZ"]) == 2
+    assert _pending_stop_prefix("abc", ["XYZ"]) == 0

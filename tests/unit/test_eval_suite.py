@@ -900,3 +900,13 @@ def test_merge_refuses_runs_steered_with_different_projections():
         runs.append(run)
     with pytest.raises(SekaError, match="different projection"):
         merge_suite_results(runs)
+
+
+def test_trade_off_a_conflict_share_exactly_at_the_bar_is_eligible():
+    from seka_rag.evaluation.gain_scale import trade_off
+
+    conflicts = _gs("conflicts", [(1.0, "all", "share", 1.0), (0.5, "all", "share", 0.75)])
+    instructions = _gs("instructions", [(1.0, "all", "pass", 0.2), (0.5, "all", "pass", 0.9)])
+    result = trade_off([conflicts, instructions], conflict_bar=0.75)
+    assert result.eligible == {1.0: True, 0.5: True}
+    assert result.pick == 0.5

@@ -572,3 +572,41 @@ def test_a_tokenizer_without_offsets_still_keeps_the_bos_token(tokenizer):
         warnings.simplefilter("ignore")
         cut = encode_prompt(prepared, slow, max_length=10)
     assert cut.input_ids == full.input_ids[:1] + full.input_ids[-9:] and cut.input_ids[0] == tokenizer.bos_token_id
+
+
+# Truncation guards added after mutation testing (one-line bugs no test caught).
+def test_a_head_leaving_one_token_is_dropped_too(seka):
+    """head + 1 >= max_length: the kept head (BOS) would leave one token of text, so the cut starts at 0."""
+    prompt = "The tower is in Paris. " * 3
+    full = seka.encode(prompt, chat=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enc = seka.encode(prompt, chat=False, max_length=2)
+    assert enc.input_ids == full.input_ids[-2:]
+    assert enc.truncated == len(full.input_ids) - 2
+
+def test_a_highlight_cut_in_half_keeps_its_tail(seka, tokenizer):
+    """Only a highlight whose tokens are all dropped raises; one straddling the cut keeps its later tokens."""
+    prompt = "<<The tower is in Paris. The tower is in Paris. The tower is in Paris.>> Where?"
+    full = seka.encode(prompt, chat=False)
+    n_hl = sum(full.highlight)
+    assert n_hl > 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enc = seka.encode(prompt, chat=False, max_length=len(full.input_ids) - 3)  # drops 3 highlighted tokens
+    assert enc.input_ids == full.input_ids[:1] + full.input_ids[4:]
+    assert enc.highlight == full.highlight[:1] + full.highlight[4:]
+    assert sum(enc.highlight) == n_hl - 3
+
+def test_a_highlight_in_the_kept_system_message_stays_on_its_tokens(seka, tokenizer):
+    """The kept head's highlight mask is the head's own, not that of the tokens after the cut."""
+    messages = [{"role": "system", "content": "Always answer in <<French>>."},
+                {"role": "user", "content": "The tower is in Paris. " * 20 + "Where is <<the tower>>?"}]
+    full = seka.encode(messages, max_length=10_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enc = seka.encode(messages, max_length=40)
+    head = next(i for i, (a, b) in enumerate(zip(enc.input_ids, full.input_ids)) if a != b)
+    assert enc.highlight[:head] == full.highlight[:head]
+    assert enc.highlight == full.highlight[:head] + full.highlight[head + enc.truncated:]
+    assert stripped_runs(enc, tokenizer) == ["French", "the tower"]

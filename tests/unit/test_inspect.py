@@ -327,3 +327,13 @@ def test_each_texts_first_token_is_left_out(tiny_model):
     ids = seka.encode(TEXTS[1], chat=False, markers=None).input_ids
     result = token_amplification(seka, [TEXTS[1]], [(0, 1)], top=5, min_count=1, skip_special=False, progress=False)
     assert result.heads[0].occurrences == len(ids) - 1  # position 0 (here the BOS token) is not measured
+
+
+def test_top_and_bottom_stay_disjoint_when_few_tokens_qualify(tiny_model):
+    """With fewer than 2·top distinct tokens, bottom holds only those not already in top."""
+    seka = tiny_model("llama", projection=True)
+    result = token_amplification(seka, ["The tower is in Paris."], 1, top=5, min_count=1, progress=False)
+    h = result.heads[0]
+    assert h.distinct < 10
+    assert not {t.token for t in h.top} & {t.token for t in h.bottom}
+    assert len(h.top) + len(h.bottom) == h.distinct

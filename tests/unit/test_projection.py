@@ -352,3 +352,38 @@ def test_round_trip_keeps_a_calibrated_layer_scale(tiny_model, helpers, tmp_path
     p = helpers.random_projection(seka.geometry, layers=[2, 0], layer_scale=torch.tensor([0.5, 3.0]))
     loaded = Projection.load(p.save(tmp_path / "p.safetensors"))
     assert torch.equal(loaded.layer_scale, torch.tensor([0.5, 3.0]))
+
+
+# Guards added after mutation testing (one-line bugs no test caught): with_gains, check_fits, fingerprint.
+def _small_geom(**kw):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{**dict(num_layers=3, num_kv_heads=2, head_dim=4, model_type="llama"), **kw})
+
+
+def test_with_gains_keeps_the_gain_not_given(helpers):
+    p = helpers.random_projection(_small_geom(), gain_pos=2.0, gain_neg=0.5)
+    only_pos = p.with_gains(gain_pos=3.0)
+    assert (only_pos.meta.gain_pos, only_pos.meta.gain_neg) == (3.0, 0.5)
+    only_neg = p.with_gains(gain_neg=0.25)
+    assert (only_neg.meta.gain_pos, only_neg.meta.gain_neg) == (2.0, 0.25)
+    assert only_neg.meta.notes["gain_history"] == [[2.0, 0.5]]
+
+
+@pytest.mark.parametrize("change", [dict(num_layers=2), dict(num_layers=4)])
+def test_check_fits_refuses_a_model_with_another_layer_count(helpers, change):
+    p = helpers.random_projection(_small_geom())
+    p.check_fits(_small_geom())
+    with pytest.raises(ProjectionError, match="layers vs"):
+        p.check_fits(_small_geom(**change))
+
+
+def test_fingerprint_covers_every_tensor(helpers):
+    from dataclasses import replace
+
+    p = helpers.random_projection(_small_geom())
+    base = p.fingerprint()
+    for name in TENSORS:
+        t = getattr(p, name)
+        changed = ~t if t.dtype == torch.bool else t + 0.5
+        assert replace(p, **{name: changed}).fingerprint() != base, name
