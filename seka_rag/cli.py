@@ -284,6 +284,15 @@ def cmd_build_projection(args) -> int:
     return 0
 
 
+def _effective_gains(projection) -> str:
+    """``"16-23 at g+ 2, g- 0.5"``: the default gains times each group of edited layers' per-layer scale."""
+    by_scale: dict[float, list[int]] = {}
+    for layer in projection.edited_layers:
+        by_scale.setdefault(round(float(projection.layer_scale[projection.row(layer)]), 6), []).append(layer)
+    m = projection.meta
+    return "; ".join(f"{_layers_text(ls)} at g+ {m.gain_pos * k:g}, g- {m.gain_neg * k:g}" for k, ls in by_scale.items())
+
+
 def _layers_text(layers) -> str:
     """``"layer 5"`` / ``"layers 16-23"``."""
     from .projection import layer_ranges
@@ -303,12 +312,7 @@ def _run_calibration(model, projection, args):
           f"mean first-token margin {result.best.mean_margin:+.3f})")
     print(result.table())
     chosen = result.projection
-    by_scale: dict[float, list[int]] = {}
-    for layer in chosen.edited_layers:
-        by_scale.setdefault(round(float(chosen.layer_scale[chosen.row(layer)]), 6), []).append(layer)
-    print("effective gains: " + "; ".join(
-        f"{_layers_text(ls)} at g+ {chosen.meta.gain_pos * k:g}, "
-        f"g- {chosen.meta.gain_neg * k:g}" for k, ls in by_scale.items())
+    print("effective gains: " + _effective_gains(chosen)
         + f" (stored g+ {chosen.meta.gain_pos:g}, g- {chosen.meta.gain_neg:g} times each layer's scale; --gain-pos, "
           "gain_pos= and set-gains take the stored value)")
     import shlex
@@ -1341,12 +1345,8 @@ def cmd_set_gains(args) -> int:
         edit_matrices(changed)  # warns here, once, if these gains would turn keys around
     out = changed.save(args.out or args.projection)
     old, new = projection.meta, changed.meta
-    by_scale: dict[float, list[int]] = {}
-    for layer in changed.edited_layers:
-        by_scale.setdefault(round(float(changed.layer_scale[changed.row(layer)]), 6), []).append(layer)
-    effective = "; effective gains: " + "; ".join(
-        f"{_layers_text(ls)} at g+ {new.gain_pos * k:g}, g- {new.gain_neg * k:g}" for k, ls in by_scale.items()
-    ) if by_scale and set(by_scale) != {1.0} else ""
+    scales = {round(float(changed.layer_scale[changed.row(layer)]), 6) for layer in changed.edited_layers}
+    effective = f"; effective gains: {_effective_gains(changed)}" if scales and scales != {1.0} else ""
     print(f"wrote {out}: default gains {old.gain_pos:g} / {old.gain_neg:g} -> {new.gain_pos:g} / {new.gain_neg:g}"
           f"{effective}")
     return 0
