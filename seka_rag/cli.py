@@ -1030,6 +1030,9 @@ def cmd_eval(args) -> int:
                           SUITE_METHODS, "methods")
     policies = parse_names(args.nq_policies, POLICIES, "lost-in-middle policies")
     items = parse_items(args.items, families)
+    if args.paired_against is not None and args.paired_against not in methods:
+        raise SekaError(f"--paired-against {args.paired_against!r} is not among this run's methods "
+                        f"({', '.join(methods)}); add it to --methods or pair with one of them")
     _refuse_unused_eval_options(args, families, methods)
     if args.families is not None and "lost-in-middle" in families and not args.nq:
         raise SekaError("the lost-in-middle family reads real passages: give --nq PATH (the NQ-open oracle file, "
@@ -1108,14 +1111,15 @@ def _write_suite_result(result, args) -> int:
     """Print a suite result and write its --out / --markdown / --plot files; 1 if a cell failed."""
     import json
 
-    print(result.text())
+    reference = args.paired_against or "unsteered"
+    print(result.text(reference))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+        Path(args.out).write_text(json.dumps(result.to_dict(reference), indent=1) + "\n")
         print(f"wrote {args.out}")
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(result.markdown())
+        Path(args.markdown).write_text(result.markdown(reference))
         print(f"wrote {args.markdown}")
     if args.plot:
         from .evaluation.suite import plot_suite
@@ -1125,7 +1129,7 @@ def _write_suite_result(result, args) -> int:
 
 
 #: ``seka-rag eval`` options that still act with ``--merge`` (every other one would be ignored).
-_EVAL_MERGE_OPTIONS = ("merge", "out", "markdown", "plot", "no_progress", "func", "command")
+_EVAL_MERGE_OPTIONS = ("merge", "out", "markdown", "plot", "no_progress", "paired_against", "func", "command")
 
 
 def _merge_suite_files(args) -> int:
@@ -1152,6 +1156,11 @@ def _merge_suite_files(args) -> int:
         result = merge_suite_results(data)
     except SekaError as exc:
         raise SekaError(f"--merge: {exc}") from None
+    try:
+        if args.paired_against is not None:
+            result.check_reference(args.paired_against)
+    except SekaError as exc:
+        raise SekaError(f"--paired-against: {exc}") from None
     counts = ", ".join(f"{f}: {result.items[f]}" for f in result.families)
     print(f"Evaluation suite on {result.model}, {len(data)} run(s) merged ({counts}; seed "
           f"{result.settings.get('seed', 0)}; {result.seconds['total']:.0f} s in all); cells: mean [95 % CI] (n)")
@@ -1611,8 +1620,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
     p.add_argument("--plot", metavar="PNG", help="bar chart of the main table (matplotlib)")
     p.add_argument("--merge", nargs="+", metavar="JSON",
-                   help="run nothing: print one table (and the paired differences from unsteered) from earlier "
+                   help="run nothing: print one table (and the paired differences) from earlier "
                    "--out files of the same items, e.g. methods run in parallel processes")
+    p.add_argument("--paired-against", metavar="METHOD",
+                   help="the method the paired table subtracts, item by item (default unsteered; e.g. seka to "
+                   "compare the routers with plain SEKA); with another method --out also stores these "
+                   "differences under paired_against")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("profile-pasta", help="choose PASTA's heads on dev conflict cases and save the profile (JSON)")

@@ -72,6 +72,11 @@ HEADLINE: dict[str, str] = {
 PAIRED_TITLE = ("difference from unsteered, paired item by item: points [95 % CI over the family's units] "
                 "(n paired)")
 
+
+def paired_title(reference: str = "unsteered") -> str:
+    """The paired table's title for differences from ``reference`` (:data:`PAIRED_TITLE` for unsteered)."""
+    return PAIRED_TITLE.replace("from unsteered", f"from {reference}", 1)
+
 #: PASTA profiling budget when no head file is given: dev conflict cases, every ``PASTA_PROFILE_STRIDE``-th
 #: layer (all its query heads), heads kept.
 PASTA_PROFILE_ITEMS = 8
@@ -486,16 +491,23 @@ class SuiteResult:
             lines.append(f"{f}: {text}")
         return lines
 
-    def _paired_section(self, markdown: bool) -> list[str]:
-        """The paired table with its title, or why there is none although unsteered and another method ran."""
-        paired = self.paired_table(markdown=markdown)
+    def _paired_section(self, markdown: bool, reference: str = "unsteered") -> list[str]:
+        """The paired table with its title, or why there is none although ``reference`` and another method ran."""
+        paired = self.paired_table(reference, markdown=markdown)
+        title = paired_title(reference)
         if paired:
-            return ["", f"## {PAIRED_TITLE}" if markdown else PAIRED_TITLE, *([""] if markdown else []), paired]
-        if "unsteered" in self.table and len(self.table) > 1:
-            note = ("no paired differences from unsteered: the result keeps no per-item results "
+            return ["", f"## {title}" if markdown else title, *([""] if markdown else []), paired]
+        if reference in self.table and len(self.table) > 1:
+            note = (f"no paired differences from {reference}: the result keeps no per-item results "
                     "(a file from before item scores were stored, written without --per-item)")
             return ["", f"* {note}" if markdown else note]
         return []
+
+    def check_reference(self, reference: str) -> None:
+        """:class:`SekaError` unless ``reference`` is a method of this result (the paired tables' baseline)."""
+        if reference not in self.methods:
+            raise SekaError(f"cannot pair with {reference!r}: the result holds the methods "
+                            f"{', '.join(self.methods)}{did_you_mean([reference], self.methods)}")
 
     def setup_line(self) -> str:
         """How the model ran: dtype, device, the single projection's default edit, seka-rag's version ("" if
@@ -516,11 +528,12 @@ class SuiteResult:
             parts.append(f"seka-rag {ms['seka_rag_version']}")
         return "; ".join(parts)
 
-    def text(self) -> str:
-        """The whole result as plain text (what ``seka-rag eval`` prints)."""
+    def text(self, reference: str = "unsteered") -> str:
+        """The whole result as plain text (what ``seka-rag eval`` prints); the paired table's differences
+        are from ``reference`` (a method of the result)."""
         setup = self.setup_line()
         parts = [*([f"Setup: {setup}", ""] if setup else []), self.main_table(), "", *self.legend(),
-                 *self._paired_section(markdown=False)]
+                 *self._paired_section(markdown=False, reference=reference)]
         for title, table in self.detail_tables():
             parts += ["", title, table]
         notes = self.notes()
@@ -528,8 +541,8 @@ class SuiteResult:
             parts += ["", *notes]
         return "\n".join(parts)
 
-    def markdown(self) -> str:
-        """The whole result as a Markdown document."""
+    def markdown(self, reference: str = "unsteered") -> str:
+        """The whole result as a Markdown document; the paired table's differences are from ``reference``."""
         def count(f: str) -> str:
             n = self.items[f]
             if f == "lost-in-middle":
@@ -547,7 +560,7 @@ class SuiteResult:
                  f"together; a lost-in-middle question's three contexts together); {took}."
                  + (f" Setup: {setup}." if setup else ""), "",
                  self.main_table(markdown=True), "", *(f"* {line}" for line in self.legend())]
-        parts += self._paired_section(markdown=True)
+        parts += self._paired_section(markdown=True, reference=reference)
         for title, table in self.detail_tables(markdown=True):
             parts += ["", f"## {title}", "", table]
         notes = self.notes()
@@ -559,8 +572,13 @@ class SuiteResult:
             parts += ["", f"Merged run ({run.get('seconds', 0):.0f} s): `{run.get('command') or 'command not recorded'}`"]
         return "\n".join(parts) + "\n"
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form of the whole run: settings, cells, skips and errors."""
+    def to_dict(self, reference: str = "unsteered") -> dict[str, Any]:
+        """JSON-ready form of the whole run: settings, cells, skips and errors. ``paired`` holds the
+        differences from unsteered; another ``reference`` adds ``paired_against`` (its name and the
+        differences from it)."""
+        extra = {} if reference == "unsteered" else {"paired_against": {
+            "reference": reference,
+            "differences": {m: {f: s.to_dict() for f, s in row.items()} for m, row in self.paired(reference).items()}}}
         return {
             "model": self.model, "families": list(self.families), "methods": list(self.methods),
             "items": dict(self.items), "settings": dict(self.settings),
@@ -570,6 +588,7 @@ class SuiteResult:
             "reports": self.reports, "skipped": self.skipped, "errors": dict(self.errors), "seconds": self.seconds,
             "item_scores": {f: {m: sc.to_dict() for m, sc in cells.items()} for f, cells in self.item_scores.items()},
             "paired": {m: {f: s.to_dict() for f, s in row.items()} for m, row in self.paired().items()},
+            **extra,
         }
 
     @classmethod
@@ -1014,6 +1033,7 @@ __all__ = [
     "METHOD_SETTINGS",
     "MODEL_SETTINGS",
     "PAIRED_TITLE",
+    "paired_title",
     "PASTA_PROFILE_ITEMS",
     "PASTA_PROFILE_STRIDE",
     "PASTA_TOP",

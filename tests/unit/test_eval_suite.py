@@ -17,6 +17,7 @@ from seka_rag.evaluation.stats import format_ci, format_table, group_share_cis, 
 from seka_rag.evaluation.suite import (
     DEFAULT_ITEMS,
     PAIRED_TITLE,
+    paired_title,
     SUITE_FAMILIES,
     ItemScores,
     Stat,
@@ -727,6 +728,26 @@ def test_paired_differences_known_answers():
         ItemScores((1.0, 0.0, 1.0), ("a", "b"))
 
 
+def test_paired_differences_from_another_method():
+    result = _result({"unsteered": [0, 1, 0, 0], "seka": [1, 1, 0, 0], "router": [1, 1, 1, 0]})
+    against_seka = result.paired("seka")
+    assert set(against_seka) == {"unsteered", "router"}
+    assert against_seka["router"]["instructions"].mean == pytest.approx(0.25)
+    assert against_seka["unsteered"]["instructions"].mean == pytest.approx(-0.25)
+    text, md = result.text("seka"), result.markdown("seka")
+    assert paired_title("seka") in text and f"## {paired_title('seka')}" in md
+    assert "method - seka" in text and "method - seka" in md and PAIRED_TITLE not in text
+    assert paired_title() == PAIRED_TITLE
+    data = result.to_dict("seka")  # "paired" stays against unsteered; the chosen reference beside it
+    assert set(data["paired"]) == {"seka", "router"}
+    assert data["paired_against"]["reference"] == "seka"
+    assert data["paired_against"]["differences"]["router"]["instructions"]["mean"] == pytest.approx(0.25)
+    assert "paired_against" not in result.to_dict()
+    result.check_reference("seka")
+    with pytest.raises(SekaError, match="did you mean 'seka'"):
+        result.check_reference("sek")
+
+
 def test_stat_round_trip_and_signed_text():
     for stat in (Stat(0.25, 0.0, 0.5, 4), Stat(-1.5, -2.0, 0.25, 3, percent=False),
                  Stat(-0.125, -0.25, 0.0, 8, signed=True), Stat(float("nan"), float("nan"), float("nan"), 0)):
@@ -836,6 +857,15 @@ def test_eval_merge_cli(model_dir, projection, tmp_path, capsys):
     assert data["methods"] == ["unsteered", "prompt-markers", "seka"]
     assert set(data["paired"]) == {"prompt-markers", "seka"} and set(data["paired"]["seka"]) == {"conflict", "instructions"}
     assert md.read_text().count("Merged run (") == 2
+    assert main(["eval", "--merge", str(first), str(second), "--paired-against", "seka", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert paired_title("seka") in printed and "method - seka" in printed
+    assert json.loads(out.read_text())["paired_against"]["reference"] == "seka"
+    assert main(["eval", "--merge", str(first), "--paired-against", "spa"]) == 2
+    assert "--paired-against: cannot pair with 'spa'" in capsys.readouterr().err
+    # a run checks it before any model loads
+    assert main(["eval", "--model", "no/such/model", "--methods", "seka", "--paired-against", "spa"]) == 2
+    assert "'spa' is not among this run's methods" in capsys.readouterr().err
     for name, path in (("a", first), ("b", second)):  # every cell as its run measured it
         part = json.loads(path.read_text())
         for method, row in part["table"].items():
