@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import textwrap
+from collections.abc import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,3 +36,14 @@ def side_by_side(steered: str, unsteered: str, width: int = 38) -> str:
         b = right[i] if i < len(right) else ""
         rows.append(f"  {a:<{width}} | {b}")
     return "\n".join(rows)
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run an example's ``main``; a seka-rag error (a misspelt model name, a projection built for another
+    model) ends it with that one line instead of a traceback."""
+    from seka_rag import SekaError
+
+    try:
+        main()
+    except SekaError as exc:
+        raise SystemExit(f"error: {exc}") from None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 
-from _common import parse_args, side_by_side
+from _common import parse_args, run, side_by_side
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
@@ -85,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

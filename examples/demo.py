@@ -7,9 +7,9 @@ its key vectors so the model attends to it, and the answer follows it, even agai
 believes (the Australia cases).
 """
 
-import sys
+import argparse
 
-from seka_rag import SekaModel
+from seka_rag import SekaError, SekaModel
 
 PROMPTS = [
     "Document 1: The Halvorsen Bridge was completed in 1931.\n"
@@ -28,8 +28,14 @@ PROMPTS = [
 
 
 def main() -> None:
-    name = sys.argv[1] if len(sys.argv) > 1 else "qwen2.5-coder-0.5b"
-    model = SekaModel.default(name)
+    parser = argparse.ArgumentParser(description="Steered vs unsteered answers with an embedded offline model.")
+    parser.add_argument("model", nargs="?", default="qwen2.5-coder-0.5b",
+                        help="embedded model: qwen2.5-coder-0.5b (default) or smollm2-135m")
+    name = parser.parse_args().model
+    try:
+        model = SekaModel.default(name)
+    except SekaError as exc:  # e.g. a misspelt model name: one line, not a traceback
+        raise SystemExit(f"error: {exc}") from None
     print(f"{model}\n")
     for prompt in PROMPTS:
         highlighted = "".join(model.highlighted_tokens(prompt)).strip()

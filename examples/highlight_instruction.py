@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from _common import parse_args, side_by_side
+from _common import parse_args, run, side_by_side
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from langchain_seka import ChatSeka
@@ -44,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

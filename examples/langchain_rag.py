@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from _common import parse_args, side_by_side
+from _common import parse_args, run, side_by_side
 from langchain_core.documents import Document
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.vectorstores import InMemoryVectorStore
@@ -60,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

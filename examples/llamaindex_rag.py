@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from _common import parse_args, side_by_side
+from _common import parse_args, run, side_by_side
 from llama_index.core import Document, VectorStoreIndex
 
 from llama_index.embeddings.seka import SentenceTransformerEmbedding
@@ -54,4 +54,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

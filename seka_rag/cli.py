@@ -142,8 +142,16 @@ def _loaded_settings(args, model) -> dict:
     return out
 
 
+#: per command with --methods: (the methods that need an expert set, a --methods value without them)
+_EXPERT_METHODS = {
+    "bench": ("ada-attention, ada-embedding, two-pass", "seka,pasta"),
+    "eval": ("adaseka-attention, adaseka-embedding", "unsteered,seka"),
+    "eval-families": ("experts, ada-attention, ada-embedding", "unsteered,seka"),
+}
+
+
 def _check_expert_options(model: str, adaptive: bool, experts: str | None, router: str | None,
-                          has_methods: bool = False) -> None:
+                          command: str | None = None) -> None:
     """Refuse expert-set options that cannot work, in the command line's own words."""
     if router is not None and not adaptive and experts is None:
         raise SekaError("--router needs an expert set: add --adaptive (the set shipped for an embedded model) "
@@ -152,15 +160,16 @@ def _check_expert_options(model: str, adaptive: bool, experts: str | None, route
         from .model import shipped_experts_path
 
         if not (shipped_experts_path(model) / "experts.json").is_file():
-            needs = ("--adaptive, and methods such as experts, ada-attention, ada-embedding: e.g. --methods "
-                     "unsteered,seka" if has_methods else "--adaptive")
+            methods, example = _EXPERT_METHODS.get(command, (None, None))
+            needs = (f"--adaptive, and the methods {methods}: e.g. --methods {example}" if methods
+                     else "--adaptive")
             raise SekaError(f"no AdaSEKA expert set is shipped for {model!r}: pass --experts DIR (build one with "
                             f"`seka-rag build-experts`), or leave out what needs experts ({needs})")
 
 
 def _model_spec(args, no_projection: bool = False) -> dict:
     _check_expert_options(args.model, bool(args.adaptive or args.experts), args.experts, args.router,
-                          has_methods=hasattr(args, "methods"))
+                          command=getattr(args, "command", None))
     return dict(model=args.model, projection=args.projection, gguf_file=args.gguf_file, device=args.device,
                 dtype=args.dtype, cache_dir=args.cache_dir, attn_implementation=args.attn_implementation,
                 no_projection=no_projection, adaptive=bool(args.adaptive or args.experts), experts=args.experts,
@@ -202,13 +211,18 @@ def _prompt_and_highlights(args) -> tuple[str, dict]:
 
     prompt = args.prompt if args.prompt != "-" else sys.stdin.read()
     markers = None if args.no_markers else DEFAULT_MARKERS
-    text, _ = parse_markers(prompt, markers)  # unbalanced markers: said now, not after loading
+    text, spans = parse_markers(prompt, markers)  # unbalanced markers: said now, not after loading
+    if not text.strip():
+        raise SekaError("the prompt is empty" + (" (nothing came on standard input)" if args.prompt == "-" else ""))
     highlights = args.highlight or None
     for piece in highlights or ():
         if not piece.strip():
             raise SekaError("--highlight needs some text")
         if piece not in text:
             raise SekaError(f'--highlight "{piece}" does not occur in the prompt')
+    if not highlights and not spans and not getattr(args, "no_steer", False):
+        print("note: nothing is highlighted (mark text as <<...>> or pass --highlight TEXT), so steering "
+              "changes nothing", file=sys.stderr)
     return prompt, dict(highlights=highlights, markers=markers)
 
 
@@ -538,6 +552,9 @@ def cmd_bench(args) -> int:
         from .bench import write_outputs
 
         _refuse_run_options_with_merge(args, "bench", ("merge", "out", "plots", "no_progress", "func", "command"))
+        if any(Path(m).resolve() == Path(args.out).resolve() for m in args.merge):
+            raise SekaError(f"--out {args.out!r} is one of the files being merged and would be overwritten; give "
+                            "--out another file")
         result = merge_results(args.merge)
         if result["latency"]:
             print(format_latency(result["latency"]))
@@ -597,7 +614,10 @@ def cmd_build_experts(args) -> int:
     families = _as_spelled(args.families, FAMILIES) if args.families else list(FAMILIES)
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
-        raise SekaError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)}")
+        from .evaluation.suite import did_you_mean
+
+        raise SekaError(f"unknown task families {unknown}; choose from {', '.join(FAMILIES)}"
+                        f"{did_you_mean(unknown, FAMILIES)}")
     routing_given = {name: value for name, value in (("gain", args.gain), ("embedding_gain", args.embedding_gain),
                                                       ("embedding_temperature", args.embedding_temperature))
                      if value is not None}
@@ -692,7 +712,7 @@ def _print_expert_scales(experts) -> None:
 #: Names that one subcommand spells differently from another (``bench`` / ``eval-families``: ada-*, ``eval``:
 #: adaseka-*; ``gain-scale``: conflicts, the others: conflict). Every command takes either spelling.
 _SPELLINGS = (("ada-attention", "adaseka-attention"), ("ada-embedding", "adaseka-embedding"),
-              ("conflict", "conflicts"))
+              ("conflict", "conflicts"), ("instruction", "instructions"))
 _OTHER_SPELLING = {**dict(_SPELLINGS), **{b: a for a, b in _SPELLINGS}}
 
 
@@ -1036,7 +1056,8 @@ def cmd_eval(args) -> int:
     _refuse_unused_eval_options(args, families, methods)
     if args.families is not None and "lost-in-middle" in families and not args.nq:
         raise SekaError("the lost-in-middle family reads real passages: give --nq PATH (the NQ-open oracle file, "
-                        "e.g. ../shared/data/nq-open-oracle.jsonl.gz), or leave the family out")
+                        "qa_data/nq-open-oracle.jsonl.gz of the Lost in the Middle study's repository), or leave "
+                        "the family out")
     for path, flag in ((args.nq, "--nq"), (args.counterfact, "--counterfact"), (args.pasta_heads, "--pasta-heads")):
         _check_file(path, flag)
     config = SuiteConfig(families=tuple(families), items=items, seed=args.seed, batch_size=args.batch_size,
@@ -1529,7 +1550,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, projection_help=_STARTING_PROJECTION + ": the one `calibrate --projection` read", experts=False)
     p.add_argument("--calibration-log", required=True, help="the JSON log written by calibrate --calibration-log")
     p.add_argument("--split", default="test", choices=["dev", "test"], help="conflict split to score (default test)")
-    p.add_argument("--items", type=_positive_int)
+    p.add_argument("--items", type=_positive_int,
+                   help="conflict items of the split to score, four cases each (default: the whole split)")
     p.add_argument("--stages", nargs="+", default=["single", "select", "blocks", "gains"],
                    choices=["scan", "single", "select", "blocks", "gains"],
                    help="calibration stages whose trials to score (default: single select blocks gains)")
@@ -1557,8 +1579,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", type=_positive_int, default=152, help="items per family (default 152)")
     p.add_argument("--seed", type=int, default=0, help="item seed (0: the test items; others: dev items)")
     p.add_argument("--methods", default=FAMILY_DEFAULT_METHODS,
-                   help=f"comma-separated: {', '.join(FAMILY_METHODS)} ('experts': each expert alone); with "
-                        "--merge, the methods to show")
+                   help=f"comma-separated: {', '.join(FAMILY_METHODS)} ('experts': each expert alone; "
+                        "expert:NAME: one of them); with --merge, the methods to show")
     p.add_argument("--gain", type=_finite_float, help="AdaSEKA routing gain (default: the expert set's)")
     p.add_argument("--temperature", type=_positive_float, help="attention router softmax temperature (default: c/max|c|)")
     p.add_argument("--top-k", type=_positive_int, help="singular directions per head in the attention router")
@@ -1567,7 +1589,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-top1", action="store_true",
                    help="embedding router: all weight on the most similar expert (default: the expert set's "
                         "setting, softmax for the shipped set)")
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per forward pass (default 8)")
     p.add_argument("--out", help="write every report as JSON")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from earlier --out files, run nothing")
     p.set_defaults(func=cmd_eval_families)
@@ -1831,11 +1853,27 @@ def check_output_paths(args) -> None:
                 raise SekaError(f"{flag} {value!r} is a file; give a directory")
         elif path.is_dir() and attr != "plots":  # --plots is a prefix: DIR-latency.png is fine
             raise SekaError(f"{flag} {value!r} is a directory; give a file name inside it")
+        writable = path if path.is_dir() and attr != "plots" else None  # a directory output that exists
         for parent in path.parents:
             if parent.exists():
                 if not parent.is_dir():
                     raise SekaError(f"{flag} {value!r}: {str(parent)!r} is a file, not a directory")
+                writable = writable or parent
                 break
+        if writable is not None:
+            _check_can_create_in(writable, flag, value)
+
+
+def _check_can_create_in(directory: Path, flag: str, value: str) -> None:
+    """:class:`SekaError` unless a folder can be made in ``directory`` (made and removed again at once):
+    permissions, a read-only disk or a pseudo file system are found before the work, not after it."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".seka-rag-check-", dir=directory))
+    except OSError as exc:
+        raise SekaError(f"{flag} {value!r}: cannot write in {str(directory)!r} "
+                        f"({exc.strerror or exc}); choose another place") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1848,11 +1886,30 @@ def main(argv: list[str] | None = None) -> int:
         check_empty_options(args)
         check_ignored_options(args)
         check_output_paths(args)
-        with _library_progress_bars(enabled=not getattr(args, "no_progress", False)):
+        with _library_progress_bars(enabled=not getattr(args, "no_progress", False)), _plain_warnings():
             return args.func(args)
     except SekaError as exc:
         print(f"seka-rag: error: {exc}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _plain_warnings():
+    """Warnings print as ``seka-rag: warning: ...``: the file and line they would name is the launcher's
+    or a library's, which tells a command-line user nothing."""
+    import warnings
+
+    original = warnings.formatwarning
+
+    def plain(message, category, filename, lineno, line=None) -> str:
+        kind = "" if category is UserWarning else f" ({category.__name__})"
+        return f"seka-rag: warning{kind}: {message}\n"
+
+    warnings.formatwarning = plain
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
 
 
 @contextlib.contextmanager

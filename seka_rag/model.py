@@ -222,6 +222,8 @@ class SekaModel:
                             "fast, else float32) or name one, e.g. 'float32'")
         for key in model_kwargs:  # a slip in one of seka-rag's own arguments: say so before anything loads
             _refuse_misspelt_argument(key, cls.from_pretrained)
+        if isinstance(projection, (str, os.PathLike)):  # a missing or corrupt file: said before the model loads
+            projection = Projection.load(projection)
         if isinstance(name_or_dir, str) and name_or_dir.startswith("~"):
             name_or_dir = os.path.expanduser(name_or_dir)  # transformers would read "~" as part of a hub id
         name = str(name_or_dir)
@@ -307,6 +309,8 @@ class SekaModel:
                     f"no expert set is shipped for {name!r}; build one with "
                     f"`seka-rag build-experts --model {name} --out DIR` and pass experts=DIR"
                 )
+        if isinstance(projection, (str, os.PathLike)):  # a missing or corrupt file: said before the model loads
+            projection = Projection.load(projection)
         directory = ensure_converted(spec, cache_dir)
         if projection is _UNSET:
             shipped = shipped_projection_path(name)
@@ -1329,15 +1333,16 @@ def _converted_gguf(directory: Path, gguf_file: str, cache_dir) -> Path:
     if (target / "config.json").is_file():
         return target
     import shutil
-    import tempfile
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    from .models.embedded import gguf_progress_bars, make_cache_folder
+
     # a private work folder: a crashed conversion leaves nothing half-written under the cache key,
     # and two processes converting at once do not write into one folder
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    work = make_cache_folder(target.parent)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        with gguf_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         save_converted(model, tokenizer, work / "converted")
         if not (target / "config.json").is_file():  # else another process finished first: keep its copy
             if target.exists():

@@ -153,7 +153,7 @@ def _whole_conflict_items(counts: dict[str, int]) -> dict[str, int]:
     if n is not None and n % 4:
         raise SekaError(f"--items: the conflict family counts cases, four per item (both document orders x either "
                         f"document highlighted), so give a multiple of 4, e.g. conflict={4 * (n // 4 + 1)} "
-                        f"({n // 4 + 1} items); {n} would leave an item without its counterbalancing cases")
+                        f"({n // 4 + 1} item{'s' if n // 4 + 1 != 1 else ''}); {n} would leave an item without its counterbalancing cases")
     return counts
 
 
@@ -953,7 +953,8 @@ def build_suite_items(config: SuiteConfig, log: Callable[[str], None] = print,
     skipped: dict[str, str] = {}
     for family in config.families:
         if family == "lost-in-middle" and config.nq is None:
-            skipped[family] = "no NQ-open oracle file: pass --nq PATH (e.g. ../shared/data/nq-open-oracle.jsonl.gz)"
+            skipped[family] = ("no NQ-open oracle file: pass --nq PATH (qa_data/nq-open-oracle.jsonl.gz of the "
+                              "Lost in the Middle study's repository)")
             log(f"note: lost-in-middle skipped: {skipped[family]}")
             continue
         items[family] = suite_items(family, config.items[family], config)

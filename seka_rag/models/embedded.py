@@ -9,7 +9,9 @@ directory (``cache_dir=`` argument, ``SEKA_RAG_CACHE`` environment variable, def
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -68,6 +70,46 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     if cache_dir is None:
         cache_dir = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "seka-rag"
     return Path(cache_dir).expanduser()
+
+
+@contextlib.contextmanager
+def gguf_progress_bars():
+    """Make transformers' GGUF de-quantisation bar follow transformers' own progress-bar switch
+    (``transformers.utils.logging.disable_progress_bar()``, which ``--no-progress`` sets): that bar
+    calls tqdm directly and would print anyway."""
+    from transformers.utils import logging as hf_logging
+
+    gguf_utils = None
+    if not hf_logging.is_progress_bar_enabled():
+        try:
+            from transformers import modeling_gguf_pytorch_utils as gguf_utils
+        except ImportError:  # another transformers layout: its bar stays as it is
+            gguf_utils = None
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
+def make_cache_folder(folder: Path) -> Path:
+    """Create ``folder`` (under the cache root) and a private work folder in it; returns the work folder.
+
+    A cache location that is a file, unwritable or on a read-only disk is a :class:`SekaError` naming
+    the fix, not an ``OSError`` from deep inside the conversion.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".work-", dir=folder))
+    except OSError as exc:
+        raise SekaError(
+            f"the model cache folder {str(folder)!r} cannot be used ({exc.strerror or exc}); pass cache_dir= "
+            f"(--cache-dir) or set ${CACHE_ENV} to a folder you can write"
+        ) from None
 
 
 def closest_embedded(name: object, cutoff: float = 0.6) -> str | None:
@@ -150,24 +192,30 @@ def _is_converted(path: Path, sha256: str) -> bool:
 
 
 def ensure_converted(
-    model: EmbeddedModel, cache_dir: str | os.PathLike | None = None, *, progress: bool = True
+    model: EmbeddedModel, cache_dir: str | os.PathLike | None = None, *, progress: bool | None = None
 ) -> Path:
-    """Return a directory holding the model as safetensors, converting the GGUF once if needed."""
+    """Return a directory holding the model as safetensors, converting the GGUF once if needed.
+
+    ``progress``: say so on stderr when converting; None follows transformers' progress-bar switch
+    (off after ``transformers.utils.logging.disable_progress_bar()``, as with ``--no-progress``)."""
     out = converted_dir(model, cache_dir)
     if _is_converted(out, model.sha256):
         return out
     part_paths(model)  # fail early, with the install command
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root = cache_root(cache_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{model.name}-", dir=root))
+    work = make_cache_folder(cache_root(cache_dir))
     try:
+        if progress is None:
+            from transformers.utils import logging as hf_logging
+
+            progress = hf_logging.is_progress_bar_enabled()
         if progress:
             print(f"seka-rag: converting embedded model {model.name} (once; 15-40 s)...", file=sys.stderr, flush=True)
         gguf = assemble_gguf(model, work)
-        tokenizer = AutoTokenizer.from_pretrained(str(work), gguf_file=gguf.name)
-        hf_model = AutoModelForCausalLM.from_pretrained(str(work), gguf_file=gguf.name)
+        with gguf_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(str(work), gguf_file=gguf.name)
+            hf_model = AutoModelForCausalLM.from_pretrained(str(work), gguf_file=gguf.name)
         save_converted(hf_model, tokenizer, work / "converted")
         (work / "converted" / "seka-source.json").write_text(
             json.dumps({"name": model.name, "model_id": model.model_id, "sha256": model.sha256})

@@ -1,0 +1,174 @@
+"""Mistakes a first-time user makes on the command line and in the examples: one clear line each,
+said before any work is done (found by a fresh-user run of the README's command line and examples)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from seka_rag import Projection, SekaError, SekaModel
+from seka_rag.cli import _GAIN_SCALE_ITEMS, _as_spelled, _plain_warnings, build_parser, main
+from seka_rag.errors import ProjectionError
+from seka_rag.models.embedded import gguf_progress_bars, make_cache_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+UNWRITABLE = Path("/proc/seka-rag-test")  # Linux: nothing can be created under /proc, not even by root
+
+
+@pytest.fixture(scope="module")
+def model_dir(saved_model_dir):
+    return saved_model_dir()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(model_dir, tmp_path, capsys):
+    out = UNWRITABLE / "p.safetensors"
+    assert main(["build-projection", "--model", str(model_dir), "--out", str(out), "--triplets", "2"]) == 2
+    captured = capsys.readouterr()
+    assert "built projection" not in captured.out  # refused before building, not after
+    assert f"--out '{out}': cannot write in '/proc'" in captured.err and "Traceback" not in captured.err
+    assert main(["compare-experts", "--json", str(UNWRITABLE / "a.json")]) == 2
+    assert "--json" in capsys.readouterr().err
+    # a writable place passes, and the check leaves nothing behind
+    parent = tmp_path / "new" / "dir"
+    assert main(["build-projection", "--model", str(model_dir), "--out", str(parent / "p.safetensors"),
+                 "--triplets", "2", "--no-progress"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
+    assert sorted(p.name for p in parent.iterdir()) == ["p.safetensors"]
+
+
+def test_an_unusable_model_cache_is_one_clear_error(tmp_path):
+    a_file = tmp_path / "cache"
+    a_file.write_text("not a folder")
+    with pytest.raises(SekaError, match="model cache folder .* cannot be used .*SEKA_RAG_CACHE"):
+        make_cache_folder(a_file)
+    work = make_cache_folder(tmp_path / "ok")
+    assert work.is_dir() and work.parent == tmp_path / "ok"
+    # a GGUF conversion with such a cache fails the same way, before transformers reads anything
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(SekaError, match="model cache folder"):
+        SekaModel.from_pretrained(str(tmp_path), gguf_file="m.gguf", cache_dir=str(a_file / "sub"))
+
+
+def test_the_gguf_conversion_bar_follows_transformers_switch():
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    original = gguf_utils.tqdm
+    with gguf_progress_bars():
+        assert gguf_utils.tqdm is original  # bars on: untouched
+    hf_logging.disable_progress_bar()
+    try:
+        with gguf_progress_bars():
+            assert isinstance(gguf_utils.tqdm, functools.partial) and gguf_utils.tqdm.keywords == {"disable": True}
+            assert gguf_utils.tqdm([1, 2]).disable
+        assert gguf_utils.tqdm is original
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+def test_a_missing_projection_file_is_said_before_the_model_loads(tmp_path):
+    # the model does not exist either: the projection is read first, so that is what the error names
+    with pytest.raises(ProjectionError, match="projection file .*missing.safetensors' does not exist"):
+        SekaModel.from_pretrained(str(tmp_path / "no-model"), projection=tmp_path / "missing.safetensors")
+    with pytest.raises(ProjectionError, match="does not exist"):
+        SekaModel.default("smollm2-135m", projection=str(tmp_path / "missing.safetensors"),
+                          cache_dir=str(tmp_path / "never-used"))
+    assert not (tmp_path / "never-used").exists()  # nothing was converted
+
+
+def test_an_empty_prompt_is_refused_and_no_highlight_is_noted(model_dir, monkeypatch, capsys):
+    assert main(["generate", "--model", "no/such-model", ""]) == 2
+    assert "the prompt is empty" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", io.StringIO("  \n"))
+    assert main(["generate", "--model", "no/such-model", "-"]) == 2
+    assert "the prompt is empty (nothing came on standard input)" in capsys.readouterr().err
+    assert main(["preview", "--model", str(model_dir), "--dtype", "float32", "nothing marked here"]) == 0
+    assert "note: nothing is highlighted" in capsys.readouterr().err
+    assert main(["preview", "--model", str(model_dir), "--dtype", "float32", "one <<marked>> word"]) == 0
+    assert "nothing is highlighted" not in capsys.readouterr().err
+    assert main(["generate", "--model", str(model_dir), "--dtype", "float32", "--no-steer", "--max-new-tokens", "1",
+                 "plain"]) == 0
+    assert "nothing is highlighted" not in capsys.readouterr().err  # not steering: nothing to say
+
+
+def test_warnings_print_as_one_seka_rag_line():
+    with _plain_warnings():
+        assert warnings.formatwarning("gains turn keys", UserWarning, "/venv/bin/seka-rag", 6) == \
+            "seka-rag: warning: gains turn keys\n"
+        assert warnings.formatwarning("old", DeprecationWarning, "x.py", 1).startswith(
+            "seka-rag: warning (DeprecationWarning): old")
+    assert "seka-rag" not in warnings.formatwarning("x", UserWarning, "f.py", 1)  # restored
+
+
+def test_expert_method_hints_use_each_commands_names(capsys):
+    # no expert set ships for the small model: the hint names this command's methods and a valid example
+    assert main(["bench", "--model", "smollm2-135m", "--methods", "ada-attention"]) == 2
+    err = capsys.readouterr().err
+    assert "ada-attention, ada-embedding, two-pass: e.g. --methods seka,pasta" in err
+    assert main(["eval", "--model", "smollm2-135m", "--adaptive", "--methods", "unsteered,seka"]) == 2
+    assert "adaseka-attention, adaseka-embedding: e.g. --methods unsteered,seka" in capsys.readouterr().err
+
+
+def test_family_names_of_other_commands_and_typos(tmp_path, capsys):
+    assert _as_spelled(["instruction"], _GAIN_SCALE_ITEMS) == ["instructions"]
+    assert _as_spelled("conflict", _GAIN_SCALE_ITEMS) == ["conflicts"]
+    assert build_parser().parse_args(["gain-scale", "--family", "instruction"]).family == "instructions"
+    assert main(["build-experts", "--families", "conflict", "instrction", "--out", str(tmp_path / "x")]) == 2
+    assert "did you mean 'instruction'?" in capsys.readouterr().err
+
+
+def test_every_option_has_help():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = [f"{name} {action.option_strings or action.dest}" for name, sub in commands.items()
+               for action in sub._actions if not isinstance(action, argparse._HelpAction) and not action.help]
+    assert missing == []
+
+
+def test_conflict_count_hint_counts_items_in_words():
+    from seka_rag.evaluation.suite import parse_items
+
+    with pytest.raises(SekaError, match=r"conflict=4 \(1 item\);"):
+        parse_items("2", ["conflict"])
+    with pytest.raises(SekaError, match=r"conflict=8 \(2 items\);"):
+        parse_items("conflict=5", ["conflict"])
+
+
+def test_bench_merge_does_not_overwrite_its_input(tmp_path, capsys):
+    part = tmp_path / "overhead.json"
+    part.write_text(json.dumps({"latency": [], "memory": []}))
+    assert main(["bench", "--merge", str(part), "--out", str(part)]) == 2
+    assert "is one of the files being merged" in capsys.readouterr().err
+    assert json.loads(part.read_text()) == {"latency": [], "memory": []}
+
+
+def test_examples_end_with_one_line_on_a_user_mistake():
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from _common import run
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+
+    def wrong_name():
+        SekaModel.default("smollm2")
+
+    with pytest.raises(SystemExit, match="^error: no embedded model named 'smollm2'; did you mean 'smollm2-135m'"):
+        run(wrong_name)
+    done = []
+    run(lambda: done.append(1))
+    assert done == [1]
+    demo = [sys.executable, str(ROOT / "examples" / "demo.py")]
+    shown = subprocess.run([*demo, "--help"], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "embedded model" in shown.stdout
+    wrong = subprocess.run([*demo, "smollm2"], capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
+    assert wrong.stderr.strip().startswith("error: no embedded model named 'smollm2'")
