@@ -221,8 +221,8 @@ def _prompt_and_highlights(args) -> tuple[str, dict]:
         if piece not in text:
             raise SekaError(f'--highlight "{piece}" does not occur in the prompt')
     if not highlights and not spans and not getattr(args, "no_steer", False):
-        print("note: nothing is highlighted (mark text as <<...>> or pass --highlight TEXT), so steering "
-              "changes nothing", file=sys.stderr)
+        how = "pass --highlight TEXT" if markers is None else "mark text as <<...>> or pass --highlight TEXT"
+        print(f"note: nothing is highlighted ({how}), so steering changes nothing", file=sys.stderr)
     return prompt, dict(highlights=highlights, markers=markers)
 
 
@@ -552,9 +552,8 @@ def cmd_bench(args) -> int:
         from .bench import write_outputs
 
         _refuse_run_options_with_merge(args, "bench", ("merge", "out", "plots", "no_progress", "func", "command"))
-        if any(Path(m).resolve() == Path(args.out).resolve() for m in args.merge):
-            raise SekaError(f"--out {args.out!r} is one of the files being merged and would be overwritten; give "
-                            "--out another file")
+        default_out = args.out == build_parser().parse_args(["bench"]).out
+        _refuse_overwriting_a_merged_file(args.merge, args.out, "the default --out" if default_out else "--out")
         result = merge_results(args.merge)
         if result["latency"]:
             print(format_latency(result["latency"]))
@@ -746,6 +745,20 @@ def _family_method_kwargs(model, method: str) -> dict:
     raise SekaError(f"unknown method {method!r}; choose from {', '.join(FAMILY_METHODS)}")
 
 
+def _refuse_overwriting_a_merged_file(inputs: list[str], out: str | None, what: str = "--out") -> None:
+    """A merge's output must not be one of its inputs (the same file by any name, hard links included)."""
+    if not out or not Path(out).exists():
+        return
+    for path in inputs:
+        try:
+            same = os.path.samefile(path, out)
+        except OSError:  # an input that does not exist: the merge itself says so
+            same = False
+        if same:
+            raise SekaError(f"{what} {out!r} is one of the files being merged ({path!r}) and would be "
+                            "overwritten; give --out another file")
+
+
 def _refuse_run_options_with_merge(args, command: str, kept: tuple[str, ...]) -> None:
     """A ``--merge`` runs nothing: refuse every option of ``command`` but ``kept`` given a non-default value."""
     defaults = vars(build_parser().parse_args([command]))
@@ -787,6 +800,7 @@ def cmd_eval_families(args) -> int:
                         f"{did_you_mean(bad, FAMILY_METHODS)}")
     if args.merge:
         _refuse_run_options_with_merge(args, "eval-families", _FAMILY_MERGE_OPTIONS)
+        _refuse_overwriting_a_merged_file(args.merge, args.out)
         return _merge_family_reports(args.merge, args.out, families=args.families,
                                      methods=None if args.methods == FAMILY_DEFAULT_METHODS else methods)
     if any(m in ("experts", "ada-attention", "ada-embedding") or m.startswith("expert:") for m in methods):
@@ -1050,9 +1064,15 @@ def cmd_eval(args) -> int:
                           SUITE_METHODS, "methods")
     policies = parse_names(args.nq_policies, POLICIES, "lost-in-middle policies")
     items = parse_items(args.items, families)
-    if args.paired_against is not None and args.paired_against not in methods:
-        raise SekaError(f"--paired-against {args.paired_against!r} is not among this run's methods "
-                        f"({', '.join(methods)}); add it to --methods or pair with one of them")
+    if args.paired_against is not None:
+        args.paired_against = _as_spelled(args.paired_against, SUITE_METHODS)[0] if args.paired_against.strip() \
+            else args.paired_against
+        if args.paired_against not in methods:
+            from .evaluation.suite import did_you_mean
+
+            raise SekaError(f"--paired-against {args.paired_against!r} is not among this run's methods "
+                            f"({', '.join(methods)}){did_you_mean([args.paired_against], methods)}; pair with "
+                            "one of them" + (", or add it to --methods" if args.methods is not None else ""))
     _refuse_unused_eval_options(args, families, methods)
     if args.families is not None and "lost-in-middle" in families and not args.nq:
         raise SekaError("the lost-in-middle family reads real passages: give --nq PATH (the NQ-open oracle file, "
@@ -1160,6 +1180,7 @@ def _merge_suite_files(args) -> int:
     from .evaluation.suite import merge_suite_results
 
     _refuse_run_options_with_merge(args, "eval", _EVAL_MERGE_OPTIONS)
+    _refuse_overwriting_a_merged_file(args.merge, args.out)
     if args.plot:
         from .evaluation.sensitivity import require_matplotlib
 
@@ -1179,6 +1200,10 @@ def _merge_suite_files(args) -> int:
         raise SekaError(f"--merge: {exc}") from None
     try:
         if args.paired_against is not None:
+            from .evaluation.suite import SUITE_METHODS
+
+            if args.paired_against.strip():
+                args.paired_against = _as_spelled(args.paired_against, SUITE_METHODS)[0]
             result.check_reference(args.paired_against)
     except SekaError as exc:
         raise SekaError(f"--paired-against: {exc}") from None
@@ -1835,8 +1860,9 @@ def check_output_paths(args) -> None:
 
     A file output (``--out``, ``--json``, ``--markdown``, ``--plot``, ``--write``, ...) must not be an
     existing directory (for ``--plots``, a prefix, neither may its parent be a file); a directory output
-    (``--out-dir``, ``build-experts --out``) must not be an existing file; and no parent of either
-    may be an existing file. Parents that do not exist yet are created when the output is written.
+    (``--out-dir``, ``build-experts --out``) must not be an existing file; no parent of either may be
+    an existing file; and the place it goes must take a new file (:func:`_check_writable`). Parents
+    that do not exist yet are created when the output is written.
     """
     outputs = (("out", "--out"), ("json", "--json"), ("out_dir", "--out-dir"), ("markdown", "--markdown"),
                ("plot", "--plot"), ("plots", "--plots"), ("write", "--write"))
@@ -1853,26 +1879,38 @@ def check_output_paths(args) -> None:
                 raise SekaError(f"{flag} {value!r} is a file; give a directory")
         elif path.is_dir() and attr != "plots":  # --plots is a prefix: DIR-latency.png is fine
             raise SekaError(f"{flag} {value!r} is a directory; give a file name inside it")
-        writable = path if path.is_dir() and attr != "plots" else None  # a directory output that exists
         for parent in path.parents:
             if parent.exists():
                 if not parent.is_dir():
                     raise SekaError(f"{flag} {value!r}: {str(parent)!r} is a file, not a directory")
-                writable = writable or parent
                 break
-        if writable is not None:
-            _check_can_create_in(writable, flag, value)
+        _check_writable(path, flag, value, prefix=attr == "plots")
 
 
-def _check_can_create_in(directory: Path, flag: str, value: str) -> None:
-    """:class:`SekaError` unless a folder can be made in ``directory`` (made and removed again at once):
-    permissions, a read-only disk or a pseudo file system are found before the work, not after it."""
+def _check_writable(path: Path, flag: str, value: str, *, prefix: bool = False) -> None:
+    """:class:`SekaError` when an output plainly cannot be written, found before the work, not after it.
+
+    An existing regular file needs write permission; an existing pipe or device (``>(cat)``,
+    ``/dev/stdout``) is left to the write. Otherwise a file is made and removed again at once in the
+    folder the output goes to (the output itself when it is an existing folder, else its nearest
+    existing parent): permissions, a read-only disk or a pseudo file system such as ``/proc`` fail there.
+    ``prefix``: ``path`` is a file-name prefix (``--plots``), never the folder itself.
+    """
     import tempfile
 
+    if path.exists() and not path.is_dir():
+        if path.is_file() and not os.access(path, os.W_OK):
+            raise SekaError(f"{flag} {value!r}: the file exists and cannot be written; choose another place")
+        return  # a writable file, or a pipe / device: the write itself will tell
+    folder = path if path.is_dir() and not prefix else next((p for p in path.parents if p.exists()), None)
+    if folder is None:
+        return
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".seka-rag-check-", dir=directory))
+        handle, probe = tempfile.mkstemp(prefix=".seka-rag-check-", dir=folder)
+        os.close(handle)
+        os.remove(probe)
     except OSError as exc:
-        raise SekaError(f"{flag} {value!r}: cannot write in {str(directory)!r} "
+        raise SekaError(f"{flag} {value!r}: cannot write in {str(folder)!r} "
                         f"({exc.strerror or exc}); choose another place") from None
 
 
@@ -1923,16 +1961,10 @@ def _library_progress_bars(*, enabled: bool):
 
     was_enabled = hf_logging.is_progress_bar_enabled()
     hub_was_disabled = hub_utils.are_progress_bars_disabled()
-    tqdm_env = os.environ.get("TQDM_DISABLE")
-    hf_logging.disable_progress_bar()
-    os.environ["TQDM_DISABLE"] = "1"  # bars that bypass transformers' switch (e.g. GGUF de-quantisation)
+    hf_logging.disable_progress_bar()  # the GGUF conversion's own bar follows it too (gguf_progress_bars)
     try:
         yield
     finally:
-        if tqdm_env is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = tqdm_env
         if was_enabled:
             hf_logging.enable_progress_bar()  # also turns the hub's bars on...
             if hub_was_disabled:

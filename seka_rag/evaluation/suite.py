@@ -77,6 +77,7 @@ def paired_title(reference: str = "unsteered") -> str:
     """The paired table's title for differences from ``reference`` (:data:`PAIRED_TITLE` for unsteered)."""
     return PAIRED_TITLE.replace("from unsteered", f"from {reference}", 1)
 
+
 #: PASTA profiling budget when no head file is given: dev conflict cases, every ``PASTA_PROFILE_STRIDE``-th
 #: layer (all its query heads), heads kept.
 PASTA_PROFILE_ITEMS = 8
@@ -503,6 +504,11 @@ class SuiteResult:
             return ["", f"* {note}" if markdown else note]
         return []
 
+    def _check_named_reference(self, reference: str) -> None:
+        """A reference other than the default unsteered must be one of the result's methods."""
+        if reference != "unsteered":
+            self.check_reference(reference)
+
     def check_reference(self, reference: str) -> None:
         """:class:`SekaError` unless ``reference`` is a method of this result (the paired tables' baseline)."""
         if reference not in self.methods:
@@ -531,6 +537,7 @@ class SuiteResult:
     def text(self, reference: str = "unsteered") -> str:
         """The whole result as plain text (what ``seka-rag eval`` prints); the paired table's differences
         are from ``reference`` (a method of the result)."""
+        self._check_named_reference(reference)
         setup = self.setup_line()
         parts = [*([f"Setup: {setup}", ""] if setup else []), self.main_table(), "", *self.legend(),
                  *self._paired_section(markdown=False, reference=reference)]
@@ -543,6 +550,7 @@ class SuiteResult:
 
     def markdown(self, reference: str = "unsteered") -> str:
         """The whole result as a Markdown document; the paired table's differences are from ``reference``."""
+        self._check_named_reference(reference)
         def count(f: str) -> str:
             n = self.items[f]
             if f == "lost-in-middle":
@@ -576,6 +584,7 @@ class SuiteResult:
         """JSON-ready form of the whole run: settings, cells, skips and errors. ``paired`` holds the
         differences from unsteered; another ``reference`` adds ``paired_against`` (its name and the
         differences from it)."""
+        self._check_named_reference(reference)
         extra = {} if reference == "unsteered" else {"paired_against": {
             "reference": reference,
             "differences": {m: {f: s.to_dict() for f, s in row.items()} for m, row in self.paired(reference).items()}}}
@@ -1034,7 +1043,6 @@ __all__ = [
     "METHOD_SETTINGS",
     "MODEL_SETTINGS",
     "PAIRED_TITLE",
-    "paired_title",
     "PASTA_PROFILE_ITEMS",
     "PASTA_PROFILE_STRIDE",
     "PASTA_TOP",
@@ -1048,6 +1056,7 @@ __all__ = [
     "items_digest",
     "load_head_profile",
     "merge_suite_results",
+    "paired_title",
     "parse_items",
     "parse_names",
     "run_suite",

@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,15 +86,19 @@ def gguf_progress_bars():
             from transformers import modeling_gguf_pytorch_utils as gguf_utils
         except ImportError:  # another transformers layout: its bar stays as it is
             gguf_utils = None
-    original = getattr(gguf_utils, "tqdm", None)
-    if original is None:
+    if gguf_utils is None or getattr(gguf_utils, "tqdm", None) is None:
         yield
         return
-    gguf_utils.tqdm = functools.partial(original, disable=True)
-    try:
-        yield
-    finally:
-        gguf_utils.tqdm = original
+    with _GGUF_BAR_LOCK:  # one patch at a time: a second thread's restore must not undo the first's
+        original = gguf_utils.tqdm
+        gguf_utils.tqdm = functools.partial(original, disable=True)
+        try:
+            yield
+        finally:
+            gguf_utils.tqdm = original
+
+
+_GGUF_BAR_LOCK = threading.RLock()
 
 
 def make_cache_folder(folder: Path) -> Path:

@@ -687,13 +687,6 @@ def test_no_progress_also_silences_transformers_bars_and_restores_them(flags, ba
     assert main(["eval", "--model", "qwen2.5-coder-0.5b", *flags]) == 0
     assert seen == [bars_during_run]
     assert hf_logging.is_progress_bar_enabled()  # the process-wide setting is put back
-    import os
-
-    seen_env = []  # bars that bypass transformers' switch (GGUF conversion) go through TQDM_DISABLE
-    monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    monkeypatch.setattr(cli, "cmd_eval", lambda args: seen_env.append(os.environ.get("TQDM_DISABLE")) or 0)
-    assert main(["eval", "--model", "qwen2.5-coder-0.5b", *flags]) == 0
-    assert seen_env == [None if bars_during_run else "1"] and "TQDM_DISABLE" not in os.environ
 
 
 def test_prompts_with_literal_markers_and_early_highlight_checks(model_dir, tmp_path, capsys):

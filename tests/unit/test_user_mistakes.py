@@ -4,9 +4,11 @@ said before any work is done (found by a fresh-user run of the README's command 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import io
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -45,6 +47,19 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(model_dir, 
     assert sorted(p.name for p in parent.iterdir()) == ["p.safetensors"]
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+def test_outputs_that_exist_are_written_whatever_their_folder(tmp_path, capsys):
+    # an existing file reached through a folder nothing can be created in (/proc/self/fd), and a device:
+    # the write itself decides, as it did before the folder check existed
+    stored = ROOT / "docs" / "adaptive" / "test-instructions-150-bf16.json"
+    target = tmp_path / "merged.json"
+    with open(target, "w") as handle:
+        assert main(["eval", "--merge", str(stored), "--out", f"/proc/self/fd/{handle.fileno()}"]) == 0
+    assert json.loads(target.read_text())["methods"][0] == "unsteered"
+    assert main(["eval", "--merge", str(stored), "--out", "/dev/null"]) == 0
+    capsys.readouterr()
+
+
 def test_an_unusable_model_cache_is_one_clear_error(tmp_path):
     a_file = tmp_path / "cache"
     a_file.write_text("not a folder")
@@ -56,6 +71,38 @@ def test_an_unusable_model_cache_is_one_clear_error(tmp_path):
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     with pytest.raises(SekaError, match="model cache folder"):
         SekaModel.from_pretrained(str(tmp_path), gguf_file="m.gguf", cache_dir=str(a_file / "sub"))
+
+
+def test_conversions_go_through_the_progress_switch(tmp_path, monkeypatch, capsys):
+    from transformers.utils import logging as hf_logging
+
+    from seka_rag.models import embedded
+
+    class Entered(Exception):
+        pass
+
+    @contextlib.contextmanager
+    def entered():
+        raise Entered
+        yield
+
+    monkeypatch.setattr(embedded, "gguf_progress_bars", entered)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(Entered):  # a local GGUF's conversion runs inside the switch
+        SekaModel.from_pretrained(str(tmp_path), gguf_file="m.gguf", cache_dir=str(tmp_path / "cache"))
+    # an embedded model's conversion says so on stderr only while transformers' bars are on
+    monkeypatch.setattr(embedded, "_is_converted", lambda *a: False)
+    monkeypatch.setattr(embedded, "part_paths", lambda model: [])
+    monkeypatch.setattr(embedded, "assemble_gguf", lambda *a: (_ for _ in ()).throw(Entered()))
+    spec = embedded.embedded_model("smollm2-135m")
+    for bars in (True, False):
+        hf_logging.enable_progress_bar() if bars else hf_logging.disable_progress_bar()
+        try:
+            with pytest.raises(Entered):
+                embedded.ensure_converted(spec, tmp_path / "cache")
+        finally:
+            hf_logging.enable_progress_bar()
+        assert ("converting embedded model smollm2-135m" in capsys.readouterr().err) is bars
 
 
 def test_the_gguf_conversion_bar_follows_transformers_switch():
@@ -98,6 +145,20 @@ def test_an_empty_prompt_is_refused_and_no_highlight_is_noted(model_dir, monkeyp
     assert main(["generate", "--model", str(model_dir), "--dtype", "float32", "--no-steer", "--max-new-tokens", "1",
                  "plain"]) == 0
     assert "nothing is highlighted" not in capsys.readouterr().err  # not steering: nothing to say
+
+
+def test_the_command_prints_warnings_as_one_seka_rag_line(tmp_path, monkeypatch, capsys):
+    shipped = ROOT / "seka_rag" / "data" / "projections" / "smollm2-135m.safetensors"
+
+    def show(message, category, filename, lineno, file=None, line=None):  # what Python does by default
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        monkeypatch.setattr(warnings, "showwarning", show)
+        assert main(["set-gains", str(shipped), "--gain-pos", "-50", "--out", str(tmp_path / "p.safetensors")]) == 0
+    err = capsys.readouterr().err
+    assert "seka-rag: warning: gain_pos=-50" in err and "sys.exit" not in err and ".py:" not in err
 
 
 def test_warnings_print_as_one_seka_rag_line():
@@ -143,12 +204,47 @@ def test_conflict_count_hint_counts_items_in_words():
         parse_items("conflict=5", ["conflict"])
 
 
-def test_bench_merge_does_not_overwrite_its_input(tmp_path, capsys):
+def test_merges_do_not_overwrite_their_inputs(tmp_path, monkeypatch, capsys):
     part = tmp_path / "overhead.json"
-    part.write_text(json.dumps({"latency": [], "memory": []}))
+    content = {"info": {"model": "m", "dtype": "float32", "device": "cpu"}, "latency": [], "memory": []}
+    part.write_text(json.dumps(content))
+    assert main(["bench", "--merge", str(part), "--out", str(tmp_path / "joined.json")]) == 0  # a valid input
+    capsys.readouterr()
     assert main(["bench", "--merge", str(part), "--out", str(part)]) == 2
-    assert "is one of the files being merged" in capsys.readouterr().err
-    assert json.loads(part.read_text()) == {"latency": [], "memory": []}
+    assert "--out" in (err := capsys.readouterr().err) and "is one of the files being merged" in err
+    linked = tmp_path / "linked.json"
+    os.link(part, linked)  # the same file by another name
+    assert main(["bench", "--merge", str(linked), "--out", str(part)]) == 2
+    monkeypatch.chdir(tmp_path)  # bench's default --out is bench-results/overhead.json
+    (tmp_path / "bench-results").mkdir()
+    (tmp_path / "bench-results" / "overhead.json").write_text(json.dumps(content))
+    assert main(["bench", "--merge", "bench-results/overhead.json"]) == 2
+    assert "the default --out 'bench-results/overhead.json' is one of the files" in capsys.readouterr().err
+    assert json.loads(part.read_text()) == content
+    stored = ROOT / "docs" / "adaptive" / "test-instructions-150-bf16.json"
+    copy = tmp_path / "eval.json"
+    copy.write_text(stored.read_text())
+    assert main(["eval", "--merge", str(copy), "--out", str(copy)]) == 2
+    assert main(["eval-families", "--merge", str(copy), "--out", str(copy)]) == 2
+    assert copy.read_text() == stored.read_text()
+
+
+def test_paired_against_takes_either_spelling_and_is_checked_in_the_api(tmp_path, capsys):
+    stored = ROOT / "docs" / "adaptive" / "test-instructions-150-bf16.json"
+    assert main(["eval", "--merge", str(stored), "--paired-against", "ada-embedding"]) == 0
+    assert "method - adaseka-embedding" in capsys.readouterr().out
+    missing = str(tmp_path / "no-model")
+    assert main(["eval", "--model", missing, "--methods", "seka,ada-embedding", "--paired-against",
+                 "ada-embedding", "--families", "conflict", "--no-progress"]) == 2
+    assert "no directory" in (err := capsys.readouterr().err) and "paired-against" not in err  # got past it
+    assert main(["eval", "--model", missing, "--paired-against", "sek"]) == 2
+    assert "did you mean 'seka'?" in capsys.readouterr().err
+    from seka_rag.evaluation.suite import SuiteResult
+
+    result = SuiteResult.from_dict(json.loads(stored.read_text()))
+    for render in (result.text, result.markdown, result.to_dict):
+        with pytest.raises(SekaError, match="cannot pair with 'sek'"):
+            render("sek")
 
 
 def test_examples_end_with_one_line_on_a_user_mistake():
