@@ -37,6 +37,7 @@ import json
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -80,6 +81,10 @@ class RoutingConfig:
             g = getattr(self, name)
             if isinstance(g, bool) or not isinstance(g, numbers.Real) or not math.isfinite(g):
                 raise SteeringConfigError(f"{name} must be a finite number, got {g!r}")
+            if g < 0:
+                warnings.warn(f"routing {name}={g:g} is below 0: it turns the mixed edit around, as a negative "
+                              "gain_pos / gain_neg does (the highlight is attended to less; strong values flip "
+                              "keys instead of weakening it)")  # said once per message, whichever path checks it
         if self.top_k is not None and (
             isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 1
         ):
@@ -423,10 +428,17 @@ class ExpertSet:
                 ))
             except (TypeError, ValueError, RuntimeError) as exc:
                 raise ProjectionError(f"{str(index_path)!r}: expert {entry.get('name')!r} is malformed: {exc}") from None
+        stored = index.get("routing", {})
+        if not isinstance(stored, dict):
+            raise ProjectionError(f"{str(index_path)!r}: routing must be a JSON object of settings, got "
+                                  f"{type(stored).__name__}")
         try:
-            routing = RoutingConfig(**index.get("routing", {})).validate()
-        except (TypeError, SteeringConfigError) as exc:
+            routing = RoutingConfig().replace(**stored)
+        except SteeringConfigError as exc:
             raise ProjectionError(f"{str(index_path)!r} has invalid routing settings: {exc}") from None
+        if not isinstance(index.get("embedding_model", DEFAULT_EMBEDDING_MODEL), str):
+            raise ProjectionError(f"{str(index_path)!r}: embedding_model must be a model name or path (text), got "
+                                  f"{index['embedding_model']!r}")
         notes = index.get("notes", {})
         if not isinstance(notes, dict):
             raise ProjectionError(f"{str(index_path)!r}: notes must be a JSON object, got {type(notes).__name__}")
@@ -561,7 +573,11 @@ class StackedExperts:
 # ---------------------------------------------------------------------- routing results
 @dataclass
 class RoutingResult:
-    """Which experts a call used: weights per row, layer, KV head and expert."""
+    """Which experts a call used: weights per row, layer, KV head and expert.
+
+    ``layers`` are the layers the call edited; ``weights`` is NaN where it edited nothing: a row with
+    no highlighted token, or a KV head outside the call's ``heads=`` (or the experts' head masks).
+    """
 
     router: str
     experts: list[str]
@@ -569,8 +585,9 @@ class RoutingResult:
     weights: torch.Tensor  #: (batch, layers, kv_heads, experts)
 
     def expert_weights(self) -> torch.Tensor:
-        """(batch, experts): each row's weights averaged over layers and heads (NaN: row not steered)."""
-        return self.weights.float().mean(dim=(1, 2))
+        """(batch, experts): each row's weights averaged over the layers and heads it edited (NaN: row not
+        steered)."""
+        return torch.nanmean(self.weights.float(), dim=(1, 2))
 
     def top_experts(self) -> list[str | None]:
         """The expert with the largest mean weight, per row (None for a row that was not steered)."""
@@ -659,12 +676,17 @@ class AdaptiveEdit(ActiveEdit):
 
     def result(self, names: list[str], rows: int) -> RoutingResult | None:
         """The weights recorded during the call, per prompt row (None if no steered layer ran)."""
-        layers = [layer for layer in self.stacked.layers if layer in self.record]
+        # a KV head is edited when some expert's edit there is not zero (heads=, layers= and head masks
+        # leave zero edits); layers with no edited head are left out
+        edited = {layer: (self.stacked.edits[layer] != 0).flatten(2).any(-1).any(0).cpu()
+                  for layer in self.stacked.layers if layer in self.record}
+        layers = [layer for layer, heads in edited.items() if heads.any()]
         if not layers:
             return None
         recorded = [self.record[layer] for layer in layers]
         step = max(1, recorded[0].shape[0] // rows)  # generate() may have repeated each row (beams)
         weights = torch.stack([w[::step][:rows].float().cpu() for w in recorded], dim=1)
+        weights[:, ~torch.stack([edited[layer] for layer in layers])] = float("nan")  # heads left alone
         # a row with no highlighted token is not edited: NaN, as when it runs alone
         unedited = ~self.highlight[:rows].bool().any(-1).cpu()
         weights[unedited] = float("nan")
@@ -717,11 +739,22 @@ def fixed_weights(mapping: Mapping[str, float], names: Sequence[str], rows: int)
     if not any(values):
         raise SteeringConfigError(f"router={dict(mapping)!r} gives every expert weight 0, so nothing would be "
                                   "steered: pass steer=False for no edit at all")
+    negative = [n for n, v in zip(names, values) if v < 0]
+    if negative:
+        warnings.warn(f"router weights below 0 ({', '.join(negative)}) turn those experts' edits around, as a "
+                      "negative gain does: the highlighted text is attended to less, and strong negative weights "
+                      "flip keys instead of weakening the highlight")  # said once per message, whichever path checks it
     return torch.tensor(values, dtype=torch.float32)[None, :].expand(rows, -1).clone()
 
 
 def as_query_embeddings(value: Any, rows: int) -> torch.Tensor:
     """``query_embedding=`` as a (rows, dim) tensor: one vector for a single prompt, or one per prompt."""
+    kinds = [getattr(v, "dtype", None) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    if any(k is not None and (str(k).startswith(("torch.bool", "torch.int", "torch.uint", "torch.complex"))
+                              or getattr(k, "kind", "f") in "biuc") for k in kinds) or (
+            isinstance(value, (list, tuple)) and any(isinstance(v, (bool, complex)) for v in value)):
+        raise SteeringConfigError("query_embedding must hold real floating-point numbers (an embedding vector), "
+                                  f"got {kinds[0] if kinds[0] is not None else 'booleans or complex numbers'}")
     try:
         if isinstance(value, (list, tuple)) and value and all(getattr(v, "ndim", 0) >= 1 for v in value):
             # one tensor / array per prompt, e.g. from a retriever's embeddings

@@ -664,6 +664,7 @@ class SekaModel:
         :class:`SekaError` when the call would use the single projection (``router="projection"``, or
         a model without experts): there is nothing to route then.
         """
+        self.last_routing = None  # a call that fails leaves no earlier routing behind
         budget = self._prompt_budget(_check_max_new_tokens(max_new_tokens))
         enc = self.encode(prompt, highlights, chat=chat, markers=markers, max_length=budget)
         if not any(enc.highlight):
@@ -790,6 +791,7 @@ class SekaModel:
         of prompts gives an empty list. ``temperature`` / ``top_p`` apply with ``do_sample=True``
         (given without it, they are checked, and a warning says the call decodes greedily).
         """
+        self.last_routing = None  # a call that fails or has nothing to do leaves no earlier routing behind
         single = _is_single_prompt(prompt)
         if isinstance(prompt, Mapping) or _is_role_text_pairs(prompt):  # one message / a LangChain-style chat
             raise HighlightError(_not_a_prompt(prompt))
@@ -799,7 +801,6 @@ class SekaModel:
                 f"such prompts, not {type(prompt).__name__}"
             )
         prompts = [prompt] if single else list(prompt)
-        self.last_routing = None  # a call that fails or has nothing to do leaves no earlier routing behind
         if not prompts:  # nothing to generate, but every setting is checked as for a batch
             self._generation_kwargs(_check_max_new_tokens(max_new_tokens), do_sample, temperature, top_p,
                                     _stop_list(stop))
@@ -810,8 +811,12 @@ class SekaModel:
             if highlights is not None and (not isinstance(highlights, Sequence) or len(highlights)):
                 raise HighlightError("for a list of prompts, highlights must be a list with one entry per prompt "
                                      "(each a list of highlights, or None): here, an empty list")
+            # the queries too: one per prompt, so an empty list (or no vectors) is none at all
+            no_rows = [isinstance(v, (list, tuple)) and not v or getattr(v, "shape", (1,))[0] == 0
+                       for v in (query, query_embedding)]
             self.steering(torch.zeros((1, 1), dtype=torch.bool), steer=steer, gain_pos=gain_pos, gain_neg=gain_neg,
-                          layers=layers, heads=heads, router=router, routing=routing)
+                          layers=layers, heads=heads, router=router, routing=routing,
+                          query=None if no_rows[0] else query, query_embedding=None if no_rows[1] else query_embedding)
             return []
         if single:
             highlights = [highlights]
@@ -983,6 +988,7 @@ class SekaModel:
         prompt, ``chat=False``) it is appended exactly as given, as in text completion: include its
         leading space (``" Paris"``) when it starts a new word.
         """
+        self.last_routing = None  # a call that fails leaves no earlier routing behind
         if isinstance(continuations, str) or not isinstance(continuations, Sequence) or not continuations:
             raise SekaError("continuations must be a non-empty list of strings")
         for name, value in (("query", query), ("query_embedding", query_embedding)):

@@ -711,3 +711,100 @@ def test_the_stacked_cache_hashes_nothing_per_call(tiny_model, expert_set, monke
     first = experts.stacked(SteeringConfig(), experts.routing, True)
     monkeypatch.setattr(Projection, "fingerprint", lambda self: pytest.fail("a cache hit hashed a projection"))
     assert experts.stacked(SteeringConfig(), experts.routing, True) is first
+
+
+def test_a_failed_call_leaves_no_earlier_routing(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka, prototypes=torch.eye(3, 8)))
+    failing = [
+        lambda: seka.route(PROMPTS[0], router="x"),
+        lambda: seka.route("nothing highlighted here"),
+        lambda: seka.route(PROMPTS[0], router="embedding", query_embedding=torch.randn(5)),
+        lambda: seka.score(PROMPTS[0], []),
+        lambda: seka.score(5, ["a"]),
+        lambda: seka.generate({"role": "user", "content": "hi"}),
+    ]
+    for call in failing:
+        seka.generate(PROMPTS[0], max_new_tokens=1)
+        assert seka.last_routing is not None
+        with pytest.raises(SekaError):
+            call()
+        assert seka.last_routing is None
+
+
+def test_an_encoder_giving_nan_or_zero_vectors_is_an_error(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka, prototypes=torch.eye(3, 8)))
+    for vector in ([float("nan")] * 8, [0.0] * 8):
+        seka.embedding_encoder = lambda texts, v=vector: [v for _ in texts]
+        with pytest.raises(SekaError, match="NaN, infinite or all-zero vector for text 0"):
+            seka.generate(PROMPTS[0], router="embedding", max_new_tokens=1)
+    seka.embedding_encoder = lambda texts: [[1.0] + [0.0] * 7 for _ in texts]
+    seka.generate(PROMPTS[0], router="embedding", max_new_tokens=1)
+    assert seka.last_routing.top_experts() == ["e0"]
+
+
+def test_negative_weights_and_routing_gains_warn(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka))
+    with pytest.warns(UserWarning, match=r"router weights below 0 \(e0\) turn those experts' edits around"):
+        seka.score(PROMPTS[0], ["Rome"], router={"e0": -5.0})
+    with pytest.warns(UserWarning, match="routing gain=-5 is below 0"):
+        seka.score(PROMPTS[0], ["Rome"], routing={"gain": -5.0})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # positive weights and gains say nothing
+        seka.score(PROMPTS[0], ["Rome"], router={"e0": 2.0, "e1": 0.5})
+        seka.score(PROMPTS[0], ["Rome"], routing={"gain": 2.0})
+
+
+def test_an_empty_batch_checks_its_queries(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka, prototypes=torch.eye(3, 8)))
+    with pytest.raises(SteeringConfigError, match="5 dimensions but the expert prototypes have 8"):
+        seka.generate([], router="embedding", query_embedding=torch.randn(5))
+    with pytest.raises(SteeringConfigError, match="this call uses 'attention'"):
+        seka.generate([], query="x")
+    assert seka.generate([], router="embedding", query=[]) == []  # one query per prompt: none
+    assert seka.generate([], router="embedding", query_embedding=torch.zeros(0, 8)) == []
+
+
+def test_routing_results_cover_only_what_the_call_edited(tiny_model, expert_set):
+    seka = tiny_model("llama", num_layers=3)
+    seka.load_experts(expert_set(seka, prototypes=torch.eye(3, 8)))
+    full = seka.route(PROMPTS[0])
+    assert full.layers == [0, 1, 2] and not full.weights.isnan().any()
+    for router, extra in (("attention", {}), ("embedding", {"query_embedding": torch.eye(8)[1]}), ({"e0": 1.0}, {})):
+        one = seka.route(PROMPTS[0], router=router, heads={1: [0]}, **extra)
+        assert one.layers == [1]
+        assert not one.weights[0, 0, 0].isnan().any() and one.weights[0, 0, 1:].isnan().all()
+        summary = one.summary()
+        assert all(v == v for v in summary.values())  # the mean over edited heads: no NaN
+        torch.testing.assert_close(torch.tensor(list(summary.values())), one.weights[0, 0, 0], atol=1e-4, rtol=0)
+
+
+def test_query_embeddings_must_be_real_floats(tiny_model, expert_set):
+    import numpy as np
+
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka, prototypes=torch.eye(3, 8)))
+    for bad in (torch.ones(8, dtype=torch.bool), torch.arange(1, 9), torch.ones(8, dtype=torch.complex64),
+                np.arange(1, 9), [True] * 8, [1j] * 8):
+        with pytest.raises(SteeringConfigError, match="real floating-point numbers"):
+            seka.route(PROMPTS[0], router="embedding", query_embedding=bad)
+    for good in (torch.ones(8, dtype=torch.float16), np.ones(8, dtype=np.float64), [1.0] * 8, [1] + [0.0] * 7):
+        assert seka.route(PROMPTS[0], router="embedding", query_embedding=good) is not None
+
+
+def test_hand_edited_expert_files_give_clear_errors(tiny_model, tmp_path, expert_set):
+    seka = tiny_model("llama", num_layers=2)
+    expert_set(seka).save(tmp_path / "set")
+    index_path = tmp_path / "set" / "experts.json"
+    original = json.loads(index_path.read_text())
+    for change, message in (({"embedding_model": 5}, "embedding_model must be a model name or path"),
+                            ({"routing": None}, "routing must be a JSON object"),
+                            ({"routing": {"gian": 1.0}}, r"unknown routing settings \['gian'\]")):
+        index_path.write_text(json.dumps({**original, **change}))
+        with pytest.raises(ProjectionError, match=message):
+            ExpertSet.load(tmp_path / "set")
