@@ -82,9 +82,11 @@ class RoutingConfig:
             if isinstance(g, bool) or not isinstance(g, numbers.Real) or not math.isfinite(g):
                 raise SteeringConfigError(f"{name} must be a finite number, got {g!r}")
             if g < 0:
-                warnings.warn(f"routing {name}={g:g} is below 0: it turns the mixed edit around, as a negative "
-                              "gain_pos / gain_neg does (the highlight is attended to less; strong values flip "
-                              "keys instead of weakening it)")  # said once per message, whichever path checks it
+                from .highlight import _outside_stacklevel
+
+                warnings.warn(f"routing {name}={float(g):g} is below 0: it turns the mixed edit around, as a "
+                              "negative gain_pos / gain_neg does (the highlight is attended to less; strong values "
+                              "flip keys instead of weakening it)", stacklevel=_outside_stacklevel())
         if self.top_k is not None and (
             isinstance(self.top_k, bool) or not isinstance(self.top_k, numbers.Integral) or self.top_k < 1
         ):
@@ -324,17 +326,21 @@ class ExpertSet:
         if cached is not None:
             return cached
         per_expert = [edit_matrices(e.projection, _scaled_config(config, e.gain_scale)) for e in self.experts]
+        unit = replace(config, gain_pos=1.0, gain_neg=1.0)  # which heads are selected, at gains that are not 0
+        per_expert_unit = [edit_matrices(e.projection, unit) for e in self.experts]
         layers = sorted(set().union(*[set(m) for m in per_expert]))
-        edits, routes = {}, {}
+        edits, routes, selected = {}, {}, {}
         for layer in layers:
             mats = [m.get(layer) for m in per_expert]
             like = next(x for x in mats if x is not None)
             edits[layer] = torch.stack([x if x is not None else torch.zeros_like(like) for x in mats]).float().to(device)
+            selected[layer] = torch.stack([(m[layer] != 0).flatten(1).any(-1) for m in per_expert_unit
+                                           if layer in m]).any(0).cpu()
             if want_route:
                 factors = torch.stack([_route_factors(e.projection, layer, routing.top_k) for e in self.experts])
                 active = edits[layer].flatten(2).abs().amax(-1) > 0  # (experts, kv_heads)
                 routes[layer] = (factors * active[:, :, None, None].to(factors.device)).to(device)
-        out = StackedExperts(layers, edits, routes)
+        out = StackedExperts(layers, edits, routes, selected)
         if key is not None:
             if len(self._stack_cache) > 32:
                 self._stack_cache.clear()
@@ -568,6 +574,9 @@ class StackedExperts:
     layers: list[int]
     edits: dict[int, torch.Tensor]  #: layer → (experts, kv_heads, d, d)
     routes: dict[int, torch.Tensor]  #: layer → (experts, kv_heads, d, K) σ-weighted singular vectors
+    #: layer → (kv_heads,) the heads the call's layers / heads and the experts' head masks select, whatever
+    #: the gains (a call at zero gains still selects them)
+    selected: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------- routing results
@@ -676,10 +685,9 @@ class AdaptiveEdit(ActiveEdit):
 
     def result(self, names: list[str], rows: int) -> RoutingResult | None:
         """The weights recorded during the call, per prompt row (None if no steered layer ran)."""
-        # a KV head is edited when some expert's edit there is not zero (heads=, layers= and head masks
-        # leave zero edits); layers with no edited head are left out
-        edited = {layer: (self.stacked.edits[layer] != 0).flatten(2).any(-1).any(0).cpu()
-                  for layer in self.stacked.layers if layer in self.record}
+        # the KV heads the call selects (heads=, layers=, the experts' head masks); layers without one are
+        # left out
+        edited = {layer: self.stacked.selected[layer] for layer in self.stacked.layers if layer in self.record}
         layers = [layer for layer, heads in edited.items() if heads.any()]
         if not layers:
             return None
@@ -741,20 +749,32 @@ def fixed_weights(mapping: Mapping[str, float], names: Sequence[str], rows: int)
                                   "steered: pass steer=False for no edit at all")
     negative = [n for n, v in zip(names, values) if v < 0]
     if negative:
+        from .highlight import _outside_stacklevel
+
         warnings.warn(f"router weights below 0 ({', '.join(negative)}) turn those experts' edits around, as a "
                       "negative gain does: the highlighted text is attended to less, and strong negative weights "
-                      "flip keys instead of weakening the highlight")  # said once per message, whichever path checks it
+                      "flip keys instead of weakening the highlight", stacklevel=_outside_stacklevel())
     return torch.tensor(values, dtype=torch.float32)[None, :].expand(rows, -1).clone()
+
+
+def _not_real_numbers(value: Any) -> str | None:
+    """What in ``value`` (a tensor, array, number or nested list) is boolean or complex, or None."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None:
+        name = str(dtype)
+        if name == "torch.bool" or name.startswith("torch.complex") or getattr(dtype, "kind", "") in ("b", "c"):
+            return f"{type(value).__name__} of {name}"
+        return None
+    if isinstance(value, (list, tuple)):
+        return next((b for b in map(_not_real_numbers, value) if b is not None), None)
+    return type(value).__name__ if isinstance(value, (bool, complex)) else None
 
 
 def as_query_embeddings(value: Any, rows: int) -> torch.Tensor:
     """``query_embedding=`` as a (rows, dim) tensor: one vector for a single prompt, or one per prompt."""
-    kinds = [getattr(v, "dtype", None) for v in (value if isinstance(value, (list, tuple)) else [value])]
-    if any(k is not None and (str(k).startswith(("torch.bool", "torch.int", "torch.uint", "torch.complex"))
-                              or getattr(k, "kind", "f") in "biuc") for k in kinds) or (
-            isinstance(value, (list, tuple)) and any(isinstance(v, (bool, complex)) for v in value)):
-        raise SteeringConfigError("query_embedding must hold real floating-point numbers (an embedding vector), "
-                                  f"got {kinds[0] if kinds[0] is not None else 'booleans or complex numbers'}")
+    bad = _not_real_numbers(value)
+    if bad is not None:
+        raise SteeringConfigError(f"query_embedding must hold real numbers (an embedding vector), got {bad}")
     try:
         if isinstance(value, (list, tuple)) and value and all(getattr(v, "ndim", 0) >= 1 for v in value):
             # one tensor / array per prompt, e.g. from a retriever's embeddings

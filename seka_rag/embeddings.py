@@ -87,8 +87,8 @@ def embed(texts: Sequence[str], encoder: Any = None) -> torch.Tensor:
     out = torch.as_tensor(vectors, dtype=torch.float32)
     if out.dim() != 2 or out.shape[0] != len(texts):
         raise SekaError(f"the encoder returned shape {tuple(out.shape)} for {len(texts)} texts")
-    bad = [i for i, ok in enumerate((torch.isfinite(out).all(-1) & (out.norm(dim=-1) > 0)).tolist()) if not ok]
-    if bad:  # a NaN or zero vector would route every expert alike (or NaN), silently
-        raise SekaError(f"the encoder returned a NaN, infinite or all-zero vector for text {bad[0]} "
+    bad = [i for i, ok in enumerate(torch.isfinite(out).all(-1).tolist()) if not ok]
+    if bad:  # NaN would spread into every score or routing weight, silently
+        raise SekaError(f"the encoder returned a NaN or infinite vector for text {bad[0]} "
                         f"({texts[bad[0]][:60]!r}); check the embedding model")
     return torch.nn.functional.normalize(out, dim=-1)

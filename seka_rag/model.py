@@ -634,6 +634,10 @@ class SekaModel:
             )
         unique = list(dict.fromkeys(texts))
         vectors = embed(unique, self.embedding_encoder)
+        zero = [t for t, v in zip(unique, vectors) if not bool(v.any())]
+        if zero:  # every expert would weigh the same, silently
+            raise SteeringConfigError(f"the embedding encoder returned an all-zero vector for the routing query "
+                                      f"{zero[0][:60]!r}; check the encoder, or pass query= / query_embedding=")
         at = {t: i for i, t in enumerate(unique)}
         return vectors[[at[t] for t in texts]]
 
@@ -812,7 +816,7 @@ class SekaModel:
                 raise HighlightError("for a list of prompts, highlights must be a list with one entry per prompt "
                                      "(each a list of highlights, or None): here, an empty list")
             # the queries too: one per prompt, so an empty list (or no vectors) is none at all
-            no_rows = [isinstance(v, (list, tuple)) and not v or getattr(v, "shape", (1,))[0] == 0
+            no_rows = [isinstance(v, (list, tuple)) and not v or (len(getattr(v, "shape", ())) == 2 and v.shape[0] == 0)
                        for v in (query, query_embedding)]
             self.steering(torch.zeros((1, 1), dtype=torch.bool), steer=steer, gain_pos=gain_pos, gain_neg=gain_neg,
                           layers=layers, heads=heads, router=router, routing=routing,

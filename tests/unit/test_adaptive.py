@@ -735,10 +735,14 @@ def test_a_failed_call_leaves_no_earlier_routing(tiny_model, expert_set):
 def test_an_encoder_giving_nan_or_zero_vectors_is_an_error(tiny_model, expert_set):
     seka = tiny_model("llama", num_layers=2)
     seka.load_experts(expert_set(seka, prototypes=torch.eye(3, 8)))
-    for vector in ([float("nan")] * 8, [0.0] * 8):
+    for vector, message in (([float("nan")] * 8, "NaN or infinite vector for text 0"),
+                            ([0.0] * 8, "all-zero vector for the routing query")):
         seka.embedding_encoder = lambda texts, v=vector: [v for _ in texts]
-        with pytest.raises(SekaError, match="NaN, infinite or all-zero vector for text 0"):
+        with pytest.raises(SekaError, match=message):
             seka.generate(PROMPTS[0], router="embedding", max_new_tokens=1)
+    from seka_rag.embeddings import embed
+
+    assert not embed(["a"], lambda texts: [[0.0] * 8]).any()  # outside routing a zero vector is a vector
     seka.embedding_encoder = lambda texts: [[1.0] + [0.0] * 7 for _ in texts]
     seka.generate(PROMPTS[0], router="embedding", max_new_tokens=1)
     assert seka.last_routing.top_experts() == ["e0"]
@@ -768,6 +772,9 @@ def test_an_empty_batch_checks_its_queries(tiny_model, expert_set):
         seka.generate([], query="x")
     assert seka.generate([], router="embedding", query=[]) == []  # one query per prompt: none
     assert seka.generate([], router="embedding", query_embedding=torch.zeros(0, 8)) == []
+    assert seka.generate([], router="embedding", query_embedding=torch.eye(8)[0]) == []  # one for all prompts
+    with pytest.raises(SteeringConfigError):
+        seka.generate([], router="embedding", query_embedding=torch.tensor(1.0))  # a number is no embedding
 
 
 def test_routing_results_cover_only_what_the_call_edited(tiny_model, expert_set):
@@ -782,18 +789,23 @@ def test_routing_results_cover_only_what_the_call_edited(tiny_model, expert_set)
         summary = one.summary()
         assert all(v == v for v in summary.values())  # the mean over edited heads: no NaN
         torch.testing.assert_close(torch.tensor(list(summary.values())), one.weights[0, 0, 0], atol=1e-4, rtol=0)
+    # zero gains edit nothing but select the same heads: the weights are still reported
+    for router in ("attention", {"e0": 1.0}):
+        zero = seka.route(PROMPTS[0], router=router, gain_pos=0.0, gain_neg=0.0)
+        assert zero is not None and zero.layers == [0, 1, 2] and not zero.weights.isnan().any()
 
 
-def test_query_embeddings_must_be_real_floats(tiny_model, expert_set):
+def test_query_embeddings_must_be_real_numbers(tiny_model, expert_set):
     import numpy as np
 
     seka = tiny_model("llama", num_layers=2)
     seka.load_experts(expert_set(seka, prototypes=torch.eye(3, 8)))
-    for bad in (torch.ones(8, dtype=torch.bool), torch.arange(1, 9), torch.ones(8, dtype=torch.complex64),
-                np.arange(1, 9), [True] * 8, [1j] * 8):
-        with pytest.raises(SteeringConfigError, match="real floating-point numbers"):
+    for bad in (torch.ones(8, dtype=torch.bool), torch.ones(8, dtype=torch.complex64), np.ones(8, dtype=bool),
+                [True] * 8, [1j] * 8, [[True] * 8], [np.ones(8), torch.ones(8, dtype=torch.bool)]):
+        with pytest.raises(SteeringConfigError, match="must hold real numbers"):
             seka.route(PROMPTS[0], router="embedding", query_embedding=bad)
-    for good in (torch.ones(8, dtype=torch.float16), np.ones(8, dtype=np.float64), [1.0] * 8, [1] + [0.0] * 7):
+    for good in (torch.ones(8, dtype=torch.float16), np.ones(8, dtype=np.float64), [1.0] * 8, [1] + [0.0] * 7,
+                 np.arange(1, 9, dtype=np.int8), torch.arange(1, 9), [np.float32(1.0)] * 8):
         assert seka.route(PROMPTS[0], router="embedding", query_embedding=good) is not None
 
 
