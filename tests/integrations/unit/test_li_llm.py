@@ -231,3 +231,23 @@ async def test_async_calls_load_the_model_off_the_event_loop(counting_loader, ti
     assert [r async for r in gen]
     assert len(load_threads) == 1  # shared afterwards
     assert asyncio.get_running_loop()
+
+
+def test_marker_roles_read_user_text_literally(tiny_seka, tiny_plain_seka, spy, spy_on):
+    code = "In Python, what is 1 << 4 and what is 16 >> 2?"
+    messages = [ChatMessage(role=MessageRole.SYSTEM, content=f"Context: {MARKED}"),
+                ChatMessage(role=MessageRole.USER, content=code)]
+    Seka(model=tiny_seka, max_new_tokens=2).chat(messages)  # the default reads markers in user text too
+    assert spy.last["prompt"][1]["content"] == "In Python, what is 1  4 and what is 16  2?"
+    assert (1, 21, 39) in spy.last["highlights"]  # " 4 and what is 16 " of the mangled question
+    Seka(model=tiny_seka, max_new_tokens=2, marker_roles=("system",)).chat(messages)
+    assert spy.last["prompt"][1]["content"] == code  # the user's code as typed
+    start = len("Context: ") + ROME[0]
+    assert spy.last["highlights"] == [(0, start, start + ROME[1] - ROME[0])]  # the context's highlight only
+    plain = spy_on(tiny_plain_seka)  # no chat template: the messages become one transcript, same rule
+    Seka(model=tiny_plain_seka, max_new_tokens=2, marker_roles="system").chat(messages)
+    assert code in plain.last["prompt"] and len(plain.last["highlights"]) == 1
+    for bad in (("assistant",), ("user", "boss"), 5):
+        with pytest.raises(ValueError, match="marker_roles"):
+            Seka(model=tiny_seka, marker_roles=bad)
+    assert Seka.from_dict(Seka(model="smollm2-135m", marker_roles=["system"]).to_dict()).marker_roles == ("system",)

@@ -139,3 +139,15 @@ async def test_async_synthesis_keeps_highlights(tiny_long, spy_on):
     synth = get_response_synthesizer(llm=Seka(model=tiny_long, max_new_tokens=3), response_mode="compact")
     await synth.asynthesize(QueryBundle("When was the lighthouse finished?"), nodes)
     assert sum(_check_call(c) for c in spy.calls) >= 6
+
+
+def test_markers_survive_serialisation():
+    from llama_index.postprocessor.seka_highlight import SekaHighlightPostprocessor
+
+    from seka_rag import Markers
+
+    pp = SekaHighlightPostprocessor(markers=("[[", "]]"))
+    assert pp.to_dict()["markers"] == ["[[", "]]", "\\"]
+    assert SekaHighlightPostprocessor.from_dict(pp.to_dict()).markers == Markers("[[", "]]")
+    assert SekaHighlightPostprocessor.from_json(pp.to_json()).markers == Markers("[[", "]]")
+    assert SekaHighlightPostprocessor.from_dict(SekaHighlightPostprocessor().to_dict()).markers == Markers("<<", ">>")

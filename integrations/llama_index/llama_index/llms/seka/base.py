@@ -18,7 +18,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     TextBlock,
 )
-from llama_index.core.bridge.pydantic import ConfigDict, Field, model_validator
+from llama_index.core.bridge.pydantic import ConfigDict, Field, field_validator, model_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.schema import BaseNode, NodeWithScore
@@ -43,6 +43,9 @@ from seka_rag.highlight import has_chat_template
 from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt  # noqa: E402
 
 __all__ = ["Seka"]
+
+#: the roles whose text inline markers may be read in (an assistant message is the model's own text)
+_MARKER_ROLES = ("system", "user", "tool")
 
 _ROLES = {
     MessageRole.SYSTEM: "system",
@@ -80,7 +83,8 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
     Highlights come from inline markers (``<<`` ``>>``; the ``markers`` setting picks another pair,
     e.g. ``("[[", "]]")`` for prompts holding code with ``<<`` / ``>>`` — give the postprocessor the
     same pair — or None for none) in the prompt or in system, user and tool message contents (an
-    assistant message is read literally) — which is how
+    assistant message is read literally; ``marker_roles=("system",)`` reads them in system messages
+    only, so a chat engine's user can type ``1 << 4``) — which is how
     :class:`~llama_index.postprocessor.seka_highlight.SekaHighlightPostprocessor` marks retrieved
     evidence — and from ``highlights=`` (substrings, or ``(start, end)`` /
     ``(message_index, start, end)`` spans of the marker-free text). Markers are read leniently: a
@@ -113,11 +117,31 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(),
                               extra="forbid")
 
+    marker_roles: tuple[str, ...] = Field(
+        default=("system", "user", "tool"),
+        description="Roles whose message text is read for inline markers; the others are read literally (an "
+        "assistant's always are). ('system',) suits chat engines: the retrieved context, which the "
+        "postprocessor marks, is in the system message, and the user's own text (code with << / >>) stays "
+        "literal.",
+    )
     context_window: int | None = Field(
         default=None, ge=1,
         description="Report a smaller context window than the model's in metadata (LlamaIndex packs "
         "prompts to fit it); larger than the model's is an error.",
     )
+
+    @field_validator("marker_roles", mode="before")
+    @classmethod
+    def _check_marker_roles(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = (value,)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(r, str) for r in value):
+            raise ValueError(f"marker_roles takes a list of roles, e.g. ('system', 'user'), got {value!r}")
+        unknown = [r for r in value if r not in _MARKER_ROLES]
+        if unknown:
+            raise ValueError(f"marker_roles {unknown} are not roles markers can be read in; choose from "
+                             f"{', '.join(_MARKER_ROLES)} (an assistant message is always read literally)")
+        return tuple(dict.fromkeys(value))
 
     @model_validator(mode="after")
     def _no_batch_size(self) -> "Seka":
@@ -208,7 +232,7 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
         prompt, highlights, raw = [], [], []
         for i, message in enumerate(messages):
             role = _ROLES.get(message.role, str(getattr(message.role, "value", message.role)))
-            if role == "assistant":  # the model's own text: literal, whatever it holds (std::cout << x)
+            if role not in self.marker_roles:  # the model's own text, or a role read literally: as it is
                 clean, spans = message.content or "", []
             else:
                 clean, spans = parse_lenient(message.content or "", markers)
@@ -293,7 +317,7 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
                     "(or use inline << >> markers) instead"
                 )
             markers = self.inline_markers(self.seka_model(kwargs.get("model")), dict(kwargs))
-            messages = [_literal_if_assistant(m, markers) for m in messages]
+            messages = [_literal_if_assistant(m, markers, self.marker_roles) for m in messages]
             return self._prepare_text(self.messages_to_prompt(messages), {**kwargs, "chat_template": False})
         return self._prepare_messages(messages, kwargs)
 
@@ -432,13 +456,15 @@ def _check_text_only(message: ChatMessage, index: int) -> None:
             )
 
 
-def _literal_if_assistant(message: ChatMessage, markers: Markers | None) -> ChatMessage:
-    """A message made safe to join into a transcript: an assistant message with its marker strings
-    escaped (read literally); any other with its highlights kept and every marker without a partner
-    *in that message* escaped, so a ``<<`` of one message never pairs with a ``>>`` of another."""
+def _literal_if_assistant(message: ChatMessage, markers: Markers | None,
+                          marker_roles: Sequence[str] = _MARKER_ROLES) -> ChatMessage:
+    """A message made safe to join into a transcript: an assistant message (or one whose role is not in
+    ``marker_roles``) with its marker strings escaped (read literally); any other with its highlights
+    kept and every marker without a partner *in that message* escaped, so a ``<<`` of one message never
+    pairs with a ``>>`` of another."""
     if not message.content or markers is None:
         return message
-    if _ROLES.get(message.role) == "assistant":
+    if _ROLES.get(message.role, "assistant") not in marker_roles:
         return ChatMessage(role=message.role, content=escape_markers(message.content, markers))
     clean, spans = parse_lenient(message.content, markers, merge_gaps=False)
     return ChatMessage(role=message.role, content=mark_up(clean, spans, markers)[0] if spans

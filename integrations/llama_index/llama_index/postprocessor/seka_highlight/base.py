@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from llama_index.core.bridge.pydantic import ConfigDict, Field, field_validator, model_validator
+from llama_index.core.bridge.pydantic import ConfigDict, Field, field_serializer, field_validator, model_validator
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import Document, MetadataMode, NodeWithScore, QueryBundle, TextNode
 
@@ -73,7 +73,7 @@ class SekaHighlightPostprocessor(BaseNodePostprocessor):
     higher_is_better: bool = Field(default=True, description="False when scores are distances.")
     encoder: Any = Field(default=None, exclude=True, description="Sentence encoder for the sentences policy.")
     markers: Markers = Field(
-        default=DEFAULT_MARKERS, exclude=True,
+        default=DEFAULT_MARKERS,
         description="The inline markers the Seka LLM reads: a Markers or a (start, end) pair, the same as Seka's.",
     )
     metadata_key: str = Field(default="seka_highlights", description="Metadata key recording the highlighted texts.")
@@ -89,6 +89,10 @@ class SekaHighlightPostprocessor(BaseNodePostprocessor):
                 "code with << / >>)"
             )
         return as_markers(value, allow_model=False, allow_none=False)
+
+    @field_serializer("markers")
+    def _serialize_markers(self, value: Markers) -> list[str]:  # saved with to_dict / to_json, read back by from_dict
+        return [value.start, value.end, value.escape]
 
     @model_validator(mode="after")
     def _check(self) -> "SekaHighlightPostprocessor":
