@@ -244,10 +244,15 @@ def test_marker_roles_read_user_text_literally(tiny_seka, tiny_plain_seka, spy, 
     assert spy.last["prompt"][1]["content"] == code  # the user's code as typed
     start = len("Context: ") + ROME[0]
     assert spy.last["highlights"] == [(0, start, start + ROME[1] - ROME[0])]  # the context's highlight only
-    plain = spy_on(tiny_plain_seka)  # no chat template: the messages become one transcript, same rule
+    plain = spy_on(tiny_plain_seka)  # no chat template: a direct chat() becomes one transcript, same rule
     Seka(model=tiny_plain_seka, max_new_tokens=2, marker_roles="system").chat(messages)
     assert code in plain.last["prompt"] and len(plain.last["highlights"]) == 1
     for bad in (("assistant",), ("user", "boss"), 5):
         with pytest.raises(ValueError, match="marker_roles"):
             Seka(model=tiny_seka, marker_roles=bad)
     assert Seka.from_dict(Seka(model="smollm2-135m", marker_roles=["system"]).to_dict()).marker_roles == ("system",)
+    assert Seka(model=tiny_seka, marker_roles=("developer", "function")).marker_roles == ("system", "tool")
+    developer = [ChatMessage(role=MessageRole.DEVELOPER, content=f"Context: {MARKED}"),
+                 ChatMessage(role=MessageRole.USER, content=code)]
+    Seka(model=tiny_seka, max_new_tokens=2, marker_roles=("system",)).chat(developer)
+    assert spy.last["highlights"] == [(0, start, start + ROME[1] - ROME[0])]

@@ -84,7 +84,8 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
     e.g. ``("[[", "]]")`` for prompts holding code with ``<<`` / ``>>`` — give the postprocessor the
     same pair — or None for none) in the prompt or in system, user and tool message contents (an
     assistant message is read literally; ``marker_roles=("system",)`` reads them in system messages
-    only, so a chat engine's user can type ``1 << 4``) — which is how
+    only, so a context chat engine's user can type ``1 << 4`` on a model with a chat template; not in
+    query engines, whose QA prompt puts the context in the user message) — which is how
     :class:`~llama_index.postprocessor.seka_highlight.SekaHighlightPostprocessor` marks retrieved
     evidence — and from ``highlights=`` (substrings, or ``(start, end)`` /
     ``(message_index, start, end)`` spans of the marker-free text). Markers are read leniently: a
@@ -119,10 +120,11 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
 
     marker_roles: tuple[str, ...] = Field(
         default=("system", "user", "tool"),
-        description="Roles whose message text is read for inline markers; the others are read literally (an "
-        "assistant's always are). ('system',) suits chat engines: the retrieved context, which the "
+        description="Roles whose message text is read for inline markers ('developer' counts as system, "
+        "'function' as tool); the others are read literally (an assistant's always are). ('system',) suits "
+        "the context chat engines on a model with a chat template: the retrieved context, which the "
         "postprocessor marks, is in the system message, and the user's own text (code with << / >>) stays "
-        "literal.",
+        "literal. Not for query engines: their QA prompt puts the context in the user message.",
     )
     context_window: int | None = Field(
         default=None, ge=1,
@@ -137,6 +139,7 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
             value = (value,)
         if not isinstance(value, (list, tuple)) or not all(isinstance(r, str) for r in value):
             raise ValueError(f"marker_roles takes a list of roles, e.g. ('system', 'user'), got {value!r}")
+        value = [{"developer": "system", "function": "tool"}.get(r, r) for r in value]  # LlamaIndex's other names
         unknown = [r for r in value if r not in _MARKER_ROLES]
         if unknown:
             raise ValueError(f"marker_roles {unknown} are not roles markers can be read in; choose from "
