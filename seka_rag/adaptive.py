@@ -65,7 +65,10 @@ MIN_TEMPERATURE = 1e-4
 
 @dataclass(frozen=True)
 class RoutingConfig:
-    """Router parameters; an :class:`ExpertSet` stores its defaults, each call may override them."""
+    """Router parameters; an :class:`ExpertSet` stores its defaults, each call may override them.
+
+    Values are checked by :meth:`validate` / :meth:`replace`, which every call and every expert set
+    runs, not when the object is built."""
 
     gain: float = 1.0  #: attention router: multiplies the mixed edit (experts keep their own g+/g-)
     embedding_gain: float = 1.0  #: embedding router: multiplies the mixed edit (its weights sum to 1)
@@ -606,7 +609,7 @@ class RoutingResult:
         return [self.experts[int(i)] if ok else None for i, ok in zip(best.tolist(), steered.tolist())]
 
     def summary(self, row: int = 0) -> dict[str, float]:
-        """``{expert: mean weight}`` of one row (NaN weights: the row was not steered)."""
+        """``{expert: mean weight}`` of one row, rounded to 4 decimals (NaN weights: the row was not steered)."""
         rows = self.weights.shape[0]
         if isinstance(row, bool) or not isinstance(row, numbers.Integral) or not -rows <= row < rows:
             raise IndexError(f"row {row!r} is out of range: this result has {rows} row{'s' if rows != 1 else ''}")

@@ -115,7 +115,11 @@ class SekaModel:
     """A causal language model whose highlighted prompt tokens get SEKA key edits.
 
     Build one with :meth:`default` (an embedded offline model and its shipped projection) or
-    :meth:`from_pretrained` (any supported Hugging Face model), or wrap a loaded model and tokenizer.
+    :meth:`from_pretrained` (any supported Hugging Face model), or wrap a loaded model and tokenizer:
+    ``SekaModel(model, tokenizer, projection=None, markers=DEFAULT_MARKERS, context_window=None,
+    experts=None, router=None, model_id=None)``. ``markers=None`` reads no inline markers;
+    ``context_window`` defaults to the config's ``max_position_embeddings`` (else 2048). A tokenizer
+    without a pad token gets its EOS token as the pad token (on the tokenizer passed in).
 
     Every call takes ``highlights=`` (substrings, ``(start, end)`` character spans, or
     ``(message_index, start, end)`` for chat messages) in addition to inline markers (``<<`` … ``>>``
@@ -125,7 +129,8 @@ class SekaModel:
     With an :class:`~seka_rag.adaptive.ExpertSet` (``experts=``, or ``default(adaptive=True)``) the
     edit is AdaSEKA's per-prompt mixture of experts: ``router="attention"`` (the model's own
     last-token query, inside the same forward pass) or ``"embedding"`` (a sentence embedding of
-    ``query=`` / ``query_embedding=`` / the prompt outside its highlights), per call or as the
+    ``query=`` / ``query_embedding=`` / the last 1,000 characters of the prompt outside its
+    highlights), per call or as the
     model's default; ``router="projection"`` uses the single projection. After each call
     :attr:`last_routing` tells which experts fired; :meth:`route` computes it without generating.
     """
@@ -204,8 +209,9 @@ class SekaModel:
 
         ``experts=`` (an :class:`~seka_rag.adaptive.ExpertSet` or its directory) turns on AdaSEKA,
         and ``router=`` (``"attention"``, the default, or ``"embedding"``) is then the default router
-        of every call. Without a projection or an expert set the model generates unsteered, and a
-        highlighted call says how to get one.
+        of every call. Without a projection or an expert set, a prompt with no highlight generates
+        unsteered and a highlighted call raises :class:`SekaError` naming how to get one (pass
+        ``steer=False`` to run it unsteered).
         """
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -292,8 +298,10 @@ class SekaModel:
     ) -> "SekaModel":
         """An embedded offline model (``"qwen2.5-coder-0.5b"`` or ``"smollm2-135m"``) with its shipped projection.
 
-        ``adaptive=True`` also loads the model's shipped AdaSEKA expert set (router ``"attention"``
-        unless ``router=`` says otherwise); ``experts=`` loads another one.
+        ``projection=``: another projection (object or file) instead of the shipped one; ``None``
+        loads none (the model then steers only with an expert set, or not at all). ``adaptive=True``
+        also loads the model's shipped AdaSEKA expert set (router ``"attention"`` unless ``router=``
+        says otherwise); ``experts=`` loads another one.
         """
         if not isinstance(adaptive, bool):
             raise SekaError(f"adaptive must be True or False, got {adaptive!r}")
@@ -321,7 +329,10 @@ class SekaModel:
         )
 
     def load_projection(self, projection: Projection | str | os.PathLike) -> Projection:
-        """Attach a projection (object or file); raises :class:`ProjectionError` if it does not fit."""
+        """Attach a projection (object or file); raises :class:`ProjectionError` if it does not fit.
+
+        On a model with an expert set, calls keep routing among the experts; the projection is what
+        ``router="projection"`` uses."""
         if isinstance(projection, ExpertSet):
             raise ProjectionError("that is an AdaSEKA expert set, not a projection: pass it as experts= "
                                   "(or call load_experts)")
@@ -333,10 +344,13 @@ class SekaModel:
 
     @property
     def last_routing(self) -> RoutingResult | None:
-        """Which experts the last call *in this thread / async task* used (None: no expert set used).
+        """Which experts the last call *in this thread / async task* used.
 
-        Row ``i`` is prompt (or scored row) ``i`` of that call; rows of batches without any highlight
-        are NaN.
+        None when that call steered nothing with an expert set: no expert set, ``router="projection"``,
+        ``steer=False``, nothing highlighted, or the call failed. Row ``i`` is prompt (or scored row)
+        ``i`` of that call; a row without a highlighted token, and KV heads the call did not edit, are
+        NaN (see :class:`~seka_rag.adaptive.RoutingResult`). :meth:`stream` sets it when its iteration
+        ends.
         """
         return self._last_routing.get()
 
@@ -793,7 +807,12 @@ class SekaModel:
         ``query`` / ``query_embedding`` when each prompt has its own). ``router``, ``query``,
         ``query_embedding`` and ``routing`` steer with the model's AdaSEKA expert set. An empty list
         of prompts gives an empty list. ``temperature`` / ``top_p`` apply with ``do_sample=True``
-        (given without it, they are checked, and a warning says the call decodes greedily).
+        (given without it, they are checked, and a warning says the call decodes greedily;
+        ``temperature=0`` is greedy decoding and says nothing). ``stop`` takes a string or a list.
+
+        Errors: :class:`HighlightError` for a prompt or highlight that cannot be placed,
+        :class:`SteeringConfigError` for gains, layers, heads or router settings, :class:`SekaError`
+        for anything else a caller can fix.
         """
         self.last_routing = None  # a call that fails or has nothing to do leaves no earlier routing behind
         single = _is_single_prompt(prompt)
@@ -888,7 +907,7 @@ class SekaModel:
 
         Bad arguments raise here, when ``stream`` is called; generation starts when iteration does.
         Generation stops when the consumer stops iterating, or when ``cancel`` (a
-        :class:`threading.Event`) is set.
+        :class:`threading.Event`) is set. :attr:`last_routing` is set when the iteration ends.
         """
         from transformers import TextIteratorStreamer
 

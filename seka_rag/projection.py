@@ -344,7 +344,9 @@ class Projection:
         )
 
     def with_delta(self, delta: float) -> "Projection":
-        """A copy whose head mask keeps the heads with key shift >= ``delta``."""
+        """A copy whose head mask keeps the heads with key shift >= ``delta`` (a finite number)."""
+        if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not math.isfinite(delta):
+            raise ProjectionError(f"delta must be a finite number, got {delta!r}")
         meta = ProjectionMeta(**{**asdict(self.meta), "delta": float(delta)})
         return Projection(
             meta=meta, pos=self.pos, neg=self.neg, u_pos=self.u_pos, s_pos=self.s_pos,

@@ -2,7 +2,7 @@
 
 For highlighted prompt tokens, in each selected layer and KV head::
 
-    k ← k + M k,    M = head_mask · (g+ · P+ + g- · P-) / 2
+    k ← k + M k,    M = head_mask · layer_scale · (g+ · P+ + g- · P-) / 2
 
 applied to the output of the architecture's key module (``k_proj``, or ``k_norm`` where the
 family has one), i.e. before RoPE. Each layer does one batched ``einsum`` over all heads, tokens and

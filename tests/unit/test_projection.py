@@ -387,3 +387,12 @@ def test_fingerprint_covers_every_tensor(helpers):
         t = getattr(p, name)
         changed = ~t if t.dtype == torch.bool else t + 0.5
         assert replace(p, **{name: changed}).fingerprint() != base, name
+
+
+def test_with_delta_refuses_what_is_not_a_number(projection):
+    from seka_rag import ProjectionError
+
+    for bad in ("x", None, float("nan"), True):
+        with pytest.raises(ProjectionError, match="delta must be a finite number"):
+            projection.with_delta(bad)
+    assert projection.with_delta(0.0).head_mask.all()

@@ -138,7 +138,8 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
     JSON mode, and non-text content (images, audio, files).
 
     Standard LangChain constructor arguments for hosted models are accepted and do nothing here:
-    ``timeout`` (generation is in process and not interruptible), ``max_retries`` (there is no
+    ``timeout`` (no effect: to bound an async call, cancel it or wrap it in ``asyncio.wait_for``;
+    generation then stops after the current token), ``max_retries`` (there is no
     service to retry), ``api_key`` and ``base_url`` (there is no service).
     """
 

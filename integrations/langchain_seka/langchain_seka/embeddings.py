@@ -28,7 +28,9 @@ class SentenceTransformerEmbeddings(BaseModel, Embeddings):
         description="The model by name, as HuggingFaceEmbeddings takes it: a sentence-transformers model directory "
         "(loaded like model=; nothing is downloaded), or the default offline all-MiniLM-L6-v2.",
     )
-    normalize: bool = Field(default=True, description="Unit-length vectors (cosine = dot product).")
+    normalize: bool = Field(default=True, description="Unit-length vectors (cosine = dot product). False returns "
+                            "raw vectors only for models that do not normalise in their last module (the default "
+                            "all-MiniLM-L6-v2 does: an error).")
     batch_size: int = Field(default=32, ge=1, description="Texts encoded per batch.")
     _loaded: Any = PrivateAttr(default=None)
 
@@ -46,7 +48,7 @@ class SentenceTransformerEmbeddings(BaseModel, Embeddings):
         return embed_texts(self._encoder(), texts, self.batch_size, self.normalize)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        """One embedding per text (unit length unless ``normalize=False``)."""
+        """One embedding per text (unit length; ``normalize=False``: raw, for models that allow it)."""
         return self._embed(texts)
 
     def embed_query(self, text: str) -> list[float]:

@@ -34,7 +34,7 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
     """Text-completion LLM over a SEKA-steered model (see :class:`~langchain_seka.ChatSeka`).
 
     The prompt is a string; it goes through the model's chat template as one user turn unless
-    ``chat_template=False``. Highlights: inline ``<<`` ``>>`` markers (the ``markers`` setting: another
+    ``chat_template=False`` or the tokenizer has none (then it is sent raw). Highlights: inline ``<<`` ``>>`` markers (the ``markers`` setting: another
     pair, or None for none), ``highlights=`` (substrings or
     ``(start, end)`` spans of the marker-free prompt) and ``documents=``. ``batch`` / ``generate``
     over several prompts run batched forward passes. Same fields as ``ChatSeka``; ``timeout``,

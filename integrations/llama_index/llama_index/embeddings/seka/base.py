@@ -31,7 +31,9 @@ class SentenceTransformerEmbedding(BaseEmbedding):
 
     model: Any = Field(default=None, exclude=True,
                        description="SentenceTransformer object, model directory, or None (the offline MiniLM).")
-    normalize: bool = Field(default=True, description="Unit-length vectors.")
+    normalize: bool = Field(default=True, description="Unit-length vectors. False returns raw vectors only for "
+                            "models that do not normalise in their last module (the default all-MiniLM-L6-v2 "
+                            "does: an error).")
     model_name: str = Field(
         default=DEFAULT_MODEL_NAME,
         description="The model: a sentence-transformers model directory (loaded like model=), or the default "
