@@ -118,10 +118,13 @@ def make_cache_folder(folder: Path) -> Path:
 
 
 def closest_embedded(name: object, cutoff: float = 0.6) -> str | None:
-    """The embedded model's name that ``name`` most likely misspells (a close match, or a name it
-    begins), or None."""
+    """The embedded model's name that ``name`` most likely means (its Hugging Face name, a close match,
+    or a name it begins), or None."""
     if not isinstance(name, str) or not name:
         return None
+    for known, model in EMBEDDED_MODELS.items():  # its Hugging Face name, with or without the organisation
+        if name.lower() in (model.model_id.lower(), model.model_id.split("/")[-1].lower()):
+            return known
     close = difflib.get_close_matches(name, list(EMBEDDED_MODELS), n=1, cutoff=cutoff)
     return close[0] if close else next((known for known in EMBEDDED_MODELS if known.startswith(name.lower())), None)
 

@@ -268,3 +268,13 @@ def test_examples_end_with_one_line_on_a_user_mistake():
     wrong = subprocess.run([*demo, "smollm2"], capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
     assert wrong.stderr.strip().startswith("error: no embedded model named 'smollm2'")
+
+
+def test_an_embedded_models_hugging_face_name_points_to_it():
+    from seka_rag.models.embedded import closest_embedded
+
+    for name in ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "qwen2.5-coder-0.5b-instruct"):
+        assert closest_embedded(name) in ("smollm2-135m", "qwen2.5-coder-0.5b")
+    assert closest_embedded("SmolLM2-135M-Instruct") == "smollm2-135m"
+    assert closest_embedded("Qwen/Qwen2.5-Coder-0.5B-Instruct") == "qwen2.5-coder-0.5b"
+    assert closest_embedded("gpt-4o") is None

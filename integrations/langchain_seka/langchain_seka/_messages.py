@@ -11,7 +11,7 @@ from langchain_core.messages import BaseMessage, ChatMessage
 from seka_rag import HighlightError, Markers, SekaError
 from seka_rag.highlight import DEFAULT_MARKERS, escape_markers, parse_markers
 
-from ._text import document_text, texts_in_prompt
+from ._text import MARKER_ROLES, document_text, texts_in_prompt
 
 _ROLE_BY_TYPE = {
     "human": "user",
@@ -44,13 +44,15 @@ def message_text(message: BaseMessage) -> str:
 
 
 def to_engine_messages(
-    messages: Sequence[BaseMessage], markers: Markers | None = DEFAULT_MARKERS
+    messages: Sequence[BaseMessage], markers: Markers | None = DEFAULT_MARKERS,
+    marker_roles: Sequence[str] = MARKER_ROLES,
 ) -> list[dict[str, str]]:
     """One ``{"role", "content"}`` dict per message, in order (so message indices are preserved).
 
-    Inline highlight markers in system, user and tool contents are left in place for the engine to
-    parse. An assistant message is the model's own text (``std::cout << x``): its marker strings are
-    escaped, so it is read literally and never breaks a later turn. Its tool calls are written after
+    Inline highlight markers in the contents of ``marker_roles`` (system, user and tool by default)
+    are left in place for the engine to parse; other messages have their marker strings escaped, so
+    they are read literally. An assistant message is the model's own text (``std::cout << x``): it is
+    always read literally and never breaks a later turn. Its tool calls are written after
     its text, one ``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` block each (the format
     Qwen's and Hermes-style chat templates use), so the model sees which tool it called and how.
     """
@@ -66,6 +68,7 @@ def to_engine_messages(
         if role == "assistant":
             calls = [_tool_call_text(c) for c in getattr(message, "tool_calls", None) or []]
             text = "\n".join(part for part in (text, *calls) if part)
+        if role not in marker_roles:  # read literally
             text = escape_markers(text, markers)
         out.append({"role": role, "content": text})
     return out

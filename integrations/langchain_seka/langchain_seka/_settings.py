@@ -419,3 +419,19 @@ def usage_counts(
         "total_tokens": len(enc.input_ids) + output,
         "highlighted_tokens": int(sum(enc.highlight)),
     }
+
+
+def load_for_cache_key(wrapper: Any, kwargs: dict[str, Any]) -> None:
+    """With an LLM cache in use, load the wrapper's model before LangChain builds the cache key, so the
+    key holds what the model edits with from the first call on (a key built before loading lacks it,
+    so the first call's entry would never be found again)."""
+    from langchain_core.caches import BaseCache
+    from langchain_core.globals import get_llm_cache
+
+    cache = getattr(wrapper, "cache", None)
+    if cache is False or not (isinstance(cache, BaseCache) or get_llm_cache() is not None):
+        return
+    try:
+        wrapper.seka_model(kwargs.get("model"))
+    except Exception:  # a bad model name: the call itself reports it, in its own words
+        pass

@@ -236,6 +236,25 @@ def as_highlight_list(highlights: Any) -> list[Any]:
     return items
 
 
+#: the message roles inline markers may be read in (an assistant message is the model's own text)
+MARKER_ROLES = ("system", "user", "tool")
+
+
+def as_marker_roles(value: Any) -> tuple[str, ...]:
+    """A ``marker_roles`` setting checked: a role or a list of roles among :data:`MARKER_ROLES`
+    (``developer`` counts as system, ``function`` as tool). Raises ``ValueError`` otherwise."""
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(r, str) for r in value):
+        raise ValueError(f"marker_roles takes a list of roles, e.g. ('system', 'user'), got {value!r}")
+    value = [{"developer": "system", "function": "tool"}.get(r, r) for r in value]
+    unknown = [r for r in value if r not in MARKER_ROLES]
+    if unknown:
+        raise ValueError(f"marker_roles {unknown} are not roles markers can be read in; choose from "
+                         f"{', '.join(MARKER_ROLES)} (an assistant message is always read literally)")
+    return tuple(dict.fromkeys(value))
+
+
 def as_markers(value: Any, *, allow_model: bool = True, allow_none: bool = True) -> Any:
     """A ``markers`` setting checked and normalised: a ``Markers``, a ``(start, end)`` or ``(start, end,
     escape)`` tuple of strings (made a ``Markers``), ``None`` (no inline markers; if ``allow_none``) or

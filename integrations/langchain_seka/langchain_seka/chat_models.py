@@ -16,7 +16,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from seka_rag import HighlightError, SekaError, SekaModel
 from seka_rag.highlight import has_chat_template, parse_markers
@@ -26,8 +26,8 @@ from ._cancel import run_cancellable
 from ._loading import model_label
 from ._messages import document_highlights, to_engine_messages
 from ._compat import HostedModelArguments
-from ._settings import SekaSettings, call_digest, routing_info, usage_counts
-from ._text import as_document_list, as_highlight_list
+from ._settings import SekaSettings, call_digest, load_for_cache_key, routing_info, usage_counts
+from ._text import as_document_list, as_highlight_list, as_marker_roles
 from .llms import langsmith_params
 
 __all__ = ["ChatSeka"]
@@ -99,7 +99,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
     Tell the model which part of its prompt matters, in any of three ways (they combine):
 
     * inline markers in system, user and tool message contents: ``"Doc 2: <<The tower is in Rome.>>"``
-      (write ``\\<<`` for a literal marker; ``markers=("[[", "]]")`` picks another pair when prompts
+      (write ``\\<<`` for a literal marker; ``markers=("⟦", "⟧")`` picks another pair when prompts
       hold code with ``<<`` / ``>>``, ``markers=None`` reads none; assistant messages are always
       literal);
     * ``highlights=``: substrings, or ``(message_index, start, end)`` character spans of a message's
@@ -146,15 +146,30 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
     model_config = HostedModelArguments.model_config  # extra="forbid": unknown arguments are errors
 
     streaming: bool = Field(default=False, description="Generate through the streamer in invoke too.")
+    marker_roles: tuple[str, ...] = Field(
+        default=("system", "user", "tool"),
+        description="Roles whose message text is read for inline markers ('developer' counts as system, "
+        "'function' as tool); the others are read literally (an assistant's always are). ('system',) suits "
+        "chat apps whose users type code with << / >>, with SekaHighlight's context in a system message.",
+    )
+
+    @field_validator("marker_roles", mode="before")
+    @classmethod
+    def _check_marker_roles(cls, value: Any) -> Any:
+        return as_marker_roles(value)
 
     # ------------------------------------------------------------------------------ LangChain hooks
     @property
     def _llm_type(self) -> str:
         return "seka-chat"
 
+    def _get_llm_string(self, stop: list[str] | None = None, **kwargs: Any) -> str:
+        load_for_cache_key(self, kwargs)  # LangChain asks for it only when a cache is in use
+        return super()._get_llm_string(stop=stop, **kwargs)
+
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return self.identifying_params()
+        return {**self.identifying_params(), "marker_roles": list(self.marker_roles)}
 
     # ------------------------------------------------------------------------------ not supported
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
@@ -230,7 +245,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         markers = self.inline_markers(model, kwargs)
         gen = self.generation_kwargs(kwargs, stop)
         gen["markers"] = markers
-        prompt: Any = to_engine_messages(messages, markers)
+        prompt: Any = to_engine_messages(messages, markers, self.marker_roles)
         highlights = as_highlight_list(highlights)
         documents = as_document_list(documents)
         if len(prompt) == 1:  # a single message (e.g. invoke("text")): (start, end) spans refer to it

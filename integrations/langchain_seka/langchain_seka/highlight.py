@@ -221,9 +221,12 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
     def _split_input(self, input: Any) -> tuple[dict, str | None, list]:
         if isinstance(input, dict):
             if self.documents_key not in input:
+                # the documents under another name: the key whose value looks like documents
+                listed = [str(k) for k, v in input.items() if k != self.question_key and isinstance(v, (list, tuple))]
+                hint = f"; set documents_key={listed[0]!r}" if len(listed) == 1 else ""
                 raise SekaError(
                     f"SekaHighlight expects a dict with {self.documents_key!r} (and {self.question_key!r}); "
-                    f"got keys {sorted(input)}"
+                    f"got keys {sorted(input)}{hint}"
                 )
             others = sorted(str(k) for k in input if k != self.documents_key)
             if self.question_key not in input and others:  # the question under another name: never write "None"

@@ -361,3 +361,50 @@ def test_async_token_callbacks_of_sekallm_run_on_the_callers_loop(tiny_seka, how
 
     loop, pieces = asyncio.run(run())
     assert "".join(pieces) and seen and all(s is loop for s in seen)
+
+
+@pytest.mark.parametrize("wrapper", ["chat", "llm"])
+def test_the_first_cached_call_is_found_again(counting_loader, tiny_seka, spy, wrapper):
+    # before the model is loaded the cache key could not hold what it edits with, so the first call's
+    # entry was never read again: the wrapper loads the model before LangChain builds the key
+    cls = ChatSeka if wrapper == "chat" else SekaLLM
+    llm = cls(max_tokens=2, cache=InMemoryCache())
+    from langchain_seka import _loading
+
+    def text(out):
+        return getattr(out, "content", out)
+
+    first = llm.invoke("Hello there")
+    calls = len(spy.calls)
+    assert text(llm.invoke("Hello there")) == text(first) and len(spy.calls) == calls  # a hit: no generation
+    assert counting_loader == [_loading.DEFAULT_MODEL]
+    uncached = cls(max_tokens=2, cache=False)
+    uncached.invoke("Hello there")
+    assert len(spy.calls) == calls + 1
+
+
+def test_chat_marker_roles_keep_user_code_literal(tiny_seka, spy):
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    code = "What does x << 2 >> 1 do?"
+    messages = [SystemMessage("Context: <<The tower is in Rome.>>"), HumanMessage(code)]
+    ChatSeka(model=tiny_seka, max_tokens=2).invoke(messages)
+    assert spy.last["prompt"][1]["content"].startswith("What does x \\<< 2 \\>> 1") is False  # read as markers
+    ChatSeka(model=tiny_seka, max_tokens=2, marker_roles=("system",)).invoke(messages)
+    engine = spy.last
+    assert engine["prompt"][1]["content"] == "What does x \\<< 2 \\>> 1 do?"  # escaped: read literally
+    assert [tiny_seka.highlighted_tokens(engine["prompt"], engine["highlights"])] != [[]]
+    text = "".join(tiny_seka.highlighted_tokens(engine["prompt"], engine["highlights"]))
+    assert "Rome" in text and "2" not in text
+    for bad in (("assistant",), "boss"):
+        with pytest.raises(ValueError, match="marker_roles"):
+            ChatSeka(model=tiny_seka, marker_roles=bad)
+    key = ChatSeka(model=tiny_seka, marker_roles=("system",))._identifying_params
+    assert key["marker_roles"] == ["system"] != ChatSeka(model=tiny_seka)._identifying_params["marker_roles"]
+
+
+def test_a_missing_documents_key_names_the_likely_one():
+    with pytest.raises(SekaError, match="set documents_key='context'"):
+        SekaHighlight().invoke({"question": "q", "context": [Document(page_content="a")]})
+    with pytest.raises(SekaError, match=r"got keys \['a', 'b'\]$"):  # two candidates: no guess
+        SekaHighlight().invoke({"a": [], "b": []})

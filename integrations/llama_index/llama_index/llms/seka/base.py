@@ -30,7 +30,9 @@ from langchain_seka._cancel import athread_iter, run_cancellable
 from langchain_seka._routing import automatic_routing
 from langchain_seka._settings import SekaSettings, routing_info, usage_counts
 from langchain_seka._text import (
+    MARKER_ROLES,
     as_document_list,
+    as_marker_roles,
     document_text,
     escape_markers,
     mark_up,
@@ -43,9 +45,6 @@ from seka_rag.highlight import has_chat_template
 from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt  # noqa: E402
 
 __all__ = ["Seka"]
-
-#: the roles whose text inline markers may be read in (an assistant message is the model's own text)
-_MARKER_ROLES = ("system", "user", "tool")
 
 _ROLES = {
     MessageRole.SYSTEM: "system",
@@ -81,7 +80,7 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
     per-call keyword arguments of ``complete`` / ``chat`` and their stream and async forms.
 
     Highlights come from inline markers (``<<`` ``>>``; the ``markers`` setting picks another pair,
-    e.g. ``("[[", "]]")`` for prompts holding code with ``<<`` / ``>>`` — give the postprocessor the
+    e.g. ``("⟦", "⟧")`` for prompts holding code with ``<<`` / ``>>`` — give the postprocessor the
     same pair — or None for none) in the prompt or in system, user and tool message contents (an
     assistant message is read literally; ``marker_roles=("system",)`` reads them in system messages
     only, so a context chat engine's user can type ``1 << 4`` on a model with a chat template; not in
@@ -135,16 +134,7 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
     @field_validator("marker_roles", mode="before")
     @classmethod
     def _check_marker_roles(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = (value,)
-        if not isinstance(value, (list, tuple)) or not all(isinstance(r, str) for r in value):
-            raise ValueError(f"marker_roles takes a list of roles, e.g. ('system', 'user'), got {value!r}")
-        value = [{"developer": "system", "function": "tool"}.get(r, r) for r in value]  # LlamaIndex's other names
-        unknown = [r for r in value if r not in _MARKER_ROLES]
-        if unknown:
-            raise ValueError(f"marker_roles {unknown} are not roles markers can be read in; choose from "
-                             f"{', '.join(_MARKER_ROLES)} (an assistant message is always read literally)")
-        return tuple(dict.fromkeys(value))
+        return as_marker_roles(value)
 
     @model_validator(mode="after")
     def _no_batch_size(self) -> "Seka":
@@ -460,7 +450,7 @@ def _check_text_only(message: ChatMessage, index: int) -> None:
 
 
 def _literal_if_assistant(message: ChatMessage, markers: Markers | None,
-                          marker_roles: Sequence[str] = _MARKER_ROLES) -> ChatMessage:
+                          marker_roles: Sequence[str] = MARKER_ROLES) -> ChatMessage:
     """A message made safe to join into a transcript: an assistant message (or one whose role is not in
     ``marker_roles``) with its marker strings escaped (read literally); any other with its highlights
     kept and every marker without a partner *in that message* escaped, so a ``<<`` of one message never
