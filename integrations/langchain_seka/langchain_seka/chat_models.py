@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -166,6 +167,13 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
     def _get_llm_string(self, stop: list[str] | None = None, **kwargs: Any) -> str:
         load_for_cache_key(self, kwargs)  # LangChain asks for it only when a cache is in use
         return super()._get_llm_string(stop=stop, **kwargs)
+
+    async def agenerate(self, messages: list[list[BaseMessage]], stop: list[str] | None = None,
+                        callbacks: Any = None, **kwargs: Any) -> ChatResult:
+        """LangChain's ``agenerate``; with a cache in use, the model loads in a worker thread first, so
+        building the cache key does not block the event loop."""
+        await asyncio.to_thread(load_for_cache_key, self, kwargs)
+        return await super().agenerate(messages, stop=stop, callbacks=callbacks, **kwargs)
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
