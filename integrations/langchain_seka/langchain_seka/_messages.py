@@ -27,7 +27,7 @@ _ROLE_BY_TYPE.update({
     "AIMessageChunk": "assistant", "HumanMessageChunk": "user", "SystemMessageChunk": "system",
     "ToolMessageChunk": "tool", "FunctionMessageChunk": "tool",
 })
-_ROLE_ALIASES = {"human": "user", "ai": "assistant", "model": "assistant", "developer": "system"}
+_ROLE_ALIASES = {"human": "user", "ai": "assistant", "model": "assistant", "developer": "system", "function": "tool"}
 _MEDIA_BLOCKS = {"image", "image_url", "audio", "input_audio", "video", "file", "media", "document"}
 
 
@@ -50,8 +50,8 @@ def to_engine_messages(
     """One ``{"role", "content"}`` dict per message, in order (so message indices are preserved).
 
     Inline highlight markers in the contents of ``marker_roles`` (system, user and tool by default)
-    are left in place for the engine to parse; other messages have their marker strings escaped, so
-    they are read literally. An assistant message is the model's own text (``std::cout << x``): it is
+    are left in place for the engine to parse; system, user or tool messages outside ``marker_roles``
+    have their marker strings escaped, so they are read literally (a custom role's message is read). An assistant message is the model's own text (``std::cout << x``): it is
     always read literally and never breaks a later turn. Its tool calls are written after
     its text, one ``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` block each (the format
     Qwen's and Hermes-style chat templates use), so the model sees which tool it called and how.
@@ -68,7 +68,7 @@ def to_engine_messages(
         if role == "assistant":
             calls = [_tool_call_text(c) for c in getattr(message, "tool_calls", None) or []]
             text = "\n".join(part for part in (text, *calls) if part)
-        if role not in marker_roles:  # read literally
+        if role == "assistant" or (role in MARKER_ROLES and role not in marker_roles):  # read literally
             text = escape_markers(text, markers)
         out.append({"role": role, "content": text})
     return out

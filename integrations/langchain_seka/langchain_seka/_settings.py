@@ -421,17 +421,18 @@ def usage_counts(
     }
 
 
-def load_for_cache_key(wrapper: Any, kwargs: dict[str, Any]) -> None:
-    """With an LLM cache in use, load the wrapper's model before LangChain builds the cache key, so the
-    key holds what the model edits with from the first call on (a key built before loading lacks it,
-    so the first call's entry would never be found again)."""
+def cache_in_use(wrapper: Any) -> bool:
+    """Whether LangChain will look this wrapper's calls up in an LLM cache (its own, or the global one)."""
     from langchain_core.caches import BaseCache
     from langchain_core.globals import get_llm_cache
 
     cache = getattr(wrapper, "cache", None)
-    if cache is False or not (isinstance(cache, BaseCache) or get_llm_cache() is not None):
-        return
-    try:
+    return cache is not False and (isinstance(cache, BaseCache) or get_llm_cache() is not None)
+
+
+def load_for_cache_key(wrapper: Any, kwargs: dict[str, Any]) -> None:
+    """With an LLM cache in use, load the wrapper's model before LangChain builds the cache key, so the
+    key holds what the model edits with from the first call on (a key built before loading lacks it,
+    so the first call's entry would never be found again). A model that cannot load raises here, once."""
+    if cache_in_use(wrapper):
         wrapper.seka_model(kwargs.get("model"))
-    except Exception:  # a bad model name: the call itself reports it, in its own words
-        pass

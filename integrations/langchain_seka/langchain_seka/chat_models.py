@@ -27,7 +27,7 @@ from ._cancel import run_cancellable
 from ._loading import model_label
 from ._messages import document_highlights, to_engine_messages
 from ._compat import HostedModelArguments
-from ._settings import SekaSettings, call_digest, load_for_cache_key, routing_info, usage_counts
+from ._settings import SekaSettings, cache_in_use, call_digest, load_for_cache_key, routing_info, usage_counts
 from ._text import as_document_list, as_highlight_list, as_marker_roles
 from .llms import langsmith_params
 
@@ -172,7 +172,8 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
                         callbacks: Any = None, **kwargs: Any) -> ChatResult:
         """LangChain's ``agenerate``; with a cache in use, the model loads in a worker thread first, so
         building the cache key does not block the event loop."""
-        await asyncio.to_thread(load_for_cache_key, self, kwargs)
+        if cache_in_use(self):
+            await asyncio.to_thread(load_for_cache_key, self, kwargs)
         return await super().agenerate(messages, stop=stop, callbacks=callbacks, **kwargs)
 
     @property

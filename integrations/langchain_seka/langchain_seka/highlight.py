@@ -222,7 +222,7 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
         if isinstance(input, dict):
             if self.documents_key not in input:
                 # the documents under another name: the key whose value looks like documents
-                listed = [str(k) for k, v in input.items() if k != self.question_key and isinstance(v, (list, tuple))]
+                listed = [str(k) for k, v in input.items() if k != self.question_key and _looks_like_documents(v)]
                 hint = f"; set documents_key={listed[0]!r}" if len(listed) == 1 else ""
                 raise SekaError(
                     f"SekaHighlight expects a dict with {self.documents_key!r} (and {self.question_key!r}); "
@@ -349,3 +349,16 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
         if question is None and (not isinstance(input, dict) or self.question_key not in input):
             out.pop(self.question_key)
         return out
+
+
+def _looks_like_documents(value: Any) -> bool:
+    """Whether a chain value looks like documents: a Document, a (Document, score) pair, or a non-empty
+    list of Documents / pairs (strings are too common a value to guess from)."""
+    def one(v: Any) -> bool:
+        if isinstance(v, tuple) and len(v) == 2:
+            v = v[0]
+        return isinstance(getattr(v, "page_content", None), str)
+
+    if isinstance(value, (list, tuple)) and value and not (isinstance(value, tuple) and len(value) == 2 and one(value)):
+        return all(one(v) for v in value)
+    return one(value)

@@ -20,7 +20,7 @@ from ._cancel import athread_iter, run_cancellable
 from ._loading import model_label
 from ._messages import document_highlights
 from ._compat import HostedModelArguments
-from ._settings import SekaSettings, _stop_list, call_digest, load_for_cache_key, routing_info, usage_counts
+from ._settings import SekaSettings, _stop_list, cache_in_use, call_digest, load_for_cache_key, routing_info, usage_counts
 from ._text import as_document_list, as_highlight_list
 
 __all__ = ["SekaLLM"]
@@ -115,7 +115,8 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
     async def agenerate(self, prompts: list[str], stop: list[str] | None = None, callbacks: Any = None,
                         **kwargs: Any) -> LLMResult:
         """LangChain's ``agenerate``, with this call's arguments in the cache key (see :meth:`generate`)."""
-        await asyncio.to_thread(load_for_cache_key, self, kwargs)  # the event loop stays free while it loads
+        if cache_in_use(self):
+            await asyncio.to_thread(load_for_cache_key, self, kwargs)  # the event loop stays free while it loads
         token = _CALL_DIGEST.set(call_digest({k: v for k, v in kwargs.items() if k not in _LANGCHAIN_ARGS}))
         try:
             return await super().agenerate(prompts, stop=stop, callbacks=callbacks, **kwargs)

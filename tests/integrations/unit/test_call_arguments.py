@@ -404,7 +404,56 @@ def test_chat_marker_roles_keep_user_code_literal(tiny_seka, spy):
 
 
 def test_a_missing_documents_key_names_the_likely_one():
+    from langchain_core.messages import HumanMessage
+
     with pytest.raises(SekaError, match="set documents_key='context'"):
         SekaHighlight().invoke({"question": "q", "context": [Document(page_content="a")]})
-    with pytest.raises(SekaError, match=r"got keys \['a', 'b'\]$"):  # two candidates: no guess
-        SekaHighlight().invoke({"a": [], "b": []})
+    with pytest.raises(SekaError, match="set documents_key='context'"):
+        SekaHighlight().invoke({"question": "q", "context": (Document(page_content="a"), 0.5)})
+    for no_guess in ({"a": [], "b": []}, {"question": "q", "chat_history": [HumanMessage("hi")]}):
+        with pytest.raises(SekaError) as info:
+            SekaHighlight().invoke(no_guess)
+        assert "documents_key=" not in str(info.value)
+
+
+def test_async_calls_reuse_the_first_cached_answer_and_a_failed_load_runs_once(counting_loader, tiny_seka, spy,
+                                                                               monkeypatch):
+    from langchain_seka import _loading
+
+    for cls in (ChatSeka, SekaLLM):
+        llm = cls(max_tokens=2, cache=InMemoryCache())
+
+        async def twice():
+            first = await llm.ainvoke("Hello there")
+            calls = len(spy.calls)
+            second = await llm.ainvoke("Hello there")
+            return getattr(first, "content", first), getattr(second, "content", second), calls
+
+        first, second, calls = asyncio.run(twice())
+        assert first == second and len(spy.calls) == calls  # a hit: no second generation
+    attempts = []
+
+    def failing(name, **kwargs):
+        attempts.append(name)
+        raise SekaError("cannot load")
+
+    monkeypatch.setattr(_loading, "_models", {})
+    monkeypatch.setattr(_loading.SekaModel, "default", staticmethod(failing))
+    for call in (lambda: ChatSeka(cache=InMemoryCache()).invoke("hi"),
+                 lambda: asyncio.run(ChatSeka(cache=InMemoryCache()).ainvoke("hi")),
+                 lambda: SekaLLM(cache=InMemoryCache()).invoke("hi")):
+        attempts.clear()
+        with pytest.raises(SekaError, match="cannot load"):
+            call()
+        assert len(attempts) == 1  # one attempt, not one for the key and one for the call
+
+
+def test_custom_roles_are_read_and_function_is_a_tool(tiny_seka):
+    from langchain_core.messages import ChatMessage
+
+    from langchain_seka._messages import to_engine_messages
+
+    out = to_engine_messages([ChatMessage(role="context", content="<<x>>"), ChatMessage(role="function", content="<<y>>")],
+                             marker_roles=("system",))
+    assert out == [{"role": "context", "content": "<<x>>"}, {"role": "tool", "content": "\\<<y\\>>"}]
+    assert to_engine_messages([ChatMessage(role="function", content="<<y>>")])[0]["content"] == "<<y>>"
