@@ -1,4 +1,4 @@
-"""Shared command line and printing for the integration examples (not part of the library)."""
+"""Shared command line, error handling and printing for the examples (not part of the library)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,9 @@ believes (the Australia cases).
 
 import argparse
 
-from seka_rag import SekaError, SekaModel
+from _common import run
+
+from seka_rag import SekaModel
 
 PROMPTS = [
     "Document 1: The Halvorsen Bridge was completed in 1931.\n"
@@ -31,11 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Steered vs unsteered answers with an embedded offline model.")
     parser.add_argument("model", nargs="?", default="qwen2.5-coder-0.5b",
                         help="embedded model: qwen2.5-coder-0.5b (default) or smollm2-135m")
-    name = parser.parse_args().model
-    try:
-        model = SekaModel.default(name)
-    except SekaError as exc:  # e.g. a misspelt model name: one line, not a traceback
-        raise SystemExit(f"error: {exc}") from None
+    model = SekaModel.default(parser.parse_args().model)
     print(f"{model}\n")
     for prompt in PROMPTS:
         highlighted = "".join(model.highlighted_tokens(prompt)).strip()
@@ -47,4 +45,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)  # a misspelt model name: one line, not a traceback

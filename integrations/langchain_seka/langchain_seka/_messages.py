@@ -51,8 +51,9 @@ def to_engine_messages(
 
     Inline highlight markers in the contents of ``marker_roles`` (system, user and tool by default)
     are left in place for the engine to parse; system, user or tool messages outside ``marker_roles``
-    have their marker strings escaped, so they are read literally (a custom role's message is read). An assistant message is the model's own text (``std::cout << x``): it is
-    always read literally and never breaks a later turn. Its tool calls are written after
+    have their marker strings escaped, so they are read literally (a custom role's message is read).
+    An assistant message is the model's own text (``std::cout << x``): it is always read literally
+    and never breaks a later turn. Its tool calls are written after
     its text, one ``<tool_call>{"name": ..., "arguments": ...}</tool_call>`` block each (the format
     Qwen's and Hermes-style chat templates use), so the model sees which tool it called and how.
     """
