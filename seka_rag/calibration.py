@@ -79,7 +79,8 @@ class CalibrationResult:
     seconds: float = 0.0
 
     def table(self, stages: Sequence[str] = ("single", "select", "blocks", "gains")) -> str:
-        lines = ["| stage | configuration | dev share | dev mean margin | n |", "|---|---|---:|---:|---:|"]
+        # shares and margins of the answers' first tokens (unsteered: 0.500 on these counterbalanced cases)
+        lines = ["| stage | configuration | first-token dev share | dev mean margin | n |", "|---|---|---:|---:|---:|"]
         for t in self.trials:
             if t.stage in stages:
                 lines.append(f"| {t.stage} | {t.label()} | {t.share:.3f} | {t.mean_margin:+.3f} | {t.n_cases} |")

@@ -95,14 +95,15 @@ _STARTING_PROJECTION = "the built, uncalibrated projection to start from (requir
 
 
 def _add_model_args(p: argparse.ArgumentParser,
-                    projection_help: str = "projection file (default: the one shipped for an embedded model)",
+                    projection_help: str | None = "projection file (default: the one shipped for an embedded model)",
                     experts: bool = True) -> None:
     """The options that load a model; ``experts=False`` for commands that never load an expert set: their
-    --adaptive / --experts / --router are left out of the help, and refused with the reason when given."""
+    --adaptive / --experts / --router are left out of the help, and refused with the reason when given
+    (``projection_help=None`` does the same for --projection)."""
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"embedded model ({', '.join(EMBEDDED_MODELS)}), hub id or local directory")
     p.add_argument("--gguf-file", help="GGUF file name inside --model's directory")
-    p.add_argument("--projection", help=projection_help)
+    p.add_argument("--projection", help=projection_help if projection_help is not None else argparse.SUPPRESS)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
     p.add_argument("--dtype", help="float32, bfloat16 ... (default: bfloat16 on CUDA and on CPUs with native bf16, else float32)")
     p.add_argument("--cache-dir", help="where converted GGUF models are cached (embedded models, --gguf-file; "
@@ -232,16 +233,19 @@ def cmd_generate(args) -> int:
     prompt, highlight_kw = _prompt_and_highlights(args)
     model = load_model(**_model_spec(args))
     kw = dict(**highlight_kw, max_new_tokens=args.max_new_tokens, chat=False if args.raw else None)
-    if args.compare:
+    if args.compare:  # steered first: a setting that cannot steer fails before any generation is spent
+        steered = model.generate(prompt, **kw, **_steer_kwargs(args)).strip()
+        routing = model.last_routing
         print("unsteered:", model.generate(prompt, steer=False, **kw).strip())
-        print("steered:  ", model.generate(prompt, **kw, **_steer_kwargs(args)).strip())
+        print("steered:  ", steered)
     else:
         for piece in model.stream(prompt, steer=not args.no_steer, **kw, **_steer_kwargs(args)):
             print(piece, end="", flush=True)
         print()
-    if model.last_routing is not None:  # AdaSEKA: which experts fired
-        weights = ", ".join(f"{k} {v:.2f}" for k, v in model.last_routing.summary().items())
-        print(f"[{model.last_routing.router} router: {weights}]", file=sys.stderr)
+        routing = model.last_routing
+    if routing is not None:  # AdaSEKA: which experts fired
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in routing.summary().items())
+        print(f"[{routing.router} router: {weights}]", file=sys.stderr)
     return 0
 
 
@@ -322,9 +326,14 @@ def _run_calibration(model, projection, args):
     config = CalibrationConfig(scan_items=args.scan_items, select_items=args.select_items, group_size=args.group_size)
     result = calibrate(model, projection, config, progress=not args.no_progress)
     print(f"calibrated in {result.seconds:.0f} s on {result.best.n_cases} dev cases; "
-          f"chosen: {result.best.label()} (dev share {result.best.share:.3f}, "
+          f"chosen: {result.best.label()} (first-token dev share {result.best.share:.3f}, "
           f"mean first-token margin {result.best.mean_margin:+.3f})")
     print(result.table())
+    if result.best.share <= 0.5:  # counterbalanced cases: unsteered decides exactly half
+        print(f"warning: no configuration decided more dev conflicts than an unsteered model does (0.500): the "
+              f"chosen one ({result.best.share:.3f}) does not steer this model at these settings. Check with "
+              "`seka-rag eval-conflicts`, build with more triplets or other layers, or leave the model unsteered.",
+              file=sys.stderr)
     chosen = result.projection
     print("effective gains: " + _effective_gains(chosen)
         + f" (stored g+ {chosen.meta.gain_pos:g}, g- {chosen.meta.gain_neg:g} times each layer's scale; --gain-pos, "
@@ -337,7 +346,8 @@ def _run_calibration(model, projection, args):
           "--compare PROMPT`, and choose a factor on dev items of several families: for F in conflicts counterfact "
           f"instructions, `seka-rag gain-scale {model_flag} --projection {out} --family F --out-dir DIR`; then "
           f"`seka-rag gain-scale --trade-off DIR/*.json --apply {out} --write {out}` (add --conflict-bar B below "
-          "0.95 if this model's dev conflict share stays under it; docs/steering-quality.md, \"Your own model\").")
+          "0.95 if gain-scale's conflicts share, over whole answers, stays under it; docs/steering-quality.md, "
+          "\"Your own model\").")
     if args.calibration_log:
         Path(args.calibration_log).parent.mkdir(parents=True, exist_ok=True)
         Path(args.calibration_log).write_text(json.dumps(
@@ -1501,7 +1511,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("preview", help="show which tokens a highlight covers")
-    _add_model_args(p)
+    _add_model_args(p, projection_help=None, experts=False)  # tokens only: no projection, no experts
     p.add_argument("prompt", help="prompt text, or - to read stdin")
     p.add_argument("--highlight", action="append",
                    help="text to highlight (every occurrence; repeat for several); or mark it <<inline>> in the prompt")

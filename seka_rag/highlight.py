@@ -341,7 +341,11 @@ def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[
             raise
         if type(exc).__name__ == "TemplateSyntaxError":
             raise HighlightError(f"the model's chat template is not valid Jinja: {exc}") from exc
-        raise HighlightError(f"the model's chat template failed on these messages: {exc}") from exc
+        hint = ""
+        if "system" in str(exc).lower() or "alternate" in str(exc).lower():
+            hint = ("; this template takes no system message or needs user / assistant turns to alternate: put "
+                    "the system text at the start of the first user message, and join consecutive turns of one role")
+        raise HighlightError(f"the model's chat template failed on these messages: {exc}{hint}") from exc
     # Exact placement: render again with unique sentinels in place of each content.
     sentinels = [f"\x00SEKA{i}\x00" for i in range(len(messages))]
     probe = [dict(m, content=s) for m, s in zip(messages, sentinels)]

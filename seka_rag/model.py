@@ -270,7 +270,8 @@ class SekaModel:
                 source, dtype=torch_dtype, attn_implementation=attn_implementation, **hub_kwargs, **model_kwargs
             )
         except OSError as exc:  # not found locally / offline hub
-            raise SekaError(f"could not load model {str(name_or_dir)!r}: {exc}") from None
+            local = "" if Path(name).exists() else f" (there is no local directory {name!r} either)"
+            raise SekaError(f"could not load model {str(name_or_dir)!r}{local}: {exc}") from None
         except TypeError as exc:  # a keyword the model class does not take reaches its __init__
             unknown = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
             if unknown is None or unknown.group(1) not in model_kwargs:

@@ -278,3 +278,54 @@ def test_an_embedded_models_hugging_face_name_points_to_it():
     assert closest_embedded("SmolLM2-135M-Instruct") == "smollm2-135m"
     assert closest_embedded("Qwen/Qwen2.5-Coder-0.5B-Instruct") == "qwen2.5-coder-0.5b"
     assert closest_embedded("gpt-4o") is None
+
+
+def test_compare_checks_steering_before_generating(model_dir, monkeypatch, capsys):
+    generated = []
+    original = SekaModel.generate
+
+    def counting(self, prompt, *args, **kwargs):
+        generated.append(kwargs.get("steer", True))
+        return original(self, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(SekaModel, "generate", counting)
+    # no projection: the steered call fails first, and no unsteered answer is generated for nothing
+    assert main(["generate", "--model", str(model_dir), "--dtype", "float32", "--compare", "--max-new-tokens", "1",
+                 "a <<b>> c"]) == 2
+    assert "no projection" in capsys.readouterr().err and generated == [True]
+
+
+def test_preview_offers_no_options_it_refuses(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["preview", "--help"])
+    shown = capsys.readouterr().out
+    assert "--projection" not in shown and "--experts" not in shown and "--highlight" in shown
+
+
+def test_calibrate_says_when_nothing_steers(model_dir, tmp_path, capsys):
+    import re
+
+    projection = tmp_path / "p.safetensors"
+    assert main(["build-projection", "--model", str(model_dir), "--out", str(projection), "--triplets", "4",
+                 "--dtype", "float32", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["calibrate", "--model", str(model_dir), "--dtype", "float32", "--projection", str(projection),
+                 "--out", str(tmp_path / "c.safetensors"), "--scan-items", "1", "--select-items", "1",
+                 "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    share = float(re.search(r"first-token dev share (\d\.\d+)", captured.out).group(1))
+    assert ("no configuration decided more dev conflicts than an unsteered model" in captured.err) == (share <= 0.5)
+    assert "| first-token dev share |" in captured.out
+
+
+def test_template_and_missing_directory_errors_say_what_to_do(helpers):
+    from seka_rag import HighlightError
+
+    strict = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+              "{{ raise_exception('System role not supported') }}{% endif %}{{ m['content'] }}{% endfor %}")
+    seka = helpers.build_tiny_model("llama", helpers.make_tokenizer(strict))
+    with pytest.raises(HighlightError, match="put the system text at the start of the first user message"):
+        seka.generate([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "<<hi>>"}],
+                      max_new_tokens=1)
+    with pytest.raises(SekaError, match="there is no local directory 'models/nonexist' either"):
+        SekaModel.from_pretrained("models/nonexist", local_files_only=True)
