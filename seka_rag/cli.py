@@ -732,6 +732,13 @@ def _as_spelled(names, known) -> list[str]:
     return [_OTHER_SPELLING[n] if n not in known and _OTHER_SPELLING.get(n) in known else n for n in names]
 
 
+def _spelled_reference(method: str) -> str:
+    """``eval --paired-against``, spelt as ``eval`` spells its methods (``ada-embedding`` → ``adaseka-embedding``)."""
+    from .evaluation.suite import SUITE_METHODS
+
+    return (_as_spelled(method, SUITE_METHODS) or [method])[0]
+
+
 def _gain_scale_family(value: str) -> str:
     """``gain-scale --family``, spelt as that command spells it (``conflict`` → ``conflicts``)."""
     return (_as_spelled(value, _GAIN_SCALE_ITEMS) or [value])[0]
@@ -1075,8 +1082,7 @@ def cmd_eval(args) -> int:
     policies = parse_names(args.nq_policies, POLICIES, "lost-in-middle policies")
     items = parse_items(args.items, families)
     if args.paired_against is not None:
-        args.paired_against = _as_spelled(args.paired_against, SUITE_METHODS)[0] if args.paired_against.strip() \
-            else args.paired_against
+        args.paired_against = _spelled_reference(args.paired_against)
         if args.paired_against not in methods:
             from .evaluation.suite import did_you_mean
 
@@ -1210,10 +1216,7 @@ def _merge_suite_files(args) -> int:
         raise SekaError(f"--merge: {exc}") from None
     try:
         if args.paired_against is not None:
-            from .evaluation.suite import SUITE_METHODS
-
-            if args.paired_against.strip():
-                args.paired_against = _as_spelled(args.paired_against, SUITE_METHODS)[0]
+            args.paired_against = _spelled_reference(args.paired_against)
             result.check_reference(args.paired_against)
     except SekaError as exc:
         raise SekaError(f"--paired-against: {exc}") from None

@@ -68,7 +68,7 @@ from seka_rag import Markers, SekaError
 from seka_rag.highlight import DEFAULT_MARKERS, merge_spans
 
 from ._select import check_policy, select
-from ._text import as_markers, escape_markers, mark_up
+from ._text import as_markers, document_text, escape_markers, mark_up
 
 __all__ = ["SCORE_KEYS", "SekaHighlight"]
 
@@ -353,12 +353,18 @@ class SekaHighlight(RunnableSerializable[Any, dict]):
 
 def _looks_like_documents(value: Any) -> bool:
     """Whether a chain value looks like documents: a Document, a (Document, score) pair, or a non-empty
-    list of Documents / pairs (strings are too common a value to guess from)."""
+    list of those (strings are too common a value to guess from)."""
     def one(v: Any) -> bool:
-        if isinstance(v, tuple) and len(v) == 2:
-            v = v[0]
-        return isinstance(getattr(v, "page_content", None), str)
+        return not isinstance(v, str) and _is_document(v)
 
-    if isinstance(value, (list, tuple)) and value and not (isinstance(value, tuple) and len(value) == 2 and one(value)):
+    if isinstance(value, list) and value:
         return all(one(v) for v in value)
     return one(value)
+
+
+def _is_document(value: Any) -> bool:
+    try:
+        document_text(value)  # the one place that says what a document is (duck-typed page_content)
+    except SekaError:
+        return False
+    return True

@@ -310,7 +310,7 @@ class Seka(SekaSettings, HostedModelArguments, CustomLLM):
                     "(or use inline << >> markers) instead"
                 )
             markers = self.inline_markers(self.seka_model(kwargs.get("model")), dict(kwargs))
-            messages = [_literal_if_assistant(m, markers, self.marker_roles) for m in messages]
+            messages = [_transcript_safe(m, markers, self.marker_roles) for m in messages]
             return self._prepare_text(self.messages_to_prompt(messages), {**kwargs, "chat_template": False})
         return self._prepare_messages(messages, kwargs)
 
@@ -449,7 +449,7 @@ def _check_text_only(message: ChatMessage, index: int) -> None:
             )
 
 
-def _literal_if_assistant(message: ChatMessage, markers: Markers | None,
+def _transcript_safe(message: ChatMessage, markers: Markers | None,
                           marker_roles: Sequence[str] = MARKER_ROLES) -> ChatMessage:
     """A message made safe to join into a transcript: an assistant message (or one whose role is not in
     ``marker_roles``) with its marker strings escaped (read literally); any other with its highlights
