@@ -647,6 +647,7 @@ class AdaptiveEdit(ActiveEdit):
     num_query_heads: int = 0
     head_dim: int = 0
     record: dict[int, torch.Tensor] = field(default_factory=dict)  #: layer → (batch, kv_heads, experts)
+    expert_names: tuple[str, ...] = ()  #: the names of the set ``stacked`` was built from, in its order
 
     @property
     def layers(self) -> set[int]:

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .architectures import decoder_layers, layer_module
 from .data.triplets import Triplet, triplet_prompts, triplets_hash
 from .errors import SekaError
 from .highlight import EncodedPrompt, Markers, _outside_stacklevel, has_chat_template, leading_special_tokens, pad_batch
+from .key_capture import capture_keys, forward_until_captured
 from .projection import Projection, ProjectionMeta
 
 #: Markers that cannot occur in natural text, used to place the answer span inside built prompts.
@@ -85,10 +85,6 @@ def _layer_indices(name: str, value) -> list[int]:
     return sorted({int(i) for i in value})
 
 
-class _StopForward(Exception):
-    """Raised by a hook after the last needed layer, so the forward pass goes no further."""
-
-
 def _mark_answer(context: str, answer: str) -> str:
     at = context.find(answer)
     if at < 0:
@@ -105,29 +101,16 @@ def collect_answer_keys(seka_model, prompts: Sequence[str], layers: Sequence[int
     (total answer tokens, kv_heads, head_dim) in float32 on the CPU, and the token count of each
     prompt (to align the three views of a triplet).
     """
-    geom = seka_model.geometry
-    spec = geom.spec
-    model = seka_model.model
-    blocks = decoder_layers(model)
-    last = max(layers)
     captured: dict[int, torch.Tensor] = {}
     current_mask: list[torch.Tensor] = []
 
-    def capture(index, module, args, output):
-        keys = output
-        if spec.key_layout == "bhtd":
-            keys = keys.transpose(1, 2)
-        keys = keys.reshape(keys.shape[0], keys.shape[1], geom.num_kv_heads, geom.head_dim)
+    def keep_answer_keys(index: int, keys: torch.Tensor) -> None:
         captured[index] = keys[current_mask[0]].float().cpu()
-        if index == last:
-            raise _StopForward  # nothing after the last needed key is computed
 
-    handles = [layer_module(blocks[i], spec.key_module).register_forward_hook(
-        lambda mod, a, out, i=i: capture(i, mod, a, out)) for i in layers]
     out: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
     counts: list[int] = []
     too_long = 0
-    try:
+    with capture_keys(seka_model, layers, keep_answer_keys):
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress, leave=False):
             # cut after the answer first (later tokens cannot change its keys), then fit the window
             rows = [_up_to_answer(seka_model.encode(p, chat=chat, markers=_ANSWER_MARKERS, max_length=sys.maxsize))
@@ -138,17 +121,10 @@ def collect_answer_keys(seka_model, prompts: Sequence[str], layers: Sequence[int
             batch = pad_batch(rows, seka_model.tokenizer.pad_token_id, side="left").to(seka_model.device)
             current_mask[:] = [batch.highlight_mask]
             position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-            with torch.inference_mode():
-                try:
-                    model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          position_ids=position_ids, use_cache=False)
-                except _StopForward:
-                    pass
+            forward_until_captured(seka_model.model, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                   position_ids=position_ids)
             for i in layers:
                 out[i].append(captured.pop(i))
-    finally:
-        for h in handles:
-            h.remove()
     if too_long:
         import warnings
 

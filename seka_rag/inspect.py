@@ -56,8 +56,8 @@ from pathlib import Path
 
 import torch
 
-from .architectures import decoder_layers, layer_module
 from .errors import InspectionError, SteeringConfigError
+from .key_capture import capture_keys, forward_until_captured
 from .projection import Projection
 from .steering import SteeringConfig, _head_mask, active_edit_present, edit_matrices
 
@@ -208,10 +208,6 @@ def visible_token(text: str) -> str:
     return "".join(out) or "∅"
 
 
-class _StopForward(Exception):
-    """Raised by the capture hook after the last needed layer: nothing beyond it is computed."""
-
-
 def token_amplification(seka_model, texts: Sequence[str] | None = None, heads=6, *, top: int = 15,
                         min_count: int = 3, batch_size: int = 8, progress: bool = True,
                         config: SteeringConfig = SteeringConfig(), projection: Projection | None = None,
@@ -262,27 +258,18 @@ def token_amplification(seka_model, texts: Sequence[str] | None = None, heads=6,
     id_label: dict[int, int] = {}
     token_labels: list[torch.Tensor] = []
 
-    spec = geom.spec
-    blocks = decoder_layers(seka_model.model)
-    last = max(layer_heads)
     captured: dict[int, torch.Tensor] = {}
 
-    def capture(index, module, args, output):
-        keys = output.transpose(1, 2) if spec.key_layout == "bhtd" else output
-        keys = keys.reshape(keys.shape[0], keys.shape[1], geom.num_kv_heads, geom.head_dim)
+    def keep_selected_heads(index: int, keys: torch.Tensor) -> None:
         captured[index] = keys[:, :, layer_heads[index].to(keys.device)].float().cpu()
-        if index == last:
-            raise _StopForward
 
-    # prepend: the keys are read before any other hook (the steering editor's) could change them
-    handles = [layer_module(blocks[i], spec.key_module).register_forward_hook(
-        lambda mod, a, out, i=i: capture(i, mod, a, out), prepend=True) for i in layer_heads]
     special = set(getattr(seka_model.tokenizer, "all_special_ids", []) or []) if skip_special else set()
     from tqdm.auto import tqdm
 
     from .highlight import pad_batch
 
-    try:
+    # prepend: the keys are read before any other hook (the steering editor's) could change them
+    with capture_keys(seka_model, list(layer_heads), keep_selected_heads, prepend=True):
         for start in tqdm(range(0, len(texts), batch_size), desc="inspect", disable=not progress, leave=False):
             rows = [seka_model.encode(t, chat=chat, markers=None) for t in texts[start:start + batch_size]]
             batch = pad_batch(rows, seka_model.tokenizer.pad_token_id, side="left")
@@ -304,12 +291,8 @@ def token_amplification(seka_model, texts: Sequence[str] | None = None, heads=6,
             batch = batch.to(seka_model.device)
             position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
             captured.clear()
-            with torch.inference_mode():
-                try:
-                    seka_model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                     position_ids=position_ids, use_cache=False)
-                except _StopForward:
-                    pass
+            forward_until_captured(seka_model.model, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                   position_ids=position_ids)
             for layer, hs in layer_heads.items():
                 k = captured[layer][keep]  # (n, heads, d)
                 norm2 = (k * k).sum(-1).clamp_min(1e-30)
@@ -320,9 +303,6 @@ def token_amplification(seka_model, texts: Sequence[str] | None = None, heads=6,
                 for j, h in enumerate(hs.tolist()):
                     ratios[(layer, h)].append(r[:, j])
                     shares[(layer, h)].append(s[:, j])
-    finally:
-        for handle in handles:
-            handle.remove()
     if not token_labels:
         raise InspectionError("the texts hold no (non-special) tokens to measure")
     label_of = torch.cat(token_labels)

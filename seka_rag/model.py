@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import numbers
 import os
@@ -529,18 +530,19 @@ class SekaModel:
                 return SteeringBlock(self)
             edit = ActiveEdit(self._editor, matrices, highlight_mask.to(self.device).bool())
             return SteeringBlock(self, edit)
+        experts = self.experts  # one set for the whole call, even if load_experts() runs meanwhile
         config = SteeringConfig(gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads)
-        settings = self._routing_settings(routing)
-        stacked = self.experts.stacked(config, settings, want_route=router == "attention", device=self.device)
+        settings = self._routing_settings(routing, experts)
+        stacked = experts.stacked(config, settings, want_route=router == "attention", device=self.device)
         if not anything:
             return SteeringBlock(self)
         mask = highlight_mask.to(self.device).bool()
         n = mask.shape[0]
         weights = None
         if isinstance(router, Mapping):
-            weights = fixed_weights(router, self.experts.names, n)
+            weights = fixed_weights(router, experts.names, n)
         elif router == "embedding":
-            prototypes = self.experts.prototypes()  # raises before any query is embedded
+            prototypes = experts.prototypes()  # raises before any query is embedded
             weights = embedding_weights(self._query_embeddings(n, query, query_embedding, rows), prototypes, settings)
         if query_index is None:
             query_index = torch.full((n,), mask.shape[1] - 1, dtype=torch.long)
@@ -548,7 +550,7 @@ class SekaModel:
             self._editor, {}, mask, stacked=stacked, routing=settings,
             router=router if isinstance(router, str) else "fixed", fixed_weights=weights,
             query_index=query_index.to(self.device), num_query_heads=self.geometry.num_query_heads,
-            head_dim=self.geometry.head_dim,
+            head_dim=self.geometry.head_dim, expert_names=tuple(experts.names),
         )
         return SteeringBlock(self, edit)
 
@@ -616,8 +618,9 @@ class SekaModel:
             elif query is not None:
                 _query_texts(query, n)
 
-    def _routing_settings(self, routing) -> RoutingConfig:
-        base = self.experts.routing
+    def _routing_settings(self, routing, experts: ExpertSet | None = None) -> RoutingConfig:
+        """The call's routing settings: ``routing`` over the stored defaults of ``experts`` (the model's set)."""
+        base = (self.experts if experts is None else experts).routing
         if routing is None:
             return base
         if isinstance(routing, RoutingConfig):
@@ -856,7 +859,7 @@ class SekaModel:
         bs = _check_batch_size(batch_size)
         cancelled = _cancelled(cancel)  # checks its type now
         n = len(encoded)
-        with _progress_bar(-(-n // bs), progress, "generate") as bar:
+        with _progress_bar(-(-n // bs), progress, "generate") as bar, _forget_routing_on_error(self):
             for start in range(0, n, bs):
                 rows = encoded[start : start + bs]
                 if cancel is not None and cancel.is_set():  # the caller gave up: no further batches
@@ -953,6 +956,7 @@ class SekaModel:
             worker = threading.Thread(target=context.run, args=(run,), daemon=True)
             worker.start()
             text, sent = "", 0  # all text so far, and how much of it was yielded
+            reader = threading.get_ident()  # the thread that last asked for a piece
             try:
                 for piece in streamer:
                     text += piece
@@ -966,11 +970,15 @@ class SekaModel:
                         safe = len(text)
                     if safe > sent:
                         yield text[sent:safe]
+                        reader = threading.get_ident()
                         sent = safe
             finally:
                 abandoned.set()
-                worker.join()
-                self.last_routing = steering.result
+                # a stream the garbage collector closes runs this in whatever thread collects it: that
+                # thread neither waits for the worker (it stops after its current token) nor gets the routing
+                if threading.get_ident() == reader:
+                    worker.join()
+                    self.last_routing = steering.result
             if failure:
                 raise failure[0]
             if len(text) > sent:
@@ -1063,7 +1071,7 @@ class SekaModel:
         self.last_routing = None  # a call that fails leaves no earlier routing behind
         bs = _check_batch_size(batch_size)
         n = len(rows)
-        with _progress_bar(-(-n // bs), progress, "score") as bar:
+        with _progress_bar(-(-n // bs), progress, "score") as bar, _forget_routing_on_error(self):
             for start in range(0, n, bs):
                 chunk = rows[start : start + bs]
                 joined = [
@@ -1126,14 +1134,24 @@ class SteeringBlock:
             self._cm.__enter__()
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> bool:
         if self._cm is not None:
-            self._cm.__exit__(*exc)
+            self._cm.__exit__(exc_type, exc, tb)
             self._cm = None
-        if isinstance(self.edit, AdaptiveEdit) and self.owner.experts is not None:
-            self.result = self.edit.result(self.owner.experts.names, self.edit.highlight.shape[0])
+        if isinstance(self.edit, AdaptiveEdit) and exc_type is None:  # a failed call routed nothing to report
+            self.result = self.edit.result(list(self.edit.expert_names), self.edit.highlight.shape[0])
         self.owner.last_routing = self.result
         return False
+
+
+@contextlib.contextmanager
+def _forget_routing_on_error(model: "SekaModel") -> Iterator[None]:
+    """Leave ``last_routing`` None when the block fails, even after an earlier batch of the call routed."""
+    try:
+        yield
+    except BaseException:
+        model.last_routing = None
+        raise
 
 
 def _looks_like_path(name: str) -> bool:

@@ -23,6 +23,7 @@ steering-quality calibration (``seka-rag build-projection --calibrate``), on its
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -293,15 +294,14 @@ class _Scorer:
         else:
             from .families import score_items
 
-            saved = self.model.projection
-            try:
-                if projection is not None:
-                    self.model.projection = projection
-                kw = dict(steer=False) if projection is None else dict(gain_pos=gain_pos, gain_neg=gain_neg,
-                                                                       layers=layers)
-                margins = score_items(self.model, self.items, batch_size=self.batch_size, progress=False, **kw)
-            finally:
-                self.model.projection = saved
+            model = self.model
+            if projection is not None and projection is not model.projection:
+                # a view of the model with this projection: the shared model, which other threads may be
+                # using meanwhile, keeps its own
+                model = copy.copy(model)
+                model.projection = projection
+            kw = dict(steer=False) if projection is None else dict(gain_pos=gain_pos, gain_neg=gain_neg, layers=layers)
+            margins = score_items(model, self.items, batch_size=self.batch_size, progress=False, **kw)
         if not margins:
             raise SekaError("no dev case has answers whose first tokens differ")
         return sum(m > 0 for m in margins) / len(margins), sum(margins) / len(margins)

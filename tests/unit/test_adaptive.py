@@ -732,6 +732,80 @@ def test_a_failed_call_leaves_no_earlier_routing(tiny_model, expert_set):
         assert seka.last_routing is None
 
 
+class _Boom(RuntimeError):
+    pass
+
+
+def _fail_on_forward(seka, after: int = 0):
+    """A hook on the last layer's MLP that raises from its ``after + 1``-th call on."""
+    calls = []
+
+    def explode(module, args, output):
+        calls.append(1)
+        if len(calls) > after:
+            raise _Boom("injected failure")
+
+    return decoder_layers(seka.model)[-1].mlp.register_forward_hook(explode)
+
+
+@pytest.mark.parametrize("call, after", [
+    (lambda s: s.generate(PROMPTS[0], max_new_tokens=2), 0),
+    (lambda s: s.score(PROMPTS[0], ["Rome", "Paris"]), 0),
+    (lambda s: s.score(PROMPTS[0], ["Rome", "Paris"], batch_size=1), 1),  # the first batch routed, the second fails
+    (lambda s: list(s.stream(PROMPTS[0], max_new_tokens=2)), 0),
+    (lambda s: s.route(PROMPTS[0]), 0),
+], ids=["generate", "score", "score-second-batch", "stream", "route"])
+def test_a_call_failing_mid_forward_leaves_no_routing(tiny_model, expert_set, call, after):
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka))
+    seka.generate(PROMPTS[0], max_new_tokens=1)
+    assert seka.last_routing is not None
+    handle = _fail_on_forward(seka, after)
+    try:
+        with pytest.raises(_Boom):
+            call(seka)
+    finally:
+        handle.remove()
+    assert seka.last_routing is None  # not the partial routing of the failed call
+
+
+def test_a_stream_closed_by_another_thread_leaves_that_threads_routing_alone(tiny_model, expert_set):
+    from concurrent.futures import ThreadPoolExecutor
+
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka))
+    pieces = seka.stream(PROMPTS[0], max_new_tokens=20)
+    next(pieces)
+
+    def close_elsewhere():  # e.g. the garbage collector finalising an abandoned stream in this thread
+        seka.generate(PROMPTS[0], max_new_tokens=1, router="projection")  # this thread's own call: no routing
+        pieces.close()
+        return seka.last_routing
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(close_elsewhere).result() is None
+    assert seka.last_routing is None  # the reading thread did not finish reading either
+    finished = seka.stream(PROMPTS[0], max_new_tokens=2)
+    "".join(finished)
+    assert seka.last_routing is not None  # a stream read to its end sets it in the reading thread
+
+
+def test_routing_is_reported_with_the_names_of_the_set_the_call_used(tiny_model, expert_set):
+    from seka_rag.highlight import pad_batch
+
+    seka = tiny_model("llama", num_layers=2)
+    full = expert_set(seka)
+    seka.load_experts(full)
+    enc = seka.encode(PROMPTS[0])
+    batch = pad_batch([enc], seka.tokenizer.pad_token_id)
+    block = seka.steering(batch.highlight_mask, rows=[enc], router={"e2": 1.0})
+    with torch.inference_mode(), block:
+        seka.load_experts(full.select(["e2", "e1", "e0"]))  # e.g. another thread swaps the set meanwhile
+        seka._forward_logits(batch, 1)
+    assert block.result.experts == ["e0", "e1", "e2"]
+    assert block.result.top_experts() == ["e2"]
+
+
 def test_an_encoder_giving_nan_or_zero_vectors_is_an_error(tiny_model, expert_set):
     seka = tiny_model("llama", num_layers=2)
     seka.load_experts(expert_set(seka, prototypes=torch.eye(3, 8)))

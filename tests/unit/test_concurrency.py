@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from seka_rag.architectures import decoder_layers
+from seka_rag.architectures import decoder_layers, layer_module
 from seka_rag.steering import active_edit_present
 
 DOCS = "Doc 1: The tower is in Paris.\nDoc 2: <<The tower is in Rome.>>\nWhere is the tower?"
@@ -184,3 +184,52 @@ def test_failure_in_one_thread_does_not_disturb_others(seka):
     for i, (score, leaked) in enumerate(results[3:]):
         assert not leaked
         assert score == pytest.approx(expected_steered if i % 2 else expected_plain, abs=1e-5)
+
+
+# ---------------------------------------------------------------- tools that read keys from the shared model
+
+
+def _meanwhile_in_another_thread(seka, work):
+    """A hook on layer 0's key module: the first time the calling thread runs it, ``work()`` runs in
+    another thread while the caller's forward pass (and its key-reading hooks) is under way."""
+    caller, results = threading.get_ident(), []
+
+    def hook(module, args, output):
+        if threading.get_ident() == caller and not results:
+            with ThreadPoolExecutor(1) as pool:
+                results.append(pool.submit(work).result())
+
+    module = layer_module(decoder_layers(seka.model)[0], seka.geometry.spec.key_module)
+    return module.register_forward_hook(hook), results
+
+
+@pytest.mark.parametrize("tool", ["collect_answer_keys", "token_amplification"])
+def test_reading_keys_leaves_other_threads_calls_alone(seka, tool):
+    from seka_rag.builder import collect_answer_keys
+    from seka_rag.inspect import token_amplification
+
+    texts = ["Where is the tower? It is in \x01Rome\x02, they say.", "Alice met \x01Bob\x02 in London on Monday."]
+
+    def read():
+        if tool == "collect_answer_keys":
+            return collect_answer_keys(seka, texts, [0, 1], chat=False, progress=False)[0]
+        return token_amplification(seka, [t.replace("\x01", "").replace("\x02", "") for t in texts], heads=2,
+                                   min_count=1, batch_size=1, progress=False).to_dict()
+
+    def other_calls():
+        return seka.generate(DOCS, max_new_tokens=4), seka.score(DOCS, ["Rome", "Paris"])
+
+    alone = other_calls()
+    undisturbed = read()
+    handle, during = _meanwhile_in_another_thread(seka, other_calls)
+    try:
+        disturbed = read()  # before: the other thread's calls failed (or were read as this tool's keys)
+    finally:
+        handle.remove()
+    assert len(during) == 1
+    assert during[0][0] == alone[0]
+    assert during[0][1] == pytest.approx(alone[1], abs=1e-5)
+    if tool == "collect_answer_keys":
+        assert all(torch.equal(disturbed[layer], undisturbed[layer]) for layer in undisturbed)
+    else:
+        assert disturbed == undisturbed

@@ -294,6 +294,26 @@ def test_sensitivity_shared_prefix_matches_the_family_scorer(model_dir, projecti
     assert not list(out_dir.glob("*.png"))
 
 
+def test_shared_prefix_sweep_leaves_the_shared_models_projection_alone(tiny_model, helpers, monkeypatch):
+    """Other threads may use the model during a sweep: each setting scores through a view of it."""
+    from seka_rag.evaluation import families, sensitivity
+
+    seka = tiny_model("llama")
+    own = seka.projection
+    other = helpers.random_projection(seka.geometry, seed=5, model_id=seka.model_id)
+    seen = []
+
+    def fake_score_items(model, items, **kwargs):
+        seen.append((model.projection, seka.projection))
+        return [1.0, -1.0]
+
+    monkeypatch.setattr(families, "score_items", fake_score_items)
+    scorer = sensitivity._Scorer(seka, items=2, seed=0, scorer="shared-prefix", batch_size=2)
+    assert scorer(other, 1.0, 0.5, None) == (0.5, 0.0)
+    assert len(seen) == 1 and seen[0][0] is other and seen[0][1] is own
+    assert seka.projection is own
+
+
 def test_sensitivity_bad_input_exits_2(model_dir, projection, tmp_path, capsys):
     assert main(["sensitivity", *_base(model_dir, projection), "--layer-sets", "default,top-3",
                  "--out-dir", str(tmp_path)]) == 2

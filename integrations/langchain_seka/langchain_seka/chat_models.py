@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +23,7 @@ from seka_rag import HighlightError, SekaError, SekaModel
 from seka_rag.highlight import has_chat_template, parse_markers
 
 from . import _cancel as cancellable
-from ._cancel import run_cancellable
+from ._cancel import athread_iter, run_cancellable
 from ._loading import model_label
 from ._messages import document_highlights, to_engine_messages
 from ._compat import HostedModelArguments
@@ -363,6 +363,20 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
                 chunk_position="last",
             )
         )
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        """:meth:`_stream` driven in a worker thread, as LangChain's default does, except that a consumer
+        who stops early has the stream closed in that thread too, so the event loop never waits for the
+        token being generated."""
+        sync_manager = run_manager.get_sync() if run_manager else None
+        async for chunk in athread_iter(lambda: self._stream(messages, stop, sync_manager, **kwargs)):
+            yield chunk
 
     # ------------------------------------------------------------------------------ batching
     def batch(

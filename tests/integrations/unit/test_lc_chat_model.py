@@ -250,6 +250,35 @@ async def test_async_forms_match_sync(tiny_seka):
     assert "".join([p async for p in llm.astream(DOCS)]) == llm.invoke(DOCS)
 
 
+@pytest.mark.parametrize("cls", [ChatSeka, SekaLLM])
+async def test_leaving_astream_early_closes_the_stream_off_the_event_loop(tiny_seka, monkeypatch, cls):
+    """The stream's cleanup waits for the token being generated: on the event loop, every other
+    coroutine would wait with it."""
+    import asyncio
+    import threading
+
+    closed_in = []
+    original = cls._stream
+
+    def recording(self, *args, **kwargs):
+        try:
+            yield from original(self, *args, **kwargs)
+        finally:
+            closed_in.append(threading.get_ident())
+
+    monkeypatch.setattr(cls, "_stream", recording)
+    pieces = cls(model=tiny_seka, max_tokens=40).astream(DOCS)
+    async for piece in pieces:
+        if getattr(piece, "content", piece):
+            break
+    await pieces.aclose()
+    for _ in range(500):
+        if closed_in:
+            break
+        await asyncio.sleep(0.01)
+    assert closed_in and closed_in[0] != threading.get_ident()
+
+
 def test_model_override_per_call(tiny_seka, registered):
     msg = ChatSeka(model=tiny_seka, max_tokens=2).invoke("hi", model=registered)
     assert msg.response_metadata["model_name"] == registered
