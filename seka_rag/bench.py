@@ -555,9 +555,18 @@ def _probe_failure(result: dict) -> Exception:
     return RuntimeError(f"memory probe failed:\n{result['error'][-2000:]}")
 
 
+def _probe_command(*args: str) -> list[str]:
+    """``python -m seka_rag.bench ARGS``, importing this very seka_rag: ``-m`` alone would put the current
+    directory first on the child's path, and a checkout there would be measured instead of this copy."""
+    home = str(Path(__file__).resolve().parents[1])
+    code = ("import runpy, sys; sys.path[0] = " + repr(home) +
+            "; runpy.run_module('seka_rag.bench', run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-c", code, *args]
+
+
 def _probe_subprocess(model_spec: dict, length: int, steer: str, config: BenchConfig, batch_size: int) -> dict:
-    cmd = [sys.executable, "-m", "seka_rag.bench", "--probe", json.dumps(
-        dict(model_spec=model_spec, length=length, steer=steer, batch_size=batch_size, config=asdict(config)))]
+    cmd = _probe_command("--probe", json.dumps(
+        dict(model_spec=model_spec, length=length, steer=steer, batch_size=batch_size, config=asdict(config))))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_probe_env(config), timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -580,7 +589,7 @@ def _forked_probes(model_spec: dict, config: BenchConfig, probes: list[tuple[int
     faithfully, from a fresh process per probe, after a note on stderr."""
     import tempfile
 
-    cmd = [sys.executable, "-m", "seka_rag.bench", "--probe-loader"]
+    cmd = _probe_command("--probe-loader")
     request = json.dumps(dict(model_spec=model_spec, config=asdict(config), timeout_s=PROBE_TIMEOUT_S,
                               probes=[[n, steer, b] for b, n, steer in probes]))
     fallback = None
@@ -648,7 +657,7 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
     if plots is not None:
         from .evaluation.sensitivity import require_matplotlib
 
-        require_matplotlib()
+        require_matplotlib("the plots (--plots)", "leave out --plots")
     started = time.perf_counter()
     seka = load_model(**model_spec)
     if memory and memory_in_process and seka.device.type != "cuda":
@@ -803,7 +812,7 @@ def plot_benchmark(result: dict, prefix: str | os.PathLike) -> list[Path]:
     panel per batch size, one line per method."""
     from .evaluation.sensitivity import require_matplotlib
 
-    Figure, Canvas = require_matplotlib()
+    Figure, Canvas = require_matplotlib("the plots (--plots)", "leave out --plots")
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     model = result.get("info", {}).get("model", "")

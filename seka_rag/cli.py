@@ -346,8 +346,8 @@ def _run_calibration(model, projection, args):
           "--compare PROMPT`, and choose a factor on dev items of several families: for F in conflicts counterfact "
           f"instructions, `seka-rag gain-scale {model_flag} --projection {out} --family F --out-dir DIR`; then "
           f"`seka-rag gain-scale --trade-off DIR/*.json --apply {out} --write {out}` (add --conflict-bar B below "
-          "0.95 if gain-scale's conflicts share, over whole answers, stays under it; docs/steering-quality.md, "
-          "\"Your own model\").")
+          "0.95 if gain-scale's conflicts share, over whole answers, stays under it; the seka-rag checkout's "
+          "docs/steering-quality.md, \"Your own model\").")
     if args.calibration_log:
         Path(args.calibration_log).parent.mkdir(parents=True, exist_ok=True)
         Path(args.calibration_log).write_text(json.dumps(
@@ -1104,7 +1104,7 @@ def cmd_eval(args) -> int:
     if args.plot:
         from .evaluation.sensitivity import require_matplotlib
 
-        require_matplotlib()
+        require_matplotlib("the plot (--plot)", "leave out --plot")
     eval_items, skipped_families = build_suite_items(config)  # bad data files fail before the model loads
     if "pasta" in methods and not args.pasta_heads:
         _pasta_profiling_items(args.pasta_profile_items, "--pasta-profile-items")
@@ -1200,7 +1200,7 @@ def _merge_suite_files(args) -> int:
     if args.plot:
         from .evaluation.sensitivity import require_matplotlib
 
-        require_matplotlib()
+        require_matplotlib("the plot (--plot)", "leave out --plot")
     data = []
     for path in args.merge:
         _check_file(path, "--merge")

@@ -209,18 +209,19 @@ class SensitivityResult:
         return paths
 
 
-def require_matplotlib():
-    """matplotlib's Figure and Agg canvas classes; :class:`SekaError` when matplotlib is missing."""
-    return _matplotlib()
+def require_matplotlib(needed_for: str = "the heat-maps", otherwise: str = "pass --no-plots"):
+    """matplotlib's Figure and Agg canvas classes; :class:`SekaError` when matplotlib is missing, naming
+    what needs it (``needed_for``) and how to do without (``otherwise``)."""
+    return _matplotlib(needed_for, otherwise)
 
 
-def _matplotlib():
+def _matplotlib(needed_for: str = "the heat-maps", otherwise: str = "pass --no-plots"):
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise SekaError("the heat-maps need matplotlib: pip install matplotlib "
-                        "(or pass --no-plots)") from None
+        raise SekaError(f"matplotlib is needed for {needed_for}: pip install matplotlib (seka-rag's [bench] extra "
+                        f"has it), or {otherwise}") from None
     return Figure, FigureCanvasAgg
 
 

@@ -647,7 +647,7 @@ def plot_suite(result: "SuiteResult | Mapping[str, Any]", path: str | Path) -> P
     """
     from .sensitivity import require_matplotlib
 
-    Figure, Canvas = require_matplotlib()
+    Figure, Canvas = require_matplotlib("the plot (--plot)", "leave out --plot")
     data = result.to_dict() if isinstance(result, SuiteResult) else result
     families = [f for f in data["families"] if any(f in row for row in data["table"].values())]
     methods = [m for m in data["methods"] if m in data["table"]]

@@ -368,6 +368,23 @@ def test_bench_memory_probe_runs_every_method_in_a_fresh_process(model_dir, tmp_
 
 
 @pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_memory_probes_import_this_seka_rag_whatever_the_current_directory(model_dir, tmp_path, monkeypatch, start):
+    from seka_rag.bench import BenchConfig, memory_table
+
+    if start == "fork" and not _forked_probes_work():
+        pytest.skip("forked probes need Linux's /proc/self/pagemap and clear_refs")
+    decoy = tmp_path / "seka_rag"  # e.g. another checkout in the directory the benchmark runs from
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("")
+    (decoy / "bench.py").write_text("raise SystemExit('the decoy seka_rag ran')\n")
+    monkeypatch.chdir(tmp_path)
+    spec = dict(model=str(model_dir), no_projection=True, dtype="float32", device="cpu")
+    rows = memory_table(spec, BenchConfig(lengths=[16], runs=1, decode_tokens=1, methods=["spa"], probe_start=start),
+                        progress=False)
+    assert rows[0]["unsteered"] > 0 and rows[0]["steered"] > 0
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
 def test_a_failing_memory_probe_says_why(model_dir, tmp_path, monkeypatch, start):
     from seka_rag import bench
     from seka_rag.bench import BenchConfig, memory_table
@@ -817,6 +834,20 @@ def test_plot_names_the_file_matplotlib_writes(tmp_path):
     results = json.loads((Path(__file__).resolve().parents[2] / "docs" / "results.json").read_text())
     written = plot_suite(results, tmp_path / "chart")
     assert written == tmp_path / "chart.png" and written.is_file()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["eval", "--merge", "in.json", "--plot", "out.png"], "or leave out --plot"),
+    (["sensitivity", "--model", "no-such-model"], "or pass --no-plots"),
+    (["bench", "--model", "no-such-model", "--plots", "out"], "or leave out --plots"),
+])
+def test_missing_matplotlib_names_the_option_that_needs_it(monkeypatch, capsys, tmp_path, args, says):
+    for name in ["matplotlib", *(m for m in list(sys.modules) if m.startswith("matplotlib."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # importing matplotlib (or a part of it) raises ImportError
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "matplotlib is needed" in err and says in err and err.count("\n") == 1
 
 
 def test_set_gains_stores_hand_chosen_gains(tmp_path, tiny_model, helpers, capsys):

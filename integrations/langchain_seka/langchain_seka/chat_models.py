@@ -185,7 +185,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         """Not supported: the in-process model has no tool-calling interface yet."""
         raise NotImplementedError(
             "ChatSeka does not support tool calling (bind_tools): describe the tools in the prompt and parse "
-            "the reply yourself (see examples/agent_step.py); tool calls already in the history are shown to "
+            "the reply yourself (see examples/agent_step.py in the seka-rag checkout); tool calls already in the history are shown to "
             "the model as <tool_call> blocks"
         )
 
