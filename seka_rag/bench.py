@@ -559,8 +559,11 @@ def _probe_command(*args: str) -> list[str]:
     """``python -m seka_rag.bench ARGS``, importing this very seka_rag: ``-m`` alone would put the current
     directory first on the child's path, and a checkout there would be measured instead of this copy."""
     home = str(Path(__file__).resolve().parents[1])
-    code = ("import runpy, sys; sys.path[0] = " + repr(home) +
-            "; runpy.run_module('seka_rag.bench', run_name='__main__', alter_sys=True)")
+    # only the current directory's entry goes; the rest of the path keeps its order (PYTHONPATH first)
+    code = ("import runpy, sys\n"
+            "if sys.path and sys.path[0] == '': del sys.path[0]\n"
+            f"if {home!r} not in sys.path: sys.path.insert(0, {home!r})\n"
+            "runpy.run_module('seka_rag.bench', run_name='__main__', alter_sys=True)")
     return [sys.executable, "-c", code, *args]
 
 

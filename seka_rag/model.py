@@ -66,6 +66,8 @@ SHIPPED_PROJECTIONS = Path(__file__).parent / "data" / "projections"
 SHIPPED_EXPERTS = Path(__file__).parent / "data" / "experts"
 #: The embedding router's default query keeps the last this-many characters of the prompt's text.
 _ROUTING_TEXT_CHARS = 1000
+#: the stream a context (thread / async task) read last: only its reader records a stream's routing
+_STREAM_READER: ContextVar[object | None] = ContextVar("seka_stream_reader", default=None)
 # from_pretrained arguments that say *which files* to read: the config and tokenizer need them too
 _HUB_KWARGS = ("revision", "token", "trust_remote_code", "subfolder", "local_files_only", "force_download",
                "proxies", "code_revision")
@@ -530,7 +532,7 @@ class SekaModel:
                 return SteeringBlock(self)
             edit = ActiveEdit(self._editor, matrices, highlight_mask.to(self.device).bool())
             return SteeringBlock(self, edit)
-        experts = self.experts  # one set for the whole call, even if load_experts() runs meanwhile
+        experts = self.experts  # one set routes and edits this call, even if load_experts() runs meanwhile
         config = SteeringConfig(gain_pos=gain_pos, gain_neg=gain_neg, layers=layers, heads=heads)
         settings = self._routing_settings(routing, experts)
         stacked = experts.stacked(config, settings, want_route=router == "attention", device=self.device)
@@ -543,7 +545,8 @@ class SekaModel:
             weights = fixed_weights(router, experts.names, n)
         elif router == "embedding":
             prototypes = experts.prototypes()  # raises before any query is embedded
-            weights = embedding_weights(self._query_embeddings(n, query, query_embedding, rows), prototypes, settings)
+            weights = embedding_weights(self._query_embeddings(n, query, query_embedding, rows, experts), prototypes,
+                                        settings)
         if query_index is None:
             query_index = torch.full((n,), mask.shape[1] - 1, dtype=torch.long)
         edit = AdaptiveEdit(
@@ -629,8 +632,9 @@ class SekaModel:
             return base.replace(**routing)
         raise SteeringConfigError(f"routing must be a RoutingConfig or a dict of its fields, got {type(routing).__name__}")
 
-    def _query_embeddings(self, n: int, query, query_embedding, rows) -> torch.Tensor:
-        """(n, dim) unit-norm embeddings routing each row: given, embedded from ``query``, or from the prompt."""
+    def _query_embeddings(self, n: int, query, query_embedding, rows, experts: ExpertSet) -> torch.Tensor:
+        """(n, dim) unit-norm embeddings routing each row: given, embedded from ``query``, or from the prompt
+        (embedded with the encoder of ``experts``' prototypes)."""
         if query_embedding is not None:
             if query is not None:
                 raise SteeringConfigError("pass query= or query_embedding=, not both")
@@ -644,9 +648,9 @@ class SekaModel:
             raise SteeringConfigError("the embedding router needs query= or query_embedding= here")
         from .embeddings import DEFAULT_EMBEDDING_MODEL, embed
 
-        if self.embedding_encoder is None and self.experts.embedding_model.split("/")[-1] != DEFAULT_EMBEDDING_MODEL:
+        if self.embedding_encoder is None and experts.embedding_model.split("/")[-1] != DEFAULT_EMBEDDING_MODEL:
             raise SteeringConfigError(
-                f"this expert set's prototypes were embedded with {self.experts.embedding_model!r}: set "
+                f"this expert set's prototypes were embedded with {experts.embedding_model!r}: set "
                 "model.embedding_encoder to that encoder (a callable or a SentenceTransformer), or pass "
                 "query_embedding= vectors from it"
             )
@@ -911,7 +915,9 @@ class SekaModel:
 
         Bad arguments raise here, when ``stream`` is called; generation starts when iteration does.
         Generation stops when the consumer stops iterating, or when ``cancel`` (a
-        :class:`threading.Event`) is set. :attr:`last_routing` is set when the iteration ends.
+        :class:`threading.Event`) is set. :attr:`last_routing` is set when the iteration ends, in the
+        thread (or task) that read the stream; a stream closed elsewhere (by the garbage collector) sets
+        nothing.
         """
         from transformers import TextIteratorStreamer
 
@@ -956,7 +962,8 @@ class SekaModel:
             worker = threading.Thread(target=context.run, args=(run,), daemon=True)
             worker.start()
             text, sent = "", 0  # all text so far, and how much of it was yielded
-            reader = threading.get_ident()  # the thread that last asked for a piece
+            reading = object()  # marks the context (thread / task) that reads this stream
+            _STREAM_READER.set(reading)
             try:
                 for piece in streamer:
                     text += piece
@@ -970,13 +977,13 @@ class SekaModel:
                         safe = len(text)
                     if safe > sent:
                         yield text[sent:safe]
-                        reader = threading.get_ident()
+                        _STREAM_READER.set(reading)  # the reader, even if it moved to another thread or task
                         sent = safe
             finally:
                 abandoned.set()
-                # a stream the garbage collector closes runs this in whatever thread collects it: that
-                # thread neither waits for the worker (it stops after its current token) nor gets the routing
-                if threading.get_ident() == reader:
+                # a stream the garbage collector closes runs this in whatever thread or task collects it,
+                # which neither waits for the worker (it stops after its current token) nor gets the routing
+                if _STREAM_READER.get() is reading:
                     worker.join()
                     self.last_routing = steering.result
             if failure:
@@ -1138,8 +1145,9 @@ class SteeringBlock:
         if self._cm is not None:
             self._cm.__exit__(exc_type, exc, tb)
             self._cm = None
-        if isinstance(self.edit, AdaptiveEdit) and exc_type is None:  # a failed call routed nothing to report
-            self.result = self.edit.result(list(self.edit.expert_names), self.edit.highlight.shape[0])
+        if isinstance(self.edit, AdaptiveEdit):  # a failed call routed nothing to report
+            self.result = (None if exc_type is not None
+                           else self.edit.result(list(self.edit.expert_names), self.edit.highlight.shape[0]))
         self.owner.last_routing = self.result
         return False
 

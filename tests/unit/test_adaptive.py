@@ -751,10 +751,9 @@ def _fail_on_forward(seka, after: int = 0):
 @pytest.mark.parametrize("call, after", [
     (lambda s: s.generate(PROMPTS[0], max_new_tokens=2), 0),
     (lambda s: s.score(PROMPTS[0], ["Rome", "Paris"]), 0),
-    (lambda s: s.score(PROMPTS[0], ["Rome", "Paris"], batch_size=1), 1),  # the first batch routed, the second fails
     (lambda s: list(s.stream(PROMPTS[0], max_new_tokens=2)), 0),
     (lambda s: s.route(PROMPTS[0]), 0),
-], ids=["generate", "score", "score-second-batch", "stream", "route"])
+], ids=["generate", "score", "stream", "route"])
 def test_a_call_failing_mid_forward_leaves_no_routing(tiny_model, expert_set, call, after):
     seka = tiny_model("llama", num_layers=2)
     seka.load_experts(expert_set(seka))
@@ -767,6 +766,27 @@ def test_a_call_failing_mid_forward_leaves_no_routing(tiny_model, expert_set, ca
     finally:
         handle.remove()
     assert seka.last_routing is None  # not the partial routing of the failed call
+
+
+def test_a_call_failing_after_a_routed_batch_leaves_no_routing(tiny_model, expert_set, monkeypatch):
+    from seka_rag import model as model_module
+
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka))
+    seka.generate(PROMPTS[0], max_new_tokens=1)
+    assert seka.last_routing is not None
+    calls, real = [], model_module.continuation_logprobs
+
+    def second_fails(*args, **kwargs):  # after the first batch's steering block closed with its routing
+        calls.append(1)
+        if len(calls) > 1:
+            raise _Boom("injected failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "continuation_logprobs", second_fails)
+    with pytest.raises(_Boom):
+        seka.score(PROMPTS[0], ["Rome", "Paris"], batch_size=1)
+    assert seka.last_routing is None
 
 
 def test_a_stream_closed_by_another_thread_leaves_that_threads_routing_alone(tiny_model, expert_set):
@@ -788,6 +808,29 @@ def test_a_stream_closed_by_another_thread_leaves_that_threads_routing_alone(tin
     finished = seka.stream(PROMPTS[0], max_new_tokens=2)
     "".join(finished)
     assert seka.last_routing is not None  # a stream read to its end sets it in the reading thread
+
+
+def test_a_stream_closed_by_another_task_on_the_same_thread_leaves_that_tasks_routing_alone(tiny_model, expert_set):
+    import asyncio
+
+    seka = tiny_model("llama", num_layers=2)
+    seka.load_experts(expert_set(seka))
+
+    async def main():
+        async def read():  # a coroutine that reads a few pieces of a (blocking) stream, then leaves it
+            pieces = seka.stream(PROMPTS[0], max_new_tokens=20)
+            next(pieces)
+            return pieces
+
+        pieces = await asyncio.create_task(read())
+
+        async def close():  # another task, on the same thread, ends up closing it (e.g. a gc pass runs there)
+            pieces.close()
+            return seka.last_routing
+
+        return await asyncio.create_task(close())
+
+    assert asyncio.run(main()) is None
 
 
 def test_routing_is_reported_with_the_names_of_the_set_the_call_used(tiny_model, expert_set):
