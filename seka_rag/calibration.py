@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluation.conflict import ConflictCase, conflict_cases, conflict_split
-from .evaluation.scoring import continuation_text
+from .evaluation.scoring import continuation_ids
 from .highlight import EncodedPrompt, pad_batch
 from .projection import Projection, ProjectionMeta
 
@@ -103,8 +103,7 @@ class _FirstTokenScorer:
         rows = []
         for c in cases:
             # the answers as the model would start them after the prompt (a leading space without a chat template)
-            t = tok(continuation_text(model, c.target), add_special_tokens=False)["input_ids"][0]
-            o = tok(continuation_text(model, c.other), add_special_tokens=False)["input_ids"][0]
+            t, o = continuation_ids(model, c.target)[0], continuation_ids(model, c.other)[0]
             if t == o:
                 continue  # both answers open with the same token: no first-token signal
             rows.append((model.encode(c.prompt, [c.highlight]), t, o))

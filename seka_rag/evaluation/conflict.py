@@ -24,7 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 from ..data.triplets import RELATIONS, Namer, Relation
-from .scoring import continuation_text, progress_bar
+from .scoring import continuation_ids, progress_bar
 from .stats import mean_ci, share_ci
 
 #: Prompt of one case: both documents, then the question.
@@ -769,14 +769,14 @@ def score_cases(
     never highlighted, so this equals ``model.score``). ``shared_prefix=False`` scores every
     (prompt, answer) row through ``model.score_encoded`` instead.
     """
-    tok = model.tokenizer
     answer_ids: dict[str, list[int]] = {}
 
     def ids_of(text: str) -> list[int]:
         if text not in answer_ids:  # as the model starts it: after a space when there is no chat template
-            answer_ids[text] = tok(continuation_text(model, text), add_special_tokens=False)["input_ids"]
-            if not answer_ids[text]:
-                raise ValueError(f"answer {text!r} has no tokens")
+            try:
+                answer_ids[text] = continuation_ids(model, text)
+            except ValueError:
+                raise ValueError(f"answer {text!r} has no tokens") from None
         return answer_ids[text]
 
     encoded = []  # (case index, encoded prompt, target ids, other ids)

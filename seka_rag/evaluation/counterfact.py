@@ -27,7 +27,9 @@ Sources (:func:`counterfact_items`):
   prior, as in CounterFact), and fictional facts from the invented entities and relations of
   :mod:`seka_rag.data.triplets` (both targets invented). By default only entities of the ``test``
   split (:func:`~seka_rag.evaluation.conflict.split_of`) are used, like the other evaluations, and
-  the two targets start with different letters, so their first tokens differ on every tokenizer.
+  the two targets start with different letters, so their first tokens differ (each target is tokenised
+  as it continues the prompt, :func:`~seka_rag.evaluation.scoring.continuation_ids`, so a tokenizer
+  that marks the start of a text does not give both the same lone "▁" first token).
 
 Scoring: :func:`score_counterfact` computes both first-token log-probabilities with SEKA (extra
 keywords forwarded) or any baseline method (``method=``). :func:`counterfact_family_items` turns the
@@ -52,7 +54,7 @@ from typing import Any
 
 from ..data.triplets import RELATIONS, Namer, Relation
 from .conflict import real_conflict_items, split_of
-from .scoring import continuation_logprobs, continuation_text, method_settings, token_ids
+from .scoring import continuation_ids, continuation_logprobs, method_settings
 from .stats import format_ci, group_shares, mean_ci, share_ci
 
 #: Items generated when ``n`` is not given (half real, half fictional).
@@ -373,8 +375,8 @@ def counterfact_items(
 
 def first_token_ids(model, item: CounterfactItem, chat: bool | None = None) -> tuple[int, int]:
     """(first token of the new target, first token of the old target), as continuations of the prompt."""
-    new = token_ids(model, continuation_text(model, item.target_new, chat))[0]
-    old = token_ids(model, continuation_text(model, item.target_true, chat))[0]
+    new = continuation_ids(model, item.target_new, chat)[0]
+    old = continuation_ids(model, item.target_true, chat)[0]
     return new, old
 
 
@@ -409,9 +411,11 @@ class CounterfactReport:
     """Result of :func:`evaluate_counterfact`.
 
     ``efficacy`` is the share of items with log P(new first token) strictly above log P(old first
-    token) (ties are misses; ``n_tied`` counts items whose two targets share their first token),
-    with a seeded bootstrap 95 % interval; ``mean_margin`` the mean first-token log-probability
-    difference (nats) with its interval; ``groups`` / ``group_n`` the efficacy and size per ``kind``.
+    token) (an equal pair is a miss), with a seeded bootstrap 95 % interval; ``mean_margin`` the mean
+    first-token log-probability difference (nats) with its interval; ``groups`` / ``group_n`` the
+    efficacy and size per ``kind``. Items whose two targets share their first token ("New York" /
+    "New Delhi") say nothing about which target the model prefers: they are left out of every figure,
+    and of ``n``, and counted in ``n_tied``, as the calibration leaves such cases out.
     """
 
     n: int
@@ -426,6 +430,7 @@ class CounterfactReport:
     settings: dict[str, Any] = field(default_factory=dict)
     margins: list[float] = field(default_factory=list, repr=False)
     case_ids: list[str] = field(default_factory=list, repr=False)
+    kinds: list[str] = field(default_factory=list, repr=False)  #: each scored item's ``kind``, as ``margins``
 
     def to_dict(self, include_items: bool = True) -> dict[str, Any]:
         """JSON-ready dict; ``include_items=False`` leaves out the per-item margins."""
@@ -454,18 +459,22 @@ def counterfact_report(items: Sequence[CounterfactItem], scores: Sequence[tuple[
         raise ValueError("no items to report on")
     if tied is not None and len(tied) != len(items):
         raise ValueError(f"{len(items)} items but {len(tied)} tie flags")
-    # two targets with the same first token score the same token: their margin is 0 by definition
-    # (scored in different batches, padding can leave a rounding difference that must not count)
-    margins = [0.0 if tied is not None and tied[i] else float(new - old) for i, (new, old) in enumerate(scores)]
+    # two targets with the same first token score the same token: no evidence either way, so the
+    # item is left out (comparing the scores would only compare padding's rounding differences)
+    kept = [i for i in range(len(items)) if tied is None or not tied[i]]
+    if not kept:
+        raise ValueError(f"every one of the {len(items)} items has two targets that share their first token: "
+                         "first-token efficacy cannot tell them apart")
+    margins = [float(scores[i][0] - scores[i][1]) for i in kept]
     hits = [m > 0 for m in margins]
     efficacy, lo, hi = share_ci(hits, n_boot, seed)
     mean, mlo, mhi = mean_ci(margins, n_boot, seed)
-    groups, group_n = group_shares([item.kind for item in items], hits)
+    kinds = [items[i].kind for i in kept]
+    groups, group_n = group_shares(kinds, hits)
     return CounterfactReport(
-        n=len(items), efficacy=efficacy, ci_low=lo, ci_high=hi, mean_margin=mean, margin_ci=(mlo, mhi),
-        n_tied=int(sum(tied)) if tied is not None else sum(1 for m in margins if m == 0),
-        groups=groups, group_n=group_n, settings=dict(settings or {}),
-        margins=margins, case_ids=[it.case_id for it in items],
+        n=len(kept), efficacy=efficacy, ci_low=lo, ci_high=hi, mean_margin=mean, margin_ci=(mlo, mhi),
+        n_tied=len(items) - len(kept), groups=groups, group_n=group_n, settings=dict(settings or {}),
+        margins=margins, case_ids=[items[i].case_id for i in kept], kinds=kinds,
     )
 
 
@@ -504,16 +513,19 @@ def counterfact_family_items(model, items: Sequence[CounterfactItem], *, chat: b
     prompts (``None``: the model's default), since it decides whether the token carries a leading
     space. A token whose decoded text does not tokenise back to itself (e.g. part of a multi-byte
     character) cannot be expressed this way: the item is dropped with a warning (``strict=True``:
-    :class:`ValueError`). ``group`` is the item's ``kind``, ``subject`` its ``case_id``.
+    :class:`ValueError`); so is an item whose two targets share their first token. ``group`` is the item's ``kind``, ``subject`` its ``case_id``.
     """
     from .families import FamilyItem
 
-    out, dropped = [], 0
+    out, dropped, tied = [], 0, 0
     tok = model.tokenizer
     for item in items:
         new_id, old_id = first_token_ids(model, item, chat)
+        if new_id == old_id:  # no first-token evidence either way (see CounterfactReport)
+            tied += 1
+            continue
         strings = [tok.decode([new_id]), tok.decode([old_id])]
-        if any(not s or token_ids(model, s) != [t] for s, t in zip(strings, (new_id, old_id))):
+        if any(not s or continuation_ids(model, s, chat) != [t] for s, t in zip(strings, (new_id, old_id))):
             if strict:
                 raise ValueError(f"item {item.case_id}: a first token does not round-trip through the tokenizer")
             dropped += 1
@@ -522,6 +534,8 @@ def counterfact_family_items(model, items: Sequence[CounterfactItem], *, chat: b
                               item.case_id))
     if dropped:
         warnings.warn(f"dropped {dropped} CounterFact items whose first token does not round-trip", stacklevel=2)
+    if tied:
+        warnings.warn(f"left out {tied} CounterFact items whose two targets share their first token", stacklevel=2)
     return out
 
 

@@ -66,7 +66,7 @@ from ..data.tasks import (
 )
 from ..data.triplets import Namer, Relation
 from .conflict import FICTIONAL_RELATIONS, conflict_cases, conflict_split, split_for_seed
-from .scoring import continuation_text, progress_bar
+from .scoring import continuation_ids, progress_bar
 from .stats import format_ci, format_table, group_shares, share_ci
 
 #: Items per family when ``n`` is not given (a multiple of 4, 2 and 3: complete counterbalanced sets).
@@ -934,14 +934,11 @@ def score_items(model, items: Sequence[FamilyItem], *, batch_size: int = 8, prog
     per_item_given = any(k in _PER_ITEM_KWARGS and _per_item(v, len(items)) for k, v in steer_kwargs.items())
     if scorer is None and shared_prefix and items and all(len(it.others) == 1 for it in items) and not per_item_given:
         return _score_shared_prefix(model, items, batch_size, progress, steer_kwargs)
-    tok = model.tokenizer
     cache: dict[str, list[int]] = {}
 
     def ids_of(text: str) -> list[int]:
         if text not in cache:  # as the model starts it: after a space when there is no chat template
-            cache[text] = list(tok(continuation_text(model, text), add_special_tokens=False)["input_ids"])
-            if not cache[text]:
-                raise ValueError(f"continuation {text!r} has no tokens")
+            cache[text] = continuation_ids(model, text)
         return cache[text]
 
     rows = []  # (item index, continuation index, encoded prompt, continuation ids)
@@ -966,15 +963,14 @@ def score_items(model, items: Sequence[FamilyItem], *, batch_size: int = 8, prog
 def _score_shared_prefix(model, items, batch_size: int, progress: bool, steer_kwargs: dict) -> list[float]:
     from .conflict import shared_prefix_margins
 
-    tok = model.tokenizer
     steer = steer_kwargs.pop("steer", True) if "steer" in steer_kwargs else True
     steer_kwargs = {k: v for k, v in steer_kwargs.items() if k != "steer"}
     encoded = []
     for i, item in enumerate(items):
-        t = list(tok(continuation_text(model, item.target), add_special_tokens=False)["input_ids"])
-        o = list(tok(continuation_text(model, item.others[0]), add_special_tokens=False)["input_ids"])
-        if not t or not o:
-            raise ValueError(f"item {i} has a continuation with no tokens")
+        try:
+            t, o = continuation_ids(model, item.target), continuation_ids(model, item.others[0])
+        except ValueError:
+            raise ValueError(f"item {i} has a continuation with no tokens") from None
         enc = model.encode(item.prompt, [item.highlight], max_length=model.context_window - max(len(t), len(o)))
         encoded.append((i, enc, t, o))
     encoded.sort(key=lambda r: (-len(r[1].input_ids), r[0]))
@@ -1109,7 +1105,10 @@ def paired_differences(rows: dict[str, dict[str, FamilyReport]], reference: str 
 
     One line per other method: the difference in points with a paired bootstrap 95 % interval and
     how many items the two methods decide differently — whether a gap in the mean column is more
-    than noise. Empty when ``reference`` is not among ``rows`` or a report lacks per-item hits.
+    than noise. Like the mean column, every family weighs the same: an item of a family with ``n_f``
+    of the ``N`` paired items over ``F`` families counts ``N / (F · n_f)`` times (once each when the
+    families are the same size). Empty when ``reference`` is not among ``rows`` or a report lacks
+    per-item hits.
     """
     from .stats import paired_bootstrap_diff_ci
 
@@ -1121,13 +1120,15 @@ def paired_differences(rows: dict[str, dict[str, FamilyReport]], reference: str 
         common = [f for f in base if f in reports and reports[f].hits and len(reports[f].hits) == len(base[f].hits)]
         if method == reference or not common:
             continue
-        a = [float(h) for f in common for h in reports[f].hits]
-        b = [float(h) for f in common for h in base[f].hits]
+        total = sum(len(base[f].hits) for f in common)
+        weight = {f: total / (len(common) * len(base[f].hits)) for f in common}  # each family weighs the same
+        a = [weight[f] * float(h) for f in common for h in reports[f].hits]
+        b = [weight[f] * float(h) for f in common for h in base[f].hits]
         # counterbalanced variants resampled together, when both reports know the items' units
         units = [f"{f}/{u}" for f in common for u in _units_of(base[f], reports[f])]
         lo, hi = paired_bootstrap_diff_ci(a, b, n_boot=n_boot, seed=seed, clusters=units)
         diff = (sum(a) - sum(b)) / len(a)
-        differ = sum(x != y for x, y in zip(a, b))
+        differ = sum(bool(x) != bool(y) for f in common for x, y in zip(reports[f].hits, base[f].hits))
         lines.append(f"{method} - {reference}: {100 * diff:+.2f} points [{100 * lo:+.2f}, {100 * hi:+.2f}] "
                      f"over {len(a)} paired items ({differ} decided differently)")
     return "\n".join(lines)

@@ -28,8 +28,8 @@ auxiliaries) and a few letters with diacritics of French, Spanish, German and En
 when the asked language leads all others by at least one count (answers of at most 4 words need 1
 hit, longer ones 2). It cannot judge grammar or vocabulary: an answer made only of names or numbers
 ("Rue du Port" passes, "Lyon" does not), one in an unlisted language (Italian, Portuguese) or one
-that mixes languages may be judged wrongly, and very short answers in closely related languages
-(French / Spanish share "la", "en", "que") can tie, which fails.
+that mixes languages may be judged wrongly, and a French or Spanish answer whose only function words
+are ones the two share ("Dar un curso de apicultura en la ciudad.": un, de, en, la) ties, which fails.
 """
 
 from __future__ import annotations
@@ -246,12 +246,15 @@ def instruction_items(n: int = DEFAULT_N, seed: int = 0,
 # ---------------------------------------------------------------------------------------------
 # Checkers
 
-_WORD = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
+# dotted abbreviations (a.m., U.S.) are one word; so are numbers with inner separators (3.5, 1,000, 4:00)
+_WORD = re.compile(r"(?:[^\W\d_]\.){2,}|[^\W_]+(?:(?:['’\-–]|(?<=\d)[.,:](?=\d))[^\W_]+)*")
 _APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "`": "'"})
 
 
 def words(text: str) -> list[str]:
-    """Words of ``text``: runs of letters / digits, inner apostrophes and hyphens kept (``don't``, ``e-mail``)."""
+    """Words of ``text``: runs of letters / digits, inner apostrophes, hyphens and en dashes kept (``don't``,
+    ``e-mail``), dotted abbreviations (``a.m.``) and numbers with inner separators (``3.5``, ``1,000``,
+    ``4:00``) as one word each."""
     return _WORD.findall(text)
 
 
@@ -339,7 +342,7 @@ LEXICONS: dict[str, frozenset[str]] = {
         "au aux ce cette ces son sa ses leur leurs été était a à où très mais ou par plus chez après avant "
         "depuis lui y en oui non".split()),
     "Spanish": frozenset(
-        "el la los las un una unos unas y es son está están en de del al con por para que se su sus no muy pero "
+        "el la los las un una unos unas y a es son está están en de del al con por para que se su sus no muy pero "
         "como más lo le fue era ha han este esta ella él cuando donde sí".split()),
     "German": frozenset(
         "der die das den dem des ein eine einen einem einer und ist sind war waren in im mit auf für von zu zum "

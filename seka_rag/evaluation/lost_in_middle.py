@@ -39,7 +39,11 @@ Metrics (:func:`evaluate_lost_in_middle`), per gold position and policy:
     Lost-in-the-Middle code): any SQuAD-normalised gold answer (lower case,
     punctuation and the articles a / an / the removed, whitespace collapsed) is a substring of the
     normalised first line of the answer (:func:`answer_line`), as in the Lost-in-the-Middle code —
-    with its interval, and the unsteered EM for comparison.
+    with its interval, and the unsteered EM for comparison. Three details differ from that code, so
+    figures are close to, not exactly, comparable with the paper's: leading whitespace is dropped
+    before the first line is cut (an answer that opens with a blank line is scored on its next line,
+    not as empty), Unicode punctuation is removed too (SQuAD removes ASCII punctuation), and a gold
+    answer that normalises to nothing never matches.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .scoring import continuation_logprobs, continuation_text, generate_texts, method_settings, token_ids
+from .scoring import continuation_ids, continuation_logprobs, generate_texts, method_settings
 from .stats import mean_ci, share_ci
 
 #: Questions when ``n_questions`` is not given.
@@ -436,8 +440,8 @@ class LostInMiddleCell:
     """Summary of one (gold position, policy) cell (``position="all"`` pools the positions).
 
     ``mean_delta`` / ``delta_ci``: mean log p(gold answer) change vs unsteered (nats) and its
-    interval; ``share_rises`` / ``rises_ci``: share of questions where it rose; ``em`` / ``em_ci``:
-    best-subspan EM of the method's greedy answer, ``em_unsteered`` / ``em_unsteered_ci`` that of
+    interval; ``share_rises`` / ``rises_ci``: share of contexts where it rose (one per question at a
+    single position); ``em`` / ``em_ci``: best-subspan EM of the method's greedy answer, ``em_unsteered`` / ``em_unsteered_ci`` that of
     the unsteered answer (None without generation); ``answer_words`` / ``answer_words_unsteered``:
     mean length of those answers in words (highlighting can make a model restate the passage rather
     than answer briefly); ``gold_highlighted``: share of cases whose highlight covers the gold passage.
@@ -576,7 +580,7 @@ def lost_in_middle_reference(
     progress: bool = True,
 ) -> LostInMiddleReference:
     """Unsteered (``steer=False``) log p(first gold answer) and, with ``em=True``, greedy answers of ``items``."""
-    answer_ids = [token_ids(model, continuation_text(model, it.answers[0], chat)) for it in items]
+    answer_ids = [continuation_ids(model, it.answers[0], chat) for it in items]
     logps = continuation_logprobs(model, [(it.prompt, None, ids) for it, ids in zip(items, answer_ids)],
                                   batch_size=batch_size, chat=chat, progress=progress, steer=False)
     gens = None
@@ -636,7 +640,7 @@ def evaluate_lost_in_middle(
         if em:
             gens = [base_gen[c.item] for c in cases]
     else:
-        answer_ids = [token_ids(model, continuation_text(model, it.answers[0], chat)) for it in items]
+        answer_ids = [continuation_ids(model, it.answers[0], chat) for it in items]
         steered = continuation_logprobs(
             model, [(items[c.item].prompt, list(c.highlights), answer_ids[c.item]) for c in cases], method=method,
             batch_size=batch_size, chat=chat, progress=progress, **steer_kwargs,

@@ -46,6 +46,24 @@ def continuation_text(model, text: str, chat: bool | None = None) -> str:
     return text if uses_chat(model, chat) else " " + text.lstrip()
 
 
+def continuation_ids(model, text: str, chat: bool | None = None) -> list[int]:
+    """Token ids of ``text`` as the model would continue the prompt with it (:func:`continuation_text`).
+
+    A continuation that starts with a space is tokenised as it would be inside a longer text: some
+    tokenizers mark the start of a text (the SentencePiece "▁" prefix of Llama-2 / Mistral-v0.1
+    tokenizers turns ``" English"`` on its own into ``["▁", "▁English"]``), which would give every
+    answer the same lone first token. :class:`ValueError` when ``text`` has no tokens.
+    """
+    text = continuation_text(model, text, chat)
+    ids = token_ids(model, text)
+    if text[:1].isspace():
+        anchor = list(model.tokenizer("a", add_special_tokens=False)["input_ids"])
+        joined = list(model.tokenizer("a" + text, add_special_tokens=False)["input_ids"])
+        if anchor and len(joined) > len(anchor) and joined[:len(anchor)] == anchor:
+            ids = joined[len(anchor):]
+    return ids
+
+
 def token_ids(model, text: str) -> list[int]:
     """Token ids of ``text`` tokenised on its own (no special tokens); :class:`ValueError` when empty."""
     ids = list(model.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -127,9 +127,17 @@ def group_shares(labels: Sequence[str], flags: Sequence[bool], order: Sequence[s
 
 
 def group_share_cis(labels: Sequence[str], flags: Sequence[bool], order: Sequence[str] | None = None, *,
-                    n_boot: int = 2000, seed: int = 0) -> dict[str, tuple[float, float, float, int]]:
-    """``{label: (share, low, high, n)}``: :func:`share_ci` of each group (see :func:`split_by`)."""
-    return {k: (*share_ci(v, n_boot, seed), len(v)) for k, v in split_by(labels, flags, order).items()}
+                    n_boot: int = 2000, seed: int = 0, clusters: Sequence[Any] | None = None,
+                    ) -> dict[str, tuple[float, float, float, int]]:
+    """``{label: (share, low, high, n)}``: :func:`share_ci` of each group (see :func:`split_by`);
+    ``clusters`` (one per flag): each group's interval resamples whole clusters."""
+    if clusters is None:
+        return {k: (*share_ci(v, n_boot, seed), len(v)) for k, v in split_by(labels, flags, order).items()}
+    if len(clusters) != len(flags):
+        raise ValueError(f"{len(clusters)} clusters but {len(flags)} values")
+    groups = split_by(labels, list(zip(flags, clusters)), order)
+    return {k: (*share_ci([f for f, _ in v], n_boot, seed, clusters=[c for _, c in v]), len(v))
+            for k, v in groups.items()}
 
 
 def format_ci(value: float, lo: float, hi: float, *, percent: bool = True, n: int | None = None,

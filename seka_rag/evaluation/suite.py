@@ -18,7 +18,8 @@ emphasis), ``pasta`` (profiled heads), ``spa``, ``seka`` (the model's projection
 Every cell is ``mean [low, high] (n)``: a percentage (or nats for a log-probability change) with
 a seeded percentile-bootstrap 95 % interval over the family's items (the two-document conflict
 family's headline share and margin resample whole items, each with its four counterbalanced cases;
-its breakdown by kind is over cases). :meth:`SuiteResult.paired` gives each method's headline minus
+its breakdown by kind too; ``n`` counts the cases, four per item, and a lost-in-the-middle cell's
+``n`` its contexts, one per question and gold position). :meth:`SuiteResult.paired` gives each method's headline minus
 the unsteered one's, paired item by item (:class:`ItemScores`), and :func:`merge_suite_results`
 joins runs of the same items (``seka-rag eval --merge``).
 """
@@ -280,8 +281,10 @@ def item_scores(family: str, report: Mapping[str, Any], policy: str | None = Non
 
 
 def _group_stats(labels: Sequence[str], flags: Sequence[bool], order: Sequence[str] | None, n_boot: int,
-                 ) -> dict[str, Stat]:
-    return {k: Stat(s, lo, hi, n) for k, (s, lo, hi, n) in group_share_cis(labels, flags, order, n_boot=n_boot).items()}
+                 clusters: Sequence[Any] | None = None) -> dict[str, Stat]:
+    """One :class:`Stat` per group; ``clusters``: each interval resamples whole units (an item's cases)."""
+    return {k: Stat(s, lo, hi, n) for k, (s, lo, hi, n)
+            in group_share_cis(labels, flags, order, n_boot=n_boot, clusters=clusters).items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,6 +482,12 @@ class SuiteResult:
         lines = [f"{name}: skipped ({why})" for kind in ("families", "methods")
                  for name, why in self.skipped[kind].items()]
         lines.extend(f"{cell}: failed ({why})" for cell, why in self.errors.items())
+        tied = {r.get("n_tied") for r in (self.reports.get("counterfact") or {}).values() if isinstance(r, dict)}
+        tied.discard(None)
+        tied.discard(0)
+        if tied:
+            lines.append(f"counterfact: {max(tied)} item(s) left out of every cell: their two targets share their "
+                         "first token, so first-token efficacy cannot tell them apart")
         return lines
 
     def legend(self) -> list[str]:
@@ -491,6 +500,15 @@ class SuiteResult:
                 text = text.removesuffix(", %") + f", '{policies[0]}' passages highlighted (the first of the policies), %"
             lines.append(f"{f}: {text}")
         return lines
+
+    def _units_note(self) -> list[str]:
+        """What ``(n)`` counts where it is not the resampled unit (plain text; the Markdown header says it)."""
+        kinds = [text for f, text in (("conflict", "conflict: cases, 4 per item"),
+                                      ("lost-in-middle", "lost-in-middle: contexts, 3 per question"))
+                 if f in self.families]
+        if not kinds:
+            return []
+        return [f"(n) counts {'; '.join(kinds)}; intervals resample whole items and questions"]
 
     def _paired_section(self, markdown: bool, reference: str = "unsteered") -> list[str]:
         """The paired table with its title, or why there is none although ``reference`` and another method ran."""
@@ -540,7 +558,7 @@ class SuiteResult:
         self._check_named_reference(reference)
         setup = self.setup_line()
         parts = [*([f"Setup: {setup}", ""] if setup else []), self.main_table(), "", *self.legend(),
-                 *self._paired_section(markdown=False, reference=reference)]
+                 *self._units_note(), *self._paired_section(markdown=False, reference=reference)]
         for title, table in self.detail_tables():
             parts += ["", title, table]
         notes = self.notes()
@@ -742,7 +760,7 @@ def _counterfact(model, items, method, config: SuiteConfig, progress: bool, shar
                                n_boot=config.n_boot)
     head = Stat(rep.efficacy, rep.ci_low, rep.ci_high, rep.n)
     hits = [m > 0 for m in rep.margins]
-    cols = {"efficacy": head, **_group_stats([it.kind for it in items], hits, None, config.n_boot),
+    cols = {"efficacy": head, **_group_stats(rep.kinds, hits, None, config.n_boot),
             "margin (nats)": Stat(rep.mean_margin, *rep.margin_ci, rep.n, percent=False)}
     return (rep.to_dict(include_items=config.per_item), head, {"counterfact: efficacy by kind, first-token margin": cols},
             item_scores("counterfact", rep.to_dict(include_items=True)))
@@ -755,9 +773,9 @@ def _conflict(model, items, method, config: SuiteConfig, progress: bool, shared:
                                n_boot=config.n_boot)
     head = Stat(rep.share, rep.ci_low, rep.ci_high, rep.n)
     order = ("fictional", "real_agree", "real_contradict")
-    cols = {"share": head, **_group_stats([it.group for it in items], rep.hits, order, config.n_boot),
-            "margin (nats)": Stat.values(rep.margins, config.n_boot, percent=False,
-                                         clusters=[it.unit or f"#{i}" for i, it in enumerate(items)])}
+    units = [it.unit or f"#{i}" for i, it in enumerate(items)]
+    cols = {"share": head, **_group_stats([it.group for it in items], rep.hits, order, config.n_boot, units),
+            "margin (nats)": Stat.values(rep.margins, config.n_boot, percent=False, clusters=units)}
     return (rep.to_dict(include_items=config.per_item), head, {"conflict: share by kind, answer margin": cols},
             item_scores("conflict", rep.to_dict(include_items=True)))
 
@@ -791,7 +809,7 @@ def _lost_in_middle(model, items, method, config: SuiteConfig, progress: bool, s
             p: Stat(c.em, *c.em_ci, c.n) for p, c in cells.items()}
         details[f"lost-in-middle, '{policy}' highlighted: change of log p(gold answer) vs unsteered, nats"] = {
             p: Stat(c.mean_delta, *c.delta_ci, c.n, percent=False) for p, c in cells.items()}
-        details[f"lost-in-middle, '{policy}' highlighted: share of questions where log p(gold answer) rose"] = {
+        details[f"lost-in-middle, '{policy}' highlighted: share of contexts where log p(gold answer) rose"] = {
             p: Stat(c.share_rises, *c.rises_ci, c.n) for p, c in cells.items()}
     top = rep.cell("all", config.nq_policies[0])
     return (rep.to_dict(include_rows=config.per_item), Stat(top.em, *top.em_ci, top.n), details,

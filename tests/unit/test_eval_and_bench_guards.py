@@ -42,13 +42,17 @@ def test_diacritics_add_one_count_per_language():
 
 
 # ------------------------------------------------------------------------------ CounterFact
-def test_evaluate_counterfact_scores_shared_first_tokens_as_ties(monkeypatch):
+def test_evaluate_counterfact_leaves_out_shared_first_tokens(monkeypatch):
     items = [cf.make_item("X", f"X{i} is", "New York", "New Delhi") for i in range(2)]
-    monkeypatch.setattr(cf, "first_token_ids", lambda model, item, chat=None: (7, 7))  # both start with " New"
-    # scored in different batches, the same token can differ by rounding
+    items.append(cf.make_item("Y", "Y is", "Paris", "Rome"))
+    first = {"New York": (7, 7), "Paris": (8, 9)}  # " New" starts both of the first two items' targets
+    monkeypatch.setattr(cf, "first_token_ids", lambda model, item, chat=None: first[item.target_new])
+    # scored in different batches, the same token can differ by rounding: that must not count either way
     monkeypatch.setattr(cf, "score_counterfact", lambda model, items, **kw: [(-2.0 + 5e-7, -2.0)] * len(items))
     report = cf.evaluate_counterfact(object(), items, progress=False, n_boot=20)
-    assert report.margins == [0.0, 0.0] and report.efficacy == 0.0 and report.n_tied == 2
+    assert report.n == 1 and report.n_tied == 2 and report.efficacy == 1.0
+    with pytest.raises(ValueError, match="share their first token"):
+        cf.evaluate_counterfact(object(), items[:2], progress=False, n_boot=20)
 
 
 # ------------------------------------------------------------------------------ benchmark

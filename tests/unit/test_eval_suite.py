@@ -108,6 +108,7 @@ def test_eval_every_method_without_experts_or_nq(model_dir, projection, tmp_path
             _check_stat(stat)
         assert set(data["seconds"]["conflict"]) >= {method}
     assert data["table"]["unsteered"]["conflict"]["mean"] == 0.5  # counterbalanced by construction
+    assert "(n) counts conflict: cases, 4 per item; intervals resample whole items" in printed
     assert data["table"]["seka"]["instructions"]["n"] == 5
     setup = data["settings"]["model_settings"]  # what the steering ran with, to tie the table to its settings
     assert setup["projection_defaults"]["fingerprint"] and setup["seka_rag_version"]
@@ -232,6 +233,24 @@ def test_profile_pasta_then_eval_with_the_heads(model_dir, projection, tmp_path,
 def test_eval_bad_input_exits_2(model_dir, projection, args, message, capsys):
     assert main(["eval", *_base(model_dir, projection), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_eval_leaves_out_counterfact_items_whose_targets_share_a_first_token(model_dir, projection, tmp_path, capsys):
+    def record(case_id, subject, prompt, new, old):
+        return {"case_id": case_id, "requested_rewrite": {"prompt": prompt, "subject": subject,
+                                                          "target_new": {"str": new}, "target_true": {"str": old}}}
+
+    path = tmp_path / "counterfact.json"
+    path.write_text(json.dumps([record(0, "Ada", "{} was born in", "New York", "New Delhi"),
+                                record(1, "Bo", "{} speaks", "English", "French")]))
+    out = tmp_path / "r.json"
+    assert main(["eval", *_base(model_dir, projection), "--families", "counterfact", "--counterfact", str(path),
+                 "--items", "counterfact=2", "--methods", "unsteered,seka", "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "counterfact: 1 item(s) left out of every cell: their two targets share their first token" in printed
+    data = json.loads(out.read_text())
+    assert all(r["n"] == 1 and r["n_tied"] == 1 for r in data["reports"]["counterfact"].values())
+    assert data["table"]["seka"]["counterfact"]["n"] == 1
 
 
 def test_eval_bad_data_files_fail_before_the_model_loads(tmp_path, capsys):
@@ -615,6 +634,37 @@ def test_shared_report_helpers():
     assert Stat.shares([True, False, True, True]).text().startswith("75.0 [")
     assert format_table(["m", "x"], [["a", "1"], ["long", "22"]]) == "m      x\n----  --\na      1\nlong  22"
     assert format_table(["m", "x"], [["a", "1"]], markdown=True) == "| m | x |\n| --- | ---: |\n| a | 1 |"
+
+
+def test_group_intervals_resample_whole_clusters():
+    # 16 counterbalanced items of 4 cases each, every item half right: exactly 50 % by construction
+    labels = ["fictional"] * 64
+    hits = [True, False, False, True] * 16
+    units = [f"u{k // 4}" for k in range(64)]
+    assert group_share_cis(labels, hits, clusters=units)["fictional"] == (0.5, 0.5, 0.5, 64)
+    over_cases = group_share_cis(labels, hits)["fictional"]
+    assert over_cases[1] < 0.5 < over_cases[2]  # cases treated as independent: a spread that is not there
+    # items whose four cases agree: the interval over items is wider than the one over cases
+    agree = [k // 4 % 2 == 0 for k in range(64)]
+    by_item, by_case = group_share_cis(labels, agree, clusters=units)["fictional"], group_share_cis(labels, agree)["fictional"]
+    assert by_item[2] - by_item[1] > 1.5 * (by_case[2] - by_case[1])
+    with pytest.raises(ValueError, match="clusters"):
+        group_share_cis(labels, hits, clusters=units[:3])
+
+
+def test_suite_conflict_breakdown_by_kind_resamples_whole_items(monkeypatch):
+    from types import SimpleNamespace
+
+    from seka_rag.evaluation import baselines, suite
+
+    hits = [True, False, False, True] * 16  # every item half right: exactly 50 % by construction
+    report = SimpleNamespace(share=0.5, ci_low=0.5, ci_high=0.5, n=64, hits=hits,
+                             margins=[1.0 if h else -1.0 for h in hits], to_dict=lambda include_items=False: {})
+    monkeypatch.setattr(baselines, "evaluate_family_with", lambda *args, **kwargs: report)
+    items = [SimpleNamespace(group="fictional", unit=f"u{k // 4}") for k in range(64)]
+    _, _, details, _ = suite._conflict(None, items, None, suite.SuiteConfig(), False, None)
+    fictional = details["conflict: share by kind, answer margin"]["fictional"]
+    assert (fictional.mean, fictional.lo, fictional.hi, fictional.n) == (0.5, 0.5, 0.5, 64)
 
 
 def test_layer_sets_and_deltas(tiny_model):

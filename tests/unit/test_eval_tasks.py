@@ -208,20 +208,25 @@ def test_generated_counterfact_items():
     assert counterfact_items(n=40, seed=1) != items
 
 
-def test_counterfact_report_ties_are_misses():
+def test_counterfact_report_equal_scores_are_misses_and_shared_first_tokens_are_left_out():
     items = [make_item("X", f"X{i} is", "Paris", "Rome") for i in range(3)]
     report = counterfact_report(items, [(-1.0, -2.0), (-2.0, -2.0), (-3.0, -1.0)])
-    assert report.efficacy == pytest.approx(1 / 3)
-    assert report.n_tied == 1 and report.n == 3
+    assert report.efficacy == pytest.approx(1 / 3)  # an equal pair of different tokens is a miss
+    assert report.n_tied == 0 and report.n == 3
     assert report.mean_margin == pytest.approx((1 + 0 - 2) / 3)
     assert report.ci_low <= report.efficacy <= report.ci_high
     assert report.to_dict()["items"][0]["margin"] == 1.0
     with pytest.raises(ValueError):
         counterfact_report(items, [(0.0, 0.0)])
-    # targets sharing a first token, scored in different batches, can differ by rounding: still a miss
-    noisy = counterfact_report(items, [(-1.0, -2.0), (-2.0 + 4.8e-7, -2.0), (-3.0, -1.0)], tied=[False, True, False])
-    assert noisy.efficacy == pytest.approx(1 / 3) and noisy.n_tied == 1
-    assert noisy.to_dict()["items"][1]["margin"] == 0.0
+    # targets sharing a first token ("New York" / "New Delhi") carry no evidence: left out of every
+    # figure and of n, whatever rounding their scores carry
+    tied = counterfact_report(items, [(-1.0, -2.0), (-2.0 + 4.8e-7, -2.0), (-3.0, -1.0)], tied=[False, True, False])
+    assert tied.n == 2 and tied.n_tied == 1 and tied.efficacy == pytest.approx(1 / 2)
+    assert tied.mean_margin == pytest.approx((1 - 2) / 2)
+    assert [r["case_id"] for r in tied.to_dict()["items"]] == [items[0].case_id, items[2].case_id]
+    assert tied.kinds == [items[0].kind, items[2].kind] and sum(tied.group_n.values()) == 2
+    with pytest.raises(ValueError, match="share their first token"):
+        counterfact_report(items, [(0.0, 0.0)] * 3, tied=[True] * 3)
     with pytest.raises(ValueError, match="tie flags"):
         counterfact_report(items, [(0.0, 0.0)] * 3, tied=[True])
 
@@ -258,6 +263,10 @@ def _item(kind: str, **params) -> InstructionItem:
     ("Lyon", "French", False),                      # a bare name: no evidence (documented limit)
     ("Abrió una panadería en la calle del Puerto.", "Spanish", True),
     ("Abrió una panadería en la calle del Puerto.", "French", False),
+    ("La respuesta a la pregunta es de 4 horas.", "Spanish", True),   # Spanish "a": no tie with French
+    ("Para ayudar a atender a los clientes.", "Spanish", True),
+    ("Il a ouvert la boulangerie près du port.", "Spanish", False),    # French "a" still reads as French
+    ("Dar un curso de apicultura en la ciudad.", "Spanish", False),   # only shared words: a tie (documented)
     ("Alex hat eine Bäckerei in der Hafenstraße eröffnet.", "German", True),
     ("L'assistant aide le samedi.", "French", True),  # elision counts
     ("", "French", False),
@@ -331,6 +340,8 @@ def test_json_payload():
     ("Harbour Street.", 3, True), ("Paris .", 3, True), ("rock-and-roll don't stop", 3, True),
     ("On Harbour Street, near the sea", 3, False), ("On Harbour Street, near the sea", 5, False),
     ("On Harbour Street near", 5, True), ("...", 5, False), ("", 5, False),
+    ("At 4 a.m.", 3, True), ("About 1,000 jars", 3, True), ("Just 3.5 hours", 3, True), ("By 4:00 today", 3, True),
+    ("A nine–day trip", 3, True), ("It opened in 2019. Then it closed", 5, False),
 ])
 def test_max_words_checker(output, limit, expected):
     assert check("max_words", output, _item("max_words", max_words=limit)) is expected
@@ -700,3 +711,39 @@ def test_fictional_counterfact_ids_are_unique_across_seeds():
 ])
 def test_best_subspan_em_misses(prediction, answers):
     assert best_subspan_em(prediction, answers) is False
+
+
+def _start_marking_tokenizer():
+    """A tokenizer that marks the start of a text, as Llama-2 / Mistral-v0.1 SentencePiece ones do:
+    ``" English"`` on its own starts with a lone "▁" token (every answer would share it)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tk.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    tk.decoder = decoders.Metaspace()
+    corpus = ["The mother tongue of Danielle Darrieux is English", "The mother tongue of Danielle Darrieux is French",
+              "Previously, Paris Hilton was born in London. Currently, Paris Hilton was born in Berlin."] * 30
+    tk.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                                       special_tokens=["<unk>", "<s>", "</s>", "<pad>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def test_answers_are_tokenised_as_they_continue_the_prompt(helpers):
+    from seka_rag.evaluation.counterfact import first_token_ids, make_item
+    from seka_rag.evaluation.scoring import continuation_ids
+
+    tok = _start_marking_tokenizer()
+    alone = [tok(t, add_special_tokens=False)["input_ids"] for t in (" English", " French")]
+    assert alone[0][0] == alone[1][0] and tok.convert_ids_to_tokens(alone[0][0]) == "▁"  # the trap
+    seka = helpers.build_tiny_model("llama", tok)
+    for text in ("English", "French", "London"):
+        ids = continuation_ids(seka, text)
+        assert tok.convert_ids_to_tokens(ids[0]) != "▁" and tok.decode(ids).strip() == text
+    items = [make_item("Danielle Darrieux", "The mother tongue of Danielle Darrieux is", "English", "French"),
+             make_item("Paris Hilton", "Paris Hilton was born in", "London", "Berlin")]
+    assert all(len(set(first_token_ids(seka, it, chat=False))) == 2 for it in items)
+    report = evaluate_counterfact(seka, items, steer=False, chat=False, progress=False)
+    assert report.n_tied == 0 and report.n == 2

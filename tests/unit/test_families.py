@@ -411,7 +411,10 @@ def test_paired_differences_known_answer():
         "partial": {"b": rep("b", [False, False])},
     }
     lines = paired_differences(rows, n_boot=500).splitlines()
-    assert lines[0].startswith("router - seka: +33.33 points [") and "over 6 paired items (2 decided" in lines[0]
+    # every family weighs the same, as in the mean column: (+25 on "a" + 50 on "b") / 2, not 2 of 6 items
+    assert lines[0].startswith("router - seka: +37.50 points [") and "over 6 paired items (2 decided" in lines[0]
+    means = {m: sum(r.share for r in reps.values()) / len(reps) for m, reps in rows.items() if m != "partial"}
+    assert 100 * (means["router"] - means["seka"]) == pytest.approx(37.5)
     assert lines[1] == "same - seka: +0.00 points [+0.00, +0.00] over 6 paired items (0 decided differently)"
     assert lines[2].startswith("partial - seka: -50.00 points") and "over 2 paired items" in lines[2]
     assert paired_differences({"router": rows["router"]}) == ""  # no reference: nothing to pair with

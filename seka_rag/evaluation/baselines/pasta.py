@@ -82,7 +82,7 @@ from ._common import (
     require_highlight,
     score_rows,
 )
-from ..scoring import continuation_text
+from ..scoring import continuation_ids
 
 #: Name of the attention implementation this module registers with transformers (layers PASTA does
 #: not steer run SDPA, with SDPA's masks).
@@ -638,11 +638,9 @@ def check_top(top: Any) -> int:
 
 def _divergence_rows(model, items: Sequence[Any]) -> list[tuple[EncodedPrompt, int, int]]:
     """Per item: prompt + the answers' common prefix, and the first tokens where the answers differ."""
-    tok = model.tokenizer
     rows = []
     for i, item in enumerate(items):
-        t = list(tok(continuation_text(model, item.target), add_special_tokens=False)["input_ids"])
-        o = list(tok(continuation_text(model, item.others[0]), add_special_tokens=False)["input_ids"])
+        t, o = continuation_ids(model, item.target), continuation_ids(model, item.others[0])
         j = 0
         while j < min(len(t), len(o)) and t[j] == o[j]:
             j += 1
