@@ -155,6 +155,19 @@ def bench_batch(seka, config: BenchConfig, length: int, batch_size: int, method:
     return pad_batch(prompts, seka.tokenizer.pad_token_id).to(seka.device)
 
 
+def _check_window(seka, config: BenchConfig) -> None:
+    """Refuse prompt lengths whose longest run (prompt, emphasis markers and decoded tokens) does not fit the
+    model's window: positions past it are outside what the model was trained on, and would be measured all
+    the same."""
+    longest = max(config.lengths)
+    tokens = max(len(bench_batch(seka, config, longest, 1, m).input_ids[0]) for m in ("unsteered", *config.methods))
+    if tokens + config.decode_tokens > seka.context_window:
+        fits = longest - (tokens + config.decode_tokens - seka.context_window)
+        raise SekaError(f"--lengths {longest} does not fit {seka.model_id}'s window of {seka.context_window} tokens "
+                        f"({tokens} prompt tokens with the methods' emphasis, then {config.decode_tokens} decoded): "
+                        f"use lengths up to {max(fits, 1)}")
+
+
 def _cache_kwarg(model) -> str:
     """Name of the KV-cache argument (``cache`` in recent transformers, ``past_key_values`` before)."""
     from .evaluation.baselines._common import cache_argument
@@ -668,6 +681,7 @@ def run_benchmark(model_spec: dict, config: BenchConfig, out: str | os.PathLike 
                         "cannot be reset per configuration, so CPU probes run in a process of their own each")
     if any(m in ADAPTIVE_METHODS for m in config.methods) and seka.experts is None:
         raise SekaError("the AdaSEKA bench methods need an expert set: pass --adaptive or --experts DIR")
+    _check_window(seka, config)
     pasta_heads = None
     if "pasta" in config.methods:
         pasta_heads = pasta_config_for(seka, config.pasta_heads).head_table(seka.geometry.num_layers,
@@ -726,6 +740,11 @@ def write_outputs(result: dict, out: str | os.PathLike | None = None, plots: str
             print(f"wrote {path}")
 
 
+def _measuring_runs(results: list[dict]) -> list[dict]:
+    """The ``info`` holders of every measuring run in ``results`` (a merged file's parts, else the file)."""
+    return [part for r in results for part in (r.get("runs") or [r])]
+
+
 def merge_results(paths: list[str | os.PathLike]) -> dict:
     """One result from several :func:`run_benchmark` JSON files of the same model (e.g. a latency-only
     and a memory-only run, or an earlier merge): their rows joined, one per (tokens, batch, method) and
@@ -742,6 +761,17 @@ def merge_results(paths: list[str | os.PathLike]) -> dict:
         seen = {r["info"].get(what) for r in runs}
         if len(seen) > 1:
             raise SekaError(f"--merge: the files measure different {what}s: {sorted(map(str, seen))}")
+    # rows measured differently do not belong in one table: what is highlighted changes every figure, and
+    # the decoded length changes decode speeds (latency runs; an earlier merge was checked when it was made)
+    checks = (("highlight_share", "highlighted shares", _measuring_runs(runs)),
+              ("decode_tokens", "--decode-tokens in their latency runs",
+               [r for r in runs if r.get("latency") and not r.get("runs")]))
+    for setting, what, measured in checks:
+        seen = {json.dumps((r["info"].get("config") or {}).get(setting)) for r in measured}
+        if len(seen) > 1:
+            raise SekaError(f"--merge: the files were measured with different {what} ({', '.join(sorted(seen))}): "
+                            "merge runs of the same settings")
+
     def parts(path, result) -> list[dict]:  # a file that is itself a merge keeps its own parts
         return result.get("runs") or [dict(file=str(path), info=result["info"], seconds=result.get("seconds"))]
 

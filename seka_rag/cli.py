@@ -576,6 +576,8 @@ def cmd_bench(args) -> int:
     for flag, values in (("--batch-size", args.batch_size), ("--lengths", args.lengths)):
         if not values or min(values) < 1:
             raise SekaError(f"{flag} must be positive, got {values}")
+        if len(set(values)) < len(values):
+            raise SekaError(f"{flag} repeats a value ({values}): each would be measured twice")
 
     methods = _as_spelled(args.methods, BENCH_METHODS)  # run_benchmark rejects unknown ones
     if args.pasta_heads and "pasta" not in methods:
@@ -822,6 +824,12 @@ def cmd_eval_families(args) -> int:
                                      methods=None if args.methods == FAMILY_DEFAULT_METHODS else methods)
     if any(m in ("experts", "ada-attention", "ada-embedding") or m.startswith("expert:") for m in methods):
         args.adaptive = True
+    # counterbalanced families: each item is scored as 4 cases (2 for distractors), either highlight
+    whole = max([{"conflict": 4, "instruction": 4, "distractors": 2}.get(f, 1) for f in families])
+    if args.items is not None and args.items % whole:
+        raise SekaError(f"--items {args.items} cuts a counterbalanced item short (the conflict and instruction "
+                        "families score each item as 4 cases, distractors as 2; a partial item moves unsteered off "
+                        f"its 50 % by construction): use a multiple of {whole}")
     items = {f: _counted("--items", family_items, f, args.items, seed=args.seed) for f in families}
     routing = {k: v for k, v in (("gain", args.gain), ("temperature", args.temperature), ("top_k", args.top_k),
                                  ("embedding_temperature", args.embedding_temperature),
@@ -960,6 +968,10 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
             raise SekaError(f"--methods {missing}: no such method in the merged files (they hold {sorted(seen)})")
     if not table:
         raise SekaError("nothing to merge: no report matches the --methods / --families given")
+    seeds = {run.get("seed") for run in merged.get("runs", [])}
+    if len(seeds) > 1:  # seed 0 draws the test items, others dev items: one table must not mix them
+        raise SekaError(f"cannot merge runs of different item seeds ({', '.join(sorted(map(str, seeds)))}): their "
+                        "items differ (seed 0 draws test items, other seeds dev items)")
     print(format_family_table(table))
     if len(projections) > 1:
         print(f"note: the files steered with different projections ({', '.join(sorted(projections))}; None is "
@@ -1040,6 +1052,11 @@ def _pasta_for_eval(model, args):
         layers = args.pasta_profile_layers
         if layers is None:
             layers = list(range(0, model.geometry.num_layers, PASTA_PROFILE_STRIDE))
+        candidates = len(layers) * model.geometry.num_query_heads
+        if args.pasta_top > candidates:
+            raise SekaError(f"--pasta-top {args.pasta_top} asks for more heads than the {candidates} profiled "
+                            f"({len(layers)} layers x {model.geometry.num_query_heads} query heads): lower --pasta-top, "
+                            "or profile more layers with --pasta-profile-layers")
         print(f"note: no --pasta-heads file: profiling PASTA heads now on {args.pasta_profile_items} dev conflict "
               f"cases, layers {_fmt_layers(layers)} (a small budget; `seka-rag profile-pasta --out FILE` "
               f"profiles once with more, then pass --pasta-heads FILE)", flush=True)
@@ -1055,6 +1072,13 @@ def _pasta_for_eval(model, args):
         info = {"profiled_now": True, "n_items": profile.n_items, "layers": layers,
                 "seconds": time.perf_counter() - started}
     config = profile.config(alpha=args.pasta_alpha)
+    if args.pasta_heads:  # heads of another model: refused now, not as a failed cell per family
+        from .evaluation.baselines import BaselineConfigError
+
+        try:
+            config.head_table(model.geometry.num_layers, model.geometry.num_query_heads)
+        except BaselineConfigError as exc:
+            raise SekaError(f"--pasta-heads {args.pasta_heads}: {exc}") from None
     info.update(config.to_dict())
     return config, info
 
@@ -1256,8 +1280,8 @@ def _expert_scales(text: str) -> dict[str, float]:
 
 def _quantile_list(text: str) -> list[float]:
     values = _float_list(text)
-    if not all(0 <= v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected quantiles in [0, 1] like '0,0.25,0.5', got {text!r}")
+    if not all(0 <= v < 1 for v in values):  # quantile 1 would keep no head at all
+        raise argparse.ArgumentTypeError(f"expected quantiles in [0, 1) like '0,0.25,0.5', got {text!r}")
     return values
 
 
@@ -1311,8 +1335,16 @@ def _gain_scale_trade_off(args, gs) -> int:
         raise SekaError(f"--conflict-bar is a share between 0 and 1, got {bar}")
     for path in args.trade_off:
         _check_file(path, "--trade-off")
-    result = gs.trade_off([gs.load_result(p) for p in args.trade_off], conflict_bar=bar)
-    print(f"Share per family at each gain scale, {result.model} (dev items; conflicts: highlighted answer wins, "
+    sweeps = [gs.load_result(p) for p in args.trade_off]
+    result = gs.trade_off(sweeps, conflict_bar=bar)
+    on_test = sorted({s.family for s in sweeps if s.split == "test"})
+    if on_test:
+        import warnings
+
+        warnings.warn(f"the {', '.join(on_test)} sweep ran on the suite's TEST items (instructions: --seed 0; "
+                      "lost-in-middle: questions before 2000): a scale picked on them is not a dev choice")
+    items = "dev items" if not on_test else f"dev items, test items for {', '.join(on_test)}"
+    print(f"Share per family at each gain scale, {result.model} ({items}; conflicts: highlighted answer wins, "
           "counterfact: efficacy, instructions: pass rate, lost-in-middle: share of contexts whose log p(gold) "
           "rose over unsteered, mean over policies)")
     print(result.table())

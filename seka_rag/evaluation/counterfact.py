@@ -41,19 +41,17 @@ first-token log-probability).
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import os
 import random
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..data.triplets import RELATIONS, Namer, Relation
 from .conflict import real_conflict_items, split_of
+from .records import read_records
 from .scoring import continuation_ids, continuation_logprobs, method_settings
 from .stats import format_ci, group_shares, mean_ci, share_ci
 
@@ -165,26 +163,17 @@ def make_item(
 
 
 def read_json_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records of a JSON list file or a JSON-lines file (``.gz`` too)."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        text = f.read()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        data = json.loads(text)
-    else:
-        data = [json.loads(line) for line in text.splitlines() if line.strip()]
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise ValueError(f"{path}: expected a JSON list of records (or one JSON object per line)")
-    return data
+    """Records of a JSON list file or a JSON-lines file (``.gz`` too); :class:`ValueError` naming the
+    file (and line) for anything else."""
+    return read_records(path)
 
 
 def _target(value: Any, where: str) -> str:
+    original = value
     if isinstance(value, Mapping):
         value = value.get("str")
     if not isinstance(value, str):
-        raise ValueError(f"{where} must be {{'str': ...}} or a string, got {value!r}")
+        raise ValueError(f"{where} must be {{'str': ...}} or a string, got {original!r}")
     return value
 
 
@@ -364,7 +353,9 @@ def counterfact_items(
     if n is None:
         return items
     if n > len(items):
-        raise ValueError(f"the CounterFact source has {len(items)} usable items; asked for {n}")
+        usable = f"{len(items)} usable item{'' if len(items) == 1 else 's'}"
+        raise ValueError(f"the CounterFact source has {usable}; asked for {n} (ask for at most {len(items)}: on "
+                         f"the command line, --items counterfact={len(items)})")
     keep = sorted(random.Random(f"counterfact-sample-{seed}").sample(range(len(items)), n))
     return [items[i] for i in keep]
 

@@ -82,8 +82,18 @@ class GainScaleResult:
         head = ["scale", "g+ / g-", "cell", "metric", "value", "95% CI", "n"]
         return format_table(head, lines, markdown=markdown)
 
+    @property
+    def split(self) -> str:
+        """``"test"`` when the sweep ran on the suite's test items (instructions of seed 0, NQ-open questions
+        before the dev range), else ``"dev"``: a gain chosen on test items is not a dev choice."""
+        if self.family == "instructions" and self.settings.get("seed") == 0:
+            return "test"
+        if self.family == "lost-in-middle" and self.settings.get("first_question", DEV_FIRST_QUESTION) < DEV_FIRST_QUESTION:
+            return "test"
+        return "dev"
+
     def text(self, markdown: bool = False) -> str:
-        title = (f"Gain scale on dev {self.family} items, {self.model} "
+        title = (f"Gain scale on {self.split} {self.family} items, {self.model} "
                  f"({', '.join(f'{k} {v}' for k, v in self.settings.items() if k != 'command')}; "
                  f"{self.seconds:.0f} s)")
         return (f"## {title}\n\n" if markdown else f"{title}\n") + self.table(markdown) + "\n"
@@ -102,6 +112,8 @@ def check_scales(scales: Sequence[float]) -> list[float]:
     scales = [float(s) for s in scales]
     if not scales or any(not (s > 0 and s < float("inf")) for s in scales):
         raise SekaError(f"gain scales must be positive numbers, got {scales}")
+    if len(set(scales)) < len(scales):
+        raise SekaError(f"gain scales repeat a value ({', '.join(f'{s:g}' for s in scales)}): each would be measured twice")
     return scales
 
 

@@ -48,8 +48,6 @@ Metrics (:func:`evaluate_lost_in_middle`), per gold position and policy:
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import os
 import random
@@ -58,9 +56,9 @@ import string
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
+from .records import read_records
 from .scoring import continuation_ids, continuation_logprobs, generate_texts, method_settings
 from .stats import mean_ci, share_ci
 
@@ -157,11 +155,9 @@ class NQRecord:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every record of a ``.jsonl`` or ``.jsonl.gz`` file."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Every record of a ``.jsonl`` or ``.jsonl.gz`` file (or of a JSON list); :class:`ValueError` naming
+    the file and line for a line that is not a JSON object."""
+    return read_records(path)
 
 
 def nq_record(record: Mapping[str, Any], index: int) -> NQRecord:

@@ -135,9 +135,13 @@ def parse_items(text: str | None, families: Sequence[str] = SUITE_FAMILIES) -> d
     text = str(text).strip()
     if "=" not in text:
         return _whole_conflict_items({f: _positive(text, "--items") for f in families})
+    named: set[str] = set()
     for part in text.split(","):
         name, _, value = part.partition("=")
         name = name.strip()
+        if name in named:
+            raise SekaError(f"--items names {name!r} twice: give each family one count")
+        named.add(name)
         if name not in SUITE_FAMILIES:
             raise SekaError(f"--items names unknown family {name!r}; choose from {', '.join(SUITE_FAMILIES)}"
                             f"{did_you_mean([name], SUITE_FAMILIES)}")

@@ -144,7 +144,11 @@ def test_eval_variants_says_what_it_needs(model_dir, tmp_path, capsys):
     (["eval-families", "--methods", "seka,ada-embedding", "--gain", "0.5"], "--gain would be ignored"),
     (["build-projection", "--out", "p.safetensors", "--projection", "x.safetensors"], "--projection would be ignored"),
     (["eval", "--router", "attention"], "names the router in each method"),
-    (["sensitivity", "--delta-quantiles", "1.5"], "expected quantiles in [0, 1]"),
+    (["sensitivity", "--delta-quantiles", "1.5"], "expected quantiles in [0, 1)"),
+    (["sensitivity", "--delta-quantiles", "0,1"], "expected quantiles in [0, 1)"),
+    (["bench", "--lengths", "64,64"], "--lengths repeats a value ([64, 64])"),
+    (["gain-scale", "--family", "conflicts", "--scales", "1,1"], "gain scales repeat a value (1, 1)"),
+    (["eval", "--items", "counterfact=2,counterfact=3"], "--items names 'counterfact' twice"),
     (["build-projection", "--out", "p.safetensors", "--build-layers", "20-21", "--default-layers", "25"],
      "--default-layers [25] are not among --build-layers [20, 21]"),
     (["sensitivity", "--gains-pos=nan"], "expected finite numbers"),
@@ -247,6 +251,19 @@ def test_bench_runs_end_to_end(model_dir, tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["bench", "--merge", str(tmp_path / "missing.json")]) == 2
     assert "cannot read bench results" in capsys.readouterr().err
+    other = json.loads(out.read_text())  # the same latency run, as if measured with other decode settings
+    other["info"]["config"]["decode_tokens"] = 4
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert main(["bench", "--merge", str(out), str(tmp_path / "other.json"), "--out", str(tmp_path / "x.json")]) == 2
+    assert "different --decode-tokens in their latency runs (2, 4)" in capsys.readouterr().err
+    other["info"]["config"]["decode_tokens"], other["info"]["config"]["highlight_share"] = 2, 0.5
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert main(["bench", "--merge", str(mem), str(tmp_path / "other.json"), "--out", str(tmp_path / "x.json")]) == 2
+    assert "different highlighted shares (0.1, 0.5)" in capsys.readouterr().err
+    # prompt lengths past the model's window (256 tokens) are refused, not measured
+    assert main(["bench", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--lengths", "32,300", "--no-memory"]) == 2
+    assert "--lengths 300 does not fit" in capsys.readouterr().err
     assert main(["bench", "--model", str(model_dir), "--no-memory", "--no-latency"]) == 2
     assert main(["bench", "--model", str(model_dir), "--batch-size", "0", "--no-memory"]) == 2
     assert "--batch-size must be positive" in capsys.readouterr().err
@@ -631,8 +648,19 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
                  "--experts", str(experts), "--items", "4", "--families", "instruction", "--seed", "3",
                  "--methods", "expert:conflict", "--out", str(seed3)]) == 0
     capsys.readouterr()
-    assert main(["eval-families", "--merge", str(out), str(seed3)]) == 0
+    assert main(["eval-families", "--merge", str(out), str(seed3)]) == 2  # test items and dev items
+    assert "cannot merge runs of different item seeds (0, 3)" in capsys.readouterr().err
+    fewer = tmp_path / "fewer.json"  # the same seed, fewer items: merged, with a caution and no pairing
+    assert main(["eval-families", "--model", str(model_dir), "--projection", str(proj), "--dtype", "float32",
+                 "--items", "8", "--families", "instruction", "--methods", "unsteered", "--out", str(fewer)]) == 0
+    capsys.readouterr()
+    assert main(["eval-families", "--merge", str(out), str(fewer)]) == 0
     assert "no paired differences: the files were run on different items" in capsys.readouterr().out
+    # a count that cuts a counterbalanced item short is refused before anything loads
+    assert main(["eval-families", "--model", str(model_dir), "--items", "3", "--families", "conflict"]) == 2
+    assert "--items 3 cuts a counterbalanced item short" in capsys.readouterr().err
+    assert main(["eval-families", "--model", str(model_dir), "--items", "3", "--families", "distractors"]) == 2
+    assert "use a multiple of 2" in capsys.readouterr().err
     # --families / --methods choose what a merge shows; files that are not eval-families outputs are refused
     picked = tmp_path / "new" / "dir" / "picked.json"
     assert main(["eval-families", "--merge", str(out), "--families", "conflict", "--methods", "seka,unsteered",
@@ -739,7 +767,7 @@ def test_every_model_command_takes_no_progress_and_it_silences_long_work(model_d
     assert main([*base, "--out", str(tmp_path / "b.safetensors"), "--no-progress"]) == 0
     assert capsys.readouterr().err == ""
     assert main(["eval-families", "--model", str(model_dir), "--projection", str(tmp_path / "b.safetensors"),
-                 "--dtype", "float32", "--items", "2", "--families", "conflict", "--methods", "unsteered,seka",
+                 "--dtype", "float32", "--items", "4", "--families", "conflict", "--methods", "unsteered,seka",
                  "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and "conflict" in captured.out

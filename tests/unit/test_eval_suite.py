@@ -215,6 +215,20 @@ def test_profile_pasta_then_eval_with_the_heads(model_dir, projection, tmp_path,
                  "--lengths", "16", "--runs", "1", "--decode-tokens", "1", "--no-memory", "--out", str(bench)]) == 0
     config = json.loads(bench.read_text())["info"]["config"]
     assert sum(map(len, config["pasta_heads"].values())) == 3
+    # a profile of another model whose heads this model lacks is refused before any cell runs
+    elsewhere = json.loads(heads.read_text())
+    elsewhere["model"] = "another/model"
+    elsewhere["selected"] = [[20, 0, *elsewhere["selected"][0][2:]]] + elsewhere["selected"][1:]
+    (tmp_path / "elsewhere.json").write_text(json.dumps(elsewhere))
+    capsys.readouterr()
+    assert main(["eval", *_base(model_dir, projection), "--families", "conflict", "--methods", "pasta",
+                 "--items", "4", "--pasta-heads", str(tmp_path / "elsewhere.json"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--pasta-heads {tmp_path / 'elsewhere.json'}: " in err and "layer 20" in err
+    # profiling on the fly for more heads than the profiled layers hold names the options to change
+    assert main(["eval", *_base(model_dir, projection), "--families", "conflict", "--methods", "pasta",
+                 "--items", "4", "--pasta-top", "50", "--no-progress"]) == 2
+    assert "--pasta-top 50 asks for more heads than the" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -348,7 +362,7 @@ def test_gain_scale_lost_in_middle_rows_and_scaling(model_dir, projection, nq_fi
                  "--items", "2", "--first-question", "1", "--nq-passages", "3", "--scales", "1,0.000001",
                  "--em", "--no-progress", "--out-dir", str(out_dir)]) == 0
     printed = capsys.readouterr().out
-    assert "Gain scale on dev lost-in-middle items" in printed
+    assert "Gain scale on test lost-in-middle items" in printed  # question 1 is a test question (dev: 2000 on)
     data = json.loads((out_dir / f"{model_dir.name.lower()}-lost-in-middle-gain-scale.json").read_text())
     rows = data["rows"]
     assert data["settings"]["first_question"] == 1 and data["settings"]["policies"] == ["gold", "middle"]
@@ -401,6 +415,23 @@ def _gs(family, rows, model="m", gains=(2.0, 0.5), **settings):
     return GainScaleResult(family, model, {"default_gains": list(gains), **settings},
                            [GainScaleRow(s, None if s == 0 else s, None if s == 0 else s / 4, cell, metric, v, None, 10)
                             for s, cell, metric, v in rows])
+
+
+def test_a_sweep_on_test_items_says_so(tmp_path, capsys):
+    from seka_rag.evaluation.gain_scale import DEV_FIRST_QUESTION
+
+    rows = [(0.0, "all", "pass", 0.3), (1.0, "all", "pass", 0.5)]
+    assert _gs("instructions", rows, seed=0).split == "test" and _gs("instructions", rows, seed=1).split == "dev"
+    lim = [(1.0, "gold / all", "rises", 0.5)]
+    assert _gs("lost-in-middle", lim, first_question=0).split == "test"
+    assert _gs("lost-in-middle", lim, first_question=DEV_FIRST_QUESTION).split == "dev"
+    assert _gs("conflicts", [(1.0, "all", "share", 1.0)], split="dev").split == "dev"
+    assert "Gain scale on test instructions items" in _gs("instructions", rows, seed=0).text()
+    path = tmp_path / "instructions.json"
+    path.write_text(json.dumps(_gs("instructions", rows, seed=0).to_dict()))
+    with pytest.warns(UserWarning, match="instructions sweep ran on the suite's TEST items"):
+        assert main(["gain-scale", "--trade-off", str(path)]) == 0
+    assert "(dev items, test items for instructions;" in capsys.readouterr().out
 
 
 def test_trade_off_picks_the_best_mean_among_scales_that_keep_the_conflict_bar():

@@ -747,3 +747,36 @@ def test_answers_are_tokenised_as_they_continue_the_prompt(helpers):
     assert all(len(set(first_token_ids(seka, it, chat=False))) == 2 for it in items)
     report = evaluate_counterfact(seka, items, steer=False, chat=False, progress=False)
     assert report.n_tied == 0 and report.n == 2
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"question": "q"}\n42\n', "line 2 is int 42, not a JSON object"),
+    ('{"a": 1}\n{"b": 2}\n{bad\n', "line 3 is not valid JSON"),
+    ('{\n  "data": [{"a": 1}]\n}\n', "one JSON object; expected a JSON list of records or one JSON object per line "
+                                   "(its 'data' key holds a list: pass that list)"),
+    ('[{"a": 1}, 3]', "record 1 is int 3, not a JSON object"),
+    ('[{"a": 1}', "not valid JSON"),
+])
+def test_data_files_name_the_file_and_line_of_a_bad_record(tmp_path, content, message):
+    from seka_rag.evaluation.records import read_records
+
+    path = tmp_path / "data.jsonl"
+    path.write_text(content)
+    with pytest.raises(ValueError) as caught:
+        read_records(path)
+    assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)
+    with pytest.raises(ValueError, match=r"data\.jsonl: "):  # the NQ-open loader reads through it too
+        load_nq(path)
+
+
+def test_data_files_accept_a_byte_order_mark_and_gzip(tmp_path):
+    from seka_rag.evaluation.records import read_records
+
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"a": 1}\n')
+    assert read_records(tmp_path / "bom.jsonl") == [{"a": 1}]
+    with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
+        f.write('{"a": 1}\n\n{"b": 2}\n')
+    assert read_records(tmp_path / "d.jsonl.gz") == [{"a": 1}, {"b": 2}]
+    (tmp_path / "fake.gz").write_text("not gzip")
+    with pytest.raises(ValueError, match="cannot be read as gzip-compressed UTF-8 text"):
+        read_records(tmp_path / "fake.gz")
