@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+from contextvars import ContextVar
 from pathlib import Path
 
 from .errors import SekaError
@@ -552,6 +553,11 @@ def cmd_bench(args) -> int:
         if given and (args.merge or args.no_memory or args.memory_in_process):
             why = "--merge" if args.merge else "--no-memory" if args.no_memory else "--memory-in-process"
             raise SekaError(f"{flag} {what}; with {why} no such probe runs")
+    timing = [flag for flag in ("--runs", "--short-run-factor") if flag in _GIVEN_OPTIONS.get()]
+    if timing and args.no_latency and not args.merge:
+        raise SekaError(f"{' and '.join(timing)} set{'s' if len(timing) == 1 else ''} how many latency runs are "
+                        "timed; with --no-latency none is (each memory probe runs once): leave "
+                        f"{'it' if len(timing) == 1 else 'them'} out")
     if args.probe_start == "fork":
         from .model import _default_device
 
@@ -779,9 +785,13 @@ def _refuse_overwriting_a_merged_file(inputs: list[str], out: str | None, what: 
 
 
 def _refuse_run_options_with_merge(args, command: str, kept: tuple[str, ...]) -> None:
-    """A ``--merge`` runs nothing: refuse every option of ``command`` but ``kept`` given a non-default value."""
+    """A ``--merge`` runs nothing: refuse every option of ``command`` but ``kept`` that was given (a value
+    other than its default, or the option spelled out even at its default: ``--model X`` does not check
+    that the files are X's)."""
     defaults = vars(build_parser().parse_args([command]))
-    given = sorted("--" + k.replace("_", "-") for k, v in vars(args).items() if k not in kept and v != defaults.get(k))
+    spelled = _GIVEN_OPTIONS.get()
+    given = sorted({"--" + k.replace("_", "-") for k, v in vars(args).items()
+                    if k not in kept and (v != defaults.get(k) or "--" + k.replace("_", "-") in spelled)})
     if given:
         raise SekaError(f"--merge only joins earlier results and runs nothing, so {', '.join(given)} would be "
                         "ignored; leave it out (the files' own settings apply)")
@@ -1959,12 +1969,18 @@ def _check_writable(path: Path, flag: str, value: str, *, prefix: bool = False) 
                         f"({exc.strerror or exc}); choose another place") from None
 
 
+#: the options a command line spelled out (``--name`` or ``--name=value``), whatever their values
+_GIVEN_OPTIONS: ContextVar[frozenset[str]] = ContextVar("seka_cli_given_options", default=frozenset())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``seka-rag``; returns the exit status (2 for bad input, after printing why)."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage error (or --help)
         return exc.code if isinstance(exc.code, int) else 2
+    words = sys.argv[1:] if argv is None else argv
+    _GIVEN_OPTIONS.set(frozenset(str(w).split("=", 1)[0] for w in words if str(w).startswith("--")))
     try:
         check_empty_options(args)
         check_ignored_options(args)

@@ -366,6 +366,11 @@ def _select_heads(effects: list[HeadEffect], heads, projection: Projection, n_kv
         chosen = most_affected(effects, int(heads))
         if not chosen:
             raise InspectionError("every head of the edited layers is masked off: nothing to inspect")
+        if len(chosen) < int(heads):
+            import warnings
+
+            warnings.warn(f"heads={int(heads)} asks for more heads than the edit changes: all {len(chosen)} "
+                          "edited heads are inspected", stacklevel=3)
         return chosen
     if isinstance(heads, (str, bytes)) or not isinstance(heads, Sequence) or not heads:
         raise InspectionError(

@@ -76,6 +76,11 @@ def layer_sets(projection, names: Sequence[str] = DEFAULT_LAYER_SETS) -> dict[st
         else:
             m = _SET.match(name)
             k = min(int(m.group(2)), len(covered))
+            if k < int(m.group(2)):
+                import warnings
+
+                warnings.warn(f"layer set {name} asks for {m.group(2)} layers; the projection covers {len(covered)}: "
+                              "all of them", stacklevel=2)
             start = {"first": 0, "last": len(covered) - k, "middle": (len(covered) - k) // 2}[m.group(1)]
             layers = covered[start:start + k]
         same = next((k for k, v in out.items() if v == layers), None)

@@ -146,6 +146,11 @@ def test_eval_variants_says_what_it_needs(model_dir, tmp_path, capsys):
     (["eval", "--router", "attention"], "names the router in each method"),
     (["sensitivity", "--delta-quantiles", "1.5"], "expected quantiles in [0, 1)"),
     (["sensitivity", "--delta-quantiles", "0,1"], "expected quantiles in [0, 1)"),
+    # a merge runs nothing: --model, even at its default, would not check that the files are that model's
+    (["eval", "--merge", "a.json", "--model", "qwen2.5-coder-0.5b"], "so --model would be ignored"),
+    (["eval-families", "--merge", "a.json", "--model=qwen2.5-coder-0.5b"], "so --model would be ignored"),
+    (["bench", "--merge", "a.json", "--model", "qwen2.5-coder-0.5b"], "so --model would be ignored"),
+    (["bench", "--no-latency", "--runs", "5"], "--runs sets how many latency runs are timed; with --no-latency"),
     (["bench", "--lengths", "64,64"], "--lengths repeats a value ([64, 64])"),
     (["gain-scale", "--family", "conflicts", "--scales", "1,1"], "gain scales repeat a value (1, 1)"),
     (["eval", "--items", "counterfact=2,counterfact=3"], "--items names 'counterfact' twice"),

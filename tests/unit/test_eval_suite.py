@@ -700,7 +700,8 @@ def test_suite_conflict_breakdown_by_kind_resamples_whole_items(monkeypatch):
 
 def test_layer_sets_and_deltas(tiny_model):
     proj = tiny_model("llama", num_layers=4, projection={"default_layers": [2, 3]}).projection
-    sets = layer_sets(proj, ["default", "last-2", "first-1", "middle-2", "all", "last-12"])
+    with pytest.warns(UserWarning, match="layer set last-12 asks for 12 layers; the projection covers 4"):
+        sets = layer_sets(proj, ["default", "last-2", "first-1", "middle-2", "all", "last-12"])
     assert sets == {"default=last-2": [2, 3], "first-1": [0], "middle-2": [1, 2], "all=last-12": [0, 1, 2, 3]}
     with pytest.raises(SekaError, match="layer sets"):
         check_set_names(["last-0"])

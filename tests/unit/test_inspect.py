@@ -224,7 +224,8 @@ def test_heads_ranked_by_rms_gain_masked_last(tiny_model, helpers):
 
 def test_masked_heads_are_never_inspected(tiny_model):
     seka = tiny_model("qwen3", projection={"head_mask": [[True, False], [False, False]]})
-    result = token_amplification(seka, TEXTS[:2], 50, min_count=1, progress=False)
+    with pytest.warns(UserWarning, match="heads=50 asks for more heads than the edit changes: all 1 edited"):
+        result = token_amplification(seka, TEXTS[:2], 50, min_count=1, progress=False)
     assert [h.effect.key for h in result.heads] == [(0, 0)]
     with pytest.raises(InspectionError, match="masked off"):
         token_amplification(seka, TEXTS[:2], [(1, 1)], progress=False)
