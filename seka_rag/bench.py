@@ -159,11 +159,16 @@ def _check_window(seka, config: BenchConfig) -> None:
     """Refuse prompt lengths whose longest run (prompt, emphasis markers and decoded tokens) does not fit the
     model's window: positions past it are outside what the model was trained on, and would be measured all
     the same."""
+    from .architectures import text_config
+
+    window = getattr(text_config(seka.model.config), "max_position_embeddings", None)
+    if not window:  # the model does not say (SekaModel then assumes 2048, which must not cap a benchmark)
+        return
     longest = max(config.lengths)
     tokens = max(len(bench_batch(seka, config, longest, 1, m).input_ids[0]) for m in ("unsteered", *config.methods))
-    if tokens + config.decode_tokens > seka.context_window:
-        fits = longest - (tokens + config.decode_tokens - seka.context_window)
-        raise SekaError(f"--lengths {longest} does not fit {seka.model_id}'s window of {seka.context_window} tokens "
+    if tokens + config.decode_tokens > window:
+        fits = longest - (tokens + config.decode_tokens - window)
+        raise SekaError(f"--lengths {longest} does not fit {seka.model_id}'s window of {window} tokens "
                         f"({tokens} prompt tokens with the methods' emphasis, then {config.decode_tokens} decoded): "
                         f"use lengths up to {max(fits, 1)}")
 
@@ -762,10 +767,12 @@ def merge_results(paths: list[str | os.PathLike]) -> dict:
         if len(seen) > 1:
             raise SekaError(f"--merge: the files measure different {what}s: {sorted(map(str, seen))}")
     # rows measured differently do not belong in one table: what is highlighted changes every figure, and
-    # the decoded length changes decode speeds (latency runs; an earlier merge was checked when it was made)
+    # the decoded length changes decode speeds (in the runs that timed latency; a part of an older merge
+    # that did not record whether it did counts as one when its file holds latency rows)
+    timed = [part for r in runs for part in (r.get("runs") or [r])
+             if (part.get("latency") if "latency" in part and r.get("runs") else r.get("latency"))]
     checks = (("highlight_share", "highlighted shares", _measuring_runs(runs)),
-              ("decode_tokens", "--decode-tokens in their latency runs",
-               [r for r in runs if r.get("latency") and not r.get("runs")]))
+              ("decode_tokens", "--decode-tokens in their latency runs", timed))
     for setting, what, measured in checks:
         seen = {json.dumps((r["info"].get("config") or {}).get(setting)) for r in measured}
         if len(seen) > 1:
@@ -773,7 +780,8 @@ def merge_results(paths: list[str | os.PathLike]) -> dict:
                             "merge runs of the same settings")
 
     def parts(path, result) -> list[dict]:  # a file that is itself a merge keeps its own parts
-        return result.get("runs") or [dict(file=str(path), info=result["info"], seconds=result.get("seconds"))]
+        return result.get("runs") or [dict(file=str(path), info=result["info"], seconds=result.get("seconds"),
+                                           latency=bool(result.get("latency")))]
 
     def rows(kind: str) -> list[dict]:  # one row per configuration: a later file's replaces an earlier one's
         keyed: dict = {}

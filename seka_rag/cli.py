@@ -838,8 +838,8 @@ def cmd_eval_families(args) -> int:
     whole = max([{"conflict": 4, "instruction": 4, "distractors": 2}.get(f, 1) for f in families])
     if args.items is not None and args.items % whole:
         raise SekaError(f"--items {args.items} cuts a counterbalanced item short (the conflict and instruction "
-                        "families score each item as 4 cases, distractors as 2; a partial item moves unsteered off "
-                        f"its 50 % by construction): use a multiple of {whole}")
+                        "families score each item as 4 cases, either highlight in either order, distractors as 2; "
+                        f"a partial item leaves the order or the highlight unbalanced): use a multiple of {whole}")
     items = {f: _counted("--items", family_items, f, args.items, seed=args.seed) for f in families}
     routing = {k: v for k, v in (("gain", args.gain), ("temperature", args.temperature), ("top_k", args.top_k),
                                  ("embedding_temperature", args.embedding_temperature),
@@ -1975,12 +1975,12 @@ _GIVEN_OPTIONS: ContextVar[frozenset[str]] = ContextVar("seka_cli_given_options"
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``seka-rag``; returns the exit status (2 for bad input, after printing why)."""
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage error (or --help)
         return exc.code if isinstance(exc.code, int) else 2
-    words = sys.argv[1:] if argv is None else argv
-    _GIVEN_OPTIONS.set(frozenset(str(w).split("=", 1)[0] for w in words if str(w).startswith("--")))
+    token = _GIVEN_OPTIONS.set(_spelled_options(parser, args, sys.argv[1:] if argv is None else argv))
     try:
         check_empty_options(args)
         check_ignored_options(args)
@@ -1990,6 +1990,24 @@ def main(argv: list[str] | None = None) -> int:
     except SekaError as exc:
         print(f"seka-rag: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        _GIVEN_OPTIONS.reset(token)
+
+
+def _spelled_options(parser: argparse.ArgumentParser, args, words) -> frozenset[str]:
+    """The options of the command that ``words`` spelled out, by their full names (argparse accepts an
+    unambiguous prefix, ``--mod`` for ``--model``)."""
+    sub = next((a.choices.get(getattr(args, "command", None)) for a in parser._actions
+                if isinstance(a, argparse._SubParsersAction)), None)
+    names = list((sub or parser)._option_string_actions)
+    spelled = set()
+    for word in (str(w).split("=", 1)[0] for w in words):
+        if not word.startswith("--"):
+            continue
+        matches = [word] if word in names else [n for n in names if n.startswith(word)]
+        if len(matches) == 1:
+            spelled.add(matches[0])
+    return frozenset(spelled)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,8 @@ def read_records(path: str | os.PathLike, *, json_list: bool = True) -> list[dic
         kind = "gzip-compressed UTF-8 text" if compressed else "UTF-8 text"
         raise ValueError(f"{path}: cannot be read as {kind} ({exc})") from None
     stripped = text.lstrip()
-    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    # lines end at "\n" only: JSON strings may hold U+2028 and other characters str.splitlines() splits on
+    lines = [(number, line.removesuffix("\r")) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
     expected = "a JSON list of records or one JSON object per line" if json_list else "one JSON object per line"
     if stripped.startswith("[") or (stripped.startswith("{") and len(lines) > 1 and _one_document(text)):
         try:

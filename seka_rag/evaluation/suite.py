@@ -512,7 +512,8 @@ class SuiteResult:
                  if f in self.families]
         if not kinds:
             return []
-        return [f"(n) counts {'; '.join(kinds)}; intervals resample whole items and questions"]
+        units = " and ".join(u for f, u in (("conflict", "items"), ("lost-in-middle", "questions")) if f in self.families)
+        return [f"(n) counts {'; '.join(kinds)}; intervals resample whole {units}"]
 
     def _paired_section(self, markdown: bool, reference: str = "unsteered") -> list[str]:
         """The paired table with its title, or why there is none although ``reference`` and another method ran."""

@@ -151,6 +151,8 @@ def test_eval_variants_says_what_it_needs(model_dir, tmp_path, capsys):
     (["eval-families", "--merge", "a.json", "--model=qwen2.5-coder-0.5b"], "so --model would be ignored"),
     (["bench", "--merge", "a.json", "--model", "qwen2.5-coder-0.5b"], "so --model would be ignored"),
     (["bench", "--no-latency", "--runs", "5"], "--runs sets how many latency runs are timed; with --no-latency"),
+    (["bench", "--no-latency", "--run", "5"], "--runs sets how many latency runs are timed"),  # an abbreviation
+    (["eval", "--merge", "a.json", "--mod", "qwen2.5-coder-0.5b"], "so --model would be ignored"),
     (["bench", "--lengths", "64,64"], "--lengths repeats a value ([64, 64])"),
     (["gain-scale", "--family", "conflicts", "--scales", "1,1"], "gain scales repeat a value (1, 1)"),
     (["eval", "--items", "counterfact=2,counterfact=3"], "--items names 'counterfact' twice"),
@@ -260,6 +262,9 @@ def test_bench_runs_end_to_end(model_dir, tmp_path, capsys, monkeypatch):
     other["info"]["config"]["decode_tokens"] = 4
     (tmp_path / "other.json").write_text(json.dumps(other))
     assert main(["bench", "--merge", str(out), str(tmp_path / "other.json"), "--out", str(tmp_path / "x.json")]) == 2
+    assert "different --decode-tokens in their latency runs (2, 4)" in capsys.readouterr().err
+    # an earlier merge (its latency part at 2 tokens, its memory part at 1) is checked by its latency part
+    assert main(["bench", "--merge", str(merged), str(tmp_path / "other.json"), "--out", str(tmp_path / "x.json")]) == 2
     assert "different --decode-tokens in their latency runs (2, 4)" in capsys.readouterr().err
     other["info"]["config"]["decode_tokens"], other["info"]["config"]["highlight_share"] = 2, 0.5
     (tmp_path / "other.json").write_text(json.dumps(other))
@@ -912,3 +917,13 @@ def test_set_gains_stores_hand_chosen_gains(tmp_path, tiny_model, helpers, capsy
         assert main(["set-gains", str(path), "--gain-neg", "-1"]) == 0
     assert main(["set-gains", str(tmp_path)]) == 2  # a directory, not a projection file
     assert not list(tmp_path.glob(".*partial"))  # written beside the file and moved over it
+
+
+def test_main_forgets_the_options_it_was_given_when_it_returns(capsys):
+    from seka_rag import cli
+
+    assert main(["eval", "--merge", "no-such.json", "--out", "x.json"]) == 2
+    assert cli._GIVEN_OPTIONS.get() == frozenset()  # a later command in this thread starts clean
+    assert cli._spelled_options(cli.build_parser(), cli.build_parser().parse_args(["bench"]),
+                                ["--run", "5", "--no-lat", "--decode-tokens=2", "x"]) == {
+        "--runs", "--no-latency", "--decode-tokens"}

@@ -772,6 +772,14 @@ def test_data_files_name_the_file_and_line_of_a_bad_record(tmp_path, content, me
 def test_data_files_accept_a_byte_order_mark_and_gzip(tmp_path):
     from seka_rag.evaluation.records import read_records
 
+    # JSON strings may hold U+2028 / U+0085 raw (json.dumps(ensure_ascii=False) writes them so): one line each
+    records = [{"text": "a\u2028b"}, {"text": "c\u0085d"}, {"text": "e\r"}]
+    (tmp_path / "unicode.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in records),
+                                            encoding="utf-8", newline="")
+    assert read_records(tmp_path / "unicode.jsonl") == records
+    (tmp_path / "one.jsonl").write_text(json.dumps(records[0], ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_records(tmp_path / "one.jsonl") == records[:1]
+
     (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"a": 1}\n')
     assert read_records(tmp_path / "bom.jsonl") == [{"a": 1}]
     with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
