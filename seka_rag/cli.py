@@ -556,7 +556,7 @@ def cmd_bench(args) -> int:
     timing = [flag for flag in ("--runs", "--short-run-factor") if flag in _GIVEN_OPTIONS.get()]
     if timing and args.no_latency and not args.merge:
         raise SekaError(f"{' and '.join(timing)} set{'s' if len(timing) == 1 else ''} how many latency runs are "
-                        "timed; with --no-latency none is (each memory probe runs once): leave "
+                        "timed; with --no-latency no latency run is timed (each memory probe runs once): leave "
                         f"{'it' if len(timing) == 1 else 'them'} out")
     if args.probe_start == "fork":
         from .model import _default_device
@@ -583,7 +583,9 @@ def cmd_bench(args) -> int:
         if not values or min(values) < 1:
             raise SekaError(f"{flag} must be positive, got {values}")
         if len(set(values)) < len(values):
-            raise SekaError(f"{flag} repeats a value ({values}): each would be measured twice")
+            twice = sorted({v for v in values if values.count(v) > 1})
+            raise SekaError(f"{flag} {','.join(map(str, values))} repeats {', '.join(map(str, twice))}: give each "
+                            "value once")
 
     methods = _as_spelled(args.methods, BENCH_METHODS)  # run_benchmark rejects unknown ones
     if args.pasta_heads and "pasta" not in methods:
@@ -794,7 +796,7 @@ def _refuse_run_options_with_merge(args, command: str, kept: tuple[str, ...]) ->
                     if k not in kept and (v != defaults.get(k) or "--" + k.replace("_", "-") in spelled)})
     if given:
         raise SekaError(f"--merge only joins earlier results and runs nothing, so {', '.join(given)} would be "
-                        "ignored; leave it out (the files' own settings apply)")
+                        f"ignored; leave {'it' if len(given) == 1 else 'them'} out (the files' own settings apply)")
 
 
 #: ``seka-rag eval-families`` options that still act with ``--merge`` (every other one would be ignored).
@@ -835,11 +837,14 @@ def cmd_eval_families(args) -> int:
     if any(m in ("experts", "ada-attention", "ada-embedding") or m.startswith("expert:") for m in methods):
         args.adaptive = True
     # counterbalanced families: each item is scored as 4 cases (2 for distractors), either highlight
-    whole = max([{"conflict": 4, "instruction": 4, "distractors": 2}.get(f, 1) for f in families])
+    sets = {"conflict": 4, "instruction": 4, "distractors": 2}  # either highlight (and order) of one prompt
+    running = [f for f in families if f in sets]
+    whole = max([sets[f] for f in running], default=1)
     if args.items is not None and args.items % whole:
-        raise SekaError(f"--items {args.items} cuts a counterbalanced item short (the conflict and instruction "
-                        "families score each item as 4 cases, either highlight in either order, distractors as 2; "
-                        f"a partial item leaves the order or the highlight unbalanced): use a multiple of {whole}")
+        sizes = ", ".join(f"{f} in sets of {sets[f]}" for f in running)
+        raise SekaError(f"--items {args.items} cuts a counterbalanced set short ({sizes}: either highlight, in "
+                        "either order where there are two documents; a partial set leaves them unbalanced): use a "
+                        f"multiple of {whole}")
     items = {f: _counted("--items", family_items, f, args.items, seed=args.seed) for f in families}
     routing = {k: v for k, v in (("gain", args.gain), ("temperature", args.temperature), ("top_k", args.top_k),
                                  ("embedding_temperature", args.embedding_temperature),
@@ -900,7 +905,8 @@ def _print_paired_differences(table: dict) -> None:
 
     lines = paired_differences({m: r for m, r in table.items() if m != "unsteered"})
     if lines:
-        print("Paired differences from plain SEKA (all families pooled, bootstrap 95 % intervals):\n" + lines)
+        print("Paired differences from plain SEKA (over all families, each weighing the same as in the mean column; "
+              "bootstrap 95 % intervals):\n" + lines)
 
 
 def _merge_family_reports(paths: list[str], out: str | None, families: list[str] | None = None,
@@ -1351,8 +1357,9 @@ def _gain_scale_trade_off(args, gs) -> int:
     if on_test:
         import warnings
 
-        warnings.warn(f"the {', '.join(on_test)} sweep ran on the suite's TEST items (instructions: --seed 0; "
-                      "lost-in-middle: questions before 2000): a scale picked on them is not a dev choice")
+        sweeps_ran = "sweep ran" if len(on_test) == 1 else "sweeps ran"
+        warnings.warn(f"the {' and '.join(on_test)} {sweeps_ran} on the suite's test items (instructions: --seed 0; "
+                      "lost-in-middle: --first-question below 2000): a scale picked on them is not a dev choice")
     items = "dev items" if not on_test else f"dev items, test items for {', '.join(on_test)}"
     print(f"Share per family at each gain scale, {result.model} ({items}; conflicts: highlighted answer wins, "
           "counterfact: efficacy, instructions: pass rate, lost-in-middle: share of contexts whose log p(gold) "
@@ -1656,7 +1663,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--families", nargs="+", help="task families: context_qa, conflict, instruction, distractors "
                    "(space- or comma-separated; default: all four; with --merge, the ones to show)")
-    p.add_argument("--items", type=_positive_int, default=152, help="items per family (default 152)")
+    p.add_argument("--items", type=_positive_int, default=152,
+                   help="items per family (default 152): a multiple of 4 when conflict or instruction runs, of 2 "
+                        "for distractors (whole counterbalanced sets)")
     p.add_argument("--seed", type=int, default=0, help="item seed (0: the test items; others: dev items)")
     p.add_argument("--methods", default=FAMILY_DEFAULT_METHODS,
                    help=f"comma-separated: {', '.join(FAMILY_METHODS)} ('experts': each expert alone; "
@@ -1671,7 +1680,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "setting, softmax for the shipped set)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per forward pass (default 8)")
     p.add_argument("--out", help="write every report as JSON")
-    p.add_argument("--merge", nargs="+", metavar="JSON", help="print one table from earlier --out files, run nothing")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="print one table from earlier --out files of the same item seed (test and dev runs do not "
+                        "mix), run nothing; takes no run option, not even at its default (e.g. --model)")
     p.set_defaults(func=cmd_eval_families)
 
     from .evaluation.lost_in_middle import DEFAULT_MAX_NEW_TOKENS as LIM_MAX_NEW_TOKENS
@@ -1693,7 +1704,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--counterfact", metavar="PATH", help="a counterfact.json (public format; default: our generated items)")
     p.add_argument("--nq", metavar="PATH", help="NQ-open oracle file for lost-in-middle (without it the family is skipped): JSON lines, "
                         "gzipped or not, one {\"question\", \"answers\": [...], \"ctxs\": [{\"title\", \"text\", "
-                        "\"isgold\"}]} per line, as the Lost in the Middle study's qa_data/nq-open-oracle.jsonl.gz")
+                        "\"isgold\"}]} per line (or a JSON list of them), as the Lost in the Middle study's "
+                        "qa_data/nq-open-oracle.jsonl.gz")
     p.add_argument("--nq-policies", default="middle", help="highlight policies: middle (default), gold, retriever")
     p.add_argument("--nq-passages", type=_passage_count, default=10, help="passages per lost-in-middle context (default 10)")
     p.add_argument("--nq-first", type=_nonneg_int, default=0,
@@ -1782,8 +1794,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first NQ question of the dev items (lost-in-middle; default 2000; the suite's test items "
                    "start at 0)")
     p.add_argument("--em", action="store_true", help="also generate and score best-subspan EM (lost-in-middle; slower)")
-    p.add_argument("--seed", type=int, help="item seed (instructions, counterfact; default 1; the suite's test "
-                   "items are 0)")
+    p.add_argument("--seed", type=int, help="item seed (instructions, counterfact; default 1; for instructions, 0 "
+                   "gives the suite's test items, which the sweep's title then names)")
     p.add_argument("--max-new-tokens", type=_positive_int, help="answer length (default: 48 for instructions, 100 for "
                    "lost-in-middle answers with --em; the other families are scored, not generated)")
     p.add_argument("--batch-size", type=_positive_int, help="prompts per forward pass (default: 4 for the long lost-in-middle "
@@ -1809,10 +1821,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="overhead benchmark: latency, decode speed, peak memory")
     _add_model_args(p)
     p.add_argument("--lengths", type=_int_list, default=[256, 1024, 2048],
-                   help="prompt lengths in tokens (default 256,1024,2048)")
+                   help="prompt lengths in tokens (default 256,1024,2048); each, with the emphasis markers and "
+                        "--decode-tokens, must fit the model's window")
     p.add_argument("--runs", type=_positive_int, default=7,
-                   help="interleaved timed runs per configuration, more for cheap shapes (--short-run-factor); "
-                        "medians are reported (default 7)")
+                   help="interleaved timed latency runs per configuration, more for cheap shapes "
+                        "(--short-run-factor); medians are reported (default 7; refused with --no-latency)")
     p.add_argument("--short-run-factor", type=_positive_int, default=4,
                    help="shapes (tokens x batch) at most 1/16 of the largest get up to this many times --runs, "
                         "since their short runs are the noisiest and cost little (default 4; 1: --runs everywhere)")
@@ -1833,10 +1846,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CUDA only: probe peak memory (max_memory_allocated, reset per configuration) in this "
                         "process instead of a fresh process per configuration; saves a model load per probe")
     p.add_argument("--no-latency", action="store_true",
-                   help="only the memory probes (they may run beside other work; latency needs a quiet machine)")
+                   help="only the memory probes, each run once (they may run beside other work; latency needs a "
+                        "quiet machine)")
     p.add_argument("--merge", nargs="+", metavar="JSON",
-                   help="combine earlier --out files of one model (e.g. a --no-memory and a --no-latency run) "
-                        "into --out and --plots; measures nothing")
+                   help="combine earlier --out files of one model, dtype and device, measured with one highlighted "
+                        "share (and one --decode-tokens in their latency runs), e.g. a --no-memory and a "
+                        "--no-latency run, into --out and --plots; measures nothing and takes no run option")
     p.add_argument("--methods", default="seka",
                    help="comma-separated: prompt-markers, prompt-important, pasta, spa, seka, ada-attention, "
                         "ada-embedding, two-pass (default: seka)")

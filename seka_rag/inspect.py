@@ -369,7 +369,7 @@ def _select_heads(effects: list[HeadEffect], heads, projection: Projection, n_kv
         if len(chosen) < int(heads):
             import warnings
 
-            warnings.warn(f"heads={int(heads)} asks for more heads than the edit changes: all {len(chosen)} "
+            warnings.warn(f"{int(heads)} heads (--heads / heads=) is more than the edit changes: all {len(chosen)} "
                           "edited heads are inspected", stacklevel=3)
         return chosen
     if isinstance(heads, (str, bytes)) or not isinstance(heads, Sequence) or not heads:

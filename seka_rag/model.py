@@ -487,7 +487,8 @@ class SekaModel:
         picks AdaSEKA's router (default: the model's); ``query_index`` (batch,) is each row's last
         prompt token (default: the last position, as in a left-padded prompt batch) and ``rows`` the
         encoded prompts (the embedding router's default query is their text outside the highlights).
-        After the block, ``.result`` (and :attr:`last_routing`) holds the routing weights.
+        After the block, ``.result`` (and :attr:`last_routing`) holds the routing weights (None when the
+        block raised).
 
         A mask of fewer rows than the model's batch is repeated to fit it when the batch is a whole
         multiple (as ``generate`` expands rows for beams or ``num_return_sequences``); build one mask
@@ -916,8 +917,8 @@ class SekaModel:
         Bad arguments raise here, when ``stream`` is called; generation starts when iteration does.
         Generation stops when the consumer stops iterating, or when ``cancel`` (a
         :class:`threading.Event`) is set. :attr:`last_routing` is set when the iteration ends, in the
-        thread (or task) that read the stream; a stream closed elsewhere (by the garbage collector) sets
-        nothing.
+        thread (or task) that read this stream last; a stream closed elsewhere (by the garbage collector,
+        or after another stream was read) sets nothing.
         """
         from transformers import TextIteratorStreamer
 

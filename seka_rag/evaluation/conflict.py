@@ -759,9 +759,9 @@ def score_cases(
     shared_prefix: bool = True,
     **steer_kwargs: Any,
 ) -> list[float]:
-    """Margin log p(target) − log p(other) of every case, as ``model.score`` gives it for each answer
-    as the model would start it (:func:`~seka_rag.evaluation.scoring.continuation_text`: after a space
-    when the tokenizer has no chat template).
+    """Margin log p(target) − log p(other) of every case, each answer tokenised as it continues the
+    prompt (:func:`~seka_rag.evaluation.scoring.continuation_ids`: after a space when the tokenizer has
+    no chat template, with no lone start-of-text "▁" token).
 
     Cases are sorted by prompt length and scored ``batch_size`` at a time. With
     ``shared_prefix=True`` (default) each prompt runs once, steered, and both answers are scored

@@ -6,8 +6,10 @@ Every item is one prompt (the PASTA / SEKA CounterFact setting)::
 
 with the new fact highlighted, where ``<question>`` is a cloze prompt whose next token is the
 answer (``"The mother tongue of Danielle Darrieux is"``). **Efficacy** is the share of items where
-P(first token of the new target) > P(first token of the old target) right after the prompt; a tie
-(e.g. both targets start with the same token, ``"New York"`` / ``"New Delhi"``) is a miss.
+P(first token of the new target) > P(first token of the old target) right after the prompt; an
+exact tie between two different tokens is a miss. An item whose two targets share their first token
+(``"New York"`` / ``"New Delhi"``) carries no evidence either way: it is left out of every figure and
+of n, and counted in ``n_tied``.
 
 Sources (:func:`counterfact_items`):
 
@@ -504,7 +506,8 @@ def counterfact_family_items(model, items: Sequence[CounterfactItem], *, chat: b
     prompts (``None``: the model's default), since it decides whether the token carries a leading
     space. A token whose decoded text does not tokenise back to itself (e.g. part of a multi-byte
     character) cannot be expressed this way: the item is dropped with a warning (``strict=True``:
-    :class:`ValueError`); so is an item whose two targets share their first token. ``group`` is the item's ``kind``, ``subject`` its ``case_id``.
+    :class:`ValueError`). An item whose two targets share their first token is left out with a
+    warning, whatever ``strict`` is. ``group`` is the item's ``kind``, ``subject`` its ``case_id``.
     """
     from .families import FamilyItem
 

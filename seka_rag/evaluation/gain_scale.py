@@ -4,7 +4,8 @@ The calibration's layers and per-layer scales come from short two-document confl
 asks how well its gains carry over to other families — long retrieved contexts, highlighted
 instructions, CounterFact-format conflicts — by running one family at
 ``scale × (g+, g-)`` of the projection's defaults for each scale (same layers and heads), on **dev**
-items kept apart from the suite's test items:
+items kept apart from the suite's test items (instructions of seed 0 and lost-in-middle questions
+below 2000 are test items: the sweep's title then says so, and ``--trade-off`` warns):
 
 ``lost-in-middle``  NQ-open questions from ``first_question`` on (default 2000; the suite's test
                     questions are 0, 1, 2, ...), gold passage first / middle / last, under the given
@@ -113,7 +114,9 @@ def check_scales(scales: Sequence[float]) -> list[float]:
     if not scales or any(not (s > 0 and s < float("inf")) for s in scales):
         raise SekaError(f"gain scales must be positive numbers, got {scales}")
     if len(set(scales)) < len(scales):
-        raise SekaError(f"gain scales repeat a value ({', '.join(f'{s:g}' for s in scales)}): each would be measured twice")
+        twice = sorted({s for s in scales if scales.count(s) > 1})
+        raise SekaError(f"--scales {','.join(f'{s:g}' for s in scales)} repeats {', '.join(f'{s:g}' for s in twice)}: "
+                        "give each scale once")
     return scales
 
 

@@ -19,7 +19,8 @@ generation** (``model.generate`` or a baseline method's ``generate``):
                block in it, ```` ```json ```` or bare; an unclosed fence counts to the end) parses as
                one JSON object holding the key ``"answer"`` (exactly) with a non-empty value.
 ``max_words``  "Answer in at most 5 words." (3 or 5): 1 to N words; a word is a run of letters / digits
-               (inner apostrophes and hyphens kept), so punctuation never counts.
+               (inner apostrophes, hyphens and en dashes kept; a.m., U.S., 3.5, 1,000 and 4:00 are
+               one word each), so punctuation never counts.
 
 Every checker strips surrounding whitespace first and fails an empty answer.
 

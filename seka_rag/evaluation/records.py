@@ -36,7 +36,7 @@ def read_records(path: str | os.PathLike, *, json_list: bool = True) -> list[dic
             raise ValueError(f"{path}: not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno})") from None
         if isinstance(data, dict):
             lists = [k for k, v in data.items() if isinstance(v, list)]
-            hint = f" (its {lists[0]!r} key holds a list: pass that list)" if lists else ""
+            hint = f" (its {lists[0]!r} key holds a list: save that list as the file)" if lists else ""
             raise ValueError(f"{path}: one JSON object; expected {expected}{hint}")
         if not json_list:
             raise ValueError(f"{path}: a JSON list; expected {expected}")
@@ -53,8 +53,7 @@ def read_records(path: str | os.PathLike, *, json_list: bool = True) -> list[dic
     for index, record in enumerate(data):
         if not isinstance(record, dict):
             where = f"line {lines[index][0]}" if not stripped.startswith("[") else f"record {index}"
-            raise ValueError(f"{path}: {where} is {type(record).__name__} {_short(record)}, not a JSON object; "
-                             f"expected {expected}")
+            raise ValueError(f"{path}: {where} is {_json_kind(record)}, not a JSON object; expected {expected}")
     return data
 
 
@@ -67,6 +66,12 @@ def _one_document(text: str) -> bool:
     return True
 
 
-def _short(value: Any) -> str:
+def _json_kind(value: Any) -> str:
+    """``value`` as JSON names it: ``null``, ``a number (3)``, ``a JSON array ([1, 2])``..."""
+    if value is None:
+        return "null"
     text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 40 else text[:37] + "..."
+    text = text if len(text) <= 40 else text[:37] + "..."
+    kind = ("a boolean" if isinstance(value, bool) else "a number" if isinstance(value, (int, float))
+            else "a string" if isinstance(value, str) else "a JSON array")
+    return f"{kind} ({text})"

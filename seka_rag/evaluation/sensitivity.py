@@ -79,8 +79,8 @@ def layer_sets(projection, names: Sequence[str] = DEFAULT_LAYER_SETS) -> dict[st
             if k < int(m.group(2)):
                 import warnings
 
-                warnings.warn(f"layer set {name} asks for {m.group(2)} layers; the projection covers {len(covered)}: "
-                              "all of them", stacklevel=2)
+                warnings.warn(f"layer set {name} asks for {m.group(2)} layers, but the projection covers "
+                              f"{len(covered)}: using all {len(covered)}", stacklevel=2)
             start = {"first": 0, "last": len(covered) - k, "middle": (len(covered) - k) // 2}[m.group(1)]
             layers = covered[start:start + k]
         same = next((k for k, v in out.items() if v == layers), None)

@@ -153,8 +153,8 @@ def test_eval_variants_says_what_it_needs(model_dir, tmp_path, capsys):
     (["bench", "--no-latency", "--runs", "5"], "--runs sets how many latency runs are timed; with --no-latency"),
     (["bench", "--no-latency", "--run", "5"], "--runs sets how many latency runs are timed"),  # an abbreviation
     (["eval", "--merge", "a.json", "--mod", "qwen2.5-coder-0.5b"], "so --model would be ignored"),
-    (["bench", "--lengths", "64,64"], "--lengths repeats a value ([64, 64])"),
-    (["gain-scale", "--family", "conflicts", "--scales", "1,1"], "gain scales repeat a value (1, 1)"),
+    (["bench", "--lengths", "64,64"], "--lengths 64,64 repeats 64: give each value once"),
+    (["gain-scale", "--family", "conflicts", "--scales", "1,1"], "--scales 1,1 repeats 1: give each scale once"),
     (["eval", "--items", "counterfact=2,counterfact=3"], "--items names 'counterfact' twice"),
     (["build-projection", "--out", "p.safetensors", "--build-layers", "20-21", "--default-layers", "25"],
      "--default-layers [25] are not among --build-layers [20, 21]"),
@@ -666,9 +666,9 @@ def test_build_experts_then_eval_families(model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval-families", "--merge", str(out), str(fewer)]) == 0
     assert "no paired differences: the files were run on different items" in capsys.readouterr().out
-    # a count that cuts a counterbalanced item short is refused before anything loads
+    # a count that cuts a counterbalanced set short is refused before anything loads
     assert main(["eval-families", "--model", str(model_dir), "--items", "3", "--families", "conflict"]) == 2
-    assert "--items 3 cuts a counterbalanced item short" in capsys.readouterr().err
+    assert "--items 3 cuts a counterbalanced set short (conflict in sets of 4" in capsys.readouterr().err
     assert main(["eval-families", "--model", str(model_dir), "--items", "3", "--families", "distractors"]) == 2
     assert "use a multiple of 2" in capsys.readouterr().err
     # --families / --methods choose what a merge shows; files that are not eval-families outputs are refused

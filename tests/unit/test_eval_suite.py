@@ -429,7 +429,7 @@ def test_a_sweep_on_test_items_says_so(tmp_path, capsys):
     assert "Gain scale on test instructions items" in _gs("instructions", rows, seed=0).text()
     path = tmp_path / "instructions.json"
     path.write_text(json.dumps(_gs("instructions", rows, seed=0).to_dict()))
-    with pytest.warns(UserWarning, match="instructions sweep ran on the suite's TEST items"):
+    with pytest.warns(UserWarning, match="instructions sweep ran on the suite's test items"):
         assert main(["gain-scale", "--trade-off", str(path)]) == 0
     assert "(dev items, test items for instructions;" in capsys.readouterr().out
 
@@ -700,7 +700,7 @@ def test_suite_conflict_breakdown_by_kind_resamples_whole_items(monkeypatch):
 
 def test_layer_sets_and_deltas(tiny_model):
     proj = tiny_model("llama", num_layers=4, projection={"default_layers": [2, 3]}).projection
-    with pytest.warns(UserWarning, match="layer set last-12 asks for 12 layers; the projection covers 4"):
+    with pytest.warns(UserWarning, match="layer set last-12 asks for 12 layers, but the projection covers 4: using all 4"):
         sets = layer_sets(proj, ["default", "last-2", "first-1", "middle-2", "all", "last-12"])
     assert sets == {"default=last-2": [2, 3], "first-1": [0], "middle-2": [1, 2], "all=last-12": [0, 1, 2, 3]}
     with pytest.raises(SekaError, match="layer sets"):

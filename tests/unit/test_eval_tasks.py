@@ -750,11 +750,12 @@ def test_answers_are_tokenised_as_they_continue_the_prompt(helpers):
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"question": "q"}\n42\n', "line 2 is int 42, not a JSON object"),
+    ('{"question": "q"}\n42\n', "line 2 is a number (42), not a JSON object"),
     ('{"a": 1}\n{"b": 2}\n{bad\n', "line 3 is not valid JSON"),
     ('{\n  "data": [{"a": 1}]\n}\n', "one JSON object; expected a JSON list of records or one JSON object per line "
-                                   "(its 'data' key holds a list: pass that list)"),
-    ('[{"a": 1}, 3]', "record 1 is int 3, not a JSON object"),
+                                   "(its 'data' key holds a list: save that list as the file)"),
+    ('[{"a": 1}, 3]', "record 1 is a number (3), not a JSON object"),
+    ('{"a": 1}\nnull\n', "line 2 is null, not a JSON object"),
     ('[{"a": 1}', "not valid JSON"),
 ])
 def test_data_files_name_the_file_and_line_of_a_bad_record(tmp_path, content, message):

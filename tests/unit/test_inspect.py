@@ -224,7 +224,7 @@ def test_heads_ranked_by_rms_gain_masked_last(tiny_model, helpers):
 
 def test_masked_heads_are_never_inspected(tiny_model):
     seka = tiny_model("qwen3", projection={"head_mask": [[True, False], [False, False]]})
-    with pytest.warns(UserWarning, match="heads=50 asks for more heads than the edit changes: all 1 edited"):
+    with pytest.warns(UserWarning, match=r"50 heads \(--heads / heads=\) is more than the edit changes: all 1 edited"):
         result = token_amplification(seka, TEXTS[:2], 50, min_count=1, progress=False)
     assert [h.effect.key for h in result.heads] == [(0, 0)]
     with pytest.raises(InspectionError, match="masked off"):

@@ -166,7 +166,8 @@ class PastaConfig:
             return {layer: tuple(range(num_heads)) for layer in range(num_layers)}
         for layer, hs in self.heads.items():
             if not 0 <= layer < num_layers:
-                raise BaselineConfigError(f"heads names layer {layer}, but the model has layers 0..{num_layers - 1}")
+                raise BaselineConfigError(f"the heads name layer {layer}, but this model has layers 0..{num_layers - 1} "
+                                          "(heads profiled on another model? `seka-rag profile-pasta` profiles this one)")
             bad = [h for h in hs if not 0 <= h < num_heads]
             if bad:
                 raise BaselineConfigError(
