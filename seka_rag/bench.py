@@ -745,9 +745,17 @@ def write_outputs(result: dict, out: str | os.PathLike | None = None, plots: str
             print(f"wrote {path}")
 
 
-def _measuring_runs(results: list[dict]) -> list[dict]:
-    """The ``info`` holders of every measuring run in ``results`` (a merged file's parts, else the file)."""
-    return [part for r in results for part in (r.get("runs") or [r])]
+def _measuring_runs(results: list[dict], *, timed_latency: bool = False) -> list[dict]:
+    """The ``info`` holders of every measuring run in ``results`` (a merged file's parts, else the file);
+    with ``timed_latency``, of those that timed latency (a part of an older merge that did not record
+    whether it did counts as one when its file holds latency rows)."""
+    out = []
+    for r in results:
+        for part in r.get("runs") or [r]:
+            timed = part["latency"] if r.get("runs") and "latency" in part else r.get("latency")
+            if timed or not timed_latency:
+                out.append(part)
+    return out
 
 
 def merge_results(paths: list[str | os.PathLike]) -> dict:
@@ -769,10 +777,8 @@ def merge_results(paths: list[str | os.PathLike]) -> dict:
     # rows measured differently do not belong in one table: what is highlighted changes every figure, and
     # the decoded length changes decode speeds (in the runs that timed latency; a part of an older merge
     # that did not record whether it did counts as one when its file holds latency rows)
-    timed = [part for r in runs for part in (r.get("runs") or [r])
-             if (part.get("latency") if "latency" in part and r.get("runs") else r.get("latency"))]
     checks = (("highlight_share", "highlighted shares", _measuring_runs(runs)),
-              ("decode_tokens", "--decode-tokens in their latency runs", timed))
+              ("decode_tokens", "--decode-tokens in their latency runs", _measuring_runs(runs, timed_latency=True)))
     for setting, what, measured in checks:
         seen = {json.dumps((r["info"].get("config") or {}).get(setting)) for r in measured}
         if len(seen) > 1:

@@ -29,11 +29,14 @@ def read_records(path: str | os.PathLike, *, json_list: bool = True) -> list[dic
     # lines end at "\n" only: JSON strings may hold U+2028 and other characters str.splitlines() splits on
     lines = [(number, line.removesuffix("\r")) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
     expected = "a JSON list of records or one JSON object per line" if json_list else "one JSON object per line"
-    if stripped.startswith("[") or (stripped.startswith("{") and len(lines) > 1 and _one_document(text)):
-        try:
+    data = None
+    if stripped.startswith("[") or (stripped.startswith("{") and len(lines) > 1):
+        try:  # a list, or one object over several lines (pretty-printed); else JSON lines
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno})") from None
+            if stripped.startswith("["):
+                raise ValueError(f"{path}: not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno})") from None
+    if data is not None:
         if isinstance(data, dict):
             lists = [k for k, v in data.items() if isinstance(v, list)]
             hint = f" (its {lists[0]!r} key holds a list: save that list as the file)" if lists else ""
@@ -55,15 +58,6 @@ def read_records(path: str | os.PathLike, *, json_list: bool = True) -> list[dic
             where = f"line {lines[index][0]}" if not stripped.startswith("[") else f"record {index}"
             raise ValueError(f"{path}: {where} is {_json_kind(record)}, not a JSON object; expected {expected}")
     return data
-
-
-def _one_document(text: str) -> bool:
-    """Whether ``text`` is a single JSON document (a pretty-printed object rather than JSON lines)."""
-    try:
-        json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return True
 
 
 def _json_kind(value: Any) -> str:

@@ -55,13 +55,12 @@ def continuation_ids(model, text: str, chat: bool | None = None) -> list[int]:
     answer the same lone first token. :class:`ValueError` when ``text`` has no tokens.
     """
     text = continuation_text(model, text, chat)
-    ids = token_ids(model, text)
     if text[:1].isspace():
         anchor = list(model.tokenizer("a", add_special_tokens=False)["input_ids"])
         joined = list(model.tokenizer("a" + text, add_special_tokens=False)["input_ids"])
         if anchor and len(joined) > len(anchor) and joined[:len(anchor)] == anchor:
-            ids = joined[len(anchor):]
-    return ids
+            return joined[len(anchor):]
+    return token_ids(model, text)
 
 
 def token_ids(model, text: str) -> list[int]:
