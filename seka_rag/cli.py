@@ -786,14 +786,20 @@ def _refuse_overwriting_a_merged_file(inputs: list[str], out: str | None, what: 
                             "overwritten; give --out another file")
 
 
+def _options_given(args, command: str, skip=()) -> list[str]:
+    """The options of ``command`` (but the dests in ``skip``) that this command line gave, as flags: a
+    value other than the default, or the option spelled out even at its default."""
+    defaults = vars(build_parser().parse_args([command]))
+    spelled = _GIVEN_OPTIONS.get()
+    return sorted({"--" + k.replace("_", "-") for k, v in vars(args).items()
+                   if k not in skip and (v != defaults.get(k) or "--" + k.replace("_", "-") in spelled)})
+
+
 def _refuse_run_options_with_merge(args, command: str, kept: tuple[str, ...]) -> None:
     """A ``--merge`` runs nothing: refuse every option of ``command`` but ``kept`` that was given (a value
     other than its default, or the option spelled out even at its default: ``--model X`` does not check
     that the files are X's)."""
-    defaults = vars(build_parser().parse_args([command]))
-    spelled = _GIVEN_OPTIONS.get()
-    given = sorted({"--" + k.replace("_", "-") for k, v in vars(args).items()
-                    if k not in kept and (v != defaults.get(k) or "--" + k.replace("_", "-") in spelled)})
+    given = _options_given(args, command, kept)
     if given:
         raise SekaError(f"--merge only joins earlier results and runs nothing, so {', '.join(given)} would be "
                         f"ignored; leave {'it' if len(given) == 1 else 'them'} out (the files' own settings apply)")
@@ -1192,8 +1198,8 @@ _EVAL_SCOPED_OPTIONS = (
 
 def _refuse_unused_eval_options(args, families: list[str], methods: list[str]) -> None:
     """Refuse ``seka-rag eval`` options that no family or method of this run reads (before the model loads)."""
-    defaults = vars(build_parser().parse_args(["eval"]))
-    given = {o for o, _, _ in _EVAL_SCOPED_OPTIONS if getattr(args, o) != defaults.get(o)}
+    flags = set(_options_given(args, "eval"))
+    given = {o for o, _, _ in _EVAL_SCOPED_OPTIONS if "--" + o.replace("_", "-") in flags}
     unread = [(o, who) for o, scope, who in _EVAL_SCOPED_OPTIONS if o in given and scope not in (*families, *methods)]
     if args.pasta_heads:  # a stored profile: the on-the-fly profiling settings would do nothing
         unread += [(o, "on-the-fly profiling (not with --pasta-heads)") for o in
@@ -1339,10 +1345,9 @@ _GAIN_SCALE_ITEMS = {"lost-in-middle": 8, "instructions": 8, "conflicts": 40, "c
 def _gain_scale_trade_off(args, gs) -> int:
     given = [flag for attr, (flag, _) in _GAIN_SCALE_OPTIONS.items() if getattr(args, attr) is not None]
     given += ["--em"] if args.em else []
-    defaults = vars(build_parser().parse_args(["gain-scale"]))
     kept = {"trade_off", "conflict_bar", "apply", "write", "no_progress", "func", "command", "family", "em",
             *_GAIN_SCALE_OPTIONS}
-    given += sorted("--" + k.replace("_", "-") for k, v in vars(args).items() if k not in kept and v != defaults.get(k))
+    given += _options_given(args, "gain-scale", kept)
     if args.family or given:
         raise SekaError(f"--trade-off compares earlier files and runs nothing (--apply names the projection to "
                         f"rescale); leave out {', '.join((['--family'] if args.family else []) + given)}")
