@@ -364,19 +364,33 @@ class ExpertSet:
         """Write ``experts.json`` and one ``<name>.safetensors`` per expert into ``directory``.
 
         Saving over an expert set replaces it: the earlier set's expert files that this set does not
-        write are removed. Other files in the directory are left alone.
+        write are removed. Other files in the directory are left alone. ``experts.json`` records each
+        expert file's fingerprint and is written last, in one step, so a save that is interrupted
+        leaves a set that :meth:`load` refuses rather than one that mixes old and new experts.
         """
-        directory = Path(directory)
+        if not isinstance(directory, (str, os.PathLike)):
+            raise ProjectionError(f"an expert set is saved into a directory path, got {type(directory).__name__}")
+        directory = Path(directory).expanduser()
         if directory.exists() and not directory.is_dir():
             raise ProjectionError(f"{str(directory)!r} is a file; an expert set is saved into a directory")
-        directory.mkdir(parents=True, exist_ok=True)
+        scaled = any(e.gain_scale != 1.0 for e in self.experts)  # format 1 readers still read unscaled sets
+        head = dict(format_version=FORMAT_VERSION if scaled else 1, name=self.name,
+                    embedding_model=self.embedding_model, routing=asdict(self.routing), notes=self.notes)
+        try:
+            json.dumps(head)  # before any file is written
+        except (TypeError, ValueError) as exc:
+            raise ProjectionError(f"the expert set's notes cannot be written as JSON ({exc})") from None
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ProjectionError(f"cannot create the expert set's directory {str(directory)!r}: "
+                                  f"{exc.strerror or exc}") from None
         stale = set()
-        if (directory / INDEX_FILE).is_file():  # the set being replaced
+        if (directory / INDEX_FILE).is_file():  # the set being replaced: only its own expert files
             try:
-                old = json.loads((directory / INDEX_FILE).read_text())
-                stale = {e["file"] for e in old.get("experts", []) if isinstance(e, dict) and isinstance(e.get("file"), str)
-                         and Path(e["file"]).name == e["file"]}
-            except (ValueError, AttributeError, TypeError):
+                old = json.loads((directory / INDEX_FILE).read_text(encoding="utf-8"))
+                stale = {e["file"] for e in old.get("experts", []) if isinstance(e, dict) and _is_expert_file(e.get("file"))}
+            except (OSError, ValueError, AttributeError, TypeError):
                 stale = set()
         entries = []
         for e in self.experts:
@@ -385,16 +399,20 @@ class ExpertSet:
             entries.append(dict(
                 name=e.name, file=file, description=e.description, n_prompts=e.n_prompts,
                 prototype=None if e.prototype is None else [round(float(x), 7) for x in e.prototype],
-                gain_scale=float(e.gain_scale),
+                gain_scale=float(e.gain_scale), fingerprint=e.projection.fingerprint(),
             ))
-        scaled = any(e.gain_scale != 1.0 for e in self.experts)  # format 1 readers still read unscaled sets
-        index = dict(
-            format_version=FORMAT_VERSION if scaled else 1, name=self.name, embedding_model=self.embedding_model,
-            routing=asdict(self.routing), notes=self.notes, experts=entries,
-        )
-        (directory / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
+        index = dict(head, experts=entries)
+        partial = directory / f".{INDEX_FILE}.{os.getpid()}.partial"
+        try:
+            partial.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+            os.replace(partial, directory / INDEX_FILE)
+        except OSError as exc:
+            raise ProjectionError(f"cannot write {str(directory / INDEX_FILE)!r}: {exc.strerror or exc}") from None
+        finally:
+            partial.unlink(missing_ok=True)
         for file in stale - {entry["file"] for entry in entries}:
-            (directory / file).unlink(missing_ok=True)
+            if (directory / file).is_file() and not (directory / file).is_symlink():
+                (directory / file).unlink(missing_ok=True)
         return directory
 
     @classmethod
@@ -402,7 +420,7 @@ class ExpertSet:
         """Read an expert set written by :meth:`save` (a directory holding ``experts.json``)."""
         if not isinstance(directory, (str, os.PathLike)):
             raise ProjectionError(f"an expert set is loaded from a directory path, got {type(directory).__name__}")
-        directory = Path(directory)
+        directory = Path(directory).expanduser()
         index_path = directory / INDEX_FILE if directory.is_dir() else directory
         if index_path.suffix == ".safetensors":
             raise ProjectionError(f"{str(directory)!r} is a projection file, not an expert set: load it with "
@@ -410,7 +428,7 @@ class ExpertSet:
         if not index_path.is_file():
             raise ProjectionError(f"{str(directory)!r} is not an expert set: no {INDEX_FILE} there")
         try:
-            index = json.loads(index_path.read_text())
+            index = json.loads(index_path.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise ProjectionError(f"{str(index_path)!r} is not valid JSON: {exc}") from None
         if not isinstance(index, dict) or not isinstance(index.get("experts"), list):
@@ -425,12 +443,19 @@ class ExpertSet:
             if not isinstance(entry, dict) or "name" not in entry or "file" not in entry:
                 raise ProjectionError(f"{str(index_path)!r}: each expert needs a name and a file, got {entry!r}")
             proto, file = entry.get("prototype"), entry["file"]
-            if not isinstance(file, str) or Path(file).name != file:
+            if not _is_expert_file(file):
                 raise ProjectionError(f"{str(index_path)!r}: expert {entry['name']!r} names file {file!r}; "
-                                      "an expert's file is a plain file name inside the set's directory")
+                                      "an expert's file is a plain .safetensors file name inside the set's directory")
+            projection = Projection.load(index_path.parent / file)
+            recorded = entry.get("fingerprint")
+            if recorded is not None and recorded != projection.fingerprint():
+                raise ProjectionError(
+                    f"{str(index_path)!r}: expert {entry['name']!r}'s file {file!r} is not the one this index was "
+                    "written with (a save that was interrupted, or a file replaced by hand): save the set again"
+                )
             try:
                 experts.append(Expert(
-                    name=entry["name"], projection=Projection.load(index_path.parent / file),
+                    name=entry["name"], projection=projection,
                     description=str(entry.get("description", "")), n_prompts=int(entry.get("n_prompts", 0) or 0),
                     prototype=None if proto is None else torch.tensor(proto, dtype=torch.float32),
                     gain_scale=entry.get("gain_scale", 1.0),
@@ -460,6 +485,11 @@ class ExpertSet:
 
     def __repr__(self) -> str:
         return f"ExpertSet({self.name!r}, experts={self.names}, model={self.meta.model_id!r})"
+
+
+def _is_expert_file(file: Any) -> bool:
+    """Whether ``file`` (read from an index) names an expert file: a plain ``.safetensors`` name in the set's folder."""
+    return isinstance(file, str) and Path(file).name == file and file.endswith(".safetensors") and file != ".safetensors"
 
 
 def _scaled_config(config: SteeringConfig, gain_scale: float) -> SteeringConfig:

@@ -738,7 +738,7 @@ def write_outputs(result: dict, out: str | os.PathLike | None = None, plots: str
     """Write a result as JSON to ``out`` and its plots under the prefix ``plots`` (each when given)."""
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2))
+        Path(out).write_text(json.dumps(result, indent=2), encoding="utf-8")
         print(f"wrote {out}")
     if plots is not None:
         for path in plot_benchmark(result, plots):
@@ -765,7 +765,7 @@ def merge_results(paths: list[str | os.PathLike]) -> dict:
     runs = []
     for path in paths:
         try:
-            runs.append(json.loads(Path(path).read_text()))
+            runs.append(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, ValueError) as exc:
             raise SekaError(f"--merge: cannot read bench results {str(path)!r}: {exc}") from None
         if not isinstance(runs[-1], dict) or "info" not in runs[-1]:

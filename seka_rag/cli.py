@@ -353,7 +353,7 @@ def _run_calibration(model, projection, args):
         Path(args.calibration_log).parent.mkdir(parents=True, exist_ok=True)
         Path(args.calibration_log).write_text(json.dumps(
             dict(best=result.best.__dict__, trials=[t.__dict__ for t in result.trials], seconds=result.seconds),
-            indent=1))
+            indent=1), encoding="utf-8")
     return result.projection
 
 
@@ -407,7 +407,7 @@ def cmd_eval_variants(args) -> int:
         raise SekaError("eval-variants needs --projection FILE: the built, uncalibrated projection that "
                         "`seka-rag calibrate --projection FILE` read when it wrote the calibration log")
     try:
-        log = json.loads(Path(args.calibration_log).read_text())
+        log = json.loads(Path(args.calibration_log).read_text(encoding="utf-8"))
         trials = [_logged_trial(t) for t in log["trials"] if t["stage"] in args.stages]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SekaError(f"--calibration-log {args.calibration_log!r} is not readable as a log written by "
@@ -432,7 +432,7 @@ def cmd_eval_variants(args) -> int:
     print("\n".join(lines))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text("\n".join(lines) + "\n")
+        Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")
     return 0
 
@@ -484,7 +484,7 @@ def cmd_eval_conflicts(args) -> int:
         reports["run"] = dict(model=model.model_id, split=args.split, items=len(items),
                               command="seka-rag eval-conflicts " + " ".join(sys.argv[2:]),
                               model_settings=_loaded_settings(args, model))
-        Path(args.out).write_text(json.dumps(reports, indent=1))
+        Path(args.out).write_text(json.dumps(reports, indent=1), encoding="utf-8")
         print(f"wrote {args.out}")
     return 0
 
@@ -901,7 +901,7 @@ def cmd_eval_families(args) -> int:
                        command="seka-rag eval-families " + " ".join(sys.argv[2:]),
                        model_settings=_loaded_settings(args, model),
                        reports={m: {f: r.to_dict() for f, r in rs.items()} for m, rs in table.items()})
-        Path(args.out).write_text(json.dumps(payload, indent=1))
+        Path(args.out).write_text(json.dumps(payload, indent=1), encoding="utf-8")
         print(f"wrote {args.out}")
     return 0
 
@@ -938,7 +938,7 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
     projections: set[str] = set()  # "None": the model's shipped projection
     for path in paths:
         try:
-            payload = json.loads(Path(path).read_text())
+            payload = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise SekaError(f"--merge {path}: not a readable JSON file ({exc})") from None
         reports_of = payload.get("reports") if isinstance(payload, dict) else None
@@ -1012,7 +1012,7 @@ def _merge_family_reports(paths: list[str], out: str | None, families: list[str]
     if out:
         merged["sources"] = {f"{m} / {f}": p for (m, f), p in source.items() if m in table and f in table[m]}
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(merged, indent=1))
+        Path(out).write_text(json.dumps(merged, indent=1), encoding="utf-8")
         print(f"wrote {out}")
     return 0
 
@@ -1218,11 +1218,11 @@ def _write_suite_result(result, args) -> int:
     print(result.text(reference))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result.to_dict(reference), indent=1) + "\n")
+        Path(args.out).write_text(json.dumps(result.to_dict(reference), indent=1) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(result.markdown(reference))
+        Path(args.markdown).write_text(result.markdown(reference), encoding="utf-8")
         print(f"wrote {args.markdown}")
     if args.plot:
         from .evaluation.suite import plot_suite
@@ -1251,7 +1251,7 @@ def _merge_suite_files(args) -> int:
     for path in args.merge:
         _check_file(path, "--merge")
         try:
-            data.append(json.loads(Path(path).read_text()))
+            data.append(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SekaError(f"--merge {path}: not a readable JSON file ({exc})") from None
         if not isinstance(data[-1], dict):
@@ -1527,7 +1527,7 @@ def cmd_compare_experts(args) -> int:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(dict(experts=shown(directory), reference=shown(path) if reference is not None else None,
-                                       pairs=[asdict(r) for r in rows]), indent=1))
+                                       pairs=[asdict(r) for r in rows]), indent=1), encoding="utf-8")
         print(f"wrote {out}")
     return 0
 
@@ -1930,6 +1930,23 @@ def check_ignored_options(args) -> None:
                         "so --router would be ignored; leave it out")
 
 
+#: Options that name files or folders, read or written: ``~`` in them is the home folder, as the shell reads
+#: it in ``--out ~/x`` but not in ``--out=~/x``, which would otherwise make a folder named ``~`` here.
+_PATH_OPTIONS = ("out", "json", "out_dir", "markdown", "plot", "plots", "write", "calibration_log", "projection",
+                 "experts", "counterfact", "nq", "merge", "pasta_heads", "reuse", "trade_off", "apply", "cache_dir",
+                 "model")
+
+
+def expand_home(args) -> None:
+    """Read a leading ``~`` in every path option as the home folder (in place)."""
+    for attr in _PATH_OPTIONS:
+        value = getattr(args, attr, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, attr, os.path.expanduser(value))
+        elif isinstance(value, list) and any(isinstance(v, str) and v.startswith("~") for v in value):
+            setattr(args, attr, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
+
+
 def check_output_paths(args) -> None:
     """Refuse output paths that cannot be written, before any model loads or work starts.
 
@@ -2004,6 +2021,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_empty_options(args)
         check_ignored_options(args)
+        expand_home(args)
         check_output_paths(args)
         with _library_progress_bars(enabled=not getattr(args, "no_progress", False)), _plain_warnings():
             return args.func(args)

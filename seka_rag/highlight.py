@@ -54,6 +54,11 @@ class Markers:
         if self.escape in (self.start, self.end):
             raise HighlightError(f"the escape {self.escape!r} must differ from the markers: it would make every "
                                  "marker literal text")
+        if self.end.startswith(self.start):
+            raise HighlightError(f"the end marker {self.end!r} must not begin with the start marker {self.start!r}: "
+                                 "it would be read as another start, and no highlight could close")
+        if len(self.escape) > 1:
+            raise HighlightError(f"the escape must be one character (or empty, for none), not {self.escape!r}")
 
 
 DEFAULT_MARKERS = Markers()
@@ -161,6 +166,10 @@ def escape_markers(text: str, markers: Markers | None = DEFAULT_MARKERS) -> str:
     heredocs); unescaped, they would be read as highlight markers. Escapes already standing before a
     marker are doubled, so they stay text too. To wrap such text in a highlight, use
     :func:`mark_highlight`, which also takes care of the text's last characters.
+
+    The result is literal on its own, not glued to a marker: keep a space or newline between it and a
+    marker beside it (text ending in ``"<"`` or an escape right before ``"<<"``, or starting with
+    ``">"`` right after ``">>"``, joins that marker).
     """
     if not isinstance(text, str):
         raise HighlightError(f"escape_markers takes a string, got {type(text).__name__}")
@@ -185,6 +194,8 @@ def mark_highlight(text: str, markers: Markers = DEFAULT_MARKERS) -> str:
     ``f"Context: {mark_highlight(doc)}"`` is safe for any retrieved document or code: markers inside
     it are escaped (:func:`escape_markers`), and a trailing escape character (a Windows path
     ``C:\\dir\\``) or a trailing character of the closing marker (``</div>``) stays inside the highlight.
+    What stands just outside it is not covered: keep a space or newline between the result and text
+    ending in ``"<"`` or an escape before it, or starting with ``">"`` after it.
     """
     if markers is None:
         raise HighlightError("mark_highlight needs markers (markers=None turns inline highlights off)")
@@ -325,11 +336,18 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[str, list[int]]:
-    """Render messages with the chat template; return the text and each content's start offset.
+#: Where one message's content stands in the rendered chat prompt: the rendered offset of the content's
+#: character 0, and the range ``(lo, hi)`` of its characters the template reproduced there (all of them,
+#: unless the template trims the content's leading / trailing whitespace).
+_Placement = tuple[int, int, int]
+
+
+def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[str, list[_Placement | None]]:
+    """Render messages with the chat template; return the text and where each content stands in it.
 
     With ``continue_last`` the final (assistant) message is left open for the model to continue;
-    otherwise the assistant turn is opened after the last message.
+    otherwise the assistant turn is opened after the last message. A content the template does not
+    reproduce gets None.
     """
     options = dict(tokenize=False, add_generation_prompt=not continue_last)
     if continue_last:
@@ -353,25 +371,30 @@ def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[
         templated = tokenizer.apply_chat_template(probe, **options)
     except Exception:  # a template that validates contents; fall back to searching
         templated = None
-    # each content once, in message order (a template may move one, e.g. fold the system message into
-    # the last user turn: then contents are searched for instead)
-    placed = (templated is not None and all(templated.count(s) == 1 for s in sentinels)
-              and [templated.index(s) for s in sentinels] == sorted(templated.index(s) for s in sentinels))
+    # each content once: rebuilt in the order the template put them (it may move one, e.g. fold the
+    # system message into the last user turn), the text must be the rendered prompt exactly
+    placed = templated is not None and all(templated.count(s) == 1 for s in sentinels)
     if placed:
-        starts, text, cursor = [], [], 0
-        for m, s in zip(messages, sentinels):
-            at = templated.index(s, cursor)
+        order = sorted(range(len(messages)), key=lambda i: templated.index(sentinels[i]))
+        starts: list[_Placement | None] = [None] * len(messages)
+        text, length, cursor = [], 0, 0
+        for i in order:
+            at = templated.index(sentinels[i])
             text.append(templated[cursor:at])
-            starts.append(sum(map(len, text)))
-            text.append(m["content"])
-            cursor = at + len(s)
+            length += at - cursor
+            content = messages[i]["content"]
+            starts[i] = (length, 0, len(content))
+            text.append(content)
+            length += len(content)
+            cursor = at + len(sentinels[i])
         text.append(templated[cursor:])
         if "".join(text) == rendered:
             return rendered, starts
     # The template transforms contents (e.g. trims them): locate each one in order, never inside the
     # template's own text before it (a system header can repeat words of the message).
     gaps = None
-    if placed:
+    in_order = placed and [templated.index(s) for s in sentinels] == sorted(templated.index(s) for s in sentinels)
+    if in_order:
         ends = [0] + [templated.index(s) + len(s) for s in sentinels]
         gaps = [templated.index(s) - ends[i] for i, s in enumerate(sentinels)]
     starts, cursor = [], 0
@@ -382,25 +405,22 @@ def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[
             continue
         lead = len(content) - len(content.lstrip())
         stripped = content.strip()
-        at = -1
-        if gaps is not None:  # past the template's own text first; a template that drops a message's
-            for start in (cursor + gaps[i], cursor):  # wrapper (an empty one) makes that overshoot
-                at = rendered.find(content, start)
-                if at == -1 and stripped:
-                    at = rendered.find(stripped, start)
-                    at = at - lead if at != -1 else -1
-                if at != -1:
-                    break
-        else:
-            at = rendered.find(content, cursor)
-            if at == -1 and stripped:
-                at = rendered.find(stripped, cursor)
-                at = at - lead if at != -1 else -1
-        if at == -1:
-            starts.append(None)  # content not reproduced; spans in it cannot be placed
-            continue
-        starts.append(at)
-        cursor = at + lead + len(stripped)
+        found = None
+        for start in ((cursor + gaps[i], cursor) if gaps is not None else (cursor,)):
+            # past the template's own text first; a template that drops a message's wrapper (an empty
+            # one) makes that overshoot
+            at = rendered.find(content, start)
+            if at != -1:
+                found = (at, 0, len(content))
+            elif stripped:
+                at = rendered.find(stripped, start)
+                if at != -1:  # only the stripped characters stand in the prompt, from ``at``
+                    found = (at - lead, lead, lead + len(stripped))
+            if found is not None:
+                break
+        starts.append(found)  # None: content not reproduced; spans in it cannot be placed
+        if found is not None:
+            cursor = found[0] + found[2]
     return rendered, starts
 
 
@@ -493,17 +513,27 @@ def prepare_prompt(
     continue_last = messages[-1]["role"] == "assistant"  # continue a started answer, do not close it
     rendered, starts = _render_chat(tokenizer, messages, continue_last)
     spans: list[Span] = []
-    for i, (start, content_spans) in enumerate(zip(starts, spans_per_content)):
+    for i, (placement, content_spans) in enumerate(zip(starts, spans_per_content)):
         if not content_spans:
             continue
-        if start is None:
+        if placement is None:
             raise HighlightError(
                 f"the chat template does not reproduce message {i}'s content verbatim, so its "
                 "highlights cannot be placed; pass chat=False and format the prompt yourself"
             )
-        spans.extend((start + s, start + e) for s, e in content_spans)
+        start, lo, hi = placement
+        for s, e in content_spans:  # a template that trims the content keeps only characters lo..hi
+            s, e = max(s, lo), min(e, hi)
+            if s >= e:
+                raise HighlightError(
+                    f"a highlight in message {i} holds only whitespace at the content's start or end, which the "
+                    "chat template trims away: highlight the text beside it"
+                )
+            spans.append((start + s, start + e))
     first = next((i for i, m in enumerate(messages) if m.get("role") != "system"), None)
-    keep_head = (starts[first] or 0) if first is not None else 0  # the opening and system messages stay
+    keep_head = 0  # the opening and system messages stay: up to the first kept character of the first other
+    if first is not None and starts[first] is not None:
+        keep_head = starts[first][0] + starts[first][1]
     return PreparedPrompt(rendered, merge_spans(spans), add_special_tokens=False, chat=True, routing_text=outside,
                           keep_head=keep_head)
 
@@ -553,7 +583,11 @@ def encode_prompt(
             return_special_tokens_mask=True,
         )
         ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
-        covering = _covering_span(offsets, enc["special_tokens_mask"], prepared.spans)
+        # special tokens are never highlighted: those the tokenizer added, and those written in the text
+        # itself (a chat prompt is tokenised without adding any, so its template's markers count by id)
+        special_ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+        special = [bool(m) or t in special_ids for m, t in zip(enc["special_tokens_mask"], ids)]
+        covering = _covering_span(offsets, special, prepared.spans)
         missing = set(range(len(prepared.spans))) - set(covering)
         if missing:
             s, e = prepared.spans[min(missing)]

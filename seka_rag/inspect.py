@@ -527,7 +527,7 @@ def inspect_main(args, model=None) -> int:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         payload = dict(effects=[asdict(e) for e in effects], **result.to_dict())
-        out.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
+        out.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
         print(f"wrote {out}")
     return 0
 

@@ -165,7 +165,7 @@ class SekaModel:
         config = text_config(model.config)
         self.context_window = int(context_window or getattr(config, "max_position_embeddings", 0) or 2048)
         if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+            _set_pad_token(self.tokenizer, model)
         self._editor = KeyEditor(model)
         self.projection: Projection | None = None
         self.experts: ExpertSet | None = None
@@ -273,14 +273,19 @@ class SekaModel:
                 source, dtype=torch_dtype, attn_implementation=attn_implementation, **hub_kwargs, **model_kwargs
             )
         except OSError as exc:  # not found locally / offline hub
+            _raise_if_damaged_cache(source, exc)
             local = "" if Path(name).exists() else f" (there is no local directory {name!r} either)"
             raise SekaError(f"could not load model {str(name_or_dir)!r}{local}: {exc}") from None
         except TypeError as exc:  # a keyword the model class does not take reaches its __init__
             unknown = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
             if unknown is None or unknown.group(1) not in model_kwargs:
+                _raise_if_damaged_cache(source, exc)
                 raise
             raise SekaError(f"from_pretrained() got an unexpected keyword argument {unknown.group(1)!r}: it is not "
                             f"one of seka-rag's arguments, and the model class does not take it either ({exc})") from None
+        except Exception as exc:  # a truncated weights file, a missing tokenizer file, ...
+            _raise_if_damaged_cache(source, exc)
+            raise
         model.to(device)
         if model_id is None:  # a local directory by its full path, however it was written (./m, m/, ~/m)
             model_id = str(Path(name).resolve()) if Path(name).is_dir() else str(name_or_dir)
@@ -729,6 +734,12 @@ class SekaModel:
             # one answer per prompt, whatever the checkpoint's generation_config.json asks for
             num_return_sequences=1,
             num_beams=1,
+            # the edit is applied once, in the prefill, and lives on in the cache: a checkpoint that turns
+            # the cache off (use_cache: false, common after gradient-checkpointed fine-tuning) would
+            # re-run the prompt unedited at every step
+            use_cache=True,
+            return_dict_in_generate=False,  # a tensor of ids, whatever the checkpoint asks for
+            tokenizer=self.tokenizer,  # for stop_strings in a checkpoint's generation config
         )
         if temperature is not None and (
             isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not 0 <= temperature < float("inf")
@@ -770,10 +781,13 @@ class SekaModel:
         class _StopInNewText(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
                 start = max(prompt_length, input_ids.shape[1] - tail)
-                # special tokens kept: a stop string may be one ("<|im_end|>", "</s>")
-                texts = tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=False)
-                return torch.tensor([any(s in t for s in stops) for t in texts], dtype=torch.bool,
-                                    device=input_ids.device)
+                # special tokens kept (a stop string may be one: "<|im_end|>", "</s>") and skipped, as in the
+                # text the call returns ("b<|im_end|>c" reads "bc" there)
+                tail_ids = input_ids[:, start:]
+                kept = tokenizer.batch_decode(tail_ids, skip_special_tokens=False)
+                skipped = tokenizer.batch_decode(tail_ids, skip_special_tokens=True)
+                return torch.tensor([any(s in t or s in u for s in stops) for t, u in zip(kept, skipped)],
+                                    dtype=torch.bool, device=input_ids.device)
 
         criteria = list(extra) + ([_StopInNewText()] if stops else [])
         return StoppingCriteriaList(criteria) if criteria else None
@@ -1267,6 +1281,27 @@ def _refuse_misspelt_argument(key: str, method: Any) -> None:
         raise SekaError(f"unknown argument {key!r}; did you mean {close[0]!r}?")
 
 
+def _set_pad_token(tokenizer: Any, model: Any) -> None:
+    """Give a tokenizer without a pad token one: its end-of-sequence token, else the model's generation
+    config's pad or end-of-sequence token (padded positions are masked, so any real token serves)."""
+    if tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+        return
+    config = getattr(model, "generation_config", None)
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(config, name, None)
+        value = value[0] if isinstance(value, (list, tuple)) and value else value
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            token = tokenizer.convert_ids_to_tokens(value)
+            if isinstance(token, str):
+                tokenizer.pad_token = token
+                return
+    raise SekaError(
+        "the tokenizer has neither a pad token nor an end-of-sequence token, and the model's generation config "
+        "names none: set one before building SekaModel (e.g. tokenizer.pad_token = tokenizer.bos_token)"
+    )
+
+
 def _check_model_and_tokenizer(model: Any, tokenizer: Any) -> None:
     """What ``SekaModel(model, tokenizer)`` needs: a loaded causal LM (compiled or not) and its own tokenizer."""
     if isinstance(model, (str, os.PathLike)):
@@ -1387,11 +1422,12 @@ def _converted_gguf(directory: Path, gguf_file: str, cache_dir) -> Path:
     st = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_root(cache_dir) / "converted" / f"gguf-{key}"
-    if (target / "config.json").is_file():
+    source = {"gguf": str(gguf_path.resolve()), "size": st.st_size}
+    if _gguf_converted(target, source):
         return target
     import shutil
 
-    from .models.embedded import gguf_progress_bars, make_cache_folder
+    from .models.embedded import gguf_progress_bars, make_cache_folder, publish, write_marker
 
     # a private work folder: a crashed conversion leaves nothing half-written under the cache key,
     # and two processes converting at once do not write into one folder
@@ -1401,14 +1437,31 @@ def _converted_gguf(directory: Path, gguf_file: str, cache_dir) -> Path:
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         save_converted(model, tokenizer, work / "converted")
-        if not (target / "config.json").is_file():  # else another process finished first: keep its copy
-            if target.exists():
-                shutil.rmtree(target, ignore_errors=True)
-            try:
-                os.replace(work / "converted", target)
-            except OSError:
-                if not (target / "config.json").is_file():  # not a finished copy from another process
-                    raise
+        write_marker(work / "converted", source)
+        publish(work / "converted", target, lambda path: _gguf_converted(path, source))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def _raise_if_damaged_cache(source: str, exc: BaseException) -> None:
+    """A load of a model folder that seka-rag converted into its cache failed: say that the folder is
+    damaged and how to get a good one, instead of the loader's own error."""
+    from .models.embedded import MARKER
+
+    if isinstance(exc, SekaError) or not (Path(source) / MARKER).is_file():
+        return
+    raise SekaError(
+        f"the converted model cached in {source!r} could not be loaded ({type(exc).__name__}: {exc}); the copy is "
+        "damaged: delete that folder and the next load converts the model again"
+    ) from exc
+
+
+def _gguf_converted(target: Path, source: dict) -> bool:
+    """Whether ``target`` holds a finished conversion of the GGUF ``source``; a folder an older seka-rag
+    wrote (a config.json, no marker) counts as one."""
+    from .models.embedded import MARKER, is_complete
+
+    if (target / MARKER).is_file():
+        return is_complete(target, **source)
+    return (target / "config.json").is_file()

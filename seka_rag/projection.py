@@ -76,6 +76,29 @@ class ProjectionMeta:
                 raise ProjectionError(f"projection metadata {name} must be a finite number, got {v!r}")
         if not isinstance(self.notes, dict):
             raise ProjectionError(f"projection metadata notes must be a dict, got {type(self.notes).__name__}")
+        for name, kind, what in (("construction", str, "a string"), ("data_hash", str, "a string"),
+                                 ("chat_format", bool, "true or false")):
+            if not isinstance(getattr(self, name), kind):
+                raise ProjectionError(f"projection metadata {name} must be {what}, got {getattr(self, name)!r}")
+        for name in ("n_triplets", "format_version"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+                raise ProjectionError(f"projection metadata {name} must be a whole number >= 0, got {v!r}")
+
+
+def _is_io_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure to write a file: an OSError, or safetensors' own I/O error."""
+    return isinstance(exc, OSError) or (type(exc).__name__ == "SafetensorError" and "I/O error" in str(exc))
+
+
+def _io_reason(exc: BaseException) -> str:
+    """The reason a write failed, in a few words (safetensors' own message names a temporary file)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    import re
+
+    reason = re.search(r"I/O error: (.*?)(?: \(os error \d+\))?(?: at path .*)?$", str(exc))
+    return reason.group(1) if reason and reason.group(1) else "an I/O error"
 
 
 def layer_ranges(layers) -> str:
@@ -100,7 +123,7 @@ def _same_model(a: str, b: str) -> bool:
     return all(p.is_dir() for p in paths) and paths[0].resolve() == paths[1].resolve()
 
 
-def _usual_permissions(path: Path) -> None:
+def usual_permissions(path: Path) -> None:
     """safetensors creates files readable by their owner only; give them the umask's usual mode."""
     try:
         with open("/proc/self/status") as f:  # read without changing it (os.umask would, process-wide)
@@ -213,11 +236,17 @@ class Projection:
                 raise ProjectionError(f"projection tensor {name!r} has shape {got}, expected {shape}")
             if t.is_meta:
                 raise ProjectionError(f"projection tensor {name!r} is on the meta device (it holds no values)")
+            if name != "head_mask" and not t.is_floating_point():
+                raise ProjectionError(f"projection tensor {name!r} must hold floating-point numbers, got {t.dtype}")
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise ProjectionError(f"projection tensor {name!r} contains non-finite values")
         if self.head_mask.dtype != torch.bool:
             raise ProjectionError(f"projection tensor 'head_mask' must be boolean (a head is edited or not), "
                                   f"got {self.head_mask.dtype}")
+        if not bool((self.layer_scale > 0).all()):
+            raise ProjectionError(f"projection tensor 'layer_scale' must be positive in every layer, got "
+                                  f"{[round(float(x), 4) for x in self.layer_scale]} (a negative scale turns the "
+                                  "edit around: use negative gains for that, which warn)")
         if len(set(m.layers)) != n or any(not 0 <= i < m.num_layers for i in m.layers):
             raise ProjectionError(f"projection layer indices {m.layers} are invalid for {m.num_layers} layers")
         if m.default_layers is not None and not set(m.default_layers) <= set(m.layers):
@@ -254,12 +283,18 @@ class Projection:
 
     # ------------------------------------------------------------------ I/O
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the projection as safetensors with JSON metadata."""
-        path = Path(path)
+        """Write the projection as safetensors with JSON metadata (``~`` in ``path`` is the home folder)."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise ProjectionError(f"a projection is saved to a file path, got {type(path).__name__}")
+        path = Path(path).expanduser()
         if path.is_dir():
             raise ProjectionError(f"{str(path)!r} is a directory: a projection is saved as one file "
                                   "(e.g. DIR/projection.safetensors)")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            metadata = {"seka": json.dumps(asdict(self.meta))}
+        except (TypeError, ValueError) as exc:
+            raise ProjectionError(f"the projection's metadata cannot be written as JSON ({exc}): keep meta.notes "
+                                  "to numbers, strings, lists and dicts") from None
         # cloned: safetensors refuses tensors that share memory (e.g. one U passed as both u_pos and u_neg)
         tensors = {name: getattr(self, name).detach().cpu().clone(memory_format=torch.contiguous_format)
                    for name in _TENSORS}
@@ -268,11 +303,19 @@ class Projection:
         # where a good projection was (set-gains rewrites a file in place)
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         try:
-            save_file(tensors, str(partial), metadata={"seka": json.dumps(asdict(self.meta))})
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(partial), metadata=metadata)
             os.replace(partial, path)
+        except Exception as exc:  # noqa: BLE001 - only write failures are turned into ProjectionError
+            if isinstance(exc, ProjectionError) or not _is_io_error(exc):
+                raise
+            raise ProjectionError(f"cannot write the projection to {str(path)!r}: {_io_reason(exc)}") from None
         finally:
-            partial.unlink(missing_ok=True)
-        _usual_permissions(path)
+            try:
+                partial.unlink(missing_ok=True)
+            except OSError:
+                pass
+        usual_permissions(path)
         return path
 
     @classmethod
@@ -280,7 +323,7 @@ class Projection:
         """Read a projection file written by :meth:`save`. Corrupt files raise :class:`ProjectionError`."""
         if not isinstance(path, (str, os.PathLike)):
             raise ProjectionError(f"a projection is loaded from a file path, got {type(path).__name__}")
-        path = Path(path)
+        path = Path(path).expanduser()
         if path.is_dir():
             raise ProjectionError(f"{str(path)!r} is a directory, not a projection file (the .safetensors file "
                                   "that seka-rag build-projection writes)")
@@ -309,7 +352,11 @@ class Projection:
         missing = [k for k in _TENSORS if k not in tensors and k not in _OPTIONAL_TENSORS]
         if missing:
             raise ProjectionError(f"{str(path)!r} lacks tensors {missing}")
-        tensors["head_mask"] = tensors["head_mask"].bool()
+        mask = tensors["head_mask"]
+        if mask.dtype not in (torch.bool, torch.uint8) or not bool(((mask == 0) | (mask == 1)).all()):
+            raise ProjectionError(f"{str(path)!r}: tensor 'head_mask' must hold 0 / 1 (a head is edited or not), "
+                                  f"got {mask.dtype} values {sorted({float(x) for x in mask.flatten().tolist()})[:4]}")
+        tensors["head_mask"] = mask.bool()
         try:
             meta = ProjectionMeta(**meta_dict)
         except (ProjectionError, TypeError) as exc:

@@ -258,6 +258,17 @@ class KeyEditor:
         return None
 
     def _hook(self, layer_index: int, module: nn.Module, args, output):
+        edit = _ACTIVE_EDIT.get()
+        if edit is not None and edit.editor is self and layer_index in edit.done:
+            if output.shape[self._token_dim] > edit.highlight.shape[1]:
+                # the prompt again with more tokens after it: generation without a KV cache, whose
+                # re-runs of the prompt would see its keys unedited
+                raise SteeringConfigError(
+                    "the prompt went through the model again inside the steering block (generation without "
+                    "a KV cache re-runs it at every step): steering edits the prompt's keys once, in the "
+                    "prefill, so generate with use_cache=True"
+                )
+            return None
         edit = self._current(layer_index)
         if edit is None or layer_index not in edit.layers:
             return None

@@ -189,14 +189,59 @@ def converted_dir(model: EmbeddedModel, cache_dir: str | os.PathLike | None = No
     return cache_root(cache_dir) / "converted" / model.name
 
 
-def _is_converted(path: Path, sha256: str) -> bool:
-    marker = path / "seka-source.json"
-    if not marker.is_file():
-        return False
+#: The file a finished conversion holds: where it came from, and the size of every file it wrote.
+MARKER = "seka-source.json"
+
+
+def write_marker(directory: Path, source: dict) -> None:
+    """Finish a conversion in ``directory``: give its files the usual permissions (safetensors writes
+    them readable by their owner only, which a shared cache cannot use) and write the marker, listing
+    every file with its size so that a damaged copy is noticed (:func:`is_complete`)."""
+    from ..projection import usual_permissions
+
+    files = {}
+    for path in sorted(directory.iterdir()):
+        if path.is_file():
+            usual_permissions(path)
+            files[path.name] = path.stat().st_size
+    (directory / MARKER).write_text(json.dumps({**source, "files": files}), encoding="utf-8")
+    usual_permissions(directory / MARKER)
+
+
+def is_complete(directory: Path, **source) -> bool:
+    """Whether ``directory`` holds a finished conversion of ``source`` (the marker's fields) whose files
+    are all there at their recorded sizes. A marker of an older seka-rag lists no files: trusted as is."""
     try:
-        return json.loads(marker.read_text()).get("sha256") == sha256
+        data = json.loads((directory / MARKER).read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or any(data.get(k) != v for k, v in source.items()):
+            return False
+        files = data.get("files")
+        if files is None:
+            return True
+        return isinstance(files, dict) and all(
+            (directory / name).is_file() and (directory / name).stat().st_size == size for name, size in files.items()
+        )
     except (OSError, ValueError):
         return False
+
+
+def publish(converted: Path, target: Path, finished) -> None:
+    """Move a finished conversion into its place in the cache. ``finished(target)`` tells a complete copy:
+    one another process put there first is kept (and ours dropped); an incomplete one is replaced."""
+    if finished(target):
+        return
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(converted, target)
+    except OSError:
+        if not finished(target):  # not a finished copy from another process that got there in between
+            raise
+
+
+def _is_converted(path: Path, sha256: str) -> bool:
+    return is_complete(path, sha256=sha256)
 
 
 def ensure_converted(
@@ -225,13 +270,8 @@ def ensure_converted(
             tokenizer = AutoTokenizer.from_pretrained(str(work), gguf_file=gguf.name)
             hf_model = AutoModelForCausalLM.from_pretrained(str(work), gguf_file=gguf.name)
         save_converted(hf_model, tokenizer, work / "converted")
-        (work / "converted" / "seka-source.json").write_text(
-            json.dumps({"name": model.name, "model_id": model.model_id, "sha256": model.sha256})
-        )
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(work / "converted", out)
+        write_marker(work / "converted", {"name": model.name, "model_id": model.model_id, "sha256": model.sha256})
+        publish(work / "converted", out, lambda path: _is_converted(path, model.sha256))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out

@@ -225,6 +225,22 @@ def test_markers_whose_escape_is_a_marker_are_refused():
     assert Markers("[[", "]]", escape="").escape == ""  # no escape at all is fine
 
 
+def test_markers_that_could_never_close_are_refused():
+    # the end marker would be read as another start: "x |y|| z" raised "nested highlight" before
+    with pytest.raises(HighlightError, match="must not begin with the start marker"):
+        Markers("|", "||")
+    with pytest.raises(HighlightError, match="must not begin with the start marker"):
+        Markers("a", "aa")
+    assert Markers(">>>", ">>").start == ">>>"  # the other way round closes fine
+
+
+def test_an_escape_of_several_characters_is_refused():
+    # escape_markers and the scanner group a run of a multi-character escape differently, so such text
+    # did not read back as written
+    with pytest.raises(HighlightError, match="escape must be one character"):
+        Markers("<<", ">>", escape="\\\\")
+
+
 # ------------------------------------------------------------------ progress
 def test_progress_bar_over_batches(seka, capsys):
     prompts = [PROMPT] * 3

@@ -171,7 +171,7 @@ def test_bad_prototypes_temperatures_and_files_are_refused(adaptive, helpers, tm
     index = json.loads((tmp_path / "set" / "experts.json").read_text())
     index["experts"][0]["file"] = "../elsewhere.safetensors"
     (tmp_path / "set" / "experts.json").write_text(json.dumps(index))
-    with pytest.raises(ProjectionError, match="plain file name"):
+    with pytest.raises(ProjectionError, match="plain .safetensors file name"):
         ExpertSet.load(tmp_path / "set")
     index["experts"][0]["file"] = experts[0].name + ".safetensors"
     index["experts"][0]["n_prompts"] = "many"
@@ -460,3 +460,80 @@ def test_pending_stop_prefix_is_the_longest_over_all_stop_strings():
     assert _pending_stop_prefix("abcXY", ["XYZ", "YQ"]) == 2
     assert _pending_stop_prefix("abcXY", ["YQ", "XYZ"]) == 2
     assert _pending_stop_prefix("abc", ["XYZ"]) == 0
+
+
+# ------------------------------------------------------------------ checkpoint generation configs
+STEERED = "Doc 1: The tower is in Paris.\nDoc 2: <<The tower is in Rome.>>\nWhere is the tower?"
+
+
+def test_a_checkpoint_without_a_cache_still_steers_every_token(tiny_model):
+    # checkpoints fine-tuned with gradient checkpointing often ship use_cache: false; generation then
+    # re-ran the prompt unedited at every step, so only the first token was steered
+    seka = tiny_model("llama")
+    cached = seka.generate(STEERED, max_new_tokens=8)
+    assert cached != seka.generate(STEERED, max_new_tokens=8, steer=False)
+    seka.model.generation_config.use_cache = False
+    try:
+        assert seka.generate(STEERED, max_new_tokens=8) == cached
+        assert "".join(seka.stream(STEERED, max_new_tokens=8)) == cached
+    finally:
+        seka.model.generation_config.use_cache = True
+
+
+def test_generation_without_a_cache_inside_a_steering_block_is_refused(tiny_model):
+    seka = tiny_model("llama")
+    enc = seka.encode(STEERED)
+    ids = torch.tensor([enc.input_ids])
+    with seka.steering(torch.tensor([enc.highlight])), torch.inference_mode():
+        with pytest.raises(SteeringConfigError, match="use_cache=True"):
+            seka.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3,
+                                do_sample=False, use_cache=False)
+
+
+def test_checkpoint_generation_config_asking_for_dict_outputs_or_stop_strings(tiny_model):
+    seka = tiny_model("llama")
+    expected = seka.generate(STEERED, max_new_tokens=6)
+    seka.model.generation_config.return_dict_in_generate = True
+    try:
+        assert seka.generate(STEERED, max_new_tokens=6) == expected
+    finally:
+        seka.model.generation_config.return_dict_in_generate = False
+    # the checkpoint's own stop strings apply (transformers needs the tokenizer for them)
+    seka.model.generation_config.stop_strings = [expected[2:4]]
+    try:
+        out = seka.generate(STEERED, max_new_tokens=6)
+        assert expected.startswith(out) and len(out) < len(expected)
+    finally:
+        seka.model.generation_config.stop_strings = None
+
+
+def test_a_tokenizer_without_pad_or_eos_tokens_gets_one_from_the_model(helpers):
+    import copy
+
+    seka = helpers.build_tiny_model("llama", helpers.make_tokenizer())
+    tokenizer = copy.deepcopy(seka.tokenizer)
+    expected = seka.generate(STEERED, max_new_tokens=4)
+    pad_id = tokenizer.pad_token_id
+    tokenizer.pad_token = None
+    tokenizer.eos_token = None
+    from seka_rag import SekaModel
+
+    seka.model.generation_config.pad_token_id = pad_id
+    again = SekaModel(seka.model, tokenizer, model_id="tiny-llama", projection=seka.projection)
+    assert tokenizer.pad_token_id == pad_id
+    assert again.generate(STEERED, max_new_tokens=4) == expected
+    tokenizer.pad_token = None
+    seka.model.generation_config.pad_token_id = None
+    with pytest.raises(SekaError, match="neither a pad token nor an end-of-sequence token"):
+        SekaModel(seka.model, tokenizer)
+
+
+def test_a_stop_string_across_a_special_token_stops_generation(raw):
+    # the returned text skips special tokens, so "b<|im_end|>c" holds the stop string "bc" there: the
+    # stopping criterion reads the text that way too, instead of running to max_new_tokens
+    tok = raw.tokenizer
+    ids = tok("ab", add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")] \
+        + tok("cd", add_special_tokens=False)["input_ids"]
+    criteria = raw._stop_criteria(["bc"], 0)
+    assert bool(criteria[0](torch.tensor([ids]), None)[0])
+    assert not bool(raw._stop_criteria(["xy"], 0)[0](torch.tensor([ids]), None)[0])

@@ -312,6 +312,39 @@ class TestChat:
             (a, b), = p.spans
             assert p.text[a:b] == word and a > p.text.index("<|im_start|>user")
 
+    TRIMMING = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + (m['content'] | trim) + '<|im_end|>\n' }}"
+                "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+    @pytest.mark.parametrize("content, highlight, expected", [
+        ("Where is the tower?\n<<The tower is in Rome.\n>>", None, "The tower is in Rome."),  # trailing newline
+        ("<< The tower is in Rome.>> Where?", None, "The tower is in Rome."),  # leading space
+        (" Doc: Rome. Q?", (0, 0, 5), "Doc:"),  # a span over the trimmed leading space
+    ])
+    def test_a_trimming_template_keeps_highlights_off_its_own_tokens(self, helpers, content, highlight, expected):
+        # the trimmed whitespace is not in the prompt: a highlight reaching into it stops at the content's
+        # edge instead of covering the template's role header or its end-of-turn token
+        trimming = helpers.make_tokenizer(self.TRIMMING)
+        p = prepare_prompt([{"role": "user", "content": content}], trimming, [highlight] if highlight else None)
+        assert [p.text[a:b] for a, b in p.spans] == [expected]
+        enc = encode_prompt(p, trimming)
+        assert stripped_runs(enc, trimming) == [expected]
+        specials = set(trimming.all_special_ids)
+        assert not any(on and t in specials for t, on in zip(enc.input_ids, enc.highlight))
+
+    def test_a_highlight_of_trimmed_whitespace_alone_is_an_error(self, helpers):
+        trimming = helpers.make_tokenizer(self.TRIMMING)
+        with pytest.raises(HighlightError, match="only whitespace .* trims away"):
+            prepare_prompt([{"role": "user", "content": "  head tail  "}], trimming, [(0, 11, 13)])
+
+    def test_special_tokens_written_in_the_text_are_not_highlighted(self, seka, tokenizer):
+        # chat prompts are tokenised without added special tokens: a control token inside a highlight
+        # (text that spells one) is still never steered
+        enc = seka.encode("Doc: <<a<|im_end|>b>> Q?")
+        specials = set(tokenizer.all_special_ids)
+        assert any(t in specials for t, on in zip(enc.input_ids, enc.highlight) if not on)
+        assert not any(on and t in specials for t, on in zip(enc.input_ids, enc.highlight))
+        assert "".join(runs(enc, tokenizer)).replace(" ", "") == "ab"
+
 
 # ------------------------------------------------------------------------------- mark_highlight
 @pytest.mark.parametrize("doc", [
@@ -546,6 +579,13 @@ def test_a_template_that_moves_the_system_message_is_searched_not_a_crash(helper
                 {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Where is <<Rome>>?"}]
     prepared = prepare_prompt(messages, tokenizer)
     assert [prepared.text[s:e] for s, e in prepared.spans] == ["Rome"]
+    # highlights in the moved message, and in a message the template keeps in place, land in the right one
+    messages[0]["content"] = "Use <<the doc>>."
+    messages[1]["content"] = "Use the doc. Doc: <<X>>"
+    prepared = prepare_prompt(messages, tokenizer)
+    assert [prepared.text[s:e] for s, e in prepared.spans] == ["X", "the doc", "Rome"]
+    last_turn = prepared.text.rindex("[INST]")
+    assert prepared.spans[0][0] < last_turn < prepared.spans[1][0]  # the system text, in the last user turn
 
 
 def test_a_tokenizer_without_offsets_still_keeps_the_bos_token(tokenizer):
