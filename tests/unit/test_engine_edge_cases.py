@@ -122,6 +122,12 @@ def test_a_users_gguf_is_converted_once_in_a_private_folder(tmp_path, monkeypatc
     assert (first / "config.json").is_file() and loads == ["tiny.gguf"]
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no work folder left behind
     assert _converted_gguf(tmp_path / "models", "tiny.gguf", cache) == first and len(loads) == 1  # cached
+    from seka_rag.models.embedded import MARKER
+
+    assert (first / MARKER).is_file()  # every file with its size: a damaged copy is converted again
+    (first / "model.safetensors").unlink()
+    assert _converted_gguf(tmp_path / "models", "tiny.gguf", cache) == first and len(loads) == 2
+    assert (first / "model.safetensors").is_file()
 
 
 def test_per_prompt_queries_must_match_the_prompts_whatever_the_batch_size(adaptive):

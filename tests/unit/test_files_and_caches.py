@@ -96,29 +96,6 @@ def test_two_finishers_at_once_do_not_fail(tmp_path, converted, monkeypatch):
     assert is_complete(target, sha256="abc")
 
 
-def test_a_users_gguf_conversion_is_marked_and_its_damage_noticed(tmp_path, monkeypatch, tokenizer, helpers):
-    import transformers
-
-    from seka_rag.model import _converted_gguf
-
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "tiny.gguf").write_bytes(b"not read: loading is stubbed")
-    loads = []
-
-    def fake_model(path, gguf_file=None, **kw):
-        loads.append(gguf_file)
-        return helpers.build_tiny_model("llama", tokenizer, projection=False).model
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", staticmethod(fake_model))
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", staticmethod(lambda *a, **k: tokenizer))
-    cache = tmp_path / "cache"
-    first = _converted_gguf(tmp_path / "models", "tiny.gguf", cache)
-    assert (first / MARKER).is_file() and len(loads) == 1
-    (first / "model.safetensors").unlink()  # damaged: converted again
-    assert _converted_gguf(tmp_path / "models", "tiny.gguf", cache) == first and len(loads) == 2
-    assert (first / "model.safetensors").is_file()
-
-
 # ------------------------------------------------------------------ projections
 @pytest.fixture
 def projection(tiny_model):
