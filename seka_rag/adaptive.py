@@ -318,16 +318,21 @@ class ExpertSet:
 
         Cached per (settings, device, each expert's edit stamp): a call with the same settings reuses the
         tensors already on the model's device, and an expert whose gains, layers or tensors changed
-        (replaced, or modified in place) is stacked anew. An expert that edits nothing in a layer or head gets no routing weight there.
+        (replaced, or modified in place) is stacked anew. Tensors made under ``torch.inference_mode()``
+        keep no version counter, so an in-place change to one is not seen: assign a new tensor instead.
+        An expert that edits nothing in a layer or head gets no routing weight there.
         """
         try:  # each expert's edit stamp: tensors or gains changed in place are picked up
             key = (_config_key(config), routing.top_k, bool(want_route), str(device),
                    tuple((_edit_stamp(e.projection), e.gain_scale) for e in self.experts))
         except (TypeError, ValueError):
             key = None  # malformed settings: edit_matrices below raises the proper error
+        # the stamped objects themselves, kept with the entry: a new tensor at a freed one's address
+        # (the same id in the key) is not the one the entry was stacked from
+        stamped = tuple(x for e in self.experts for x in _stamped_objects(e.projection))
         cached = self._stack_cache.get(key) if key is not None else None
-        if cached is not None:
-            return cached
+        if cached is not None and len(cached[0]) == len(stamped) and all(a is b for a, b in zip(cached[0], stamped)):
+            return cached[1]
         per_expert = [edit_matrices(e.projection, _scaled_config(config, e.gain_scale)) for e in self.experts]
         unit = replace(config, gain_pos=1.0, gain_neg=1.0)  # which heads are selected, at gains that are not 0
         per_expert_unit = [edit_matrices(e.projection, unit) for e in self.experts]
@@ -347,7 +352,7 @@ class ExpertSet:
         if key is not None:
             if len(self._stack_cache) > 32:
                 self._stack_cache.clear()
-            self._stack_cache[key] = out
+            self._stack_cache[key] = (stamped, out)
         return out
 
     def prototypes(self) -> torch.Tensor:
@@ -392,14 +397,18 @@ class ExpertSet:
                 stale = {e["file"] for e in old.get("experts", []) if isinstance(e, dict) and _is_expert_file(e.get("file"))}
             except (OSError, ValueError, AttributeError, TypeError):
                 stale = set()
+        try:  # every fingerprint before any file is written: a failure leaves the earlier set as it was
+            fingerprints = [e.projection.fingerprint() for e in self.experts]
+        except (TypeError, ValueError) as exc:
+            raise ProjectionError(f"an expert's projection cannot be fingerprinted ({exc})") from None
         entries = []
-        for e in self.experts:
+        for e, fingerprint in zip(self.experts, fingerprints):
             file = f"{_file_stem(e.name)}.safetensors"
             e.projection.save(directory / file)
             entries.append(dict(
                 name=e.name, file=file, description=e.description, n_prompts=e.n_prompts,
                 prototype=None if e.prototype is None else [round(float(x), 7) for x in e.prototype],
-                gain_scale=float(e.gain_scale), fingerprint=e.projection.fingerprint(),
+                gain_scale=float(e.gain_scale), fingerprint=fingerprint,
             ))
         index = dict(head, experts=entries)
         partial = directory / f".{INDEX_FILE}.{os.getpid()}.partial"
@@ -450,8 +459,10 @@ class ExpertSet:
             recorded = entry.get("fingerprint")
             if recorded is not None and recorded != projection.fingerprint():
                 raise ProjectionError(
-                    f"{str(index_path)!r}: expert {entry['name']!r}'s file {file!r} is not the one this index was "
-                    "written with (a save that was interrupted, or a file replaced by hand): save the set again"
+                    f"{str(index_path)!r}: expert {entry['name']!r}'s file {file!r} changed after this index was "
+                    "written (a save that was interrupted, or a file rewritten on its own, e.g. by set-gains): "
+                    "build the set again (seka-rag build-experts), or, if the change was meant, delete that "
+                    "expert's \"fingerprint\" entry from experts.json"
                 )
             try:
                 experts.append(Expert(
@@ -556,12 +567,17 @@ def _as_routing_config(routing: Any) -> RoutingConfig:
     raise ProjectionError(f"routing must be a RoutingConfig or a dict of its fields, got {type(routing).__name__}")
 
 
+def _stamped_objects(projection: Projection) -> tuple:
+    """The projection and the tensors of it that decide an expert's stacked edit."""
+    return (projection, projection.pos, projection.neg, projection.u_pos, projection.s_pos, projection.head_mask,
+            projection.layer_scale)
+
+
 def _edit_stamp(projection: Projection) -> tuple:
     """What decides an expert's stacked edit, cheaply: its stored gains and layers, and the identity and
     version counter of each tensor read (inference-mode tensors keep no counter: identity only)."""
     m = projection.meta
-    tensors = (projection.pos, projection.neg, projection.u_pos, projection.s_pos, projection.head_mask,
-               projection.layer_scale)
+    tensors = _stamped_objects(projection)[1:]
     return (id(projection), m.gain_pos, m.gain_neg, tuple(m.layers),
             None if m.default_layers is None else tuple(m.default_layers),
             tuple((id(t), None if t.is_inference() else t._version) for t in tensors))

@@ -1934,7 +1934,7 @@ def check_ignored_options(args) -> None:
 #: it in ``--out ~/x`` but not in ``--out=~/x``, which would otherwise make a folder named ``~`` here.
 _PATH_OPTIONS = ("out", "json", "out_dir", "markdown", "plot", "plots", "write", "calibration_log", "projection",
                  "experts", "counterfact", "nq", "merge", "pasta_heads", "reuse", "trade_off", "apply", "cache_dir",
-                 "model")
+                 "model", "texts")
 
 
 def expand_home(args) -> None:

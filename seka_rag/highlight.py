@@ -390,38 +390,53 @@ def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[
         text.append(templated[cursor:])
         if "".join(text) == rendered:
             return rendered, starts
-    # The template transforms contents (e.g. trims them): locate each one in order, never inside the
-    # template's own text before it (a system header can repeat words of the message).
-    gaps = None
-    in_order = placed and [templated.index(s) for s in sentinels] == sorted(templated.index(s) for s in sentinels)
-    if in_order:
-        ends = [0] + [templated.index(s) + len(s) for s in sentinels]
-        gaps = [templated.index(s) - ends[i] for i, s in enumerate(sentinels)]
-    starts, cursor = [], 0
-    for i, m in enumerate(messages):
-        content = m["content"]
+    # The template transforms contents (e.g. trims them): locate each one in the order the template put
+    # them (message order when the sentinels do not tell), never inside the template's own text before
+    # it (a system header can repeat words of the message).
+    order = list(range(len(messages)))
+    gaps: dict[int, int] | None = None
+    if placed:
+        order.sort(key=lambda i: templated.index(sentinels[i]))
+        gaps, end = {}, 0
+        for i in order:
+            at = templated.index(sentinels[i])
+            gaps[i], end = at - end, at + len(sentinels[i])
+    starts, cursor = [None] * len(messages), 0
+    for i in order:
+        content = messages[i]["content"]
         if not content:  # nothing to place (and a template may drop the whole message)
-            starts.append(None)
             continue
-        lead = len(content) - len(content.lstrip())
-        stripped = content.strip()
-        found = None
-        for start in ((cursor + gaps[i], cursor) if gaps is not None else (cursor,)):
-            # past the template's own text first; a template that drops a message's wrapper (an empty
-            # one) makes that overshoot
-            at = rendered.find(content, start)
-            if at != -1:
-                found = (at, 0, len(content))
-            elif stripped:
-                at = rendered.find(stripped, start)
-                if at != -1:  # only the stripped characters stand in the prompt, from ``at``
-                    found = (at - lead, lead, lead + len(stripped))
-            if found is not None:
-                break
-        starts.append(found)  # None: content not reproduced; spans in it cannot be placed
-        if found is not None:
-            cursor = found[0] + found[2]
+        starts[i] = _locate(rendered, content, cursor, None if gaps is None else cursor + gaps[i])
+        if starts[i] is not None:  # None: content not reproduced; spans in it cannot be placed
+            cursor = starts[i][0] + starts[i][2]
     return rendered, starts
+
+
+def _locate(rendered: str, content: str, cursor: int, expected: int | None) -> _Placement | None:
+    """Where ``content`` stands in ``rendered``, from ``cursor`` on: whole, or with its leading and
+    trailing whitespace trimmed by the template. ``expected``: where the template's own text between
+    contents puts it, tried first (a later message may hold the same words)."""
+    lead = len(content) - len(content.lstrip())
+    stripped = content.strip()
+
+    def whole_or_trimmed(pos: int) -> _Placement | None:
+        if rendered.startswith(content, pos):
+            return pos, 0, len(content)
+        if stripped and rendered.startswith(stripped, pos):
+            return pos - lead, lead, lead + len(stripped)
+        return None
+
+    if expected is not None and (hit := whole_or_trimmed(expected)) is not None:
+        return hit
+    for start in ((expected, cursor) if expected is not None else (cursor,)):
+        # a template that drops a message's wrapper (an empty one) makes ``expected`` overshoot
+        pos = rendered.find(stripped or content, start)
+        if pos == -1:
+            continue
+        if pos - lead >= start and rendered.startswith(content, pos - lead):  # whole, from its first character
+            return pos - lead, 0, len(content)
+        return (pos - lead, lead, lead + len(stripped)) if stripped else (pos, 0, len(content))
+    return None
 
 
 def prepare_prompt(
@@ -586,6 +601,8 @@ def encode_prompt(
         # special tokens are never highlighted: those the tokenizer added, and those written in the text
         # itself (a chat prompt is tokenised without adding any, so its template's markers count by id)
         special_ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+        special_ids |= {i for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+                        if getattr(t, "special", False)}  # e.g. Llama-3's <|start_header_id|>
         special = [bool(m) or t in special_ids for m, t in zip(enc["special_tokens_mask"], ids)]
         covering = _covering_span(offsets, special, prepared.spans)
         missing = set(range(len(prepared.spans))) - set(covering)

@@ -9,6 +9,7 @@ import os
 import re
 import threading
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar, copy_context
 from pathlib import Path
@@ -114,6 +115,10 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> tor
     return resolved
 
 
+#: every model's last routing in this thread / async task: ``(weakref to the SekaModel, RoutingResult)`` pairs
+_LAST_ROUTING: ContextVar[tuple] = ContextVar("seka_last_routing", default=())
+
+
 class SekaModel:
     """A causal language model whose highlighted prompt tokens get SEKA key edits.
 
@@ -166,12 +171,11 @@ class SekaModel:
         self.context_window = int(context_window or getattr(config, "max_position_embeddings", 0) or 2048)
         if self.tokenizer.pad_token_id is None:
             _set_pad_token(self.tokenizer, model)
-        self._editor = KeyEditor(model)
+        self._editor = KeyEditor.for_model(model)  # one set of hooks per model, however often it is wrapped
         self.projection: Projection | None = None
         self.experts: ExpertSet | None = None
         #: the default router of calls that do not pass ``router=`` (None: the single projection)
         self.router: str | None = None
-        self._last_routing: ContextVar[RoutingResult | None] = ContextVar(f"seka_last_routing_{id(self)}", default=None)
         #: sentence encoder of the embedding router (None: the offline all-MiniLM-L6-v2)
         self.embedding_encoder: Any = None
         if projection is not None:
@@ -361,11 +365,17 @@ class SekaModel:
         NaN (see :class:`~seka_rag.adaptive.RoutingResult`). :meth:`stream` sets it when its iteration
         ends.
         """
-        return self._last_routing.get()
+        for owner, value in _LAST_ROUTING.get():
+            if owner() is self:
+                return value
+        return None
 
     @last_routing.setter
     def last_routing(self, value: RoutingResult | None) -> None:
-        self._last_routing.set(value)
+        # one context variable for every model, holding (weak reference, result) pairs: a model that is
+        # gone leaves nothing behind in the threads and tasks that used it
+        kept = tuple((owner, v) for owner, v in _LAST_ROUTING.get() if owner() is not None and owner() is not self)
+        _LAST_ROUTING.set(kept + (((weakref.ref(self), value),) if value is not None else ()))
 
     def load_experts(self, experts: ExpertSet | str | os.PathLike, *, router: str | None = None) -> ExpertSet:
         """Attach an AdaSEKA expert set (object or directory) and make ``router`` the default router
@@ -1447,9 +1457,11 @@ def _converted_gguf(directory: Path, gguf_file: str, cache_dir) -> Path:
 def _raise_if_damaged_cache(source: str, exc: BaseException) -> None:
     """A load of a model folder that seka-rag converted into its cache failed: say that the folder is
     damaged and how to get a good one, instead of the loader's own error."""
-    from .models.embedded import MARKER
+    from .models.embedded import MARKER, is_complete
 
-    if isinstance(exc, SekaError) or not (Path(source) / MARKER).is_file():
+    # a complete copy (every file at its recorded size; an older marker records none) is not to blame:
+    # the load failed for another reason (an option, a missing package), which its own error names
+    if isinstance(exc, SekaError) or not (Path(source) / MARKER).is_file() or is_complete(Path(source)):
         return
     raise SekaError(
         f"the converted model cached in {source!r} could not be loaded ({type(exc).__name__}: {exc}); the copy is "

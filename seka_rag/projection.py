@@ -86,6 +86,15 @@ class ProjectionMeta:
                 raise ProjectionError(f"projection metadata {name} must be a whole number >= 0, got {v!r}")
 
 
+def _str_keys(value):
+    """``value`` with every dict key written as text, so that notes mixing int and str keys sort."""
+    if isinstance(value, dict):
+        return {str(k): _str_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_str_keys(v) for v in value]
+    return value
+
+
 def _is_io_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a failure to write a file: an OSError, or safetensors' own I/O error."""
     return isinstance(exc, OSError) or (type(exc).__name__ == "SafetensorError" and "I/O error" in str(exc))
@@ -181,7 +190,7 @@ class Projection:
         the tensor anew.
         """
         tensors = tuple(getattr(self, name) for name in _TENSORS)
-        meta_json = json.dumps(asdict(self.meta), sort_keys=True, default=str)
+        meta_json = json.dumps(_str_keys(asdict(self.meta)), sort_keys=True, default=str)
         versions = None if any(t.is_inference() for t in tensors) else tuple(t._version for t in tensors)
         cached = self.__dict__.get("_fingerprint")
         if (versions is not None and cached is not None and cached[2] == meta_json and cached[1] == versions
@@ -243,10 +252,6 @@ class Projection:
         if self.head_mask.dtype != torch.bool:
             raise ProjectionError(f"projection tensor 'head_mask' must be boolean (a head is edited or not), "
                                   f"got {self.head_mask.dtype}")
-        if not bool((self.layer_scale > 0).all()):
-            raise ProjectionError(f"projection tensor 'layer_scale' must be positive in every layer, got "
-                                  f"{[round(float(x), 4) for x in self.layer_scale]} (a negative scale turns the "
-                                  "edit around: use negative gains for that, which warn)")
         if len(set(m.layers)) != n or any(not 0 <= i < m.num_layers for i in m.layers):
             raise ProjectionError(f"projection layer indices {m.layers} are invalid for {m.num_layers} layers")
         if m.default_layers is not None and not set(m.default_layers) <= set(m.layers):
@@ -293,8 +298,8 @@ class Projection:
         try:
             metadata = {"seka": json.dumps(asdict(self.meta))}
         except (TypeError, ValueError) as exc:
-            raise ProjectionError(f"the projection's metadata cannot be written as JSON ({exc}): keep meta.notes "
-                                  "to numbers, strings, lists and dicts") from None
+            raise ProjectionError(f"the projection's metadata cannot be written as JSON ({exc}): keep its fields and "
+                                  "notes to plain numbers, strings, lists and dicts") from None
         # cloned: safetensors refuses tensors that share memory (e.g. one U passed as both u_pos and u_neg)
         tensors = {name: getattr(self, name).detach().cpu().clone(memory_format=torch.contiguous_format)
                    for name in _TENSORS}

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -89,8 +91,18 @@ def edit_matrices(projection: Projection, config: SteeringConfig = SteeringConfi
     for layer, row in zip(layers, rows):
         m = projection.layer_scale[row] * (g_pos * projection.pos[row] + g_neg * projection.neg[row]) / 2
         out[int(layer)] = m * heads[row][:, None, None].to(m.dtype)
+    scales = [float(projection.layer_scale[r]) for r in rows]
+    if min(scales) < 0:
+        from .highlight import _outside_stacklevel
+
+        negative = [int(layer) for layer, x in zip(layers, scales) if x < 0]
+        warnings.warn(
+            f"the projection's per-layer scale (layer_scale) is negative in layers {negative}: there the edit "
+            "works against the highlight instead of for it",
+            stacklevel=_outside_stacklevel(),
+        )
     if g_pos < 0 or g_neg < 0:
-        _warn_if_keys_flip(out, g_pos, g_neg, max(float(projection.layer_scale[r]) for r in rows))
+        _warn_if_keys_flip(out, g_pos, g_neg, max(scales))
     return out
 
 
@@ -207,6 +219,9 @@ def expand_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 _ACTIVE_EDIT: ContextVar[ActiveEdit | None] = ContextVar("seka_active_edit", default=None)
+#: each model's shared editor (:meth:`KeyEditor.for_model`); an entry goes with its model
+_EDITORS: "weakref.WeakKeyDictionary[nn.Module, KeyEditor]" = weakref.WeakKeyDictionary()
+_EDITORS_LOCK = threading.Lock()
 
 
 def edit_keys(keys: torch.Tensor, matrices: torch.Tensor, weights: torch.Tensor, layout: str, head_dim: int) -> torch.Tensor:
@@ -241,6 +256,16 @@ class KeyEditor:
                 layer_module(layer, spec.query_module).register_forward_hook(partial(self._query_hook, index))
             )
             self._handles.append(layer_module(layer, spec.key_module).register_forward_hook(partial(self._hook, index)))
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> "KeyEditor":
+        """The editor of ``model``: made (and its hooks installed) the first time, shared after that, so
+        wrapping one model again and again does not pile up hooks on it. It lives as long as the model."""
+        with _EDITORS_LOCK:
+            editor = _EDITORS.get(model)
+            if editor is None or not editor._handles:
+                editor = _EDITORS[model] = cls(model)
+            return editor
 
     def _current(self, layer_index: int) -> ActiveEdit | None:
         edit = _ACTIVE_EDIT.get()

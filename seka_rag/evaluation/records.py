@@ -16,7 +16,7 @@ from typing import Any
 def read_records(path: str | os.PathLike, *, json_list: bool = True) -> list[dict[str, Any]]:
     """The records (JSON objects) of ``path``: one JSON object per line, or — with ``json_list`` — a JSON
     list of objects. ``.gz`` files are decompressed; a UTF-8 byte-order mark is accepted."""
-    path = Path(path)
+    path = Path(path).expanduser()
     compressed = path.suffix == ".gz"
     opener = gzip.open if compressed else open
     try:

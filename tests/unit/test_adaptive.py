@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -547,6 +548,21 @@ def test_changing_an_expert_in_place_changes_the_edit(tiny_model, expert_set):
     experts["e0"].projection.pos.mul_(0)
     experts["e0"].projection.neg.mul_(0)
     assert seka.score(PROMPTS[0], ["Rome"], router={"e0": 1.0}) == pytest.approx(unsteered, abs=1e-5)
+
+
+def test_a_replaced_tensor_at_a_freed_ones_address_is_not_taken_for_it(tiny_model, expert_set):
+    """The cache key holds ids; a new tensor may get a freed one's address (and id). The cache must
+    not hand back the edit stacked from the freed tensor: every score equals a fresh computation."""
+    seka = tiny_model("llama", num_layers=2)
+    experts = expert_set(seka)
+    seka.load_experts(experts)
+    reference = tiny_model("llama", num_layers=2)
+    base = experts["e0"].projection.pos.clone()
+    for i in range(40):
+        experts["e0"].projection.pos = base * (0.5 + (i % 7) * 0.25)
+        reference.load_projection(copy.copy(experts["e0"].projection))  # SEKA with this expert at weight 1
+        assert seka.score(PROMPTS[0], ["Rome", "Paris"], router={"e0": 1.0}) == pytest.approx(
+            reference.score(PROMPTS[0], ["Rome", "Paris"]), abs=1e-5), i
 
 
 def test_router_inputs_are_checked_when_nothing_is_steered(tiny_model, expert_set):

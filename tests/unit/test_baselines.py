@@ -239,6 +239,17 @@ def test_pasta_score_and_generate_alpha_one(qwen2, items):
         qwen2.generate(PROMPT, steer=False, max_new_tokens=6)
 
 
+def test_pasta_generate_ignores_a_checkpoints_dict_outputs_and_honours_its_stop_strings(tiny_model):
+    seka = tiny_model("qwen2")
+    expected = pasta_generate(seka, PROMPT, config=PastaConfig(alpha=1.0), max_new_tokens=6)
+    seka.model.generation_config.return_dict_in_generate = True
+    assert pasta_generate(seka, PROMPT, config=PastaConfig(alpha=1.0), max_new_tokens=6) == expected
+    seka.model.generation_config.return_dict_in_generate = False
+    seka.model.generation_config.stop_strings = [expected[2:4]]
+    cut = pasta_generate(seka, PROMPT, config=PastaConfig(alpha=1.0), max_new_tokens=6)
+    assert expected.startswith(cut) and len(cut) < len(expected)
+
+
 def test_pasta_state_cleared_after_block_and_exception(qwen2):
     batch = _batch(qwen2)
     ref = _logits(qwen2, batch)

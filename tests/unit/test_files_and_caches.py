@@ -59,6 +59,13 @@ def test_a_damaged_cached_model_says_so_and_how_to_fix_it(converted):
         SekaModel.from_pretrained(converted)
 
 
+def test_a_complete_cached_model_is_not_blamed_for_another_failure(converted):
+    # an option the loader refuses is not damage: its own error comes through, and the cache stays
+    with pytest.raises(Exception) as failure:
+        SekaModel.from_pretrained(converted, device_map="nonsense")
+    assert "damaged" not in str(failure.value)
+
+
 def test_a_conversion_finished_first_by_another_process_is_kept(tmp_path, converted):
     finished = lambda path: is_complete(path, sha256="abc")  # noqa: E731
     ours = tmp_path / "work" / "converted"
@@ -120,7 +127,6 @@ def _rewrite(path, **changes):
 @pytest.mark.parametrize("changes, message", [
     ({"pos": lambda t: t.to(torch.int32)}, "'pos' must hold floating-point numbers"),
     ({"head_mask": lambda t: torch.full(t.shape, 0.3)}, "'head_mask' must hold 0 / 1"),
-    ({"layer_scale": lambda t: -t}, "'layer_scale' must be positive"),
     ({"format_version": "2"}, "format_version must be a whole number"),
     ({"chat_format": "false"}, "chat_format must be true or false"),
 ])
@@ -129,6 +135,15 @@ def test_a_projection_edited_by_hand_is_refused(tmp_path, projection, changes, m
     _rewrite(path, **changes)
     with pytest.raises(ProjectionError, match=message):
         Projection.load(path)
+
+
+def test_a_negative_layer_scale_says_it_works_against_the_highlight(tmp_path, tiny_model):
+    seka = tiny_model("llama")
+    path = seka.projection.save(tmp_path / "p.safetensors")
+    _rewrite(path, layer_scale=lambda t: -t)
+    seka.load_projection(path)
+    with pytest.warns(UserWarning, match=r"layer_scale\) is negative in layers \[0, 1\]"):
+        seka.score("Where is <<the tower>>?", ["Rome"])
 
 
 def test_saving_where_it_cannot_be_written_is_a_projection_error(projection):
@@ -177,7 +192,7 @@ def test_an_interrupted_save_of_an_expert_set_is_refused_on_load(tmp_path, helpe
     assert ExpertSet.load(folder).names == ["x", "y"]  # the fingerprints it records match
     # a new save rewrote x's file and stopped before its index: the old index does not describe it
     helpers.random_projection(geom, seed=3, model_id="tiny-llama").save(folder / "x.safetensors")
-    with pytest.raises(ProjectionError, match="not the one this index was written with"):
+    with pytest.raises(ProjectionError, match="changed after this index was written"):
         ExpertSet.load(folder)
 
 

@@ -331,6 +331,25 @@ class TestChat:
         specials = set(trimming.all_special_ids)
         assert not any(on and t in specials for t, on in zip(enc.input_ids, enc.highlight))
 
+    def test_a_trimmed_message_is_found_in_its_own_turn_not_a_later_one(self, helpers):
+        # the untrimmed text "Paris\n" stands only in the third message: the first one's highlight stays there
+        trimming = helpers.make_tokenizer(self.TRIMMING)
+        messages = [{"role": "user", "content": "<<Paris>>\n"}, {"role": "assistant", "content": "ok"},
+                    {"role": "user", "content": "Paris\nis <<it>>?"}]
+        p = prepare_prompt(messages, trimming)
+        assert [p.text[a:b] for a, b in p.spans] == ["Paris", "it"]
+        assert p.spans[0][1] < p.text.index("<|im_start|>assistant")
+
+    def test_added_special_tokens_in_the_text_are_not_highlighted(self, helpers):
+        from tokenizers import AddedToken
+
+        tok = helpers.make_tokenizer()
+        tok.add_tokens([AddedToken("<|start_header_id|>", special=True)])
+        enc = encode_prompt(prepare_prompt("Doc: <<a<|start_header_id|>b>> Q?", tok), tok)
+        special = tok.convert_tokens_to_ids("<|start_header_id|>")
+        assert special in enc.input_ids
+        assert not any(on for t, on in zip(enc.input_ids, enc.highlight) if t == special)
+
     def test_a_highlight_of_trimmed_whitespace_alone_is_an_error(self, helpers):
         trimming = helpers.make_tokenizer(self.TRIMMING)
         with pytest.raises(HighlightError, match="only whitespace .* trims away"):
@@ -586,6 +605,23 @@ def test_a_template_that_moves_the_system_message_is_searched_not_a_crash(helper
     assert [prepared.text[s:e] for s, e in prepared.spans] == ["X", "the doc", "Rome"]
     last_turn = prepared.text.rindex("[INST]")
     assert prepared.spans[0][0] < last_turn < prepared.spans[1][0]  # the system text, in the last user turn
+
+
+def test_a_template_that_moves_the_system_message_and_trims_answers(helpers):
+    from seka_rag.highlight import prepare_prompt
+
+    # Mistral-v0.3 style: the system text goes into the last user turn, assistant answers are trimmed
+    template = ("{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}{% set msgs = messages[1:] %}"
+                "{% else %}{% set sys = '' %}{% set msgs = messages %}{% endif %}{% for m in msgs %}"
+                "{% if m['role'] == 'user' %}{% if loop.last and sys %}[INST] {{ sys }}\n\n{{ m['content'] }}[/INST]"
+                "{% else %}[INST] {{ m['content'] }}[/INST]{% endif %}{% else %}{{ ' ' + m['content'] | trim }}</s>"
+                "{% endif %}{% endfor %}")
+    tokenizer = helpers.make_tokenizer(template)
+    messages = [{"role": "system", "content": "Use <<the doc>>."}, {"role": "user", "content": "Doc: <<X>>"},
+                {"role": "assistant", "content": "Hello.\n"}, {"role": "user", "content": "Where?"}]
+    prepared = prepare_prompt(messages, tokenizer)
+    assert [prepared.text[s:e] for s, e in prepared.spans] == ["X", "the doc"]
+    assert prepared.spans[1][0] > prepared.text.rindex("[INST]")
 
 
 def test_a_tokenizer_without_offsets_still_keeps_the_bos_token(tokenizer):

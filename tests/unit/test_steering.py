@@ -691,3 +691,45 @@ def test_edited_layers_use_their_own_row_of_head_mask_and_scale(tiny_model, help
     out = edit_matrices(p, SteeringConfig(layers=[2, 0]))
     torch.testing.assert_close(out[2], helpers.edit_matrix(p, 2))
     torch.testing.assert_close(out[0], helpers.edit_matrix(p, 0))
+
+
+def test_wrapping_one_model_again_and_again_does_not_pile_up_hooks(tiny_model, helpers):
+    import gc
+
+    from seka_rag import SekaModel
+
+    seka = tiny_model("llama")
+    key_module = helpers.key_modules(seka)[0]
+    hooks = len(key_module._forward_hooks)
+    expected = seka.score(DOCS, ["Rome"])
+    for _ in range(20):
+        SekaModel(seka.model, seka.tokenizer, seka.projection, model_id=seka.model_id)
+    gc.collect()
+    again = SekaModel(seka.model, seka.tokenizer, seka.projection, model_id=seka.model_id)
+    assert len(key_module._forward_hooks) == hooks
+    assert again.score(DOCS, ["Rome"]) == pytest.approx(expected, abs=1e-6)  # edited once, not twice
+
+
+def test_a_model_that_is_gone_leaves_no_routing_behind(tiny_model, helpers):
+    import contextvars
+    import gc
+
+    from seka_rag import SekaModel
+    from seka_rag.adaptive import Expert, ExpertSet
+
+    seka = tiny_model("llama")
+    experts = ExpertSet([Expert(f"e{i}", helpers.random_projection(seka.geometry, seed=i, model_id=seka.model_id))
+                         for i in range(2)])
+    before = len(contextvars.copy_context())
+    for _ in range(5):
+        wrapper = SekaModel(seka.model, seka.tokenizer, model_id=seka.model_id, experts=experts)
+        wrapper.score("Where is <<the tower>>?", ["Rome"])
+        assert wrapper.last_routing is not None and seka.last_routing is None
+    del wrapper
+    gc.collect()
+    seka.load_experts(experts)
+    seka.score("Where is <<the tower>>?", ["Rome"])
+    from seka_rag.model import _LAST_ROUTING
+
+    assert [owner() for owner, _ in _LAST_ROUTING.get()] == [seka]  # the dropped wrappers' results are gone
+    assert len(contextvars.copy_context()) <= before + 1

@@ -539,7 +539,8 @@ def pasta_generate(
             ids = model.model.generate(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
                 do_sample=False, temperature=None, top_p=None, top_k=None, pad_token_id=pad,
-                num_return_sequences=1, num_beams=1,
+                num_return_sequences=1, num_beams=1, use_cache=True, return_dict_in_generate=False,
+                tokenizer=model.tokenizer,  # as SekaModel.generate: whatever the checkpoint's generation config asks
             )
         new = ids[:, batch.input_ids.shape[1] :]
         out.extend(cut_at_stop(t, stops) for t in model.tokenizer.batch_decode(new, skip_special_tokens=True))
@@ -620,12 +621,12 @@ class HeadProfile:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the profile as JSON (the lead runs profiling once per model and reuses it)."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+        Path(path).expanduser().write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "HeadProfile":
         """Read a profile written by :meth:`save`."""
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        return cls.from_dict(json.loads(Path(path).expanduser().read_text(encoding="utf-8")))
 
 
 PROXIES = ("divergence", "full")
