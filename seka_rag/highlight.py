@@ -401,14 +401,18 @@ def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[
         for i in order:
             at = templated.index(sentinels[i])
             gaps[i], end = at - end, at + len(sentinels[i])
-    starts, cursor = [None] * len(messages), 0
+    # cursor: the end of the last content placed; ahead: where the template's own text says the next
+    # content starts (every message's wrapper counted, an empty one's too)
+    starts, cursor, ahead = [None] * len(messages), 0, 0
     for i in order:
         content = messages[i]["content"]
-        if not content:  # nothing to place (and a template may drop the whole message)
-            continue
-        starts[i] = _locate(rendered, content, cursor, None if gaps is None else cursor + gaps[i])
+        expected = None if gaps is None else ahead + gaps[i]
+        if content:  # an empty one has nothing to place (and a template may drop the whole message)
+            starts[i] = _locate(rendered, content, cursor, expected)
         if starts[i] is not None:  # None: content not reproduced; spans in it cannot be placed
-            cursor = starts[i][0] + starts[i][2]
+            cursor = ahead = starts[i][0] + starts[i][2]
+        elif expected is not None:
+            ahead = expected + len(content)
     return rendered, starts
 
 
@@ -428,14 +432,16 @@ def _locate(rendered: str, content: str, cursor: int, expected: int | None) -> _
 
     if expected is not None and (hit := whole_or_trimmed(expected)) is not None:
         return hit
+    if not stripped:  # whitespace alone matches any space: placed only where expected (it holds no highlight)
+        return None
     for start in ((expected, cursor) if expected is not None else (cursor,)):
         # a template that drops a message's wrapper (an empty one) makes ``expected`` overshoot
-        pos = rendered.find(stripped or content, start)
+        pos = rendered.find(stripped, start)
         if pos == -1:
             continue
         if pos - lead >= start and rendered.startswith(content, pos - lead):  # whole, from its first character
             return pos - lead, 0, len(content)
-        return (pos - lead, lead, lead + len(stripped)) if stripped else (pos, 0, len(content))
+        return pos - lead, lead, lead + len(stripped)
     return None
 
 

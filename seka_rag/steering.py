@@ -224,6 +224,11 @@ _EDITORS: "weakref.WeakKeyDictionary[nn.Module, KeyEditor]" = weakref.WeakKeyDic
 _EDITORS_LOCK = threading.Lock()
 
 
+def _no_model() -> None:
+    """The model reference of an editor whose model was not copied with it."""
+    return None
+
+
 def edit_keys(keys: torch.Tensor, matrices: torch.Tensor, weights: torch.Tensor, layout: str, head_dim: int) -> torch.Tensor:
     """``keys + weights * (M k)`` for every head at once, in the module's own layout.
 
@@ -250,12 +255,11 @@ class KeyEditor:
         self._query_layout = spec.query_layout
         self._token_dim = 2 if self._layout == "bhtd" else 1
         self._query_token_dim = 2 if self._query_layout == "bhtd" else 1
-        self._handles = []
-        for index, layer in enumerate(decoder_layers(model)):
-            self._handles.append(
-                layer_module(layer, spec.query_module).register_forward_hook(partial(self._query_hook, index))
-            )
-            self._handles.append(layer_module(layer, spec.key_module).register_forward_hook(partial(self._hook, index)))
+        self._model = weakref.ref(model)  # weak: the editor lives as long as the model, not the other way
+        self._handles: list = []
+        self._hooked: tuple = ()  # the (query, key) module pairs the hooks sit on, layer by layer
+        self._lock = threading.Lock()
+        self.install()
 
     @classmethod
     def for_model(cls, model: nn.Module) -> "KeyEditor":
@@ -263,9 +267,55 @@ class KeyEditor:
         wrapping one model again and again does not pile up hooks on it. It lives as long as the model."""
         with _EDITORS_LOCK:
             editor = _EDITORS.get(model)
-            if editor is None or not editor._handles:
+            if editor is None:
                 editor = _EDITORS[model] = cls(model)
+            editor.install()
             return editor
+
+    def __deepcopy__(self, memo: dict) -> "KeyEditor":
+        """The editor of a deep copy of the model (``copy.deepcopy`` of a :class:`SekaModel`): it belongs to
+        the copied model, and puts its own hooks there on its first edit, leaving the original's alone."""
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        keep = {k: v for k, v in self.__dict__.items() if k not in ("_model", "_handles", "_hooked", "_lock")}
+        new.__dict__.update(keep)
+        model = self._model()
+        copied = memo.get(id(model)) if model is not None else None
+        new._model = weakref.ref(copied) if isinstance(copied, nn.Module) else _no_model
+        new._handles, new._hooked, new._lock = [], (), threading.Lock()
+        if isinstance(copied, nn.Module):
+            with _EDITORS_LOCK:
+                _EDITORS.setdefault(copied, new)
+        return new
+
+    def _modules(self, model: nn.Module) -> tuple:
+        spec = self.geometry.spec
+        return tuple((layer_module(layer, spec.query_module), layer_module(layer, spec.key_module))
+                     for layer in decoder_layers(model))
+
+    def install(self) -> None:
+        """Hook the model's current key and query modules, unless the hooks already sit on exactly those:
+        after :meth:`remove`, or after modules were swapped for new ones, they are put (back) in place.
+        Every edit checks this first, so a wrapper whose hooks were taken away steers again."""
+        model = self._model()
+        if model is None:
+            return
+        modules = self._modules(model)
+        if self._handles and len(modules) == len(self._hooked) and all(
+                a is b for pair, hooked in zip(modules, self._hooked) for a, b in zip(pair, hooked)):
+            return
+        with self._lock:
+            for h in self._handles:
+                h.remove()
+            self._handles = []
+            for module in (m for pair in modules for m in pair):  # hooks of mine copied with a deep-copied model
+                for hook_id, hook in list(module._forward_hooks.items()):
+                    if isinstance(hook, partial) and getattr(hook.func, "__self__", None) is self:
+                        del module._forward_hooks[hook_id]
+            for index, (query, key) in enumerate(modules):
+                self._handles.append(query.register_forward_hook(partial(self._query_hook, index)))
+                self._handles.append(key.register_forward_hook(partial(self._hook, index)))
+            self._hooked = modules
 
     def _current(self, layer_index: int) -> ActiveEdit | None:
         edit = _ACTIVE_EDIT.get()
@@ -335,6 +385,7 @@ class KeyEditor:
     @contextmanager
     def activate(self, edit: ActiveEdit) -> Iterator[ActiveEdit]:
         """Make ``edit`` (built for this editor) the current context's edit during the block."""
+        self.install()  # hooks removed or modules swapped since the last call: in place again
         token = _ACTIVE_EDIT.set(edit)
         try:
             yield edit
@@ -342,10 +393,12 @@ class KeyEditor:
             _ACTIVE_EDIT.reset(token)
 
     def remove(self) -> None:
-        """Detach the hooks from the model."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        """Detach the hooks from the model (shared by every wrapper of it; the next edit puts them back)."""
+        with self._lock:
+            for h in self._handles:
+                h.remove()
+            self._handles = []
+            self._hooked = ()
 
 
 def active_edit_present() -> bool:

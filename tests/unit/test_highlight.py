@@ -340,6 +340,21 @@ class TestChat:
         assert [p.text[a:b] for a, b in p.spans] == ["Paris", "it"]
         assert p.spans[0][1] < p.text.index("<|im_start|>assistant")
 
+    def test_empty_and_blank_messages_do_not_mislead_a_trimmed_placement(self, helpers):
+        trimming = helpers.make_tokenizer(self.TRIMMING)
+        user = "<|im_start|>user\n"
+        # an empty message's wrapper still counts: "a" is not looked for in the template's "<|im_start|>"
+        messages = [{"role": "system", "content": ""}, {"role": "user", "content": "<<a>> "},
+                    {"role": "assistant", "content": ""}, {"role": "user", "content": "<<a>> "}]
+        p = prepare_prompt(messages, trimming)
+        assert [p.text[a:b] for a, b in p.spans] == ["a", "a"]
+        assert [p.text[a - len(user):a] for a, _ in p.spans] == [user, user]
+        # whitespace alone matches any space: it does not pull the search into the next message
+        messages = [{"role": "user", "content": " "}, {"role": "assistant", "content": "A <<b>>"},
+                    {"role": "user", "content": "c"}]
+        p = prepare_prompt(messages, trimming)
+        assert [p.text[a:b] for a, b in p.spans] == ["b"]
+
     def test_added_special_tokens_in_the_text_are_not_highlighted(self, helpers):
         from tokenizers import AddedToken
 

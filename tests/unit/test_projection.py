@@ -84,10 +84,7 @@ def test_loaded_projection_steers_like_the_original(llama, projection, tmp_path)
     llama.load_projection(projection.save(tmp_path / "p.safetensors"))  # by path
     assert llama.score("Where is <<the tower>>?", ["Rome", "Paris"]) == a
     second = SekaModel(llama.model, llama.tokenizer, tmp_path / "p.safetensors", model_id="tiny-llama")
-    try:
-        assert second.projection.layers == [2, 0]
-    finally:
-        second._editor.remove()
+    assert second.projection.layers == [2, 0]
 
 
 def test_with_delta(projection):

@@ -710,6 +710,31 @@ def test_wrapping_one_model_again_and_again_does_not_pile_up_hooks(tiny_model, h
     assert again.score(DOCS, ["Rome"]) == pytest.approx(expected, abs=1e-6)  # edited once, not twice
 
 
+def test_the_shared_hooks_come_back_after_a_removal_a_module_swap_or_a_deep_copy(tiny_model, helpers):
+    import copy
+
+    from seka_rag import SekaModel
+
+    seka = tiny_model("llama")
+    steered, plain = seka.score(DOCS, ["Rome"]), seka.score(DOCS, ["Rome"], steer=False)
+    assert steered != pytest.approx(plain, abs=1e-6)
+    # another wrapper of the model takes the (shared) hooks away: the next edit puts them back
+    SekaModel(seka.model, seka.tokenizer, seka.projection, model_id=seka.model_id)._editor.remove()
+    assert seka.score(DOCS, ["Rome"]) == pytest.approx(steered, abs=1e-6)
+    # key modules swapped for equal new ones: the hooks move to the new modules
+    for layer in seka.model.model.layers:
+        old = layer.self_attn.k_proj
+        layer.self_attn.k_proj = torch.nn.Linear(old.in_features, old.out_features, bias=old.bias is not None)
+        layer.self_attn.k_proj.load_state_dict(old.state_dict())
+    assert seka.score(DOCS, ["Rome"]) == pytest.approx(steered, abs=1e-6)
+    # a deep copy steers with hooks of its own, and the original keeps its own
+    twin = copy.deepcopy(seka)
+    assert twin.score(DOCS, ["Rome"]) == pytest.approx(steered, abs=1e-6)
+    assert seka.score(DOCS, ["Rome"]) == pytest.approx(steered, abs=1e-6)
+    for model in (seka, twin):
+        assert all(len(m._forward_hooks) == 1 for m in helpers.key_modules(model))
+
+
 def test_a_model_that_is_gone_leaves_no_routing_behind(tiny_model, helpers):
     import contextvars
     import gc
