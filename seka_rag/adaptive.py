@@ -401,24 +401,28 @@ class ExpertSet:
             fingerprints = [e.projection.fingerprint() for e in self.experts]
         except (TypeError, ValueError) as exc:
             raise ProjectionError(f"an expert's projection cannot be fingerprinted ({exc})") from None
-        entries = []
-        for e, fingerprint in zip(self.experts, fingerprints):
-            file = f"{_file_stem(e.name)}.safetensors"
-            e.projection.save(directory / file)
-            entries.append(dict(
-                name=e.name, file=file, description=e.description, n_prompts=e.n_prompts,
-                prototype=None if e.prototype is None else [round(float(x), 7) for x in e.prototype],
-                gain_scale=float(e.gain_scale), fingerprint=fingerprint,
-            ))
-        index = dict(head, experts=entries)
+        entries, written = [], []
         partial = directory / f".{INDEX_FILE}.{os.getpid()}.partial"
         try:
-            partial.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+            # every file beside its place first (the slow part: an interruption leaves the earlier set whole),
+            # then each moved into place and the index last, a few renames
+            for e, fingerprint in zip(self.experts, fingerprints):
+                file = f"{_file_stem(e.name)}.safetensors"
+                written.append((e.projection.save(directory / f".{file}.{os.getpid()}.new"), directory / file))
+                entries.append(dict(
+                    name=e.name, file=file, description=e.description, n_prompts=e.n_prompts,
+                    prototype=None if e.prototype is None else [round(float(x), 7) for x in e.prototype],
+                    gain_scale=float(e.gain_scale), fingerprint=fingerprint,
+                ))
+            partial.write_text(json.dumps(dict(head, experts=entries), indent=1) + "\n", encoding="utf-8")
+            for new, final in written:
+                os.replace(new, final)
             os.replace(partial, directory / INDEX_FILE)
         except OSError as exc:
-            raise ProjectionError(f"cannot write {str(directory / INDEX_FILE)!r}: {exc.strerror or exc}") from None
+            raise ProjectionError(f"cannot write the expert set into {str(directory)!r}: {exc.strerror or exc}") from None
         finally:
-            partial.unlink(missing_ok=True)
+            for path in [partial] + [new for new, _ in written]:
+                path.unlink(missing_ok=True)
         for file in stale - {entry["file"] for entry in entries}:
             if (directory / file).is_file() and not (directory / file).is_symlink():
                 (directory / file).unlink(missing_ok=True)
@@ -460,9 +464,10 @@ class ExpertSet:
             if recorded is not None and recorded != projection.fingerprint():
                 raise ProjectionError(
                     f"{str(index_path)!r}: expert {entry['name']!r}'s file {file!r} changed after this index was "
-                    "written (a save that was interrupted, or a file rewritten on its own, e.g. by set-gains): "
-                    "build the set again (seka-rag build-experts), or, if the change was meant, delete that "
-                    "expert's \"fingerprint\" entry from experts.json"
+                    "written (a save interrupted in its last step, or a file rewritten on its own, e.g. by "
+                    "set-gains): build the set again (seka-rag build-experts); deleting that expert's "
+                    "\"fingerprint\" entry from experts.json loads it anyway, which is right only for a file "
+                    "changed on purpose"
                 )
             try:
                 experts.append(Expert(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from .data.triplets import Triplet, triplet_prompts, triplets_hash
 from .errors import SekaError
 from .highlight import EncodedPrompt, Markers, _outside_stacklevel, has_chat_template, leading_special_tokens, pad_batch
 from .key_capture import capture_keys, forward_until_captured
-from .projection import Projection, ProjectionMeta
+from .projection import Projection, ProjectionMeta, layer_ranges
 
 #: Markers that cannot occur in natural text, used to place the answer span inside built prompts.
 _ANSWER_MARKERS = Markers("\x01", "\x02", escape="")
@@ -126,8 +127,6 @@ def collect_answer_keys(seka_model, prompts: Sequence[str], layers: Sequence[int
             for i in layers:
                 out[i].append(captured.pop(i))
     if too_long:
-        import warnings
-
         warnings.warn(f"{desc}: {too_long} of {len(prompts)} prompts are longer than the model's window of "
                       f"{seka_model.context_window} tokens up to their answer; their first tokens were dropped",
                       stacklevel=_outside_stacklevel())
@@ -179,6 +178,9 @@ def projections_from_keys(h: torch.Tensor, h_pos: torch.Tensor, h_neg: torch.Ten
     idx = torch.arange(d)
 
     def cut(s: torch.Tensor) -> torch.Tensor:
+        if gamma >= 1:  # every direction: a float cumulative share may fall short of 1 by rounding
+            return torch.full((*s.shape[:-1], 1), s.shape[-1], dtype=torch.long)
+        s = s.double()
         share = s.cumsum(-1) / s.sum(-1, keepdim=True).clamp_min(1e-12)
         return (share < gamma).sum(-1, keepdim=True) + 1  # smallest k reaching share γ
 
@@ -218,7 +220,8 @@ def build_projection(seka_model, triplets: Sequence[Triplet], config: BuildConfi
     views = [[], [], []]
     for t in triplets:
         for view, text in zip(views, triplet_prompts(t)):
-            view.append(text.replace(t.context, _mark_answer(t.context, t.answer), 1))
+            at = text.rindex(t.context)  # the context ends each prompt; its question may hold the same words
+            view.append(text[:at] + _mark_answer(t.context, t.answer) + text[at + len(t.context):])
     collected = []
     for name, view in zip(("H", "H+", "H-"), views):
         keys, counts = collect_answer_keys(seka_model, view, layers, chat=chat, batch_size=config.batch_size,
@@ -244,7 +247,17 @@ def build_projection(seka_model, triplets: Sequence[Triplet], config: BuildConfi
         delta=config.delta, gain_pos=config.gain_pos, gain_neg=config.gain_neg, default_layers=default_layers,
         construction="seka", chat_format=chat, data_hash=triplets_hash(triplets), n_triplets=len(keep),
     )
-    return Projection(meta=meta, head_mask=parts["head_shift"] >= config.delta, **parts)
+    projection = Projection(meta=meta, head_mask=parts["head_shift"] >= config.delta, **parts)
+    rows = [projection.row(i) for i in projection.edited_layers]
+    if not bool(projection.head_mask[rows].any()):
+        largest = float(projection.head_shift[rows].max())
+        warnings.warn(
+            f"delta={config.delta:g} keeps no head in the default layers {layer_ranges(projection.edited_layers)} "
+            f"(the largest head shift there is {largest:.3g}), so this projection edits nothing as it stands: "
+            "build with a smaller delta, or calibrate it (which puts key scaling where no head is kept)",
+            stacklevel=_outside_stacklevel(),
+        )
+    return projection
 
 
 def settings_like(projection: Projection, template: Projection) -> Projection:
@@ -350,6 +363,12 @@ def build_expert_set(seka_model, families: dict[str, Sequence[Triplet]], config:
         if not isinstance(template, Projection):
             raise SekaError(f"template must be a Projection (the model's calibrated one), got {type(template).__name__}")
         template.check_fits(seka_model.geometry)
+    if prototypes and encoder is None:  # a missing encoder is found now, not after the first expert's build
+        from .embeddings import default_encoder
+        from .models.embedded import library_progress_bars
+
+        with library_progress_bars(enabled=bool(progress)):
+            encoder = default_encoder()
     experts = []
     for family, triplets in families.items():
         if progress:

@@ -19,6 +19,8 @@ store P+ = I, P- = 0, and each layer's relative gain is its ``layer_scale``.
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from contextlib import nullcontext
 from collections.abc import Sequence
@@ -29,7 +31,8 @@ from tqdm.auto import tqdm
 
 from .evaluation.conflict import ConflictCase, conflict_cases, conflict_split
 from .evaluation.scoring import continuation_ids
-from .highlight import EncodedPrompt, pad_batch
+from .errors import SekaError
+from .highlight import pad_batch
 from .projection import Projection, ProjectionMeta
 
 CONSTRUCTIONS = ("seka", "identity")
@@ -52,6 +55,36 @@ class CalibrationConfig:
     refine: tuple[float, ...] = (0.75, 1.5)  #: final sweep around the winner's gains
     batch_size: int = 16
     seed: int = 0
+
+    def validate(self) -> "CalibrationConfig":
+        """Check every setting before any item is scored; a bad one raises :class:`SekaError` naming it."""
+        def whole(name: str, minimum: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum:
+                raise SekaError(f"CalibrationConfig.{name} must be a whole number >= {minimum}, got {v!r}")
+
+        def positive_numbers(name: str, values, *, allow_empty: bool = False) -> None:
+            if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list)) or (not values and not allow_empty):
+                raise SekaError(f"CalibrationConfig.{name} must be a non-empty tuple of numbers, got {values!r}")
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or not v > 0:
+                    raise SekaError(f"CalibrationConfig.{name} must hold positive finite numbers, got {values!r}")
+
+        for name in ("scan_items", "select_items", "group_size", "candidates", "max_layers", "batch_size"):
+            whole(name, 1)
+        whole("seed", 0)
+        if isinstance(self.constructions, (str, bytes)) or not self.constructions or not set(self.constructions) <= set(CONSTRUCTIONS):
+            raise SekaError(f"CalibrationConfig.constructions must name some of {CONSTRUCTIONS}, got {self.constructions!r}")
+        if isinstance(self.seka_gains, (str, bytes)) or len(self.seka_gains) != 2:
+            raise SekaError(f"CalibrationConfig.seka_gains must be (g+, g-), got {self.seka_gains!r}")
+        positive_numbers("seka_gains", self.seka_gains)
+        positive_numbers("identity_gain", (self.identity_gain,))
+        positive_numbers("multipliers", self.multipliers)
+        positive_numbers("refine", self.refine, allow_empty=True)
+        if isinstance(self.late_blocks, (str, bytes)) or not all(
+                isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1 for k in self.late_blocks):
+            raise SekaError(f"CalibrationConfig.late_blocks must hold whole numbers >= 1, got {self.late_blocks!r}")
+        return self
 
 
 @dataclass
@@ -156,9 +189,24 @@ def trial_matrices(projection: Projection, units, config: CalibrationConfig) -> 
 
 def calibrate(model, projection: Projection, config: CalibrationConfig = CalibrationConfig(), *,
               progress: bool = True) -> CalibrationResult:
-    """Measure, select and store steering defaults for ``model`` (see the module docstring)."""
+    """Measure, select and store steering defaults for ``model`` (see the module docstring).
+
+    ``projection`` is one built by :func:`~seka_rag.builder.build_projection`, not yet calibrated: a
+    calibrated one has identity units and scales in place of its built layers, which a second
+    calibration would take for the build's own.
+    """
+    if not isinstance(config, CalibrationConfig):
+        raise SekaError(f"config must be a CalibrationConfig, got {type(config).__name__}")
+    config.validate()
+    if "calibration" in projection.meta.notes:
+        raise SekaError("this projection is calibrated already: calibrate the projection it was built as "
+                        "(seka-rag build-projection without --calibrate), not its calibrated copy")
     started = time.perf_counter()
     items = conflict_split("dev", seed=config.seed)
+    for name in ("scan_items", "select_items"):
+        if getattr(config, name) > len(items):
+            raise SekaError(f"CalibrationConfig.{name}={getattr(config, name)} asks for more items than the dev "
+                            f"split's {len(items)}")
     scan_cases = [c for it in items[: config.scan_items] for c in conflict_cases(it)]
     select_cases = [c for it in items[: config.select_items] for c in conflict_cases(it)]
     scan = _FirstTokenScorer(model, scan_cases, config.batch_size)

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from pathlib import Path
 
 from .errors import SekaError
-from .models.embedded import DEFAULT_MODEL, EMBEDDED_MODELS
+from .models.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, library_progress_bars
 
 
 def load_model(model: str = DEFAULT_MODEL, projection: str | None = None, gguf_file: str | None = None,
@@ -271,6 +271,13 @@ def cmd_build_projection(args) -> int:
         if given:
             raise SekaError(f"{', '.join(given)} {'set' if len(given) > 1 else 'sets'} up the calibration, which runs "
                             "only with --calibrate: add it, or leave them out")
+    if args.calibrate:  # the calibration chooses the edited layers and gains itself
+        kept = tuple(k for k in vars(args) if k not in ("default_layers", "default_gain_pos", "default_gain_neg"))
+        given = _options_given(args, "build-projection", kept)
+        if given:
+            raise SekaError(f"--calibrate chooses the edited layers and gains on dev data, so {', '.join(given)} "
+                            f"would be ignored; leave {'it' if len(given) == 1 else 'them'} out, or build without "
+                            "--calibrate")
     if args.build_layers is not None and args.default_layers is not None:
         outside = sorted(set(args.default_layers) - set(args.build_layers))
         if outside:  # found now, not after every key has been collected
@@ -290,7 +297,10 @@ def cmd_build_projection(args) -> int:
         projection = _run_calibration(model, projection, args)
     out = projection.save(args.out)
     print(f"wrote {out}")
-    if not args.calibrate:
+    if not args.calibrate and not bool(projection.head_mask[[projection.row(i) for i in projection.edited_layers]].any()):
+        print(f"It edits nothing as it stands: --delta {args.delta:g} keeps no head in {_layers_text(projection.edited_layers)}; "
+              "build with a smaller --delta, or with --calibrate.")
+    elif not args.calibrate:
         import shlex
 
         model, path = _model_flags(args), shlex.quote(str(out))
@@ -630,7 +640,9 @@ def cmd_build_experts(args) -> int:
                             "drop them, or rebuild without --reuse")
     elif args.out is None:
         raise SekaError("--out DIR is required (it defaults to the --reuse directory only with --reuse)")
-    families = _as_spelled(args.families, FAMILIES) if args.families else list(FAMILIES)
+    families = _as_spelled(args.families, FAMILIES) if args.families is not None else list(FAMILIES)
+    if not families:
+        raise SekaError(f"--families names no family; choose from {', '.join(FAMILIES)}, or leave it out for all")
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         from .evaluation.suite import did_you_mean
@@ -789,7 +801,10 @@ def _refuse_overwriting_a_merged_file(inputs: list[str], out: str | None, what: 
 def _options_given(args, command: str, skip=()) -> list[str]:
     """The options of ``command`` (but the dests in ``skip``) that this command line gave, as flags: a
     value other than the default, or the option spelled out even at its default."""
-    defaults = vars(build_parser().parse_args([command]))
+    parser = build_parser()
+    sub = next(a.choices[command] for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    # read off the parser (parsing the bare command would fail on a required option), set_defaults too
+    defaults = {a.dest: a.default for a in sub._actions} | sub._defaults | {"command": command}
     spelled = _GIVEN_OPTIONS.get()
     return sorted({"--" + k.replace("_", "-") for k, v in vars(args).items()
                    if k not in skip and (v != defaults.get(k) or "--" + k.replace("_", "-") in spelled)})
@@ -2023,7 +2038,7 @@ def main(argv: list[str] | None = None) -> int:
         check_ignored_options(args)
         expand_home(args)
         check_output_paths(args)
-        with _library_progress_bars(enabled=not getattr(args, "no_progress", False)), _plain_warnings():
+        with library_progress_bars(enabled=not getattr(args, "no_progress", False)), _plain_warnings():
             return args.func(args)
     except SekaError as exc:
         print(f"seka-rag: error: {exc}", file=sys.stderr)
@@ -2065,27 +2080,6 @@ def _plain_warnings():
         yield
     finally:
         warnings.formatwarning = original
-
-
-@contextlib.contextmanager
-def _library_progress_bars(*, enabled: bool):
-    """``--no-progress`` also silences transformers' own bars (e.g. "Loading weights"), restored afterwards."""
-    if enabled:
-        yield
-        return
-    from huggingface_hub import utils as hub_utils
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hub_was_disabled = hub_utils.are_progress_bars_disabled()
-    hf_logging.disable_progress_bar()  # the GGUF conversion's own bar follows it too (gguf_progress_bars)
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()  # also turns the hub's bars on...
-            if hub_was_disabled:
-                hub_utils.disable_progress_bars()  # ...which were off before
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def load_sentence_transformer(path: str | os.PathLike) -> Any:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:  # pragma: no cover - depends on the environment
-        raise SekaError("sentence embeddings need sentence-transformers: pip install 'sentence-transformers>=3,<7'") from None
+        raise SekaError("sentence embeddings need sentence-transformers: pip install 'sentence-transformers>=5.2,<7'") from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return SentenceTransformer(str(path), device="cpu", local_files_only=True)

@@ -25,8 +25,6 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
-
 from .errors import ProjectionError
 from .projection import Projection
 from .steering import SteeringConfig, edit_matrices

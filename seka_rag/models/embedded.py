@@ -285,3 +285,25 @@ def save_converted(hf_model, tokenizer, directory: Path) -> None:
             delattr(config, "quantization_config")
     hf_model.save_pretrained(str(directory), safe_serialization=True)
     tokenizer.save_pretrained(str(directory))
+
+
+@contextlib.contextmanager
+def library_progress_bars(*, enabled: bool):
+    """With ``enabled=False`` (``--no-progress``, ``progress=False``), transformers' own bars (e.g. "Loading
+    weights") are off during the block too, and restored afterwards."""
+    if enabled:
+        yield
+        return
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hub_was_disabled = hub_utils.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # the GGUF conversion's own bar follows it too (gguf_progress_bars)
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()  # also turns the hub's bars on...
+            if hub_was_disabled:
+                hub_utils.disable_progress_bars()  # ...which were off before

@@ -10,7 +10,7 @@ import torch
 
 from seka_rag import ProjectionError, SekaError, SteeringConfigError
 from seka_rag.adaptive import Expert, ExpertSet, RoutingConfig, RoutingResult, normalise_coefficients
-from seka_rag.architectures import decoder_layers, layer_module
+from seka_rag.architectures import decoder_layers
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3")
 PROMPTS = [

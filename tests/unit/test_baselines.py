@@ -27,7 +27,6 @@ from seka_rag.evaluation.baselines import (
     generate_with,
     pasta,
     pasta_active,
-    pasta_attention,
     pasta_generate,
     pasta_score,
     pasta_scorer,

@@ -160,3 +160,56 @@ def test_delta_keeps_exactly_the_heads_that_move_enough(tiny_model, triplets):
     assert torch.equal(masked.head_mask, masked.head_shift >= delta)
     assert 0 < int(masked.head_mask.sum()) < masked.head_mask.numel()  # some heads kept, some left alone
     assert torch.equal(masked.with_delta(0.0).head_mask, torch.ones_like(masked.head_mask))
+
+
+def test_gamma_one_keeps_every_direction_whatever_the_rounding():
+    # a float cumulative share may stop just short of 1: P+ must still take every direction
+    torch.manual_seed(1)
+    h, hp, hn = (torch.randn(2, 1, 3, 16) for _ in range(3))  # one answer token: rank-one covariances
+    parts = projections_from_keys(h, hp, hn, gamma=1.0)
+    eye = torch.eye(16).expand(2, 3, 16, 16)
+    torch.testing.assert_close(parts["pos"], eye, atol=1e-5, rtol=0)
+    torch.testing.assert_close(parts["neg"], torch.zeros_like(eye), atol=1e-5, rtol=0)
+
+
+def test_a_delta_that_keeps_no_head_is_said_at_build_time(tiny_model, triplets):
+    seka = tiny_model("llama", projection=False)
+    with pytest.warns(UserWarning, match=r"delta=100 keeps no head .* edits nothing as it stands"):
+        build_projection(seka, triplets[:3], BuildConfig(delta=100.0), progress=False)
+
+
+def test_the_answer_is_marked_in_the_context_even_when_the_question_holds_it(tiny_model, monkeypatch):
+    import seka_rag.builder as builder
+    from seka_rag.data.triplets import Triplet
+
+    seen = []
+
+    def spy(model, prompts, *args, **kwargs):  # the three views H, H+, H-: read all, then stop
+        seen.extend(prompts)
+        if len(seen) == 3:
+            raise SekaError("stop here")
+        return {}, [1]
+
+    monkeypatch.setattr(builder, "collect_answer_keys", spy)
+    triplet = Triplet("Paris", "Is the capital Paris?", "Paris", "Who wrote Hamlet?")
+    with pytest.raises(SekaError, match="stop here"):
+        build_projection(tiny_model("llama", projection=False), [triplet], BuildConfig(), progress=False)
+    assert len(seen) == 3 and all(p.endswith("\x01Paris\x02") for p in seen)
+    assert "capital Paris?" in seen[1]  # the question's own "Paris" is left alone
+
+
+def test_an_expert_set_without_its_sentence_encoder_fails_before_any_build(tiny_model, triplets, monkeypatch):
+    import seka_rag.builder as builder
+    import seka_rag.embeddings as embeddings
+    from seka_rag.builder import build_expert_set
+
+    built = []
+    monkeypatch.setattr(builder, "build_projection", lambda *a, **k: built.append(1))
+
+    def missing():
+        raise SekaError("the offline sentence-embedding model is not installed")
+
+    monkeypatch.setattr(embeddings, "default_encoder", missing)
+    with pytest.raises(SekaError, match="not installed"):
+        build_expert_set(tiny_model("llama", projection=False), {"a": triplets[:2], "b": triplets[2:4]})
+    assert built == []

@@ -93,3 +93,34 @@ def test_calibration_search_rules_with_a_scorer_that_prefers_stronger_edits(monk
     layers = [layer for _, ls, _ in result.best.units for layer in ls]
     assert result.projection.meta.default_layers == sorted(layers)
     assert [float(result.projection.layer_scale[proj.row(layer)]) for layer in layers] == [3.0, 3.0]
+
+
+import pytest
+
+from seka_rag import SekaError
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(candidates=0), "candidates must be a whole number >= 1"),
+    (dict(multipliers=()), "multipliers must be a non-empty tuple"),
+    (dict(constructions=()), "constructions must name some of"),
+    (dict(select_items=0), "select_items must be a whole number >= 1"),
+    (dict(seka_gains=(float("nan"), 0.5)), "seka_gains must hold positive finite numbers"),
+    (dict(seka_gains=(0, 0.5)), "seka_gains must hold positive finite numbers"),
+    (dict(group_size=0), "group_size must be a whole number >= 1"),
+    (dict(max_layers=0), "max_layers must be a whole number >= 1"),
+    (dict(select_items=100_000), "select_items=100000 asks for more items than the dev split's"),
+])
+def test_bad_calibration_settings_are_refused_before_any_scoring(tiny_model, settings, message):
+    seka = tiny_model("llama", num_layers=2)
+    with pytest.raises(SekaError, match=message):
+        calibrate(seka, seka.projection, CalibrationConfig(**settings), progress=False)
+
+
+def test_a_calibrated_projection_is_not_calibrated_again(tiny_model):
+    seka = tiny_model("llama", num_layers=2)
+    config = CalibrationConfig(scan_items=1, select_items=1, candidates=1, max_layers=1, late_blocks=(),
+                               multipliers=(1.0,), refine=(), batch_size=8)
+    once = calibrate(seka, seka.projection, config, progress=False).projection
+    with pytest.raises(SekaError, match="calibrated already"):
+        calibrate(seka, once, config, progress=False)

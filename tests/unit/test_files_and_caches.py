@@ -196,6 +196,28 @@ def test_an_interrupted_save_of_an_expert_set_is_refused_on_load(tmp_path, helpe
         ExpertSet.load(folder)
 
 
+def test_an_interruption_while_writing_the_experts_leaves_the_earlier_set_whole(tmp_path, helpers, tiny_model,
+                                                                                 monkeypatch):
+    geom = tiny_model("llama").geometry
+    a, b, c = (helpers.random_projection(geom, seed=s, model_id="tiny-llama") for s in (1, 2, 3))
+    folder = ExpertSet([Expert("x", a), Expert("y", b)]).save(tmp_path / "set")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real_save, calls = Projection.save, []
+
+    def interrupted(self, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the second expert is written
+        return real_save(self, path)
+
+    monkeypatch.setattr(Projection, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ExpertSet([Expert("x", c), Expert("y", a)]).save(folder)
+    monkeypatch.setattr(Projection, "save", real_save)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing changed, nothing left over
+    assert ExpertSet.load(folder)["x"].projection.fingerprint() == a.fingerprint()
+
+
 def test_saving_an_expert_set_removes_only_its_own_earlier_files(tmp_path, projection):
     folder = tmp_path / "set"
     folder.mkdir()

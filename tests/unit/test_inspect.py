@@ -175,7 +175,6 @@ def test_heads_ranked_by_rms_gain_masked_last(tiny_model, helpers):
     seka = tiny_model("llama", num_layers=3)
     geom = seka.geometry
     d, n_kv = geom.head_dim, geom.num_kv_heads
-    eye = torch.eye(d)
     ranks = [[2, 8], [14, 4], [6, 12]]  # rank of each head's P+ (disjoint from P-: the last 2 dims)
     pos = torch.zeros(3, n_kv, d, d)
     for layer in range(3):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from seka_rag import Projection, SekaError, SekaModel
+from seka_rag import SekaError, SekaModel
 from seka_rag.cli import _GAIN_SCALE_ITEMS, _as_spelled, _plain_warnings, build_parser, main
 from seka_rag.errors import ProjectionError
 from seka_rag.models.embedded import gguf_progress_bars, make_cache_folder

@@ -33,7 +33,6 @@ from seka_rag import SekaError
 from ._text import Span, sentence_spans
 
 POLICIES = ("top_k", "threshold", "sentences", "all", "none")
-from seka_rag.embeddings import OFFLINE_ENCODER_INSTALL, OFFLINE_ENCODER_PACKAGE  # noqa: E402
 
 Encoder = Callable[[list[str]], np.ndarray]
 
@@ -227,7 +226,7 @@ def select(
     elif policy in ("top_k", "threshold"):
         if unscored:
             raise SekaError(
-                f"threshold= needs a retriever score for every document; use a retriever "
+                "threshold= needs a retriever score for every document; use a retriever "
                 "that returns scores (e.g. (document, score) pairs, or a score in the metadata), "
                 "or the 'top_k' policy without threshold, which falls back to rank"
             )
