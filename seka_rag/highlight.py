@@ -371,11 +371,13 @@ def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[
         templated = tokenizer.apply_chat_template(probe, **options)
     except Exception:  # a template that validates contents; fall back to searching
         templated = None
-    # each content once: rebuilt in the order the template put them (it may move one, e.g. fold the
-    # system message into the last user turn), the text must be the rendered prompt exactly
-    placed = templated is not None and all(templated.count(s) == 1 for s in sentinels)
-    if placed:
-        order = sorted(range(len(messages)), key=lambda i: templated.index(sentinels[i]))
+    # each content at most once (a template may drop one, e.g. the system message when the answer is
+    # continued): rebuilt in the order the template put them (it may move one, e.g. fold the system
+    # message into the last user turn), the text must be the rendered prompt exactly
+    placed = templated is not None and all(templated.count(s) <= 1 for s in sentinels)
+    order = list(range(len(messages)))
+    if placed:  # a dropped message is not placed at all; the others in the template's order
+        order = sorted((i for i in order if sentinels[i] in templated), key=lambda i: templated.index(sentinels[i]))
         starts: list[_Placement | None] = [None] * len(messages)
         text, length, cursor = [], 0, 0
         for i in order:
@@ -393,10 +395,8 @@ def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[
     # The template transforms contents (e.g. trims them): locate each one in the order the template put
     # them (message order when the sentinels do not tell), never inside the template's own text before
     # it (a system header can repeat words of the message).
-    order = list(range(len(messages)))
     gaps: dict[int, int] | None = None
     if placed:
-        order.sort(key=lambda i: templated.index(sentinels[i]))
         gaps, end = {}, 0
         for i in order:
             at = templated.index(sentinels[i])
@@ -411,8 +411,8 @@ def _render_chat(tokenizer, messages: list[dict], continue_last: bool) -> tuple[
             starts[i] = _locate(rendered, content, cursor, expected)
         if starts[i] is not None:  # None: content not reproduced; spans in it cannot be placed
             cursor = ahead = starts[i][0] + starts[i][2]
-        elif expected is not None:
-            ahead = expected + len(content)
+        elif expected is not None:  # not found where expected; whitespace alone was trimmed away: no length
+            ahead = expected + (len(content) if content.strip() else 0)
     return rendered, starts
 
 

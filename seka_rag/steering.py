@@ -288,6 +288,15 @@ class KeyEditor:
                 _EDITORS.setdefault(copied, new)
         return new
 
+    def __getstate__(self) -> dict:
+        """What a pickled model keeps of its editor (its hooks reference it): not the model reference, the
+        lock or the handles; unpickled, it is inert until a :class:`SekaModel` wraps the model again."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_model", "_handles", "_hooked", "_lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._model, self._handles, self._hooked, self._lock = _no_model, [], (), threading.Lock()
+
     def _modules(self, model: nn.Module) -> tuple:
         spec = self.geometry.spec
         return tuple((layer_module(layer, spec.query_module), layer_module(layer, spec.key_module))
@@ -305,12 +314,18 @@ class KeyEditor:
                 a is b for pair, hooked in zip(modules, self._hooked) for a, b in zip(pair, hooked)):
             return
         with self._lock:
+            if self._handles and len(modules) == len(self._hooked) and all(
+                    a is b for pair, hooked in zip(modules, self._hooked) for a, b in zip(pair, hooked)):
+                return  # another thread put them in place meanwhile: its forward may be running on them
             for h in self._handles:
                 h.remove()
             self._handles = []
-            for module in (m for pair in modules for m in pair):  # hooks of mine copied with a deep-copied model
+            for module in (m for pair in modules for m in pair):
+                # hooks of mine copied with a deep-copied model, and those of editors whose model is gone
+                # (an unpickled one): inert, they would only pile up
                 for hook_id, hook in list(module._forward_hooks.items()):
-                    if isinstance(hook, partial) and getattr(hook.func, "__self__", None) is self:
+                    owner = getattr(getattr(hook, "func", None), "__self__", None) if isinstance(hook, partial) else None
+                    if owner is self or (isinstance(owner, KeyEditor) and owner._model() is None):
                         del module._forward_hooks[hook_id]
             for index, (query, key) in enumerate(modules):
                 self._handles.append(query.register_forward_hook(partial(self._query_hook, index)))

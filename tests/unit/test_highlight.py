@@ -354,6 +354,12 @@ class TestChat:
                     {"role": "user", "content": "c"}]
         p = prepare_prompt(messages, trimming)
         assert [p.text[a:b] for a, b in p.spans] == ["b"]
+        # ... and, trimmed away, it takes no room: the next message is expected right after its wrapper
+        messages = [{"role": "user", "content": "   "}, {"role": "assistant", "content": "<<Rome>>"},
+                    {"role": "user", "content": "Rome"}]
+        p = prepare_prompt(messages, trimming)
+        (a, b), = p.spans
+        assert p.text[a:b] == "Rome" and b < p.text.rindex("<|im_start|>user")
 
     def test_added_special_tokens_in_the_text_are_not_highlighted(self, helpers):
         from tokenizers import AddedToken
@@ -632,6 +638,16 @@ def test_a_template_that_moves_the_system_message_is_searched_not_a_crash(helper
     prepared = prepare_prompt(messages, trimming)
     assert [prepared.text[s:e] for s, e in prepared.spans] == ["X", "the doc", "Rome"]
     assert prepared.spans[0][0] < prepared.text.rindex("[INST]") < prepared.spans[1][0]
+    # continuing an answer, this template drops the system message: the others keep their places
+    words = [{"role": "system", "content": "Rome"}, {"role": "user", "content": "Rome"},
+             {"role": "assistant", "content": "Rome"}, {"role": "user", "content": "<<Rome>>"},
+             {"role": "assistant", "content": " Rome"}]
+    prepared = prepare_prompt(words, trimming)
+    (a, b), = prepared.spans
+    assert prepared.text[a:b] == "Rome" and prepared.text.rindex("[INST]") < a < prepared.text.rindex("[/INST]")
+    words[0]["content"], words[3]["content"] = "<<Rome>>", "Rome"
+    with pytest.raises(HighlightError, match="does not reproduce message 0's content"):
+        prepare_prompt(words, trimming)
 
 
 def test_a_tokenizer_without_offsets_still_keeps_the_bos_token(tokenizer):

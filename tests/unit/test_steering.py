@@ -735,6 +735,50 @@ def test_the_shared_hooks_come_back_after_a_removal_a_module_swap_or_a_deep_copy
         assert all(len(m._forward_hooks) == 1 for m in helpers.key_modules(model))
 
 
+def test_a_wrapped_model_pickles_and_steers_again_when_wrapped(tiny_model, helpers):
+    import pickle
+
+    from seka_rag import SekaModel
+
+    seka = tiny_model("llama")
+    steered = seka.score(DOCS, ["Rome"])
+    copy_of_model = pickle.loads(pickle.dumps(seka.model))  # torch.save of a whole module pickles it too
+    again = SekaModel(copy_of_model, seka.tokenizer, seka.projection, model_id=seka.model_id)
+    assert again.score(DOCS, ["Rome"]) == pytest.approx(steered, abs=1e-6)
+    assert all(len(m._forward_hooks) == 1 for m in helpers.key_modules(again))  # the inert copies are gone
+
+
+def test_two_threads_putting_the_hooks_back_at_once_install_them_once(tiny_model, monkeypatch):
+    import threading
+
+    from torch.utils.hooks import RemovableHandle
+
+    seka = tiny_model("llama")
+    editor = seka._editor
+    editor.remove()
+    both_checked, real_lock = threading.Barrier(2), threading.Lock()
+
+    class GatedLock:  # both threads have found no hooks before either takes the lock
+        def __enter__(self):
+            both_checked.wait(timeout=10)
+            real_lock.acquire()
+
+        def __exit__(self, *exc):
+            real_lock.release()
+
+    removed = []
+    real_remove = RemovableHandle.remove
+    monkeypatch.setattr(editor, "_lock", GatedLock())
+    monkeypatch.setattr(RemovableHandle, "remove", lambda h: (removed.append(h), real_remove(h)))
+    threads = [threading.Thread(target=editor.install) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert removed == []  # the second thread left the first one's fresh hooks (a forward may run on them)
+    assert len(editor._handles) == 2 * seka.geometry.num_layers
+
+
 def test_a_model_that_is_gone_leaves_no_routing_behind(tiny_model, helpers):
     import contextvars
     import gc
