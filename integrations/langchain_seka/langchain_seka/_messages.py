@@ -28,19 +28,38 @@ _ROLE_BY_TYPE.update({
     "ToolMessageChunk": "tool", "FunctionMessageChunk": "tool",
 })
 _ROLE_ALIASES = {"human": "user", "ai": "assistant", "model": "assistant", "developer": "system", "function": "tool"}
-_MEDIA_BLOCKS = {"image", "image_url", "audio", "input_audio", "video", "file", "media", "document"}
+_MEDIA_BLOCKS = {"image", "image_url", "audio", "input_audio", "video", "file", "media", "document", "input_image",
+                 "input_file"}
+#: content blocks that carry text: LangChain's "text" and "text-plain", OpenAI's Responses "input_text" / "output_text"
+_TEXT_BLOCKS = {"text", "text-plain", "input_text", "output_text"}
+#: an answer's own reasoning and tool-call blocks: not sent (its tool calls are written from ``tool_calls``)
+_ANSWER_ONLY_BLOCKS = {"reasoning", "thinking", "redacted_thinking", "tool_use", "tool_call", "tool_call_chunk",
+                       "invalid_tool_call", "server_tool_call", "server_tool_call_chunk", "server_tool_result"}
 
 
 def message_text(message: BaseMessage) -> str:
-    """The text of a message (text blocks joined); refuse images and other media."""
+    """The text of a message (its text blocks joined); refuse images and other media, and any block whose
+    text it cannot tell (nothing is dropped in silence). An AI message's reasoning and tool-call blocks are
+    left out: its tool calls are written from ``message.tool_calls``."""
     content = message.content
-    if isinstance(content, list):
-        for block in content:
-            if isinstance(block, dict) and block.get("type") in _MEDIA_BLOCKS:
-                raise SekaError(
-                    f"ChatSeka takes text only; message has a {block.get('type')!r} content block"
-                )
-    return str(message.text)
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+            continue
+        kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+        if kind in _MEDIA_BLOCKS:
+            raise SekaError(f"ChatSeka takes text only; message has a {kind!r} content block")
+        if kind in _TEXT_BLOCKS and isinstance(block.get("text"), str):
+            parts.append(block["text"])
+        elif kind in _ANSWER_ONLY_BLOCKS and message.type in ("ai", "AIMessageChunk"):
+            continue
+        else:
+            raise SekaError(f"ChatSeka takes text only and cannot read a {kind!r} content block of a "
+                            f"{message.type} message; give its text as a string or a {{'type': 'text'}} block")
+    return "".join(parts)
 
 
 def to_engine_messages(

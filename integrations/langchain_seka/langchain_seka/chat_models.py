@@ -451,8 +451,24 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[AIMessage]:
-        """:meth:`batch` in a worker thread (the model runs in process; the event loop stays free)."""
-        return await run_cancellable(self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
+        """Every input's answer in one batched engine call, as :meth:`batch`, with LangChain's own async
+        batching around it: each input's run and callbacks (async handlers included) happen on this event
+        loop, and the engine works in a worker thread, so the loop stays free. The first input to reach
+        the model answers them all; when that call fails, every input runs on its own and reports its
+        own error."""
+        if len(inputs) < 2:
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        try:
+            messages = [self._convert_input(i).to_messages() for i in inputs]
+        except Exception:  # a bad input: LangChain's own batching reports it (per input)
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        plan = _BatchPlan(self, messages, kwargs.get("stop"), {k: v for k, v in kwargs.items() if k != "stop"},
+                          fail_quietly=True)
+        token = _BATCH.set(plan)  # copied into every input's task, and from there into its worker thread
+        try:
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        finally:
+            _BATCH.reset(token)
 
 
 def _plain_transcript(messages: list[dict], highlights: list, markers) -> tuple[str, list]:

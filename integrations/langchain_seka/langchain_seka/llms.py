@@ -31,6 +31,12 @@ _CALL_DIGEST: ContextVar[str | None] = ContextVar("langchain_seka_llm_call", def
 _LANGCHAIN_ARGS = frozenset({"tags", "metadata", "run_name", "run_id"})
 
 
+def _one_prompts_mistake(out: list[Any]) -> bool:
+    """Whether a batch failed for one prompt's own mistake (its markers, its highlights), not for a setting's
+    error, which is the same for every prompt."""
+    return isinstance(next((o for o in out if isinstance(o, Exception)), None), HighlightError)
+
+
 class SekaLLM(SekaSettings, HostedModelArguments, LLM):
     """Text-completion LLM over a SEKA-steered model (see :class:`~langchain_seka.ChatSeka`).
 
@@ -70,23 +76,35 @@ class SekaLLM(SekaSettings, HostedModelArguments, LLM):
         """Every prompt in one batched engine call; with ``return_exceptions=True`` a failing batch is
         retried prompt by prompt, so only the bad prompts come back as exceptions (LangChain's own LLM
         batching returns the batch's one error for every prompt)."""
-        configs = get_config_list(config, len(inputs))
-        if (not return_exceptions or len(inputs) < 2 or self.streaming
-                or any(c.get("max_concurrency") for c in configs)):  # LangChain's chunks come back through here
+        if not self._retries_one_by_one(inputs, config, return_exceptions):
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         out = super().batch(inputs, config, return_exceptions=True, **kwargs)
-        error = next((o for o in out if isinstance(o, Exception)), None)
-        if not isinstance(error, HighlightError):  # none, or a setting's error: the same for every prompt
+        if not _one_prompts_mistake(out):
             return out
-        # one prompt's own mistake (its markers, its highlights): find which, prompt by prompt (each
-        # prompt then has a failed run for the batch and a run of its own)
+        # find which prompt, one by one (each prompt then has a failed run for the batch and one of its own)
         return [super(SekaLLM, self).batch([x], c, return_exceptions=True, **kwargs)[0]
-                for x, c in zip(inputs, configs)]
+                for x, c in zip(inputs, get_config_list(config, len(inputs)))]
 
     async def abatch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False,
                      **kwargs: Any) -> list[str]:
-        """:meth:`batch` in a worker thread (the model runs in process; the event loop stays free)."""
-        return await run_cancellable(self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
+        """:meth:`batch` with LangChain's own async batching: one batched engine call in a worker thread
+        (the event loop stays free), while the runs and callbacks (async handlers included) happen on
+        this event loop."""
+        if not self._retries_one_by_one(inputs, config, return_exceptions):
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        out = await super().abatch(inputs, config, return_exceptions=True, **kwargs)
+        if not _one_prompts_mistake(out):
+            return out
+        return [(await super(SekaLLM, self).abatch([x], c, return_exceptions=True, **kwargs))[0]
+                for x, c in zip(inputs, get_config_list(config, len(inputs)))]
+
+    def _retries_one_by_one(self, inputs: list[Any], config: Any, return_exceptions: bool) -> bool:
+        """Whether a batch that fails is retried prompt by prompt: with ``return_exceptions=True``, so that
+        only the bad prompts come back as exceptions (LangChain's own LLM batching returns the batch's
+        one error for every prompt); not when LangChain already runs the prompts one by one."""
+        configs = get_config_list(config, len(inputs))
+        return (return_exceptions and len(inputs) >= 2 and not self.streaming
+                and not any(c.get("max_concurrency") for c in configs))  # LangChain's chunks come back through here
 
     @property
     def _identifying_params(self) -> dict[str, Any]:

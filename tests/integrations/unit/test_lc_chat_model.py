@@ -251,6 +251,38 @@ async def test_async_forms_match_sync(tiny_seka):
 
 
 @pytest.mark.parametrize("cls", [ChatSeka, SekaLLM])
+async def test_abatch_runs_async_callbacks_on_the_callers_loop_in_one_engine_call(tiny_seka, spy, cls):
+    """LangChain's own abatch runs async handlers on the caller's event loop; a handler that awaits
+    something of that loop (an asyncio.Lock the app holds) hung when the batch ran in a worker thread."""
+    import asyncio
+
+    from langchain_core.callbacks import AsyncCallbackHandler
+
+    loop = asyncio.get_running_loop()
+    lock = asyncio.Lock()
+    loops = []
+
+    class OnTheLoop(AsyncCallbackHandler):
+        async def on_llm_end(self, response, **kwargs):
+            loops.append(asyncio.get_running_loop() is loop)
+            if asyncio.get_running_loop() is loop:  # (elsewhere the lock is of no use: a bounded wait, no hang)
+                async with lock:  # released by the app a moment after the batch starts
+                    pass
+
+    model = cls(model=tiny_seka, max_tokens=4)
+    expected = [model.invoke(DOCS), model.invoke(PLAIN)]
+    spy.calls.clear()
+    await lock.acquire()
+    batch = asyncio.ensure_future(model.abatch([DOCS, PLAIN], config={"callbacks": [OnTheLoop()]}))
+    await asyncio.sleep(0.2)
+    lock.release()
+    out = await asyncio.wait_for(batch, timeout=30)
+    assert [getattr(o, "content", o) for o in out] == [getattr(o, "content", o) for o in expected]
+    assert loops == [True, True]
+    assert len([c for c in spy.calls if isinstance(c["prompt"], list)]) == 1 and len(spy.calls) == 1
+
+
+@pytest.mark.parametrize("cls", [ChatSeka, SekaLLM])
 async def test_leaving_astream_early_closes_the_stream_off_the_event_loop(tiny_seka, monkeypatch, cls):
     """The stream's cleanup waits for the token being generated: on the event loop, every other
     coroutine would wait with it."""
@@ -340,3 +372,25 @@ def test_sampling_settings_switch_sampling_on_or_warn(tiny_seka):
     assert ChatSeka(temperature=0, top_p=0.9).generation_kwargs()["do_sample"] is False
     with pytest.warns(UserWarning, match="top_p only applies when sampling"):
         ChatSeka(model=tiny_seka, max_tokens=2, temperature=0, top_p=0.9).invoke("hi")
+
+
+def test_content_blocks_are_read_or_refused_never_dropped(tiny_seka, spy):
+    from langchain_core.messages.content import create_plaintext_block
+
+    chat = ChatSeka(model=tiny_seka, max_tokens=2)
+    chat.invoke([HumanMessage(content=[create_plaintext_block(text="The tower is in Rome."),
+                                       {"type": "text", "text": " Where is the tower?"}])])
+    assert spy.last["prompt"] == [{"role": "user", "content": "The tower is in Rome. Where is the tower?"}]
+    chat.invoke([HumanMessage(content=[{"type": "input_text", "text": "Where is the tower?"}])])  # OpenAI Responses
+    assert spy.last["prompt"] == [{"role": "user", "content": "Where is the tower?"}]
+    calls = len(spy.calls)
+    for block in ({"type": "input_image", "image_url": "https://example.com/a.png"},
+                  {"type": "non_standard", "value": {"x": 1}}):
+        with pytest.raises(SekaError, match="takes text only"):
+            chat.invoke([HumanMessage(content=[block, {"type": "text", "text": "What is this?"}])])
+    assert len(spy.calls) == calls  # refused before the engine runs
+    # an answer's own reasoning is not sent back; its text is
+    chat.invoke([HumanMessage(content="Hi"), AIMessage(content=[{"type": "reasoning", "reasoning": "hmm"},
+                                                                 {"type": "text", "text": "Hello."}]),
+                 HumanMessage(content="Where?")])
+    assert spy.last["prompt"][1] == {"role": "assistant", "content": "Hello."}

@@ -198,6 +198,12 @@ def test_non_text_blocks_are_refused(tiny_seka, spy):
     hinted = ChatMessage(role=MessageRole.USER,
                          blocks=[TextBlock(text="What is this?"), CachePoint(cache_control=CacheControl(type="ephemeral"))])
     llm.chat([hinted])  # a cache hint carries nothing to read: skipped, not refused
+    # the legacy form of a tool call (an agent's history from another LLM) is refused too, not dropped
+    called = ChatMessage(role=MessageRole.ASSISTANT, content="",
+                         additional_kwargs={"tool_calls": [{"id": "1", "type": "function",
+                                                            "function": {"name": "lookup", "arguments": "{}"}}]})
+    with pytest.raises(SekaError, match="message 1 holds tool calls"):
+        llm.chat([ChatMessage(role=MessageRole.USER, content="Price?"), called])
     assert spy.last["prompt"] == [{"role": "user", "content": "What is this?"}]
 
 

@@ -447,6 +447,13 @@ def _check_text_only(message: ChatMessage, index: int) -> None:
                 f"message {index} holds a {type(block).__name__}; Seka runs a text-only model, so only "
                 "text content is supported"
             )
+    extra = getattr(message, "additional_kwargs", None) or {}
+    if extra.get("tool_calls") or extra.get("function_call"):  # the legacy form of a ToolCallBlock
+        raise SekaError(
+            f"message {index} holds tool calls (additional_kwargs[{'tool_calls' if extra.get('tool_calls') else 'function_call'!r}]); "
+            "Seka runs a text-only model without tool calling, so they cannot be sent to it: drop them, or "
+            "write the call into the message's text"
+        )
 
 
 def _transcript_safe(message: ChatMessage, markers: Markers | None,
