@@ -369,9 +369,10 @@ class ExpertSet:
         """Write ``experts.json`` and one ``<name>.safetensors`` per expert into ``directory``.
 
         Saving over an expert set replaces it: the earlier set's expert files that this set does not
-        write are removed. Other files in the directory are left alone. ``experts.json`` records each
-        expert file's fingerprint and is written last, in one step, so a save that is interrupted
-        leaves a set that :meth:`load` refuses rather than one that mixes old and new experts.
+        write are removed. Other files in the directory are left alone. Each file is written beside its
+        place first, so an interruption while writing leaves the earlier set whole; ``experts.json``
+        records each expert file's fingerprint and is moved in last, so an interruption during the final
+        renames leaves a set that :meth:`load` refuses rather than one that mixes old and new experts.
         """
         if not isinstance(directory, (str, os.PathLike)):
             raise ProjectionError(f"an expert set is saved into a directory path, got {type(directory).__name__}")

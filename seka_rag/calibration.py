@@ -84,6 +84,11 @@ class CalibrationConfig:
         if isinstance(self.late_blocks, (str, bytes)) or not all(
                 isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1 for k in self.late_blocks):
             raise SekaError(f"CalibrationConfig.late_blocks must hold whole numbers >= 1, got {self.late_blocks!r}")
+        available = len(conflict_split("dev", seed=self.seed))
+        for name in ("scan_items", "select_items"):
+            if getattr(self, name) > available:
+                raise SekaError(f"{name} (--{name.replace('_', '-')}) = {getattr(self, name)} is more than the dev "
+                                f"split's {available} items: use at most {available}")
         return self
 
 
@@ -197,16 +202,14 @@ def calibrate(model, projection: Projection, config: CalibrationConfig = Calibra
     """
     if not isinstance(config, CalibrationConfig):
         raise SekaError(f"config must be a CalibrationConfig, got {type(config).__name__}")
+    if not isinstance(projection, Projection):
+        raise SekaError(f"projection must be a Projection (from build_projection), got {type(projection).__name__}")
     config.validate()
     if "calibration" in projection.meta.notes:
         raise SekaError("this projection is calibrated already: calibrate the projection it was built as "
                         "(seka-rag build-projection without --calibrate), not its calibrated copy")
     started = time.perf_counter()
     items = conflict_split("dev", seed=config.seed)
-    for name in ("scan_items", "select_items"):
-        if getattr(config, name) > len(items):
-            raise SekaError(f"CalibrationConfig.{name}={getattr(config, name)} asks for more items than the dev "
-                            f"split's {len(items)}")
     scan_cases = [c for it in items[: config.scan_items] for c in conflict_cases(it)]
     select_cases = [c for it in items[: config.select_items] for c in conflict_cases(it)]
     scan = _FirstTokenScorer(model, scan_cases, config.batch_size)

@@ -282,6 +282,8 @@ def cmd_build_projection(args) -> int:
         outside = sorted(set(args.default_layers) - set(args.build_layers))
         if outside:  # found now, not after every key has been collected
             raise SekaError(f"--default-layers {outside} are not among --build-layers {args.build_layers}")
+    if args.calibrate:
+        _calibration_config(args)  # its settings checked before minutes of key collection
     model = load_model(**_model_spec(args, no_projection=True))
     triplets = generate_triplets(args.triplets, seed=args.seed)
     config = BuildConfig(gamma=args.gamma, delta=args.delta, layers=args.build_layers, batch_size=args.batch_size,
@@ -329,13 +331,20 @@ def _layers_text(layers) -> str:
     return f"layer{'s' if len(layers) > 1 else ''} {layer_ranges(layers)}"
 
 
+def _calibration_config(args):
+    """The calibration settings of the command line, checked (before any model loads)."""
+    from .calibration import CalibrationConfig
+
+    return CalibrationConfig(scan_items=args.scan_items, select_items=args.select_items,
+                             group_size=args.group_size).validate()
+
+
 def _run_calibration(model, projection, args):
     import json
 
-    from .calibration import CalibrationConfig, calibrate
+    from .calibration import calibrate
 
-    config = CalibrationConfig(scan_items=args.scan_items, select_items=args.select_items, group_size=args.group_size)
-    result = calibrate(model, projection, config, progress=not args.no_progress)
+    result = calibrate(model, projection, _calibration_config(args), progress=not args.no_progress)
     print(f"calibrated in {result.seconds:.0f} s on {result.best.n_cases} dev cases; "
           f"chosen: {result.best.label()} (first-token dev share {result.best.share:.3f}, "
           f"mean first-token margin {result.best.mean_margin:+.3f})")
@@ -374,6 +383,10 @@ def cmd_calibrate(args) -> int:
         raise SekaError("calibrate needs --projection FILE (a projection from `seka-rag build-projection` covering "
                         "the layers to scan); it does not start from the shipped, already calibrated one")
     base = Projection.load(args.projection)
+    if "calibration" in base.meta.notes:  # said before the model loads
+        raise SekaError(f"{args.projection} is calibrated already: calibrate the projection it was built as "
+                        "(seka-rag build-projection without --calibrate), not its calibrated copy")
+    _calibration_config(args)
     model = load_model(**_model_spec(args, no_projection=True))
     model.load_projection(base)
     projection = _run_calibration(model, base, args)
@@ -1554,9 +1567,10 @@ _CALIBRATION_DEFAULTS = {"scan_items": 16, "select_items": 40, "group_size": 1, 
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     d = _CALIBRATION_DEFAULTS
     p.add_argument("--scan-items", type=_positive_int, default=d["scan_items"],
-                   help=f"dev conflict items (x 4 cases) for the per-layer scan (default {d['scan_items']})")
+                   help=f"dev conflict items (x 4 cases) for the per-layer scan (default {d['scan_items']}; at most 298)")
     p.add_argument("--select-items", type=_positive_int, default=d["select_items"],
-                   help=f"dev conflict items (x 4 cases) for choosing layers and gains (default {d['select_items']})")
+                   help=f"dev conflict items (x 4 cases) for choosing layers and gains (default {d['select_items']}; "
+                        "at most 298)")
     p.add_argument("--group-size", type=_positive_int, default=d["group_size"],
                    help=f"adjacent layers scanned as one unit (default {d['group_size']}; 2 halves the scan on deep "
                         "models)")
@@ -1609,7 +1623,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default-gain-neg", type=_finite_float, default=0.5, help="g- stored as its default (default 0.5)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per forward pass (default 8)")
     p.add_argument("--raw", action="store_true", help="build from raw prompts, not chat-formatted ones")
-    p.add_argument("--calibrate", action="store_true", help="then calibrate layers/constructions/gains on dev data")
+    p.add_argument("--calibrate", action="store_true",
+                   help="then calibrate layers/constructions/gains on dev data (it chooses the default layers and "
+                        "gains itself, so not with --default-layers / --default-gain-pos / --default-gain-neg)")
     _add_calibration_args(p)
     p.set_defaults(func=cmd_build_projection)
 

@@ -37,7 +37,11 @@ Prompt = Union[str, Sequence[dict]]
 
 @dataclass(frozen=True)
 class Markers:
-    """Inline highlight markers. ``escape`` placed before a marker makes it literal text."""
+    """Inline highlight markers. ``escape`` placed before a marker makes it literal text.
+
+    ``escape`` is one character, or ``""`` for none; ``start`` and ``end`` differ, and ``end`` must not
+    begin with ``start`` (it would be read as another start).
+    """
 
     start: str = "<<"
     end: str = ">>"
@@ -614,7 +618,9 @@ def encode_prompt(
         missing = set(range(len(prepared.spans))) - set(covering)
         if missing:
             s, e = prepared.spans[min(missing)]
-            raise HighlightError(f"highlight {prepared.text[s:e]!r} covers no token of the prompt")
+            only_special = any(special[t] and a < e and b > s for t, (a, b) in enumerate(offsets))
+            raise HighlightError(f"highlight {prepared.text[s:e]!r} covers no token of the prompt"
+                                 + (" but control tokens, which are never highlighted" if only_special else ""))
     if not ids:
         raise HighlightError(
             "the prompt has no tokens (an empty text without a chat template, on a tokenizer that adds no "

@@ -127,7 +127,8 @@ class SekaModel:
     ``SekaModel(model, tokenizer, projection=None, markers=DEFAULT_MARKERS, context_window=None,
     experts=None, router=None, model_id=None)``. ``markers=None`` reads no inline markers;
     ``context_window`` defaults to the config's ``max_position_embeddings`` (else 2048). A tokenizer
-    without a pad token gets its EOS token as the pad token (on the tokenizer passed in).
+    without a pad token gets its EOS token (else the generation config's pad or EOS token) as the pad
+    token, on the tokenizer passed in; with none of these it is an error.
 
     Every call takes ``highlights=`` (substrings, ``(start, end)`` character spans, or
     ``(message_index, start, end)`` for chat messages) in addition to inline markers (``<<`` … ``>>``
@@ -510,9 +511,11 @@ class SekaModel:
         row per prompt row otherwise.
 
         One block steers **one generation**: the first forward pass (the prompt's prefill) edits the
-        highlighted keys, which the KV cache then carries through the decode steps; later full-length
-        forward passes inside the same block run unedited. Open a new block for each call of
-        ``model(...)`` / ``model.generate(...)`` on a fresh prompt.
+        highlighted keys, which the KV cache then carries through the decode steps; later forward passes
+        of the prompt's length inside the same block run unedited, and a longer one (generating without a
+        KV cache, which re-runs the prompt at every step) raises :class:`SteeringConfigError`: generate
+        with ``use_cache=True``. Open a new block for each call of ``model(...)`` /
+        ``model.generate(...)`` on a fresh prompt.
         """
         if not _is_bool(steer):
             raise SteeringConfigError(f"steer must be True or False, got {steer!r}")
@@ -842,6 +845,11 @@ class SekaModel:
         of prompts gives an empty list. ``temperature`` / ``top_p`` apply with ``do_sample=True``
         (given without it, they are checked, and a warning says the call decodes greedily;
         ``temperature=0`` is greedy decoding and says nothing). ``stop`` takes a string or a list.
+
+        Settings in the checkpoint's ``generation_config`` still apply (e.g. ``repetition_penalty``),
+        except ``use_cache`` (always on: the edit lives in the KV cache), ``num_beams``,
+        ``num_return_sequences``, ``return_dict_in_generate`` and ``do_sample`` (this call's). Its
+        ``stop_strings`` end generation but, unlike ``stop``, stay in the returned text.
 
         Errors: :class:`HighlightError` for a prompt or highlight that cannot be placed,
         :class:`SteeringConfigError` for gains, layers, heads or router settings, :class:`SekaError`

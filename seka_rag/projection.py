@@ -228,7 +228,9 @@ class Projection:
             ) from None
 
     def validate(self) -> None:
-        """Check tensor shapes against the metadata (layers, KV heads, head size); raise :class:`ProjectionError`."""
+        """Check tensor shapes against the metadata (layers, KV heads, head size), dtypes (floating point; a
+        bool head mask) and finiteness; raise :class:`ProjectionError`. (The metadata's own types are checked
+        when :class:`ProjectionMeta` is made.)"""
         m = self.meta
         if not isinstance(m, ProjectionMeta):
             raise ProjectionError(f"a projection's meta must be a ProjectionMeta, got {type(m).__name__}")
@@ -359,8 +361,9 @@ class Projection:
             raise ProjectionError(f"{str(path)!r} lacks tensors {missing}")
         mask = tensors["head_mask"]
         if mask.dtype not in (torch.bool, torch.uint8) or not bool(((mask == 0) | (mask == 1)).all()):
-            raise ProjectionError(f"{str(path)!r}: tensor 'head_mask' must hold 0 / 1 (a head is edited or not), "
-                                  f"got {mask.dtype} values {sorted({float(x) for x in mask.flatten().tolist()})[:4]}")
+            raise ProjectionError(f"{str(path)!r}: tensor 'head_mask' must be a bool or uint8 tensor of 0 / 1 (a head "
+                                  f"is edited or not), got {mask.dtype} values "
+                                  f"{sorted({float(x) for x in mask.flatten().tolist()})[:4]}")
         tensors["head_mask"] = mask.bool()
         try:
             meta = ProjectionMeta(**meta_dict)

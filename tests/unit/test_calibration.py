@@ -109,7 +109,7 @@ from seka_rag import SekaError
     (dict(seka_gains=(0, 0.5)), "seka_gains must hold positive finite numbers"),
     (dict(group_size=0), "group_size must be a whole number >= 1"),
     (dict(max_layers=0), "max_layers must be a whole number >= 1"),
-    (dict(select_items=100_000), "select_items=100000 asks for more items than the dev split's"),
+    (dict(select_items=100_000), r"select_items \(--select-items\) = 100000 is more than the dev split's 298 items: use at most 298"),
 ])
 def test_bad_calibration_settings_are_refused_before_any_scoring(tiny_model, settings, message):
     seka = tiny_model("llama", num_layers=2)

@@ -139,6 +139,8 @@ def test_eval_variants_says_what_it_needs(model_dir, tmp_path, capsys):
     (["inspect", "--gain-pos", "nan"], "argument --gain-pos: must be a finite number"),
     (["build-experts", "--out", "d", "--expert-gains", "1"], "--expert-gains takes two non-negative numbers"),
     (["build-experts", "--out", "d", "--families", ""], "--families names no family"),
+    (["build-projection", "--out", "p.safetensors", "--calibrate", "--scan-items", "400"],
+     "scan_items (--scan-items) = 400 is more than the dev split's 298 items"),
     (["compare-experts", "--experts", ""], "--experts is empty"),
     (["compare-experts", "--model", "smollm2-135m"], "no expert set is shipped for 'smollm2-135m'"),
     (["eval-families", "--router", "embedding"], "names the router in each method"),

@@ -126,7 +126,7 @@ def _rewrite(path, **changes):
 
 @pytest.mark.parametrize("changes, message", [
     ({"pos": lambda t: t.to(torch.int32)}, "'pos' must hold floating-point numbers"),
-    ({"head_mask": lambda t: torch.full(t.shape, 0.3)}, "'head_mask' must hold 0 / 1"),
+    ({"head_mask": lambda t: torch.full(t.shape, 0.3)}, "'head_mask' must be a bool or uint8 tensor of 0 / 1"),
     ({"format_version": "2"}, "format_version must be a whole number"),
     ({"chat_format": "false"}, "chat_format must be true or false"),
 ])

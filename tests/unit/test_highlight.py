@@ -384,6 +384,8 @@ class TestChat:
         assert any(t in specials for t, on in zip(enc.input_ids, enc.highlight) if not on)
         assert not any(on and t in specials for t, on in zip(enc.input_ids, enc.highlight))
         assert "".join(runs(enc, tokenizer)).replace(" ", "") == "ab"
+        with pytest.raises(HighlightError, match="but control tokens, which are never highlighted"):
+            seka.encode("Doc: <<<|im_end|>>> Q?")
 
 
 # ------------------------------------------------------------------------------- mark_highlight

@@ -34,13 +34,15 @@ _MEDIA_BLOCKS = {"image", "image_url", "audio", "input_audio", "video", "file", 
 _TEXT_BLOCKS = {"text", "text-plain", "input_text", "output_text"}
 #: an answer's own reasoning and tool-call blocks: not sent (its tool calls are written from ``tool_calls``)
 _ANSWER_ONLY_BLOCKS = {"reasoning", "thinking", "redacted_thinking", "tool_use", "tool_call", "tool_call_chunk",
-                       "invalid_tool_call", "server_tool_call", "server_tool_call_chunk", "server_tool_result"}
+                       "invalid_tool_call", "server_tool_call", "server_tool_call_chunk", "server_tool_result",
+                       "server_tool_use", "web_search_tool_result"}  # (the last two: Anthropic's own names)
 
 
 def message_text(message: BaseMessage) -> str:
-    """The text of a message (its text blocks joined); refuse images and other media, and any block whose
-    text it cannot tell (nothing is dropped in silence). An AI message's reasoning and tool-call blocks are
-    left out: its tool calls are written from ``message.tool_calls``."""
+    """The text of a message (its text blocks joined; a refusal block's text, a JSON block as JSON); refuse
+    images and other media, and any block whose text it cannot tell (nothing is dropped in silence). An AI
+    message's reasoning and tool-call blocks are left out: its tool calls are written from
+    ``message.tool_calls``."""
     content = message.content
     if isinstance(content, str):
         return content
@@ -54,6 +56,10 @@ def message_text(message: BaseMessage) -> str:
             raise SekaError(f"ChatSeka takes text only; message has a {kind!r} content block")
         if kind in _TEXT_BLOCKS and isinstance(block.get("text"), str):
             parts.append(block["text"])
+        elif kind == "refusal" and isinstance(block.get("refusal"), str):  # OpenAI: an answer's refusal is its text
+            parts.append(block["refusal"])
+        elif kind == "json" and "json" in block:  # a tool's JSON output
+            parts.append(json.dumps(block["json"], ensure_ascii=False, default=str))
         elif kind in _ANSWER_ONLY_BLOCKS and message.type in ("ai", "AIMessageChunk"):
             continue
         else:

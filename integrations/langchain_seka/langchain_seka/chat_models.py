@@ -94,6 +94,66 @@ class _BatchPlan:
 _BATCH: ContextVar[_BatchPlan | None] = ContextVar("langchain_seka_batch", default=None)
 
 
+@dataclass
+class _AsyncBatch:
+    """The inputs of one ``ChatSeka.abatch`` call, generated in one batched engine call in a worker thread.
+
+    Each input runs through LangChain's ``ainvoke`` (its own run and callbacks, on the caller's event
+    loop) knowing its row (:data:`_ASYNC_ROW`); the first to reach the model starts the batched call,
+    and every input awaits it on the event loop, holding no thread while it waits.
+    """
+
+    owner: "ChatSeka"
+    message_lists: list[list[BaseMessage]]
+    stop: list[str] | None
+    kwargs: dict[str, Any]
+    #: when the batched call fails, each input runs alone to meet its own error (``return_exceptions``);
+    #: otherwise every input raises the batched call's error
+    alone_on_failure: bool = True
+    task: asyncio.Future | None = None
+    waiting: int = 0
+
+    def _compute(self) -> list[tuple[Any, ChatResult]]:
+        calls = [self.owner._prepare(m, self.stop, self.kwargs) for m in self.message_lists]
+        texts = self.owner._run_many(calls)
+        return [self.owner._chat_result(c, t, routing_info(calls[0].model, i))
+                for i, (c, t) in enumerate(zip(calls, texts))]
+
+    async def answer(self, row: int) -> ChatResult | None:
+        """Row ``row``'s result of the batched call; when that call failed, None (the row then runs on its
+        own and reports its own error) or, without ``alone_on_failure``, its error. When every input
+        waiting for it is cancelled, the call is cancelled too, and stops generating."""
+        if self.task is None:
+            self.task = asyncio.ensure_future(run_cancellable(self._compute))
+        self.waiting += 1
+        try:
+            results = await asyncio.shield(self.task)
+        except asyncio.CancelledError:
+            if self.waiting == 1 and not self.task.done():
+                self.task.cancel()
+            raise
+        except Exception:
+            if not self.alone_on_failure:
+                raise
+            return None  # each input retries alone and meets its own error
+        finally:
+            self.waiting -= 1
+        return results[row]
+
+    def row_kwargs(self, row: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` for input ``row`` run on its own: a per-input ``query`` / ``query_embedding`` list cut
+        to its row."""
+        from seka_rag.model import _chunk
+
+        n = len(self.message_lists)
+        return {k: (_chunk(v, row, row + 1, n, k) if k in ("query", "query_embedding") and v is not None else v)
+                for k, v in kwargs.items()}
+
+
+#: ``(batch, row)`` while an input of :meth:`ChatSeka.abatch` runs
+_ASYNC_ROW: ContextVar[tuple[_AsyncBatch, int] | None] = ContextVar("langchain_seka_async_row", default=None)
+
+
 class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
     """Chat model over a SEKA-steered language model, running in this process.
 
@@ -319,7 +379,10 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         if planned is None:
             text = cancellable.generate(call.model, call.prompt, call.highlights, **call.gen, **call.routing)
             planned = text, routing_info(call.model)
-        generation = self._generation(call, *planned)
+        return self._chat_result(call, *planned)
+
+    def _chat_result(self, call: _Call, text: str, routing: dict[str, Any] | None) -> ChatResult:
+        generation = self._generation(call, text, routing)
         usage = generation.message.usage_metadata or {}
         token_usage = {k: usage.get(k, 0) for k in ("input_tokens", "output_tokens", "total_tokens")}
         # llm_output too, as SekaLLM fills it: older handlers read token usage there, not in usage_metadata
@@ -333,7 +396,15 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        """:meth:`_generate` in a worker thread; a cancelled or timed-out call stops generating."""
+        """:meth:`_generate` in a worker thread; a cancelled or timed-out call stops generating. An input of
+        :meth:`abatch` takes its answer from the batch's one engine call instead."""
+        row = _ASYNC_ROW.get()
+        if row is not None and row[0].owner is self and row[0].message_lists[row[1]] == list(messages):
+            batch, index = row
+            result = await batch.answer(index)
+            if result is not None:
+                return result
+            kwargs = batch.row_kwargs(index, kwargs)  # alone: its own row of per-input routing lists
         return await run_cancellable(self._generate, messages, stop, run_manager.get_sync() if run_manager else None,
                                      **kwargs)
 
@@ -451,25 +522,48 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[AIMessage]:
-        """Every input's answer in one batched engine call, as :meth:`batch`, with LangChain's own async
-        batching around it: each input's run and callbacks (async handlers included) happen on this event
-        loop, and the engine works in a worker thread, so the loop stays free. The first input to reach
-        the model answers them all; when that call fails, every input runs on its own and reports its
-        own error."""
+        """Every input's answer in one batched engine call, as :meth:`batch` (with ``streaming`` off).
+
+        Each input runs through LangChain's ``ainvoke``, so its run and callbacks (async handlers
+        included) happen on this event loop; the engine works in one worker thread, and the inputs
+        await it on the loop. When the batched call fails, its error is raised, or, with
+        ``return_exceptions=True``, every input runs on its own, so that only the failing ones come back
+        as exceptions. An error (or a cancelled ``abatch``) cancels the inputs still running.
+        ``max_concurrency`` in the config limits how many inputs run at once.
+        """
         if len(inputs) < 2:
             return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         try:
             messages = [self._convert_input(i).to_messages() for i in inputs]
         except Exception:  # a bad input: LangChain's own batching reports it (per input)
             return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
-        plan = _BatchPlan(self, messages, kwargs.get("stop"), {k: v for k, v in kwargs.items() if k != "stop"},
-                          fail_quietly=True)
-        token = _BATCH.set(plan)  # copied into every input's task, and from there into its worker thread
-        try:
-            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
-        finally:
-            _BATCH.reset(token)
+        configs = get_config_list(config, len(inputs))
+        batch = _AsyncBatch(self, messages, kwargs.get("stop"), {k: v for k, v in kwargs.items() if k != "stop"},
+                            alone_on_failure=return_exceptions)
+        limit = configs[0].get("max_concurrency")
+        slots = asyncio.Semaphore(limit) if limit else None
 
+        async def one(row: int) -> Any:
+            token = _ASYNC_ROW.set((batch, row))
+            try:
+                if slots is None:
+                    return await self.ainvoke(inputs[row], configs[row], **kwargs)
+                async with slots:
+                    return await self.ainvoke(inputs[row], configs[row], **kwargs)
+            except Exception as exc:
+                if return_exceptions:
+                    return exc
+                raise
+            finally:
+                _ASYNC_ROW.reset(token)
+
+        tasks = [asyncio.ensure_future(one(row)) for row in range(len(inputs))]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:  # the caller has its error (or was cancelled): nobody waits for the rest
+                task.cancel()
+            raise
 
 def _plain_transcript(messages: list[dict], highlights: list, markers) -> tuple[str, list]:
     """Messages → one plain-text prompt for a tokenizer without a chat template; move spans with them.

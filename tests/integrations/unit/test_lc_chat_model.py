@@ -282,6 +282,38 @@ async def test_abatch_runs_async_callbacks_on_the_callers_loop_in_one_engine_cal
     assert len([c for c in spy.calls if isinstance(c["prompt"], list)]) == 1 and len(spy.calls) == 1
 
 
+async def test_abatch_holds_one_worker_thread_and_cancels_the_rest_on_an_error(tiny_seka, spy, monkeypatch):
+    """The inputs wait for the batched call on the event loop, not in executor threads (10 waiting
+    threads held a 4-worker executor for the whole generation); without return_exceptions, the batched
+    call's error is raised, with no solo runs generating for nobody afterwards."""
+    import asyncio
+    import concurrent.futures
+    import time
+
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=4))
+    original = tiny_seka.generate
+
+    def slow(*args, **kwargs):
+        time.sleep(0.5)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_seka, "generate", slow)
+    chat = ChatSeka(model=tiny_seka, max_tokens=2)
+    spy.calls.clear()
+    batch = asyncio.ensure_future(chat.abatch([f"{DOCS} {i}" for i in range(10)]))
+    await asyncio.sleep(0.1)
+    started = time.perf_counter()
+    assert await asyncio.wait_for(asyncio.to_thread(lambda: 1), timeout=5) == 1
+    assert time.perf_counter() - started < 0.4  # a free worker while the batch generates
+    assert len(await batch) == 10 and len(spy.calls) == 1
+    spy.calls.clear()
+    with pytest.raises(HighlightError):
+        await chat.abatch([DOCS, "an <<unbalanced marker", PLAIN, DOCS + "?"])
+    await asyncio.sleep(1.0)  # solo runs left behind would call the engine meanwhile
+    assert len(spy.calls) == 1  # the batched call (it fails on the bad input) and nothing after
+
+
 @pytest.mark.parametrize("cls", [ChatSeka, SekaLLM])
 async def test_leaving_astream_early_closes_the_stream_off_the_event_loop(tiny_seka, monkeypatch, cls):
     """The stream's cleanup waits for the token being generated: on the event loop, every other
@@ -394,3 +426,10 @@ def test_content_blocks_are_read_or_refused_never_dropped(tiny_seka, spy):
                                                                  {"type": "text", "text": "Hello."}]),
                  HumanMessage(content="Where?")])
     assert spy.last["prompt"][1] == {"role": "assistant", "content": "Hello."}
+    # a tool's JSON output is sent as JSON
+    from langchain_core.messages import ToolMessage
+
+    chat.invoke([HumanMessage(content="Price?"), AIMessage(content="", tool_calls=[{"name": "price", "args": {},
+                                                                                  "id": "1"}]),
+                 ToolMessage(content=[{"type": "json", "json": {"euros": 12}}], tool_call_id="1")])
+    assert spy.last["prompt"][2] == {"role": "tool", "content": '{"euros": 12}'}

@@ -395,3 +395,16 @@ def test_responses_carry_the_routing_in_sync_and_async_calls(adaptive):
     assert batch[0].response_metadata["routing"] == sync and "routing" not in batch[1].response_metadata
     assert text.generations[0][0].generation_info["routing"]["weights"]["e2"] == 1.0
     assert li.raw["routing"]["weights"]["e0"] == 1.0
+
+
+async def test_abatch_runs_a_failed_batchs_inputs_with_their_own_query_rows(adaptive):
+    from langchain_core.messages import AIMessage
+
+    from seka_rag import HighlightError
+
+    chat = ChatSeka(model=adaptive, router="embedding", max_tokens=2)
+    rows = torch.nn.functional.normalize(torch.randn(3, 3), dim=-1)
+    out = await chat.abatch(["<<a>> one", "an <<unbalanced marker", "<<b>> two"], query_embedding=rows,
+                            return_exceptions=True)
+    assert isinstance(out[1], HighlightError)
+    assert all(isinstance(o, AIMessage) for o in (out[0], out[2]))  # not "3 entries for 1 prompt"
