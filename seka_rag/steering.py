@@ -349,7 +349,9 @@ class KeyEditor:
 
     def _hook(self, layer_index: int, module: nn.Module, args, output):
         edit = _ACTIVE_EDIT.get()
-        if edit is not None and edit.editor is self and layer_index in edit.done:
+        if edit is None or edit.editor is not self or layer_index not in edit.layers:
+            return None
+        if layer_index in edit.done:
             if output.shape[self._token_dim] > edit.highlight.shape[1]:
                 # the prompt again with more tokens after it: generation without a KV cache, whose
                 # re-runs of the prompt would see its keys unedited
@@ -358,9 +360,6 @@ class KeyEditor:
                     "a KV cache re-runs it at every step): steering edits the prompt's keys once, in the "
                     "prefill, so generate with use_cache=True"
                 )
-            return None
-        edit = self._current(layer_index)
-        if edit is None or layer_index not in edit.layers:
             return None
         if not self._is_prefill(edit, output, self._token_dim):
             return None  # a decode step: cached prompt keys already carry the edit
