@@ -34,6 +34,17 @@ from .llms import langsmith_params
 __all__ = ["ChatSeka"]
 
 
+def _as_langchain_passes_them(inputs: list[Any], convert) -> list[list[BaseMessage]]:
+    """Each input's messages as LangChain hands them to ``_generate`` / ``_agenerate`` (converted, then
+    normalised: e.g. a text ``file`` block becomes a ``text-plain`` one)."""
+    try:
+        from langchain_core.language_models._utils import _normalize_messages
+    except ImportError:  # pragma: no cover - an older langchain-core, which did not normalise
+        def _normalize_messages(messages):
+            return list(messages)
+    return [_normalize_messages(convert(i).to_messages()) for i in inputs]
+
+
 @dataclass
 class _Call:
     """One prepared engine call: model, prompt, highlights and engine keyword arguments."""
@@ -112,6 +123,17 @@ class _AsyncBatch:
     alone_on_failure: bool = True
     task: asyncio.Future | None = None
     waiting: int = 0
+    claimed: set[int] = field(default_factory=set)
+
+    def claim(self, row: int, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> bool:
+        """Whether this call is input ``row`` of the batch (its messages and the batch's settings, not yet
+        answered): a call nested in it (a callback handler's own call) runs on its own."""
+        if row in self.claimed or self.message_lists[row] != list(messages) or stop != self.stop:
+            return False
+        if kwargs.keys() != self.kwargs.keys() or any(kwargs[k] is not v for k, v in self.kwargs.items()):
+            return False
+        self.claimed.add(row)
+        return True
 
     def _compute(self) -> list[tuple[Any, ChatResult]]:
         calls = [self.owner._prepare(m, self.stop, self.kwargs) for m in self.message_lists]
@@ -399,7 +421,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         """:meth:`_generate` in a worker thread; a cancelled or timed-out call stops generating. An input of
         :meth:`abatch` takes its answer from the batch's one engine call instead."""
         row = _ASYNC_ROW.get()
-        if row is not None and row[0].owner is self and row[0].message_lists[row[1]] == list(messages):
+        if row is not None and row[0].owner is self and row[0].claim(row[1], messages, stop, kwargs):
             batch, index = row
             result = await batch.answer(index)
             if result is not None:
@@ -480,7 +502,7 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         if len(inputs) == 1:
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         try:
-            messages = [self._convert_input(i).to_messages() for i in inputs]
+            messages = _as_langchain_passes_them(inputs, self._convert_input)
         except Exception:
             if shared and not return_exceptions:
                 raise
@@ -528,13 +550,15 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
         included) happen on this event loop; the engine works in one worker thread, and the inputs
         await it on the loop. When the batched call fails, its error is raised, or, with
         ``return_exceptions=True``, every input runs on its own, so that only the failing ones come back
-        as exceptions. An error (or a cancelled ``abatch``) cancels the inputs still running.
+        as exceptions. Every input's run ends before ``abatch`` returns or raises; cancelling ``abatch``
+        cancels them. Under a streaming callback (``astream_events``, LangGraph's message streaming)
+        LangChain streams each input on its own, and so does ``streaming=True``.
         ``max_concurrency`` in the config limits how many inputs run at once.
         """
         if len(inputs) < 2:
             return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         try:
-            messages = [self._convert_input(i).to_messages() for i in inputs]
+            messages = _as_langchain_passes_them(inputs, self._convert_input)
         except Exception:  # a bad input: LangChain's own batching reports it (per input)
             return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         configs = get_config_list(config, len(inputs))
@@ -550,20 +574,15 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
                     return await self.ainvoke(inputs[row], configs[row], **kwargs)
                 async with slots:
                     return await self.ainvoke(inputs[row], configs[row], **kwargs)
-            except Exception as exc:
-                if return_exceptions:
-                    return exc
-                raise
             finally:
                 _ASYNC_ROW.reset(token)
 
-        tasks = [asyncio.ensure_future(one(row)) for row in range(len(inputs))]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:  # the caller has its error (or was cancelled): nobody waits for the rest
-                task.cancel()
-            raise
+        # every input's run ends before abatch does (a cancelled abatch cancels them); then the first error
+        results = await asyncio.gather(*(one(row) for row in range(len(inputs))), return_exceptions=True)
+        error = next((r for r in results if isinstance(r, BaseException)), None)
+        if error is not None and not return_exceptions:
+            raise error
+        return results
 
 def _plain_transcript(messages: list[dict], highlights: list, markers) -> tuple[str, list]:
     """Messages → one plain-text prompt for a tokenizer without a chat template; move spans with them.

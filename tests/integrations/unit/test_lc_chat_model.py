@@ -314,6 +314,46 @@ async def test_abatch_holds_one_worker_thread_and_cancels_the_rest_on_an_error(t
     assert len(spy.calls) == 1  # the batched call (it fails on the bad input) and nothing after
 
 
+async def test_abatch_rows_go_to_their_own_inputs_and_every_run_ends(tiny_seka, spy):
+    """A call nested in an input's run (an async handler's own call, other settings) is not handed that
+    input's batch answer; messages LangChain normalises (a text file block) still match their row;
+    one input's own error leaves the other runs to end, as LangChain's own abatch does."""
+    from langchain_core.callbacks import AsyncCallbackHandler
+
+    chat = ChatSeka(model=tiny_seka, max_tokens=4)
+    nested = []
+
+    class AsksAgain(AsyncCallbackHandler):
+        async def on_llm_end(self, response, **kwargs):
+            if not nested:
+                nested.append(await chat.ainvoke(DOCS, max_tokens=1))
+
+    out = await chat.abatch([DOCS, PLAIN], config={"callbacks": [AsksAgain()]})
+    assert nested[0].content == chat.invoke(DOCS, max_tokens=1).content != out[0].content
+    assert nested[0] is not out[0] and nested[0].id != out[0].id
+    as_file = HumanMessage(content=[{"type": "file", "source_type": "text", "url": "Where is the tower?",
+                                     "mime_type": "text/plain"}])
+    spy.calls.clear()
+    assert [m.content for m in await chat.abatch([[as_file], DOCS])] == [chat.invoke([as_file]).content,
+                                                                       chat.invoke(DOCS).content]
+    assert len(spy.calls) == 3  # the batch, then the two single calls of this check
+
+    class FailsOne(AsyncCallbackHandler):
+        raise_error = True
+        ends = 0
+
+        async def on_chat_model_start(self, serialized, messages, **kwargs):
+            if "unlucky" in str(messages):
+                raise RuntimeError("this input's handler fails")
+
+        async def on_llm_end(self, response, **kwargs):
+            FailsOne.ends += 1
+
+    with pytest.raises(RuntimeError, match="handler fails"):
+        await chat.abatch([DOCS, "unlucky", PLAIN], config={"callbacks": [FailsOne()]})
+    assert FailsOne.ends == 2  # the two good inputs' runs ended before abatch raised
+
+
 @pytest.mark.parametrize("cls", [ChatSeka, SekaLLM])
 async def test_leaving_astream_early_closes_the_stream_off_the_event_loop(tiny_seka, monkeypatch, cls):
     """The stream's cleanup waits for the token being generated: on the event loop, every other
