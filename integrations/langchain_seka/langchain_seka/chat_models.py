@@ -579,8 +579,11 @@ class ChatSeka(SekaSettings, HostedModelArguments, BaseChatModel):
 
         # every input's run ends before abatch does (a cancelled abatch cancels them); then the first error
         results = await asyncio.gather(*(one(row) for row in range(len(inputs))), return_exceptions=True)
-        error = next((r for r in results if isinstance(r, BaseException)), None)
-        if error is not None and not return_exceptions:
+        # only Exceptions come back in the list (as in LangChain's own abatch): a cancellation or an interrupt
+        # is raised whatever return_exceptions says
+        error = next((r for r in results if isinstance(r, BaseException)
+                      and not (return_exceptions and isinstance(r, Exception))), None)
+        if error is not None:
             raise error
         return results
 

@@ -352,6 +352,18 @@ async def test_abatch_rows_go_to_their_own_inputs_and_every_run_ends(tiny_seka, 
     with pytest.raises(RuntimeError, match="handler fails"):
         await chat.abatch([DOCS, "unlucky", PLAIN], config={"callbacks": [FailsOne()]})
     assert FailsOne.ends == 2  # the two good inputs' runs ended before abatch raised
+    # an Exception comes back in the list with return_exceptions; a cancellation is raised all the same
+    out = await chat.abatch([DOCS, "unlucky", PLAIN], config={"callbacks": [FailsOne()]}, return_exceptions=True)
+    assert isinstance(out[1], RuntimeError) and isinstance(out[0], AIMessage)
+    import asyncio
+
+    class CancelsOne(FailsOne):
+        async def on_chat_model_start(self, serialized, messages, **kwargs):
+            if "unlucky" in str(messages):
+                raise asyncio.CancelledError()
+
+    with pytest.raises(asyncio.CancelledError):
+        await chat.abatch([DOCS, "unlucky", PLAIN], config={"callbacks": [CancelsOne()]}, return_exceptions=True)
 
 
 @pytest.mark.parametrize("cls", [ChatSeka, SekaLLM])
