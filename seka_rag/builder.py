@@ -248,9 +248,8 @@ def build_projection(seka_model, triplets: Sequence[Triplet], config: BuildConfi
         construction="seka", chat_format=chat, data_hash=triplets_hash(triplets), n_triplets=len(keep),
     )
     projection = Projection(meta=meta, head_mask=parts["head_shift"] >= config.delta, **parts)
-    rows = [projection.row(i) for i in projection.edited_layers]
-    if not bool(projection.head_mask[rows].any()):
-        largest = float(projection.head_shift[rows].max())
+    if not projection.edits_by_default:
+        largest = float(projection.head_shift[[projection.row(i) for i in projection.edited_layers]].max())
         warnings.warn(
             f"delta={config.delta:g} keeps no head in the default layers {layer_ranges(projection.edited_layers)} "
             f"(the largest head shift there is {largest:.3g}), so this projection edits nothing as it stands: "

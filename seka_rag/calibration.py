@@ -92,6 +92,13 @@ class CalibrationConfig:
         return self
 
 
+def check_uncalibrated(projection: Projection, name: str = "this projection") -> None:
+    """Refuse a projection that is calibrated already (calibration starts from a built one)."""
+    if "calibration" in projection.meta.notes:
+        raise SekaError(f"{name} is calibrated already: calibrate the projection it was built as "
+                        "(seka-rag build-projection without --calibrate), not its calibrated copy")
+
+
 @dataclass
 class Trial:
     """One measured configuration."""
@@ -205,9 +212,7 @@ def calibrate(model, projection: Projection, config: CalibrationConfig = Calibra
     if not isinstance(projection, Projection):
         raise SekaError(f"projection must be a Projection (from build_projection), got {type(projection).__name__}")
     config.validate()
-    if "calibration" in projection.meta.notes:
-        raise SekaError("this projection is calibrated already: calibrate the projection it was built as "
-                        "(seka-rag build-projection without --calibrate), not its calibrated copy")
+    check_uncalibrated(projection)
     started = time.perf_counter()
     items = conflict_split("dev", seed=config.seed)
     scan_cases = [c for it in items[: config.scan_items] for c in conflict_cases(it)]

@@ -299,7 +299,7 @@ def cmd_build_projection(args) -> int:
         projection = _run_calibration(model, projection, args)
     out = projection.save(args.out)
     print(f"wrote {out}")
-    if not args.calibrate and not bool(projection.head_mask[[projection.row(i) for i in projection.edited_layers]].any()):
+    if not args.calibrate and not projection.edits_by_default:
         print(f"It edits nothing as it stands: --delta {args.delta:g} keeps no head in {_layers_text(projection.edited_layers)}; "
               "build with a smaller --delta, or with --calibrate.")
     elif not args.calibrate:
@@ -383,9 +383,9 @@ def cmd_calibrate(args) -> int:
         raise SekaError("calibrate needs --projection FILE (a projection from `seka-rag build-projection` covering "
                         "the layers to scan); it does not start from the shipped, already calibrated one")
     base = Projection.load(args.projection)
-    if "calibration" in base.meta.notes:  # said before the model loads
-        raise SekaError(f"{args.projection} is calibrated already: calibrate the projection it was built as "
-                        "(seka-rag build-projection without --calibrate), not its calibrated copy")
+    from .calibration import check_uncalibrated
+
+    check_uncalibrated(base, args.projection)  # said before the model loads
     _calibration_config(args)
     model = load_model(**_model_spec(args, no_projection=True))
     model.load_projection(base)

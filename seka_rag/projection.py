@@ -218,6 +218,11 @@ class Projection:
         """The layers this projection holds P+ / P- for (its default edit may use fewer)."""
         return list(self.meta.layers)
 
+    @property
+    def edits_by_default(self) -> bool:
+        """Whether its head mask keeps some head in the layers edited by default (else it edits nothing)."""
+        return bool(self.head_mask[[self.row(i) for i in self.edited_layers]].any())
+
     def row(self, layer: int) -> int:
         """Tensor row of model layer ``layer``."""
         try:

@@ -224,6 +224,10 @@ _EDITORS: "weakref.WeakKeyDictionary[nn.Module, KeyEditor]" = weakref.WeakKeyDic
 _EDITORS_LOCK = threading.Lock()
 
 
+#: what a KeyEditor holds of its model's hooks, left out when it is pickled or deep-copied
+_PER_MODEL_STATE = ("_model", "_handles", "_hooked", "_lock")
+
+
 def _no_model() -> None:
     """The model reference of an editor whose model was not copied with it."""
     return None
@@ -277,13 +281,11 @@ class KeyEditor:
         the copied model, and puts its own hooks there on its first edit, leaving the original's alone."""
         new = object.__new__(type(self))
         memo[id(self)] = new
-        keep = {k: v for k, v in self.__dict__.items() if k not in ("_model", "_handles", "_hooked", "_lock")}
-        new.__dict__.update(keep)
+        new.__setstate__(self.__getstate__())
         model = self._model()
         copied = memo.get(id(model)) if model is not None else None
-        new._model = weakref.ref(copied) if isinstance(copied, nn.Module) else _no_model
-        new._handles, new._hooked, new._lock = [], (), threading.Lock()
         if isinstance(copied, nn.Module):
+            new._model = weakref.ref(copied)
             with _EDITORS_LOCK:
                 _EDITORS.setdefault(copied, new)
         return new
@@ -291,11 +293,16 @@ class KeyEditor:
     def __getstate__(self) -> dict:
         """What a pickled model keeps of its editor (its hooks reference it): not the model reference, the
         lock or the handles; unpickled, it is inert until a :class:`SekaModel` wraps the model again."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("_model", "_handles", "_hooked", "_lock")}
+        return {k: v for k, v in self.__dict__.items() if k not in _PER_MODEL_STATE}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._model, self._handles, self._hooked, self._lock = _no_model, [], (), threading.Lock()
+
+    def _hooks_on(self, modules: tuple) -> bool:
+        """Whether the hooks sit on exactly ``modules``."""
+        return bool(self._handles) and len(modules) == len(self._hooked) and all(
+            a is b for pair, hooked in zip(modules, self._hooked) for a, b in zip(pair, hooked))
 
     def _modules(self, model: nn.Module) -> tuple:
         spec = self.geometry.spec
@@ -310,12 +317,10 @@ class KeyEditor:
         if model is None:
             return
         modules = self._modules(model)
-        if self._handles and len(modules) == len(self._hooked) and all(
-                a is b for pair, hooked in zip(modules, self._hooked) for a, b in zip(pair, hooked)):
+        if self._hooks_on(modules):
             return
         with self._lock:
-            if self._handles and len(modules) == len(self._hooked) and all(
-                    a is b for pair, hooked in zip(modules, self._hooked) for a, b in zip(pair, hooked)):
+            if self._hooks_on(modules):
                 return  # another thread put them in place meanwhile: its forward may be running on them
             for h in self._handles:
                 h.remove()
